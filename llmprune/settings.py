@@ -1,0 +1,32 @@
+"""The only module that reads environment variables.
+
+- ``LLMPRUNE_DATA_DIR``: folder holding local datasets as ``<dir>/<name>/...`` (wikitext2, c4, ptb, arc_easy, ...).
+- ``LLMPRUNE_CACHE_DIR``: where converted models (the ``smollm2-135m`` alias) and batch results are cached.
+- ``LLMPRUNE_KERNEL``: ``auto`` (default), ``reference`` or ``triton``: which matmul path packed modules use.
+- ``HF_HUB_OFFLINE``: respected as transformers does.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def data_dir() -> Path | None:
+    value = os.environ.get("LLMPRUNE_DATA_DIR")
+    return Path(value).expanduser() if value else None
+
+
+def cache_dir() -> Path:
+    value = os.environ.get("LLMPRUNE_CACHE_DIR")
+    if value:
+        return Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "llmprune"
+
+
+def kernel_mode() -> str:
+    return os.environ.get("LLMPRUNE_KERNEL", "auto").lower()
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
