@@ -1,0 +1,122 @@
+"""Optimal-brain-surgeon machinery shared by SparseGPT, GPTQ, joint sparse+quant, SpQR and GQSA.
+
+Source: SparseGPT (Frantar & Alistarh 2023, arXiv:2301.00774, Alg. 1) and GPTQ (Frantar et al. 2022,
+arXiv:2210.17323, Sec. 4): the inverse Hessian's upper Cholesky factor ``U`` (H⁻¹ = UᵀU) gives, row by row, the
+error-compensation coefficients for eliminating one column after another; updates are applied lazily per block of
+columns.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+from torch import Tensor
+
+from .errors import NumericalError
+
+MAX_RETRIES = 3
+
+
+def mask_dead_inputs_(H: Tensor, W: Tensor) -> Tensor:
+    """Inputs that were always zero have H_jj = 0: set H_jj = 1 and W[:, j] = 0 (as the reference does). In place."""
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    return dead
+
+
+def damped_inverse_cholesky(H: Tensor, damp: float, *, name: str = "") -> tuple[Tensor, float]:
+    """Upper Cholesky factor of (H + λI)⁻¹ with λ = damp · mean(diag H).
+
+    A failed factorization retries with damp × 10, up to ``MAX_RETRIES`` times, warns once naming the layer and
+    returns the damping actually used. It never falls back to an identity inverse: if it still fails it raises.
+    """
+    mean_diag = torch.mean(torch.diag(H)).item()
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    used = damp
+    for attempt in range(MAX_RETRIES + 1):
+        used = damp * 10**attempt
+        L, info = torch.linalg.cholesky_ex(H + used * mean_diag * eye)
+        if int(info) == 0:
+            Hinv = torch.cholesky_inverse(L)
+            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+            if int(info) == 0 and bool(torch.isfinite(U).all()):
+                if attempt:
+                    warnings.warn(f"{name or 'layer'}: Cholesky failed, succeeded with damp={used:g}", stacklevel=2)
+                return U, used
+    raise NumericalError(
+        f"{name or 'layer'}: Hessian not positive definite even with damp={used:g}; "
+        f"raise --damp or use more calibration samples"
+    )
+
+
+class ColumnQuantizer(Protocol):
+    """Quantizes one column during the sweep. ``ahead`` holds the current (already updated, masked) weights of this
+    column and the rest of its block, so a group quantizer can set its scale at a group boundary (GPTQ)."""
+
+    def __call__(self, j: int, w: Tensor, ahead: Tensor) -> Tensor: ...
+
+
+@dataclass
+class SweepResult:
+    weight: Tensor  # [rows, cols], pruned entries exactly 0, quantized values if a quantizer was given
+    mask: Tensor  # [rows, cols] bool keep-mask
+    loss: Tensor  # [rows] Σ (w - q)² / [H⁻¹]_jj² / 2, the OBS objective estimate
+
+
+BlockMask = Callable[[Tensor, Tensor], Tensor]  # (W1 [rows, count], d = diag(Hinv1) [count]) -> keep mask
+
+
+def sweep(
+    W: Tensor,
+    Hinv: Tensor,
+    *,
+    block: int = 128,
+    block_mask: BlockMask | None = None,
+    nm: tuple[int, int] | None = None,
+    quantize: ColumnQuantizer | None = None,
+    mask: Tensor | None = None,
+    group: int = 0,
+) -> SweepResult:
+    """Blocked lazy OBS sweep over the columns of ``W`` (modified in place and returned).
+
+    Mask choice, as in SparseGPT: ``block_mask`` is asked once per block (adaptive mask selection across all rows),
+    ``nm=(n, m)`` chooses n kept of every m at the start of each m-group on the already-updated weights, or a fixed
+    ``mask`` is given. Without any of them nothing is pruned (pure GPTQ). ``group`` (a quantization group size) makes
+    the block a multiple of it, so a group never straddles a lazy update.
+    """
+    rows, cols = W.shape
+    unit = math.lcm(nm[1] if nm else 1, group or 1)
+    block = max(unit, (block // unit) * unit)
+    keep = torch.ones_like(W, dtype=torch.bool) if mask is None else mask.clone()
+    losses = torch.zeros(rows, dtype=W.dtype, device=W.device)
+    for i1 in range(0, cols, block):
+        i2 = min(i1 + block, cols)
+        W1 = W[:, i1:i2].clone()
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        d = torch.diag(Hinv1)
+        Err1 = torch.zeros_like(W1)
+        if block_mask is not None:
+            keep[:, i1:i2] = block_mask(W1, d)
+        for i in range(i2 - i1):
+            if nm is not None and i % nm[1] == 0:
+                n, m = nm
+                tmp = W1[:, i : i + m] ** 2 / d[i : i + m].reshape(1, -1) ** 2
+                order = torch.sort(tmp, dim=1, stable=True).indices[:, : m - n]
+                sub = torch.ones_like(tmp, dtype=torch.bool).scatter_(1, order, False)
+                keep[:, i1 + i : i1 + i + m] = sub
+            w = W1[:, i]
+            q = w * keep[:, i1 + i]
+            if quantize is not None:
+                q = quantize(i1 + i, q, W1[:, i:] * keep[:, i1 + i : i2]) * keep[:, i1 + i]
+            err = (w - q) / d[i]
+            losses += (w - q) ** 2 / d[i] ** 2 / 2
+            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            W1[:, i] = q
+            Err1[:, i] = err
+        W[:, i1:i2] = W1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    return SweepResult(W, keep, losses)
