@@ -1,0 +1,109 @@
+"""Architecture-generic access to a causal LM's decoder layers and their Linear layers.
+
+No per-model tables: the decoder blocks are found as the ``nn.ModuleList`` whose length equals the config's layer
+count (``num_hidden_layers`` / ``n_layer`` / ``num_layers``) and whose blocks hold Linear layers; the Linears are every
+``nn.Linear`` and transformers' GPT-2 ``Conv1D`` inside a block. Embeddings and ``lm_head`` sit outside the decoder
+layers and are never returned here.
+
+Weights are always exchanged as ``[out_features, in_features]``: ``Conv1D`` stores ``[in, out]`` (it computes
+``x @ W + b``), so ``get_weight`` / ``set_weight_`` transpose it.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import UnsupportedArchitecture
+
+_LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+
+
+def _conv1d_class():
+    from transformers.pytorch_utils import Conv1D
+
+    return Conv1D
+
+
+def is_linear(module: nn.Module) -> bool:
+    """True for ``nn.Linear`` and GPT-2's ``Conv1D`` (a Linear with its weight stored transposed)."""
+    return isinstance(module, (nn.Linear, _conv1d_class()))
+
+
+def _layer_count(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    config = getattr(config, "get_text_config", lambda: config)() if config is not None else None
+    for key in _LAYER_COUNT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _has_linear(block: nn.Module) -> bool:
+    return any(is_linear(m) for m in block.modules())
+
+
+def _candidates(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+    """ModuleLists of same-class blocks that each contain at least one Linear (decoder stacks, MoE expert lists...)."""
+    found = []
+    for path, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(block) for block in module}) == 1 and all(_has_linear(block) for block in module):
+            found.append((path, module))
+    return found
+
+
+def decoder_layers(model: nn.Module) -> tuple[nn.ModuleList, str]:
+    """Return the ModuleList of decoder blocks and its qualified name (e.g. ``model.layers``, ``transformer.h``).
+
+    Among ModuleLists of same-class blocks holding Linears, prefer those whose length equals the config's layer count,
+    then the longest, then the outermost (shortest path): a stack of blocks always contains any per-block lists.
+    """
+    candidates = _candidates(model)
+    count = _layer_count(model)
+    if count is not None:
+        matching = [(path, mods) for path, mods in candidates if len(mods) == count]
+        candidates = matching or candidates
+    if not candidates:
+        raise UnsupportedArchitecture(
+            f"no decoder layers found in {type(model).__name__}: expected an nn.ModuleList of blocks holding "
+            f"nn.Linear/Conv1D layers (a Hugging Face causal LM such as Llama, Qwen2, Gemma, OPT, GPT-2, Phi-3)"
+        )
+    path, layers = max(candidates, key=lambda item: (len(item[1]), -item[0].count(".")))
+    return layers, path
+
+
+def linears(layer: nn.Module) -> dict[str, nn.Module]:
+    """The Linear layers of one block, by name relative to the block, in module order (``self_attn.q_proj``...)."""
+    found = {name: module for name, module in layer.named_modules() if name and is_linear(module)}
+    if not found:
+        raise UnsupportedArchitecture(
+            f"no nn.Linear or Conv1D layer found in {type(layer).__name__}; this architecture is not supported"
+        )
+    return found
+
+
+def get_weight(module: nn.Module) -> Tensor:
+    """The weight as ``[out_features, in_features]`` (a view: Conv1D's ``[in, out]`` storage is transposed)."""
+    if isinstance(module, nn.Linear):
+        return module.weight.data
+    if isinstance(module, _conv1d_class()):
+        return module.weight.data.t()
+    raise UnsupportedArchitecture(f"{type(module).__name__} is not an nn.Linear or Conv1D layer")
+
+
+@torch.no_grad()
+def set_weight_(module: nn.Module, weight: Tensor) -> None:
+    """Copy ``weight`` ``[out_features, in_features]`` into the module in place, in the module's dtype and device.
+
+    In-place copy keeps the parameter object, so tied weights and device placement stay as they were.
+    """
+    target = get_weight(module)
+    if tuple(weight.shape) != tuple(target.shape):
+        raise ValueError(f"new weight has shape {tuple(weight.shape)}, the module expects {tuple(target.shape)}")
+    target.copy_(weight.to(device=target.device, dtype=target.dtype))
+
+
+def in_features(module: nn.Module) -> int:
+    return get_weight(module).shape[1]
