@@ -1,0 +1,119 @@
+"""``llmprune compress``: load a model, prune/quantize it layer by layer, save a checkpoint with its manifest."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from llmprune.errors import UserInputError
+from llmprune.recipe import Calibration, Recipe, parse_quant, parse_sparsity
+
+
+def _options(values: list[str]) -> tuple[tuple[str, object], ...]:
+    """--option key=value pairs; values parsed as int, float, bool or kept as text."""
+    parsed = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserInputError(f"--option {item}: write KEY=VALUE, e.g. --option max_cycles=50")
+        lowered = raw.lower()
+        if lowered in {"true", "false"}:
+            parsed[key] = lowered == "true"
+            continue
+        for cast in (int, float):
+            try:
+                parsed[key] = cast(raw)
+                break
+            except ValueError:
+                continue
+        else:
+            parsed[key] = raw
+    return tuple(sorted(parsed.items()))
+
+
+def _overrides(values: list[str]) -> tuple:
+    pairs = []
+    for item in values:
+        pattern, sep, sparsity = item.rpartition("=")
+        if not sep or not pattern:
+            raise UserInputError(f"--override {item}: write REGEX=SPARSITY, e.g. --override 'mlp\\.down_proj=0.3'")
+        pairs.append((pattern, parse_sparsity(sparsity)))
+    return tuple(pairs)
+
+
+def build_recipe(method, sparsity, quant, quantizer, refine, damp, block, ignore, override, option) -> Recipe:
+    """Parse every flag at the boundary; the engine receives typed values only."""
+    if damp <= 0:
+        raise UserInputError(f"--damp {damp}: must be positive (the reference uses 0.01)")
+    if block < 1:
+        raise UserInputError(f"--block {block}: must be a positive number of columns (default 128)")
+    from llmprune.prune import METHODS
+
+    METHODS.get(method)
+    if refine is not None:
+        from llmprune.refine import REFINERS
+
+        REFINERS.get(refine)
+    spec = parse_quant(quant, method=quantizer) if quant else None
+    if spec is not None:
+        from llmprune.quant import QUANTIZERS
+
+        QUANTIZERS.get(quantizer)
+    return Recipe(
+        method=method,
+        sparsity=parse_sparsity(sparsity) if sparsity not in (None, "dense") else None,
+        quant=spec,
+        refine=refine,
+        damp=damp,
+        block=block,
+        ignore=tuple(ignore),
+        overrides=_overrides(override),
+        options=_options(option),
+    )
+
+
+def compress_command(
+    model: str = typer.Argument(..., help="HF folder, .gguf file, Hub id (online), or alias 'smollm2-135m'."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output folder (written atomically)."),
+    method: str = typer.Option("wanda", help="Pruning method: magnitude, wanda, sparsegpt, gqsa."),
+    sparsity: Optional[str] = typer.Option(None, help="Fraction (0.5), N:M (2:4 keeps 2 of every 4), or 0.5@g16."),
+    quant: Optional[str] = typer.Option(None, help="Weight quantization, e.g. w4g128 (4-bit, groups of 128), w3g16s."),
+    quantizer: str = typer.Option("gptq", help="Quantizer: rtn, gptq, spqr."),
+    refine: Optional[str] = typer.Option(None, help="Refinement after pruning, e.g. dsnot."),
+    calib: str = typer.Option("c4", help="Calibration: c4, wikitext2, ptb, self, or a .txt/.jsonl/.parquet file."),
+    nsamples: int = typer.Option(128, help="Number of calibration windows."),
+    seqlen: int = typer.Option(2048, help="Tokens per calibration window."),
+    seed: int = typer.Option(0, help="Seed of the calibration sampling."),
+    damp: float = typer.Option(0.01, help="Hessian dampening, fraction of the mean diagonal (SparseGPT/GPTQ)."),
+    block: int = typer.Option(128, help="Columns per lazy-update block (SparseGPT/GPTQ)."),
+    ignore: List[str] = typer.Option([], help="Regex of module names left dense (repeatable)."),
+    override: List[str] = typer.Option([], help="REGEX=SPARSITY per-module override (repeatable; first match wins)."),
+    option: List[str] = typer.Option([], help="KEY=VALUE method/refiner option (repeatable)."),
+    format: str = typer.Option("dense", "--format", help="Storage: dense, int4, sparse24, sparse24_int4, group_sparse_int4, spqr."),
+    export: Optional[str] = typer.Option(None, help="Also export, e.g. compressed-tensors."),
+    device: str = typer.Option("cpu", help="Compute device for the layer being compressed: cpu or cuda."),
+    dtype: str = typer.Option("float32", help="Model dtype while compressing and when saved: float32, float16, bfloat16."),
+    batch_size: int = typer.Option(8, help="Calibration windows per forward pass."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+    from_manifest: Optional[Path] = typer.Option(None, help="Re-run exactly the recipe recorded in an llmprune.json."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Prune (and optionally quantize) MODEL layer by layer and save it to OUTPUT."""
+    from llmprune.pipeline import CompressJob, run_compress
+
+    if from_manifest is not None:
+        from llmprune.pipeline import job_from_manifest
+
+        job = job_from_manifest(from_manifest, output=output, force=force, device=device, quiet=quiet)
+    else:
+        recipe = build_recipe(method, sparsity, quant, quantizer, refine, damp, block, ignore, override, option)
+        calibration = Calibration(source=calib, nsamples=nsamples, seqlen=seqlen, seed=seed)
+        if nsamples < 1 or seqlen < 2:
+            raise UserInputError("--nsamples must be >= 1 and --seqlen >= 2")
+        job = CompressJob(model=model, output=output, recipe=recipe, calibration=calibration, format=format,
+                          export=export, device=device, dtype=dtype, batch_size=batch_size, force=force,
+                          progress=not quiet, argv=tuple(sys.argv))
+    summary = run_compress(job)
+    typer.echo(summary)

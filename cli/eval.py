@@ -1,0 +1,87 @@
+"""``llmprune eval``: perplexity (the papers' protocol) and zero-shot tasks (lm-eval) on a model as llmprune loads it."""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from llmprune.errors import UserInputError
+
+
+def load_for_eval(spec: str, *, device: str, dtype: str):
+    """An llmprune checkpoint (packed modules included) or anything ``resolve`` accepts."""
+    from pathlib import Path
+
+    import torch
+
+    from llmprune.pipeline import DTYPES
+
+    if dtype not in DTYPES:
+        raise UserInputError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    if Path(spec, "llmprune.json").is_file():
+        from llmprune.checkpoint import load
+
+        model, tokenizer, _ = load(spec, device=device, dtype=DTYPES[dtype])
+        return model, tokenizer
+    from llmprune.model import resolve
+
+    loaded = resolve(spec, dtype=DTYPES[dtype])
+    return loaded.model.to(torch.device(device)), loaded.tokenizer
+
+
+def _ppl_rows(model, tokenizer, names: list[str], *, seqlen, max_seqlen, device, batch_size, progress):
+    from llmprune.evals.perplexity import default_seqlen, load_eval_text, perplexity
+
+    window = seqlen or default_seqlen(model, cap=max_seqlen)
+    rows = []
+    for name in names:
+        text = load_eval_text(name)
+        result = perplexity(model, tokenizer, text.text, seqlen=window, device=device, batch_size=batch_size,
+                            progress=progress, dataset=text.name)
+        typer.echo(f"{text.name}: ppl {result.ppl:.4f}  [{result.protocol()}]", err=True)
+        rows.append({"dataset": text.name, "ppl": result.ppl, "nll": result.nll_mean, "seqlen": result.seqlen,
+                     "windows": result.windows, "tokens": result.tokens})
+    return rows
+
+
+def eval_command(
+    model: str = typer.Argument(..., help="An llmprune output folder, HF folder, .gguf, Hub id or alias."),
+    ppl: Optional[str] = typer.Option(None, help="Perplexity sets, comma-separated: wikitext2, ptb, c4, or a file."),
+    tasks: Optional[str] = typer.Option(None, help="Zero-shot lm-eval tasks, e.g. arc_easy,hellaswag,piqa,boolq."),
+    seqlen: Optional[int] = typer.Option(None, help="Perplexity window (default: the model's max positions, capped)."),
+    max_seqlen: int = typer.Option(2048, help="Cap on the default perplexity window."),
+    batch_size: int = typer.Option(1, help="Windows (or lm-eval requests) per forward pass."),
+    limit: Optional[float] = typer.Option(None, help="lm-eval: examples per task (or a fraction)."),
+    num_fewshot: Optional[int] = typer.Option(None, help="lm-eval: few-shot examples."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    dtype: str = typer.Option("float32", help="float32, float16 or bfloat16."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Evaluate perplexity and/or zero-shot accuracy."""
+    if not ppl and not tasks:
+        raise UserInputError("nothing to evaluate: give --ppl wikitext2 and/or --tasks arc_easy,...")
+    if seqlen is not None and seqlen < 2:
+        raise UserInputError(f"--seqlen {seqlen}: must be at least 2")
+    loaded_model, tokenizer = load_for_eval(model, device=device, dtype=dtype)
+    results: dict = {"model": model}
+    if ppl:
+        names = [n.strip() for n in ppl.split(",") if n.strip()]
+        results["perplexity"] = _ppl_rows(loaded_model, tokenizer, names, seqlen=seqlen, max_seqlen=max_seqlen,
+                                          device=device, batch_size=batch_size, progress=not quiet)
+    if tasks:
+        from llmprune.evals.zeroshot import run_zeroshot
+
+        names = [t.strip() for t in tasks.split(",") if t.strip()]
+        zs = run_zeroshot(loaded_model, tokenizer, names, batch_size=batch_size, limit=limit,
+                          num_fewshot=num_fewshot, device=device)
+        results["zeroshot"] = zs.to_dict()
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    for row in results.get("perplexity", []):
+        typer.echo(f"| {row['dataset']} | ppl {row['ppl']:.4f} | seqlen {row['seqlen']} | windows {row['windows']} "
+                   f"| tokens {row['tokens']} |")
+    if "zeroshot" in results:
+        typer.echo(zs.table())

@@ -1,0 +1,79 @@
+"""Entry point of the ``llmprune`` console script.
+
+User errors (``LlmpruneError``) print one line, ``error: <problem and fix>``, and exit with code 2. Any other
+exception is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from llmprune.errors import LlmpruneError
+
+app = typer.Typer(
+    name="llmprune",
+    help="Post-training compression for Hugging Face causal LMs: prune, quantize, pack, evaluate, publish.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register() -> None:
+    from . import compress, eval as eval_cmd
+
+    app.command("compress", no_args_is_help=True)(compress.compress_command)
+    app.command("eval", no_args_is_help=True)(eval_cmd.eval_command)
+    for module_name, command_name, function_name in (
+        ("sweep", "sweep", "sweep_command"),
+        ("batch", "batch", "batch_command"),
+        ("push", "push", "push_command"),
+        ("bench", "bench", "bench_command"),
+    ):
+        try:
+            module = __import__(f"llmprune.cli.{module_name}", fromlist=[function_name])
+        except ModuleNotFoundError as exc:
+            if exc.name != f"llmprune.cli.{module_name}":
+                raise
+            continue
+        app.command(command_name, no_args_is_help=True)(getattr(module, function_name))
+
+
+@app.callback()
+def _main(version: Optional[bool] = typer.Option(None, "--version", help="Print the version and exit.")) -> None:
+    if version:
+        from llmprune import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit code (used by tests and ``python -m llmprune``)."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except LlmpruneError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return 2
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        return 1
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())

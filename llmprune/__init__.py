@@ -1,0 +1,59 @@
+"""llmprune: post-training compression for Hugging Face causal LMs.
+
+Public API (nothing heavy is imported until used)::
+
+    import llmprune
+    loaded = llmprune.resolve("smollm2-135m")
+    report = llmprune.compress_(loaded.model, llmprune.Recipe(method="wanda", sparsity=llmprune.parse_sparsity("2:4")), calib)
+    model, tokenizer, manifest = llmprune.load("out/dir")
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import LlmpruneError, UserInputError  # noqa: E402  (cheap, no torch-heavy imports)
+from .recipe import NM, Calibration, Groups, QuantSpec, Recipe, Unstructured, parse_quant, parse_sparsity  # noqa: E402
+
+
+def compress_(model, recipe, calib=None, *, device="cpu", progress=True):
+    """Compress ``model`` in place (see ``llmprune.compress.compress_``)."""
+    from .compress import compress_ as run
+
+    return run(model, recipe, calib, device=device, progress=progress)
+
+
+def resolve(spec, **kwargs):
+    """Load a model and tokenizer from an HF folder, a .gguf file, a Hub id or an alias."""
+    from .model import resolve as run
+
+    return run(spec, **kwargs)
+
+
+def load(path, **kwargs):
+    """Load an llmprune checkpoint (packed modules included): returns (model, tokenizer, manifest)."""
+    from .checkpoint import load as run
+
+    return run(path, **kwargs)
+
+
+def calibration_windows(tokenizer, calibration, **kwargs):
+    from .data.calibration import calibration_windows as run
+
+    return run(tokenizer, calibration, **kwargs)
+
+
+def methods() -> list[str]:
+    from .prune import METHODS
+
+    return METHODS.names()
+
+
+def formats() -> list[str]:
+    from .formats import FORMATS
+
+    return FORMATS.names()
+
+
+__all__ = ["__version__", "compress_", "resolve", "load", "calibration_windows", "methods", "formats", "Recipe",
+           "Calibration", "NM", "Groups", "Unstructured", "QuantSpec", "parse_sparsity", "parse_quant",
+           "LlmpruneError", "UserInputError"]

@@ -1,0 +1,225 @@
+"""``compress_``: the one orchestrator. It maps a Recipe onto a model's Linears and drives the layer-wise engine.
+
+Glue only: the algorithms live in prune/, refine/ and quant/ (pure functions over tensors), the hooks and the
+layer loop in engine/. The CLI, the sweep and the batch runner all call this.
+"""
+from __future__ import annotations
+
+import inspect
+import re
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .errors import UserInputError
+from .masks import check_shape, verify_pattern
+from .recipe import Groups, NM, Recipe, Sparsity, Unstructured
+from .types import Pruned, QuantizedWeight, Stats
+
+
+@dataclass
+class Report:
+    """What a compression run did: per-Linear records, the quantized representations, timings."""
+
+    records: dict[str, dict] = field(default_factory=dict)
+    quantized: dict[str, QuantizedWeight] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # module -> reason (ignored by the recipe)
+
+    def achieved_sparsity(self) -> float:
+        zeros = sum(r["zeros"] for r in self.records.values())
+        total = sum(r["numel"] for r in self.records.values())
+        return zeros / total if total else 0.0
+
+    def to_dict(self) -> dict:
+        return {"achieved_sparsity": self.achieved_sparsity(), "layers": self.records,
+                "skipped": self.skipped, "timings": self.timings}
+
+
+def _call_with_options(fn, *args, options: dict):
+    """Pass the options ``fn`` declares as keyword arguments (damp, block, name, ...), nothing else."""
+    params = inspect.signature(fn).parameters
+    return fn(*args, **{k: v for k, v in options.items() if k in params})
+
+
+class Plan:
+    """The recipe resolved per module: which Linears are compressed, with which pattern, and what they need.
+
+    It is the engine's ``LinearTask``: ``needs(name)`` and ``__call__(name, weight, stats) -> new weight``.
+    """
+
+    def __init__(self, recipe: Recipe, modules: dict[str, torch.nn.Module]):
+        from .prune import METHODS
+
+        self.recipe = recipe
+        self.method = METHODS.get(recipe.method)
+        self.refiner = self._refiner(recipe)
+        self.quantizer = self._quantizer(recipe)
+        self.report = Report()
+        self.targets: dict[str, Sparsity | None] = {}
+        for name, module in modules.items():
+            reason = self._ignored(name)
+            if reason:
+                self.report.skipped[name] = reason
+                continue
+            self.targets[name] = self._sparsity_for(name)
+
+    @staticmethod
+    def _refiner(recipe: Recipe):
+        if recipe.refine is None:
+            return None
+        from .refine import REFINERS
+
+        return REFINERS.get(recipe.refine)
+
+    @staticmethod
+    def _quantizer(recipe: Recipe):
+        if recipe.quant is None:
+            return None
+        from .quant import QUANTIZERS
+
+        return QUANTIZERS.get(recipe.quant.method)
+
+    def _ignored(self, name: str) -> str | None:
+        for pattern in self.recipe.ignore:
+            if re.search(pattern, name):
+                return f"ignored by --ignore {pattern}"
+        return None
+
+    def _sparsity_for(self, name: str) -> Sparsity | None:
+        for pattern, sparsity in self.recipe.overrides:
+            if re.search(pattern, name):
+                return sparsity
+        return self.recipe.sparsity
+
+    def check_shapes(self, modules: dict[str, torch.nn.Module], in_features) -> None:
+        """Fail before calibration when a layer cannot hold its pattern; the error names the layer."""
+        for name, sparsity in self.targets.items():
+            n_in = in_features(modules[name])
+            if sparsity is not None:
+                check_shape(n_in, sparsity, name)
+            if self.recipe.quant is not None:
+                from .quant.uniform import check_quant_shape
+
+                check_quant_shape(n_in, self.recipe.quant, name)
+
+    def refine_applies(self, name: str) -> bool:
+        """A refiner may limit itself to some modules (DSnoT's reference refines attention projections only)."""
+        if self.refiner is None or self.targets.get(name) is None:
+            return False
+        applies = self.refiner.meta.get("applies")
+        return True if applies is None else bool(applies(name, dict(self.recipe.options)))
+
+    def needs(self, name: str) -> frozenset[str]:
+        if name not in self.targets:
+            return frozenset()
+        needs = set(self.method.needs) if self.targets[name] is not None else set()
+        if self.refine_applies(name) and self.targets[name] is not None:
+            needs |= set(self.refiner.needs)
+        if self.quantizer is not None:
+            needs |= set(self.quantizer.needs)
+        return frozenset(needs)
+
+    def wants(self, name: str) -> bool:
+        return name in self.targets
+
+    def options(self, name: str) -> dict:
+        return {"damp": self.recipe.damp, "block": self.recipe.block, "name": name, **dict(self.recipe.options)}
+
+    def __call__(self, name: str, weight: Tensor, stats: Stats) -> Tensor:
+        if name not in self.targets:
+            return weight
+        start = time.perf_counter()
+        sparsity = self.targets[name]
+        W = weight.float()
+        record: dict = {"method": self.recipe.method, "target": str(sparsity) if sparsity else "dense",
+                        "shape": list(W.shape)}
+        mask = None
+        if sparsity is not None and not self._joint():
+            pruned: Pruned = _call_with_options(self.method.fn, W, stats, sparsity, options=self.options(name))
+            if self.refine_applies(name):
+                pruned = _call_with_options(self.refiner.fn, W, pruned, stats, sparsity, options=self.options(name))
+                record["refine"] = self.recipe.refine
+            record.update(pruned.info)
+            W, mask = pruned.weight, pruned.mask
+        if self.quantizer is not None:
+            W, mask = self._quantize(name, W, stats, sparsity, mask, record)
+        if sparsity is not None:
+            record["sparsity"] = verify_pattern(mask, sparsity, compare=self._compare(), name=name,
+                                                block=self.recipe.block)
+        zeros = int((W == 0).sum())
+        record.update({"zeros": zeros, "numel": W.numel(), "seconds": round(time.perf_counter() - start, 4)})
+        self.report.records[name] = record
+        return W.to(weight.dtype)
+
+    def _compare(self) -> str:
+        return getattr(self.method, "compare", "row")
+
+    def _joint(self) -> bool:
+        """SparseGPT + quantization runs as one sweep (prune and quantize, compensating both; SparseGPT Sec. 3.5)."""
+        return self.quantizer is not None and self.recipe.method == "sparsegpt" and self.recipe.quant.method == "gptq"
+
+    def _quantize(self, name, W, stats, sparsity, mask, record):
+        spec = self.recipe.quant
+        if self._joint() and sparsity is not None:
+            from .quant.gptq import sparsegpt_quant
+
+            qw, info = _call_with_options(sparsegpt_quant, W, stats, sparsity, spec, options=self.options(name))
+        else:
+            opts = {**self.options(name), "mask": mask}
+            qw, info = _call_with_options(self.quantizer.fn, W, stats, spec, options=opts)
+        record.update(info)
+        record["quant"] = str(spec)
+        self.report.quantized[name] = qw
+        return qw.dequantize(), (qw.mask if qw.mask is not None else mask)
+
+
+def resolve_sparsity_for_method(recipe: Recipe, group: int = 16) -> Recipe:
+    """GQSA prunes whole groups: a plain fraction becomes ``Groups(g, fraction)`` with g from the quant spec (or 16)."""
+    if recipe.method == "gqsa" and isinstance(recipe.sparsity, Unstructured):
+        size = recipe.quant.group if recipe.quant is not None and recipe.quant.group else group
+        return recipe.with_(sparsity=Groups(size, recipe.sparsity.fraction))
+    if recipe.method != "gqsa" and isinstance(recipe.sparsity, Groups):
+        raise UserInputError(f"--sparsity {recipe.sparsity}: group sparsity needs --method gqsa")
+    return recipe
+
+
+def needs_calibration(model, recipe: Recipe) -> bool:
+    """llm-compressor's good habit: no calibration pass when no module needs data (e.g. magnitude)."""
+    plan = build_plan(model, recipe)
+    return any(plan.needs(name) for name in plan.targets)
+
+
+def build_plan(model, recipe: Recipe) -> Plan:
+    from .model.layers import decoder_layers, linears, get_weight
+
+    layers, path = decoder_layers(model)
+    modules = {}
+    for index, layer in enumerate(layers):
+        for name, module in linears(layer).items():
+            modules[f"{path}.{index}.{name}"] = module
+    plan = Plan(resolve_sparsity_for_method(recipe), modules)
+    plan.check_shapes(modules, lambda m: get_weight(m).shape[1])
+    return plan
+
+
+def compress_(model, recipe: Recipe, calib=None, *, device: str = "cpu", progress: bool = True) -> Report:
+    """Compress ``model`` in place following ``recipe``. ``calib`` is a ``CalibrationSet`` (or None when no module
+    needs statistics). Returns the Report (per-layer records, quantized codes, timings)."""
+    from .engine.sequential import run_sequential_, run_without_calibration_
+
+    start = time.perf_counter()
+    plan = build_plan(model, recipe)
+    if not plan.targets:
+        raise UserInputError("no Linear layer left to compress; check --ignore patterns")
+    if any(plan.needs(name) for name in plan.targets):
+        if calib is None:
+            raise UserInputError(f"--method {recipe.method} needs calibration data; give --calib")
+        engine_info = run_sequential_(model, calib.ids, plan, device=device, progress=progress)
+    else:
+        engine_info = run_without_calibration_(model, plan, device=device, progress=progress)
+    plan.report.timings = {"compress_seconds": round(time.perf_counter() - start, 3),
+                           **{k: v for k, v in (engine_info or {}).items() if isinstance(v, (int, float))}}
+    return plan.report

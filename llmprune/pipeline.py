@@ -1,0 +1,128 @@
+"""The whole ``compress`` job as a library call: check the output, load, calibrate, compress, pack, save.
+
+The CLI, the batch runner and ``--from-manifest`` all go through ``run_compress`` so a run is reproducible from its
+manifest alone.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import CorruptCheckpoint, UserInputError
+from .recipe import Calibration, Recipe
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class CompressJob:
+    model: str
+    output: Path
+    recipe: Recipe
+    calibration: Calibration = field(default_factory=Calibration)
+    format: str = "dense"
+    export: str | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    batch_size: int = 8
+    force: bool = False
+    progress: bool = True
+    argv: tuple[str, ...] = ()
+
+
+def versions() -> dict:
+    import transformers
+
+    from . import __version__
+
+    return {"llmprune": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+def _check_job(job: CompressJob) -> None:
+    if job.dtype not in DTYPES:
+        raise UserInputError(f"--dtype {job.dtype}: choose one of {', '.join(DTYPES)}")
+    if job.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserInputError(f"--device {job.device}: CUDA is not available here; use --device cpu")
+    if job.recipe.sparsity is None and job.recipe.quant is None:
+        raise UserInputError("nothing to do: give --sparsity and/or --quant")
+    from .formats import FORMATS
+
+    FORMATS.get(job.format)
+    if job.export not in (None, "compressed-tensors"):
+        raise UserInputError(f"--export {job.export}: the only export is 'compressed-tensors'")
+
+
+def run_compress(job: CompressJob) -> str:
+    """Run the job; returns a short human summary. Nothing is written unless everything succeeds."""
+    from .checkpoint import check_output_dir
+    from .compress import build_plan, compress_
+    from .model import resolve
+
+    _check_job(job)
+    check_output_dir(job.output, force=job.force)
+    t0 = time.perf_counter()
+    loaded = resolve(job.model, dtype=DTYPES[job.dtype])
+    plan = build_plan(loaded.model, job.recipe)  # shape checks happen here, before any calibration
+    calib = None
+    if any(plan.needs(name) for name in plan.targets):
+        from .data.calibration import calibration_windows
+
+        calib = calibration_windows(loaded.tokenizer, job.calibration, model=loaded.model)
+    t_load = time.perf_counter() - t0
+    report = compress_(loaded.model, job.recipe, calib, device=job.device, progress=job.progress)
+    manifest = {
+        "model": loaded.source,
+        "recipe": job.recipe.to_dict(),
+        "calibration": None if calib is None else {**asdict(job.calibration), "sha256": calib.sha256,
+                                                   "description": calib.description},
+        "job": {"format": job.format, "export": job.export, "device": job.device, "dtype": job.dtype,
+                "batch_size": job.batch_size},
+        "report": report.to_dict(),
+        "timings": {"load_and_calibration_seconds": round(t_load, 3), **report.timings},
+        "versions": versions(),
+        "command": list(job.argv),
+    }
+    _save(job, loaded, report, manifest)
+    return (f"saved {job.output} — {job.recipe.method} {job.recipe.sparsity or ''} "
+            f"{job.recipe.quant or ''}: achieved sparsity {report.achieved_sparsity():.4f} over "
+            f"{len(report.records)} Linear layers in {report.timings.get('compress_seconds', 0):.1f} s")
+
+
+def _save(job: CompressJob, loaded, report, manifest: dict) -> None:
+    from .checkpoint import save
+    from .packing import pack_layers
+
+    layers = pack_layers(loaded.model, report, job.format)
+    save(loaded.model, job.output, layers=layers, manifest_extra=manifest, tokenizer=loaded.tokenizer,
+         force=job.force)
+    if job.export == "compressed-tensors":
+        from .export_ct import export_compressed_tensors
+
+        export_compressed_tensors(loaded.model, report, job.output / "compressed-tensors", recipe=job.recipe)
+
+
+def job_from_manifest(path: Path, *, output: Path, force: bool, device: str, quiet: bool) -> CompressJob:
+    """Rebuild the job recorded in an ``llmprune.json`` (the manifest alone reproduces the run)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "llmprune.json"
+    try:
+        data = json.loads(path.read_text())
+        recipe = Recipe.from_dict(data["recipe"])
+        calib = Calibration(**{k: data["calibration"][k] for k in ("source", "nsamples", "seqlen", "seed")}) \
+            if data.get("calibration") else Calibration()
+        job = data["job"]
+        model = data["model"]["spec"]
+    except FileNotFoundError:
+        raise UserInputError(f"--from-manifest {path}: file not found") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptCheckpoint(f"{path}: not a valid llmprune manifest ({exc}); give the llmprune.json of a run") from None
+    return CompressJob(model=model, output=output, recipe=recipe, calibration=calib, format=job["format"],
+                       export=job.get("export"), device=device, dtype=job["dtype"], batch_size=job["batch_size"],
+                       force=force, progress=not quiet, argv=("--from-manifest", str(path)))
