@@ -1,0 +1,112 @@
+"""End-to-end CLI runs on tiny models, and the one-line errors for bad input (nothing written)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from llmprune.cli.main import main
+from tests.tiny_models import ARCHS, save_tiny
+
+
+def run_cli(args, capsys):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    return save_tiny(tmp_path_factory.mktemp("tiny") / "llama", "llama")
+
+
+CALIB = ["--calib", "c4", "--nsamples", "4", "--seqlen", "32", "--quiet"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cli_compress_every_architecture_end_to_end(arch, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    src = save_tiny(tmp_path / "src", arch)
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli(["compress", src, "--method", "wanda", "--sparsity", "2:4", "-o", out, *CALIB],
+                                   capsys)
+    assert code == 0, stderr
+    manifest = json.loads((out / "llmprune.json").read_text())
+    layers = manifest["report"]["layers"]
+    assert layers and all(record["sparsity"] == 0.5 for record in layers.values())
+    model = AutoModelForCausalLM.from_pretrained(out)
+    for name, record in layers.items():
+        weight = model.get_submodule(name).weight
+        assert int((weight == 0).sum()) >= weight.numel() // 2
+    assert manifest["calibration"]["sha256"] and manifest["recipe"]["sparsity"] == "2:4"
+
+
+@pytest.mark.parametrize("method, sparsity", [("magnitude", "0.5"), ("sparsegpt", "0.5"), ("sparsegpt", "4:8")])
+def test_cli_compress_methods(method, sparsity, tiny_llama, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, stderr = run_cli(["compress", tiny_llama, "--method", method, "--sparsity", sparsity, "-o", out, *CALIB],
+                              capsys)
+    assert code == 0, stderr
+    manifest = json.loads((out / "llmprune.json").read_text())
+    assert abs(manifest["report"]["achieved_sparsity"] - 0.5) < 1e-9
+    if method == "magnitude":
+        assert manifest["calibration"] is None  # no calibration pass when no method needs data
+
+
+def test_cli_from_manifest_reproduces_the_weights(tiny_llama, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert run_cli(["compress", tiny_llama, "--method", "sparsegpt", "--sparsity", "2:4", "-o", first, *CALIB],
+                   capsys)[0] == 0
+    code, _, stderr = run_cli(["compress", "unused", "-o", second, "--from-manifest", first / "llmprune.json",
+                               "--quiet"], capsys)
+    assert code == 0, stderr
+    a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--sparsity", "3:2"], "N must be smaller than M"),
+    (["--sparsity", "1.5"], "fraction in (0, 1)"),
+    (["--sparsity", "abc"], "not a number"),
+    (["--sparsity", "0:4"], "at least 1"),
+    (["--sparsity", "3:7"], "not divisible by M=7"),
+    (["--sparsity", "0.5", "--method", "wnada"], "did you mean 'wanda'"),
+    (["--sparsity", "0.5", "--calib", "no_such_corpus.jsonl"], "no_such_corpus"),
+])
+def test_cli_bad_input_is_one_line_and_writes_nothing(flags, words, tiny_llama, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli(["compress", tiny_llama, "-o", out, "--nsamples", "2", "--seqlen", "16",
+                                    "--quiet", *flags], capsys)
+    assert code == 2
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], stderr
+    assert not out.exists()
+    assert not list(tmp_path.glob(".*out*")), "temp dir left behind"
+
+
+def test_cli_unknown_model_path(tmp_path, capsys):
+    code, _, stderr = run_cli(["compress", tmp_path / "nope", "-o", tmp_path / "out", "--sparsity", "0.5"], capsys)
+    assert code == 2 and stderr.startswith("error: ") and "not found" in stderr and len(stderr.splitlines()) == 1
+
+
+def test_cli_missing_dataset_names_the_data_dir(tiny_llama, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LLMPRUNE_DATA_DIR", str(tmp_path / "empty"))
+    code, _, stderr = run_cli(["compress", tiny_llama, "-o", tmp_path / "out", "--sparsity", "0.5", *CALIB], capsys)
+    assert code == 2 and "LLMPRUNE_DATA_DIR" in stderr and len(stderr.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_non_empty_output_without_force(tiny_llama, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    args = ["compress", tiny_llama, "-o", out, "--method", "magnitude", "--sparsity", "0.5", "--quiet"]
+    code, _, stderr = run_cli(args, capsys)
+    assert code == 2 and "--force" in stderr and len(stderr.splitlines()) == 1
+    assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
+    assert run_cli([*args, "--force"], capsys)[0] == 0
+    assert (out / "llmprune.json").exists() and not (out / "keep.txt").exists()
