@@ -1,0 +1,134 @@
+"""The single layer-wise loop: capture -> per decoder layer: stats -> compress each Linear -> re-run -> next inputs.
+
+This is the sequential scheme of the SparseGPT and Wanda reference code (``llama_sequential`` / ``prune_wanda``):
+the calibration activations travel through the model one decoder layer at a time; each layer's Linears are compressed
+from statistics of *its* inputs, and the next layer's inputs come from the *compressed* layer. Only the current layer
+and the activations live on ``device``; the rest of the model stays where it is (memory-bounded).
+
+The engine knows nothing about methods. It drives a ``LinearTask``:
+
+- ``needs(name) -> frozenset[str]``: the statistics ``name`` needs (``"input_sq_norms"``, ``"hessian"``,
+  ``"input_mean"``, ``"input_var"``); only those are computed.
+- ``__call__(name, weight[out, in] float32 on device, stats: Stats) -> Tensor[out, in]``: the new weight.
+- optional ``wants(name) -> bool``: False leaves the module untouched (no call, no write-back). Without it every
+  Linear of every decoder layer is visited (modules with no needs get ``Stats()`` with ``None`` fields).
+
+Names are the model's qualified ``named_modules()`` names (``model.layers.0.self_attn.q_proj``).
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import Tensor, nn
+
+from ..model.layers import decoder_layers, get_weight, linears, set_weight_
+from ..types import Stats
+from .capture import Captured, capture_inputs, model_device
+from .stats import StatsCollector
+
+
+def _wants(task, name: str) -> bool:
+    wants = getattr(task, "wants", None)
+    return True if wants is None else bool(wants(name))
+
+
+def _targets(task, layer: nn.Module, prefix: str) -> dict[str, nn.Module]:
+    """The layer's Linears the task wants, by qualified name, in module order."""
+    found = {f"{prefix}.{name}": module for name, module in linears(layer).items()}
+    return {name: module for name, module in found.items() if _wants(task, name)}
+
+
+def _compress_linears_(task, targets: dict[str, nn.Module], collector: StatsCollector | None) -> None:
+    for name, module in targets.items():
+        weight = get_weight(module).to(torch.float32, copy=True)
+        stats = collector.stats(name) if collector is not None else Stats()
+        new = task(name, weight, stats)
+        if not isinstance(new, Tensor):
+            raise TypeError(f"the task returned {type(new).__name__} for {name}; expected the new weight tensor")
+        set_weight_(module, new)
+
+
+def _forward_all(layer: nn.Module, captured: Captured, index: int, collector: StatsCollector | None = None,
+                 keep: bool = True) -> None:
+    """Run ``layer`` on every batch; with ``keep`` its outputs replace the stored hidden states (next inputs)."""
+    for b, hidden in enumerate(captured.hidden):
+        out = captured.calls[b][index](layer, hidden)
+        if collector is not None:
+            collector.flush()
+        if keep:
+            captured.hidden[b] = out
+
+
+def _check_ids(calib_ids: Tensor) -> None:
+    if not isinstance(calib_ids, Tensor) or calib_ids.ndim != 2 or calib_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError("calib_ids must be an integer tensor [nsamples, seqlen]")
+
+
+def _progress(items, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit="layer", disable=not enabled, leave=False)
+
+
+@torch.no_grad()
+def run_sequential_(model: nn.Module, calib_ids: Tensor, task, *, device="cpu", batch_size: int = 1,
+                    progress: bool = True) -> dict:
+    """Compress ``model`` in place layer by layer with ``task``, calibrating on ``calib_ids`` [n, seqlen].
+
+    Returns ``{"capture_seconds", "stats_seconds", "task_seconds", "forward_seconds", "engine_seconds",
+    "calibration_tokens", "layers": [per-layer dicts]}``.
+    """
+    _check_ids(calib_ids)
+    start = time.perf_counter()
+    layers, path = decoder_layers(model)
+    captured = capture_inputs(model, calib_ids, device=device, batch_size=batch_size)
+    info = {"capture_seconds": time.perf_counter() - start, "stats_seconds": 0.0, "task_seconds": 0.0,
+            "forward_seconds": 0.0, "calibration_tokens": int(calib_ids.numel()), "layers": []}
+    for index, layer in enumerate(_progress(layers, progress, "compressing layers")):
+        info["layers"].append(_run_layer_(task, layer, index, f"{path}.{index}", captured, device, info))
+    info["engine_seconds"] = time.perf_counter() - start
+    return info
+
+
+def _run_layer_(task, layer: nn.Module, index: int, prefix: str, captured: Captured, device, info: dict) -> dict:
+    """One step of the loop; adds its times to ``info`` and returns the layer's record."""
+    home = model_device(layer)
+    layer.to(device)
+    targets = _targets(task, layer, prefix)
+    collector = StatsCollector({name: (module, frozenset(task.needs(name))) for name, module in targets.items()})
+    t0 = time.perf_counter()
+    if collector.active:
+        with collector.hooks():
+            _forward_all(layer, captured, index, collector, keep=False)
+    t1 = time.perf_counter()
+    _compress_linears_(task, targets, collector)
+    t2 = time.perf_counter()
+    _forward_all(layer, captured, index)
+    t3 = time.perf_counter()
+    layer.to(home)
+    info["stats_seconds"] += t1 - t0
+    info["task_seconds"] += t2 - t1
+    info["forward_seconds"] += t3 - t2
+    return {"index": index, "modules": list(targets), "shared_inputs": [list(g) for g in collector.groups() if len(g) > 1],
+            "stats_seconds": round(t1 - t0, 4), "task_seconds": round(t2 - t1, 4), "forward_seconds": round(t3 - t2, 4)}
+
+
+@torch.no_grad()
+def run_without_calibration_(model: nn.Module, task, *, device="cpu", progress: bool = True) -> dict:
+    """Visit every wanted Linear of every decoder layer once, with empty ``Stats()`` (magnitude needs no data).
+
+    No forward pass runs at all (llm-compressor skips calibration when no modifier needs data; so do we).
+    """
+    start = time.perf_counter()
+    layers, path = decoder_layers(model)
+    records = []
+    for index, layer in enumerate(_progress(layers, progress, "compressing layers")):
+        home = model_device(layer)
+        layer.to(device)
+        targets = _targets(task, layer, f"{path}.{index}")
+        _compress_linears_(task, targets, None)
+        layer.to(home)
+        records.append({"index": index, "modules": list(targets)})
+    elapsed = time.perf_counter() - start
+    return {"task_seconds": elapsed, "engine_seconds": elapsed, "layers": records}

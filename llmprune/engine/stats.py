@@ -1,0 +1,130 @@
+"""Per-input statistics of Linear layers, gathered by forward pre-hooks as float32 running means over tokens.
+
+Semantics follow the reference code's running updates (SparseGPT ``add_batch``: ``H *= n/(n+k); H += 2/(n+k)·XXᵀ``;
+Wanda ``scaler_row`` the same way with Σx²), so after T tokens:
+
+- ``input_sq_norms[j] = Σ_t x_tj² / T``        (Wanda's scaler_row; ‖X_j‖₂² = T · input_sq_norms[j])
+- ``hessian         = 2·Σ_t x_t x_tᵀ / T``    (SparseGPT / GPTQ's H)
+- ``input_mean[j]   = Σ_t x_tj / T``, ``input_var[j] = Σ_t (x_tj − mean_j)² / T``   (DSnoT's expectation and variance)
+
+Deviation: the reference code divides by the number of calibration *sequences*, we divide by *tokens* (the
+contract in docs/CONTRACTS.md). The two differ by the constant factor seqlen, to which Wanda's per-row ranking and
+SparseGPT's relative dampening (a fraction of mean(diag H)) are both invariant. The variance merges batches with Chan
+et al.'s pairwise update rather than E[x²]−E[x]², which cancels catastrophically in float32.
+
+Linears fed by the same tensor (q/k/v; gate/up) share one accumulator: the hooks only record the input tensors, and
+after each layer forward ``StatsCollector.flush`` groups them by tensor identity (the recorded tensors are held until
+then, so an identity cannot be reused within one forward) and updates each group's accumulator once.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from ..types import Stats
+
+STAT_NAMES = frozenset({"input_sq_norms", "hessian", "input_mean", "input_var"})
+
+
+class InputStats:
+    """Running float32 statistics of one input feature space of size ``dim``; computes only ``needs``."""
+
+    def __init__(self, dim: int, needs: frozenset[str], device):
+        unknown = set(needs) - STAT_NAMES
+        if unknown:
+            raise ValueError(f"unknown statistics {sorted(unknown)}; known: {sorted(STAT_NAMES)}")
+        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float32, device=device)  # noqa: E731
+        self.needs, self.tokens = frozenset(needs), 0
+        self.sq = zeros(dim) if "input_sq_norms" in needs else None
+        self.H = zeros(dim, dim) if "hessian" in needs else None
+        moments = bool({"input_mean", "input_var"} & needs)
+        self.mean = zeros(dim) if moments else None
+        self.m2 = zeros(dim) if "input_var" in needs else None
+
+    @torch.no_grad()
+    def update(self, x: Tensor) -> None:
+        """Fold in a batch of inputs ``x`` [..., dim] (any float dtype; accumulated in float32)."""
+        X = x.reshape(-1, x.shape[-1]).float()
+        n, k = self.tokens, X.shape[0]
+        if k == 0:
+            return
+        total = n + k
+        if self.sq is not None:
+            self.sq.mul_(n / total).add_(X.square().sum(0), alpha=1 / total)
+        if self.H is not None:
+            self.H.mul_(n / total).addmm_(X.t(), X, alpha=2 / total)
+        if self.mean is not None:
+            batch_mean = X.mean(0)
+            delta = batch_mean - self.mean
+            if self.m2 is not None:
+                self.m2.add_((X - batch_mean).square().sum(0)).add_(delta.square(), alpha=n * k / total)
+            self.mean.add_(delta, alpha=k / total)
+        self.tokens = total
+
+    def to_stats(self) -> Stats:
+        """A Stats record holding copies: a task that edits its H in place cannot corrupt its group's next module."""
+        copy = lambda t: None if t is None else t.clone()  # noqa: E731
+        var = None if self.m2 is None or self.tokens == 0 else self.m2 / self.tokens
+        mean = self.mean if "input_mean" in self.needs else None
+        return Stats(input_sq_norms=copy(self.sq), hessian=copy(self.H), input_mean=copy(mean), input_var=var,
+                     tokens=self.tokens)
+
+
+class StatsCollector:
+    """Gathers the statistics each named Linear needs; Linears that read the same tensor share one accumulator.
+
+    ``modules``: {qualified name: (module, needs)}. Use ``with collector.hooks():`` around forwards of the layer and call
+    ``flush()`` after each forward; ``stats(name)`` afterwards.
+    """
+
+    def __init__(self, modules: dict[str, tuple[nn.Module, frozenset[str]]]):
+        self.modules = {name: (module, frozenset(needs)) for name, (module, needs) in modules.items() if needs}
+        self._pending: list[tuple[str, Tensor]] = []
+        self._group_of: dict[str, tuple[str, ...]] = {}
+        self._acc: dict[tuple[str, ...], InputStats] = {}
+
+    @property
+    def active(self) -> bool:
+        return bool(self.modules)
+
+    @contextmanager
+    def hooks(self):
+        handles = [module.register_forward_pre_hook(self._hook(name)) for name, (module, _) in self.modules.items()]
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+            self._pending.clear()
+
+    def _hook(self, name: str):
+        def hook(module, args):
+            self._pending.append((name, args[0]))
+
+        return hook
+
+    def flush(self) -> None:
+        """Group this forward's recorded inputs by tensor identity and update each group's accumulator once."""
+        groups: dict[int, tuple[Tensor, list[str]]] = {}
+        for name, x in self._pending:
+            groups.setdefault(id(x), (x, []))[1].append(name)
+        self._pending.clear()
+        for x, names in groups.values():
+            key = tuple(names)
+            for name in names:
+                if self._group_of.setdefault(name, key) != key:
+                    raise RuntimeError(f"{name} shared its input with {self._group_of[name]} before, now with {key}")
+            if key not in self._acc:
+                needs = frozenset().union(*(self.modules[name][1] for name in names))
+                self._acc[key] = InputStats(x.shape[-1], needs, x.device)
+            self._acc[key].update(x)
+
+    def stats(self, name: str) -> Stats:
+        """The statistics of ``name``'s input (shared with the Linears that read the same tensor); empty if none."""
+        key = self._group_of.get(name)
+        return self._acc[key].to_stats() if key is not None else Stats()
+
+    def groups(self) -> list[tuple[str, ...]]:
+        return list(self._acc)
