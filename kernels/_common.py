@@ -1,0 +1,205 @@
+"""Plumbing shared by the packed-format kernels: input checks, output allocation, configs and launch.
+
+Every launcher follows the same steps (unsloth's kernel/launcher split): flatten ``x`` to ``[M, K]``, check the packed
+tensors against docs/FORMATS.md, allocate (or check) the output, pick the regime from M, then launch either the
+autotuned kernel (CUDA) or the raw kernel with one fixed config (Triton's interpreter, where autotuning would run every
+config through numpy). Whether we are interpreting is read from the kernel object itself (``TRITON_INTERPRET=1`` makes
+``@triton.jit`` return an ``InterpretedFunction``), so this module reads no environment variable.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from llmprune.errors import UserInputError
+
+ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+DECODE_MAX_BATCH = 16  # M <= this uses the GEMV kernel (decode); above it the tl.dot GEMM kernel (prefill)
+
+
+def interpreting(kernel) -> bool:
+    """True when ``kernel`` was built by Triton's CPU interpreter (TRITON_INTERPRET=1 at import time)."""
+    return type(kernel).__name__ == "InterpretedFunction"
+
+
+def flatten_input(x: Tensor, in_features: int, fmt: str, interpret: bool) -> Tensor:
+    """``x[..., K]`` as a 2-D view with unit stride along K (copied only when the last dim is strided)."""
+    if x.dtype not in ACT_DTYPES:
+        raise UserInputError(f"{fmt} kernel: activations are {x.dtype}; cast them to float16 or bfloat16")
+    if x.shape[-1] != in_features:
+        raise UserInputError(
+            f"{fmt} kernel: input has {x.shape[-1]} features but the packed weight expects {in_features}; "
+            "pass the layer's own input"
+        )
+    want = "cpu" if interpret else "cuda"
+    if x.device.type != want:
+        fix = "unset TRITON_INTERPRET and move the input to CUDA" if want == "cuda" else "move the input to the CPU"
+        raise UserInputError(f"{fmt} kernel: input is on {x.device}, this build runs on {want}; {fix}")
+    x2 = x.reshape(-1, in_features)
+    return x2 if x2.stride(1) == 1 else x2.contiguous()
+
+
+def check_packed(packed: dict, specs: dict, device: torch.device, fmt: str) -> None:
+    """Each named tensor exists, is contiguous, lives on ``device`` and has one of the allowed dtypes."""
+    for name, dtypes in specs.items():
+        if name not in packed:
+            raise UserInputError(f"{fmt} kernel: packed weight lacks '{name}'; pack it with llmprune.formats.{fmt}")
+        t = packed[name]
+        if t.dtype not in dtypes:
+            raise UserInputError(f"{fmt} kernel: '{name}' is {t.dtype}, expected one of {dtypes}; re-pack the layer")
+        if t.device != device:
+            raise UserInputError(f"{fmt} kernel: '{name}' is on {t.device} but the input is on {device}; move both")
+        if not t.is_contiguous():
+            raise UserInputError(f"{fmt} kernel: '{name}' is not contiguous; call .contiguous() on the packed tensors")
+
+
+def expect_shape(t: Tensor, shape: tuple, name: str, fmt: str) -> None:
+    if tuple(t.shape) != tuple(shape):
+        raise UserInputError(f"{fmt} kernel: '{name}' has shape {tuple(t.shape)}, expected {tuple(shape)}; re-pack")
+
+
+def alloc_out(x: Tensor, x2: Tensor, out_features: int, out: Tensor | None, fmt: str) -> Tensor:
+    """A fresh ``[..., N]`` output, or the caller's ``out`` after checking it (tests pass a NaN-poisoned one)."""
+    shape = (*x.shape[:-1], out_features)
+    if out is None:
+        return torch.empty(shape, dtype=x.dtype, device=x.device)
+    if tuple(out.shape) != shape or out.dtype != x.dtype or out.device != x.device or not out.is_contiguous():
+        raise UserInputError(f"{fmt} kernel: out= must be a contiguous {x.dtype} tensor of shape {shape} on {x.device}")
+    return out
+
+
+def batch_block(m: int) -> int:
+    """BLOCK_B for the decode kernel: 1, 2 or 4 use CUDA-core FMAs; 16 pads the batch for one tl.dot."""
+    for b in (1, 2, 4):
+        if m <= b:
+            return b
+    return 16
+
+
+def m_bucket(m: int) -> int:
+    """Autotune key for the batch: the next power of two, so prefill lengths share tuned configs."""
+    return triton.next_power_of_2(max(int(m), 1))
+
+
+def dot_f32(x: Tensor, interpret: bool) -> bool:
+    """Run tl.dot in float32: for fp32 inputs (exact IEEE), and for bf16 under the interpreter, whose numpy dot has
+    no bfloat16 (it returns garbage; checked on triton 3.9)."""
+    return x.dtype == torch.float32 or (interpret and x.dtype == torch.bfloat16)
+
+
+def gemv_configs() -> list:
+    """Row-block configs for decode: small BLOCK_N gives enough programs to fill the SMs at N = 4096."""
+    out = []
+    for bn, bk, w in [(8, 256, 4), (16, 256, 4), (16, 128, 4), (32, 128, 4), (32, 256, 8), (64, 128, 8),
+                      (8, 512, 4), (16, 512, 8), (4, 512, 2), (4, 1024, 4)]:
+        out.append(triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=2))
+    return out
+
+
+def gemm_configs() -> list:
+    """Tile configs for prefill in the spirit of Triton's matmul tutorial (grouped ordering, pipelined K loop)."""
+    out = []
+    for bm, bn, bk, w, s in [(16, 64, 64, 4, 4), (32, 64, 64, 4, 4), (64, 64, 64, 4, 4), (64, 128, 64, 4, 3),
+                             (128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (128, 256, 64, 8, 3), (64, 128, 128, 8, 3),
+                             (16, 128, 128, 4, 3), (32, 128, 128, 4, 3)]:
+        out.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s))
+    return out
+
+
+GEMV_KEY = ["N", "K", "BLOCK_B"]
+GEMM_KEY = ["N", "K", "M_BUCKET"]
+GEMV_FIXED = {"BLOCK_N": 8, "BLOCK_K": 32}  # interpreter: one small config, several programs and K steps
+GEMM_FIXED = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32}
+
+
+def launch(kernel, tuned, grid, args: tuple, consts: dict, fixed: dict) -> None:
+    """Run the autotuned kernel on CUDA, or ``kernel`` with ``fixed`` meta-parameters under the interpreter."""
+    if interpreting(kernel):
+        meta = {**consts, **fixed}
+        kernel[grid(meta)](*args, **meta)
+    else:
+        tuned[grid](*args, **consts)
+
+
+@triton.jit
+def batched_matvec(x, w, BLOCK_B: tl.constexpr, DOT_F32: tl.constexpr):
+    """acc[b, n] = sum_k x[b, k] * w[n, k]. Small batches use FMAs (decode is memory-bound, tensor cores idle);
+    BLOCK_B = 16 feeds one padded tl.dot."""
+    if BLOCK_B <= 4:
+        return tl.sum(x.to(tl.float32)[:, None, :] * w[None, :, :], axis=2)
+    else:
+        return dot_acc(x, tl.trans(w), tl.zeros((BLOCK_B, w.shape[0]), tl.float32), DOT_F32)
+
+
+@triton.jit
+def dot_acc(a, b_f32, acc, DOT_F32: tl.constexpr):
+    """acc + a @ b with b (the dequantized weight tile, float32) rounded to a's dtype as tensor-core kernels do."""
+    if DOT_F32:
+        return tl.dot(a.to(tl.float32), b_f32, acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b_f32.to(a.dtype), acc)
+
+
+@triton.jit
+def load_x(x_ptr, rows, cols, M, K, stride_xm):
+    """The activation tile x[rows, cols], zero outside [M, K]."""
+    mask = (rows[:, None] < M) & (cols[None, :] < K)
+    return tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def store_out(out_ptr, acc, rows, cols, M, N, stride_om):
+    mask = (rows[:, None] < M) & (cols[None, :] < N)
+    tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def grouped_pid(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Program id → (tile row, tile col) in GROUP_M-row bands so neighbouring programs share weight tiles in L2
+    (Triton matmul tutorial, "L2 cache optimizations")."""
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    per_band = GROUP_M * num_n
+    band = pid // per_band
+    first_m = band * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_band) % size_m
+    pid_n = (pid % per_band) // size_m
+    return pid_m, pid_n
+
+
+class KernelPair:
+    """The decode (GEMV) and prefill (GEMM) kernels of one format, with their autotuned twins for CUDA."""
+
+    def __init__(self, gemv, gemm, decode_max: int = DECODE_MAX_BATCH):
+        self.gemv, self.gemm, self.decode_max = gemv, gemm, decode_max
+        self.gemv_tuned = triton.autotune(configs=gemv_configs(), key=GEMV_KEY)(gemv)
+        self.gemm_tuned = triton.autotune(configs=gemm_configs(), key=GEMM_KEY)(gemm)
+
+    @property
+    def interpret(self) -> bool:
+        return interpreting(self.gemv)
+
+    def regime(self, m: int, regime: str | None) -> str:
+        if regime not in (None, "gemv", "gemm"):
+            raise UserInputError(f"regime '{regime}' is unknown; use 'gemv' (decode), 'gemm' (prefill) or None (auto)")
+        return regime or ("gemv" if m <= self.decode_max else "gemm")
+
+    def run(self, args: tuple, m: int, n: int, consts: dict, regime: str | None = None) -> None:
+        """Launch over ``[m, n]`` outputs; ``args`` end with (M, N, K, stride_xm, stride_om) as every kernel's do."""
+        if self.regime(m, regime) == "gemv":
+            bb = batch_block(min(m, self.decode_max))
+
+            def grid(meta):
+                return (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_B"]))
+
+            launch(self.gemv, self.gemv_tuned, grid, args, {**consts, "BLOCK_B": bb}, GEMV_FIXED)
+        else:
+
+            def grid(meta):
+                return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+
+            launch(self.gemm, self.gemm_tuned, grid, (*args, m_bucket(m)), consts, GEMM_FIXED)

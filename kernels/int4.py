@@ -1,0 +1,101 @@
+"""Triton kernels for ``int4``: dense group-quantized 4-bit weights, the non-sparse baseline.
+
+Layout (docs/FORMATS.md): ``qweight: [N, K/2] uint8`` nibble-packed codes (low nibble = even column),
+``scales: [N, K/g]`` fp16/bf16, ``zeros: [N, K/g] uint8``; W[n, k] = (code - zero) * scale with the group
+k // g. Worked example: byte 0x21 at qweight[n, 0] holds codes 1 (column 0) and 2 (column 1).
+
+Both kernels read only these packed bytes and rebuild the weight tile in registers (Frantar et al., "Marlin",
+arXiv:2408.11743, and GPTQ's Triton kernel do the same): the decode kernel streams row blocks of W against a
+handful of tokens with FMAs; the prefill kernel feeds dequantized tiles to tl.dot.
+
+Deviation: nibbles are unpacked with one (shift, mask) per column, so each byte is fetched twice from L1; Marlin
+reorders the codes offline for 128-bit loads and lop3 dequantization. Our layout is the plain row-major contract
+shared with the torch reference, so the kernel pays a little more instruction work for it.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from llmprune.errors import UserInputError
+from llmprune.formats.int4 import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
+
+from ._common import (
+    KernelPair, alloc_out, batched_matvec, check_packed, dot_acc, dot_f32, expect_shape, flatten_input,
+    grouped_pid, load_x, store_out,
+)
+
+FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@triton.jit
+def _int4_tile(q_ptr, s_ptr, z_ptr, n2, k2, mask, K, GROUP: tl.constexpr):
+    """Dequantized W[n2, k2] in float32 (n2, k2 broadcastable index tensors; either orientation)."""
+    byte = tl.load(q_ptr + n2 * (K // 2) + k2 // 2, mask=mask, other=0).to(tl.int32)
+    code = (byte >> ((k2 % 2) * 4)) & 0xF
+    sidx = n2 * (K // GROUP) + k2 // GROUP
+    scale = tl.load(s_ptr + sidx, mask=mask, other=0.0).to(tl.float32)
+    zero = tl.load(z_ptr + sidx, mask=mask, other=0).to(tl.float32)
+    return (code.to(tl.float32) - zero) * scale
+
+
+@triton.jit
+def _int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om,
+                      GROUP: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_B: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Decode: one program per BLOCK_N output rows (and BLOCK_B tokens), streaming K in BLOCK_K steps."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        mask = (rn[:, None] < N) & (rk[None, :] < K)
+        w = _int4_tile(q_ptr, s_ptr, z_ptr, rn[:, None], rk[None, :], mask, K, GROUP)
+        acc += batched_matvec(load_x(x_ptr, rb, rk, M, K, stride_xm), w, BLOCK_B, DOT_F32)
+    store_out(out_ptr, acc, rb, rn, M, N, stride_om)
+
+
+@triton.jit
+def _int4_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, M_BUCKET,
+                      GROUP: tl.constexpr, DOT_F32: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Prefill: a BLOCK_M x BLOCK_N output tile; each K step dequantizes W^T[BLOCK_K, BLOCK_N] for tl.dot."""
+    pid_m, pid_n = grouped_pid(M, N, BLOCK_M, BLOCK_N, 8)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        mask = (rk[:, None] < K) & (rn[None, :] < N)
+        w_t = _int4_tile(q_ptr, s_ptr, z_ptr, rn[None, :], rk[:, None], mask, K, GROUP)
+        acc = dot_acc(load_x(x_ptr, rm, rk, M, K, stride_xm), w_t, acc, DOT_F32)
+    store_out(out_ptr, acc, rm, rn, M, N, stride_om)
+
+
+KERNELS = KernelPair(_int4_gemv_kernel, _int4_gemm_kernel)
+
+
+def int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regime: str | None = None) -> Tensor:
+    """``x @ W.T`` for an ``int4`` packed weight; x is ``[..., K]`` fp16/bf16, the result ``[..., N]`` in x's dtype.
+
+    ``regime``: None picks GEMV for at most 16 tokens and GEMM above; "gemv"/"gemm" force one (tests, benchmarks).
+    ``out``: an optional preallocated output (fully overwritten).
+    """
+    q, s, z = packed.get("qweight"), packed.get("scales"), packed.get("zeros")
+    check_packed(packed, {"qweight": (torch.uint8,), "scales": FLOATS, "zeros": (torch.uint8,)}, x.device, "int4")
+    n, k = q.shape[0], q.shape[1] * 2
+    x2 = flatten_input(x, k, "int4", KERNELS.interpret)
+    n_groups = s.shape[1]
+    if n_groups == 0 or k % n_groups:
+        raise UserInputError(f"int4 kernel: {n_groups} scale groups do not divide {k} columns; re-pack the layer")
+    expect_shape(s, (n, n_groups), "scales", "int4")
+    expect_shape(z, (n, n_groups), "zeros", "int4")
+    y = alloc_out(x, x2, n, out, "int4")
+    m = x2.shape[0]
+    if m:
+        args = (x2, q, s, z, y, m, n, k, x2.stride(0), n)
+        consts = {"GROUP": k // n_groups, "DOT_F32": dot_f32(x, KERNELS.interpret)}
+        KERNELS.run(args, m, n, consts, regime)
+    return y
