@@ -15,11 +15,11 @@ from .errors import LlmpruneError, UserInputError  # noqa: E402  (cheap, no torc
 from .recipe import NM, Calibration, Groups, QuantSpec, Recipe, Unstructured, parse_quant, parse_sparsity  # noqa: E402
 
 
-def compress_(model, recipe, calib=None, *, device="cpu", progress=True):
+def compress_(model, recipe, calib=None, **kwargs):
     """Compress ``model`` in place (see ``llmprune.compress.compress_``)."""
     from .compress import compress_ as run
 
-    return run(model, recipe, calib, device=device, progress=progress)
+    return run(model, recipe, calib, **kwargs)
 
 
 def resolve(spec, **kwargs):

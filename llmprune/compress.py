@@ -205,7 +205,8 @@ def build_plan(model, recipe: Recipe) -> Plan:
     return plan
 
 
-def compress_(model, recipe: Recipe, calib=None, *, device: str = "cpu", progress: bool = True) -> Report:
+def compress_(model, recipe: Recipe, calib=None, *, device: str = "cpu", batch_size: int = 8,
+              progress: bool = True) -> Report:
     """Compress ``model`` in place following ``recipe``. ``calib`` is a ``CalibrationSet`` (or None when no module
     needs statistics). Returns the Report (per-layer records, quantized codes, timings)."""
     from .engine.sequential import run_sequential_, run_without_calibration_
@@ -217,7 +218,8 @@ def compress_(model, recipe: Recipe, calib=None, *, device: str = "cpu", progres
     if any(plan.needs(name) for name in plan.targets):
         if calib is None:
             raise UserInputError(f"--method {recipe.method} needs calibration data; give --calib")
-        engine_info = run_sequential_(model, calib.ids, plan, device=device, progress=progress)
+        engine_info = run_sequential_(model, calib.ids, plan, device=device, batch_size=batch_size,
+                                      progress=progress)
     else:
         engine_info = run_without_calibration_(model, plan, device=device, progress=progress)
     plan.report.timings = {"compress_seconds": round(time.perf_counter() - start, 3),

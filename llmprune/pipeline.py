@@ -75,7 +75,8 @@ def run_compress(job: CompressJob) -> str:
 
         calib = calibration_windows(loaded.tokenizer, job.calibration, model=loaded.model)
     t_load = time.perf_counter() - t0
-    report = compress_(loaded.model, job.recipe, calib, device=job.device, progress=job.progress)
+    report = compress_(loaded.model, job.recipe, calib, device=job.device, batch_size=job.batch_size,
+                       progress=job.progress)
     manifest = {
         "model": loaded.source,
         "recipe": job.recipe.to_dict(),
