@@ -1,0 +1,153 @@
+"""``resolve(spec)``: turn what the user typed into a model and its tokenizer.
+
+Accepted, in this order: a built-in alias (``smollm2-135m``), a local HF folder (``config.json`` + weights), a local
+``.gguf`` file (transformers' GGUF reader, dequantized), or a Hugging Face Hub id (``org/name``; the local HF cache
+first, then the Hub when it is reachable). Anything else is a one-line ``ModelNotFound`` naming the accepted forms.
+
+Models come back on CPU in eval mode with the KV cache disabled (calibration and perplexity never decode).
+"""
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from .. import settings
+from ..errors import ModelNotFound
+from .aliases import ALIASES, ensure_alias
+
+ACCEPTED = "give an HF folder, a .gguf file, a Hub id when online, or 'smollm2-135m'"
+_WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin")
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer, and where they came from: source = {"spec", "kind", "path", ...}."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    source: dict = field(default_factory=dict)
+
+
+def is_hf_folder(path) -> bool:
+    """True for a folder holding a transformers checkpoint: ``config.json`` plus safetensors or bin weights."""
+    path = Path(path)
+    if not (path.is_dir() and (path / "config.json").is_file()):
+        return False
+    return any(next(path.glob(pattern), None) is not None for pattern in _WEIGHT_PATTERNS)
+
+
+def _prepare(model: torch.nn.Module) -> torch.nn.Module:
+    model.eval()
+    model.config.use_cache = False
+    generation = getattr(model, "generation_config", None)
+    if generation is not None:
+        generation.use_cache = False
+    return model
+
+
+def _load_pretrained(location: str, dtype, **kwargs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(location, **{k: v for k, v in kwargs.items() if k != "quantization_config"})
+    return _prepare(model), tokenizer
+
+
+def load_gguf(path: Path, dtype=torch.float32):
+    """Load a ``.gguf`` file with transformers, dequantized into plain ``nn.Linear`` weights.
+
+    The GGUF quantizer marker is dropped so that ``save_pretrained`` writes a plain checkpoint (transformers refuses
+    to serialize a model "quantized with gguf" otherwise); the weights are already dense at this point.
+    """
+    from transformers import GgufConfig
+
+    model, tokenizer = _load_pretrained(str(path.parent), dtype, gguf_file=path.name,
+                                        quantization_config=GgufConfig(dequantize=True))
+    model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    return model, tokenizer
+
+
+def _load_folder(path: Path, dtype):
+    try:
+        return _load_pretrained(str(path), dtype)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFound(f"could not load the model in '{path}' ({first}); {ACCEPTED}") from None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A cheap TCP probe of the Hub endpoint, so an unreachable Hub fails in seconds instead of after retries."""
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _causes(exc: BaseException):
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _load_hub(spec: str, dtype):
+    try:  # the local HF cache first: a downloaded model works offline
+        return _load_pretrained(spec, dtype, local_files_only=True)
+    except (OSError, ValueError):
+        pass
+    if settings.hub_offline() or not _hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if settings.hub_offline() else "the Hugging Face Hub is unreachable"
+        raise ModelNotFound(f"model '{spec}' not found locally and {why} ({ACCEPTED})")
+    try:
+        return _load_pretrained(spec, dtype)
+    except (OSError, ValueError) as exc:
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+        if any(isinstance(e, GatedRepoError) for e in _causes(exc)):
+            raise ModelNotFound(f"model '{spec}' is gated on the Hub; log in with `hf auth login` after accepting "
+                                f"its terms, or {ACCEPTED}") from None
+        if any(isinstance(e, RepositoryNotFoundError) for e in _causes(exc)):
+            raise ModelNotFound(f"model '{spec}' not found on the Hugging Face Hub ({ACCEPTED})") from None
+        raise ModelNotFound(f"could not load '{spec}' from the Hub ({str(exc).splitlines()[0]}); {ACCEPTED}") from None
+
+
+def _looks_like_path(spec: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else with a separator, ``~`` or ``.gguf`` is a path."""
+    return (spec.startswith(("/", ".", "~")) or spec.endswith(".gguf") or spec.count("/") > 1
+            or "\\" in spec or spec.endswith("/"))
+
+
+def resolve(spec, *, dtype=torch.float32) -> LoadedModel:
+    """Load the model named by ``spec`` (alias | HF folder | .gguf file | Hub id) on CPU, in eval mode, no KV cache."""
+    text = str(spec).strip()
+    if not text:
+        raise ModelNotFound(f"no model given ({ACCEPTED})")
+    path = Path(text).expanduser()
+    if text in ALIASES and not path.exists():
+        folder = ensure_alias(text)
+        model, tokenizer = _load_folder(folder, dtype)
+        return LoadedModel(model, tokenizer, {"spec": text, "kind": "alias", "path": str(folder),
+                                              "origin": ALIASES[text].package})
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelNotFound(f"model '{text}' is a file but not a .gguf file ({ACCEPTED})")
+        model, tokenizer = load_gguf(path, dtype)
+        return LoadedModel(model, tokenizer, {"spec": text, "kind": "gguf", "path": str(path.resolve())})
+    if path.is_dir() and is_hf_folder(path):
+        model, tokenizer = _load_folder(path, dtype)
+        return LoadedModel(model, tokenizer, {"spec": text, "kind": "folder", "path": str(path.resolve())})
+    if path.is_dir():
+        raise ModelNotFound(f"folder '{text}' holds no HF checkpoint (config.json and *.safetensors); {ACCEPTED}")
+    if _looks_like_path(text):
+        raise ModelNotFound(f"model path '{text}' does not exist ({ACCEPTED})")
+    model, tokenizer = _load_hub(text, dtype)
+    return LoadedModel(model, tokenizer, {"spec": text, "kind": "hub", "path": text})
