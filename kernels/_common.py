@@ -203,3 +203,17 @@ class KernelPair:
                 return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
 
             launch(self.gemm, self.gemm_tuned, grid, (*args, m_bucket(m)), consts, GEMM_FIXED)
+
+
+@triton.jit
+def two_four_slot(meta_ptr, n2, k2, mask, K):
+    """For dense column k2 of row n2 in a 2:4 layout: (kept, is1, g) where g = k2 // 4 is the group, kept says the
+    column is one of the two kept positions and is1 that it is the second (its value sits at slot 2g + is1).
+    Meta (docs/FORMATS.md): nibble p0 | p1 << 2 per group, group 2j in the low nibble of byte j."""
+    g = k2 // 4
+    byte = tl.load(meta_ptr + n2 * (K // 8) + k2 // 8, mask=mask, other=0).to(tl.int32)
+    nib = (byte >> ((g % 2) * 4)) & 0xF
+    p = k2 % 4
+    is1 = p == (nib >> 2)
+    kept = (p == (nib & 3)) | is1
+    return kept & mask, is1, g

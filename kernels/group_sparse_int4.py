@@ -1,0 +1,120 @@
+"""Triton kernels for ``group_sparse_int4`` (GQSA: group quantization + group sparsity, Zeng et al. 2024,
+arXiv:2412.17560): every row keeps the same number KG of g-column groups, stored as int4 codes.
+
+Layout (docs/FORMATS.md): ``group_idx: [N, KG] int16`` kept groups, ascending; ``qweight: [N, KG*g/2] uint8`` the
+nibble-packed codes of the kept groups in ``group_idx`` order; ``scales: [N, KG]`` fp16/bf16; ``zeros: [N, KG] uint8``.
+Worked example (g = 4, 3 groups, keep 1): group_idx row [2] with codes [1, 2, 3, 4] → qweight row [0x21, 0x43]
+covering columns 8..11.
+
+Decode streams only the kept groups (the byte ratio is the speed limit) and gathers the matching activations (x is
+small and stays in L1/L2). Prefill walks the dense groups in order with one cursor per row into ``group_idx``
+(a merge of sorted lists): at dense group G a row contributes its next kept group if that is G, else zeros, so every
+tl.dot tile shares its K columns across rows. Packed bytes of dropped groups are never read.
+
+Deviation: the paper's kernel is a GEMV in CUDA; the prefill walk is ours. It spends tensor-core FLOPs on dropped
+groups, so at large batch it is no faster than dense (kernels/select.py falls back), and it needs g >= 16 (tl.dot's
+minimum K); smaller groups use the decode kernel over batch blocks.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from llmprune.errors import UserInputError
+from llmprune.formats.group_sparse_int4 import matmul_ref as reference  # noqa: F401  (the tests' oracle)
+
+from ._common import (
+    KernelPair, alloc_out, check_packed, dot_acc, dot_f32, expect_shape, flatten_input, grouped_pid, load_x,
+    store_out,
+)
+
+FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@triton.jit
+def _group_sparse_int4_gemv_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om,
+                                   KG, GROUP: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_B: tl.constexpr,
+                                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Decode: BLOCK_N rows per program walk their KG*g kept codes; x is gathered at each code's column."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    kept_cols = KG * GROUP
+    acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
+    for i0 in range(0, kept_cols, BLOCK_K):
+        ri = i0 + tl.arange(0, BLOCK_K)
+        mask = (rn[:, None] < N) & (ri[None, :] < kept_cols)
+        slot = rn[:, None] * KG + ri[None, :] // GROUP
+        col = tl.load(gi_ptr + slot, mask=mask, other=0).to(tl.int32) * GROUP + ri[None, :] % GROUP
+        byte = tl.load(q_ptr + rn[:, None] * (kept_cols // 2) + ri[None, :] // 2, mask=mask, other=0).to(tl.int32)
+        code = (byte >> ((ri[None, :] % 2) * 4)) & 0xF
+        scale = tl.load(s_ptr + slot, mask=mask, other=0.0).to(tl.float32)
+        zero = tl.load(z_ptr + slot, mask=mask, other=0).to(tl.float32)
+        w = (code.to(tl.float32) - zero) * scale
+        xmask = (rb[:, None, None] < M) & mask[None, :, :]
+        x = tl.load(x_ptr + rb[:, None, None] * stride_xm + col[None, :, :], mask=xmask, other=0.0)
+        acc += tl.sum(x.to(tl.float32) * w[None, :, :], axis=2)
+    store_out(out_ptr, acc, rb, rn, M, N, stride_om)
+
+
+@triton.jit
+def _group_sparse_int4_gemm_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om,
+                                   KG, M_BUCKET, GROUP: tl.constexpr, DOT_F32: tl.constexpr,
+                                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Prefill: walk dense groups G = 0..K/g-1; each row's cursor t advances when its next kept group is G."""
+    pid_m, pid_n = grouped_pid(M, N, BLOCK_M, BLOCK_N, 8)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, GROUP)
+    n_ok = rn < N
+    t = tl.zeros((BLOCK_N,), tl.int32)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for G in range(0, K // GROUP):
+        live = n_ok & (t < KG)
+        nxt = tl.load(gi_ptr + rn * KG + t, mask=live, other=-1).to(tl.int32)
+        hit = live & (nxt == G)
+        pos = t[None, :] * GROUP + rk[:, None]
+        byte = tl.load(q_ptr + rn[None, :] * (KG * GROUP // 2) + pos // 2, mask=hit[None, :], other=0).to(tl.int32)
+        code = (byte >> ((pos % 2) * 4)) & 0xF
+        scale = tl.load(s_ptr + rn * KG + t, mask=hit, other=0.0).to(tl.float32)
+        zero = tl.load(z_ptr + rn * KG + t, mask=hit, other=0).to(tl.float32)
+        w_t = tl.where(hit[None, :], (code.to(tl.float32) - zero[None, :]) * scale[None, :], 0.0)
+        acc = dot_acc(load_x(x_ptr, rm, G * GROUP + rk, M, K, stride_xm), w_t, acc, DOT_F32)
+        t += hit.to(tl.int32)
+    store_out(out_ptr, acc, rm, rn, M, N, stride_om)
+
+
+KERNELS = KernelPair(_group_sparse_int4_gemv_kernel, _group_sparse_int4_gemm_kernel, decode_max=4)
+
+
+def group_sparse_int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None,
+                             regime: str | None = None) -> Tensor:
+    """``x @ W.T`` for a ``group_sparse_int4`` packed weight; x ``[..., K]`` fp16/bf16 → ``[..., N]``.
+
+    K is x's last dimension (the packed tensors hold only kept groups). ``regime``: None picks GEMV for at most 4
+    tokens and GEMM above (GEMV over batch blocks when g < 16 or g is not a power of two); "gemv"/"gemm" force one.
+    """
+    specs = {"group_idx": (torch.int16,), "qweight": (torch.uint8,), "scales": FLOATS, "zeros": (torch.uint8,)}
+    check_packed(packed, specs, x.device, "group_sparse_int4")
+    gi, q, s, z = (packed[name] for name in specs)
+    n, kg = gi.shape
+    k = x.shape[-1]
+    if kg == 0 or (q.shape[1] * 2) % kg:
+        raise UserInputError(f"group_sparse_int4 kernel: qweight {tuple(q.shape)} does not hold {kg} whole groups")
+    group = q.shape[1] * 2 // kg
+    if k % group or k // group < kg:
+        raise UserInputError(f"group_sparse_int4 kernel: input has {k} features, not {kg}+ groups of {group}; "
+                             "pass the layer's own input")
+    x2 = flatten_input(x, k, "group_sparse_int4", KERNELS.interpret)
+    for t, name in ((s, "scales"), (z, "zeros")):
+        expect_shape(t, (n, kg), name, "group_sparse_int4")
+    y = alloc_out(x, x2, n, out, "group_sparse_int4")
+    m = x2.shape[0]
+    if m:
+        if group < 16 or group & (group - 1):
+            regime = "gemv"
+        consts = {"GROUP": group, "DOT_F32": dot_f32(x, KERNELS.interpret)}
+        args = (x2, gi, q, s, z, y, m, n, k, x2.stride(0), n, kg)  # the GEMM launch appends M_BUCKET after KG
+        KERNELS.run(args, m, n, consts, regime)
+    return y

@@ -1,0 +1,108 @@
+"""Triton kernels for ``sparse24_int4``: 2:4 sparsity (2 kept in every 4) on top of int4 group quantization.
+
+Layout (docs/FORMATS.md): ``qvalues: [N, K/4] uint8`` — nibble-packed codes of the kept values in column order, so
+byte g of a row holds both kept codes of column group g (columns 4g..4g+3); ``meta: [N, K/8] uint8`` — kept positions
+p0 < p1 as the nibble ``p0 | p1 << 2``, two groups per byte; ``scales: [N, K/g]``, ``zeros: [N, K/g] uint8`` over
+original columns. Worked example: columns 0..3 = [0, a, 0, b] give p0 = 1, p1 = 3, nibble 0b1101 = 13; with codes
+a = 5, b = 9 the qvalues byte is 0x95.
+
+The kernels read 4.5 bits per kept weight (~2.3 bits per dense weight plus scales) and rebuild the dense tile in
+registers: each dense column finds its group's byte in ``meta`` and ``qvalues`` and is zero unless kept. The byte
+ratio against fp16 is the batch-1 speed limit (~5.1x at g128); Sparse-Marlin (Frantar et al. 2024,
+arXiv:2408.11743) reaches it on Ampere.
+
+Deviation: the prefill kernel multiplies the rebuilt dense tile with tl.dot, because Triton exposes no sparse
+tensor-core MMA (mma.sp); it saves memory traffic but not FLOPs, so at large batch the dispatcher prefers dense
+cuBLAS or PyTorch's semi-structured path (kernels/select.py).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from llmprune.errors import UserInputError
+from llmprune.formats.sparse24_int4 import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
+
+from ._common import (
+    KernelPair, alloc_out, batched_matvec, check_packed, dot_acc, dot_f32, expect_shape, flatten_input,
+    grouped_pid, load_x, store_out, two_four_slot,
+)
+
+FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@triton.jit
+def _sparse24_int4_tile(q_ptr, m_ptr, s_ptr, z_ptr, n2, k2, mask, K, GROUP: tl.constexpr):
+    """Dense W[n2, k2] in float32, zero at pruned columns (n2, k2 broadcastable index tensors)."""
+    kept, is1, g = two_four_slot(m_ptr, n2, k2, mask, K)
+    byte = tl.load(q_ptr + n2 * (K // 4) + g, mask=kept, other=0).to(tl.int32)
+    code = (byte >> (is1.to(tl.int32) * 4)) & 0xF
+    sidx = n2 * (K // GROUP) + k2 // GROUP
+    scale = tl.load(s_ptr + sidx, mask=kept, other=0.0).to(tl.float32)
+    zero = tl.load(z_ptr + sidx, mask=kept, other=0).to(tl.float32)
+    return tl.where(kept, (code.to(tl.float32) - zero) * scale, 0.0)
+
+
+@triton.jit
+def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om,
+                               GROUP: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_B: tl.constexpr,
+                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Decode: BLOCK_N rows per program, K streamed in BLOCK_K dense columns (BLOCK_K/4 packed bytes per row)."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        mask = (rn[:, None] < N) & (rk[None, :] < K)
+        w = _sparse24_int4_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn[:, None], rk[None, :], mask, K, GROUP)
+        acc += batched_matvec(load_x(x_ptr, rb, rk, M, K, stride_xm), w, BLOCK_B, DOT_F32)
+    store_out(out_ptr, acc, rb, rn, M, N, stride_om)
+
+
+@triton.jit
+def _sparse24_int4_gemm_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, M_BUCKET,
+                               GROUP: tl.constexpr, DOT_F32: tl.constexpr,
+                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Prefill: tl.dot of the activation tile with the rebuilt dense W^T[BLOCK_K, BLOCK_N] tile."""
+    pid_m, pid_n = grouped_pid(M, N, BLOCK_M, BLOCK_N, 8)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        mask = (rk[:, None] < K) & (rn[None, :] < N)
+        w_t = _sparse24_int4_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn[None, :], rk[:, None], mask, K, GROUP)
+        acc = dot_acc(load_x(x_ptr, rm, rk, M, K, stride_xm), w_t, acc, DOT_F32)
+    store_out(out_ptr, acc, rm, rn, M, N, stride_om)
+
+
+KERNELS = KernelPair(_sparse24_int4_gemv_kernel, _sparse24_int4_gemm_kernel)
+
+
+def sparse24_int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regime: str | None = None) -> Tensor:
+    """``x @ W.T`` for a ``sparse24_int4`` packed weight; x ``[..., K]`` fp16/bf16 → ``[..., N]`` in x's dtype.
+
+    ``regime``: None picks GEMV for at most 16 tokens and GEMM above; "gemv"/"gemm" force one.
+    ``out``: an optional preallocated output (fully overwritten).
+    """
+    specs = {"qvalues": (torch.uint8,), "meta": (torch.uint8,), "scales": FLOATS, "zeros": (torch.uint8,)}
+    check_packed(packed, specs, x.device, "sparse24_int4")
+    q, meta, s, z = (packed[name] for name in specs)
+    n, k = q.shape[0], q.shape[1] * 4
+    x2 = flatten_input(x, k, "sparse24_int4", KERNELS.interpret)
+    if k % 8:
+        raise UserInputError(f"sparse24_int4 kernel: {k} columns is not a multiple of 8; 2:4 formats need in % 8 == 0")
+    expect_shape(meta, (n, k // 8), "meta", "sparse24_int4")
+    n_groups = s.shape[1]
+    if n_groups == 0 or k % n_groups:
+        raise UserInputError(f"sparse24_int4 kernel: {n_groups} scale groups do not divide {k} columns; re-pack")
+    expect_shape(s, (n, n_groups), "scales", "sparse24_int4")
+    expect_shape(z, (n, n_groups), "zeros", "sparse24_int4")
+    y = alloc_out(x, x2, n, out, "sparse24_int4")
+    m = x2.shape[0]
+    if m:
+        args = (x2, q, meta, s, z, y, m, n, k, x2.stride(0), n)
+        KERNELS.run(args, m, n, {"GROUP": k // n_groups, "DOT_F32": dot_f32(x, KERNELS.interpret)}, regime)
+    return y
