@@ -4,7 +4,8 @@ Accepted, in this order: a built-in alias (``smollm2-135m``), a local HF folder 
 ``.gguf`` file (transformers' GGUF reader, dequantized), or a Hugging Face Hub id (``org/name``; the local HF cache
 first, then the Hub when it is reachable). Anything else is a one-line ``ModelNotFound`` naming the accepted forms.
 
-Models come back on CPU in eval mode with the KV cache disabled (calibration and perplexity never decode).
+Models come back on CPU in eval mode. Calibration runs with ``use_cache=False`` passed per call (no decoding happens);
+the config's ``use_cache`` is left as shipped so that saved checkpoints generate as usual.
 """
 from __future__ import annotations
 
@@ -41,12 +42,9 @@ def is_hf_folder(path) -> bool:
 
 
 def _prepare(model: torch.nn.Module) -> torch.nn.Module:
-    model.eval()
-    model.config.use_cache = False
-    generation = getattr(model, "generation_config", None)
-    if generation is not None:
-        generation.use_cache = False
-    return model
+    """Eval mode. The KV cache is disabled per call (the engine passes ``use_cache=False``), not in the config: a
+    checkpoint saved from this model must keep generating with a cache as shipped."""
+    return model.eval()
 
 
 def _load_pretrained(location: str, dtype, **kwargs):
@@ -127,7 +125,7 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def resolve(spec, *, dtype=torch.float32) -> LoadedModel:
-    """Load the model named by ``spec`` (alias | HF folder | .gguf file | Hub id) on CPU, in eval mode, no KV cache."""
+    """Load the model named by ``spec`` (alias | HF folder | .gguf file | Hub id) on CPU, in eval mode."""
     text = str(spec).strip()
     if not text:
         raise ModelNotFound(f"no model given ({ACCEPTED})")
