@@ -1,0 +1,78 @@
+"""Packed weight formats: one file per format, one ``Format`` record each, registered in ``FORMATS``.
+
+Each format file defines ``tensor_specs(out_features, in_features, **params)`` (names/shapes/dtypes: the manifest check
+and the meta skeleton), ``pack(qw_or_weight, **params)``, ``unpack(packed)`` (the exact dense weight), ``matmul_ref(x,
+packed)`` (plain torch, any device: the oracle the Triton kernels are tested against), ``check(out, in, **params)``
+(one-line ``UserInputError`` before any work) and ``params(packed, in_features)`` (the JSON-able parameters a packed
+layer was made with, so ``tensor_specs(out, in, **params(packed, in))`` describes ``packed`` exactly). ``unpack`` takes
+``in_features`` too: group_sparse_int4 and spqr cannot infer the dense width from their tensors. Layouts:
+docs/FORMATS.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..errors import UserInputError
+from ..registry import Registry
+
+FORMATS = Registry("format")
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "uint8": torch.uint8,
+          "int16": torch.int16, "int32": torch.int32}
+FLOAT_DTYPES = ("float16", "bfloat16", "float32")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Shape and dtype of one packed tensor."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    def to_dict(self) -> dict:
+        return {"shape": list(self.shape), "dtype": dtype_name(self.dtype)}
+
+
+@dataclass(frozen=True)
+class Format:
+    """A packed format as frozen data; ``kernel`` names the module in ``llmprune.kernels`` (None: reference only)."""
+
+    name: str
+    tensor_specs: Callable
+    pack: Callable
+    unpack: Callable
+    matmul_ref: Callable
+    check: Callable
+    params: Callable
+    kernel: str | None = None
+    quantized: bool = True  # pack takes a QuantizedWeight (False: a dense/pruned weight)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def float_dtype(name) -> torch.dtype:
+    """The storage dtype for values/scales ('float16', 'bfloat16', 'float32' or a torch dtype)."""
+    if isinstance(name, torch.dtype):
+        name = dtype_name(name)
+    if name not in FLOAT_DTYPES:
+        raise UserInputError(f"storage dtype '{name}' is not supported; choose one of {', '.join(FLOAT_DTYPES)}")
+    return DTYPES[name]
+
+
+def get_format(name: str) -> Format:
+    """The ``Format`` record for ``name`` (``UserInputError`` with a "did you mean" hint when unknown)."""
+    return FORMATS.get(name).fn
+
+
+def shape_error(what: str, out_features: int, in_features: int, fix: str) -> UserInputError:
+    return UserInputError(f"a {out_features}x{in_features} Linear cannot be stored as {what}; {fix}")
+
+
+from . import dense, int4, sparse24, sparse24_int4, group_sparse_int4, spqr  # noqa: E402,F401  (registration)
+
+__all__ = ["FORMATS", "Format", "Spec", "get_format", "float_dtype", "dtype_name"]
