@@ -81,3 +81,32 @@ def dense_oracle(x: Tensor, qw: QuantizedWeight, dtype: torch.dtype) -> Tensor:
     """x @ W.T in float64 from the dequantized weight (rounded to ``dtype`` first, as a 16-bit format stores it)."""
     w = qw.dequantize(torch.float32).to(dtype).to(torch.float64)
     return x.to(torch.float64) @ w.T
+
+
+def random_spqr_qw(out_f: int, in_f: int, dtype: torch.dtype, *, seed: int, bits: int = 3, group: int = 8,
+                   stat_group: int = 4, outlier_frac: float = 0.05) -> QuantizedWeight:
+    """An SpQR weight: bilevel statistics (second level representable in ``dtype``), first level rebuilt from them,
+    and CSR outliers (row 0 keeps none, row 1 keeps many) as quant/spqr.py hands them to the packer."""
+    gen = torch.Generator().manual_seed(seed)
+    n_groups, blocks = in_f // group, -(-out_f // stat_group)
+    codes = torch.randint(0, 2**bits, (out_f, in_f), generator=gen, dtype=torch.uint8)
+    sc = torch.randint(0, 8, (out_f, n_groups), generator=gen)
+    zc = torch.randint(0, 8, (out_f, n_groups), generator=gen)
+
+    def second(lo, hi):
+        return (lo + (hi - lo) * torch.rand(blocks, n_groups, generator=gen)).to(dtype).to(torch.float32)
+
+    ss, sz, zs, zz = second(0.004, 0.01), second(-2.0, -1.0), second(0.5, 1.0), second(-0.5, 0.5)
+    rows = torch.arange(out_f) // stat_group
+    scales = (sc - sz[rows]) * ss[rows]
+    zeros = (zc - zz[rows]) * zs[rows]
+    hit = torch.rand(out_f, in_f, generator=gen) < outlier_frac
+    hit[0] = False
+    hit[1, ::3] = True
+    row_ptr = torch.cat([torch.zeros(1, dtype=torch.int64), hit.sum(1).cumsum(0)])
+    cols = hit.nonzero()[:, 1]
+    vals = (torch.randn(cols.numel(), generator=gen) * 0.5).to(dtype)
+    extra = {"scale_codes": sc, "zero_codes": zc, "scale_scale": ss, "scale_zero": sz, "zero_scale": zs,
+             "zero_zero": zz, "stat_bits": 3, "stat_group": stat_group}
+    return QuantizedWeight(codes, scales, zeros, bits, group, outliers=(row_ptr, cols.to(torch.int32), vals),
+                           extra=extra)

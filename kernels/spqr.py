@@ -1,0 +1,173 @@
+"""Triton kernels for ``spqr`` (Dettmers et al. 2023, arXiv:2306.03078): low-bit codes with bilevel group statistics,
+fused with the correction for the 16-bit outliers.
+
+Layout (llmprune/formats/spqr.py, docs/FORMATS.md): ``qweight: [N, ceil(K*bits/32)] int32`` — code j at bits
+j*bits .. j*bits+bits-1 of the row's little-endian bit stream (a code may straddle two words); first-level
+``scale_codes, zero_codes: [N, G] uint8`` (G = K/g1), dequantized with the second level ``scale_scale, scale_zero,
+zero_scale, zero_zero: [R, G]`` of row block r // g2; outliers in CSR ``outlier_row_ptr [N+1] int32,
+outlier_col [nnz] int16, outlier_val [nnz]`` overwrite their positions. Worked example (bits 3): codes
+[5, 1, 7, 2] → word 0x5CD; code 10 of a row starts at bit 30 and takes 2 bits of word 0 and 1 bit of word 1.
+
+The base pass rebuilds W tiles from the bit stream and the bilevel statistics in registers (no first-level
+statistics tensor is ever written); each program then walks its rows' outliers one slot at a time and adds
+(value - base weight) * x[:, column], so the result equals x @ W.T with W exactly as ``unpack`` defines it. With
+~1% outliers this second, sparse pass is a few dozen gathered FMAs per row.
+
+Deviation: the SpQR reference kernel stores the outliers with their row-block order for warp-level parallelism;
+ours keeps the plain CSR of the format and loops over slots, which is simpler and adequate at ~1% density.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from llmprune.errors import UserInputError
+from llmprune.formats.spqr import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
+from llmprune.formats.spqr import params as format_params
+
+from ._common import (
+    KernelPair, alloc_out, batched_matvec, check_packed, dot_acc, dot_f32, expect_shape, flatten_input,
+    grouped_pid, load_x, store_out,
+)
+
+FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+_STATS = ("scale_codes", "zero_codes", "scale_scale", "scale_zero", "zero_scale", "zero_zero")
+
+
+@triton.jit
+def _spqr_code(q_ptr, n2, k2, mask, WORDS, BITS: tl.constexpr):
+    """Code W[n2, k2] from the row's little-endian bit stream, joining two words when it straddles them."""
+    bit = k2 * BITS
+    sh = bit % 32
+    row = q_ptr + n2 * WORDS + bit // 32
+    lo = tl.load(row, mask=mask, other=0).to(tl.uint32, bitcast=True) >> sh.to(tl.uint32)
+    spill = mask & (sh + BITS > 32)
+    hi = tl.load(row + 1, mask=spill, other=0).to(tl.uint32, bitcast=True)
+    hi = tl.where(spill, hi << (32 - sh).to(tl.uint32), 0)
+    return ((lo | hi) & ((1 << BITS) - 1)).to(tl.int32)
+
+
+@triton.jit
+def _spqr_tile(q_ptr, st_ptrs, n2, k2, mask, WORDS, G,
+               BITS: tl.constexpr, GROUP: tl.constexpr, STAT_GROUP: tl.constexpr):
+    """Base weight W[n2, k2] (float32): (code - zero) * scale with both statistics rebuilt from the second level."""
+    sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr = st_ptrs
+    code = _spqr_code(q_ptr, n2, k2, mask, WORDS, BITS).to(tl.float32)
+    first = n2 * G + k2 // GROUP
+    second = (n2 // STAT_GROUP) * G + k2 // GROUP
+    scale = (tl.load(sc_ptr + first, mask=mask, other=0).to(tl.float32)
+             - tl.load(sz_ptr + second, mask=mask, other=0.0).to(tl.float32)) \
+        * tl.load(ss_ptr + second, mask=mask, other=0.0).to(tl.float32)
+    zero = (tl.load(zc_ptr + first, mask=mask, other=0).to(tl.float32)
+            - tl.load(zz_ptr + second, mask=mask, other=0.0).to(tl.float32)) \
+        * tl.load(zs_ptr + second, mask=mask, other=0.0).to(tl.float32)
+    return (code - zero) * scale
+
+
+@triton.jit
+def _spqr_outliers(acc, x_ptr, rows, rn, M, N, stride_xm, q_ptr, st_ptrs, o_ptrs, WORDS, G,
+                   BITS: tl.constexpr, GROUP: tl.constexpr, STAT_GROUP: tl.constexpr):
+    """acc[b, n] += (val - base[n, col]) * x[b, col] over row n's outliers, one CSR slot per step for all rows."""
+    rp_ptr, oc_ptr, ov_ptr = o_ptrs
+    n_ok = rn < N
+    start = tl.load(rp_ptr + rn, mask=n_ok, other=0)
+    count = tl.load(rp_ptr + rn + 1, mask=n_ok, other=0) - start
+    for s in range(0, tl.max(count, axis=0)):
+        live = s < count
+        col = tl.load(oc_ptr + start + s, mask=live, other=0).to(tl.int32)
+        val = tl.load(ov_ptr + start + s, mask=live, other=0.0).to(tl.float32)
+        base = _spqr_tile(q_ptr, st_ptrs, rn, col, live, WORDS, G, BITS, GROUP, STAT_GROUP)
+        xmask = (rows[:, None] < M) & live[None, :]
+        xg = tl.load(x_ptr + rows[:, None] * stride_xm + col[None, :], mask=xmask, other=0.0).to(tl.float32)
+        acc += xg * tl.where(live, val - base, 0.0)[None, :]
+    return acc
+
+
+@triton.jit
+def _spqr_gemv_kernel(x_ptr, q_ptr, sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr, rp_ptr, oc_ptr, ov_ptr, out_ptr,
+                      M, N, K, stride_xm, stride_om, WORDS, G,
+                      BITS: tl.constexpr, GROUP: tl.constexpr, STAT_GROUP: tl.constexpr, DOT_F32: tl.constexpr,
+                      BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Decode: BLOCK_N rows per program stream the bit-packed codes, then add their outlier corrections."""
+    st_ptrs = (sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr)
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        mask = (rn[:, None] < N) & (rk[None, :] < K)
+        w = _spqr_tile(q_ptr, st_ptrs, rn[:, None], rk[None, :], mask, WORDS, G, BITS, GROUP, STAT_GROUP)
+        acc += batched_matvec(load_x(x_ptr, rb, rk, M, K, stride_xm), w, BLOCK_B, DOT_F32)
+    acc = _spqr_outliers(acc, x_ptr, rb, rn, M, N, stride_xm, q_ptr, st_ptrs, (rp_ptr, oc_ptr, ov_ptr), WORDS, G,
+                         BITS, GROUP, STAT_GROUP)
+    store_out(out_ptr, acc, rb, rn, M, N, stride_om)
+
+
+@triton.jit
+def _spqr_gemm_kernel(x_ptr, q_ptr, sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr, rp_ptr, oc_ptr, ov_ptr, out_ptr,
+                      M, N, K, stride_xm, stride_om, WORDS, G, M_BUCKET,
+                      BITS: tl.constexpr, GROUP: tl.constexpr, STAT_GROUP: tl.constexpr, DOT_F32: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Prefill: tl.dot on rebuilt base tiles, then the outlier correction of the tile's rows."""
+    st_ptrs = (sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr)
+    pid_m, pid_n = grouped_pid(M, N, BLOCK_M, BLOCK_N, 8)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        mask = (rk[:, None] < K) & (rn[None, :] < N)
+        w_t = _spqr_tile(q_ptr, st_ptrs, rn[None, :], rk[:, None], mask, WORDS, G, BITS, GROUP, STAT_GROUP)
+        acc = dot_acc(load_x(x_ptr, rm, rk, M, K, stride_xm), w_t, acc, DOT_F32)
+    acc = _spqr_outliers(acc, x_ptr, rm, rn, M, N, stride_xm, q_ptr, st_ptrs, (rp_ptr, oc_ptr, ov_ptr), WORDS, G,
+                         BITS, GROUP, STAT_GROUP)
+    store_out(out_ptr, acc, rm, rn, M, N, stride_om)
+
+
+KERNELS = KernelPair(_spqr_gemv_kernel, _spqr_gemm_kernel)
+
+
+def code_bits(packed: dict, in_features: int) -> int:
+    """The code width, read from the word count when that is unambiguous (no device sync: CUDA-graph safe)."""
+    words = packed["qweight"].shape[1]
+    fits = [b for b in range(1, 9) if -(-in_features * b // 32) == words]
+    if len(fits) == 1:
+        return fits[0]
+    if not fits:
+        raise UserInputError(f"spqr kernel: qweight has {words} words per row, no code width fits {in_features} "
+                             "columns; pass the layer's own input")
+    return int(packed["bits"][0])
+
+
+def spqr_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regime: str | None = None) -> Tensor:
+    """``x @ W.T`` for an ``spqr`` packed weight (base codes + outliers); x ``[..., K]`` → ``[..., N]``.
+
+    ``regime``: None picks GEMV for at most 16 tokens and GEMM above; "gemv"/"gemm" force one.
+    """
+    specs = {"qweight": (torch.int32,), **{s: (torch.uint8,) for s in _STATS[:2]}, **{s: FLOATS for s in _STATS[2:]},
+             "outlier_row_ptr": (torch.int32,), "outlier_col": (torch.int16,), "outlier_val": FLOATS}
+    check_packed(packed, specs, x.device, "spqr")
+    k = x.shape[-1]
+    x2 = flatten_input(x, k, "spqr", KERNELS.interpret)
+    n, g = packed["scale_codes"].shape
+    if g == 0 or k % g:
+        raise UserInputError(f"spqr kernel: {g} statistic groups do not divide {k} input features; pass the "
+                             "layer's own input")
+    bits = code_bits(packed, k)
+    stat_group = format_params(packed, k)["stat_group"]
+    for name in _STATS[1:2]:
+        expect_shape(packed[name], (n, g), name, "spqr")
+    for name in _STATS[2:]:
+        expect_shape(packed[name], (-(-n // stat_group), g), name, "spqr")
+    expect_shape(packed["outlier_row_ptr"], (n + 1,), "outlier_row_ptr", "spqr")
+    y = alloc_out(x, x2, n, out, "spqr")
+    m = x2.shape[0]
+    if m:
+        tensors = (packed["qweight"], *(packed[s] for s in _STATS),
+                   packed["outlier_row_ptr"], packed["outlier_col"], packed["outlier_val"])
+        args = (x2, *tensors, y, m, n, k, x2.stride(0), n, packed["qweight"].shape[1], g)
+        consts = {"BITS": bits, "GROUP": k // g, "STAT_GROUP": stat_group, "DOT_F32": dot_f32(x, KERNELS.interpret)}
+        KERNELS.run(args, m, n, consts, regime)
+    return y
