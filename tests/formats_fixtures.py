@@ -72,3 +72,49 @@ def random_spqr_qw(out_f: int, in_f: int, group: int, stat_group: int, *, bits: 
     row_ptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.bincount(r, minlength=out_f).cumsum(0)])
     values = (torch.randn(len(r), generator=gen) * 4).to(dtype)
     return QuantizedWeight(codes, scales, zeros, bits, group, False, None, (row_ptr, c.to(torch.int32), values), ext)
+
+
+def rtn(weight: torch.Tensor, group: int, *, bits: int = 4, symmetric: bool = False, mask=None) -> QuantizedWeight:
+    """Round-to-nearest min/max quantization (test-side; the library's quantizers live in llmprune/quant)."""
+    out_f, in_f = weight.shape
+    w = weight.float().reshape(out_f, in_f // group, group)
+    qmax = (1 << bits) - 1
+    if symmetric:
+        scale = (w.abs().amax(-1) / (qmax // 2 + 0.5)).clamp(min=1e-8)
+        zero = torch.full_like(scale, float(1 << (bits - 1)))
+    else:
+        lo, hi = w.amin(-1).clamp(max=0), w.amax(-1).clamp(min=0)
+        scale = ((hi - lo) / qmax).clamp(min=1e-8)
+        zero = (-lo / scale).round()
+    scale = scale.half().float()
+    codes = (w / scale.unsqueeze(-1) + zero.unsqueeze(-1)).round().clamp(0, qmax).reshape(out_f, in_f)
+    if mask is not None:
+        codes = torch.where(mask, codes, zero.repeat_interleave(group, dim=1))
+    return QuantizedWeight(codes.to(torch.uint8), scale, zero, bits, group, symmetric, mask)
+
+
+def mask_24(weight: torch.Tensor) -> torch.Tensor:
+    """Keep the 2 largest-magnitude weights of every 4 consecutive inputs."""
+    out_f, in_f = weight.shape
+    a = weight.abs().reshape(out_f, in_f // 4, 4)
+    return torch.zeros_like(a, dtype=torch.bool).scatter(-1, a.topk(2, dim=-1).indices, True).reshape(out_f, in_f)
+
+
+def mask_groups(weight: torch.Tensor, group: int, frac: float = 0.5) -> torch.Tensor:
+    """Keep the (1 - frac) groups of ``group`` inputs with the largest L2 norm in every row."""
+    out_f, in_f = weight.shape
+    norms = weight.reshape(out_f, in_f // group, group).norm(dim=-1)
+    kept = max(1, round(norms.shape[1] * (1 - frac)))
+    live = torch.zeros_like(norms, dtype=torch.bool).scatter(-1, norms.topk(kept, dim=-1).indices, True)
+    return live.repeat_interleave(group, dim=1)
+
+
+def spqr_like(weight: torch.Tensor, group: int, stat_group: int, *, bits: int = 3) -> QuantizedWeight:
+    """An SpQR-shaped QuantizedWeight for a real weight: random bilevel stats, the largest 1% kept as outliers."""
+    out_f, in_f = weight.shape
+    qw = random_spqr_qw(out_f, in_f, group, stat_group, bits=bits, outlier_frac=0.0, dtype=torch.float32)
+    thr = weight.abs().flatten().kthvalue(max(1, int(0.99 * weight.numel()))).values
+    r, c = (weight.abs() > thr).nonzero(as_tuple=True)
+    row_ptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.bincount(r, minlength=out_f).cumsum(0)])
+    qw.outliers = (row_ptr, c.to(torch.int32), weight[r, c].to(torch.float32))
+    return qw

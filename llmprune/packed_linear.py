@@ -1,0 +1,104 @@
+"""``PackedLinear``: a Linear whose weight lives only as packed tensors; its forward goes through ``dispatch``.
+
+Why: a "compressed" module that decompresses on first use and keeps the dense weight saves nothing. Here the packed
+tensors are the module's buffers (so ``state_dict`` holds exactly what the checkpoint stores, named
+``<module>.<tensor>``), the dense weight only ever exists transiently inside the reference matmul, and the same
+module runs the Triton kernels on CUDA. It replaces ``nn.Linear`` and GPT-2's ``Conv1D`` alike (both compute
+``x @ W.T + b`` for the ``[out, in]`` weight).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from . import dispatch
+from .errors import UserInputError
+from .formats import get_format
+from .types import Pruned, QuantizedWeight
+
+
+class PackedLinear(nn.Module):
+    """Packed weight buffers (names from the format's ``tensor_specs``) + optional bias; no dense weight."""
+
+    def __init__(self, in_features: int, out_features: int, format: str, params: dict, *, bias: bool = False,
+                 device=None, bias_dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.in_features, self.out_features, self.format, self.params = in_features, out_features, format, dict(params)
+        self.kernel_path, self.kernel_reason = "unused", "no forward yet"
+        for name, spec in get_format(format).tensor_specs(out_features, in_features, **params).items():
+            self.register_buffer(name, torch.empty(spec.shape, dtype=spec.dtype, device=device))
+        self.bias = nn.Parameter(torch.empty(out_features, dtype=bias_dtype, device=device),
+                                 requires_grad=False) if bias else None
+
+    @classmethod
+    def from_packed(cls, packed: dict[str, Tensor], format: str, in_features: int, bias: Tensor | None = None):
+        """Wrap tensors made by ``FORMATS[format].pack`` (shapes checked against the format's specs)."""
+        fmt = get_format(format)
+        out_features = next(iter(packed.values())).shape[0] if format != "spqr" else packed["scale_codes"].shape[0]
+        module = cls(in_features, out_features, format, fmt.params(packed, in_features), bias=bias is not None,
+                     device="meta")
+        for name, spec in fmt.tensor_specs(out_features, in_features, **module.params).items():
+            tensor = packed[name]
+            if tuple(tensor.shape) != spec.shape or tensor.dtype != spec.dtype:
+                raise ValueError(f"{format} tensor {name}: {tuple(tensor.shape)} {tensor.dtype}, expected {spec}")
+            setattr(module, name, tensor)
+        if bias is not None:
+            module.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+        return module
+
+    @classmethod
+    def from_quantized(cls, qw: QuantizedWeight, format: str, *, bias: Tensor | None = None,
+                       dtype: str = "float16", name: str = "layer"):
+        """Pack a ``QuantizedWeight`` (scales/values stored in ``dtype``); errors name the layer."""
+        fmt = get_format(format)
+        try:
+            packed = fmt.pack(qw, dtype=dtype)
+        except UserInputError as exc:
+            raise UserInputError(f"{name}: {exc}") from None
+        return cls.from_packed(packed, format, qw.shape[1], bias)
+
+    @classmethod
+    def from_dense(cls, weight: Tensor | Pruned, format: str = "dense", *, bias: Tensor | None = None,
+                   dtype: str | None = None, name: str = "layer"):
+        """Pack a dense or pruned weight ``[out, in]`` (formats that store unquantized values: dense, sparse24)."""
+        fmt = get_format(format)
+        if fmt.quantized:
+            raise UserInputError(f"{name}: --format {format} stores quantized weights; add --quant (e.g. w4g128)")
+        try:
+            packed = fmt.pack(weight, dtype=dtype)
+        except UserInputError as exc:
+            raise UserInputError(f"{name}: {exc}") from None
+        source = weight.weight if isinstance(weight, Pruned) else weight
+        return cls.from_packed(packed, format, source.shape[1], bias)
+
+    def packed(self) -> dict[str, Tensor]:
+        """The packed tensors by format name (the buffers themselves, no copy)."""
+        return {name: buf for name, buf in self.named_buffers(recurse=False)}
+
+    def dequantize(self) -> Tensor:
+        """The dense weight ``[out, in]`` (float32 for quantized formats), for tests and export only."""
+        return get_format(self.format).unpack(self.packed(), self.in_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dispatch.matmul(x, self)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, format={self.format}, "
+                f"params={self.params}, bias={self.bias is not None}, path={self.kernel_path}")
+
+
+def packed_bytes(module: nn.Module) -> int:
+    """Bytes held by the packed buffers and biases of every ``PackedLinear`` in ``module``."""
+    total = 0
+    for m in module.modules():
+        if isinstance(m, PackedLinear):
+            total += sum(t.numel() * t.element_size() for t in m.packed().values())
+            total += 0 if m.bias is None else m.bias.numel() * m.bias.element_size()
+    return total
+
+
+def set_module_(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at qualified ``name`` (e.g. ``model.layers.0.mlp.up_proj``) with ``module``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)

@@ -1,0 +1,82 @@
+"""PackedLinear inside tiny models keeps the outputs of the dequantized dense model; dispatch records its path."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from llmprune import dispatch
+from llmprune.errors import UserInputError
+from llmprune.formats import FORMATS
+from llmprune.packed_linear import PackedLinear, packed_bytes
+from tests.formats_fixtures import rtn
+from tests.packed_fixtures import pack_model_, swap_in_
+from tests.tiny_models import tiny_model
+
+IDS = torch.tensor([[0, 5, 17, 42, 99, 7, 250, 3]])
+
+
+@pytest.mark.parametrize("fmt", FORMATS.names())
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
+def test_packed_model_matches_dequantized_dense_model(fmt, arch):
+    model, _ = tiny_model(arch)
+    layers = pack_model_(model, fmt)  # the model now holds the dequantized dense weights
+    packed = copy.deepcopy(model)
+    swap_in_(packed, layers)
+    with torch.no_grad():
+        want, got = model(IDS).logits, packed(IDS).logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    paths = dispatch.kernel_paths(packed)
+    assert paths and set(paths.values()) == {"reference"}
+    assert not any(isinstance(m, torch.nn.Linear) and "layers" in n for n, m in packed.named_modules()
+                   if "lm_head" not in n)
+
+
+def test_packed_linear_holds_no_dense_weight():
+    weight = torch.randn(64, 128)
+    module = PackedLinear.from_quantized(rtn(weight, 32), "int4")
+    assert not hasattr(module, "weight")
+    assert packed_bytes(module) == 64 * 64 + 64 * 4 * 2 + 64 * 4  # codes + fp16 scales + uint8 zeros
+    x = torch.randn(2, 3, 128)
+    torch.testing.assert_close(module(x), x @ rtn(weight, 32).dequantize().T, rtol=1e-3, atol=1e-3)
+
+
+def test_dispatch_triton_mode_on_cpu_fails_with_one_line(monkeypatch):
+    monkeypatch.setenv("LLMPRUNE_KERNEL", "triton")
+    module = PackedLinear.from_quantized(rtn(torch.randn(8, 32), 16), "int4")
+    with pytest.raises(UserInputError, match="LLMPRUNE_KERNEL=triton but input on cpu"):
+        module(torch.randn(1, 32))
+
+
+def test_dispatch_rejects_unknown_mode(monkeypatch):
+    monkeypatch.setenv("LLMPRUNE_KERNEL", "fastest")
+    module = PackedLinear.from_dense(torch.randn(8, 32))
+    with pytest.raises(UserInputError, match="choose one of auto, reference, triton"):
+        module(torch.randn(1, 32))
+
+
+def test_dispatch_reference_mode_records_reason(monkeypatch):
+    monkeypatch.setenv("LLMPRUNE_KERNEL", "reference")
+    module = PackedLinear.from_dense(torch.randn(8, 32))
+    module(torch.randn(1, 32))
+    assert (module.kernel_path, module.kernel_reason) == ("reference", "LLMPRUNE_KERNEL=reference")
+
+
+def test_from_dense_refuses_quantized_formats():
+    with pytest.raises(UserInputError, match="q_proj: --format int4 stores quantized weights"):
+        PackedLinear.from_dense(torch.randn(8, 32), "int4", name="q_proj")
+
+
+def test_from_quantized_names_the_layer():
+    with pytest.raises(UserInputError, match="^mlp.up_proj: --format sparse24_int4: the weight is not 2:4 sparse"):
+        PackedLinear.from_quantized(rtn(torch.randn(8, 32), 16), "sparse24_int4", name="mlp.up_proj")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_dispatch_uses_triton_on_cuda():
+    module = PackedLinear.from_quantized(rtn(torch.randn(64, 128), 32), "int4").cuda()
+    x = torch.randn(1, 128, device="cuda", dtype=torch.float16)
+    y = module(x)
+    assert module.kernel_path == "triton", module.kernel_reason
+    torch.testing.assert_close(y, x @ module.dequantize().half().T.cuda(), rtol=2e-2, atol=2e-2)
