@@ -33,8 +33,10 @@ def random_qw(out_f: int, in_f: int, group: int, dtype: torch.dtype, *, seed: in
         order = torch.rand(out_f, n_groups, generator=gen).argsort(-1)[:, :keep_groups]
         gmask = torch.zeros(out_f, n_groups, dtype=torch.bool).scatter_(1, order, True)
         mask = gmask.repeat_interleave(group, dim=1)
-    if mask is not None:  # pruned positions hold the zero point (types.QuantizedWeight contract)
-        codes = torch.where(mask, codes, zeros.repeat_interleave(group, dim=1).to(torch.uint8))
+    if mask is not None:  # pruned positions hold the zero point (types.QuantizedWeight contract) ...
+        z = zeros.repeat_interleave(group, dim=1).to(torch.uint8)
+        codes = torch.where(codes == z, (codes + 1) % 2**bits, codes)  # ... and kept ones never dequantize to 0,
+        codes = torch.where(mask, codes, z)  # so the kept positions are unambiguous for any packer
     return QuantizedWeight(codes, scales, zeros, bits, group, mask=mask)
 
 

@@ -1,0 +1,18 @@
+"""The kernel tests run Triton's interpreter on CPU tensors, in their own pytest process.
+
+Triton reads TRITON_INTERPRET when ``@triton.jit`` runs (at import of llmprune.kernels.<fmt>), so the variable must
+be set before pytest starts: ``TRITON_INTERPRET=1 python -m pytest -q tests/kernels``. The main run skips this
+folder with ``--ignore=tests/kernels``.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.exit(
+        "tests/kernels needs Triton's interpreter: run `TRITON_INTERPRET=1 python -m pytest -q tests/kernels` "
+        "(and `--ignore=tests/kernels` in the main run)",
+        returncode=4,
+    )

@@ -1,0 +1,92 @@
+"""Every kernel and regime under Triton's interpreter against the format's torch reference and a float64 oracle.
+
+Inputs are random and non-zero; the output buffer is filled with NaN first, so a tile the kernel forgets to write
+fails the test. Shapes are tiny (the interpreter runs each program in numpy) but ragged: N = 20 is not a multiple of
+BLOCK_N and K = 72 not a multiple of BLOCK_K, so the masks are exercised.
+"""
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+from packers import PACKERS, dense_oracle, random_qw, random_spqr_qw
+
+# Max |error| relative to max |oracle|: fp16/bf16 outputs are rounded once (plus the dequantized tile on the
+# tensor-core path); the float32 path must agree to accumulation-order noise.
+TOLERANCE = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float32: 1e-5}
+DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+FORMATS = ["int4", "sparse24", "sparse24_int4", "group_sparse_int4", "spqr"]
+# (tokens, regime, K, group): regime None is the launcher's own choice; 5 tokens take the padded tl.dot decode path.
+CASES = [(1, "gemv", 72, 8), (3, "gemv", 72, 8), (5, "gemv", 96, 16), (20, None, 96, 16), (2, "gemm", 64, 32)]
+N = 20
+
+
+def make(fmt: str, k: int, group: int, dtype: torch.dtype, seed: int):
+    """(QuantizedWeight, packed dict from llmprune.formats.<fmt>.pack)."""
+    formats = importlib.import_module(f"llmprune.formats.{fmt}")
+    name = str(dtype).removeprefix("torch.")
+    if fmt == "spqr":
+        qw = random_spqr_qw(N, k, dtype, seed=seed, group=group)
+    elif fmt == "group_sparse_int4":
+        qw = random_qw(N, k, group, dtype, seed=seed, pattern="groups", keep_groups=k // group // 2)
+    else:
+        qw = random_qw(N, k, group, dtype, seed=seed, pattern="2:4" if fmt.startswith("sparse24") else "dense")
+    return qw, formats.pack(qw, dtype=name)
+
+
+def rel_err(y: torch.Tensor, oracle: torch.Tensor) -> float:
+    return float((y.to(torch.float64) - oracle.to(torch.float64)).abs().max() / oracle.abs().max())
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("tokens,regime,k,group", CASES)
+def test_kernel_matches_reference_and_float64_oracle(fmt, dtype, tokens, regime, k, group):
+    kernel = importlib.import_module(f"llmprune.kernels.{fmt}")
+    qw, packed = make(fmt, k, group, dtype, seed=tokens * 7 + k)
+    x = torch.randn(tokens, k, generator=torch.Generator().manual_seed(k)).to(dtype)
+    out = torch.full((tokens, N), float("nan"), dtype=dtype)
+    y = getattr(kernel, f"{fmt}_matmul")(x, packed, out=out, regime=regime)
+    assert y.data_ptr() == out.data_ptr() and not torch.isnan(y).any()
+    oracle = x.to(torch.float64) @ qw.dequantize(torch.float32).to(torch.float64).T
+    if fmt == "sparse24":  # the 16-bit format stores the weights themselves in the activation dtype
+        oracle = dense_oracle(x, qw, dtype)
+    assert rel_err(y, oracle) <= TOLERANCE[dtype]
+    assert rel_err(y, kernel.reference(x, packed)) <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_kernel_accepts_batched_and_strided_input(fmt):
+    """x [2, 3, K] with a non-unit stride along K (a slice) gives the reference result with shape [2, 3, N]."""
+    kernel = importlib.import_module(f"llmprune.kernels.{fmt}")
+    qw, packed = make(fmt, 64, 16, torch.float16, seed=3)
+    wide = torch.randn(2, 3, 128, generator=torch.Generator().manual_seed(1)).to(torch.float16)
+    x = wide[..., ::2]
+    y = getattr(kernel, f"{fmt}_matmul")(x, packed)
+    assert y.shape == (2, 3, N)
+    assert rel_err(y, kernel.reference(x.contiguous(), packed)) <= TOLERANCE[torch.float16]
+
+
+@pytest.mark.parametrize("fmt", ["int4", "sparse24", "sparse24_int4", "group_sparse_int4"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_formats_pack_matches_layout_doc(fmt, dtype):
+    """llmprune.formats packs the same bytes as tests/kernels/packers.py, written from docs/FORMATS.md alone."""
+    qw, packed = make(fmt, 64, 16, dtype, seed=11)
+    mine = PACKERS[fmt](qw, dtype)
+    assert sorted(mine) == sorted(packed)
+    for name, tensor in mine.items():
+        assert torch.equal(tensor, packed[name]), name
+
+
+def test_spqr_bit_stream_straddles_words():
+    """3-bit codes at columns 10, 21, 42, 53 straddle int32 words; the kernel must join both halves exactly."""
+    from llmprune.kernels.spqr import spqr_matmul
+
+    qw, packed = make("spqr", 64, 8, torch.float32, seed=5)
+    cols = torch.tensor([10, 21, 42, 53])
+    x = torch.zeros(len(cols), 64)
+    x[torch.arange(len(cols)), cols] = 1.0  # one-hot rows read single weight columns
+    y = spqr_matmul(x, packed)
+    assert torch.allclose(y, qw.dequantize(torch.float32)[:, cols].T, rtol=0, atol=1e-6)
