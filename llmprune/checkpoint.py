@@ -1,0 +1,207 @@
+"""Save and load llmprune checkpoints: safetensors shards + config + tokenizer + ``llmprune.json`` (written last).
+
+Save is atomic (safetensors #764 shows why in-place overwrites bite): everything goes into a temp dir beside
+``out_dir``, which is renamed into place; with ``force`` the old folder is moved aside first and deleted only after
+the rename. ``--format dense`` writes a plain Hugging Face folder through ``model.save_pretrained``. Load validates
+the manifest first (``manifest.validate``), then builds the model skeleton with parameters on the meta device
+(buffers such as rotary frequencies computed for real), swaps in ``PackedLinear`` skeletons, loads the shards with
+``load_state_dict(assign=True)`` and re-ties shared weights (gpt-fast's loading recipe).
+"""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import manifest as mf
+from .errors import CorruptCheckpoint, UserInputError
+from .model.layers import get_weight
+from .packed_linear import PackedLinear, set_module_
+
+SHARD_BYTES = 2 * 1024**3
+
+
+def check_output_dir(out_dir, force: bool = False) -> Path:
+    """Fail early (before any model is loaded) when ``out_dir`` exists and is not an empty folder, unless ``force``."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--output {out}: a file with that name exists; choose a folder path")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserInputError(f"--output {out}: folder is not empty; pass --force to replace it or choose another path")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir, force: bool = False):
+    """Yield a sibling temp dir; on success it replaces ``out_dir``, on any exception it is removed."""
+    out = check_output_dir(out_dir, force).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        check_output_dir(out, force)
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            out.rename(old)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _layer_table(model: nn.Module, layers: dict | None) -> dict:
+    """``{name: (format, packed, params)}`` from ``layers`` plus any PackedLinear already in the model."""
+    table = {name: (m.format, m.packed(), m.params) for name, m in model.named_modules() if isinstance(m, PackedLinear)}
+    table.update(layers or {})
+    return table
+
+
+def _layer_record(model: nn.Module, name: str, fmt: str, params: dict) -> dict:
+    module = model.get_submodule(name)
+    if isinstance(module, PackedLinear):
+        out_f, in_f = module.out_features, module.in_features
+    else:
+        out_f, in_f = get_weight(module).shape
+    return {"format": fmt, "in_features": int(in_f), "out_features": int(out_f),
+            "bias": getattr(module, "bias", None) is not None, "params": dict(params)}
+
+
+def _state(model: nn.Module, table: dict) -> tuple[dict, dict]:
+    """Tensors to store (dense weights of packed layers replaced by their packed tensors) and ``tied`` aliases."""
+    state = {k: v for k, v in model.state_dict().items() if k.rpartition(".")[0] not in table or
+             not k.endswith(".weight")}
+    for name, (_, packed, _) in table.items():
+        state.update({f"{name}.{t}": v for t, v in packed.items()})
+    tied, seen = {}, {}
+    for key, value in list(state.items()):
+        ident = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape), value.dtype)
+        if value.numel() and ident in seen:
+            tied[key] = seen[ident]
+            del state[key]
+        else:
+            seen[ident] = key
+    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}, tied
+
+
+def _write_shards(directory: Path, state: dict) -> list[dict]:
+    from safetensors.torch import save_file
+
+    groups, size = [[]], 0
+    for key, value in state.items():
+        nbytes = value.numel() * value.element_size()
+        if groups[-1] and size + nbytes > SHARD_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(key)
+        size += nbytes
+    names = ["model.safetensors"] if len(groups) == 1 else \
+        [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
+    for name, keys in zip(names, groups):
+        save_file({k: state[k] for k in keys}, str(directory / name), metadata={"format": "pt"})
+    return [mf.shard_record(directory / name) for name in names]
+
+
+def save(model: nn.Module, out_dir, *, layers: dict | None = None, manifest_extra: dict | None = None,
+         tokenizer=None, force: bool = False) -> Path:
+    """Write ``model`` to ``out_dir``; ``layers`` maps Linear names to ``(format, packed tensors, params)``.
+
+    Layers not in ``layers`` (and every other tensor) are stored dense. When every layer is ``dense`` the folder is a
+    plain Hugging Face checkpoint. ``manifest_extra`` (recipe, calibration, report, timings, versions) is merged
+    into ``llmprune.json``. Returns the output path.
+    """
+    table = _layer_table(model, layers)
+    formats = {fmt for fmt, _, _ in table.values()}
+    overall = "dense" if formats <= {"dense"} and not any(isinstance(m, PackedLinear) for m in model.modules()) \
+        else (formats.pop() if len(formats) == 1 else "mixed")
+    extra = dict(manifest_extra or {})
+    clash = set(extra) & set(mf.REQUIRED)
+    if clash:
+        raise ValueError(f"manifest_extra may not set {sorted(clash)}")
+    with atomic_dir(out_dir, force) as tmp:
+        if overall == "dense":
+            model.save_pretrained(tmp, max_shard_size=SHARD_BYTES)
+            shards, tied = [mf.shard_record(p) for p in sorted(tmp.glob("*.safetensors"))], {}
+        else:
+            state, tied = _state(model, table)
+            shards = _write_shards(tmp, state)
+            model.config.save_pretrained(tmp)
+            if getattr(model, "generation_config", None) is not None:
+                model.generation_config.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        records = {name: _layer_record(model, name, fmt, params) for name, (fmt, _, params) in table.items()}
+        mf.write(tmp, {"format_version": mf.FORMAT_VERSION, "format": overall, "layers": records, "shards": shards,
+                       "tensors": mf.tensors_of(tmp, shards), "tied": tied, **extra})
+    return Path(out_dir)
+
+
+def _skeleton(directory: Path, manifest: dict):
+    """The model with parameters on the meta device (buffers computed for real) and PackedLinear skeletons."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(directory)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config)
+    for name, rec in manifest["layers"].items():
+        set_module_(model, name, PackedLinear(rec["in_features"], rec["out_features"], rec["format"], rec["params"],
+                                              bias=rec["bias"], device="meta"))
+    return model
+
+
+def _read_state(directory: Path, manifest: dict, dtype: torch.dtype | None) -> dict:
+    """All shard tensors; floating tensors outside the packed layers are cast to ``dtype`` when given."""
+    from safetensors.torch import load_file
+
+    state = {}
+    for shard in manifest["shards"]:
+        state.update(load_file(str(directory / shard["name"])))
+    if dtype is not None:
+        packed = {f"{name}." for name in manifest["layers"]}
+        for key, value in state.items():
+            is_packed = any(key.startswith(p) for p in packed) and not key.endswith(".bias")
+            if value.is_floating_point() and not is_packed:
+                state[key] = value.to(dtype)
+    return state
+
+
+def _assign(model: nn.Module, state: dict, manifest: dict, where: Path) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if unexpected:
+        raise CorruptCheckpoint(f"{where}: tensor '{unexpected[0]}' does not belong to the model in config.json; "
+                                f"re-save the checkpoint")
+    for alias, target in manifest["tied"].items():
+        owner, _, attr = alias.rpartition(".")
+        src_owner, _, src_attr = target.rpartition(".")
+        setattr(model.get_submodule(owner), attr, getattr(model.get_submodule(src_owner), src_attr))
+    left = [k for k in missing if k not in manifest["tied"]]
+    left += [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta and n not in left]
+    if left:
+        raise CorruptCheckpoint(f"{where}: tensor '{left[0]}' is missing from the checkpoint; re-save it")
+
+
+def load(path, *, device="cpu", dtype: torch.dtype | None = None):
+    """Validate, then rebuild the model with packed modules: returns ``(model, tokenizer or None, manifest)``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory = Path(path)
+    if not (directory / mf.FILENAME).is_file():
+        raise UserInputError(f"{directory}: no {mf.FILENAME} here, so it is not an llmprune checkpoint; give the "
+                             f"--output folder of 'llmprune compress'")
+    manifest = mf.validate(directory)
+    if manifest["format"] == "dense":
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype or "auto")
+    else:
+        model = _skeleton(directory, manifest)
+        _assign(model, _read_state(directory, manifest, dtype), manifest, directory / mf.FILENAME)
+    has_tokenizer = any((directory / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+    tokenizer = AutoTokenizer.from_pretrained(directory) if has_tokenizer else None
+    return model.to(torch.device(device)).eval(), tokenizer, manifest

@@ -1,0 +1,164 @@
+"""``llmprune.json``: the manifest of a saved checkpoint, and its validation before anything is loaded.
+
+Why validate first: a flipped byte, a truncated shard or a hand-edited manifest must give a one-line
+``CorruptCheckpoint`` naming the file, never garbage outputs or a crash deep inside torch. The manifest records every
+shard's size and sha256, every tensor's shard/shape/dtype, and every packed layer's format and parameters; layer
+tensors are checked against the format's ``tensor_specs``. Tensor headers are read with safetensors' own parser (no
+pickle anywhere).
+
+Layout (``format_version`` 1)::
+
+    {"format_version": 1, "format": "int4" | "dense" | "mixed",
+     "layers":  {name: {"format", "in_features", "out_features", "bias", "params": {...}}},
+     "shards":  [{"name": "model.safetensors", "bytes": int, "sha256": hex}],
+     "tensors": {key: {"shard", "shape", "dtype"}},
+     "tied":    {dropped_key: kept_key},
+     ...manifest_extra: recipe, calibration, report, timings, versions, command}
+
+``format == "dense"`` means a plain Hugging Face folder (``AutoModelForCausalLM.from_pretrained`` loads it).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from .errors import CorruptCheckpoint
+from .formats import dtype_name, get_format
+
+FORMAT_VERSION = 1
+FILENAME = "llmprune.json"
+REQUIRED = ("format_version", "format", "layers", "shards", "tensors", "tied")
+_ST_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64", "U8": "uint8", "I8": "int8",
+              "I16": "int16", "I32": "int32", "I64": "int64", "BOOL": "bool"}
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def shard_record(path: Path) -> dict:
+    return {"name": path.name, "bytes": path.stat().st_size, "sha256": sha256(path)}
+
+
+def read_headers(path: Path) -> dict[str, dict]:
+    """``{key: {"shape", "dtype"}}`` of one safetensors file, from its header only."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: _header_entry(handle.get_slice(key)) for key in handle.keys()}
+    except Exception as exc:  # safetensors raises its own SafetensorError for malformed headers
+        raise CorruptCheckpoint(f"{path}: not a readable safetensors file ({exc}); re-save the checkpoint") from None
+
+
+def _header_entry(slice_) -> dict:
+    code = slice_.get_dtype()
+    return {"shape": list(slice_.get_shape()), "dtype": _ST_DTYPES.get(code, code)}
+
+
+def tensors_of(directory: Path, shards: list[dict]) -> dict[str, dict]:
+    """The ``tensors`` map for shards just written."""
+    table = {}
+    for shard in shards:
+        for key, entry in read_headers(directory / shard["name"]).items():
+            table[key] = {"shard": shard["name"], **entry}
+    return table
+
+
+def write(directory: Path, manifest: dict) -> Path:
+    path = Path(directory) / FILENAME
+    path.write_text(json.dumps(manifest, indent=1, default=_jsonable) + "\n")
+    return path
+
+
+def _jsonable(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "is_floating_point"):
+        return dtype_name(value)
+    return str(value)
+
+
+def read(directory: Path) -> dict:
+    """Parse the manifest and check its required keys and version (no shard access)."""
+    path = Path(directory) / FILENAME
+    if not path.is_file():
+        raise CorruptCheckpoint(f"{path}: manifest missing; this folder is not an llmprune checkpoint")
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptCheckpoint(f"{path}: not valid JSON ({exc.__class__.__name__}); re-save the checkpoint") from None
+    missing = [key for key in REQUIRED if not isinstance(manifest, dict) or key not in manifest]
+    if missing:
+        raise CorruptCheckpoint(f"{path}: missing key(s) {', '.join(missing)}; re-save the checkpoint")
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise CorruptCheckpoint(f"{path}: format_version {manifest['format_version']!r} is not {FORMAT_VERSION}; "
+                                f"use the llmprune version that wrote it")
+    return manifest
+
+
+def validate(directory: Path) -> dict:
+    """Check shards (presence, size, sha256), tensor headers and layer specs; returns the manifest."""
+    directory = Path(directory)
+    manifest = read(directory)
+    where = directory / FILENAME
+    try:
+        headers = {s["name"]: _check_shard(directory, s) for s in manifest["shards"]}
+        _check_tensors(directory, manifest, headers)
+        if manifest["format"] != "dense":
+            _check_layers(where, manifest)
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, CorruptCheckpoint):
+            raise
+        raise CorruptCheckpoint(f"{where}: malformed entry ({exc.__class__.__name__}: {exc}); re-save the "
+                                f"checkpoint") from None
+    return manifest
+
+
+def _check_shard(directory: Path, shard: dict) -> dict:
+    path = directory / shard["name"]
+    if Path(shard["name"]).name != shard["name"] or not path.is_file():
+        raise CorruptCheckpoint(f"{path}: shard listed in {FILENAME} is missing; copy the whole checkpoint folder")
+    size = path.stat().st_size
+    if size != shard["bytes"]:
+        raise CorruptCheckpoint(f"{path}: {size} bytes, the manifest says {shard['bytes']} (truncated or replaced); "
+                                f"copy the checkpoint again")
+    if sha256(path) != shard["sha256"]:
+        raise CorruptCheckpoint(f"{path}: sha256 does not match the manifest (the file is corrupted); copy the "
+                                f"checkpoint again")
+    return read_headers(path)
+
+
+def _check_tensors(directory: Path, manifest: dict, headers: dict[str, dict]) -> None:
+    listed = manifest["tensors"]
+    for key, record in listed.items():
+        shard = directory / record["shard"]
+        entry = headers.get(record["shard"], {}).get(key)
+        if entry is None:
+            raise CorruptCheckpoint(f"{shard}: tensor '{key}' listed in {FILENAME} is missing; re-save the checkpoint")
+        if entry["shape"] != list(record["shape"]) or entry["dtype"] != record["dtype"]:
+            raise CorruptCheckpoint(f"{shard}: tensor '{key}' is {entry['dtype']}{entry['shape']}, the manifest says "
+                                    f"{record['dtype']}{list(record['shape'])}; re-save the checkpoint")
+    for name, keys in headers.items():
+        extra = sorted(set(keys) - set(listed))
+        if extra:
+            raise CorruptCheckpoint(f"{directory / name}: tensor '{extra[0]}' is not in {FILENAME}; re-save the "
+                                    f"checkpoint")
+
+
+def _check_layers(where: Path, manifest: dict) -> None:
+    for name, layer in manifest["layers"].items():
+        specs = get_format(layer["format"]).tensor_specs(layer["out_features"], layer["in_features"],
+                                                         **layer["params"])
+        for tensor, spec in specs.items():
+            record = manifest["tensors"].get(f"{name}.{tensor}")
+            want = spec.to_dict()
+            if record is None or list(record["shape"]) != want["shape"] or record["dtype"] != want["dtype"]:
+                raise CorruptCheckpoint(f"{where}: layer '{name}' ({layer['format']} {layer['params']}) needs "
+                                        f"{tensor} {want['dtype']}{want['shape']}, the checkpoint has "
+                                        f"{record and (record['dtype'], record['shape'])}; re-save the checkpoint")
