@@ -91,32 +91,33 @@ def dot_f32(x: Tensor, interpret: bool) -> bool:
 
 def gemv_configs() -> list:
     """Row-block configs for decode: small BLOCK_N gives enough programs to fill the SMs at N = 4096."""
-    out = []
-    for bn, bk, w in [(8, 256, 4), (16, 256, 4), (16, 128, 4), (32, 128, 4), (32, 256, 8), (64, 128, 8),
-                      (8, 512, 4), (16, 512, 8), (4, 512, 2), (4, 1024, 4)]:
-        out.append(triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=2))
-    return out
+    shapes = [(4, 512, 2), (8, 256, 4), (8, 512, 4), (16, 256, 4), (16, 128, 4), (32, 128, 8), (64, 64, 4)]
+    return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=2) for bn, bk, w in shapes]
 
 
 def gemm_configs() -> list:
     """Tile configs for prefill in the spirit of Triton's matmul tutorial (grouped ordering, pipelined K loop)."""
-    out = []
-    for bm, bn, bk, w, s in [(16, 64, 64, 4, 4), (32, 64, 64, 4, 4), (64, 64, 64, 4, 4), (64, 128, 64, 4, 3),
-                             (128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (128, 256, 64, 8, 3), (64, 128, 128, 8, 3),
-                             (16, 128, 128, 4, 3), (32, 128, 128, 4, 3)]:
-        out.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s))
-    return out
+    shapes = [(16, 64, 128, 4, 3), (32, 64, 64, 4, 4), (64, 64, 64, 4, 4), (64, 128, 64, 4, 3),
+              (128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (128, 256, 64, 8, 3)]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st)
+            for bm, bn, bk, w, st in shapes]
+
+
+def quick_bench(fn, quantiles=None):
+    """Autotuning timer: fewer repetitions than Triton's default (each config still runs >= 25 ms)."""
+    return triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
 
 
 GEMV_KEY = ["N", "K", "BLOCK_B"]
 GEMM_KEY = ["N", "K", "M_BUCKET"]
 GEMV_FIXED = {"BLOCK_N": 8, "BLOCK_K": 32}  # interpreter: one small config, several programs and K steps
 GEMM_FIXED = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32}
+GPU_PINNED = ({"BLOCK_N": 16, "BLOCK_K": 256, "num_warps": 4}, {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64})
 
 
-def launch(kernel, tuned, grid, args: tuple, consts: dict, fixed: dict) -> None:
-    """Run the autotuned kernel on CUDA, or ``kernel`` with ``fixed`` meta-parameters under the interpreter."""
-    if interpreting(kernel):
+def launch(kernel, tuned, grid, args: tuple, consts: dict, fixed: dict | None) -> None:
+    """Run ``kernel`` with ``fixed`` meta-parameters (the interpreter, or a pinned config), else the autotuned twin."""
+    if fixed is not None:
         meta = {**consts, **fixed}
         kernel[grid(meta)](*args, **meta)
     else:
@@ -172,37 +173,73 @@ def grouped_pid(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.
 
 
 class KernelPair:
-    """The decode (GEMV) and prefill (GEMM) kernels of one format, with their autotuned twins for CUDA."""
+    """The decode (GEMV), prefill (GEMM) and dequantize kernels of one format, with autotuned twins for CUDA."""
 
-    def __init__(self, gemv, gemm, decode_max: int = DECODE_MAX_BATCH):
-        self.gemv, self.gemm, self.decode_max = gemv, gemm, decode_max
-        self.gemv_tuned = triton.autotune(configs=gemv_configs(), key=GEMV_KEY)(gemv)
-        self.gemm_tuned = triton.autotune(configs=gemm_configs(), key=GEMM_KEY)(gemm)
+    def __init__(self, fmt: str, gemv, gemm, dequant):
+        self.fmt, self.gemv, self.gemm, self.dequant = fmt, gemv, gemm, dequant
+        tune = {"cache_results": True, "do_bench": quick_bench}  # tuned configs persist in Triton's cache dir
+        self.gemv_tuned = triton.autotune(configs=gemv_configs(), key=GEMV_KEY, **tune)(gemv)
+        self.gemm_tuned = triton.autotune(configs=gemm_configs(), key=GEMM_KEY, **tune)(gemm)
+        self.pinned = False  # True: skip autotuning on CUDA, use GPU_PINNED (compute-sanitizer runs)
+
+    def _fixed(self, which: int) -> dict | None:
+        if self.interpret:
+            return (GEMV_FIXED, GEMM_FIXED)[which]
+        return GPU_PINNED[which] if self.pinned else None
 
     @property
     def interpret(self) -> bool:
         return interpreting(self.gemv)
 
     def regime(self, m: int, regime: str | None) -> str:
-        if regime not in (None, "gemv", "gemm"):
-            raise UserInputError(f"regime '{regime}' is unknown; use 'gemv' (decode), 'gemm' (prefill) or None (auto)")
-        return regime or ("gemv" if m <= self.decode_max else "gemm")
+        """The caller's regime, or kernels/select.py's choice for ``m`` tokens."""
+        from .select import REGIMES, choose
 
-    def run(self, args: tuple, m: int, n: int, consts: dict, regime: str | None = None) -> None:
-        """Launch over ``[m, n]`` outputs; ``args`` end with (M, N, K, stride_xm, stride_om) as every kernel's do."""
-        if self.regime(m, regime) == "gemv":
-            bb = batch_block(min(m, self.decode_max))
+        if regime is None:
+            return choose(self.fmt, m)
+        if regime not in REGIMES:
+            raise UserInputError(f"regime '{regime}' is unknown; use one of {', '.join(REGIMES)} or None (auto)")
+        return regime
+
+    def run(self, args: tuple, m: int, n: int, consts: dict, regime: str) -> None:
+        """Launch over ``[m, n]`` outputs; ``args`` end with (M, N, K, stride_xm, stride_om, ...) as every kernel's do."""
+        from .select import decode_max
+
+        if regime == "gemv":
+            bb = batch_block(min(m, decode_max(self.fmt)))
 
             def grid(meta):
                 return (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_B"]))
 
-            launch(self.gemv, self.gemv_tuned, grid, args, {**consts, "BLOCK_B": bb}, GEMV_FIXED)
+            launch(self.gemv, self.gemv_tuned, grid, args, {**consts, "BLOCK_B": bb}, self._fixed(0))
         else:
 
             def grid(meta):
                 return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
 
-            launch(self.gemm, self.gemm_tuned, grid, (*args, m_bucket(m)), consts, GEMM_FIXED)
+            launch(self.gemm, self.gemm_tuned, grid, (*args, m_bucket(m)), consts, self._fixed(1))
+
+    def run_dequant(self, args: tuple, n: int, cols: int, consts: dict) -> None:
+        """Launch the dequantize kernel over an ``[n, cols]`` grid of tiles (cols: dense or kept columns)."""
+        bn, bk = (8, 32) if self.interpret else (32, 128)
+        self.dequant[(triton.cdiv(n, bn), triton.cdiv(cols, bk))](*args, **consts, BLOCK_N=bn, BLOCK_K=bk)
+
+
+def dense_matmul(x2: Tensor, weight: Tensor, y: Tensor) -> None:
+    """y = x2 @ weight.T with the dense library GEMM (cuBLAS on CUDA), written into y's storage."""
+    torch.mm(x2, weight.t(), out=y.view(x2.shape[0], weight.shape[0]))
+
+
+def supports(x: Tensor, packed: dict) -> bool:
+    """The dispatcher's pre-check (llmprune/dispatch.py): activation dtypes the kernels take."""
+    return x.dtype in ACT_DTYPES
+
+
+@triton.jit
+def store_tile(w_ptr, w, rn, rk, N, K):
+    """W[rn, rk] = w for the dequantize kernels (dense row-major [N, K] output)."""
+    mask = (rn[:, None] < N) & (rk[None, :] < K)
+    tl.store(w_ptr + rn[:, None] * K + rk[None, :], w.to(w_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit

@@ -26,11 +26,25 @@ from llmprune.errors import UserInputError
 from llmprune.formats.group_sparse_int4 import matmul_ref as reference  # noqa: F401  (the tests' oracle)
 
 from ._common import (
-    KernelPair, alloc_out, check_packed, dot_acc, dot_f32, expect_shape, flatten_input, grouped_pid, load_x,
-    store_out,
+    KernelPair, alloc_out, check_packed, dense_matmul, dot_acc, dot_f32, expect_shape, flatten_input, grouped_pid,
+    load_x, store_out, supports,  # noqa: F401  (supports: the dispatcher's hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@triton.jit
+def _group_sparse_int4_kept(gi_ptr, q_ptr, s_ptr, z_ptr, rn, ri, N, KG, GROUP: tl.constexpr):
+    """Kept weights ri (positions in the row's kept stream) of rows rn: (w float32, dense column, mask), 2-D."""
+    kept_cols = KG * GROUP
+    mask = (rn[:, None] < N) & (ri[None, :] < kept_cols)
+    slot = rn[:, None] * KG + ri[None, :] // GROUP
+    col = tl.load(gi_ptr + slot, mask=mask, other=0).to(tl.int32) * GROUP + ri[None, :] % GROUP
+    byte = tl.load(q_ptr + rn[:, None] * (kept_cols // 2) + ri[None, :] // 2, mask=mask, other=0).to(tl.int32)
+    code = (byte >> ((ri[None, :] % 2) * 4)) & 0xF
+    scale = tl.load(s_ptr + slot, mask=mask, other=0.0).to(tl.float32)
+    zero = tl.load(z_ptr + slot, mask=mask, other=0).to(tl.float32)
+    return (code.to(tl.float32) - zero) * scale, col, mask
 
 
 @triton.jit
@@ -40,22 +54,24 @@ def _group_sparse_int4_gemv_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, 
     """Decode: BLOCK_N rows per program walk their KG*g kept codes; x is gathered at each code's column."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    kept_cols = KG * GROUP
     acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
-    for i0 in range(0, kept_cols, BLOCK_K):
+    for i0 in range(0, KG * GROUP, BLOCK_K):
         ri = i0 + tl.arange(0, BLOCK_K)
-        mask = (rn[:, None] < N) & (ri[None, :] < kept_cols)
-        slot = rn[:, None] * KG + ri[None, :] // GROUP
-        col = tl.load(gi_ptr + slot, mask=mask, other=0).to(tl.int32) * GROUP + ri[None, :] % GROUP
-        byte = tl.load(q_ptr + rn[:, None] * (kept_cols // 2) + ri[None, :] // 2, mask=mask, other=0).to(tl.int32)
-        code = (byte >> ((ri[None, :] % 2) * 4)) & 0xF
-        scale = tl.load(s_ptr + slot, mask=mask, other=0.0).to(tl.float32)
-        zero = tl.load(z_ptr + slot, mask=mask, other=0).to(tl.float32)
-        w = (code.to(tl.float32) - zero) * scale
+        w, col, mask = _group_sparse_int4_kept(gi_ptr, q_ptr, s_ptr, z_ptr, rn, ri, N, KG, GROUP)
         xmask = (rb[:, None, None] < M) & mask[None, :, :]
         x = tl.load(x_ptr + rb[:, None, None] * stride_xm + col[None, :, :], mask=xmask, other=0.0)
         acc += tl.sum(x.to(tl.float32) * w[None, :, :], axis=2)
     store_out(out_ptr, acc, rb, rn, M, N, stride_om)
+
+
+@triton.jit
+def _group_sparse_int4_dequant_kernel(w_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, N, K, KG, GROUP: tl.constexpr,
+                                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Scatter the kept groups into a zero-filled dense ``[N, K]`` buffer (the large-batch ``dense`` regime)."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    ri = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    w, col, mask = _group_sparse_int4_kept(gi_ptr, q_ptr, s_ptr, z_ptr, rn, ri, N, KG, GROUP)
+    tl.store(w_ptr + rn[:, None] * K + col, w.to(w_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -85,36 +101,62 @@ def _group_sparse_int4_gemm_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, 
     store_out(out_ptr, acc, rm, rn, M, N, stride_om)
 
 
-KERNELS = KernelPair(_group_sparse_int4_gemv_kernel, _group_sparse_int4_gemm_kernel, decode_max=4)
+KERNELS = KernelPair("group_sparse_int4", _group_sparse_int4_gemv_kernel, _group_sparse_int4_gemm_kernel,
+                     _group_sparse_int4_dequant_kernel)
+
+
+def _checked(packed: dict, device: torch.device, k: int) -> tuple[int, int, int]:
+    """(N, KG, group) of a well-formed group_sparse_int4 packed weight on ``device`` for K = ``k`` columns."""
+    specs = {"group_idx": (torch.int16,), "qweight": (torch.uint8,), "scales": FLOATS, "zeros": (torch.uint8,)}
+    check_packed(packed, specs, device, "group_sparse_int4")
+    n, kg = packed["group_idx"].shape
+    width = packed["qweight"].shape[1] * 2
+    if kg == 0 or width % kg:
+        raise UserInputError(f"group_sparse_int4 kernel: qweight {tuple(packed['qweight'].shape)} does not hold "
+                             f"{kg} whole groups; re-pack the layer")
+    group = width // kg
+    if k % group or k // group < kg:
+        raise UserInputError(f"group_sparse_int4 kernel: {k} input features are not {kg}+ groups of {group}; "
+                             "pass the layer's own input")
+    for name in ("scales", "zeros"):
+        expect_shape(packed[name], (n, kg), name, "group_sparse_int4")
+    return n, kg, group
+
+
+def _tensors(packed: dict) -> tuple:
+    return packed["group_idx"], packed["qweight"], packed["scales"], packed["zeros"]
+
+
+def group_sparse_int4_dequantize(packed: dict, dtype: torch.dtype, in_features: int) -> Tensor:
+    """The dense weight ``[N, in_features]`` in ``dtype`` (``formats.group_sparse_int4.unpack`` in ``dtype``)."""
+    gi = packed["group_idx"]
+    n, kg, group = _checked(packed, gi.device, in_features)
+    w = torch.zeros(n, in_features, dtype=dtype, device=gi.device)
+    KERNELS.run_dequant((w, *_tensors(packed), n, in_features, kg), n, kg * group, {"GROUP": group})
+    return w
 
 
 def group_sparse_int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None,
                              regime: str | None = None) -> Tensor:
     """``x @ W.T`` for a ``group_sparse_int4`` packed weight; x ``[..., K]`` fp16/bf16 → ``[..., N]``.
 
-    K is x's last dimension (the packed tensors hold only kept groups). ``regime``: None picks GEMV for at most 4
-    tokens and GEMM above (GEMV over batch blocks when g < 16 or g is not a power of two); "gemv"/"gemm" force one.
+    K is x's last dimension (the packed tensors hold only kept groups). ``regime``: None follows kernels/select.py;
+    "gemv", "gemm" or "dense" force one. The GEMM kernel needs g >= 16 and a power of two (tl.dot tiles); other
+    groups run the GEMV kernel over batch blocks instead.
     """
-    specs = {"group_idx": (torch.int16,), "qweight": (torch.uint8,), "scales": FLOATS, "zeros": (torch.uint8,)}
-    check_packed(packed, specs, x.device, "group_sparse_int4")
-    gi, q, s, z = (packed[name] for name in specs)
-    n, kg = gi.shape
     k = x.shape[-1]
-    if kg == 0 or (q.shape[1] * 2) % kg:
-        raise UserInputError(f"group_sparse_int4 kernel: qweight {tuple(q.shape)} does not hold {kg} whole groups")
-    group = q.shape[1] * 2 // kg
-    if k % group or k // group < kg:
-        raise UserInputError(f"group_sparse_int4 kernel: input has {k} features, not {kg}+ groups of {group}; "
-                             "pass the layer's own input")
+    n, kg, group = _checked(packed, x.device, k)
     x2 = flatten_input(x, k, "group_sparse_int4", KERNELS.interpret)
-    for t, name in ((s, "scales"), (z, "zeros")):
-        expect_shape(t, (n, kg), name, "group_sparse_int4")
     y = alloc_out(x, x2, n, out, "group_sparse_int4")
     m = x2.shape[0]
-    if m:
-        if group < 16 or group & (group - 1):
-            regime = "gemv"
-        consts = {"GROUP": group, "DOT_F32": dot_f32(x, KERNELS.interpret)}
-        args = (x2, gi, q, s, z, y, m, n, k, x2.stride(0), n, kg)  # the GEMM launch appends M_BUCKET after KG
-        KERNELS.run(args, m, n, consts, regime)
+    if m == 0:
+        return y
+    regime = KERNELS.regime(m, regime)
+    if regime == "gemm" and (group < 16 or group & (group - 1)):
+        regime = "gemv"
+    if regime == "dense":
+        dense_matmul(x2, group_sparse_int4_dequantize(packed, x.dtype, k), y)
+    else:
+        args = (x2, *_tensors(packed), y, m, n, k, x2.stride(0), n, kg)  # the GEMM launch appends M_BUCKET after KG
+        KERNELS.run(args, m, n, {"GROUP": group, "DOT_F32": dot_f32(x, KERNELS.interpret)}, regime)
     return y

@@ -23,8 +23,8 @@ from llmprune.errors import UserInputError
 from llmprune.formats.int4 import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
 from ._common import (
-    KernelPair, alloc_out, batched_matvec, check_packed, dot_acc, dot_f32, expect_shape, flatten_input,
-    grouped_pid, load_x, store_out,
+    KernelPair, alloc_out, batched_matvec, check_packed, dense_matmul, dot_acc, dot_f32, expect_shape,
+    flatten_input, grouped_pid, load_x, store_out, store_tile, supports,  # noqa: F401  (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -74,28 +74,56 @@ def _int4_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, s
     store_out(out_ptr, acc, rm, rn, M, N, stride_om)
 
 
-KERNELS = KernelPair(_int4_gemv_kernel, _int4_gemm_kernel)
+@triton.jit
+def _int4_dequant_kernel(w_ptr, q_ptr, s_ptr, z_ptr, N, K, GROUP: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The dense weight tile by tile (for the large-batch ``dense`` regime: dequantize once, then cuBLAS)."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask = (rn[:, None] < N) & (rk[None, :] < K)
+    store_tile(w_ptr, _int4_tile(q_ptr, s_ptr, z_ptr, rn[:, None], rk[None, :], mask, K, GROUP), rn, rk, N, K)
+
+
+KERNELS = KernelPair("int4", _int4_gemv_kernel, _int4_gemm_kernel, _int4_dequant_kernel)
+
+
+def _checked(packed: dict, device: torch.device) -> tuple[int, int, int]:
+    """(N, K, group) of a well-formed int4 packed weight on ``device``."""
+    check_packed(packed, {"qweight": (torch.uint8,), "scales": FLOATS, "zeros": (torch.uint8,)}, device, "int4")
+    q, s = packed["qweight"], packed["scales"]
+    n, k, n_groups = q.shape[0], q.shape[1] * 2, s.shape[1]
+    if n_groups == 0 or k % n_groups:
+        raise UserInputError(f"int4 kernel: {n_groups} scale groups do not divide {k} columns; re-pack the layer")
+    expect_shape(s, (n, n_groups), "scales", "int4")
+    expect_shape(packed["zeros"], (n, n_groups), "zeros", "int4")
+    return n, k, k // n_groups
+
+
+def int4_dequantize(packed: dict, dtype: torch.dtype) -> Tensor:
+    """The dense weight ``[N, K]`` in ``dtype`` (equal to ``formats.int4.unpack`` rounded to ``dtype``)."""
+    q = packed["qweight"]
+    n, k, group = _checked(packed, q.device)
+    w = torch.empty(n, k, dtype=dtype, device=q.device)
+    KERNELS.run_dequant((w, q, packed["scales"], packed["zeros"], n, k), n, k, {"GROUP": group})
+    return w
 
 
 def int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regime: str | None = None) -> Tensor:
     """``x @ W.T`` for an ``int4`` packed weight; x is ``[..., K]`` fp16/bf16, the result ``[..., N]`` in x's dtype.
 
-    ``regime``: None picks GEMV for at most 16 tokens and GEMM above; "gemv"/"gemm" force one (tests, benchmarks).
-    ``out``: an optional preallocated output (fully overwritten).
+    ``regime``: None follows kernels/select.py (gemv for few tokens, gemm, dense from 512); "gemv", "gemm" or
+    "dense" force one (tests, benchmarks). ``out``: an optional preallocated output (fully overwritten).
     """
-    q, s, z = packed.get("qweight"), packed.get("scales"), packed.get("zeros")
-    check_packed(packed, {"qweight": (torch.uint8,), "scales": FLOATS, "zeros": (torch.uint8,)}, x.device, "int4")
-    n, k = q.shape[0], q.shape[1] * 2
+    n, k, group = _checked(packed, x.device)
     x2 = flatten_input(x, k, "int4", KERNELS.interpret)
-    n_groups = s.shape[1]
-    if n_groups == 0 or k % n_groups:
-        raise UserInputError(f"int4 kernel: {n_groups} scale groups do not divide {k} columns; re-pack the layer")
-    expect_shape(s, (n, n_groups), "scales", "int4")
-    expect_shape(z, (n, n_groups), "zeros", "int4")
     y = alloc_out(x, x2, n, out, "int4")
     m = x2.shape[0]
-    if m:
-        args = (x2, q, s, z, y, m, n, k, x2.stride(0), n)
-        consts = {"GROUP": k // n_groups, "DOT_F32": dot_f32(x, KERNELS.interpret)}
-        KERNELS.run(args, m, n, consts, regime)
+    if m == 0:
+        return y
+    regime = KERNELS.regime(m, regime)
+    if regime == "dense":
+        dense_matmul(x2, int4_dequantize(packed, x.dtype), y)
+    else:
+        args = (x2, packed["qweight"], packed["scales"], packed["zeros"], y, m, n, k, x2.stride(0), n)
+        KERNELS.run(args, m, n, {"GROUP": group, "DOT_F32": dot_f32(x, KERNELS.interpret)}, regime)
     return y

@@ -21,8 +21,8 @@ from llmprune.errors import UserInputError
 from llmprune.formats.sparse24 import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
 from ._common import (
-    KernelPair, alloc_out, batched_matvec, check_packed, dot_acc, dot_f32, expect_shape, flatten_input,
-    grouped_pid, load_x, store_out, two_four_slot,
+    KernelPair, alloc_out, batched_matvec, check_packed, dense_matmul, dot_acc, dot_f32, expect_shape,
+    flatten_input, grouped_pid, load_x, store_out, store_tile, supports, two_four_slot,  # noqa: F401
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -67,31 +67,59 @@ def _sparse24_gemm_kernel(x_ptr, v_ptr, m_ptr, out_ptr, M, N, K, stride_xm, stri
     store_out(out_ptr, acc, rm, rn, M, N, stride_om)
 
 
-KERNELS = KernelPair(_sparse24_gemv_kernel, _sparse24_gemm_kernel)
+@triton.jit
+def _sparse24_dequant_kernel(w_ptr, v_ptr, m_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The dense weight tile by tile (zeros at pruned columns), for the large-batch ``dense`` regime."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask = (rn[:, None] < N) & (rk[None, :] < K)
+    store_tile(w_ptr, _sparse24_tile(v_ptr, m_ptr, rn[:, None], rk[None, :], mask, K), rn, rk, N, K)
+
+
+KERNELS = KernelPair("sparse24", _sparse24_gemv_kernel, _sparse24_gemm_kernel, _sparse24_dequant_kernel)
+
+
+def _checked(packed: dict, device: torch.device) -> tuple[int, int]:
+    """(N, K) of a well-formed sparse24 packed weight on ``device``."""
+    check_packed(packed, {"values": FLOATS, "meta": (torch.uint8,)}, device, "sparse24")
+    n, k = packed["values"].shape[0], packed["values"].shape[1] * 2
+    if k % 8:
+        raise UserInputError(f"sparse24 kernel: {k} columns is not a multiple of 8; 2:4 formats need in % 8 == 0")
+    expect_shape(packed["meta"], (n, k // 8), "meta", "sparse24")
+    return n, k
+
+
+def sparse24_dequantize(packed: dict, dtype: torch.dtype) -> Tensor:
+    """The dense weight ``[N, K]`` in ``dtype`` (equal to ``formats.sparse24.unpack`` cast to ``dtype``)."""
+    v = packed["values"]
+    n, k = _checked(packed, v.device)
+    w = torch.empty(n, k, dtype=dtype, device=v.device)
+    KERNELS.run_dequant((w, v, packed["meta"], n, k), n, k, {})
+    return w
 
 
 def sparse24_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regime: str | None = None) -> Tensor:
     """``x @ W.T`` for a ``sparse24`` packed weight with the Triton kernels; x ``[..., K]`` → ``[..., N]``.
 
-    ``regime``: None picks GEMV for at most 16 tokens and GEMM above; "gemv"/"gemm" force one.
+    ``regime``: None follows kernels/select.py; "gemv", "gemm" or "dense" force one. ``out``: optional output.
     """
-    check_packed(packed, {"values": FLOATS, "meta": (torch.uint8,)}, x.device, "sparse24")
-    v, meta = packed["values"], packed["meta"]
-    n, k = v.shape[0], v.shape[1] * 2
+    n, k = _checked(packed, x.device)
     x2 = flatten_input(x, k, "sparse24", KERNELS.interpret)
-    if k % 8:
-        raise UserInputError(f"sparse24 kernel: {k} columns is not a multiple of 8; 2:4 formats need in % 8 == 0")
-    expect_shape(meta, (n, k // 8), "meta", "sparse24")
     y = alloc_out(x, x2, n, out, "sparse24")
     m = x2.shape[0]
-    if m:
-        args = (x2, v, meta, y, m, n, k, x2.stride(0), n)
+    if m == 0:
+        return y
+    regime = KERNELS.regime(m, regime)
+    if regime == "dense":
+        dense_matmul(x2, sparse24_dequantize(packed, x.dtype), y)
+    else:
+        args = (x2, packed["values"], packed["meta"], y, m, n, k, x2.stride(0), n)
         KERNELS.run(args, m, n, {"DOT_F32": dot_f32(x, KERNELS.interpret)}, regime)
     return y
 
 
-def semi_structured_weight(packed: dict, unpack) -> Tensor:
-    """The weight as PyTorch's ``SparseSemiStructuredTensor`` (CUDA, fp16/bf16), built once from ``unpack(packed)``.
+def semi_structured_weight(packed: dict) -> Tensor:
+    """The weight as PyTorch's ``SparseSemiStructuredTensor`` (CUDA, fp16/bf16), built once from the packed bytes.
 
     Why a separate step: the conversion compresses a dense copy, which must not happen per forward call.
     """
@@ -100,7 +128,7 @@ def semi_structured_weight(packed: dict, unpack) -> Tensor:
     values = packed["values"]
     if values.device.type != "cuda" or values.dtype not in (torch.float16, torch.bfloat16):
         raise UserInputError("semi-structured 2:4 needs fp16/bf16 weights on CUDA; use sparse24_matmul instead")
-    return to_sparse_semi_structured(unpack(packed).to(values.dtype).contiguous())
+    return to_sparse_semi_structured(sparse24_dequantize(packed, values.dtype))
 
 
 def semi_structured_matmul(x: Tensor, weight_ss: Tensor) -> Tensor:

@@ -26,8 +26,8 @@ from llmprune.errors import UserInputError
 from llmprune.formats.sparse24_int4 import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
 from ._common import (
-    KernelPair, alloc_out, batched_matvec, check_packed, dot_acc, dot_f32, expect_shape, flatten_input,
-    grouped_pid, load_x, store_out, two_four_slot,
+    KernelPair, alloc_out, batched_matvec, check_packed, dense_matmul, dot_acc, dot_f32, expect_shape,
+    flatten_input, grouped_pid, load_x, store_out, store_tile, supports, two_four_slot,  # noqa: F401
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -78,31 +78,65 @@ def _sparse24_int4_gemm_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N,
     store_out(out_ptr, acc, rm, rn, M, N, stride_om)
 
 
-KERNELS = KernelPair(_sparse24_int4_gemv_kernel, _sparse24_int4_gemm_kernel)
+@triton.jit
+def _sparse24_int4_dequant_kernel(w_ptr, q_ptr, m_ptr, s_ptr, z_ptr, N, K, GROUP: tl.constexpr,
+                                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The dense weight tile by tile (zeros at pruned columns), for the large-batch ``dense`` regime."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask = (rn[:, None] < N) & (rk[None, :] < K)
+    w = _sparse24_int4_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn[:, None], rk[None, :], mask, K, GROUP)
+    store_tile(w_ptr, w, rn, rk, N, K)
+
+
+KERNELS = KernelPair("sparse24_int4", _sparse24_int4_gemv_kernel, _sparse24_int4_gemm_kernel,
+                     _sparse24_int4_dequant_kernel)
+
+
+def _checked(packed: dict, device: torch.device) -> tuple[int, int, int]:
+    """(N, K, group) of a well-formed sparse24_int4 packed weight on ``device``."""
+    specs = {"qvalues": (torch.uint8,), "meta": (torch.uint8,), "scales": FLOATS, "zeros": (torch.uint8,)}
+    check_packed(packed, specs, device, "sparse24_int4")
+    q, s = packed["qvalues"], packed["scales"]
+    n, k, n_groups = q.shape[0], q.shape[1] * 4, s.shape[1]
+    if k % 8:
+        raise UserInputError(f"sparse24_int4 kernel: {k} columns is not a multiple of 8; 2:4 formats need in % 8 == 0")
+    if n_groups == 0 or k % n_groups:
+        raise UserInputError(f"sparse24_int4 kernel: {n_groups} scale groups do not divide {k} columns; re-pack")
+    expect_shape(packed["meta"], (n, k // 8), "meta", "sparse24_int4")
+    expect_shape(s, (n, n_groups), "scales", "sparse24_int4")
+    expect_shape(packed["zeros"], (n, n_groups), "zeros", "sparse24_int4")
+    return n, k, k // n_groups
+
+
+def _tensors(packed: dict) -> tuple:
+    return packed["qvalues"], packed["meta"], packed["scales"], packed["zeros"]
+
+
+def sparse24_int4_dequantize(packed: dict, dtype: torch.dtype) -> Tensor:
+    """The dense weight ``[N, K]`` in ``dtype`` (equal to ``formats.sparse24_int4.unpack`` rounded to ``dtype``)."""
+    q = packed["qvalues"]
+    n, k, group = _checked(packed, q.device)
+    w = torch.empty(n, k, dtype=dtype, device=q.device)
+    KERNELS.run_dequant((w, *_tensors(packed), n, k), n, k, {"GROUP": group})
+    return w
 
 
 def sparse24_int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regime: str | None = None) -> Tensor:
     """``x @ W.T`` for a ``sparse24_int4`` packed weight; x ``[..., K]`` fp16/bf16 → ``[..., N]`` in x's dtype.
 
-    ``regime``: None picks GEMV for at most 16 tokens and GEMM above; "gemv"/"gemm" force one.
-    ``out``: an optional preallocated output (fully overwritten).
+    ``regime``: None follows kernels/select.py; "gemv", "gemm" or "dense" force one. ``out``: optional output.
     """
-    specs = {"qvalues": (torch.uint8,), "meta": (torch.uint8,), "scales": FLOATS, "zeros": (torch.uint8,)}
-    check_packed(packed, specs, x.device, "sparse24_int4")
-    q, meta, s, z = (packed[name] for name in specs)
-    n, k = q.shape[0], q.shape[1] * 4
+    n, k, group = _checked(packed, x.device)
     x2 = flatten_input(x, k, "sparse24_int4", KERNELS.interpret)
-    if k % 8:
-        raise UserInputError(f"sparse24_int4 kernel: {k} columns is not a multiple of 8; 2:4 formats need in % 8 == 0")
-    expect_shape(meta, (n, k // 8), "meta", "sparse24_int4")
-    n_groups = s.shape[1]
-    if n_groups == 0 or k % n_groups:
-        raise UserInputError(f"sparse24_int4 kernel: {n_groups} scale groups do not divide {k} columns; re-pack")
-    expect_shape(s, (n, n_groups), "scales", "sparse24_int4")
-    expect_shape(z, (n, n_groups), "zeros", "sparse24_int4")
     y = alloc_out(x, x2, n, out, "sparse24_int4")
     m = x2.shape[0]
-    if m:
-        args = (x2, q, meta, s, z, y, m, n, k, x2.stride(0), n)
-        KERNELS.run(args, m, n, {"GROUP": k // n_groups, "DOT_F32": dot_f32(x, KERNELS.interpret)}, regime)
+    if m == 0:
+        return y
+    regime = KERNELS.regime(m, regime)
+    if regime == "dense":
+        dense_matmul(x2, sparse24_int4_dequantize(packed, x.dtype), y)
+    else:
+        args = (x2, *_tensors(packed), y, m, n, k, x2.stride(0), n)
+        KERNELS.run(args, m, n, {"GROUP": group, "DOT_F32": dot_f32(x, KERNELS.interpret)}, regime)
     return y

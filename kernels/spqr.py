@@ -25,11 +25,10 @@ from torch import Tensor
 
 from llmprune.errors import UserInputError
 from llmprune.formats.spqr import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
-from llmprune.formats.spqr import params as format_params
 
 from ._common import (
-    KernelPair, alloc_out, batched_matvec, check_packed, dot_acc, dot_f32, expect_shape, flatten_input,
-    grouped_pid, load_x, store_out,
+    KernelPair, alloc_out, batched_matvec, check_packed, dense_matmul, dot_acc, dot_f32, expect_shape,
+    flatten_input, grouped_pid, load_x, store_out, store_tile, supports,  # noqa: F401  (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -126,7 +125,33 @@ def _spqr_gemm_kernel(x_ptr, q_ptr, sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_p
     store_out(out_ptr, acc, rm, rn, M, N, stride_om)
 
 
-KERNELS = KernelPair(_spqr_gemv_kernel, _spqr_gemm_kernel)
+@triton.jit
+def _spqr_dequant_kernel(w_ptr, q_ptr, sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr, N, K, WORDS, G,
+                         BITS: tl.constexpr, GROUP: tl.constexpr, STAT_GROUP: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The base weight tile by tile; ``_spqr_outlier_store_kernel`` then overwrites the outlier positions."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask = (rn[:, None] < N) & (rk[None, :] < K)
+    w = _spqr_tile(q_ptr, (sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr), rn[:, None], rk[None, :], mask, WORDS, G,
+                   BITS, GROUP, STAT_GROUP)
+    store_tile(w_ptr, w, rn, rk, N, K)
+
+
+@triton.jit
+def _spqr_outlier_store_kernel(w_ptr, rp_ptr, oc_ptr, ov_ptr, N, K, BLOCK_N: tl.constexpr):
+    """W[n, col] = value for every CSR outlier of BLOCK_N rows (one slot per step)."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    start = tl.load(rp_ptr + rn, mask=rn < N, other=0)
+    count = tl.load(rp_ptr + rn + 1, mask=rn < N, other=0) - start
+    for s in range(0, tl.max(count, axis=0)):
+        live = s < count
+        col = tl.load(oc_ptr + start + s, mask=live, other=0).to(tl.int32)
+        val = tl.load(ov_ptr + start + s, mask=live, other=0.0)
+        tl.store(w_ptr + rn * K + col, val.to(w_ptr.dtype.element_ty), mask=live)
+
+
+KERNELS = KernelPair("spqr", _spqr_gemv_kernel, _spqr_gemm_kernel, _spqr_dequant_kernel)
 
 
 def code_bits(packed: dict, in_features: int) -> int:
@@ -141,33 +166,60 @@ def code_bits(packed: dict, in_features: int) -> int:
     return int(packed["bits"][0])
 
 
-def spqr_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regime: str | None = None) -> Tensor:
-    """``x @ W.T`` for an ``spqr`` packed weight (base codes + outliers); x ``[..., K]`` → ``[..., N]``.
-
-    ``regime``: None picks GEMV for at most 16 tokens and GEMM above; "gemv"/"gemm" force one.
-    """
+def _checked(packed: dict, device: torch.device, k: int) -> dict:
+    """Launch constants of a well-formed spqr packed weight on ``device`` for K = ``k`` input features."""
     specs = {"qweight": (torch.int32,), **{s: (torch.uint8,) for s in _STATS[:2]}, **{s: FLOATS for s in _STATS[2:]},
              "outlier_row_ptr": (torch.int32,), "outlier_col": (torch.int16,), "outlier_val": FLOATS}
-    check_packed(packed, specs, x.device, "spqr")
-    k = x.shape[-1]
-    x2 = flatten_input(x, k, "spqr", KERNELS.interpret)
+    check_packed(packed, specs, device, "spqr")
     n, g = packed["scale_codes"].shape
     if g == 0 or k % g:
         raise UserInputError(f"spqr kernel: {g} statistic groups do not divide {k} input features; pass the "
                              "layer's own input")
-    bits = code_bits(packed, k)
-    stat_group = format_params(packed, k)["stat_group"]
-    for name in _STATS[1:2]:
-        expect_shape(packed[name], (n, g), name, "spqr")
+    stat_group = -(-n // packed["scale_scale"].shape[0])  # rows per second-level block, as formats.spqr.first_level
+    expect_shape(packed["zero_codes"], (n, g), "zero_codes", "spqr")
     for name in _STATS[2:]:
         expect_shape(packed[name], (-(-n // stat_group), g), name, "spqr")
     expect_shape(packed["outlier_row_ptr"], (n + 1,), "outlier_row_ptr", "spqr")
+    return {"BITS": code_bits(packed, k), "GROUP": k // g, "STAT_GROUP": stat_group}
+
+
+def _base(packed: dict) -> tuple:
+    return (packed["qweight"], *(packed[s] for s in _STATS))
+
+
+def _outliers(packed: dict) -> tuple:
+    return packed["outlier_row_ptr"], packed["outlier_col"], packed["outlier_val"]
+
+
+def spqr_dequantize(packed: dict, dtype: torch.dtype, in_features: int) -> Tensor:
+    """The dense weight ``[N, in_features]`` in ``dtype``, outliers included (``formats.spqr.unpack`` in ``dtype``)."""
+    q = packed["qweight"]
+    consts = _checked(packed, q.device, in_features)
+    n, g = packed["scale_codes"].shape
+    w = torch.empty(n, in_features, dtype=dtype, device=q.device)
+    KERNELS.run_dequant((w, *_base(packed), n, in_features, q.shape[1], g), n, in_features, consts)
+    block = 8 if KERNELS.interpret else 64
+    _spqr_outlier_store_kernel[(triton.cdiv(n, block),)](w, *_outliers(packed), n, in_features, BLOCK_N=block)
+    return w
+
+
+def spqr_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regime: str | None = None) -> Tensor:
+    """``x @ W.T`` for an ``spqr`` packed weight (base codes + outliers); x ``[..., K]`` → ``[..., N]``.
+
+    ``regime``: None follows kernels/select.py; "gemv", "gemm" or "dense" force one. ``out``: optional output.
+    """
+    k = x.shape[-1]
+    consts = _checked(packed, x.device, k)
+    x2 = flatten_input(x, k, "spqr", KERNELS.interpret)
+    n, g = packed["scale_codes"].shape
     y = alloc_out(x, x2, n, out, "spqr")
     m = x2.shape[0]
-    if m:
-        tensors = (packed["qweight"], *(packed[s] for s in _STATS),
-                   packed["outlier_row_ptr"], packed["outlier_col"], packed["outlier_val"])
-        args = (x2, *tensors, y, m, n, k, x2.stride(0), n, packed["qweight"].shape[1], g)
-        consts = {"BITS": bits, "GROUP": k // g, "STAT_GROUP": stat_group, "DOT_F32": dot_f32(x, KERNELS.interpret)}
-        KERNELS.run(args, m, n, consts, regime)
+    if m == 0:
+        return y
+    regime = KERNELS.regime(m, regime)
+    if regime == "dense":
+        dense_matmul(x2, spqr_dequantize(packed, x.dtype, k), y)
+    else:
+        args = (x2, *_base(packed), *_outliers(packed), y, m, n, k, x2.stride(0), n, packed["qweight"].shape[1], g)
+        KERNELS.run(args, m, n, {**consts, "DOT_F32": dot_f32(x, KERNELS.interpret)}, regime)
     return y

@@ -18,8 +18,10 @@ from packers import PACKERS, dense_oracle, random_qw, random_spqr_qw
 TOLERANCE = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float32: 1e-5}
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 FORMATS = ["int4", "sparse24", "sparse24_int4", "group_sparse_int4", "spqr"]
-# (tokens, regime, K, group): regime None is the launcher's own choice; 5 tokens take the padded tl.dot decode path.
-CASES = [(1, "gemv", 72, 8), (3, "gemv", 72, 8), (5, "gemv", 96, 16), (20, None, 96, 16), (2, "gemm", 64, 32)]
+# (tokens, regime, K, group): regime None is kernels/select.py's choice (gemm at 20 tokens, dense at 600); 5 tokens
+# take the padded tl.dot decode path; "dense" is the dequantize kernel + torch.mm.
+CASES = [(1, "gemv", 72, 8), (3, "gemv", 72, 8), (5, "gemv", 96, 16), (20, None, 96, 16), (2, "gemm", 64, 32),
+         (3, "dense", 72, 8), (600, None, 64, 16)]
 N = 20
 
 
@@ -78,6 +80,24 @@ def test_formats_pack_matches_layout_doc(fmt, dtype):
     assert sorted(mine) == sorted(packed)
     for name, tensor in mine.items():
         assert torch.equal(tensor, packed[name]), name
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_dequantize_kernel_equals_formats_unpack(fmt, dtype):
+    """<fmt>_dequantize computes (code - zero) * scale in float32 like formats.<fmt>.unpack: equal after rounding."""
+    kernel = importlib.import_module(f"llmprune.kernels.{fmt}")
+    formats = importlib.import_module(f"llmprune.formats.{fmt}")
+    _, packed = make(fmt, 72, 8, dtype, seed=9)
+    w = getattr(kernel, f"{fmt}_dequantize")(packed, dtype, 72) if fmt in ("group_sparse_int4", "spqr") \
+        else getattr(kernel, f"{fmt}_dequantize")(packed, dtype)
+    ref = formats.unpack(packed, 72).to(torch.float32)
+    assert w.dtype == dtype
+    if dtype == torch.bfloat16:  # Triton's interpreter rounds float32 -> bfloat16 toward zero (GPUs: to nearest)
+        toward_zero = (ref.view(torch.int32) & -65536).view(torch.float32).to(dtype)
+        assert torch.all((w == ref.to(dtype)) | (w == toward_zero))
+    else:
+        assert torch.equal(w, ref.to(dtype))
 
 
 def test_spqr_bit_stream_straddles_words():

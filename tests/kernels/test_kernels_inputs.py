@@ -1,0 +1,84 @@
+"""Launcher checks (one-line UserInputError naming the fix), the dispatch table and the package's import hygiene."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from llmprune.errors import UserInputError
+from llmprune.kernels import available, matmul_fn, select
+from llmprune.kernels.int4 import int4_matmul
+from packers import pack_int4, random_qw
+
+
+@pytest.fixture
+def packed():
+    return pack_int4(random_qw(20, 64, 16, torch.float16, seed=0), torch.float16)
+
+
+def x16(tokens=2, k=64):
+    return torch.randn(tokens, k).to(torch.float16)
+
+
+@pytest.mark.parametrize("mutate,x,words", [
+    (lambda p: p, x16(k=48), "48 features"),
+    (lambda p: p, x16().to(torch.int32), "cast them to float16"),
+    (lambda p: {**p, "scales": p["scales"].t().contiguous().t()}, x16(), "not contiguous"),
+    (lambda p: {k: v for k, v in p.items() if k != "zeros"}, x16(), "lacks 'zeros'"),
+    (lambda p: {**p, "zeros": p["zeros"].to(torch.int32)}, x16(), "'zeros' is torch.int32"),
+    (lambda p: {**p, "scales": p["scales"][:, :3].contiguous()}, x16(), "do not divide"),
+])
+def test_int4_matmul_rejects_bad_input_with_one_line(packed, mutate, x, words):
+    with pytest.raises(UserInputError) as err:
+        int4_matmul(x, mutate(packed))
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_matmul_rejects_bad_out_and_regime(packed):
+    with pytest.raises(UserInputError, match="out= must be"):
+        int4_matmul(x16(), packed, out=torch.empty(2, 21, dtype=torch.float16))
+    with pytest.raises(UserInputError, match="regime 'fast' is unknown"):
+        int4_matmul(x16(), packed, regime="fast")
+
+
+def test_matmul_of_no_tokens_is_empty(packed):
+    assert int4_matmul(torch.empty(0, 64, dtype=torch.float16), packed).shape == (0, 20)
+
+
+def test_select_table_follows_documented_defaults():
+    assert [select.choose("int4", m) for m in (1, 16, 17, 511, 512, 4096)] == \
+        ["gemv", "gemv", "gemm", "gemm", "dense", "dense"]
+    assert [select.choose("group_sparse_int4", m) for m in (4, 5)] == ["gemv", "gemm"]
+
+
+def test_matmul_fn_names_each_launcher():
+    assert matmul_fn("int4") is int4_matmul
+    with pytest.raises(UserInputError, match="no kernel for format 'dense'"):
+        matmul_fn("dense")
+
+
+def test_available_needs_cuda():
+    assert available() is torch.cuda.is_available()
+
+
+def _python(code: str, interpret: bool) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", **({"TRITON_INTERPRET": "1"} if interpret else {})}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_kernels_package_and_select_import_no_triton():
+    code = "import sys, llmprune, llmprune.kernels, llmprune.kernels.select; print('triton' in sys.modules)"
+    assert _python(code, interpret=False).stdout.strip() == "False"
+
+
+def test_compiled_build_refuses_cpu_input_with_fix():
+    """Without the interpreter a CPU tensor cannot reach a Triton launch: the launcher says what to do."""
+    code = ("import torch\nfrom llmprune.kernels.int4 import int4_matmul\n"
+            "p = {'qweight': torch.zeros(4, 8, dtype=torch.uint8), 'scales': torch.ones(4, 1, dtype=torch.float16),"
+            " 'zeros': torch.zeros(4, 1, dtype=torch.uint8)}\n"
+            "try:\n    int4_matmul(torch.ones(1, 16, dtype=torch.float16), p)\n"
+            "except Exception as e:\n    print(type(e).__name__, e)")
+    out = _python(code, interpret=False).stdout
+    assert "UserInputError" in out and "move the input to CUDA" in out
