@@ -102,3 +102,16 @@ def set_module_(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, module)
+
+
+def pack_layer(name: str, format: str, source, *, bias: Tensor | None = None,
+               dtype: str = "float16") -> tuple[str, dict[str, Tensor], dict]:
+    """``(format, packed tensors, params)`` for ``checkpoint.save(layers=...)`` from a ``QuantizedWeight``, a
+    ``Pruned`` or a dense weight; errors name the layer (e.g. ``--format int4`` without ``--quant``)."""
+    if isinstance(source, QuantizedWeight):
+        module = PackedLinear.from_quantized(source, format, bias=bias, dtype=dtype, name=name)
+    elif get_format(format).quantized:
+        raise UserInputError(f"{name}: --format {format} stores quantized weights; add --quant (e.g. --quant w4g128)")
+    else:
+        module = PackedLinear.from_dense(source, format, bias=bias, dtype=dtype, name=name)
+    return format, module.packed(), module.params

@@ -80,3 +80,13 @@ def test_dispatch_uses_triton_on_cuda():
     y = module(x)
     assert module.kernel_path == "triton", module.kernel_reason
     torch.testing.assert_close(y, x @ module.dequantize().half().T.cuda(), rtol=2e-2, atol=2e-2)
+
+
+def test_pack_layer_for_save_and_errors():
+    from llmprune.packed_linear import pack_layer
+
+    qw = rtn(torch.randn(8, 32), 16)
+    fmt, packed, params = pack_layer("mlp.up_proj", "int4", qw)
+    assert fmt == "int4" and params == {"group": 16, "dtype": "float16"} and set(packed) == {"qweight", "scales", "zeros"}
+    with pytest.raises(UserInputError, match="^mlp.up_proj: --format int4 stores quantized weights"):
+        pack_layer("mlp.up_proj", "int4", torch.randn(8, 32))

@@ -1,0 +1,129 @@
+"""``--export compressed-tensors``: int4 ``pack-quantized`` checkpoints that vLLM's W4A16 path and transformers'
+compressed-tensors loader read, written through the compressed-tensors library's own config schema and compressor.
+
+Why through the library: the config schema (``quantization_config`` in config.json) and the packing
+(``weight_packed`` int32, ``weight_scale``, packed ``weight_zero_point``, ``weight_shape``) are defined by
+compressed-tensors; re-implementing them would drift. The steps mirror llm-compressor's save path:
+``apply_quantization_config`` attaches a scheme per layer group, we set ``weight`` to our dequantized weight and
+``weight_scale`` / ``weight_zero_point`` to our statistics, ``ModelCompressor.compress_model`` packs, then
+``save_pretrained`` + ``update_config``. Pruned + int4 models export the same way: pruned weights are codes equal to the
+zero point (exact zeros), so they cost 4 bits each and run on the int4 kernels.
+
+Code mapping: llmprune codes are unsigned (0..2**b-1, zero point z); compressed-tensors' are signed, so
+``q_ct = code - 2**(b-1)`` and ``zp_ct = z - 2**(b-1)``; ``(q_ct - zp_ct) * scale`` is our ``(code - z) * scale``.
+Symmetric layers (z = 2**(b-1)) store no zero point. compressed-tensors re-quantizes ``weight`` with our scale and
+zero point; the codes it packs are checked against ours, so a mismatch is an error, never a silent change.
+
+Deviation: the legacy ``sparse-24-bitmask`` format is not written (compressed-tensors >= 0.15 dropped it).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import atomic_dir
+from .errors import UserInputError, require
+from .packed_linear import PackedLinear, set_module_
+from .types import QuantizedWeight
+
+
+def _check(name: str, qw: QuantizedWeight, module: nn.Module) -> None:
+    if not isinstance(module, (nn.Linear, PackedLinear)):
+        raise UserInputError(f"--export compressed-tensors: {name} is a {type(module).__name__}, not an nn.Linear "
+                             f"(GPT-2 Conv1D layers cannot be exported); drop --export")
+    if qw.outliers is not None or not torch.equal(qw.zeros, qw.zeros.round()):
+        raise UserInputError(f"--export compressed-tensors: {name} has SpQR outliers or non-integer zero points; "
+                             f"export uniform quantization (--quant w4g128) or drop --export")
+    if qw.group and qw.shape[1] % qw.group:
+        raise UserInputError(f"--export compressed-tensors: {name}: group {qw.group} does not divide "
+                             f"{qw.shape[1]}; choose a dividing group")
+
+
+def _scheme_key(qw: QuantizedWeight) -> tuple:
+    group = None if not qw.group or qw.group == qw.shape[1] else qw.group
+    symmetric = bool(torch.all(qw.zeros == 1 << (qw.bits - 1)))
+    return qw.bits, group, symmetric
+
+
+def _config(quantized: dict[str, QuantizedWeight]):
+    """One compressed-tensors config group per (bits, group, symmetric), targeting the layers by name."""
+    ct = require("compressed_tensors.quantization", "export")
+    groups: dict[tuple, list[str]] = {}
+    for name, qw in quantized.items():
+        groups.setdefault(_scheme_key(qw), []).append(name)
+    config_groups = {}
+    for i, ((bits, group, symmetric), names) in enumerate(sorted(groups.items(), key=str)):
+        args = ct.QuantizationArgs(num_bits=bits, type="int", symmetric=symmetric,
+                                   strategy="group" if group else "channel", group_size=group)
+        config_groups[f"group_{i}"] = ct.QuantizationScheme(targets=names, weights=args)
+    return ct.QuantizationConfig(config_groups=config_groups, quantization_status="frozen")
+
+
+def _dense_linears_(model: nn.Module) -> None:
+    """Replace PackedLinear modules with nn.Linear holding their exact dense weight (export works on nn.Linear)."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, PackedLinear):
+            dtype = module.bias.dtype if module.bias is not None else torch.float32
+            linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, dtype=dtype)
+            with torch.no_grad():
+                linear.weight.copy_(module.dequantize())
+                if module.bias is not None:
+                    linear.bias.copy_(module.bias)
+            set_module_(model, name, linear)
+
+
+@torch.no_grad()
+def _set_qparams_(module: nn.Linear, qw: QuantizedWeight) -> None:
+    offset = 1 << (qw.bits - 1)
+    scales = torch.where(qw.scales == 0, torch.ones_like(qw.scales), qw.scales)  # an all-zero group: any scale works
+    module.weight.copy_(qw.dequantize().to(module.weight.dtype))
+    module.weight_scale.copy_(scales.reshape(module.weight_scale.shape).to(module.weight_scale.dtype))
+    if hasattr(module, "weight_zero_point"):
+        module.weight_zero_point.copy_((qw.zeros - offset).reshape(module.weight_zero_point.shape))
+
+
+def _verify_codes(module: nn.Module, qw: QuantizedWeight, name: str) -> None:
+    """The codes compressed-tensors packed must be ours (signed offset); anything else is a bug."""
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+
+    codes = unpack_from_int32(module.weight_packed, qw.bits, torch.Size(qw.shape)).to(torch.int16)
+    cols = torch.arange(qw.shape[1]) // (qw.group or qw.shape[1])
+    live = qw.scales[:, cols] != 0  # weights that dequantize to exact zeros come back as the zero point
+    if qw.mask is not None:
+        live &= qw.mask.bool()
+    want = torch.where(live, qw.codes.to(torch.int16), qw.zeros[:, cols].to(torch.int16)) - (1 << (qw.bits - 1))
+    if not torch.equal(codes, want):
+        raise RuntimeError(f"compressed-tensors re-quantized {name} to different codes; export aborted")
+
+
+def export_compressed_tensors(model: nn.Module, report, out_dir, *, recipe=None, tokenizer=None,
+                              force: bool = False) -> Path:
+    """Write ``model`` with the ``QuantizedWeight``s of ``report.quantized`` (or a ``{name: qw}`` dict) as a
+    compressed-tensors ``pack-quantized`` folder at ``out_dir`` (atomic). The model itself is not modified."""
+    require("compressed_tensors", "export")
+    from compressed_tensors.compressors.model_compressors.model_compressor import ModelCompressor
+    from compressed_tensors.quantization import apply_quantization_config
+
+    quantized = dict(getattr(report, "quantized", report))
+    if not quantized:
+        raise UserInputError("--export compressed-tensors needs quantized layers; add --quant (e.g. --quant w4g128)")
+    for name, qw in quantized.items():
+        _check(name, qw, model.get_submodule(name))
+    model = copy.deepcopy(model)
+    _dense_linears_(model)
+    apply_quantization_config(model, _config(quantized), show_progress=False)
+    for name, qw in quantized.items():
+        _set_qparams_(model.get_submodule(name), qw)
+    compressor = ModelCompressor.from_pretrained_model(model, "pack-quantized")
+    compressor.compress_model(model)
+    for name, qw in quantized.items():
+        _verify_codes(model.get_submodule(name), qw, name)
+    with atomic_dir(out_dir, force) as tmp:
+        model.save_pretrained(tmp)
+        compressor.update_config(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return Path(out_dir)

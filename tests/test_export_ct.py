@@ -1,0 +1,115 @@
+"""compressed-tensors export: decompressed with compressed-tensors' own code it equals our dequantized weights
+exactly; transformers' compressed-tensors loader reads it."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llmprune.errors import UserInputError
+from llmprune.export_ct import export_compressed_tensors
+from llmprune.model.layers import decoder_layers, linears, set_weight_
+from tests.formats_fixtures import mask_24, rtn, spqr_like
+from tests.tiny_models import tiny_model
+
+
+
+IDS = torch.tensor([[0, 5, 17, 42, 99, 7, 250, 3]])
+
+
+def _quantize_(model, *, group, symmetric, prune24=False, bits=4):
+    """Quantize every decoder Linear (test-side RTN) and put the dequantized weight in the model."""
+    quantized = {}
+    blocks, path = decoder_layers(model)
+    for i, block in enumerate(blocks):
+        for rel, lin in linears(block).items():
+            weight = lin.weight.detach().float()
+            qw = rtn(weight, group or weight.shape[1], bits=bits, symmetric=symmetric,
+                     mask=mask_24(weight) if prune24 else None)
+            set_weight_(lin, qw.dequantize())
+            quantized[f"{path}.{i}.{rel}"] = qw
+    return quantized
+
+
+def _ct_decompress(directory):
+    """Every exported layer decompressed by compressed-tensors' PackedQuantizationCompressor."""
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationConfig
+
+    config = QuantizationConfig.model_validate(json.loads((directory / "config.json").read_text())
+                                               ["quantization_config"])
+    tensors = load_file(str(directory / "model.safetensors"))
+    out = {}
+    for scheme in config.config_groups.values():
+        for name in scheme.targets:
+            local = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".weight_")}
+            out[name] = PackedQuantizationCompressor.decompress(local, scheme)["weight"]
+    return config, out
+
+
+@pytest.mark.parametrize("group,symmetric,prune24,bits", [(16, False, False, 4), (16, True, False, 4),
+                                                          (32, False, True, 4), (0, True, False, 4),
+                                                          (16, False, False, 8)])
+def test_export_ct_decompresses_to_our_weights_exactly(tmp_path, group, symmetric, prune24, bits):
+    model, _ = tiny_model("llama")
+    quantized = _quantize_(model, group=group, symmetric=symmetric, prune24=prune24, bits=bits)
+    out = export_compressed_tensors(model, quantized, tmp_path / "ct")
+    config, weights = _ct_decompress(out)
+    assert config.format == "pack-quantized" and set(weights) == set(quantized)
+    for name, qw in quantized.items():
+        assert torch.equal(weights[name].float(), qw.dequantize()), name
+    scheme = next(iter(config.config_groups.values())).weights
+    assert (scheme.num_bits, scheme.symmetric, scheme.group_size) == (bits, symmetric, group or None)
+    assert scheme.strategy == ("group" if group else "channel")
+    stored = load_file(str(out / "model.safetensors"))
+    assert not any(k.endswith("q_proj.weight") for k in stored)  # packed, no dense copy
+    assert ("model.layers.0.mlp.up_proj.weight_zero_point" in stored) == (not symmetric)
+
+
+def _load_with_transformers(tmp_path, symmetric):
+    from transformers import AutoModelForCausalLM
+
+    model, _ = tiny_model("llama")
+    quantized = _quantize_(model, group=16, symmetric=symmetric)
+    out = export_compressed_tensors(model, quantized, tmp_path / "ct")
+    loaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(IDS).logits, model(IDS).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_export_ct_symmetric_loads_with_transformers(tmp_path):
+    _load_with_transformers(tmp_path, symmetric=True)
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
+    "upstream: transformers' compressed-tensors loader builds the asymmetric zero point unpacked on meta and rejects "
+    "the packed one (vllm-project/llm-compressor#1618); vLLM reads it. Strict: passes once fixed upstream."))
+def test_export_ct_asymmetric_loads_with_transformers(tmp_path):
+    _load_with_transformers(tmp_path, symmetric=False)
+
+
+def test_export_ct_leaves_model_untouched_and_refuses_existing_folder(tmp_path):
+    model, _ = tiny_model("llama")
+    quantized = _quantize_(model, group=16, symmetric=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    (tmp_path / "ct").mkdir()
+    (tmp_path / "ct" / "x").write_text("x")
+    with pytest.raises(UserInputError, match="not empty"):
+        export_compressed_tensors(model, quantized, tmp_path / "ct")
+    export_compressed_tensors(model, quantized, tmp_path / "ct2")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_export_ct_rejects_spqr_and_conv1d(tmp_path):
+    model, _ = tiny_model("llama")
+    lin = model.model.layers[0].mlp.up_proj
+    with pytest.raises(UserInputError, match="SpQR outliers"):
+        export_compressed_tensors(model, {"model.layers.0.mlp.up_proj": spqr_like(lin.weight.detach(), 16, 16)},
+                                  tmp_path / "a")
+    gpt2, _ = tiny_model("gpt2")
+    qw = rtn(torch.randn(192, 64), 16)
+    with pytest.raises(UserInputError, match="Conv1D"):
+        export_compressed_tensors(gpt2, {"transformer.h.0.attn.c_attn": qw}, tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
