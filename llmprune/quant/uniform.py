@@ -1,0 +1,102 @@
+"""Uniform k-bit quantizer primitives: per-group scale/zero from min-max, codes, dequantization, shape checks.
+
+Source: GPTQ's reference ``quant.py`` (Frantar et al. 2022, arXiv:2210.17323): asymmetric grids span
+[min(w, 0), max(w, 0)] with ``scale = (max - min) / maxq`` and the integer ``zero = round(-min / scale)``; symmetric
+grids put the zero at ``(maxq + 1) / 2``. SpQR's quantizer (Dettmers et al. 2023, ``quant_groups.py``) is the same
+min-max grid without the clamp to 0 and with an unrounded zero; ``clamp_zero=False, round_zero=False`` selects it.
+
+A group is ``group`` consecutive input columns of one output row (``group == 0``: the whole row, one group). The
+packed formats need ``in_features % group == 0``, so other sizes are refused up front by ``check_quant_shape``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..errors import UserInputError
+from ..recipe import QuantSpec
+
+SPQR_DEFAULT_GROUP = 16
+
+
+def maxq(bits: int) -> int:
+    return (1 << bits) - 1
+
+
+def find_params(w: Tensor, bits: int, symmetric: bool = False, *, clamp_zero: bool = True,
+                round_zero: bool = True) -> tuple[Tensor, Tensor]:
+    """Min-max grid of each row of ``w [rows, k]``: returns ``(scale [rows], zero [rows])``.
+
+    A row whose range is empty (all equal, e.g. all zero) gets the range [-1, 1], as both references do.
+
+    Deviation: symmetric grids always span [-amax, amax]; GPTQ's reference keeps min = 0 for a row without negative
+    values, which makes the upper half of such a row clip.
+    """
+    top = maxq(bits)
+    xmin, xmax = w.min(dim=1).values, w.max(dim=1).values
+    if clamp_zero:
+        xmin, xmax = xmin.clamp(max=0), xmax.clamp(min=0)
+    if symmetric:
+        xmax = torch.maximum(xmin.abs(), xmax)
+        xmin = -xmax
+    empty = xmin == xmax
+    xmin = torch.where(empty, -torch.ones_like(xmin), xmin)
+    xmax = torch.where(empty, torch.ones_like(xmax), xmax)
+    scale = (xmax - xmin) / top
+    if symmetric:
+        zero = torch.full_like(scale, (top + 1) / 2)
+    else:
+        zero = -xmin / scale
+        zero = torch.round(zero) if round_zero else zero
+    return scale, zero
+
+
+def quantize_codes(w: Tensor, scale: Tensor, zero: Tensor, bits: int, *, zero_inside: bool = False) -> Tensor:
+    """Integer codes (as floats) of ``w`` on the grid; ``scale``/``zero`` broadcast against ``w``.
+
+    GPTQ rounds ``w / scale`` and adds the integer zero; SpQR (unrounded zero) rounds ``w / scale + zero``
+    (``zero_inside=True``). The two differ only in how exact halves round.
+    """
+    if zero_inside:
+        return torch.clamp(torch.round(w / scale + zero), 0, maxq(bits))
+    return torch.clamp(torch.round(w / scale) + zero, 0, maxq(bits))
+
+
+def dequantize(codes: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
+    """``(code - zero) * scale``: the same expression, in the same order, as ``QuantizedWeight.dequantize``."""
+    return (codes - zero) * scale
+
+
+def effective_group(spec: QuantSpec, in_features: int) -> int:
+    """The group size actually used: ``spec.group``; per-row (0) means ``in_features``; SpQR defaults to 16."""
+    if spec.group:
+        return spec.group
+    return SPQR_DEFAULT_GROUP if spec.method == "spqr" else in_features
+
+
+def check_quant_shape(in_features: int, spec: QuantSpec, name: str = "") -> None:
+    """Refuse, before calibration, a group size the layer cannot hold (one line naming the layer and the fix)."""
+    where = f"{name}: " if name else ""
+    if not 2 <= spec.bits <= 8:
+        raise UserInputError(f"{where}--quant {spec}: bits must be between 2 and 8")
+    group = effective_group(spec, in_features)
+    if group < 1:
+        raise UserInputError(f"{where}--quant {spec}: group size must be at least 1 (e.g. w4g128)")
+    if group > in_features:
+        raise UserInputError(f"{where}group size {group} of --quant {spec} is larger than the input dimension "
+                             f"{in_features}; choose a smaller group or exclude the layer with --ignore")
+    if in_features % group:
+        raise UserInputError(f"{where}input dimension {in_features} is not divisible by the group size {group} of "
+                             f"--quant {spec}; choose a group that divides it or exclude the layer with --ignore")
+
+
+def group_params(W: Tensor, bits: int, group: int, symmetric: bool) -> tuple[Tensor, Tensor]:
+    """Per-group ``scale, zero [rows, in/group]`` of ``W [rows, in]`` (GPTQ grid), e.g. for round-to-nearest."""
+    rows, cols = W.shape
+    scale, zero = find_params(W.reshape(rows * (cols // group), group), bits, symmetric)
+    return scale.reshape(rows, -1), zero.reshape(rows, -1)
+
+
+def expand(stat: Tensor, group: int) -> Tensor:
+    """Per-group ``[rows, G]`` statistics repeated to per-column ``[rows, G * group]``."""
+    return stat.repeat_interleave(group, dim=1)
