@@ -1,0 +1,97 @@
+"""``llmprune sweep``: perplexity at many sparsity levels, the essential sparsity, JSON + CSV + PNG."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from llmprune.errors import UserInputError
+
+
+def sweep_command(
+    model: str = typer.Argument(..., help="HF folder, .gguf file, Hub id (online), or alias 'smollm2-135m'."),
+    method: List[str] = typer.Option(["magnitude"], help="Method, or METHOD+REFINER such as wanda+dsnot (repeatable)."),
+    sparsity: str = typer.Option("0.1:0.9:0.1", help="Levels: START:STOP:STEP (STOP included) and/or a list "
+                                                     "such as 0.5,2:4,4:8."),
+    refine: Optional[str] = typer.Option(None, help="Refinement for every method without its own, e.g. dsnot."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for sweep.json, sweep.csv, sweep.png (atomic)."),
+    calib: str = typer.Option("c4", help="Calibration: c4, wikitext2, self, or a .txt/.jsonl/.parquet file."),
+    nsamples: int = typer.Option(128, help="Number of calibration windows (drawn once for the whole sweep)."),
+    seqlen: int = typer.Option(2048, help="Tokens per calibration window."),
+    seed: int = typer.Option(0, help="Seed of the calibration sampling."),
+    ppl: str = typer.Option("wikitext2", help="Perplexity dataset: wikitext2, c4, ptb, or a file."),
+    ppl_seqlen: Optional[int] = typer.Option(None, help="Perplexity window (default: model max positions, <= 2048)."),
+    knee_margin: float = typer.Option(0.1, help="Relative perplexity rise over dense that marks the knee."),
+    option: List[str] = typer.Option([], help="KEY=VALUE method/refiner option (repeatable)."),
+    device: str = typer.Option("cpu", help="Compute device: cpu or cuda."),
+    batch_size: int = typer.Option(8, help="Calibration windows per forward pass."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Prune MODEL at every level, evaluate perplexity, and recommend the essential sparsity."""
+    from llmprune.checkpoint import check_output_dir
+    from llmprune.evals.sweep import SweepConfig, parse_levels, run_sweep, write_sweep
+    from llmprune.recipe import Calibration
+
+    from .compress import _options
+
+    config = SweepConfig(variants=tuple(method), levels=parse_levels(sparsity), refine=refine,
+                         options=_with_seqlen(_options(option), seqlen),
+                         calibration=Calibration(source=calib, nsamples=nsamples, seqlen=seqlen, seed=seed),
+                         eval_dataset=ppl, eval_seqlen=ppl_seqlen, knee_margin=knee_margin, device=device,
+                         batch_size=batch_size)
+    _check(config, nsamples, seqlen, ppl_seqlen)
+    config.recipes()  # unknown methods/refiners and patterns a refiner cannot keep fail here, before loading
+    check_output_dir(output, force=force)
+    from llmprune.model import resolve
+
+    loaded = resolve(model)
+    log = (lambda line: None) if quiet else (lambda line: typer.echo(line, err=True))
+    result = run_sweep(loaded.model, loaded.tokenizer, config, model_name=model, progress=not quiet, log=log)
+    write_sweep(result, output, force=force)
+    for line in recommendation(result):
+        typer.echo(line)
+    typer.echo(f"wrote {output}/sweep.json, sweep.csv, sweep.png")
+
+
+def recommendation(result) -> list[str]:
+    """One printed line per variant: the essential sparsity and the knee (rule: evals/sweep.py)."""
+    lines = []
+    for variant, k in result.knees().items():
+        head, margin, dense = f"{result.model} {variant}:", f"{result.margin:.0%}", result.dense_ppl
+        nm = f"; N:M within the margin: {', '.join(k['nm_within_margin']) or 'none'}"
+        if k["essential_sparsity"] is None and k["knee_sparsity"] is None:
+            lines.append(f"{head} no unstructured level swept (dense ppl {dense:.3f}){nm}")
+        elif k["essential_sparsity"] is None:
+            lines.append(f"{head} no level stays within {margin} of dense ppl {dense:.3f}; already "
+                         f"{k['knee_sparsity']:g} gives {k['knee_ppl']:.3f}; sweep lower levels{nm}")
+        else:
+            after = (f"at {k['knee_sparsity']:g} ppl {k['knee_ppl']:.3f} exceeds dense by more than {margin}"
+                     if k["knee_sparsity"] is not None else f"no knee up to the highest level swept (margin {margin})")
+            lines.append(f"{head} essential sparsity {k['essential_sparsity']:g} (ppl {k['essential_ppl']:.3f} vs "
+                         f"dense {dense:.3f}); {after}{nm}")
+    return lines
+
+
+def _with_seqlen(options: tuple, seqlen: int) -> tuple:
+    """DSnoT's threshold is tuned on sums over a calibration window: tell it the window length."""
+    values = dict(options)
+    values.setdefault("calib_seqlen", seqlen)
+    return tuple(sorted(values.items()))
+
+
+def _check(config, nsamples: int, seqlen: int, ppl_seqlen: Optional[int]) -> None:
+    if not config.variants:
+        raise UserInputError("give at least one --method, e.g. --method magnitude")
+    if nsamples < 1 or seqlen < 2:
+        raise UserInputError("--nsamples must be >= 1 and --seqlen >= 2")
+    if ppl_seqlen is not None and ppl_seqlen < 2:
+        raise UserInputError(f"--ppl-seqlen {ppl_seqlen}: must be at least 2")
+    if not 0 < config.knee_margin:
+        raise UserInputError(f"--knee-margin {config.knee_margin}: must be a positive fraction, e.g. 0.1 for 10%")
+    if config.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserInputError(f"--device {config.device}: CUDA is not available here; use --device cpu")

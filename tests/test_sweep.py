@@ -1,0 +1,211 @@
+"""Sweeps: level parsing, the knee rule, dense-weight restoring and reuse, outputs, and one-line CLI errors."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from llmprune.cli.main import main
+from llmprune.cli.sweep import recommendation
+from llmprune.errors import UserInputError
+from llmprune.evals.sweep import (SweepConfig, SweepHooks, SweepPoint, SweepResult, knee, parse_levels, run_sweep,
+                                  write_sweep)
+from llmprune.recipe import NM, Unstructured
+from tests.tiny_models import tiny_model
+
+
+def test_sweep_range_includes_stop_within_rounding():
+    assert parse_levels("0.1:0.9:0.1") == tuple(Unstructured(f / 10) for f in range(1, 10))
+    assert parse_levels("0.1:0.7:0.2") == (Unstructured(0.1), Unstructured(0.3), Unstructured(0.5), Unstructured(0.7))
+    assert parse_levels("0.1:0.6:0.2") == (Unstructured(0.1), Unstructured(0.3), Unstructured(0.5))
+    assert parse_levels("0.5:0.5:0.1") == (Unstructured(0.5),)
+
+
+def test_sweep_lists_mix_fractions_nm_and_ranges():
+    assert parse_levels("0.5,2:4,4:8") == (Unstructured(0.5), NM(2, 4), NM(4, 8))
+    assert parse_levels("0.4:0.6:0.1, 2:4, 0.5") == (Unstructured(0.4), Unstructured(0.5), Unstructured(0.6), NM(2, 4))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("0.9:0.1:0.1", "empty range"), ("0:0.5:0.1", "outside (0, 1)"), ("0.1:1.2:0.1", "outside (0, 1)"),
+    ("0.1:0.5:0", "step must be positive"), ("0.1:0.5:-0.1", "step must be positive"), ("3:2", "N must be smaller"),
+    ("0:4", "at least 1"), ("2:x", "two whole numbers"), ("abc", "not a number"), ("", "no levels"),
+    ("0.5,,0.6", "empty entry"), ("1.5", "fraction in (0, 1)"), ("0.5@g16", "group sparsity"),
+    ("a:0.5:0.1", "not a number"), ("1:2:3:4", "two whole numbers"),
+])
+def test_sweep_bad_levels_are_one_line_errors(text, message):
+    with pytest.raises(UserInputError) as info:
+        parse_levels(text)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def _point(variant, sparsity, ppl):
+    level = NM(*map(int, sparsity.split(":"))) if ":" in sparsity else Unstructured(float(sparsity))
+    return SweepPoint(variant, sparsity, level.fraction, "nm" if ":" in sparsity else "unstructured", ppl,
+                      level.fraction, 0.0, 0.0)
+
+
+def test_sweep_knee_is_first_level_over_margin():
+    # dense 10, margin 10% -> limit 11: 0.1..0.3 within, 0.4 over (even though 0.5 dips back under)
+    ppls = {"0.1": 10.1, "0.2": 10.5, "0.3": 10.99, "0.4": 11.5, "0.5": 10.8, "2:4": 10.9, "4:8": 12.0}
+    points = [_point("wanda", s, p) for s, p in ppls.items()]
+    k = knee(points, 10.0, 0.1)
+    assert (k["essential_sparsity"], k["knee_sparsity"], k["knee_ppl"]) == (0.3, 0.4, 11.5)
+    assert k["nm_within_margin"] == ["2:4"] and math.isclose(k["ppl_limit"], 11.0)
+    assert knee([_point("m", "0.2", 30.0)], 10.0, 0.1)["essential_sparsity"] is None
+    assert knee([_point("m", "0.2", float("nan"))], 10.0, 0.1)["knee_sparsity"] == 0.2
+    none_over = knee([_point("m", "0.2", 10.0)], 10.0, 0.1)
+    assert none_over["knee_sparsity"] is None and none_over["essential_sparsity"] == 0.2
+
+
+def test_sweep_recommendation_names_essential_sparsity_and_knee():
+    result = SweepResult("tiny", "wikitext2", 10.0, 0.1, [_point("wanda", "0.3", 10.5), _point("wanda", "0.4", 12.0),
+                                                          _point("magnitude", "2:4", 20.0)])
+    lines = recommendation(result)
+    assert "essential sparsity 0.3" in lines[0] and "at 0.4 ppl 12.000" in lines[0]
+    assert "no unstructured level" in lines[1] and "none" in lines[1]
+
+
+def _direct_ppl(model, ids):
+    """exp(mean next-token NLL) of ``ids`` by the direct formula."""
+    with torch.no_grad():
+        logits = model(ids).logits[:, :-1].double()
+    return float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)).exp())
+
+
+@pytest.fixture()
+def tiny():
+    model, _ = tiny_model("llama")
+    return model
+
+
+def _hooks(model, seen, calls):
+    from llmprune.compress import compress_
+
+    dense = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = torch.randint(0, 320, (2, 24), generator=torch.Generator().manual_seed(0))
+
+    def compress(m, recipe, calib, **kw):
+        seen.append(all(torch.equal(v, dense[k]) for k, v in m.state_dict().items()))  # starts from dense
+        return compress_(m, recipe, calib, **kw)
+
+    def calibrate(m, tokenizer, config):
+        calls.append(config.calibration)
+        return SimpleNamespace(ids=torch.randint(0, 320, (4, 16), generator=torch.Generator().manual_seed(1)),
+                               sha256="fake")
+
+    return SweepHooks(compress=compress, evaluate=lambda m: _direct_ppl(m, ids), calibrate=calibrate,
+                      log=lambda line: None), dense, ids
+
+
+def test_sweep_magnitude_restores_dense_and_draws_no_calibration(tiny):
+    seen, calls = [], []
+    hooks, dense, ids = _hooks(tiny, seen, calls)
+    config = SweepConfig(variants=("magnitude",), levels=parse_levels("0.2:0.8:0.3,2:4"))
+    result = run_sweep(tiny, None, config, model_name="tiny", progress=False, hooks=hooks)
+    assert calls == [] and result.calibration is None and seen == [True] * 4
+    assert [p.sparsity for p in result.points] == ["0.2", "0.5", "0.8", "2:4"]
+    assert all(torch.equal(v, dense[k]) for k, v in tiny.state_dict().items())
+    assert result.dense_ppl == pytest.approx(_direct_ppl(tiny, ids))
+    for p in result.points:
+        assert p.achieved_sparsity == pytest.approx(p.fraction, abs=1e-3)
+    from llmprune.compress import compress_
+    from llmprune.recipe import Recipe
+
+    fresh, _ = tiny_model("llama")  # same seed, same dense weights: the level measured is the level pruned
+    compress_(fresh, Recipe(method="magnitude", sparsity=Unstructured(0.8)), None, progress=False)
+    assert result.points[2].ppl == pytest.approx(_direct_ppl(fresh, ids)) != result.dense_ppl
+
+
+def test_sweep_wanda_and_dsnot_share_one_calibration_draw(tiny):
+    seen, calls = [], []
+    hooks, dense, _ = _hooks(tiny, seen, calls)
+    config = SweepConfig(variants=("wanda", "wanda+dsnot", "magnitude"), levels=(Unstructured(0.5), NM(2, 4)),
+                         options=(("dsnot_skip_mlp", False),))
+    result = run_sweep(tiny, None, config, model_name="tiny", progress=False, hooks=hooks)
+    assert len(calls) == 1 and seen == [True] * 6 and result.reuse["calibration_windows"]
+    assert result.variants() == ["wanda", "wanda+dsnot", "magnitude"]
+    plain, refined = result.points_of("wanda"), result.points_of("wanda+dsnot")
+    assert [p.achieved_sparsity for p in plain] == pytest.approx([p.achieved_sparsity for p in refined])
+    assert any(a.ppl != b.ppl for a, b in zip(plain, refined))  # DSnoT changed the masks
+    assert all(torch.equal(v, dense[k]) for k, v in tiny.state_dict().items())
+
+
+def test_sweep_rejects_dsnot_with_group_sparsity_and_unknown_names():
+    with pytest.raises(UserInputError, match="did you mean 'dsnot'"):
+        SweepConfig(variants=("wanda+dsnto",), levels=(Unstructured(0.5),)).recipes()
+    with pytest.raises(UserInputError, match="did you mean 'wanda'"):
+        SweepConfig(variants=("wnada",), levels=(Unstructured(0.5),)).recipes()
+
+
+def _result():
+    pts = [_point("wanda", s, p) for s, p in {"0.2": 10.2, "0.4": 10.8, "0.6": 14.0, "2:4": 13.0}.items()]
+    pts += [_point("wanda+dsnot", s, p) for s, p in {"0.2": 10.1, "0.4": 10.6, "0.6": 12.5}.items()]
+    return SweepResult("tiny-model", "wikitext2", 10.0, 0.1, pts, reuse={"calibration_windows": True})
+
+
+def test_sweep_writes_json_csv_png(tmp_path):
+    out = tmp_path / "sweep"
+    write_sweep(_result(), out)
+    data = json.loads((out / "sweep.json").read_text())
+    assert data["knees"]["wanda"]["knee_sparsity"] == 0.6 and data["knees"]["wanda"]["essential_sparsity"] == 0.4
+    assert "first unstructured level" in data["knee_rule"] and len(data["points"]) == 7
+    rows = list(csv.DictReader(open(out / "sweep.csv")))
+    assert [r["within_margin"] for r in rows[:4]] == ["True", "True", "False", "False"]
+    png = (out / "sweep.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    assert matplotlib.image.imread(out / "sweep.png").shape[1] >= 800
+
+
+def test_sweep_plot_has_labels_legend_title_and_log_scale(monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from llmprune.evals import sweep_plot
+
+    fig, ax = plt.subplots()
+    sweep_plot._draw(ax, _result())
+    assert ax.get_yscale() == "log" and "sparsity" in ax.get_xlabel() and "perplexity" in ax.get_ylabel()
+    assert "tiny-model" in ax.get_title()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert {"wanda", "wanda+dsnot", "wanda 2:4", "wanda knee (0.6)"} <= set(labels)
+    assert any(label.startswith("dense") for label in labels)
+    plt.close(fig)
+
+
+def test_sweep_nothing_written_when_plotting_fails(tmp_path, monkeypatch):
+    from llmprune.evals import sweep_plot
+
+    def broken(result, path):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(sweep_plot, "plot_sweep", broken)
+    with pytest.raises(RuntimeError):
+        write_sweep(_result(), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sparsity", "0.9:0.1:0.1"], "empty range"),
+    (["--sparsity", "0.1:1.5:0.1"], "outside (0, 1)"),
+    (["--sparsity", "0.5,5:4"], "N must be smaller"),
+    (["--refine", "dsnto"], "did you mean 'dsnot'"),
+    (["--method", "wanda+dsnto"], "did you mean 'dsnot'"),
+    (["--method", "wnada"], "did you mean 'wanda'"),
+    (["--refine", "dsnot", "--sparsity", "0.5@g16"], "group sparsity"),
+    (["--knee-margin", "0"], "--knee-margin"),
+])
+def test_sweep_cli_bad_input_exits_2_and_writes_nothing(args, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["sweep", "no-such-model", "--method", "magnitude", "-o", str(out), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.startswith("error: ") and err.count("\n") == 1
+    assert not out.exists() and list(tmp_path.iterdir()) == []
