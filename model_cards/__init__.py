@@ -1,0 +1,4 @@
+"""Model cards: a Jinja template filled from an output folder's manifest and evaluation results (see render.py)."""
+from .render import render_card, rows_from_perplexity, rows_from_zeroshot, write_card
+
+__all__ = ["render_card", "write_card", "rows_from_zeroshot", "rows_from_perplexity"]

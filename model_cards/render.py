@@ -1,0 +1,210 @@
+"""Model cards for llmprune output folders: Hub metadata (YAML front matter) + a README rendered from ``card.md.j2``.
+
+Everything on the card comes from the manifest (``llmprune.json``: model source, recipe, calibration, report,
+layers, shards, command) and from evaluation result rows, so the card never claims a number that was not measured.
+The front matter is produced by ``huggingface_hub.ModelCardData`` (``base_model``, ``library_name``, ``tags``, and
+``model-index`` from ``EvalResult``s), i.e. the Hub's own serializer; tests parse it back with ``ModelCard``.
+
+A result row is a dict: ``{"name": "arc_easy", "metric": "acc" | "acc_norm" | "ppl", "value": float,
+"stderr": float | None, "samples": int | None, "note": str}``; ``rows_from_zeroshot`` and ``rows_from_perplexity``
+build them from ``evals`` results.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+# The Hub id behind each llmprune alias (the alias itself is a local conversion of that model's GGUF).
+BASE_MODELS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+# Hub dataset (id, config, split) that each evaluation name stands for, for model-index.
+DATASETS = {
+    "arc_easy": ("allenai/ai2_arc", "ARC-Easy", "test", "AI2 ARC-Easy"),
+    "arc_challenge": ("allenai/ai2_arc", "ARC-Challenge", "test", "AI2 ARC-Challenge"),
+    "piqa": ("ybisk/piqa", None, "validation", "PIQA"),
+    "boolq": ("aps/super_glue", "boolq", "validation", "BoolQ"),
+    "hellaswag": ("Rowan/hellaswag", None, "validation", "HellaSwag"),
+    "wikitext2": ("Salesforce/wikitext", "wikitext-2-raw-v1", "test", "WikiText-2"),
+    "c4": ("allenai/c4", "en", "validation", "C4"),
+    "ptb": ("ptb_text_only", None, "test", "PTB"),
+}
+_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "uint8": 1, "int8": 1, "int16": 2, "int32": 4,
+          "int64": 8, "bool": 1}
+FILENAME = "README.md"
+
+
+def base_model(manifest: dict) -> str | None:
+    """The Hub id of the uncompressed model, when there is one (Hub specs and known aliases)."""
+    source = manifest.get("model") or {}
+    spec = source.get("spec")
+    if source.get("kind") == "alias" or spec in BASE_MODELS:
+        return BASE_MODELS.get(spec)
+    if source.get("kind") == "hub":
+        return spec
+    return None
+
+
+def _linear_shapes(manifest: dict) -> dict[str, tuple[int, int]]:
+    layers = manifest.get("layers") or {}
+    if layers:
+        return {n: (r["out_features"], r["in_features"]) for n, r in layers.items()}
+    report = (manifest.get("report") or {}).get("layers") or {}
+    return {n: tuple(r["shape"]) for n, r in report.items() if "shape" in r}
+
+
+def bits_per_param(manifest: dict) -> float | None:
+    """Average stored bits per weight of the compressed Linear layers (codes, scales, masks, outliers; no bias)."""
+    tensors = manifest.get("tensors") or {}
+    bits = params = 0
+    for name, (out_f, in_f) in _linear_shapes(manifest).items():
+        stored = [r for k, r in tensors.items() if k.startswith(name + ".") and k != name + ".bias"]
+        if not stored:
+            continue
+        for record in stored:
+            count = 1
+            for dim in record["shape"]:
+                count *= int(dim)
+            bits += 8 * _BYTES.get(record["dtype"], 4) * count
+        params += out_f * in_f
+    return bits / params if params else None
+
+
+def achieved_sparsity(manifest: dict) -> float | None:
+    report = manifest.get("report") or {}
+    value = report.get("achieved_sparsity")
+    return None if value is None else float(value)
+
+
+def reproduce_command(manifest: dict) -> str:
+    """The recorded command line (as given), else the manifest-driven rerun."""
+    command = manifest.get("command") or []
+    if command:
+        argv = list(command)
+        if argv[0] != "llmprune":
+            argv = ["llmprune", "compress", *argv] if argv[0] != "compress" else ["llmprune", *argv]
+        return shlex.join(argv)
+    return "llmprune compress --from-manifest llmprune.json --output OUT"
+
+
+def rows_from_zeroshot(result) -> list[dict]:
+    """Result rows from an ``evals.zeroshot.ZeroShotResult`` (or its ``to_dict()``)."""
+    scores = result["scores"] if isinstance(result, dict) else [vars(s) for s in result.scores]
+    rows = []
+    for s in scores:
+        for metric in ("acc", "acc_norm"):
+            if s.get(metric) is not None:
+                rows.append({"name": s["task"], "metric": metric, "value": s[metric],
+                             "stderr": s.get(f"{metric}_stderr"), "samples": s.get("samples"),
+                             "note": f"lm-eval, {s.get('source', '')} data"})
+    return rows
+
+
+def rows_from_perplexity(rows: list[dict]) -> list[dict]:
+    """Result rows from ``llmprune eval --ppl`` rows (``dataset``, ``ppl``, ``seqlen``, ``windows``)."""
+    return [{"name": r["dataset"], "metric": "ppl", "value": r["ppl"], "stderr": None, "samples": r.get("windows"),
+             "note": f"seqlen {r.get('seqlen')}"} for r in rows]
+
+
+def _eval_results(rows: list[dict]):
+    from huggingface_hub import EvalResult
+
+    out = []
+    for row in rows:
+        hub_id, config, split, pretty = DATASETS.get(row["name"], (row["name"], None, None, row["name"]))
+        out.append(EvalResult(task_type="text-generation", dataset_type=hub_id, dataset_name=pretty,
+                              dataset_config=config, dataset_split=split, metric_type=row["metric"],
+                              metric_value=round(float(row["value"]), 6)))
+    return out
+
+
+def _tags(manifest: dict) -> list[str]:
+    recipe = manifest.get("recipe") or {}
+    tags = ["llmprune", "compressed"]
+    if recipe.get("sparsity") not in (None, "dense"):
+        tags += ["pruned", "sparse", str(recipe.get("method"))]
+        if ":" in str(recipe["sparsity"]):
+            tags.append(f"{recipe['sparsity'].replace(':', '-')}-sparsity")
+    if recipe.get("quant"):
+        tags += ["quantized", f"{recipe['quant'].get('bits')}-bit", str(recipe["quant"].get("method"))]
+    if manifest.get("format"):
+        tags.append(f"format-{manifest['format']}")
+    return list(dict.fromkeys(t for t in tags if t and t != "None"))
+
+
+def default_name(manifest: dict) -> str:
+    """``<base>-<method>-<sparsity>[-<quant>]``, e.g. ``SmolLM2-135M-Instruct-wanda-2-4-w4g128``."""
+    base = base_model(manifest) or Path(str((manifest.get("model") or {}).get("spec") or "model")).name
+    recipe = manifest.get("recipe") or {}
+    parts = [base.split("/")[-1], str(recipe.get("method") or "llmprune")]
+    if recipe.get("sparsity") not in (None, "dense"):
+        parts.append(str(recipe["sparsity"]).replace(":", "-").replace("@", "-"))
+    quant = recipe.get("quant") or {}
+    if quant:
+        parts.append(f"w{quant.get('bits')}" + (f"g{quant['group']}" if quant.get("group") else ""))
+    return "-".join(parts)
+
+
+def card_data(manifest: dict, results: list[dict] | None, model_name: str):
+    """``huggingface_hub.ModelCardData`` of the card (the Hub's own metadata schema)."""
+    from huggingface_hub import ModelCardData
+
+    base = base_model(manifest)
+    return ModelCardData(base_model=base, library_name="llmprune", tags=_tags(manifest), model_name=model_name,
+                         pipeline_tag="text-generation",
+                         eval_results=_eval_results(results) if results else None)
+
+
+def _context(manifest: dict, results: list[dict] | None, model_name: str, repo_id: str) -> dict:
+    recipe = manifest.get("recipe") or {}
+    quant = recipe.get("quant") or {}
+    job = manifest.get("job") or {}
+    shards = manifest.get("shards") or []
+    return {
+        "model_name": model_name, "repo_id": repo_id, "base_model": base_model(manifest), "source": manifest.get("model") or {},
+        "recipe": recipe, "quant": quant, "calibration": manifest.get("calibration"),
+        "sparsity": achieved_sparsity(manifest), "bits": bits_per_param(manifest),
+        "format": manifest.get("format", "dense"), "export": job.get("export"), "dtype": job.get("dtype"),
+        "size_mb": sum(s.get("bytes", 0) for s in shards) / 1e6, "layers": len(_linear_shapes(manifest)),
+        "results": results or [], "command": reproduce_command(manifest), "versions": manifest.get("versions") or {},
+        "skipped": (manifest.get("report") or {}).get("skipped") or {},
+    }
+
+
+def render_card(manifest: dict, results: list | None = None, *, model_name: str | None = None,
+                repo_id: str | None = None) -> str:
+    """The README.md text (front matter + body) for the checkpoint described by ``manifest``.
+
+    ``results`` are result rows (module docstring); without them the manifest's ``evaluations`` rows are used.
+    """
+    import jinja2
+
+    results = list(results) if results is not None else list(manifest.get("evaluations") or [])
+    name = model_name or default_name(manifest)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).parent)), autoescape=False,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+                             undefined=jinja2.StrictUndefined)
+    body = env.get_template("card.md.j2").render(**_context(manifest, results, name, repo_id or "USER/NAME"))
+    return f"---\n{card_data(manifest, results, name).to_yaml()}\n---\n\n{body}"
+
+
+def write_card(directory, manifest: dict | None = None, results: list | None = None) -> Path:
+    """Write ``directory/README.md`` from its ``llmprune.json`` (or the given manifest); returns the path.
+
+    Written to a temp file and renamed, so an existing card is never left half-written.
+    """
+    directory = Path(directory)
+    if manifest is None:
+        from llmprune.errors import CorruptCheckpoint
+
+        path = directory / "llmprune.json"
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CorruptCheckpoint(f"{path}: cannot read the manifest ({exc.__class__.__name__}); write the card "
+                                    f"from an llmprune output folder") from None
+    text = render_card(manifest, results)
+    target = directory / FILENAME
+    tmp = directory / f".{FILENAME}.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(target)
+    return target
