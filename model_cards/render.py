@@ -75,15 +75,16 @@ def achieved_sparsity(manifest: dict) -> float | None:
     return None if value is None else float(value)
 
 
-def reproduce_command(manifest: dict) -> str:
-    """The recorded command line (as given), else the manifest-driven rerun."""
+def reproduce_command(manifest: dict) -> str | None:
+    """The recorded command line (as given); None when the manifest has none (the card then shows the
+    ``--from-manifest`` rerun only)."""
     command = manifest.get("command") or []
     if command:
         argv = list(command)
         if argv[0] != "llmprune":
             argv = ["llmprune", "compress", *argv] if argv[0] != "compress" else ["llmprune", *argv]
         return shlex.join(argv)
-    return "llmprune compress --from-manifest llmprune.json --output OUT"
+    return None
 
 
 def rows_from_zeroshot(result) -> list[dict]:
@@ -154,14 +155,22 @@ def card_data(manifest: dict, results: list[dict] | None, model_name: str):
                          eval_results=_eval_results(results) if results else None)
 
 
+def _with_keys(data: dict | None, keys: str) -> dict:
+    """``data`` with every key the template reads present (None when the manifest did not record it)."""
+    return {**{key: None for key in keys.split()}, **(data or {})}
+
+
 def _context(manifest: dict, results: list[dict] | None, model_name: str, repo_id: str) -> dict:
-    recipe = manifest.get("recipe") or {}
-    quant = recipe.get("quant") or {}
+    recipe = _with_keys(manifest.get("recipe"), "method sparsity refine damp block ignore quant")
+    quant = _with_keys(recipe["quant"], "method bits group symmetric") if recipe["quant"] else {}
+    calibration = manifest.get("calibration")
+    calibration = _with_keys(calibration, "source nsamples seqlen seed sha256") if calibration else None
     job = manifest.get("job") or {}
     shards = manifest.get("shards") or []
     return {
-        "model_name": model_name, "repo_id": repo_id, "base_model": base_model(manifest), "source": manifest.get("model") or {},
-        "recipe": recipe, "quant": quant, "calibration": manifest.get("calibration"),
+        "model_name": model_name, "repo_id": repo_id, "base_model": base_model(manifest),
+        "source": _with_keys(manifest.get("model"), "spec kind origin"), "recipe": recipe, "quant": quant,
+        "calibration": calibration,
         "sparsity": achieved_sparsity(manifest), "bits": bits_per_param(manifest),
         "format": manifest.get("format", "dense"), "export": job.get("export"), "dtype": job.get("dtype"),
         "size_mb": sum(s.get("bytes", 0) for s in shards) / 1e6, "layers": len(_linear_shapes(manifest)),
@@ -202,9 +211,12 @@ def write_card(directory, manifest: dict | None = None, results: list | None = N
         except (OSError, ValueError) as exc:
             raise CorruptCheckpoint(f"{path}: cannot read the manifest ({exc.__class__.__name__}); write the card "
                                     f"from an llmprune output folder") from None
-    text = render_card(manifest, results)
-    target = directory / FILENAME
-    tmp = directory / f".{FILENAME}.tmp"
+    return write_text_atomic(directory / FILENAME, render_card(manifest, results))
+
+
+def write_text_atomic(target: Path, text: str) -> Path:
+    """Write ``text`` beside ``target`` and rename it into place (never a half-written card)."""
+    tmp = target.parent / f".{target.name}.tmp"
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(target)
     return target
