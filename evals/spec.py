@@ -1,0 +1,286 @@
+"""``SPEC.yaml`` of ``llmprune batch``: models x recipes x evaluations, parsed and checked before anything runs.
+
+Example::
+
+    name: smollm2-grid
+    models: [smollm2-135m]
+    calibration: {source: c4, nsamples: 32, seqlen: 512, seed: 0}
+    recipes:
+      - {method: [magnitude, wanda, sparsegpt], sparsity: [0.5, "2:4"]}   # lists expand into a grid
+      - {method: wanda, sparsity: "2:4", refine: dsnot}
+      - {method: sparsegpt, sparsity: "2:4", quant: w4g16, format: sparse24_int4}
+    evaluations:
+      perplexity: [wikitext2]
+      seqlen: 512                 # perplexity window (default: the model's context, capped at 2048)
+      zeroshot: [arc_easy, piqa]
+      limit: 100                  # lm-eval examples per task
+    dense: true                   # evaluate the uncompressed model too (first row of the table); default true
+    device: cpu
+    dtype: float32
+
+Recipe keys: ``method sparsity refine quant quantizer format damp block ignore options``; a list under ``method``,
+``sparsity``, ``refine``, ``quant`` or ``format`` expands into one variant per combination. Every mistake is a
+one-line ``UserInputError`` naming the file, the line and the key (e.g. ``SPEC.yaml:7: recipes[1].sparsity: ...``).
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmprune.errors import UserInputError
+
+TOP_KEYS = ("name", "models", "calibration", "recipes", "evaluations", "dense", "device", "dtype", "output", "cache")
+RECIPE_KEYS = ("method", "sparsity", "refine", "quant", "quantizer", "format", "damp", "block", "ignore", "options")
+GRID_KEYS = ("method", "sparsity", "refine", "quant", "format")
+EVAL_KEYS = ("perplexity", "seqlen", "zeroshot", "limit", "num_fewshot", "batch_size")
+CALIB_KEYS = ("source", "nsamples", "seqlen", "seed")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One recipe of the grid (``recipe`` None = the dense model), with a short human label."""
+
+    label: str
+    recipe: dict | None = None
+
+    @property
+    def dense(self) -> bool:
+        return self.recipe is None
+
+
+@dataclass(frozen=True)
+class Evaluations:
+    perplexity: tuple[str, ...] = ()
+    seqlen: int | None = None
+    zeroshot: tuple[str, ...] = ()
+    limit: float | None = None
+    num_fewshot: int | None = None
+    batch_size: int = 1
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str
+    variant: Variant
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    path: Path
+    name: str
+    models: tuple[str, ...]
+    variants: tuple[Variant, ...]
+    evaluations: Evaluations
+    calibration: dict = field(default_factory=dict)
+    dense: bool = True
+    device: str = "cpu"
+    dtype: str = "float32"
+    output: Path | None = None
+    cache: Path | None = None
+
+    def cells(self) -> list[Cell]:
+        """Per model: the dense cell first (when enabled), then every variant, in spec order."""
+        head = (Variant("dense"),) if self.dense else ()
+        return [Cell(m, v) for m in self.models for v in head + self.variants]
+
+
+class _Where:
+    """Line numbers of every key path in the YAML document (from PyYAML's node tree)."""
+
+    def __init__(self, path: Path, root):
+        self.path, self.lines = path, {}
+        self._walk(root, "")
+
+    def _walk(self, node, prefix: str) -> None:
+        import yaml
+
+        self.lines.setdefault(prefix, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                name = f"{prefix}.{key.value}" if prefix else str(key.value)
+                self.lines[name] = key.start_mark.line + 1
+                self._walk(value, name)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self._walk(item, f"{prefix}[{index}]")
+
+    def error(self, key: str, problem: str) -> UserInputError:
+        probe = key
+        while probe and probe not in self.lines:
+            probe = probe.rpartition(".")[0] if "." in probe else probe.rpartition("[")[0]
+        line = self.lines.get(probe, 1)
+        return UserInputError(f"{self.path}:{line}: {key or 'document'}: {problem}")
+
+
+def _read(path: Path):
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserInputError(f"{path}: cannot read the batch spec ({exc.strerror}); give a SPEC.yaml path") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise UserInputError(f"{path}:{line}: invalid YAML ({problem}); fix the syntax") from None
+    if root is None or not isinstance(data, dict):
+        raise UserInputError(f"{path}:1: a batch spec is a mapping with 'models' and 'recipes'; see llmprune batch --help")
+    return data, _Where(path, root)
+
+
+def _check_keys(data: dict, allowed, where: _Where, prefix: str) -> None:
+    import difflib
+
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(allowed)}"
+            raise where.error(f"{prefix}{key}", f"unknown key; {hint}")
+
+
+def _names(value, where: _Where, key: str, required: bool = False) -> tuple[str, ...]:
+    items = [value] if isinstance(value, (str, int, float)) else value
+    if value is None and not required:
+        return ()
+    if not isinstance(items, list) or not items or not all(isinstance(v, (str, int, float)) for v in items):
+        raise where.error(key, "give a name or a non-empty list of names")
+    return tuple(str(v) for v in items)
+
+
+def _checked(where: _Where, key: str, fn, *args):
+    """Run a parser/registry lookup; its one-line UserInputError gets the file, line and key in front."""
+    try:
+        return fn(*args)
+    except UserInputError as exc:
+        raise where.error(key, str(exc)) from None
+
+
+def _label(recipe: dict) -> str:
+    parts = [str(recipe["method"]), str(recipe.get("sparsity") or "dense")]
+    if recipe.get("refine"):
+        parts.append(f"+{recipe['refine']}")
+    if recipe.get("quant"):
+        parts.append(str(recipe["quant"]))
+    if recipe.get("quant") and recipe.get("quantizer") not in (None, "gptq"):
+        parts.append(str(recipe["quantizer"]))
+    if recipe.get("format", "dense") != "dense":
+        parts.append(f"[{recipe['format']}]")
+    parts += [f"{k}={recipe[k]}" for k in ("damp", "block", "ignore", "options") if recipe.get(k) is not None]
+    return " ".join(parts)
+
+
+def _validate_recipe(recipe: dict, where: _Where, key: str) -> dict:
+    from llmprune.formats import FORMATS
+    from llmprune.prune import METHODS
+    from llmprune.recipe import parse_quant, parse_sparsity
+
+    _checked(where, f"{key}.method", METHODS.get, recipe["method"])
+    if recipe.get("sparsity") is not None:
+        recipe["sparsity"] = str(_checked(where, f"{key}.sparsity", parse_sparsity, str(recipe["sparsity"])))
+    if recipe.get("refine") is not None:
+        from llmprune.refine import REFINERS
+
+        _checked(where, f"{key}.refine", REFINERS.get, str(recipe["refine"]))
+    if recipe.get("quant") is not None:
+        _checked(where, f"{key}.quant", parse_quant, str(recipe["quant"]))
+        from llmprune.quant import QUANTIZERS
+
+        _checked(where, f"{key}.quantizer", QUANTIZERS.get, str(recipe.get("quantizer") or "gptq"))
+    recipe["format"] = str(recipe.get("format") or "dense")
+    _checked(where, f"{key}.format", FORMATS.get, recipe["format"])
+    if recipe.get("sparsity") is None and recipe.get("quant") is None:
+        raise where.error(key, "nothing to do: give sparsity and/or quant")
+    return recipe
+
+
+def _expand(entry, where: _Where, key: str) -> list[Variant]:
+    if not isinstance(entry, dict):
+        raise where.error(key, "each recipe is a mapping, e.g. {method: wanda, sparsity: 0.5}")
+    _check_keys(entry, RECIPE_KEYS, where, f"{key}.")
+    if "method" not in entry:
+        raise where.error(key, "missing 'method' (e.g. method: wanda)")
+    axes = {k: (entry[k] if isinstance(entry[k], list) else [entry[k]]) for k in GRID_KEYS if k in entry}
+    for k, values in axes.items():
+        if not values:
+            raise where.error(f"{key}.{k}", "empty list; give at least one value")
+    fixed = {k: v for k, v in entry.items() if k not in axes}
+    variants = []
+    for combo in itertools.product(*axes.values()):
+        recipe = _validate_recipe({**fixed, **dict(zip(axes, combo))}, where, key)
+        variants.append(Variant(_label(recipe), recipe))
+    return variants
+
+
+def _evaluations(data, where: _Where) -> Evaluations:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise where.error("evaluations", "a mapping with perplexity: [...] and/or zeroshot: [...]")
+    _check_keys(data, EVAL_KEYS, where, "evaluations.")
+    evals = Evaluations(perplexity=_names(data.get("perplexity"), where, "evaluations.perplexity"),
+                        seqlen=_int(data.get("seqlen"), where, "evaluations.seqlen", 2, optional=True),
+                        zeroshot=_names(data.get("zeroshot"), where, "evaluations.zeroshot"),
+                        limit=data.get("limit"),
+                        num_fewshot=_int(data.get("num_fewshot"), where, "evaluations.num_fewshot", 0, optional=True),
+                        batch_size=_int(data.get("batch_size", 1), where, "evaluations.batch_size", 1))
+    if evals.limit is not None and (isinstance(evals.limit, bool) or not isinstance(evals.limit, (int, float))
+                                    or evals.limit <= 0):
+        raise where.error("evaluations.limit", "a positive number of examples (or a fraction < 1)")
+    if not evals.perplexity and not evals.zeroshot:
+        raise where.error("evaluations", "nothing to evaluate: give perplexity: [wikitext2] and/or zeroshot: [...]")
+    return evals
+
+
+def _int(value, where: _Where, key: str, minimum: int, optional: bool = False):
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise where.error(key, f"a whole number >= {minimum}")
+    return value
+
+
+def _calibration(data, where: _Where) -> dict:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise where.error("calibration", "a mapping, e.g. {source: c4, nsamples: 128, seqlen: 2048, seed: 0}")
+    _check_keys(data, CALIB_KEYS, where, "calibration.")
+    for key in ("nsamples", "seqlen", "seed"):
+        if key in data:
+            _int(data[key], where, f"calibration.{key}", 0 if key == "seed" else 1)
+    return dict(data)
+
+
+def load_spec(path) -> BatchSpec:
+    """Parse and check ``path``; every variant is validated (methods, patterns, formats) before any work starts."""
+    path = Path(path)
+    data, where = _read(path)
+    _check_keys(data, TOP_KEYS, where, "")
+    models = _names(data.get("models"), where, "models", required=True)
+    recipes = data.get("recipes") or []
+    if not isinstance(recipes, list):
+        raise where.error("recipes", "a list of recipes, e.g. - {method: wanda, sparsity: 0.5}")
+    variants = [v for i, entry in enumerate(recipes) for v in _expand(entry, where, f"recipes[{i}]")]
+    dense = data.get("dense", True)
+    if not isinstance(dense, bool):
+        raise where.error("dense", "true or false")
+    if not variants and not dense:
+        raise where.error("recipes", "no cells to run: add recipes or set dense: true")
+    labels = [v.label for v in variants]
+    duplicate = next((label for label in labels if labels.count(label) > 1), None)
+    if duplicate:
+        raise where.error("recipes", f"variant '{duplicate}' appears twice; remove the repeat")
+    return BatchSpec(path=path, name=str(data.get("name") or path.stem), models=models, variants=tuple(variants),
+                     evaluations=_evaluations(data.get("evaluations"), where),
+                     calibration=_calibration(data.get("calibration"), where), dense=dense,
+                     device=str(data.get("device", "cpu")), dtype=str(data.get("dtype", "float32")),
+                     output=Path(data["output"]) if data.get("output") else None,
+                     cache=Path(data["cache"]) if data.get("cache") else None)
