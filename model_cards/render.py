@@ -81,6 +81,8 @@ def reproduce_command(manifest: dict) -> str | None:
     command = manifest.get("command") or []
     if command:
         argv = list(command)
+        if Path(argv[0]).name in ("llmprune", "__main__.py"):  # sys.argv[0] is the script path
+            argv[0] = "llmprune"
         if argv[0] != "llmprune":
             argv = ["llmprune", "compress", *argv] if argv[0] != "compress" else ["llmprune", *argv]
         return shlex.join(argv)
