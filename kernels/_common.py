@@ -103,6 +103,19 @@ def gemm_configs() -> list:
             for bm, bn, bk, w, st in shapes]
 
 
+def prune_gemv(configs, named_args, **kwargs) -> list:
+    """The padded tl.dot decode path (BLOCK_B = 16) needs BLOCK_N >= 16 (tl.dot's minimum tile)."""
+    if kwargs.get("BLOCK_B", 1) < 16:
+        return configs
+    return [c for c in configs if c.kwargs["BLOCK_N"] >= 16]
+
+
+def prune_gemm(configs, named_args, **kwargs) -> list:
+    """Skip row tiles far taller than the batch (they only multiply padding)."""
+    limit = max(16, named_args.get("M_BUCKET", 1 << 30))
+    return [c for c in configs if c.kwargs["BLOCK_M"] <= limit] or configs[:1]
+
+
 def quick_bench(fn, quantiles=None):
     """Autotuning timer: fewer repetitions than Triton's default (each config still runs >= 25 ms)."""
     return triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
@@ -110,7 +123,7 @@ def quick_bench(fn, quantiles=None):
 
 GEMV_KEY = ["N", "K", "BLOCK_B"]
 GEMM_KEY = ["N", "K", "M_BUCKET"]
-GEMV_FIXED = {"BLOCK_N": 8, "BLOCK_K": 32}  # interpreter: one small config, several programs and K steps
+GEMV_FIXED = {"BLOCK_N": 16, "BLOCK_K": 32}  # interpreter: one small config (valid on GPUs too), several K steps
 GEMM_FIXED = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32}
 GPU_PINNED = ({"BLOCK_N": 16, "BLOCK_K": 256, "num_warps": 4}, {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64})
 
@@ -178,8 +191,10 @@ class KernelPair:
     def __init__(self, fmt: str, gemv, gemm, dequant):
         self.fmt, self.gemv, self.gemm, self.dequant = fmt, gemv, gemm, dequant
         tune = {"cache_results": True, "do_bench": quick_bench}  # tuned configs persist in Triton's cache dir
-        self.gemv_tuned = triton.autotune(configs=gemv_configs(), key=GEMV_KEY, **tune)(gemv)
-        self.gemm_tuned = triton.autotune(configs=gemm_configs(), key=GEMM_KEY, **tune)(gemm)
+        self.gemv_tuned = triton.autotune(configs=gemv_configs(), key=GEMV_KEY,
+                                          prune_configs_by={"early_config_prune": prune_gemv}, **tune)(gemv)
+        self.gemm_tuned = triton.autotune(configs=gemm_configs(), key=GEMM_KEY,
+                                          prune_configs_by={"early_config_prune": prune_gemm}, **tune)(gemm)
         self.pinned = False  # True: skip autotuning on CUDA, use GPU_PINNED (compute-sanitizer runs)
 
     def _fixed(self, which: int) -> dict | None:

@@ -1,8 +1,10 @@
 """Launcher checks (one-line UserInputError naming the fix), the dispatch table and the package's import hygiene."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,3 +84,21 @@ def test_compiled_build_refuses_cpu_input_with_fix():
             "except Exception as e:\n    print(type(e).__name__, e)")
     out = _python(code, interpret=False).stdout
     assert "UserInputError" in out and "move the input to CUDA" in out
+
+
+def test_autotune_pruning_keeps_tl_dot_tiles_legal():
+    from llmprune.kernels import _common as c
+
+    dot_tiles = c.prune_gemv(c.gemv_configs(), {}, BLOCK_B=16)
+    assert dot_tiles and all(cfg.kwargs["BLOCK_N"] >= 16 for cfg in dot_tiles)
+    assert len(c.prune_gemv(c.gemv_configs(), {}, BLOCK_B=1)) == len(c.gemv_configs())
+    assert {cfg.kwargs["BLOCK_M"] for cfg in c.prune_gemm(c.gemm_configs(), {"M_BUCKET": 32})} <= {16, 32}
+
+
+def test_kernels_compile_for_hopper_without_a_gpu():
+    """Triton's bundled ptxas builds every kernel (one config each, fp16 and bf16) for sm_90 on this CPU machine."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = Path(__file__).with_name("compile_check.py")
+    run = subprocess.run([sys.executable, str(script), "--arch", "90"], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr[-2000:]

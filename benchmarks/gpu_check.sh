@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# One command for a GPU machine (issue 6): full-size correctness of every kernel, compute-sanitizer once per kernel
+# module, and the timing table; everything lands in $OUT (default benchmarks/results).
+#
+#   bash benchmarks/gpu_check.sh                 # all stages: check sanitize bench-float16 bench-bfloat16
+#   bash benchmarks/gpu_check.sh check sanitize  # a subset (the device tool allows 10 minutes per call, so run
+#   bash benchmarks/gpu_check.sh bench-float16   #   these three calls there, on the same warm machine: Triton's
+#   bash benchmarks/gpu_check.sh bench-bfloat16  #   compile and autotune caches carry over between them)
+#
+# Exit status: non-zero if a correctness check or the sanitizer reports an error (later stages still run).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-benchmarks/results}"
+mkdir -p "$OUT"
+STAGES=("$@")
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(check sanitize bench-float16 bench-bfloat16)
+FORMATS=(int4 sparse24 sparse24_int4 group_sparse_int4 spqr)
+status=0
+
+python -c "import llmprune, triton, torch; print('torch', torch.__version__, 'triton', triton.__version__, \
+'cuda', torch.cuda.is_available())" || { pip install -e . --no-deps --no-build-isolation -q && python -c "import llmprune"; } || exit 3
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/nvidia-smi.csv"
+
+sanitizer() {
+  command -v compute-sanitizer 2>/dev/null && return
+  for c in /usr/local/cuda*/bin/compute-sanitizer \
+           "$(python -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null)"/nvidia/cuda_sanitizer_api/compute-sanitizer/compute-sanitizer; do
+    [ -x "$c" ] && { echo "$c"; return; }
+  done
+}
+
+for stage in "${STAGES[@]}"; do
+  case "$stage" in
+    check)
+      python benchmarks/kernels.py --check --results "$OUT" 2>&1 | tee "$OUT/check.log" || status=1 ;;
+    sanitize)
+      CS="$(sanitizer)"
+      if [ -z "$CS" ]; then
+        echo "compute-sanitizer not found (install the CUDA toolkit or nvidia-cuda-sanitizer-api-cu12)" \
+          | tee "$OUT/sanitizer.log"; status=1
+      else
+        for fmt in "${FORMATS[@]}"; do  # pinned configs: one compile per kernel, no autotuning under the sanitizer
+          "$CS" --tool memcheck --error-exitcode 9 --log-file "$OUT/sanitizer-$fmt.log" \
+            python benchmarks/kernels.py --check --pinned --formats "$fmt" --dtypes float16 --results "$OUT/sanitize" \
+            > "$OUT/sanitizer-$fmt.out" 2>&1
+          rc=$?; echo "compute-sanitizer memcheck $fmt: exit $rc" | tee -a "$OUT/sanitizer.log"
+          [ $rc -eq 0 ] || status=1
+        done
+      fi ;;
+    bench-float16|bench-bfloat16)
+      python benchmarks/kernels.py --bench --dtypes "${stage#bench-}" --results "$OUT" 2>&1 \
+        | tee "$OUT/$stage.log" || status=1 ;;
+    *) echo "unknown stage '$stage' (use check, sanitize, bench-float16, bench-bfloat16)"; exit 2 ;;
+  esac
+done
+exit $status

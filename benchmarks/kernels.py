@@ -1,0 +1,269 @@
+"""GPU benchmark and full-size correctness check of the packed-format kernels (issue 6).
+
+    python benchmarks/kernels.py [--check] [--bench] [--dtypes float16,bfloat16] [--formats int4,...] [--quick]
+                                 [--results DIR]
+
+``--check`` compares every kernel and regime with the format's torch reference at 11008x4096 (relative Frobenius
+error bounds per dtype, NaN-poisoned outputs). ``--bench`` times each format on the Llama-2-7B / Llama-3-8B linear
+shapes and 28672x8192 at batch 1..4096 against dense ``torch.nn.functional.linear`` (cuBLAS) and, for 2:4 formats,
+PyTorch's ``to_sparse_semi_structured``. Hygiene: a 256 MB buffer is zeroed before every repetition (flushes the
+50 MB L2 and keeps the GPU busy while the next launch is queued), each call is replayed from a CUDA graph (falling
+back to eager launches, reported, when capture fails), random non-zero data, median of many repetitions, and the
+device-to-device copy bandwidth of a 512 MB buffer measured in the same run as the roofline. Results go to
+``<results>/<date>-<gpu>.md`` (written atomically at the end; rows stream to a ``.partial`` file while running).
+Without CUDA it prints a message and exits 0.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (14336, 4096), (4096, 14336), (28672, 8192)]  # (out, in)
+BATCHES = [1, 4, 16, 64, 512, 4096]
+FORMATS = ["int4", "sparse24", "sparse24_int4", "group_sparse_int4", "spqr"]
+CHECK_BOUND = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # ||y - ref||_F / ||ref||_F
+G = 128  # int4 / sparse24_int4 group; GQSA uses g16 at 50% kept groups (W4S50); SpQR w3 g16, stat groups of 16, 1%
+NIBBLES_24 = torch.tensor([0 | 1 << 2, 0 | 2 << 2, 0 | 3 << 2, 1 | 2 << 2, 1 | 3 << 2, 2 | 3 << 2], dtype=torch.uint8)
+
+
+def _u8(gen, shape, high=256):
+    return torch.randint(0, high, shape, generator=gen, device=gen.device, dtype=torch.uint8)
+
+
+def _meta(gen, n, k):
+    nib = NIBBLES_24.to(gen.device)[torch.randint(0, 6, (n, k // 4), generator=gen, device=gen.device)]
+    return nib[:, 0::2] | (nib[:, 1::2] << 4)
+
+
+def _scales(gen, shape, dtype, lo=0.005, hi=0.015):
+    return (lo + (hi - lo) * torch.rand(shape, generator=gen, device=gen.device)).to(dtype)
+
+
+def random_packed(fmt: str, n: int, k: int, dtype: torch.dtype, seed: int = 0, device: str = "cuda") -> dict:
+    """Random non-zero packed tensors in the docs/FORMATS.md layout, made on ``device`` (no quantization pass)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    if fmt == "int4":
+        return {"qweight": _u8(gen, (n, k // 2)), "scales": _scales(gen, (n, k // G), dtype),
+                "zeros": _u8(gen, (n, k // G), 16)}
+    if fmt == "sparse24":
+        vals = (torch.randn(n, k // 2, generator=gen, device=device) * 0.02).to(dtype)
+        return {"values": vals, "meta": _meta(gen, n, k)}
+    if fmt == "sparse24_int4":
+        return {"qvalues": _u8(gen, (n, k // 4)), "meta": _meta(gen, n, k), "scales": _scales(gen, (n, k // G), dtype),
+                "zeros": _u8(gen, (n, k // G), 16)}
+    if fmt == "group_sparse_int4":
+        groups, g = k // 16, 16
+        idx = torch.rand(n, groups, generator=gen, device=device).argsort(-1)[:, : groups // 2].sort(-1).values
+        return {"group_idx": idx.to(torch.int16).contiguous(), "qweight": _u8(gen, (n, groups // 2 * g // 2)),
+                "scales": _scales(gen, (n, groups // 2), dtype), "zeros": _u8(gen, (n, groups // 2), 16)}
+    return _random_spqr(gen, n, k, dtype)
+
+
+def _random_spqr(gen, n, k, dtype, bits=3, g1=16, g2=16, per_row=None):
+    groups, blocks, per_row, dev = k // g1, -(-n // g2), per_row or max(1, k // 100), gen.device
+    words = torch.randint(-2**31, 2**31 - 1, (n, -(-k * bits // 32)), generator=gen, device=dev, dtype=torch.int32)
+    cols = torch.rand(n, k, generator=gen, device=dev).topk(per_row, dim=-1).indices.sort(-1).values
+    return {"bits": torch.tensor([bits], dtype=torch.uint8, device=dev),
+            "stat_bits": torch.tensor([3], dtype=torch.uint8, device=dev), "qweight": words,
+            "scale_codes": _u8(gen, (n, groups), 8), "zero_codes": _u8(gen, (n, groups), 8),
+            "scale_scale": _scales(gen, (blocks, groups), dtype, 0.001, 0.002),
+            "scale_zero": _scales(gen, (blocks, groups), dtype, -2.0, -1.0),
+            "zero_scale": _scales(gen, (blocks, groups), dtype, 0.5, 1.0),
+            "zero_zero": _scales(gen, (blocks, groups), dtype, -0.5, 0.5),
+            "outlier_row_ptr": (torch.arange(n + 1, device=dev) * per_row).to(torch.int32),
+            "outlier_col": cols.reshape(-1).to(torch.int16), "outlier_val": _scales(gen, (n * per_row,), dtype, -0.2, 0.2)}
+
+
+def nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class Timer:
+    """Median GPU time (µs) of a CUDA-graph replay, the L2 flushed before each repetition."""
+
+    def __init__(self):
+        self.flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+
+    def __call__(self, fn, reps: int = 50) -> tuple[float, bool]:
+        fn()  # compile + autotune outside the graph
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph, run = torch.cuda.CUDAGraph(), fn
+        try:
+            with torch.cuda.graph(graph):
+                fn()
+            run = graph.replay
+        except RuntimeError:
+            torch.cuda.synchronize()
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+        for start, end in events:
+            self.flush.zero_()
+            start.record()
+            run()
+            end.record()
+        torch.cuda.synchronize()
+        return statistics.median(s.elapsed_time(e) * 1e3 for s, e in events), run is not fn
+
+
+def copy_bandwidth(timer: Timer) -> float:
+    """Device-to-device copy GB/s (read + write bytes) of a 512 MB buffer: the bandwidth roofline."""
+    src = torch.randint(0, 255, (512 << 20,), dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    us, _ = timer(lambda: dst.copy_(src), reps=20)
+    return 2 * src.numel() / us / 1e3
+
+
+def kernel_api(fmt: str):
+    from llmprune.kernels import matmul_fn
+
+    return matmul_fn(fmt)
+
+
+def check(formats, dtypes, shape=(11008, 4096)) -> list[str]:
+    """Every regime of every kernel against ``formats.<fmt>.matmul_ref`` at full size; returns markdown rows."""
+    import importlib
+
+    rows, n, k = [], *shape
+    for fmt in formats:
+        ref_fn = importlib.import_module(f"llmprune.formats.{fmt}").matmul_ref
+        for dtype in dtypes:
+            packed = random_packed(fmt, n, k, dtype)
+            for m, regime in [(1, "gemv"), (4, "gemv"), (16, "gemv"), (16, "gemm"), (64, "gemm"), (512, "gemm"),
+                              (512, "dense"), (37, None)]:
+                x = torch.randn(m, k, device="cuda").to(dtype)
+                out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+                kernel_api(fmt)(x, packed, out=out, regime=regime)
+                ref = ref_fn(x, packed).float()
+                err = float((out.float() - ref).norm() / ref.norm())
+                ok = bool(torch.isfinite(out).all()) and err <= CHECK_BOUND[dtype]
+                rows.append(f"| {fmt} | {str(dtype)[6:]} | {m} | {regime or 'auto'} | {err:.2e} | "
+                            f"{'ok' if ok else 'FAIL'} |")
+                print(rows[-1], flush=True)
+    return rows
+
+
+def bench_shape(fmt, n, k, dtype, batches, timer, copy_gbs, emit):
+    """Time the automatic regime (and gemm vs dense at >= 64 tokens, for select.py) against cuBLAS."""
+    from torch.nn.functional import linear
+
+    packed = random_packed(fmt, n, k, dtype)
+    dense_w = (torch.randn(n, k, device="cuda") * 0.02).to(dtype)
+    semi = None
+    if fmt.startswith("sparse24"):
+        from llmprune.kernels.sparse24 import semi_structured_weight
+
+        semi = semi_structured_weight(random_packed("sparse24", n, k, dtype))
+    ratio = n * k * 2 / nbytes(packed.values())
+    fn = kernel_api(fmt)
+    for m in batches:
+        x = torch.randn(m, k, device="cuda").to(dtype)
+        out = torch.empty(m, n, dtype=dtype, device="cuda")
+        t_dense, _ = timer(lambda: linear(x, dense_w))
+        t_semi = _try_time(timer, lambda: linear(x, semi)) if semi is not None else None
+        regimes = [None] + (["gemm", "dense"] if m >= 64 else [])
+        for regime in regimes:
+            t, graphed = timer(lambda: fn(x, packed, out=out, regime=regime))
+            gbs = (nbytes(packed.values()) + nbytes([x, out])) / t / 1e3
+            semi_txt = f"{t_semi / t:.2f}x" if t_semi else "-"
+            emit(f"| {n}x{k} | {m} | {str(dtype)[6:]} | {fmt} | {regime or 'auto'} | {t:.1f} | {t_dense:.1f} | "
+                 f"{t_dense / t:.2f}x | {semi_txt} | {gbs:.0f} | {100 * gbs / copy_gbs:.0f}% | {ratio:.2f} | "
+                 f"{'graph' if graphed else 'eager'} |")
+
+
+def _try_time(timer, fn):
+    try:
+        return timer(fn)[0]
+    except (RuntimeError, NotImplementedError) as exc:
+        print(f"semi-structured path unavailable: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return None
+
+
+def versions() -> str:
+    import triton
+
+    props = torch.cuda.get_device_properties(0)
+    return (f"GPU: {props.name} ({props.total_memory >> 30} GiB, {props.multi_processor_count} SMs); "
+            f"torch {torch.__version__}, CUDA {torch.version.cuda}, triton {triton.__version__}; "
+            f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def parse(argv):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="full-size correctness against the torch references")
+    ap.add_argument("--bench", action="store_true", help="the timing table")
+    ap.add_argument("--formats", default=",".join(FORMATS))
+    ap.add_argument("--dtypes", default="float16,bfloat16")
+    ap.add_argument("--quick", action="store_true", help="one shape, batches 1/16/512 (smoke run)")
+    ap.add_argument("--pinned", action="store_true", help="no autotuning: fixed configs (compute-sanitizer runs)")
+    ap.add_argument("--results", default=str(Path(__file__).resolve().parent / "results"))
+    args = ap.parse_args(argv)
+    if not (args.check or args.bench):
+        args.check = args.bench = True
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    if not torch.cuda.is_available():
+        print("benchmarks/kernels.py: no CUDA GPU visible; nothing measured. Run it on a GPU machine "
+              "(benchmarks/gpu_check.sh does the whole check).")
+        return 0
+    formats, dtypes = args.formats.split(","), [getattr(torch, d) for d in args.dtypes.split(",")]
+    if args.pinned:
+        import importlib
+
+        for fmt in formats:
+            importlib.import_module(f"llmprune.kernels.{fmt}").KERNELS.pinned = True
+    shapes, batches = ([(11008, 4096)], [1, 16, 512]) if args.quick else (SHAPES, BATCHES)
+    gpu = torch.cuda.get_device_name(0).replace(" ", "-")
+    mode = "-".join(m for m, on in (("check", args.check), ("bench", args.bench), ("pinned", args.pinned)) if on)
+    name = f"{datetime.date.today()}-{gpu}-{mode}-{'-'.join(d[:4] for d in args.dtypes.split(','))}"
+    lines = [f"# Kernel benchmark, {gpu}", "", versions(), ""]
+    failed = False
+    if args.check:
+        rows = check(formats, dtypes, (1000, 1152) if args.pinned else (11008, 4096))
+        failed = any("FAIL" in r for r in rows)
+        lines += ["## Correctness (rel. Frobenius error vs formats.<fmt>.matmul_ref)", "",
+                  "| format | dtype | batch | regime | rel err | |", "|---|---|---|---|---|---|", *rows, ""]
+    if args.bench:
+        timer = Timer()
+        copy_gbs = copy_bandwidth(timer)
+        lines += [f"Copy bandwidth (512 MB device-to-device, read + write): {copy_gbs:.0f} GB/s", "",
+                  "| shape (out x in) | batch | dtype | format | regime | µs | dense µs | vs dense | vs semi 2:4 | "
+                  "GB/s | % copy BW | byte ratio | launch |", "|" + "---|" * 13]
+        partial = Path(args.results) / f"{name}.md.partial"
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        with partial.open("w") as log:
+            def emit(row):
+                lines.append(row)
+                print(row, file=log, flush=True)
+                print(row, flush=True)
+
+            for n, k in shapes:
+                for fmt in formats:
+                    for dtype in dtypes:
+                        bench_shape(fmt, n, k, dtype, batches, timer, copy_gbs, emit)
+        partial.unlink()
+    write_atomic(Path(args.results) / f"{name}.md", "\n".join(lines) + "\n")
+    print(f"wrote {Path(args.results) / (name + '.md')}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

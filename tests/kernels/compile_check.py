@@ -1,0 +1,97 @@
+"""Compile the Triton kernels for NVIDIA targets on a machine without a GPU (Triton ships ptxas), so tl.dot tile
+limits, dtype rules and register/shared-memory blow-ups surface in CPU CI, not first on the GPU.
+
+    python tests/kernels/compile_check.py [--full] [--arch 90,80]
+
+Must run without TRITON_INTERPRET (the interpreter replaces @triton.jit functions). Default: one config per kernel
+and regime; ``--full``: every autotune config (minutes).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+ACT = {"float16": "*fp16", "bfloat16": "*bf16"}
+PTRS = {"q_ptr": "*u8", "z_ptr": "*u8", "m_ptr": "*u8", "gi_ptr": "*i16", "sc_ptr": "*u8", "zc_ptr": "*u8",
+        "rp_ptr": "*i32", "oc_ptr": "*i16"}
+SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}  # bytes per block (CUDA occupancy tables)
+GROUPS = {"int4": 128, "sparse24_int4": 128, "group_sparse_int4": 16, "spqr": 16}
+
+
+def signature(fn, fmt: str, dtype: str, consts: dict) -> dict:
+    sig = {}
+    for name in fn.arg_names:
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = "*i32" if (fmt, name) == ("spqr", "q_ptr") else PTRS.get(name, ACT[dtype])
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+def cases(fmt: str, full: bool):
+    """(kernel name, constexprs) to compile for one format."""
+    from llmprune.kernels import _common as c
+
+    base = {"GROUP": GROUPS.get(fmt)} if fmt in GROUPS else {}
+    if fmt == "spqr":
+        base.update(BITS=3, STAT_GROUP=16)
+    gemv = c.gemv_configs() if full else [triton.Config(c.GPU_PINNED[0])]
+    gemm = c.gemm_configs() if full else [triton.Config(c.GPU_PINNED[1])]
+    blocks = (1, 2, 4) if fmt == "group_sparse_int4" else (1, 4, 16)
+    blocks = blocks if full else blocks[::2]  # quick: the FMA path (1) and the widest (tl.dot for 16)
+    for bb in blocks:
+        for cfg in c.prune_gemv(gemv, {}, BLOCK_B=bb):
+            yield "gemv", {**base, "DOT_F32": False, "BLOCK_B": bb, **cfg.kwargs}, _options(cfg)
+    for cfg in gemm:
+        yield "gemm", {**base, "DOT_F32": False, **cfg.kwargs}, _options(cfg)
+    yield "dequant", {**base, "BLOCK_N": 32, "BLOCK_K": 128}, {}
+
+
+def _options(cfg) -> dict:
+    return {"num_warps": cfg.kwargs.get("num_warps", cfg.num_warps), "num_stages": cfg.num_stages}
+
+
+def compile_all(formats, dtypes, archs, full=False) -> list[str]:
+    failures = []
+    for fmt in formats:
+        module = importlib.import_module(f"llmprune.kernels.{fmt}")
+        for regime, consts, options in cases(fmt, full):
+            fn = getattr(module, f"_{fmt}_{regime}_kernel")
+            consts = {k: v for k, v in consts.items() if k in fn.arg_names and k != "num_warps"}
+            for dtype in dtypes:
+                for arch in archs:
+                    try:
+                        src = ASTSource(fn=fn, signature=signature(fn, fmt, dtype, consts), constexprs=consts)
+                        kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+                        if kernel.metadata.shared > SHARED_LIMIT[arch]:
+                            failures.append(f"{fmt} {regime} {dtype} sm_{arch} {consts}: needs "
+                                            f"{kernel.metadata.shared} B shared memory > {SHARED_LIMIT[arch]}")
+                    except Exception as exc:  # report every failing case, not just the first
+                        failures.append(f"{fmt} {regime} {dtype} sm_{arch} {consts}: {str(exc).splitlines()[0]}")
+    return failures
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--full", action="store_true")
+    ap.add_argument("--arch", default="90")
+    ap.add_argument("--formats", default="int4,sparse24,sparse24_int4,group_sparse_int4,spqr")
+    ap.add_argument("--dtypes", default="float16,bfloat16")
+    args = ap.parse_args(argv)
+    start = time.time()
+    failures = compile_all(args.formats.split(","), args.dtypes.split(","), [int(a) for a in args.arch.split(",")],
+                           args.full)
+    print("\n".join(failures) or "all kernels compiled", f"({time.time() - start:.0f} s)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
