@@ -54,6 +54,7 @@ class Plan:
         from .prune import METHODS
 
         self.recipe = recipe
+        self.calib_seqlen: int | None = None  # DSnoT scales its threshold by the calibration sequence length
         self.method = METHODS.get(recipe.method)
         self.refiner = self._refiner(recipe)
         self.quantizer = self._quantizer(recipe)
@@ -72,7 +73,11 @@ class Plan:
             return None
         from .refine import REFINERS
 
-        return REFINERS.get(recipe.refine)
+        entry = REFINERS.get(recipe.refine)
+        check = entry.meta.get("check")
+        if check is not None:
+            check(recipe)
+        return entry
 
     @staticmethod
     def _quantizer(recipe: Recipe):
@@ -126,7 +131,8 @@ class Plan:
         return name in self.targets
 
     def options(self, name: str) -> dict:
-        return {"damp": self.recipe.damp, "block": self.recipe.block, "name": name, **dict(self.recipe.options)}
+        extra = {} if self.calib_seqlen is None else {"calib_seqlen": self.calib_seqlen}
+        return {"damp": self.recipe.damp, "block": self.recipe.block, "name": name, **extra, **dict(self.recipe.options)}
 
     def __call__(self, name: str, weight: Tensor, stats: Stats) -> Tensor:
         if name not in self.targets:
@@ -147,15 +153,20 @@ class Plan:
         if self.quantizer is not None:
             W, mask = self._quantize(name, W, stats, sparsity, mask, record)
         if sparsity is not None:
-            record["sparsity"] = verify_pattern(mask, sparsity, compare=self._compare(), name=name,
+            record["sparsity"] = verify_pattern(mask, sparsity, compare=self._compare(name), name=name,
                                                 block=self.recipe.block)
         zeros = int((W == 0).sum())
         record.update({"zeros": zeros, "numel": W.numel(), "seconds": round(time.perf_counter() - start, 4)})
         self.report.records[name] = record
         return W.to(weight.dtype)
 
-    def _compare(self) -> str:
-        return getattr(self.method, "compare", "row")
+    def _compare(self, name: str) -> str:
+        """The comparison group whose counts must be exact. A refiner keeps per-row counts, which preserves a
+        per-layer total but not SparseGPT's per-block counts: a refined SparseGPT mask is verified per layer."""
+        compare = getattr(self.method, "compare", "row")
+        if compare == "block" and self.refine_applies(name):
+            return "layer"
+        return compare
 
     def _joint(self) -> bool:
         """SparseGPT + quantization runs as one sweep (prune and quantize, compensating both; SparseGPT Sec. 3.5)."""
@@ -213,6 +224,7 @@ def compress_(model, recipe: Recipe, calib=None, *, device: str = "cpu", batch_s
 
     start = time.perf_counter()
     plan = build_plan(model, recipe)
+    plan.calib_seqlen = None if calib is None else int(calib.ids.shape[1])
     if not plan.targets:
         raise UserInputError("no Linear layer left to compress; check --ignore patterns")
     if any(plan.needs(name) for name in plan.targets):

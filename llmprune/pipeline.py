@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -58,14 +59,36 @@ def _check_job(job: CompressJob) -> None:
         raise UserInputError(f"--export {job.export}: the only export is 'compressed-tensors'")
 
 
+@contextmanager
+def library_progress(enabled: bool):
+    """Silence transformers' own progress bars ("Loading weights") when the user asked for --quiet."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled and not enabled:
+            hf_logging.enable_progress_bar()
+
+
 def run_compress(job: CompressJob) -> str:
     """Run the job; returns a short human summary. Nothing is written unless everything succeeds."""
+    with library_progress(job.progress):
+        return _run_compress(job)
+
+
+def _run_compress(job: CompressJob) -> str:
     from .checkpoint import check_output_dir
     from .compress import build_plan, compress_
     from .model import resolve
 
     _check_job(job)
     check_output_dir(job.output, force=job.force)
+    if job.export:
+        check_output_dir(export_dir(job.output), force=job.force)
     t0 = time.perf_counter()
     loaded = resolve(job.model, dtype=DTYPES[job.dtype])
     plan = build_plan(loaded.model, job.recipe)  # shape checks happen here, before any calibration
@@ -95,17 +118,33 @@ def run_compress(job: CompressJob) -> str:
             f"{len(report.records)} Linear layers in {report.timings.get('compress_seconds', 0):.1f} s")
 
 
+def export_dir(output: Path) -> Path:
+    """``--export compressed-tensors`` writes a sibling folder ``<OUTPUT>.compressed-tensors`` (vLLM/transformers)."""
+    return Path(f"{output}.compressed-tensors")
+
+
 def _save(job: CompressJob, loaded, report, manifest: dict) -> None:
+    """Export first (its own atomic folder), then the llmprune folder; a failure removes the export again."""
+    import shutil
+
     from .checkpoint import save
     from .packing import pack_layers
 
     layers = pack_layers(loaded.model, report, job.format)
-    save(loaded.model, job.output, layers=layers, manifest_extra=manifest, tokenizer=loaded.tokenizer,
-         force=job.force)
+    exported = None
     if job.export == "compressed-tensors":
         from .export_ct import export_compressed_tensors
 
-        export_compressed_tensors(loaded.model, report, job.output / "compressed-tensors", recipe=job.recipe)
+        exported = export_compressed_tensors(loaded.model, report, export_dir(job.output), recipe=job.recipe,
+                                             tokenizer=loaded.tokenizer, force=job.force)
+        manifest["export"] = {"format": "compressed-tensors", "path": str(exported)}
+    try:
+        save(loaded.model, job.output, layers=layers, manifest_extra=manifest, tokenizer=loaded.tokenizer,
+             force=job.force)
+    except BaseException:
+        if exported is not None:
+            shutil.rmtree(exported, ignore_errors=True)
+        raise
 
 
 def job_from_manifest(path: Path, *, output: Path, force: bool, device: str, quiet: bool) -> CompressJob:

@@ -90,7 +90,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(flags, words, tiny_llama, 
 
 def test_cli_unknown_model_path(tmp_path, capsys):
     code, _, stderr = run_cli(["compress", tmp_path / "nope", "-o", tmp_path / "out", "--sparsity", "0.5"], capsys)
-    assert code == 2 and stderr.startswith("error: ") and "not found" in stderr and len(stderr.splitlines()) == 1
+    assert code == 2 and stderr.startswith("error: ") and "does not exist" in stderr and len(stderr.splitlines()) == 1
 
 
 def test_cli_missing_dataset_names_the_data_dir(tiny_llama, tmp_path, capsys, monkeypatch):

@@ -1,0 +1,33 @@
+"""Turn a compression Report into the per-layer packed tensors ``checkpoint.save`` writes.
+
+Quantized layers are packed from their ``QuantizedWeight`` (codes, scales, zeros kept as data: no second
+quantization); pruned-only layers from their dense weight. ``--format dense`` packs nothing: the folder is a plain
+Hugging Face checkpoint.
+"""
+from __future__ import annotations
+
+import torch
+
+from .model.layers import get_weight
+
+
+def storage_dtype(model) -> str:
+    """Packed values and scales are 16-bit: bfloat16 for a bfloat16 model, float16 otherwise."""
+    return "bfloat16" if next(model.parameters()).dtype == torch.bfloat16 else "float16"
+
+
+def pack_layers(model, report, fmt: str) -> dict | None:
+    """``{name: (format, packed tensors, params)}`` for every compressed Linear, or None for ``dense``."""
+    if fmt == "dense":
+        return None
+    from .packed_linear import pack_layer
+
+    dtype = storage_dtype(model)
+    layers = {}
+    for name in report.records:
+        module = model.get_submodule(name)
+        source = report.quantized.get(name)
+        if source is None:
+            source = get_weight(module).detach()
+        layers[name] = pack_layer(name, fmt, source, bias=getattr(module, "bias", None), dtype=dtype)
+    return layers
