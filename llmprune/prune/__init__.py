@@ -7,4 +7,4 @@ from ..registry import Registry
 
 METHODS = Registry("method")
 
-from . import magnitude, wanda, sparsegpt  # noqa: E402,F401  (registration)
+from . import magnitude, wanda, sparsegpt, gqsa  # noqa: E402,F401  (registration)
