@@ -19,7 +19,7 @@ def _gqsa(W, stats, sparsity, **kw):
 
 def test_gqsa_drops_whole_groups_with_exact_sparsity():
     X = correlated_inputs(512, 64, seed=1)
-    W = torch.randn(16, 64)
+    W = torch.randn(16, 64, generator=torch.Generator().manual_seed(101))
     pruned = _gqsa(W, stats_of(X), Groups(8, 0.5))
     blocks = pruned.mask.reshape(16, 8, 8)
     assert bool((blocks.all(-1) | (~blocks).all(-1)).all())
@@ -30,7 +30,7 @@ def test_gqsa_drops_whole_groups_with_exact_sparsity():
 
 def test_gqsa_keeps_the_groups_with_the_largest_summed_wanda_score():
     X = correlated_inputs(512, 32, seed=2)
-    W = torch.randn(4, 32)
+    W = torch.randn(4, 32, generator=torch.Generator().manual_seed(102))
     stats = stats_of(X)
     pruned = _gqsa(W, stats, Groups(8, 0.5))
     norms = X.norm(dim=0)  # ‖X_j‖₂ straight from the inputs
@@ -42,7 +42,7 @@ def test_gqsa_keeps_the_groups_with_the_largest_summed_wanda_score():
 
 def test_gqsa_compensation_matches_obs_oracle_with_the_fixed_mask():
     X = correlated_inputs(512, 32, seed=3).double()
-    W = torch.randn(8, 32, dtype=torch.float64)
+    W = torch.randn(8, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(103))
     stats = stats_of(X)
     stats.hessian, stats.input_sq_norms = 2 * X.T @ X / 512, (X**2).mean(0)
     pruned = _gqsa(W, stats, Groups(4, 0.5), block=8)
@@ -54,7 +54,7 @@ def test_gqsa_compensation_matches_obs_oracle_with_the_fixed_mask():
 
 def test_gqsa_w4s50_with_gptq_keeps_the_mask_and_costs_3_5_bits():
     X = correlated_inputs(512, 64, seed=4)
-    W = torch.randn(16, 64)
+    W = torch.randn(16, 64, generator=torch.Generator().manual_seed(104))
     stats = stats_of(X)
     pruned = _gqsa(W, stats, Groups(16, 0.5))
     qw, info = QUANTIZERS.get("gptq").fn(pruned.weight, stats, QuantSpec(4, 16), mask=pruned.mask)
@@ -69,6 +69,6 @@ def test_gqsa_w4s50_with_gptq_keeps_the_mask_and_costs_3_5_bits():
 def test_gqsa_bad_input_is_one_line():
     X = correlated_inputs(64, 32, seed=5)
     with pytest.raises(UserInputError, match="whole groups"):
-        _gqsa(torch.randn(4, 32), stats_of(X), Unstructured(0.5))
+        _gqsa(torch.randn(4, 32, generator=torch.Generator().manual_seed(105)), stats_of(X), Unstructured(0.5))
     with pytest.raises(UserInputError, match="not divisible by the group size 12"):
-        _gqsa(torch.randn(4, 32), stats_of(X), Groups(12, 0.5), name="q")
+        _gqsa(torch.randn(4, 32, generator=torch.Generator().manual_seed(106)), stats_of(X), Groups(12, 0.5), name="q")

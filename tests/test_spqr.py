@@ -37,9 +37,9 @@ def test_spqr_matches_unblocked_oracle_float64():
 
 
 def test_leave_one_out_gain_matches_brute_force_refits():
-    gw = torch.randn(5, 8, dtype=torch.float64)
+    gw = torch.randn(5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(101))
     gw[2, 3] = 9.0
-    d = torch.rand(8, dtype=torch.float64) + 0.5
+    d = torch.rand(8, dtype=torch.float64, generator=torch.Generator().manual_seed(102)) + 0.5
     gain = leave_one_out_gain(gw, d, 3)
     assert torch.allclose(gain, _loo_gain(gw, d, 3), atol=1e-9)
     assert int(gain[2].argmax()) == 3  # leaving the planted outlier out helps its group most
@@ -94,13 +94,14 @@ def test_bits_per_param_by_hand():
     assert 3.625 + 0.32 * 100 * nnz / 2048 == pytest.approx(info["bits_per_param"])
 
 
-def test_spqr_beats_gptq_at_the_same_code_width():
+def test_spqr_beats_gptq_at_the_same_code_width_and_damping():
+    """At equal damping (the reference's 1.0 of the mean diagonal over-damps these synthetic, 400:1-scaled inputs)."""
     X = correlated_inputs(1024, 64, seed=8)
-    W = torch.randn(32, 64)
+    W = torch.randn(32, 64, generator=torch.Generator().manual_seed(103))
     stats = stats_of(X)
-    s, _ = _spqr(W, stats, QuantSpec(3, 16, method="spqr"))
-    g, _ = QUANTIZERS.get("gptq").fn(W, stats, QuantSpec(3, 16))
-    assert recon_error(W, s.dequantize(), X) < recon_error(W, g.dequantize(), X)
+    s, _ = _spqr(W, stats, QuantSpec(3, 16, method="spqr"), spqr_damp=0.01)
+    g, _ = QUANTIZERS.get("gptq").fn(W, stats, QuantSpec(3, 16), damp=0.01)
+    assert recon_error(W, s.dequantize(), X) < 0.7 * recon_error(W, g.dequantize(), X)
 
 
 @pytest.mark.parametrize("kw, needle", [({"stat_bits": 0}, "stat_bits"), ({"stat_group": 5}, "stat_group"),
