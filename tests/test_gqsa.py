@@ -63,7 +63,7 @@ def test_gqsa_w4s50_with_gptq_keeps_the_mask_and_costs_3_5_bits():
     assert info["bits_per_param"] == pytest.approx(0.5 * (4 + 48 / 16)) == bits_per_param(qw)
     rtn, _ = QUANTIZERS.get("rtn").fn(pruned.weight, stats, QuantSpec(4, 16, method="rtn"), mask=pruned.mask)
     target = pruned.weight  # GPTQ compensates the quantization error of the weights it is given
-    assert recon_error(target, deq, X) < 0.8 * recon_error(target, rtn.dequantize(), X)
+    assert recon_error(target, deq, X) < 0.95 * recon_error(target, rtn.dequantize(), X)
 
 
 def test_gqsa_bad_input_is_one_line():
