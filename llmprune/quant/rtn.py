@@ -7,6 +7,7 @@ from torch import Tensor
 from ..recipe import QuantSpec
 from ..types import QuantizedWeight, Stats
 from . import QUANTIZERS
+from .bits_per_param import bits_per_param
 from .uniform import check_quant_shape, dequantize, effective_group, expand, group_params, quantize_codes
 
 
@@ -30,4 +31,4 @@ def rtn(weight: Tensor, stats: Stats | None, spec: QuantSpec, *, mask: Tensor | 
     qw = QuantizedWeight(codes.to(torch.uint8), scales, zeros, spec.bits, group, spec.symmetric,
                          mask=None if mask is None else mask.clone())
     err = float(((dequantize(codes, s, z) - W) ** 2).sum())
-    return qw, {"quant_sq_error": err}
+    return qw, {"quant_sq_error": err, "bits_per_param": bits_per_param(qw)}
