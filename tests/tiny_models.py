@@ -32,7 +32,7 @@ _SENTENCES = [
     "Sparse matrices store only their non-zero entries.",
     "Language models predict the next token from the previous ones.",
     "A calibration set of a few sequences guides the layer-wise reconstruction.",
-    "Robert Boulter is an English film, television and theatre actor.",
+    "Perplexity is the exponential of the mean negative log-likelihood per token.",
 ]
 
 
