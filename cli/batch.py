@@ -19,6 +19,13 @@ from typing import Optional
 import typer
 
 
+def escape(text: str) -> str:
+    """Labels such as '[sparse24_int4]' would otherwise be read as rich markup."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
 class RichProgress:
     """Overall progress over cells (elapsed, ETA) and the current cell's stages, drawn on stderr with rich."""
 
@@ -40,23 +47,23 @@ class RichProgress:
         self.bar.__exit__(*exc)
 
     def skip(self, text: str) -> None:
-        self.bar.console.print(f"skip {text}")
+        self.bar.console.print(escape(f"skip {text}"))
         self.bar.advance(self.overall)
 
     def start(self, text: str, stages: int) -> None:
-        self.name = text
-        self.cell = self.bar.add_task(text, total=stages)
+        self.name = escape(text)
+        self.cell = self.bar.add_task(self.name, total=stages)
 
     def stage(self, text: str) -> None:
         if self.cell is not None:
-            self.bar.update(self.cell, description=f"  {self.name}: {text}", advance=1)
+            self.bar.update(self.cell, description=f"  {self.name}: {escape(text)}", advance=1)
 
     def finish(self, result) -> None:
         if self.cell is not None:
             self.bar.remove_task(self.cell)
         self.cell = None
         outcome = "ok" if result.status == "ok" else f"FAILED: {result.error}"
-        self.bar.console.print(f"{result.model} | {result.label}: {outcome} ({result.seconds:.1f} s)")
+        self.bar.console.print(escape(f"{result.model} | {result.label}: {outcome} ({result.seconds:.1f} s)"))
         self.bar.advance(self.overall)
 
 

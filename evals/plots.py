@@ -90,22 +90,40 @@ def _figure(draw, path: Path) -> Path:
     return path
 
 
+def _display(model: str) -> str:
+    """A model's name for titles: a folder's name rather than its full path."""
+    return Path(model).name if "/" in model and Path(model).expanduser().exists() else model
+
+
+def _series(ok) -> dict[str, list]:
+    """Unstructured levels of one method form a line; each N:M / group pattern is a series of its own (2:4 and 0.5
+    have the same fraction of zeros but are different constraints)."""
+    series: dict[str, list] = {}
+    for r in ok:
+        if r.recipe is None:
+            continue
+        pattern = str(r.recipe.get("sparsity") or "")
+        name = _method(r) + (f" {pattern}" if ":" in pattern or "@" in pattern else "")
+        series.setdefault(name, []).append(r)
+    return series
+
+
 def plot_ppl_vs_sparsity(results, model: str, key: str, path) -> Path:
     """Perplexity (``key`` = ``ppl:<set>``) vs achieved sparsity, one line per method, dense dashed."""
     ok = [r for r in results if r.model == model and r.status == "ok" and r.metrics.get(key) is not None]
 
     def draw(ax):
-        for method in dict.fromkeys(_method(r) for r in ok if r.recipe is not None):
-            points = sorted((r.metrics["sparsity"], r.metrics[key]) for r in ok
-                            if r.recipe is not None and _method(r) == method)
-            ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=method)
+        for index, (name, rows) in enumerate(_series(ok).items()):
+            points = sorted((r.metrics["sparsity"], r.metrics[key]) for r in rows)
+            style = {"marker": "o"} if len(points) > 1 else {"marker": "sDv^<>pX*"[index % 9], "markersize": 9}
+            ax.plot([x for x, _ in points], [y for _, y in points], label=name, **style)
         for r in ok:
             if r.recipe is None:
                 ax.axhline(r.metrics[key], color="gray", linestyle="--", label=f"dense ({r.metrics[key]:.2f})")
         ax.set_yscale("log")
         ax.set_xlabel("achieved sparsity (fraction of Linear weights that are zero)")
-        ax.set_ylabel(f"{key[4:]} perplexity (log scale, lower is better)")
-        ax.set_title(f"{model}: perplexity vs sparsity")
+        ax.set_ylabel(f"{_display(key[4:])} perplexity (log scale, lower is better)")
+        ax.set_title(f"{_display(model)}: perplexity vs sparsity")
 
     return _figure(draw, Path(path))
 
@@ -121,7 +139,7 @@ def plot_acc_vs_bits(results, model: str, path) -> Path:
                        label=r.label, zorder=3)
         ax.set_xlabel("stored bits per parameter (compressed Linear layers)")
         ax.set_ylabel("zero-shot mean accuracy (higher is better)")
-        ax.set_title(f"{model}: zero-shot accuracy vs bits per parameter")
+        ax.set_title(f"{_display(model)}: zero-shot accuracy vs bits per parameter")
 
     return _figure(draw, Path(path))
 
