@@ -258,14 +258,43 @@ def store_tile(w_ptr, w, rn, rk, N, K):
 
 
 @triton.jit
-def two_four_slot(meta_ptr, n2, k2, mask, K):
-    """For dense column k2 of row n2 in a 2:4 layout: (kept, is1, g) where g = k2 // 4 is the group, kept says the
-    column is one of the two kept positions and is1 that it is the second (its value sits at slot 2g + is1).
-    Meta (docs/FORMATS.md): nibble p0 | p1 << 2 per group, group 2j in the low nibble of byte j."""
-    g = k2 // 4
-    byte = tl.load(meta_ptr + n2 * (K // 8) + k2 // 8, mask=mask, other=0).to(tl.int32)
-    nib = (byte >> ((g % 2) * 4)) & 0xF
-    p = k2 % 4
-    is1 = p == (nib >> 2)
-    kept = (p == (nib & 3)) | is1
-    return kept & mask, is1, g
+def nibbles(byte):
+    """Bytes [A, B] (int32) → 4-bit codes [A, 2B], low nibble first (docs/FORMATS.md). Bytes are loaded once,
+    contiguously, and split in registers by a broadcast shift + reshape."""
+    shifts = tl.arange(0, 2) * 4
+    return tl.reshape((byte[:, :, None] >> shifts[None, None, :]) & 0xF, (byte.shape[0], 2 * byte.shape[1]))
+
+
+@triton.jit
+def per_column(ptr, rows, ok, k0, NG, other, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Per-group values ``ptr[rows, g]`` (row stride NG, g = column // GROUP) for columns k0 .. k0+BLOCK_K,
+    broadcastable to [BLOCK_N, BLOCK_K]: one load per row when the tile sits in one group, one per group and a
+    register broadcast when it spans several, one per column when GROUP is not a power of two."""
+    if (GROUP & (GROUP - 1)) != 0:
+        g = (k0 + tl.arange(0, BLOCK_K)) // GROUP
+        return tl.load(ptr + rows[:, None] * NG + g[None, :], mask=ok[:, None] & (g[None, :] < NG), other=other)
+    elif GROUP >= BLOCK_K:
+        return tl.load(ptr + rows * NG + k0 // GROUP, mask=ok, other=other)[:, None]  # callers keep k0 < K
+    else:
+        g = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
+        v = tl.load(ptr + rows[:, None] * NG + g[None, :], mask=ok[:, None] & (g[None, :] < NG), other=other)
+        v = tl.broadcast_to(v[:, :, None], (v.shape[0], BLOCK_K // GROUP, GROUP))
+        return tl.reshape(v, (v.shape[0], BLOCK_K))
+
+
+@triton.jit
+def two_four_expand(c0, c1, nib, fill):
+    """Kept values (c0, c1) of each group of 4 [A, G] at positions (nib & 3, nib >> 2) → dense [A, 4G], ``fill``
+    at the two pruned positions."""
+    pos = tl.arange(0, 4)[None, None, :]
+    dense = tl.where(pos == (nib & 3)[:, :, None], c0[:, :, None],
+                     tl.where(pos == (nib >> 2)[:, :, None], c1[:, :, None], fill))
+    return tl.reshape(dense, (c0.shape[0], 4 * c0.shape[1]))
+
+
+@triton.jit
+def load_rows(ptr, rn, N, start, width, row_len, other, COLS: tl.constexpr):
+    """ptr[rn, start .. start+COLS] of a row-major [N, row_len] tensor, masked to ``width`` valid columns."""
+    cols = start + tl.arange(0, COLS)
+    mask = (rn[:, None] < N) & (cols[None, :] < width)
+    return tl.load(ptr + rn[:, None] * row_len + cols[None, :], mask=mask, other=other)

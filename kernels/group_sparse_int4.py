@@ -27,24 +27,24 @@ from llmprune.formats.group_sparse_int4 import matmul_ref as reference  # noqa: 
 
 from ._common import (
     KernelPair, alloc_out, check_packed, dense_matmul, dot_acc, dot_f32, expect_shape, flatten_input, grouped_pid,
-    load_x, store_out, supports,  # noqa: F401  (supports: the dispatcher's hook)
+    load_rows, load_x, nibbles, per_column, store_out, supports,  # noqa: F401  (supports: the dispatcher's hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
-def _group_sparse_int4_kept(gi_ptr, q_ptr, s_ptr, z_ptr, rn, ri, N, KG, GROUP: tl.constexpr):
-    """Kept weights ri (positions in the row's kept stream) of rows rn: (w float32, dense column, mask), 2-D."""
+def _group_sparse_int4_kept(gi_ptr, q_ptr, s_ptr, z_ptr, rn, i0, N, KG, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Kept weights i0 .. i0+BLOCK_K of rows rn's kept streams: (w float32, dense column, mask), each
+    [BLOCK_N, BLOCK_K]; code bytes load contiguously, group indices and statistics once per kept group."""
     kept_cols = KG * GROUP
-    mask = (rn[:, None] < N) & (ri[None, :] < kept_cols)
-    slot = rn[:, None] * KG + ri[None, :] // GROUP
-    col = tl.load(gi_ptr + slot, mask=mask, other=0).to(tl.int32) * GROUP + ri[None, :] % GROUP
-    byte = tl.load(q_ptr + rn[:, None] * (kept_cols // 2) + ri[None, :] // 2, mask=mask, other=0).to(tl.int32)
-    code = (byte >> ((ri[None, :] % 2) * 4)) & 0xF
-    scale = tl.load(s_ptr + slot, mask=mask, other=0.0).to(tl.float32)
-    zero = tl.load(z_ptr + slot, mask=mask, other=0).to(tl.float32)
-    return (code.to(tl.float32) - zero) * scale, col, mask
+    ri = i0 + tl.arange(0, BLOCK_K)
+    ok = rn < N
+    byte = load_rows(q_ptr, rn, N, i0 // 2, kept_cols // 2, kept_cols // 2, 0, BLOCK_K // 2).to(tl.int32)
+    col = per_column(gi_ptr, rn, ok, i0, KG, 0, GROUP, BLOCK_K).to(tl.int32) * GROUP + (ri % GROUP)[None, :]
+    scale = per_column(s_ptr, rn, ok, i0, KG, 0.0, GROUP, BLOCK_K).to(tl.float32)
+    zero = per_column(z_ptr, rn, ok, i0, KG, 0, GROUP, BLOCK_K).to(tl.float32)
+    return (nibbles(byte).to(tl.float32) - zero) * scale, col, ok[:, None] & (ri[None, :] < kept_cols)
 
 
 @triton.jit
@@ -56,8 +56,7 @@ def _group_sparse_int4_gemv_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, 
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
     for i0 in range(0, KG * GROUP, BLOCK_K):
-        ri = i0 + tl.arange(0, BLOCK_K)
-        w, col, mask = _group_sparse_int4_kept(gi_ptr, q_ptr, s_ptr, z_ptr, rn, ri, N, KG, GROUP)
+        w, col, mask = _group_sparse_int4_kept(gi_ptr, q_ptr, s_ptr, z_ptr, rn, i0, N, KG, GROUP, BLOCK_K)
         xmask = (rb[:, None, None] < M) & mask[None, :, :]
         x = tl.load(x_ptr + rb[:, None, None] * stride_xm + col[None, :, :], mask=xmask, other=0.0)
         acc += tl.sum(x.to(tl.float32) * w[None, :, :], axis=2)
@@ -69,8 +68,8 @@ def _group_sparse_int4_dequant_kernel(w_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, N, K, 
                                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Scatter the kept groups into a zero-filled dense ``[N, K]`` buffer (the large-batch ``dense`` regime)."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    ri = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    w, col, mask = _group_sparse_int4_kept(gi_ptr, q_ptr, s_ptr, z_ptr, rn, ri, N, KG, GROUP)
+    i0 = tl.program_id(1) * BLOCK_K
+    w, col, mask = _group_sparse_int4_kept(gi_ptr, q_ptr, s_ptr, z_ptr, rn, i0, N, KG, GROUP, BLOCK_K)
     tl.store(w_ptr + rn[:, None] * K + col, w.to(w_ptr.dtype.element_ty), mask=mask)
 
 

@@ -8,9 +8,9 @@ Both kernels read only these packed bytes and rebuild the weight tile in registe
 arXiv:2408.11743, and GPTQ's Triton kernel do the same): the decode kernel streams row blocks of W against a
 handful of tokens with FMAs; the prefill kernel feeds dequantized tiles to tl.dot.
 
-Deviation: nibbles are unpacked with one (shift, mask) per column, so each byte is fetched twice from L1; Marlin
-reorders the codes offline for 128-bit loads and lop3 dequantization. Our layout is the plain row-major contract
-shared with the torch reference, so the kernel pays a little more instruction work for it.
+Deviation: Marlin reorders the codes offline so each thread's 128-bit load feeds its MMA fragment directly (and
+dequantizes with lop3 tricks); our layout is the plain row-major contract shared with the torch reference, so the
+kernel loads bytes contiguously and splits nibbles with a broadcast shift + reshape, paying register shuffles.
 """
 from __future__ import annotations
 
@@ -24,21 +24,21 @@ from llmprune.formats.int4 import matmul_ref as reference  # noqa: F401  (the or
 
 from ._common import (
     KernelPair, alloc_out, batched_matvec, check_packed, dense_matmul, dot_acc, dot_f32, expect_shape,
-    flatten_input, grouped_pid, load_x, store_out, store_tile, supports,  # noqa: F401  (supports: dispatch hook)
+    flatten_input, grouped_pid, load_rows, load_x, nibbles, per_column, store_out, store_tile,
+    supports,  # noqa: F401  (supports: the dispatcher's hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
-def _int4_tile(q_ptr, s_ptr, z_ptr, n2, k2, mask, K, GROUP: tl.constexpr):
-    """Dequantized W[n2, k2] in float32 (n2, k2 broadcastable index tensors; either orientation)."""
-    byte = tl.load(q_ptr + n2 * (K // 2) + k2 // 2, mask=mask, other=0).to(tl.int32)
-    code = (byte >> ((k2 % 2) * 4)) & 0xF
-    sidx = n2 * (K // GROUP) + k2 // GROUP
-    scale = tl.load(s_ptr + sidx, mask=mask, other=0.0).to(tl.float32)
-    zero = tl.load(z_ptr + sidx, mask=mask, other=0).to(tl.float32)
-    return (code.to(tl.float32) - zero) * scale
+def _int4_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Dequantized W[rn, k0 : k0+BLOCK_K] in float32: BLOCK_K/2 bytes per row loaded contiguously, split in registers."""
+    byte = load_rows(q_ptr, rn, N, k0 // 2, K // 2, K // 2, 0, BLOCK_K // 2).to(tl.int32)
+    ok = rn < N
+    scale = per_column(s_ptr, rn, ok, k0, K // GROUP, 0.0, GROUP, BLOCK_K).to(tl.float32)
+    zero = per_column(z_ptr, rn, ok, k0, K // GROUP, 0, GROUP, BLOCK_K).to(tl.float32)
+    return (nibbles(byte).to(tl.float32) - zero) * scale
 
 
 @triton.jit
@@ -50,10 +50,8 @@ def _int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, s
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        mask = (rn[:, None] < N) & (rk[None, :] < K)
-        w = _int4_tile(q_ptr, s_ptr, z_ptr, rn[:, None], rk[None, :], mask, K, GROUP)
-        acc += batched_matvec(load_x(x_ptr, rb, rk, M, K, stride_xm), w, BLOCK_B, DOT_F32)
+        w = _int4_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP, BLOCK_K)
+        acc += batched_matvec(load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm), w, BLOCK_B, DOT_F32)
     store_out(out_ptr, acc, rb, rn, M, N, stride_om)
 
 
@@ -61,16 +59,14 @@ def _int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, s
 def _int4_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, M_BUCKET,
                       GROUP: tl.constexpr, DOT_F32: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Prefill: a BLOCK_M x BLOCK_N output tile; each K step dequantizes W^T[BLOCK_K, BLOCK_N] for tl.dot."""
+    """Prefill: a BLOCK_M x BLOCK_N output tile; each K step dequantizes W[BLOCK_N, BLOCK_K] for tl.dot."""
     pid_m, pid_n = grouped_pid(M, N, BLOCK_M, BLOCK_N, 8)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        mask = (rk[:, None] < K) & (rn[None, :] < N)
-        w_t = _int4_tile(q_ptr, s_ptr, z_ptr, rn[None, :], rk[:, None], mask, K, GROUP)
-        acc = dot_acc(load_x(x_ptr, rm, rk, M, K, stride_xm), w_t, acc, DOT_F32)
+        w = _int4_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP, BLOCK_K)
+        acc = dot_acc(load_x(x_ptr, rm, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm), tl.trans(w), acc, DOT_F32)
     store_out(out_ptr, acc, rm, rn, M, N, stride_om)
 
 
@@ -79,9 +75,9 @@ def _int4_dequant_kernel(w_ptr, q_ptr, s_ptr, z_ptr, N, K, GROUP: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """The dense weight tile by tile (for the large-batch ``dense`` regime: dequantize once, then cuBLAS)."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    mask = (rn[:, None] < N) & (rk[None, :] < K)
-    store_tile(w_ptr, _int4_tile(q_ptr, s_ptr, z_ptr, rn[:, None], rk[None, :], mask, K, GROUP), rn, rk, N, K)
+    k0 = tl.program_id(1) * BLOCK_K
+    w = _int4_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP, BLOCK_K)
+    store_tile(w_ptr, w, rn, k0 + tl.arange(0, BLOCK_K), N, K)
 
 
 KERNELS = KernelPair("int4", _int4_gemv_kernel, _int4_gemm_kernel, _int4_dequant_kernel)

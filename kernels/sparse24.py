@@ -22,18 +22,20 @@ from llmprune.formats.sparse24 import matmul_ref as reference  # noqa: F401  (th
 
 from ._common import (
     KernelPair, alloc_out, batched_matvec, check_packed, dense_matmul, dot_acc, dot_f32, expect_shape,
-    flatten_input, grouped_pid, load_x, store_out, store_tile, supports, two_four_slot,  # noqa: F401
+    flatten_input, grouped_pid, load_rows, load_x, nibbles, store_out, store_tile, two_four_expand,
+    supports,  # noqa: F401  (supports: the dispatcher's hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
-def _sparse24_tile(v_ptr, m_ptr, n2, k2, mask, K):
-    """Dense W[n2, k2] in float32, zero at pruned columns."""
-    kept, is1, g = two_four_slot(m_ptr, n2, k2, mask, K)
-    v = tl.load(v_ptr + n2 * (K // 2) + 2 * g + is1.to(tl.int32), mask=kept, other=0.0)
-    return v.to(tl.float32)
+def _sparse24_tile(v_ptr, m_ptr, rn, k0, N, K, BLOCK_K: tl.constexpr):
+    """Dense W[rn, k0 : k0+BLOCK_K] in float32, zero at pruned columns (values and meta loaded contiguously)."""
+    v = load_rows(v_ptr, rn, N, k0 // 2, K // 2, K // 2, 0.0, BLOCK_K // 2).to(tl.float32)
+    v0, v1 = tl.split(tl.reshape(v, (v.shape[0], BLOCK_K // 4, 2)))
+    nib = nibbles(load_rows(m_ptr, rn, N, k0 // 8, K // 8, K // 8, 0, BLOCK_K // 8).to(tl.int32))
+    return two_four_expand(v0, v1, nib, 0.0)
 
 
 @triton.jit
@@ -44,10 +46,8 @@ def _sparse24_gemv_kernel(x_ptr, v_ptr, m_ptr, out_ptr, M, N, K, stride_xm, stri
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        mask = (rn[:, None] < N) & (rk[None, :] < K)
-        w = _sparse24_tile(v_ptr, m_ptr, rn[:, None], rk[None, :], mask, K)
-        acc += batched_matvec(load_x(x_ptr, rb, rk, M, K, stride_xm), w, BLOCK_B, DOT_F32)
+        w = _sparse24_tile(v_ptr, m_ptr, rn, k0, N, K, BLOCK_K)
+        acc += batched_matvec(load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm), w, BLOCK_B, DOT_F32)
     store_out(out_ptr, acc, rb, rn, M, N, stride_om)
 
 
@@ -60,10 +60,8 @@ def _sparse24_gemm_kernel(x_ptr, v_ptr, m_ptr, out_ptr, M, N, K, stride_xm, stri
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        mask = (rk[:, None] < K) & (rn[None, :] < N)
-        w_t = _sparse24_tile(v_ptr, m_ptr, rn[None, :], rk[:, None], mask, K)
-        acc = dot_acc(load_x(x_ptr, rm, rk, M, K, stride_xm), w_t, acc, DOT_F32)
+        w = _sparse24_tile(v_ptr, m_ptr, rn, k0, N, K, BLOCK_K)
+        acc = dot_acc(load_x(x_ptr, rm, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm), tl.trans(w), acc, DOT_F32)
     store_out(out_ptr, acc, rm, rn, M, N, stride_om)
 
 
@@ -71,9 +69,8 @@ def _sparse24_gemm_kernel(x_ptr, v_ptr, m_ptr, out_ptr, M, N, K, stride_xm, stri
 def _sparse24_dequant_kernel(w_ptr, v_ptr, m_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """The dense weight tile by tile (zeros at pruned columns), for the large-batch ``dense`` regime."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    mask = (rn[:, None] < N) & (rk[None, :] < K)
-    store_tile(w_ptr, _sparse24_tile(v_ptr, m_ptr, rn[:, None], rk[None, :], mask, K), rn, rk, N, K)
+    k0 = tl.program_id(1) * BLOCK_K
+    store_tile(w_ptr, _sparse24_tile(v_ptr, m_ptr, rn, k0, N, K, BLOCK_K), rn, k0 + tl.arange(0, BLOCK_K), N, K)
 
 
 KERNELS = KernelPair("sparse24", _sparse24_gemv_kernel, _sparse24_gemm_kernel, _sparse24_dequant_kernel)

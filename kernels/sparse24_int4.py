@@ -7,7 +7,8 @@ original columns. Worked example: columns 0..3 = [0, a, 0, b] give p0 = 1, p1 = 
 a = 5, b = 9 the qvalues byte is 0x95.
 
 The kernels read 4.5 bits per kept weight (~2.3 bits per dense weight plus scales) and rebuild the dense tile in
-registers: each dense column finds its group's byte in ``meta`` and ``qvalues`` and is zero unless kept. The byte
+registers: per row a tile loads BLOCK_K/4 code bytes and BLOCK_K/8 meta bytes contiguously and places each
+group's two codes at their positions (the other two are zero). The byte
 ratio against fp16 is the batch-1 speed limit (~5.1x at g128); Sparse-Marlin (Frantar et al. 2024,
 arXiv:2408.11743) reaches it on Ampere.
 
@@ -27,22 +28,24 @@ from llmprune.formats.sparse24_int4 import matmul_ref as reference  # noqa: F401
 
 from ._common import (
     KernelPair, alloc_out, batched_matvec, check_packed, dense_matmul, dot_acc, dot_f32, expect_shape,
-    flatten_input, grouped_pid, load_x, store_out, store_tile, supports, two_four_slot,  # noqa: F401
+    flatten_input, grouped_pid, load_rows, load_x, nibbles, per_column, store_out, store_tile, two_four_expand,
+    supports,  # noqa: F401  (supports: the dispatcher's hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
-def _sparse24_int4_tile(q_ptr, m_ptr, s_ptr, z_ptr, n2, k2, mask, K, GROUP: tl.constexpr):
-    """Dense W[n2, k2] in float32, zero at pruned columns (n2, k2 broadcastable index tensors)."""
-    kept, is1, g = two_four_slot(m_ptr, n2, k2, mask, K)
-    byte = tl.load(q_ptr + n2 * (K // 4) + g, mask=kept, other=0).to(tl.int32)
-    code = (byte >> (is1.to(tl.int32) * 4)) & 0xF
-    sidx = n2 * (K // GROUP) + k2 // GROUP
-    scale = tl.load(s_ptr + sidx, mask=kept, other=0.0).to(tl.float32)
-    zero = tl.load(z_ptr + sidx, mask=kept, other=0).to(tl.float32)
-    return tl.where(kept, (code.to(tl.float32) - zero) * scale, 0.0)
+def _sparse24_int4_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Dense W[rn, k0 : k0+BLOCK_K] in float32, zero at pruned columns: per row BLOCK_K/4 code bytes and BLOCK_K/8
+    meta bytes are loaded contiguously and expanded to the 4 positions of each group in registers."""
+    qb = load_rows(q_ptr, rn, N, k0 // 4, K // 4, K // 4, 0, BLOCK_K // 4).to(tl.int32)
+    nib = nibbles(load_rows(m_ptr, rn, N, k0 // 8, K // 8, K // 8, 0, BLOCK_K // 8).to(tl.int32))
+    code = two_four_expand(qb & 0xF, qb >> 4, nib, -1)
+    ok = rn < N
+    scale = per_column(s_ptr, rn, ok, k0, K // GROUP, 0.0, GROUP, BLOCK_K).to(tl.float32)
+    zero = per_column(z_ptr, rn, ok, k0, K // GROUP, 0, GROUP, BLOCK_K).to(tl.float32)
+    return tl.where(code >= 0, (code.to(tl.float32) - zero) * scale, 0.0)
 
 
 @triton.jit
@@ -54,10 +57,8 @@ def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N,
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        mask = (rn[:, None] < N) & (rk[None, :] < K)
-        w = _sparse24_int4_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn[:, None], rk[None, :], mask, K, GROUP)
-        acc += batched_matvec(load_x(x_ptr, rb, rk, M, K, stride_xm), w, BLOCK_B, DOT_F32)
+        w = _sparse24_int4_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP, BLOCK_K)
+        acc += batched_matvec(load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm), w, BLOCK_B, DOT_F32)
     store_out(out_ptr, acc, rb, rn, M, N, stride_om)
 
 
@@ -65,16 +66,14 @@ def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N,
 def _sparse24_int4_gemm_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, M_BUCKET,
                                GROUP: tl.constexpr, DOT_F32: tl.constexpr,
                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Prefill: tl.dot of the activation tile with the rebuilt dense W^T[BLOCK_K, BLOCK_N] tile."""
+    """Prefill: tl.dot of the activation tile with the rebuilt dense W tile (transposed in registers)."""
     pid_m, pid_n = grouped_pid(M, N, BLOCK_M, BLOCK_N, 8)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        mask = (rk[:, None] < K) & (rn[None, :] < N)
-        w_t = _sparse24_int4_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn[None, :], rk[:, None], mask, K, GROUP)
-        acc = dot_acc(load_x(x_ptr, rm, rk, M, K, stride_xm), w_t, acc, DOT_F32)
+        w = _sparse24_int4_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP, BLOCK_K)
+        acc = dot_acc(load_x(x_ptr, rm, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm), tl.trans(w), acc, DOT_F32)
     store_out(out_ptr, acc, rm, rn, M, N, stride_om)
 
 
@@ -83,10 +82,9 @@ def _sparse24_int4_dequant_kernel(w_ptr, q_ptr, m_ptr, s_ptr, z_ptr, N, K, GROUP
                                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """The dense weight tile by tile (zeros at pruned columns), for the large-batch ``dense`` regime."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    mask = (rn[:, None] < N) & (rk[None, :] < K)
-    w = _sparse24_int4_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn[:, None], rk[None, :], mask, K, GROUP)
-    store_tile(w_ptr, w, rn, rk, N, K)
+    k0 = tl.program_id(1) * BLOCK_K
+    w = _sparse24_int4_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP, BLOCK_K)
+    store_tile(w_ptr, w, rn, k0 + tl.arange(0, BLOCK_K), N, K)
 
 
 KERNELS = KernelPair("sparse24_int4", _sparse24_int4_gemv_kernel, _sparse24_int4_gemm_kernel,

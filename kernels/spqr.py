@@ -28,7 +28,8 @@ from llmprune.formats.spqr import matmul_ref as reference  # noqa: F401  (the or
 
 from ._common import (
     KernelPair, alloc_out, batched_matvec, check_packed, dense_matmul, dot_acc, dot_f32, expect_shape,
-    flatten_input, grouped_pid, load_x, store_out, store_tile, supports,  # noqa: F401  (supports: dispatch hook)
+    flatten_input, grouped_pid, load_x, per_column, store_out, store_tile,
+    supports,  # noqa: F401  (supports: the dispatcher's hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -51,7 +52,8 @@ def _spqr_code(q_ptr, n2, k2, mask, WORDS, BITS: tl.constexpr):
 @triton.jit
 def _spqr_tile(q_ptr, st_ptrs, n2, k2, mask, WORDS, G,
                BITS: tl.constexpr, GROUP: tl.constexpr, STAT_GROUP: tl.constexpr):
-    """Base weight W[n2, k2] (float32): (code - zero) * scale with both statistics rebuilt from the second level."""
+    """Base weight W[n2, k2] at arbitrary (row, column) pairs (float32), statistics rebuilt from the second level:
+    the outlier pass needs it at scattered columns."""
     sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr = st_ptrs
     code = _spqr_code(q_ptr, n2, k2, mask, WORDS, BITS).to(tl.float32)
     first = n2 * G + k2 // GROUP
@@ -63,6 +65,24 @@ def _spqr_tile(q_ptr, st_ptrs, n2, k2, mask, WORDS, G,
             - tl.load(zz_ptr + second, mask=mask, other=0.0).to(tl.float32)) \
         * tl.load(zs_ptr + second, mask=mask, other=0.0).to(tl.float32)
     return (code - zero) * scale
+
+
+@triton.jit
+def _spqr_block(q_ptr, st_ptrs, rn, k0, N, K, WORDS, G,
+                BITS: tl.constexpr, GROUP: tl.constexpr, STAT_GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Base W[rn, k0 : k0+BLOCK_K] (float32); the six statistics are loaded once per group, not per column."""
+    sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr = st_ptrs
+    rk = k0 + tl.arange(0, BLOCK_K)
+    ok = rn < N
+    code = _spqr_code(q_ptr, rn[:, None], rk[None, :], ok[:, None] & (rk[None, :] < K), WORDS, BITS)
+    blk = rn // STAT_GROUP
+    scale = (per_column(sc_ptr, rn, ok, k0, G, 0, GROUP, BLOCK_K).to(tl.float32)
+             - per_column(sz_ptr, blk, ok, k0, G, 0.0, GROUP, BLOCK_K).to(tl.float32)) \
+        * per_column(ss_ptr, blk, ok, k0, G, 0.0, GROUP, BLOCK_K).to(tl.float32)
+    zero = (per_column(zc_ptr, rn, ok, k0, G, 0, GROUP, BLOCK_K).to(tl.float32)
+            - per_column(zz_ptr, blk, ok, k0, G, 0.0, GROUP, BLOCK_K).to(tl.float32)) \
+        * per_column(zs_ptr, blk, ok, k0, G, 0.0, GROUP, BLOCK_K).to(tl.float32)
+    return (code.to(tl.float32) - zero) * scale
 
 
 @triton.jit
@@ -95,10 +115,8 @@ def _spqr_gemv_kernel(x_ptr, q_ptr, sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_p
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        mask = (rn[:, None] < N) & (rk[None, :] < K)
-        w = _spqr_tile(q_ptr, st_ptrs, rn[:, None], rk[None, :], mask, WORDS, G, BITS, GROUP, STAT_GROUP)
-        acc += batched_matvec(load_x(x_ptr, rb, rk, M, K, stride_xm), w, BLOCK_B, DOT_F32)
+        w = _spqr_block(q_ptr, st_ptrs, rn, k0, N, K, WORDS, G, BITS, GROUP, STAT_GROUP, BLOCK_K)
+        acc += batched_matvec(load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm), w, BLOCK_B, DOT_F32)
     acc = _spqr_outliers(acc, x_ptr, rb, rn, M, N, stride_xm, q_ptr, st_ptrs, (rp_ptr, oc_ptr, ov_ptr), WORDS, G,
                          BITS, GROUP, STAT_GROUP)
     store_out(out_ptr, acc, rb, rn, M, N, stride_om)
@@ -116,10 +134,8 @@ def _spqr_gemm_kernel(x_ptr, q_ptr, sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_p
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        mask = (rk[:, None] < K) & (rn[None, :] < N)
-        w_t = _spqr_tile(q_ptr, st_ptrs, rn[None, :], rk[:, None], mask, WORDS, G, BITS, GROUP, STAT_GROUP)
-        acc = dot_acc(load_x(x_ptr, rm, rk, M, K, stride_xm), w_t, acc, DOT_F32)
+        w = _spqr_block(q_ptr, st_ptrs, rn, k0, N, K, WORDS, G, BITS, GROUP, STAT_GROUP, BLOCK_K)
+        acc = dot_acc(load_x(x_ptr, rm, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm), tl.trans(w), acc, DOT_F32)
     acc = _spqr_outliers(acc, x_ptr, rm, rn, M, N, stride_xm, q_ptr, st_ptrs, (rp_ptr, oc_ptr, ov_ptr), WORDS, G,
                          BITS, GROUP, STAT_GROUP)
     store_out(out_ptr, acc, rm, rn, M, N, stride_om)
@@ -131,11 +147,10 @@ def _spqr_dequant_kernel(w_ptr, q_ptr, sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, z
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """The base weight tile by tile; ``_spqr_outlier_store_kernel`` then overwrites the outlier positions."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    mask = (rn[:, None] < N) & (rk[None, :] < K)
-    w = _spqr_tile(q_ptr, (sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr), rn[:, None], rk[None, :], mask, WORDS, G,
-                   BITS, GROUP, STAT_GROUP)
-    store_tile(w_ptr, w, rn, rk, N, K)
+    k0 = tl.program_id(1) * BLOCK_K
+    w = _spqr_block(q_ptr, (sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr), rn, k0, N, K, WORDS, G,
+                    BITS, GROUP, STAT_GROUP, BLOCK_K)
+    store_tile(w_ptr, w, rn, k0 + tl.arange(0, BLOCK_K), N, K)
 
 
 @triton.jit
