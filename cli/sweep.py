@@ -22,6 +22,8 @@ def sweep_command(
     seed: int = typer.Option(0, help="Seed of the calibration sampling."),
     ppl: str = typer.Option("wikitext2", help="Perplexity dataset: wikitext2, c4, ptb, or a file."),
     ppl_seqlen: Optional[int] = typer.Option(None, help="Perplexity window (default: model max positions, <= 2048)."),
+    ppl_max_windows: Optional[int] = typer.Option(None, help="Evaluate only the first N windows (quick look; "
+                                                             "default: the whole text, the papers' protocol)."),
     knee_margin: float = typer.Option(0.1, help="Relative perplexity rise over dense that marks the knee."),
     option: List[str] = typer.Option([], help="KEY=VALUE method/refiner option (repeatable)."),
     device: str = typer.Option("cpu", help="Compute device: cpu or cuda."),
@@ -39,9 +41,11 @@ def sweep_command(
     config = SweepConfig(variants=tuple(method), levels=parse_levels(sparsity), refine=refine,
                          options=_with_seqlen(_options(option), seqlen),
                          calibration=Calibration(source=calib, nsamples=nsamples, seqlen=seqlen, seed=seed),
-                         eval_dataset=ppl, eval_seqlen=ppl_seqlen, knee_margin=knee_margin, device=device,
+                         eval_dataset=ppl, eval_seqlen=ppl_seqlen, eval_max_windows=ppl_max_windows, knee_margin=knee_margin, device=device,
                          batch_size=batch_size)
     _check(config, nsamples, seqlen, ppl_seqlen)
+    if ppl_max_windows is not None and ppl_max_windows < 1:
+        raise UserInputError(f"--ppl-max-windows {ppl_max_windows}: must be at least 1")
     config.recipes()  # unknown methods/refiners and patterns a refiner cannot keep fail here, before loading
     check_output_dir(output, force=force)
     from llmprune.model import resolve

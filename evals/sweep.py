@@ -101,6 +101,7 @@ class SweepConfig:
     calibration: Calibration = field(default_factory=Calibration)
     eval_dataset: str = "wikitext2"
     eval_seqlen: int | None = None
+    eval_max_windows: int | None = None  # None: the whole text (papers)
     knee_margin: float = 0.1
     device: str = "cpu"
     batch_size: int = 8
@@ -199,7 +200,7 @@ def _evaluator(tokenizer, config: SweepConfig):
     def evaluate(model) -> float:
         seqlen = config.eval_seqlen or default_seqlen(model, cap=2048)
         return float(perplexity(model, tokenizer, text.text, seqlen=seqlen, device=config.device, batch_size=1,
-                                progress=False, dataset=text.name).ppl)
+                                progress=False, dataset=text.name, max_windows=config.eval_max_windows).ppl)
 
     return evaluate, text.name
 
@@ -232,14 +233,14 @@ def run_sweep(model, tokenizer, config: SweepConfig, *, model_name: str, progres
     compress, log = hooks.compress or compress_, hooks.log
     evaluate, dataset = (hooks.evaluate, config.eval_dataset) if hooks.evaluate else _evaluator(tokenizer, config)
     dense_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    t0 = time.perf_counter()
     dense_ppl = float(evaluate(model))
-    log(f"dense: ppl {dense_ppl:.4f} ({time.perf_counter() - t0:.0f} s)")
+    log(f"dense: ppl {dense_ppl:.4f}")
     calib = None
     if any(needs_calibration(model, recipe) for _, recipe in recipes):  # magnitude alone draws nothing
         calib = (hooks.calibrate or _windows)(model, tokenizer, config)
     extra = _capture_kwargs(compress, model, calib, config)
-    result = SweepResult(model_name, dataset, dense_ppl, config.knee_margin,
+    name = model_name + (f" ({config.eval_max_windows} ppl windows)" if config.eval_max_windows else "")
+    result = SweepResult(name, dataset, dense_ppl, config.knee_margin,
                          calibration=None if calib is None else {**asdict(config.calibration), "sha256": calib.sha256})
     result.reuse = {"calibration_windows": calib is not None, "layer0_inputs": bool(extra),
                     "dense_state_dict_cpu_copy": True, "dense_ppl_once": True, "eval_text_once": True}

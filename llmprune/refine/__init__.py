@@ -5,7 +5,9 @@ Pruned``; it keeps the pattern it is given (exact per-row counts, exact N:M). Me
 
 - ``needs``: the Stats fields it reads (the engine computes only those);
 - ``applies(module_name, options) -> bool``: whether it refines that module (DSnoT's reference skips MLPs);
-- ``check(recipe)``: raises a one-line ``UserInputError`` for a recipe whose pattern it cannot keep.
+- ``check(recipe)``: raises a one-line ``UserInputError`` for a recipe whose pattern it cannot keep;
+- ``keeps``: the unstructured comparison group whose counts it preserves ('row': per row, hence per layer too; a
+  SparseGPT mask's per-block counts are not preserved, so verify a refined SparseGPT mask per layer).
 
 Adding a refiner = one file + one import line below.
 """
