@@ -119,3 +119,33 @@ def test_formats_reject_unfit_layers_with_one_line(name, qw, fragment):
 def test_sparse24_rejects_dense_weight():
     with pytest.raises(UserInputError, match="--sparsity 2:4"):
         get_format("sparse24").pack(torch.ones(2, 8))
+
+
+@pytest.mark.parametrize("fmt,shape,quant,sparsity,fragment", [
+    ("int4", (8, 24), "w4g16", None, "layers.0.q_proj: --format int4: group size 16 does not divide in_features 24"),
+    ("int4", (8, 32), None, None, "layers.0.q_proj: --format int4 stores quantized weights; add --quant"),
+    ("int4", (8, 32), "w8g16", None, "codes of at most 4 bits"),
+    ("sparse24", (8, 12), None, "2:4", "not a multiple of 8"),
+    ("group_sparse_int4", (8, 32), "w4g16", "0.5@g8", "needs group sparsity with the quantization group"),
+    ("spqr", (8, 24), "w3g16", None, "group size 16 does not divide"),
+])
+def test_check_layer_refuses_before_calibration(fmt, shape, quant, sparsity, fragment):
+    from llmprune.formats import check_layer
+    from llmprune.recipe import parse_quant, parse_sparsity
+
+    q = parse_quant(quant) if quant else None
+    s = parse_sparsity(sparsity) if sparsity else None
+    with pytest.raises(UserInputError) as info:
+        check_layer(fmt, "layers.0.q_proj", *shape, quant=q, sparsity=s)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_check_layer_accepts_fitting_layers():
+    from llmprune.formats import check_layer
+    from llmprune.recipe import parse_quant, parse_sparsity
+
+    check_layer("int4", "a", 8, 32, quant=parse_quant("w4g16"))
+    check_layer("int4", "a", 8, 30, quant=parse_quant("w4"))
+    check_layer("group_sparse_int4", "a", 8, 32, quant=parse_quant("w4g16"), sparsity=parse_sparsity("0.5@g16"))
+    check_layer("spqr", "a", 8, 32, quant=parse_quant("w3g16", method="spqr"))
+    check_layer("dense", "a", 8, 7)

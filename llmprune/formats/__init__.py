@@ -49,6 +49,7 @@ class Format:
     params: Callable
     kernel: str | None = None
     quantized: bool = True  # pack takes a QuantizedWeight (False: a dense/pruned weight)
+    spec_params: Callable | None = None  # (QuantSpec | None, in_features) -> the params ``check`` takes
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -69,10 +70,29 @@ def get_format(name: str) -> Format:
     return FORMATS.get(name).fn
 
 
+def check_layer(format: str, name: str, out_features: int, in_features: int, quant=None, sparsity=None) -> None:
+    """Refuse a layer the format cannot store, before any calibration; the one-line error names the layer.
+
+    ``quant`` is the recipe's ``QuantSpec`` (None: no quantization), ``sparsity`` its ``Sparsity`` (None: dense).
+    """
+    fmt = get_format(format)
+    if fmt.quantized and quant is None:
+        raise UserInputError(f"{name}: --format {format} stores quantized weights; add --quant (e.g. --quant w4g128)")
+    group = getattr(sparsity, "size", None)
+    if format == "group_sparse_int4" and (group is None or (quant.group or in_features) != group):
+        raise UserInputError(f"{name}: --format group_sparse_int4 needs group sparsity with the quantization group "
+                             f"(e.g. --sparsity 0.5@g16 --quant w4g16)")
+    params = fmt.spec_params(quant, in_features) if fmt.spec_params else {}
+    try:
+        fmt.check(out_features, in_features, **params)
+    except UserInputError as exc:
+        raise UserInputError(f"{name}: {exc}") from None
+
+
 def shape_error(what: str, out_features: int, in_features: int, fix: str) -> UserInputError:
     return UserInputError(f"a {out_features}x{in_features} Linear cannot be stored as {what}; {fix}")
 
 
 from . import dense, int4, sparse24, sparse24_int4, group_sparse_int4, spqr  # noqa: E402,F401  (registration)
 
-__all__ = ["FORMATS", "Format", "Spec", "get_format", "float_dtype", "dtype_name"]
+__all__ = ["FORMATS", "Format", "Spec", "get_format", "check_layer", "float_dtype", "dtype_name"]

@@ -16,7 +16,8 @@ from .bits import pack_nibbles, unpack_nibbles
 def check_24(fmt: str, out_features: int, in_features: int) -> None:
     if in_features % 8:
         raise UserInputError(f"--format {fmt}: in_features {in_features} of a {out_features}x{in_features} Linear is "
-                             f"not a multiple of 8 (2:4 metadata packs two groups of 4 per byte); use --format int4 or dense")
+                             f"not a multiple of 8 (2:4 metadata packs two groups of 4 per byte); use --format int4 "
+                             f"or dense")
 
 
 def positions(keep: Tensor, fmt: str) -> Tensor:
@@ -26,8 +27,8 @@ def positions(keep: Tensor, fmt: str) -> Tensor:
     counts = groups.sum(-1)
     if counts.numel() and int(counts.max()) > 2:
         row, grp = (counts > 2).nonzero()[0].tolist()
-        raise UserInputError(f"--format {fmt}: the weight is not 2:4 sparse (row {row}, columns {4 * grp}..{4 * grp + 3} "
-                             f"keep {int(counts[row, grp])} of 4); prune with --sparsity 2:4")
+        raise UserInputError(f"--format {fmt}: the weight is not 2:4 sparse (row {row}, columns "
+                             f"{4 * grp}..{4 * grp + 3} keep {int(counts[row, grp])} of 4); prune with --sparsity 2:4")
     order = torch.arange(3, -1, -1, device=keep.device)  # prefer kept positions, then the lowest indices
     key = groups.to(torch.int64) * 4 + order
     return key.topk(2, dim=-1).indices.sort(dim=-1).values

@@ -60,7 +60,8 @@ def linear_ref(x: Tensor, weight: Tensor) -> Tensor:
 def check_group(fmt: str, out_features: int, in_features: int, group: int) -> None:
     if group < 1 or in_features % group:
         raise UserInputError(f"--format {fmt}: group size {group} does not divide in_features {in_features} of a "
-                             f"{out_features}x{in_features} Linear; choose a group that divides it (e.g. --quant w4g{_divisor(in_features)})")
+                             f"{out_features}x{in_features} Linear; choose a group that divides it "
+                             f"(e.g. --quant w4g{_divisor(in_features)})")
 
 
 def _divisor(n: int) -> int:

@@ -9,7 +9,8 @@ Tensors (in % g == 0, g even; every row keeps the same number K of groups):
     scales:    [out, K], float16/bfloat16 (float32 allowed; reference path only) — one per kept group.
     zeros:     [out, K], uint8 — integer zero point per kept group.
 Rows that keep fewer groups than the busiest row are padded with their lowest unused groups holding the zero point
-(exact zeros), so K is uniform (K >= 1). The dense width is not implied by the tensors: ``unpack`` takes it. The quantization group equals the sparsity group.
+(exact zeros), so K is uniform (K >= 1). The dense width is not implied by the tensors: ``unpack`` takes it.
+The quantization group equals the sparsity group.
 
 Worked example (g = 2, one row of 8 columns = 4 groups, K = 2): weights ``[0, 0, 1, -1, 0, 0, 2, 0.5]``, scales
 ``[_, 0.5, _, 0.5]``, zero 8: ``group_idx = [1, 3]``, codes ``[10, 6, 12, 9]`` -> ``qweight = [0x6A, 0x9C]``,
@@ -36,7 +37,10 @@ def tensor_specs(out_features: int, in_features: int, group: int, kept: int,
             "zeros": Spec((out_features, kept), torch.uint8)}
 
 
-def check(out_features: int, in_features: int, group: int, kept: int | None = None, dtype: str = "float16") -> None:
+def check(out_features: int, in_features: int, group: int, kept: int | None = None,
+          dtype: str = "float16", bits: int = 4) -> None:
+    if bits > 4:
+        raise shape_error("group_sparse_int4", out_features, in_features, f"codes have at most 4 bits, not {bits}")
     check_group("group_sparse_int4", out_features, in_features, group)
     if group % 2:
         raise shape_error("group_sparse_int4", out_features, in_features, f"group size {group} must be even")
@@ -103,5 +107,9 @@ def params(packed: dict[str, Tensor], in_features: int) -> dict:
     return {"group": group, "kept": kept, "dtype": dtype_name(packed["scales"].dtype)}
 
 
+def spec_params(quant, in_features: int) -> dict:
+    """Parameters ``check`` takes for a recipe's ``QuantSpec`` (group 0 = one group per row)."""
+    return {"group": quant.group or in_features, "bits": quant.bits}
+
 FORMAT = FORMATS.add("group_sparse_int4", Format("group_sparse_int4", tensor_specs, pack, unpack, matmul_ref, check,
-                                                 params, kernel="group_sparse_int4"))
+                                                 params, kernel="group_sparse_int4", spec_params=spec_params))

@@ -1,7 +1,8 @@
 """``int4``: dense group-quantized 4-bit weights (GPTQ/RTN codes), the baseline the sparse formats are compared with.
 
 Tensors (g = group size in original input columns, in % g == 0, in % 2 == 0):
-    qweight: [out, in/2], uint8 — nibble-packed codes 0..15, ``byte = c[2k] | c[2k+1] << 4`` (low nibble = even column).
+    qweight: [out, in/2], uint8 — nibble-packed codes 0..15, ``byte = c[2k] | c[2k+1] << 4`` (low nibble = even
+             column).
     scales:  [out, in/g], float16/bfloat16 (float32 allowed; reference path only) — one scale per group.
     zeros:   [out, in/g], uint8 — integer zero point per group (symmetric: 8).
 Dequantized ``W[r, c] = (code[r, c] - zeros[r, c // g]) * scales[r, c // g]``; pruned weights hold the zero point.
@@ -27,7 +28,10 @@ def tensor_specs(out_features: int, in_features: int, group: int, dtype: str = "
             "zeros": Spec((out_features, groups), torch.uint8)}
 
 
-def check(out_features: int, in_features: int, group: int, dtype: str = "float16") -> None:
+def check(out_features: int, in_features: int, group: int, dtype: str = "float16",
+          bits: int = 4) -> None:
+    if bits > 4:
+        raise shape_error("int4", out_features, in_features, f"it holds codes of at most 4 bits, not {bits} (use w4)")
     if in_features % 2:
         raise shape_error("int4", out_features, in_features, "in_features must be even (two codes per byte)")
     check_group("int4", out_features, in_features, group)
@@ -60,4 +64,9 @@ def params(packed: dict[str, Tensor], in_features: int) -> dict:
     return {"group": in_features // packed["scales"].shape[1], "dtype": dtype_name(packed["scales"].dtype)}
 
 
-FORMAT = FORMATS.add("int4", Format("int4", tensor_specs, pack, unpack, matmul_ref, check, params, kernel="int4"))
+def spec_params(quant, in_features: int) -> dict:
+    """Parameters ``check`` takes for a recipe's ``QuantSpec`` (group 0 = one group per row)."""
+    return {"group": quant.group or in_features, "bits": quant.bits}
+
+FORMAT = FORMATS.add("int4", Format("int4", tensor_specs, pack, unpack, matmul_ref, check, params, kernel="int4",
+                                    spec_params=spec_params))

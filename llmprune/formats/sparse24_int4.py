@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import FORMATS, Format, Spec, dtype_name, float_dtype
+from . import FORMATS, Format, Spec, dtype_name, float_dtype, shape_error
 from ..types import QuantizedWeight
 from ._nm import check_24, pack_meta, positions, unpack_meta
 from ._quant import check_group, dequantize, group_of, linear_ref, masked_codes, require_quantized, zero_codes
@@ -33,7 +33,10 @@ def tensor_specs(out_features: int, in_features: int, group: int, dtype: str = "
             "zeros": Spec((out_features, groups), torch.uint8)}
 
 
-def check(out_features: int, in_features: int, group: int, dtype: str = "float16") -> None:
+def check(out_features: int, in_features: int, group: int, dtype: str = "float16",
+          bits: int = 4) -> None:
+    if bits > 4:
+        raise shape_error("sparse24_int4", out_features, in_features, f"codes have at most 4 bits, not {bits}")
     check_24("sparse24_int4", out_features, in_features)
     check_group("sparse24_int4", out_features, in_features, group)
     float_dtype(dtype)
@@ -75,5 +78,9 @@ def params(packed: dict[str, Tensor], in_features: int) -> dict:
     return {"group": in_features // packed["scales"].shape[1], "dtype": dtype_name(packed["scales"].dtype)}
 
 
+def spec_params(quant, in_features: int) -> dict:
+    """Parameters ``check`` takes for a recipe's ``QuantSpec`` (group 0 = one group per row)."""
+    return {"group": quant.group or in_features, "bits": quant.bits}
+
 FORMAT = FORMATS.add("sparse24_int4", Format("sparse24_int4", tensor_specs, pack, unpack, matmul_ref, check, params,
-                                             kernel="sparse24_int4"))
+                                             kernel="sparse24_int4", spec_params=spec_params))

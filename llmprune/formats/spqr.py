@@ -13,7 +13,8 @@ Tensors (g1 = ``group``, in % g1 == 0; G = in/g1; R = ceil(out/g2), g2 = ``stat_
     zero_codes:      [out, G], uint8 — first-level zero points, quantized to stat_bits.
     scale_scale, scale_zero: [R, G], float16 (or the chosen dtype) — second level of the scales: row r, group j uses
                      ``scale[r, j] = (scale_codes[r, j] - scale_zero[r // g2, j]) * scale_scale[r // g2, j]``.
-    zero_scale, zero_zero:   [R, G], same — ``zero[r, j] = (zero_codes[r, j] - zero_zero[r // g2, j]) * zero_scale[...]``.
+    zero_scale, zero_zero:   [R, G], same — ``zero[r, j] = (zero_codes[r, j] - zero_zero[r // g2, j])
+                     * zero_scale[r // g2, j]``.
     outlier_row_ptr: [out+1], int32 — CSR row pointers; outlier_col: [nnz], int16 — columns, ascending per row;
     outlier_val:     [nnz], float16 (or the chosen dtype) — exact outlier weights, overwriting their positions.
 Dequantized ``W[r, c] = (code[r, c] - zero[r, c // g1]) * scale[r, c // g1]`` (float32), then outliers overwrite.
@@ -139,4 +140,9 @@ def params(packed: dict[str, Tensor], in_features: int) -> dict:
             "stat_bits": int(packed["stat_bits"][0]), "dtype": dtype_name(packed["outlier_val"].dtype)}
 
 
-FORMAT = FORMATS.add("spqr", Format("spqr", tensor_specs, pack, unpack, matmul_ref, check, params, kernel="spqr"))
+def spec_params(quant, in_features: int) -> dict:
+    """Parameters ``check`` takes for a recipe's ``QuantSpec`` (group 0 = SpQR's g1 = 16, as quant/spqr.py)."""
+    return {"bits": quant.bits, "group": quant.group or 16, "stat_group": 1}
+
+FORMAT = FORMATS.add("spqr", Format("spqr", tensor_specs, pack, unpack, matmul_ref, check, params, kernel="spqr",
+                                    spec_params=spec_params))
