@@ -68,11 +68,11 @@ def test_group_sparse_int4_roundtrip_exact(out_f, groups, group, sym, dtype, see
 
 
 @SETTINGS
-@given(out_f=st.integers(1, 20), groups=st.integers(1, 5), group=st.sampled_from([1, 4, 16]),
+@given(blocks=st.integers(1, 3), groups=st.integers(1, 5), group=st.sampled_from([1, 4, 16]),
        stat_group=st.sampled_from([1, 3, 16]), bits=st.integers(2, 8), frac=st.sampled_from([0.0, 0.05, 0.5]),
        dtype=st.sampled_from(FLOATS), seed=st.integers(0, 99))
-def test_spqr_roundtrip_exact(out_f, groups, group, stat_group, bits, frac, dtype, seed):
-    qw = random_spqr_qw(out_f, groups * group, group, stat_group, bits=bits, outlier_frac=frac, seed=seed, dtype=dtype)
+def test_spqr_roundtrip_exact(blocks, groups, group, stat_group, bits, frac, dtype, seed):
+    qw = random_spqr_qw(blocks * stat_group, groups * group, group, stat_group, bits=bits, outlier_frac=frac, seed=seed, dtype=dtype)
     _roundtrip("spqr", qw, dtype)
 
 
@@ -128,6 +128,7 @@ def test_sparse24_rejects_dense_weight():
     ("sparse24", (8, 12), None, "2:4", "not a multiple of 8"),
     ("group_sparse_int4", (8, 32), "w4g16", "0.5@g8", "needs group sparsity with the quantization group"),
     ("spqr", (8, 24), "w3g16", None, "group size 16 does not divide"),
+    ("spqr", (12, 32), "w3g16", None, "stat_group 16 must divide out_features"),
 ])
 def test_check_layer_refuses_before_calibration(fmt, shape, quant, sparsity, fragment):
     from llmprune.formats import check_layer
@@ -147,5 +148,5 @@ def test_check_layer_accepts_fitting_layers():
     check_layer("int4", "a", 8, 32, quant=parse_quant("w4g16"))
     check_layer("int4", "a", 8, 30, quant=parse_quant("w4"))
     check_layer("group_sparse_int4", "a", 8, 32, quant=parse_quant("w4g16"), sparsity=parse_sparsity("0.5@g16"))
-    check_layer("spqr", "a", 8, 32, quant=parse_quant("w3g16", method="spqr"))
+    check_layer("spqr", "a", 16, 32, quant=parse_quant("w3g16", method="spqr"))
     check_layer("dense", "a", 8, 7)

@@ -5,7 +5,7 @@ SpQR (Dettmers et al. 2023, arXiv:2306.03078, §4.1-4.2): weights are quantized 
 groups of g2 consecutive output rows of the same column group, with 16-bit second-level scale and zero; weights whose
 error stays large are kept exactly as 16-bit outliers in a CSR structure.
 
-Tensors (g1 = ``group``, in % g1 == 0; G = in/g1; R = ceil(out/g2), g2 = ``stat_group``; nnz = outliers):
+Tensors (g1 = ``group``, in % g1 == 0; G = in/g1; R = out/g2, g2 = ``stat_group`` dividing out; nnz = outliers):
     bits, stat_bits: [1], uint8 — the code widths (the packed stream alone does not imply them).
     qweight:         [out, ceil(in*bits/32)], int32 — codes bit-packed little-endian per row (code j occupies bits
                      j*bits .. j*bits+bits-1 of the row's bit stream; see ``formats.bits``).
@@ -44,7 +44,7 @@ _SECOND = ("scale_scale", "scale_zero", "zero_scale", "zero_zero")
 
 def tensor_specs(out_features: int, in_features: int, bits: int, group: int, stat_group: int, nnz: int,
                  stat_bits: int = 3, dtype: str = "float16") -> dict[str, Spec]:
-    groups, blocks, fd = in_features // group, -(-out_features // stat_group), float_dtype(dtype)
+    groups, blocks, fd = in_features // group, out_features // stat_group, float_dtype(dtype)
     specs = {"bits": Spec((1,), torch.uint8), "stat_bits": Spec((1,), torch.uint8),
              "qweight": Spec((out_features, packed_words(in_features, bits)), torch.int32),
              "scale_codes": Spec((out_features, groups), torch.uint8),
@@ -58,8 +58,11 @@ def tensor_specs(out_features: int, in_features: int, bits: int, group: int, sta
 def check(out_features: int, in_features: int, bits: int, group: int, stat_group: int, nnz: int = 0,
           stat_bits: int = 3, dtype: str = "float16") -> None:
     check_group("spqr", out_features, in_features, group)
-    if not 1 <= bits <= 8 or not 1 <= stat_bits <= 8 or stat_group < 1:
-        raise shape_error("spqr", out_features, in_features, "bits and stat_bits must be 1..8 and stat_group >= 1")
+    if not 1 <= bits <= 8 or not 1 <= stat_bits <= 8:
+        raise shape_error("spqr", out_features, in_features, "bits and stat_bits must be 1..8")
+    if stat_group < 1 or out_features % stat_group:
+        raise shape_error("spqr", out_features, in_features, f"stat_group {stat_group} must divide out_features "
+                                                             f"(second-level groups of rows)")
     if in_features > 32767:
         raise shape_error("spqr", out_features, in_features, "outlier columns are int16: in_features must be < 32768")
     float_dtype(dtype)
@@ -107,7 +110,7 @@ def pack(qw: QuantizedWeight, dtype: str = "float16") -> dict[str, Tensor]:
 def first_level(packed: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     """The dequantized first-level ``scale, zero [out, G]`` (float32) from the bilevel statistics."""
     out_features = packed["scale_codes"].shape[0]
-    block = -(-out_features // packed["scale_scale"].shape[0])
+    block = out_features // packed["scale_scale"].shape[0]
     rows = torch.arange(out_features, device=packed["scale_codes"].device) // block
     f32 = {name: packed[name].to(torch.float32)[rows] for name in _SECOND}
     scale = (packed["scale_codes"].to(torch.float32) - f32["scale_zero"]) * f32["scale_scale"]
@@ -136,13 +139,15 @@ def matmul_ref(x: Tensor, packed: dict[str, Tensor]) -> Tensor:
 def params(packed: dict[str, Tensor], in_features: int) -> dict:
     out_features, groups = packed["scale_codes"].shape
     return {"bits": int(packed["bits"][0]), "group": in_features // groups,
-            "stat_group": -(-out_features // packed["scale_scale"].shape[0]), "nnz": packed["outlier_val"].numel(),
+            "stat_group": out_features // packed["scale_scale"].shape[0], "nnz": packed["outlier_val"].numel(),
             "stat_bits": int(packed["stat_bits"][0]), "dtype": dtype_name(packed["outlier_val"].dtype)}
 
 
 def spec_params(quant, in_features: int) -> dict:
-    """Parameters ``check`` takes for a recipe's ``QuantSpec`` (group 0 = SpQR's g1 = 16, as quant/spqr.py)."""
-    return {"bits": quant.bits, "group": quant.group or 16, "stat_group": 1}
+    """Parameters ``check`` takes for a recipe's ``QuantSpec`` (defaults as quant/spqr.py: g1 = 16, g2 = 16)."""
+    options = dict(quant.options)
+    return {"bits": quant.bits, "group": quant.group or 16, "stat_group": int(options.get("stat_group", 16)),
+            "stat_bits": int(options.get("stat_bits", 3))}
 
 FORMAT = FORMATS.add("spqr", Format("spqr", tensor_specs, pack, unpack, matmul_ref, check, params, kernel="spqr",
                                     spec_params=spec_params))
