@@ -33,7 +33,7 @@ def sweep_command(
 ) -> None:
     """Prune MODEL at every level, evaluate perplexity, and recommend the essential sparsity."""
     from llmprune.checkpoint import check_output_dir
-    from llmprune.evals.sweep import SweepConfig, parse_levels, run_sweep, write_sweep
+    from llmprune.evals.sweep import SweepConfig, SweepHooks, parse_levels, run_sweep, write_sweep
     from llmprune.recipe import Calibration
 
     from .compress import _options
@@ -52,7 +52,8 @@ def sweep_command(
 
     loaded = resolve(model)
     log = (lambda line: None) if quiet else (lambda line: typer.echo(line, err=True))
-    result = run_sweep(loaded.model, loaded.tokenizer, config, model_name=model, progress=not quiet, log=log)
+    result = run_sweep(loaded.model, loaded.tokenizer, config, model_name=model, progress=not quiet,
+                       hooks=SweepHooks(log=log))
     write_sweep(result, output, force=force)
     for line in recommendation(result):
         typer.echo(line)

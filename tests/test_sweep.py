@@ -209,3 +209,22 @@ def test_sweep_cli_bad_input_exits_2_and_writes_nothing(args, message, tmp_path,
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.startswith("error: ") and err.count("\n") == 1
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_sweep_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
+    from tests.tiny_models import save_tiny
+
+    src = save_tiny(tmp_path / "src", "llama")
+    text = tmp_path / "eval.txt"
+    text.write_text(" ".join(["Sparse models keep only their largest weights, and a sweep shows how many."] * 30))
+    out = tmp_path / "out"
+    code = main(["sweep", str(src), "--method", "magnitude", "--method", "wanda+dsnot", "--sparsity", "0.3,0.6,2:4",
+                 "--calib", "c4", "--nsamples", "2", "--seqlen", "16", "--ppl", str(text), "--ppl-seqlen", "64",
+                 "-o", str(out), "--quiet"])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    data = json.loads((out / "sweep.json").read_text())
+    assert [p["variant"] for p in data["points"]] == ["magnitude"] * 3 + ["wanda+dsnot"] * 3
+    assert data["calibration"]["nsamples"] == 2 and data["reuse"]["calibration_windows"]
+    assert "essential sparsity" in stdout or "no level stays" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["sweep.csv", "sweep.json", "sweep.png"]
