@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import float_dtype
 from ..errors import UserInputError
 from ..types import QuantizedWeight
 
@@ -55,6 +56,23 @@ def dequantize(codes: Tensor, scales: Tensor, zeros: Tensor, group: int) -> Tens
 def linear_ref(x: Tensor, weight: Tensor) -> Tensor:
     """``x @ weight.T`` in the activation dtype (the reference path of every format)."""
     return torch.nn.functional.linear(x, weight.to(device=x.device, dtype=x.dtype))
+
+
+def check_int4(fmt: str, out_features: int, in_features: int, group: int, dtype: str, bits: int) -> None:
+    """The checks every nibble format shares: codes fit 4 bits, the group divides the row, a storable dtype."""
+    if bits > 4:
+        raise UserInputError(f"--format {fmt} holds codes of at most 4 bits, not {bits}; use --quant w4...")
+    check_group(fmt, out_features, in_features, group)
+    float_dtype(dtype)
+
+
+def prepare(qw, fmt: str, check, dtype: str) -> tuple[int, Tensor, Tensor]:
+    """Checks shared by the nibble formats' ``pack``; returns ``(group, zeros uint8, codes with pruned = zero)``."""
+    require_quantized(qw, fmt)
+    group = group_of(qw)
+    check(*qw.shape, group, dtype=dtype)
+    zeros = zero_codes(qw, fmt)
+    return group, zeros, masked_codes(qw, zeros, group)
 
 
 def check_group(fmt: str, out_features: int, in_features: int, group: int) -> None:

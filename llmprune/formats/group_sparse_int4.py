@@ -25,7 +25,7 @@ from torch import Tensor
 
 from . import FORMATS, Format, Spec, dtype_name, float_dtype, shape_error
 from ..types import QuantizedWeight
-from ._quant import check_group, group_of, linear_ref, masked_codes, require_quantized, zero_codes
+from ._quant import check_int4, linear_ref, prepare
 from .bits import pack_nibbles, unpack_nibbles
 
 
@@ -39,16 +39,13 @@ def tensor_specs(out_features: int, in_features: int, group: int, kept: int,
 
 def check(out_features: int, in_features: int, group: int, kept: int | None = None,
           dtype: str = "float16", bits: int = 4) -> None:
-    if bits > 4:
-        raise shape_error("group_sparse_int4", out_features, in_features, f"codes have at most 4 bits, not {bits}")
-    check_group("group_sparse_int4", out_features, in_features, group)
+    check_int4("group_sparse_int4", out_features, in_features, group, dtype, bits)
     if group % 2:
         raise shape_error("group_sparse_int4", out_features, in_features, f"group size {group} must be even")
     if in_features // group > 32767:
         raise shape_error("group_sparse_int4", out_features, in_features, "too many groups for int16 indices")
     if kept is not None and not 1 <= kept <= in_features // group:
         raise shape_error("group_sparse_int4", out_features, in_features, f"kept groups {kept} out of range")
-    float_dtype(dtype)
 
 
 def _kept_groups(codes: Tensor, zeros: Tensor, group: int) -> Tensor:
@@ -64,12 +61,8 @@ def _kept_groups(codes: Tensor, zeros: Tensor, group: int) -> Tensor:
 
 def pack(qw: QuantizedWeight, dtype: str = "float16") -> dict[str, Tensor]:
     """Pack a group-sparse ``QuantizedWeight`` (whole groups pruned; the quantization group = the sparsity group)."""
-    require_quantized(qw, "group_sparse_int4")
+    group, zeros, codes = prepare(qw, "group_sparse_int4", check, dtype)
     out_features, in_features = qw.shape
-    group = group_of(qw)
-    check(out_features, in_features, group, dtype=dtype)
-    zeros = zero_codes(qw, "group_sparse_int4")
-    codes = masked_codes(qw, zeros, group)
     idx = _kept_groups(codes, zeros, group)
     blocks = codes.reshape(out_features, in_features // group, group)
     kept_codes = blocks.gather(1, idx.unsqueeze(-1).expand(-1, -1, group)).reshape(out_features, -1)

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from . import FORMATS, Format, Spec, dtype_name, float_dtype, shape_error
 from ..types import QuantizedWeight
-from ._quant import check_group, dequantize, group_of, linear_ref, masked_codes, require_quantized, zero_codes
+from ._quant import check_int4, dequantize, linear_ref, prepare
 from .bits import pack_nibbles, unpack_nibbles
 
 
@@ -30,22 +30,14 @@ def tensor_specs(out_features: int, in_features: int, group: int, dtype: str = "
 
 def check(out_features: int, in_features: int, group: int, dtype: str = "float16",
           bits: int = 4) -> None:
-    if bits > 4:
-        raise shape_error("int4", out_features, in_features, f"it holds codes of at most 4 bits, not {bits} (use w4)")
+    check_int4("int4", out_features, in_features, group, dtype, bits)
     if in_features % 2:
         raise shape_error("int4", out_features, in_features, "in_features must be even (two codes per byte)")
-    check_group("int4", out_features, in_features, group)
-    float_dtype(dtype)
 
 
 def pack(qw: QuantizedWeight, dtype: str = "float16") -> dict[str, Tensor]:
     """Nibble-pack a ``QuantizedWeight`` with codes < 16; pruned positions get the zero point."""
-    require_quantized(qw, "int4")
-    out_features, in_features = qw.shape
-    group = group_of(qw)
-    check(out_features, in_features, group, dtype)
-    zeros = zero_codes(qw, "int4")
-    codes = masked_codes(qw, zeros, group)
+    _, zeros, codes = prepare(qw, "int4", check, dtype)
     return {"qweight": pack_nibbles(codes).contiguous(), "scales": qw.scales.to(float_dtype(dtype)).contiguous(),
             "zeros": zeros.contiguous()}
 

@@ -18,10 +18,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import FORMATS, Format, Spec, dtype_name, float_dtype, shape_error
+from . import FORMATS, Format, Spec, dtype_name, float_dtype
 from ..types import QuantizedWeight
 from ._nm import check_24, pack_meta, positions, unpack_meta
-from ._quant import check_group, dequantize, group_of, linear_ref, masked_codes, require_quantized, zero_codes
+from ._quant import check_int4, dequantize, linear_ref, prepare
 from .bits import pack_nibbles, unpack_nibbles
 
 
@@ -35,21 +35,14 @@ def tensor_specs(out_features: int, in_features: int, group: int, dtype: str = "
 
 def check(out_features: int, in_features: int, group: int, dtype: str = "float16",
           bits: int = 4) -> None:
-    if bits > 4:
-        raise shape_error("sparse24_int4", out_features, in_features, f"codes have at most 4 bits, not {bits}")
     check_24("sparse24_int4", out_features, in_features)
-    check_group("sparse24_int4", out_features, in_features, group)
-    float_dtype(dtype)
+    check_int4("sparse24_int4", out_features, in_features, group, dtype, bits)
 
 
 def pack(qw: QuantizedWeight, dtype: str = "float16") -> dict[str, Tensor]:
     """Pack a 2:4-sparse ``QuantizedWeight`` (its mask, or its non-zero dequantized weights, give the pattern)."""
-    require_quantized(qw, "sparse24_int4")
+    group, zeros, codes = prepare(qw, "sparse24_int4", check, dtype)
     out_features, in_features = qw.shape
-    group = group_of(qw)
-    check(out_features, in_features, group, dtype)
-    zeros = zero_codes(qw, "sparse24_int4")
-    codes = masked_codes(qw, zeros, group)
     cols_z = torch.arange(in_features, device=codes.device) // group
     keep = codes != zeros[:, cols_z]  # a kept code equal to the zero point is an exact 0 and needs no slot
     pos = positions(keep, "sparse24_int4")
