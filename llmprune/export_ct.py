@@ -19,6 +19,7 @@ Deviation: the legacy ``sparse-24-bitmask`` format is not written (compressed-te
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import torch
@@ -126,4 +127,15 @@ def export_compressed_tensors(model: nn.Module, report, out_dir, *, recipe=None,
         compressor.update_config(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        _provenance(tmp, quantized, recipe)
     return Path(out_dir)
+
+
+def _provenance(directory: Path, quantized: dict[str, QuantizedWeight], recipe) -> None:
+    """``llmprune_export.json``: what was exported and by which versions (the weights' recipe, when given)."""
+    import compressed_tensors
+
+    layers = {name: dict(zip(("bits", "group", "symmetric"), _scheme_key(qw))) for name, qw in quantized.items()}
+    record = {"format": "pack-quantized", "compressed_tensors": compressed_tensors.__version__, "layers": layers,
+              "recipe": recipe.to_dict() if hasattr(recipe, "to_dict") else recipe}
+    (directory / "llmprune_export.json").write_text(json.dumps(record, indent=1) + "\n")

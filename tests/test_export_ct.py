@@ -66,6 +66,9 @@ def test_export_ct_decompresses_to_our_weights_exactly(tmp_path, group, symmetri
     stored = load_file(str(out / "model.safetensors"))
     assert not any(k.endswith("q_proj.weight") for k in stored)  # packed, no dense copy
     assert ("model.layers.0.mlp.up_proj.weight_zero_point" in stored) == (not symmetric)
+    record = json.loads((out / "llmprune_export.json").read_text())
+    assert record["layers"]["model.layers.0.mlp.up_proj"] == {"bits": bits, "group": group or None,
+                                                              "symmetric": symmetric}
 
 
 def _load_with_transformers(tmp_path, symmetric):
