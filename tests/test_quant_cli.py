@@ -1,0 +1,71 @@
+"""``llmprune compress --quant`` end to end on a tiny model, and one-line errors for bad quantization input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from llmprune.cli.main import main
+from tests.tiny_models import save_tiny
+
+CALIB = ["--calib", "c4", "--nsamples", "4", "--seqlen", "32", "--quiet"]
+
+
+def run_cli(args, capsys):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    return save_tiny(tmp_path_factory.mktemp("tiny") / "llama", "llama")
+
+
+@pytest.mark.parametrize("flags, bits", [
+    (["--quant", "w4g16"], 4 + 32 / 16),
+    (["--quant", "w3g16", "--quantizer", "spqr"], None),
+    (["--method", "gqsa", "--sparsity", "0.5", "--quant", "w4g16"], 0.5 * (4 + 48 / 16)),
+    (["--method", "sparsegpt", "--sparsity", "2:4", "--quant", "w4g32"], 0.5 * 4 + 1 + 32 / 32),
+])
+def test_cli_compress_with_quant_records_bits_and_grid_values(flags, bits, tiny_llama, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "out"
+    code, _, stderr = run_cli(["compress", tiny_llama, "-o", out, *flags, *CALIB], capsys)
+    assert code == 0, stderr
+    layers = json.loads((out / "llmprune.json").read_text())["report"]["layers"]
+    model = AutoModelForCausalLM.from_pretrained(out)
+    for name, record in layers.items():
+        if bits is not None:
+            assert record["bits_per_param"] == pytest.approx(bits)
+        else:
+            assert record["bits_per_param"] == pytest.approx(3.625 + 32 * record["outlier_fraction"])
+        if "spqr" in flags:
+            continue
+        # every row of every 16-column group takes at most 2**bits distinct values (a uniform grid)
+        weight = model.get_submodule(name).weight.detach()
+        rows, cols = weight.shape
+        groups = weight.reshape(rows, cols // 16, 16)
+        distinct = max(len(torch.unique(g)) for g in groups.reshape(-1, 16)[:64])
+        assert distinct <= 2 ** int(flags[flags.index("--quant") + 1][1])
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--quant", "w9"], "bits must be between 2 and 8"),
+    (["--quant", "w4g0"], "group size must be at least 1"),
+    (["--quant", "w4g1024"], "larger than the input dimension"),
+    (["--quant", "w4g48"], "not divisible by the group size 48"),
+    (["--quant", "w3g8s", "--quantizer", "spqr"], "asymmetric"),
+    (["--quant", "w3g16", "--quantizer", "spqr", "--option", "stat_group=7"], "stat_group=7"),
+    (["--quant", "w3g16", "--quantizer", "spqr", "--option", "stat_bits=0"], "stat_bits=0"),
+    (["--quant", "w4g16", "--quantizer", "gtpq"], "did you mean 'gptq'"),
+])
+def test_cli_bad_quant_is_one_line_and_writes_nothing(flags, words, tiny_llama, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, stderr = run_cli(["compress", tiny_llama, "-o", out, "--nsamples", "2", "--seqlen", "16", "--quiet",
+                               *flags], capsys)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], stderr
+    assert not out.exists() and not list(tmp_path.glob(".*out*"))
