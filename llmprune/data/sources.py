@@ -71,8 +71,9 @@ class TextSource:
 
 
 def is_file_spec(spec: str) -> bool:
-    """True for an existing path or a name ending in a supported file suffix (a missing file is then an error)."""
-    return Path(spec).expanduser().exists() or str(spec).lower().endswith(FILE_SUFFIXES)
+    """True for an existing file or a name ending in a supported suffix (a missing file is then an error). A folder
+    that happens to be called ``c4`` in the working directory does not shadow the named source."""
+    return Path(spec).expanduser().is_file() or str(spec).lower().endswith(FILE_SUFFIXES)
 
 
 def file_sha256(path: Path) -> str:
