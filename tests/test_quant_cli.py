@@ -6,21 +6,7 @@ import json
 import pytest
 import torch
 
-from llmprune.cli.main import main
-from tests.tiny_models import save_tiny
-
-CALIB = ["--calib", "c4", "--nsamples", "4", "--seqlen", "32", "--quiet"]
-
-
-def run_cli(args, capsys):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    return save_tiny(tmp_path_factory.mktemp("tiny") / "llama", "llama")
+from tests.test_cli import CALIB, run_cli, tiny_llama  # noqa: F401  (the CLI helpers and the tiny-model fixture)
 
 
 @pytest.mark.parametrize("flags, bits", [

@@ -91,3 +91,10 @@ def test_check_quant_shape_names_the_layer():
 def test_rtn_refuses_a_group_that_does_not_divide():
     with pytest.raises(UserInputError, match="not divisible"):
         QUANTIZERS.get("rtn").fn(torch.randn(4, 40, generator=torch.Generator().manual_seed(104)), None, QuantSpec(4, 16, method="rtn"))
+
+
+def test_check_quant_shape_checks_spqr_second_level_groups_when_given_the_output_dimension():
+    spec = parse_quant("w3g16", method="spqr")
+    check_quant_shape(64, spec, "q", out_features=48)
+    with pytest.raises(UserInputError, match="stat_group=16 must divide the output dimension 40"):
+        check_quant_shape(64, spec, "q", out_features=40)

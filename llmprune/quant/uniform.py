@@ -74,9 +74,16 @@ def effective_group(spec: QuantSpec, in_features: int) -> int:
     return SPQR_DEFAULT_GROUP if spec.method == "spqr" else in_features
 
 
-def check_quant_shape(in_features: int, spec: QuantSpec, name: str = "") -> None:
-    """Refuse, before calibration, a group size the layer cannot hold (one line naming the layer and the fix)."""
+def check_quant_shape(in_features: int, spec: QuantSpec, name: str = "", out_features: int | None = None) -> None:
+    """Refuse, before calibration, a group size the layer cannot hold (one line naming the layer and the fix).
+
+    With ``out_features``, SpQR's second-level group (``stat_group`` in ``spec.options``, default 16) is checked too:
+    it must divide the output dimension."""
     where = f"{name}: " if name else ""
+    stat_group = int(dict(spec.options).get("stat_group", 16))
+    if spec.method == "spqr" and out_features is not None and (stat_group < 1 or out_features % stat_group):
+        raise UserInputError(f"{where}SpQR stat_group={stat_group} must divide the output dimension {out_features}; "
+                             f"set --option stat_group=N to a divisor (the paper uses 16) or exclude the layer")
     if not 2 <= spec.bits <= 8:
         raise UserInputError(f"{where}--quant {spec}: bits must be between 2 and 8")
     group = effective_group(spec, in_features)
