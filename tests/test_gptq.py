@@ -44,16 +44,18 @@ def test_gptq_with_fixed_mask_matches_oracle_and_keeps_zeros():
     assert bool((deq[~mask] == 0).all()) and torch.allclose(deq.double(), ref_w, atol=1e-6)
 
 
-def test_gptq_act_order_matches_oracle_on_group_permuted_columns():
+@pytest.mark.parametrize("group", [8, 0])
+def test_gptq_act_order_matches_oracle_on_group_permuted_columns(group):
     W, X, stats = _case(seed=5)
-    qw, info = _gptq(W, stats, QuantSpec(3, 8), act_order=True, block=16)
+    qw, info = _gptq(W, stats, QuantSpec(3, group), act_order=True, block=16)
     # the order written out by hand: groups by decreasing summed diag(H), columns inside by decreasing diag(H)
     diag = torch.diag(stats.hessian)
+    g = group or 32
     perm = []
-    for g in sorted(range(4), key=lambda g: -float(diag[8 * g : 8 * g + 8].sum())):
-        perm += sorted(range(8 * g, 8 * g + 8), key=lambda c: -float(diag[c]))
+    for k in sorted(range(32 // g), key=lambda k: -float(diag[g * k : g * k + g].sum())):
+        perm += sorted(range(g * k, g * k + g), key=lambda c: -float(diag[c]))
     perm = torch.tensor(perm)
-    ref_w, ref_codes, _ = gptq_unblocked(W[:, perm], stats.hessian[perm][:, perm], bits=3, group=8)
+    ref_w, ref_codes, _ = gptq_unblocked(W[:, perm], stats.hessian[perm][:, perm], bits=3, group=g)
     back = torch.argsort(perm)
     assert info["act_order"] and torch.equal(qw.codes.double(), ref_codes[:, back])
     assert torch.allclose(qw.dequantize().double(), ref_w[:, back], atol=1e-6)

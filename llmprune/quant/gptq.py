@@ -71,10 +71,8 @@ def act_order_perm(diag: Tensor, group: int) -> Tensor:
 def unpermute(perm: Tensor, group: int, columns: list[Tensor], grids: list[Tensor]) -> tuple[list, list]:
     """Back to the original column order: per-column tensors by ``perm``, per-group tensors by the group order."""
     inverse = torch.argsort(perm)
-    group_order = torch.argsort(perm.reshape(-1, group)[:, 0] // group) if grids and grids[0].shape[1] > 1 else None
-    cols = [c[:, inverse] for c in columns]
-    stats = [g if group_order is None else g[:, group_order] for g in grids]
-    return cols, stats
+    group_inverse = torch.argsort(perm[::group] // group)  # permuted group k holds original group perm[k·g] // g
+    return [c[:, inverse] for c in columns], [g[:, group_inverse] for g in grids]
 
 
 def _flag(value) -> bool:
