@@ -70,7 +70,8 @@ def _choose(W, H, keep, j, cols, fraction, nm, block):
 
 def gptq_unblocked(W, H, *, bits, group, symmetric=False, damp=0.01, mask=None, fraction=None, nm=None, block=128):
     """Returns (dequantized W float64, codes float64, keep). ``group == cols`` = one grid per row, fitted up front on
-    the whole (masked) W as GPTQ does; ``bits=None`` prunes only; ``mask`` fixed, or ``fraction``/``nm`` chosen as SparseGPT does."""
+    the whole (masked) W as GPTQ does; ``bits=None`` prunes only; ``mask`` fixed, or ``fraction``/``nm`` chosen as
+    SparseGPT does."""
     W, H = _damped(W, H, damp)
     rows, cols = W.shape
     keep = torch.ones(rows, cols, dtype=torch.bool) if mask is None else mask.clone()
