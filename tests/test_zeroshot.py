@@ -1,0 +1,183 @@
+"""Zero-shot evaluation through lm-eval: a tiny local task end to end against a direct log-likelihood oracle, the
+offline task copies against lm-eval's own YAMLs and the data facts in shared/data/SOURCES.md, and the task-name rule."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from llmprune.errors import DataNotFound, UserInputError
+from tests.tiny_models import tiny_model, tiny_tokenizer
+
+
+QUESTIONS = [
+    ("The sky on a clear day is", ["blue", "green", "loud"], 0),
+    ("Fish live in", ["trees", "water", "fire"], 1),
+    ("Two plus two equals", ["four", "seven", "nine"], 0),
+    ("A language model predicts the next", ["chair", "token", "river"], 1),
+    ("Sparse matrices store only their", ["non-zero entries", "colours", "names"], 0),
+]
+
+
+def _write_task(folder: Path) -> None:
+    rows = [{"q": q, "choices": c, "gold": g} for q, c, g in QUESTIONS]
+    (folder / "tiny.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "tiny_task.yaml").write_text(yaml.safe_dump({
+        "task": "tiny_local_qa", "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(folder / "tiny.jsonl")}},
+        "output_type": "multiple_choice", "test_split": "test", "doc_to_text": "Question: {{q}}\nAnswer:",
+        "doc_to_choice": "{{choices}}", "doc_to_target": "gold",
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+    }))
+
+
+def _oracle_loglik(model, tokenizer, context: str, choice: str) -> float:
+    """log P(choice | context) summed over the continuation tokens, by one plain forward pass (lm-eval's split:
+    the continuation is what encoding context + ' ' + choice adds after the context's tokens)."""
+    whole = tokenizer.encode(context + " " + choice, add_special_tokens=False)
+    ctx = tokenizer.encode(context, add_special_tokens=False)
+    ids = torch.tensor([whole])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(ids).logits.double(), dim=-1)[0]
+    return float(sum(logprobs[t - 1, whole[t]] for t in range(len(ctx), len(whole))))
+
+
+def test_zeroshot_tiny_local_task_matches_direct_loglikelihoods(tmp_path):
+    from llmprune.evals.zeroshot import run_zeroshot
+
+    _write_task(tmp_path)
+    model, _ = tiny_model("llama")
+    tokenizer = tiny_tokenizer()
+    result = run_zeroshot(model, tokenizer, ["tiny_local_qa"], batch_size=2, include_path=[tmp_path])
+    expected = [[_oracle_loglik(model, tokenizer, f"Question: {q}\nAnswer:", c) for c in choices]
+                for q, choices, _ in QUESTIONS]
+    got = result.loglikelihoods["tiny_local_qa"]
+    assert len(got) == len(QUESTIONS)
+    for row_got, row_want in zip(got, expected):
+        assert row_got == pytest.approx(row_want, abs=1e-3)
+    answers = [max(range(len(r)), key=r.__getitem__) for r in expected]
+    acc = sum(a == g for a, (_, _, g) in zip(answers, QUESTIONS)) / len(QUESTIONS)
+    score = result.scores[0]
+    assert result.answers["tiny_local_qa"] == answers
+    assert score.acc == pytest.approx(acc) and score.samples == len(QUESTIONS) and score.source == "include"
+    assert "| tiny_local_qa | include | 5 |" in result.table()
+    assert json.loads(json.dumps(result.to_dict()))["scores"][0]["acc"] == pytest.approx(acc)
+
+
+def _standard_yaml(relative: str) -> dict:
+    import lm_eval
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!function", lambda loader, node: f"!function {node.value}")
+    root = Path(lm_eval.__file__).parent / "tasks"
+    data = yaml.load((root / relative).read_text(), Loader=Loader)
+    if "include" in data:
+        data = {**_standard_yaml(str(Path(relative).parent / data["include"])), **data}
+    return data
+
+
+PROMPT_KEYS = ("output_type", "doc_to_text", "doc_to_target", "doc_to_choice")
+
+
+@pytest.mark.parametrize("name, standard", [("arc_easy", "arc/arc_easy.yaml"), ("arc_challenge", "arc/arc_challenge.yaml"),
+                                            ("piqa", "piqa/piqa.yaml"), ("boolq", "super_glue/boolq/default.yaml"),
+                                            ("hellaswag", "hellaswag/hellaswag.yaml")])
+def test_offline_task_prompts_and_metrics_equal_lm_eval_standard(name, standard):
+    from llmprune.evals.zeroshot import TASKS_DIR
+
+    ours = _standard_yaml_like(TASKS_DIR, f"{name}.yaml")
+    theirs = _standard_yaml(standard)
+    assert {k: ours.get(k) for k in PROMPT_KEYS} == {k: theirs.get(k) for k in PROMPT_KEYS}
+    assert [m["metric"] for m in ours["metric_list"]] == [m["metric"] for m in theirs["metric_list"]]
+    split = theirs.get("test_split") or theirs.get("validation_split")
+    assert (ours.get("test_split") or ours.get("validation_split")) == split
+    assert ours["task"] == f"llmprune_{name}"
+
+
+def _standard_yaml_like(folder: Path, name: str) -> dict:
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!function", lambda loader, node: f"!function {node.value}")
+    data = yaml.load((folder / name).read_text(), Loader=Loader)
+    if "include" in data:
+        data = {**_standard_yaml_like(folder, data["include"]), **data}
+    return data
+
+
+def _docs(task_name: str):
+    from lm_eval.tasks import TaskManager
+
+    from llmprune.evals.zeroshot import TASKS_DIR
+
+    task = TaskManager(include_defaults=False, include_path=str(TASKS_DIR)).load([task_name])["tasks"][task_name]
+    return task, list(task.eval_docs)
+
+
+def test_offline_arc_easy_rows_match_sources_md(shared_data):
+    task, docs = _docs("llmprune_arc_easy")
+    assert len(docs) == 2376  # the official ARC-Easy test count
+    first = json.loads((shared_data / "arc_easy" / "ARC-Easy-Test.jsonl").read_text().splitlines()[0])
+    assert first["id"] == "Mercury_417466"
+    assert task.doc_to_text(docs[0]) == f"Question: {first['question']['stem']}\nAnswer:"
+    assert task.doc_to_choice(docs[0]) == [c["text"] for c in first["question"]["choices"]]
+    assert task.doc_to_target(docs[0]) == "ABCD".index(first["answerKey"])
+
+
+def test_offline_boolq_piqa_hellaswag_label_counts_match_sources_md(shared_data):
+    _, boolq = _docs("llmprune_boolq")
+    assert len(boolq) == 3270 and sum(d["label"] for d in boolq) == 2033  # 2033 true -> "yes" (index 1)
+    _, piqa = _docs("llmprune_piqa")
+    assert len(piqa) == 1838 and sum(1 - d["label"] for d in piqa) == 910
+    task, hella = _docs("llmprune_hellaswag")
+    counts = [sum(d["label"] == k for d in hella) for k in range(4)]
+    assert len(hella) == 10042 and counts == [2515, 2485, 2584, 2458]
+    assert task.doc_to_text(hella[0]) == "Roof shingle removal: A man is sitting on a roof. he"
+    assert task.doc_to_choice(hella[0])[3] == "starts pulling up roofing on a roof." and task.doc_to_target(hella[0]) == 3
+
+
+def test_zeroshot_task_rule_local_then_hub(monkeypatch, tmp_path, shared_data):
+    from llmprune.evals.zeroshot import resolve_tasks
+
+    monkeypatch.setenv("LLMPRUNE_DATA_DIR", str(shared_data))
+    assert [(c.task, c.source) for c in resolve_tasks(["arc_easy", "hellaswag"])] == \
+        [("llmprune_arc_easy", "local"), ("llmprune_hellaswag", "local")]
+    monkeypatch.setenv("LLMPRUNE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert [(c.task, c.source) for c in resolve_tasks(["piqa"])] == [("piqa", "hub")]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataNotFound, match=r"task piqa: piqa/valid.jsonl not found in LLMPRUNE_DATA_DIR="):
+        resolve_tasks(["piqa"])
+
+
+def test_zeroshot_unknown_task_did_you_mean():
+    from llmprune.evals.zeroshot import resolve_tasks
+
+    with pytest.raises(UserInputError, match=r"unknown zero-shot task 'arc_eazy'; did you mean 'arc_easy'\?"):
+        resolve_tasks(["arc_eazy"])
+    with pytest.raises(UserInputError, match="--tasks is empty"):
+        resolve_tasks([" "])
+
+
+def test_eval_cli_unknown_task_is_one_line_exit_2(tmp_path, capsys):
+    from llmprune.cli.main import main
+    from tests.tiny_models import save_tiny
+
+    folder = save_tiny(tmp_path / "tiny", "llama")
+    assert main(["eval", str(folder), "--tasks", "hellaswga"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert err == ["error: unknown zero-shot task 'hellaswga'; did you mean 'hellaswag'?"]
+
+
+def test_zeroshot_module_imports_no_lm_eval():
+    code = "import sys, llmprune.evals.zeroshot, llmprune.evals.batch, llmprune.model_cards, llmprune.hub; " \
+           "print(sorted(m for m in ('lm_eval', 'matplotlib', 'triton') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
