@@ -77,7 +77,8 @@ def _random_spqr(gen, n, k, dtype, bits=3, g1=16, g2=16, per_row=None):
             "zero_scale": _scales(gen, (blocks, groups), dtype, 0.5, 1.0),
             "zero_zero": _scales(gen, (blocks, groups), dtype, -0.5, 0.5),
             "outlier_row_ptr": (torch.arange(n + 1, device=dev) * per_row).to(torch.int32),
-            "outlier_col": cols.reshape(-1).to(torch.int16), "outlier_val": _scales(gen, (n * per_row,), dtype, -0.2, 0.2)}
+            "outlier_col": cols.reshape(-1).to(torch.int16),
+            "outlier_val": _scales(gen, (n * per_row,), dtype, -0.2, 0.2)}
 
 
 def nbytes(tensors) -> int:
@@ -122,15 +123,11 @@ def copy_bandwidth(timer: Timer) -> float:
     return 2 * src.numel() / us / 1e3
 
 
-def kernel_api(fmt: str):
-    from llmprune.kernels import matmul_fn
-
-    return matmul_fn(fmt)
-
-
 def check(formats, dtypes, shape=(11008, 4096)) -> list[str]:
     """Every regime of every kernel against ``formats.<fmt>.matmul_ref`` at full size; returns markdown rows."""
     import importlib
+
+    from llmprune.kernels import matmul_fn
 
     rows, n, k = [], *shape
     for fmt in formats:
@@ -141,7 +138,7 @@ def check(formats, dtypes, shape=(11008, 4096)) -> list[str]:
                               (512, "dense"), (37, None)]:
                 x = torch.randn(m, k, device="cuda").to(dtype)
                 out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
-                kernel_api(fmt)(x, packed, out=out, regime=regime)
+                matmul_fn(fmt)(x, packed, out=out, regime=regime)
                 ref = ref_fn(x, packed).float()
                 err = float((out.float() - ref).norm() / ref.norm())
                 ok = bool(torch.isfinite(out).all()) and err <= CHECK_BOUND[dtype]
@@ -151,9 +148,11 @@ def check(formats, dtypes, shape=(11008, 4096)) -> list[str]:
     return rows
 
 
-def bench_shape(fmt, n, k, dtype, batches, timer, copy_gbs, emit):
+def bench_shape(fmt, n, k, dtype, batches, timer, copy_gbs, emit, records):
     """Time the automatic regime (and gemm vs dense at >= 64 tokens, for select.py) against cuBLAS."""
     from torch.nn.functional import linear
+
+    from llmprune.kernels import matmul_fn
 
     packed = random_packed(fmt, n, k, dtype)
     dense_w = (torch.randn(n, k, device="cuda") * 0.02).to(dtype)
@@ -163,7 +162,7 @@ def bench_shape(fmt, n, k, dtype, batches, timer, copy_gbs, emit):
 
         semi = semi_structured_weight(random_packed("sparse24", n, k, dtype))
     ratio = n * k * 2 / nbytes(packed.values())
-    fn = kernel_api(fmt)
+    fn = matmul_fn(fmt)
     for m in batches:
         x = torch.randn(m, k, device="cuda").to(dtype)
         out = torch.empty(m, n, dtype=dtype, device="cuda")
@@ -173,10 +172,46 @@ def bench_shape(fmt, n, k, dtype, batches, timer, copy_gbs, emit):
         for regime in regimes:
             t, graphed = timer(lambda: fn(x, packed, out=out, regime=regime))
             gbs = (nbytes(packed.values()) + nbytes([x, out])) / t / 1e3
+            records.append({"fmt": fmt, "n": n, "k": k, "m": m, "regime": regime, "t": t, "dense": t_dense,
+                            "bw": gbs / copy_gbs})
             semi_txt = f"{t_semi / t:.2f}x" if t_semi else "-"
             emit(f"| {n}x{k} | {m} | {str(dtype)[6:]} | {fmt} | {regime or 'auto'} | {t:.1f} | {t_dense:.1f} | "
                  f"{t_dense / t:.2f}x | {semi_txt} | {gbs:.0f} | {100 * gbs / copy_gbs:.0f}% | {ratio:.2f} | "
                  f"{'graph' if graphed else 'eager'} |")
+
+
+GOALS = {"int4": 3.0, "sparse24_int4": 4.0, "group_sparse_int4": 4.0}  # issue 6, batch 1-16 on the MLP shapes
+
+
+def summary(records: list[dict]) -> list[str]:
+    """Goal checks (issue 6) and the measured dispatch crossover to copy into kernels/select.py."""
+    out = ["## Summary", ""]
+    auto = [r for r in records if r["regime"] is None]
+    for fmt in sorted({r["fmt"] for r in auto}):
+        mine = [r for r in auto if r["fmt"] == fmt]
+        mlp = [r for r in mine if r["m"] <= 16 and max(r["n"], r["k"]) in (11008, 14336)]
+        big = [r for r in mine if r["m"] >= 512]
+        if mlp:
+            worst = min(r["dense"] / r["t"] for r in mlp)
+            goal = f" (goal {GOALS[fmt]:.0f}x: {'met' if worst >= GOALS[fmt] else 'NOT met'})" if fmt in GOALS else ""
+            out.append(f"- {fmt}: batch 1-16 on MLP shapes: worst {worst:.2f}x over dense{goal}, bandwidth "
+                       f"{100 * min(r['bw'] for r in mlp):.0f}-{100 * max(r['bw'] for r in mlp):.0f}% of copy")
+        if big:
+            worst = min(r["dense"] / r["t"] for r in big)
+            out.append(f"- {fmt}: batch >= 512: worst {worst:.2f}x of dense ({'ok' if worst >= 0.9 else 'SLOWER'} "
+                       "against the 10% bound)")
+    out += ["", "Dispatch crossover (median over shapes of gemm time / dense-regime time; > 1: dense wins):", ""]
+    crossover = {}
+    for fmt in sorted({r["fmt"] for r in records}):
+        ratios = {}
+        for m in sorted({r["m"] for r in records if r["fmt"] == fmt and r["regime"] == "gemm"}):
+            pairs = [(r, s) for r in records for s in records if r["fmt"] == s["fmt"] == fmt and r["m"] == s["m"] == m
+                     and (r["n"], r["k"]) == (s["n"], s["k"]) and r["regime"] == "gemm" and s["regime"] == "dense"]
+            ratios[m] = statistics.median(r["t"] / s["t"] for r, s in pairs)
+        out.append(f"- {fmt}: " + ", ".join(f"batch {m}: {v:.2f}" for m, v in ratios.items()))
+        crossover[fmt] = min([m for m, v in ratios.items() if v > 1.0], default=None)
+    out += ["", f"Suggested `DENSE_FROM` (first measured batch where dense wins; None: gemm always won): {crossover}"]
+    return out
 
 
 def _try_time(timer, fn):
@@ -188,19 +223,11 @@ def _try_time(timer, fn):
 
 
 def versions() -> str:
-    import triton
-
+    import triton  # noqa: I001  (only on the GPU path)
     props = torch.cuda.get_device_properties(0)
     return (f"GPU: {props.name} ({props.total_memory >> 30} GiB, {props.multi_processor_count} SMs); "
             f"torch {torch.__version__}, CUDA {torch.version.cuda}, triton {triton.__version__}; "
             f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def parse(argv):
@@ -225,11 +252,8 @@ def main(argv=None) -> int:
               "(benchmarks/gpu_check.sh does the whole check).")
         return 0
     formats, dtypes = args.formats.split(","), [getattr(torch, d) for d in args.dtypes.split(",")]
-    if args.pinned:
-        import importlib
-
-        for fmt in formats:
-            importlib.import_module(f"llmprune.kernels.{fmt}").KERNELS.pinned = True
+    for fmt in formats if args.pinned else []:
+        __import__(f"llmprune.kernels.{fmt}", fromlist=["KERNELS"]).KERNELS.pinned = True
     shapes, batches = ([(11008, 4096)], [1, 16, 512]) if args.quick else (SHAPES, BATCHES)
     gpu = torch.cuda.get_device_name(0).replace(" ", "-")
     mode = "-".join(m for m, on in (("check", args.check), ("bench", args.bench), ("pinned", args.pinned)) if on)
@@ -255,13 +279,19 @@ def main(argv=None) -> int:
                 print(row, file=log, flush=True)
                 print(row, flush=True)
 
+            records = []
             for n, k in shapes:
                 for fmt in formats:
                     for dtype in dtypes:
-                        bench_shape(fmt, n, k, dtype, batches, timer, copy_gbs, emit)
+                        bench_shape(fmt, n, k, dtype, batches, timer, copy_gbs, emit, records)
         partial.unlink()
-    write_atomic(Path(args.results) / f"{name}.md", "\n".join(lines) + "\n")
-    print(f"wrote {Path(args.results) / (name + '.md')}")
+        lines += ["", *summary(records)]
+        print("\n".join(summary(records)))
+    final = Path(args.results) / f"{name}.md"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    final.with_suffix(".md.tmp").write_text("\n".join(lines) + "\n")
+    os.replace(final.with_suffix(".md.tmp"), final)  # atomic: a reader never sees half a report
+    print(f"wrote {final}")
     return 1 if failed else 0
 
 

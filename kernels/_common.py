@@ -8,6 +8,9 @@ config through numpy). Whether we are interpreting is read from the kernel objec
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Callable
+
 import torch
 import triton
 import triton.language as tl
@@ -91,14 +94,14 @@ def dot_f32(x: Tensor, interpret: bool) -> bool:
 
 def gemv_configs() -> list:
     """Row-block configs for decode: small BLOCK_N gives enough programs to fill the SMs at N = 4096."""
-    shapes = [(4, 512, 2), (8, 256, 4), (8, 512, 4), (16, 256, 4), (16, 128, 4), (32, 128, 8), (64, 64, 4)]
+    shapes = [(4, 512, 2), (8, 256, 4), (8, 512, 4), (16, 256, 4), (16, 128, 4), (32, 128, 8), (64, 64, 8)]
     return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=2) for bn, bk, w in shapes]
 
 
 def gemm_configs() -> list:
     """Tile configs for prefill in the spirit of Triton's matmul tutorial (grouped ordering, pipelined K loop)."""
-    shapes = [(16, 64, 128, 4, 3), (32, 64, 64, 4, 4), (64, 64, 64, 4, 4), (64, 128, 64, 4, 3),
-              (128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (128, 256, 64, 8, 3)]
+    shapes = [(16, 64, 128, 4, 3), (32, 64, 64, 4, 4), (64, 64, 64, 4, 4), (64, 128, 64, 8, 3),
+              (128, 128, 64, 8, 3), (128, 64, 64, 8, 4), (32, 128, 64, 4, 4)]
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st)
             for bm, bn, bk, w, st in shapes]
 
@@ -141,7 +144,9 @@ def launch(kernel, tuned, grid, args: tuple, consts: dict, fixed: dict | None) -
 def batched_matvec(x, w, BLOCK_B: tl.constexpr, DOT_F32: tl.constexpr):
     """acc[b, n] = sum_k x[b, k] * w[n, k]. Small batches use FMAs (decode is memory-bound, tensor cores idle);
     BLOCK_B = 16 feeds one padded tl.dot."""
-    if BLOCK_B <= 4:
+    if BLOCK_B == 1:
+        return tl.sum(w * x.to(tl.float32), axis=1)[None, :]
+    elif BLOCK_B <= 4:
         return tl.sum(x.to(tl.float32)[:, None, :] * w[None, :, :], axis=2)
     else:
         return dot_acc(x, tl.trans(w), tl.zeros((BLOCK_B, w.shape[0]), tl.float32), DOT_F32)
@@ -185,6 +190,20 @@ def grouped_pid(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.
     return pid_m, pid_n
 
 
+@dataclass(frozen=True)
+class Call:
+    """One format's launch: its packed tensors in kernel-argument order, output/input features, constexprs, the
+    runtime ints that follow the strides (``extra``), and how to build the dense weight for the ``dense`` regime."""
+
+    tensors: tuple
+    n: int
+    k: int
+    consts: dict
+    dequantize: Callable[[torch.dtype], Tensor]
+    extra: tuple = ()
+    gemm_ok: bool = True  # False: the GEMM kernel cannot take this layout (GQSA groups < 16), use GEMV blocks
+
+
 class KernelPair:
     """The decode (GEMV), prefill (GEMM) and dequantize kernels of one format, with autotuned twins for CUDA."""
 
@@ -217,7 +236,7 @@ class KernelPair:
         return regime
 
     def run(self, args: tuple, m: int, n: int, consts: dict, regime: str) -> None:
-        """Launch over ``[m, n]`` outputs; ``args`` end with (M, N, K, stride_xm, stride_om, ...) as every kernel's do."""
+        """Launch over ``[m, n]`` outputs; ``args`` hold (..., M, N, K, stride_xm, stride_om, extra ints)."""
         from .select import decode_max
 
         if regime == "gemv":
@@ -233,6 +252,23 @@ class KernelPair:
                 return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
 
             launch(self.gemm, self.gemm_tuned, grid, (*args, m_bucket(m)), consts, self._fixed(1))
+
+    def matmul(self, x: Tensor, call: Call, out: Tensor | None, regime: str | None) -> Tensor:
+        """The launcher body every format shares: flatten x, allocate y, pick the regime, launch."""
+        x2 = flatten_input(x, call.k, self.fmt, self.interpret)
+        y = alloc_out(x, x2, call.n, out, self.fmt)
+        m = x2.shape[0]
+        if m == 0:
+            return y
+        regime = self.regime(m, regime)
+        if regime == "gemm" and not call.gemm_ok:
+            regime = "gemv"
+        if regime == "dense":
+            dense_matmul(x2, call.dequantize(x.dtype), y)
+        else:
+            args = (x2, *call.tensors, y, m, call.n, call.k, x2.stride(0), call.n, *call.extra)
+            self.run(args, m, call.n, {**call.consts, "DOT_F32": dot_f32(x, self.interpret)}, regime)
+        return y
 
     def run_dequant(self, args: tuple, n: int, cols: int, consts: dict) -> None:
         """Launch the dequantize kernel over an ``[n, cols]`` grid of tiles (cols: dense or kept columns)."""

@@ -26,8 +26,8 @@ from llmprune.errors import UserInputError
 from llmprune.formats.group_sparse_int4 import matmul_ref as reference  # noqa: F401  (the tests' oracle)
 
 from ._common import (
-    KernelPair, alloc_out, check_packed, dense_matmul, dot_acc, dot_f32, expect_shape, flatten_input, grouped_pid,
-    load_rows, load_x, nibbles, per_column, store_out, supports,  # noqa: F401  (supports: the dispatcher's hook)
+    Call, KernelPair, check_packed, dot_acc, expect_shape, grouped_pid, load_rows, load_x, nibbles, per_column,
+    store_out, supports,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -145,17 +145,6 @@ def group_sparse_int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = No
     """
     k = x.shape[-1]
     n, kg, group = _checked(packed, x.device, k)
-    x2 = flatten_input(x, k, "group_sparse_int4", KERNELS.interpret)
-    y = alloc_out(x, x2, n, out, "group_sparse_int4")
-    m = x2.shape[0]
-    if m == 0:
-        return y
-    regime = KERNELS.regime(m, regime)
-    if regime == "gemm" and (group < 16 or group & (group - 1)):
-        regime = "gemv"
-    if regime == "dense":
-        dense_matmul(x2, group_sparse_int4_dequantize(packed, x.dtype, k), y)
-    else:
-        args = (x2, *_tensors(packed), y, m, n, k, x2.stride(0), n, kg)  # the GEMM launch appends M_BUCKET after KG
-        KERNELS.run(args, m, n, {"GROUP": group, "DOT_F32": dot_f32(x, KERNELS.interpret)}, regime)
-    return y
+    call = Call(_tensors(packed), n, k, {"GROUP": group}, lambda dtype: group_sparse_int4_dequantize(packed, dtype, k),
+                extra=(kg,), gemm_ok=group >= 16 and group & (group - 1) == 0)  # the GEMM launch appends M_BUCKET
+    return KERNELS.matmul(x, call, out, regime)

@@ -23,9 +23,8 @@ from llmprune.errors import UserInputError
 from llmprune.formats.int4 import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
 from ._common import (
-    KernelPair, alloc_out, batched_matvec, check_packed, dense_matmul, dot_acc, dot_f32, expect_shape,
-    flatten_input, grouped_pid, load_rows, load_x, nibbles, per_column, store_out, store_tile,
-    supports,  # noqa: F401  (supports: the dispatcher's hook)
+    Call, KernelPair, batched_matvec, check_packed, dot_acc, expect_shape, grouped_pid, load_rows, load_x,
+    nibbles, per_column, store_out, store_tile, supports,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -33,7 +32,8 @@ FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 @triton.jit
 def _int4_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Dequantized W[rn, k0 : k0+BLOCK_K] in float32: BLOCK_K/2 bytes per row loaded contiguously, split in registers."""
+    """Dequantized W[rn, k0 : k0+BLOCK_K] in float32: BLOCK_K/2 bytes per row loaded contiguously, split in
+    registers."""
     byte = load_rows(q_ptr, rn, N, k0 // 2, K // 2, K // 2, 0, BLOCK_K // 2).to(tl.int32)
     ok = rn < N
     scale = per_column(s_ptr, rn, ok, k0, K // GROUP, 0.0, GROUP, BLOCK_K).to(tl.float32)
@@ -111,15 +111,6 @@ def int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regime: s
     "dense" force one (tests, benchmarks). ``out``: an optional preallocated output (fully overwritten).
     """
     n, k, group = _checked(packed, x.device)
-    x2 = flatten_input(x, k, "int4", KERNELS.interpret)
-    y = alloc_out(x, x2, n, out, "int4")
-    m = x2.shape[0]
-    if m == 0:
-        return y
-    regime = KERNELS.regime(m, regime)
-    if regime == "dense":
-        dense_matmul(x2, int4_dequantize(packed, x.dtype), y)
-    else:
-        args = (x2, packed["qweight"], packed["scales"], packed["zeros"], y, m, n, k, x2.stride(0), n)
-        KERNELS.run(args, m, n, {"GROUP": group, "DOT_F32": dot_f32(x, KERNELS.interpret)}, regime)
-    return y
+    call = Call((packed["qweight"], packed["scales"], packed["zeros"]), n, k, {"GROUP": group},
+                lambda dtype: int4_dequantize(packed, dtype))
+    return KERNELS.matmul(x, call, out, regime)

@@ -12,14 +12,17 @@ Regimes, per call of ``<fmt>_matmul(x, packed)`` with M = tokens (rows of x):
   weight converted once and kept by the caller, so the automatic choice never returns it; benchmarks report it.
 
 Default (before GPU measurement): gemv up to 16 tokens (4 for group_sparse_int4, whose decode kernel gathers x per
-row), gemm up to 511, dense from 512. ``benchmarks/kernels.py`` prints the measured crossover per format and GPU;
+row), gemm up to 511, dense from 512. spqr goes to dense from 17 tokens: its GEMM kernel rebuilds six statistics and
+a 3-bit stream per tile and spills registers in every config on sm_90 (240-1128 B of stack per thread, reported by
+``python tests/kernels/compile_check.py --resources``), so we do not expect it to beat dequantize + cuBLAS.
+``benchmarks/kernels.py`` prints the measured crossover per format and GPU;
 copy its numbers into ``DENSE_FROM`` (and ``GEMV_UP_TO``) below when they differ.
 """
 from __future__ import annotations
 
 REGIMES = ("gemv", "gemm", "dense")
 GEMV_UP_TO = {"int4": 16, "sparse24": 16, "sparse24_int4": 16, "group_sparse_int4": 4, "spqr": 16}
-DENSE_FROM = {"int4": 512, "sparse24": 512, "sparse24_int4": 512, "group_sparse_int4": 512, "spqr": 512}
+DENSE_FROM = {"int4": 512, "sparse24": 512, "sparse24_int4": 512, "group_sparse_int4": 512, "spqr": 17}
 
 
 def decode_max(fmt: str) -> int:

@@ -21,9 +21,8 @@ from llmprune.errors import UserInputError
 from llmprune.formats.sparse24 import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
 from ._common import (
-    KernelPair, alloc_out, batched_matvec, check_packed, dense_matmul, dot_acc, dot_f32, expect_shape,
-    flatten_input, grouped_pid, load_rows, load_x, nibbles, store_out, store_tile, two_four_expand,
-    supports,  # noqa: F401  (supports: the dispatcher's hook)
+    Call, KernelPair, batched_matvec, check_packed, dot_acc, expect_shape, grouped_pid, load_rows, load_x,
+    nibbles, store_out, store_tile, two_four_expand, supports,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -101,18 +100,8 @@ def sparse24_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regim
     ``regime``: None follows kernels/select.py; "gemv", "gemm" or "dense" force one. ``out``: optional output.
     """
     n, k = _checked(packed, x.device)
-    x2 = flatten_input(x, k, "sparse24", KERNELS.interpret)
-    y = alloc_out(x, x2, n, out, "sparse24")
-    m = x2.shape[0]
-    if m == 0:
-        return y
-    regime = KERNELS.regime(m, regime)
-    if regime == "dense":
-        dense_matmul(x2, sparse24_dequantize(packed, x.dtype), y)
-    else:
-        args = (x2, packed["values"], packed["meta"], y, m, n, k, x2.stride(0), n)
-        KERNELS.run(args, m, n, {"DOT_F32": dot_f32(x, KERNELS.interpret)}, regime)
-    return y
+    call = Call((packed["values"], packed["meta"]), n, k, {}, lambda dtype: sparse24_dequantize(packed, dtype))
+    return KERNELS.matmul(x, call, out, regime)
 
 
 def semi_structured_weight(packed: dict) -> Tensor:

@@ -27,9 +27,8 @@ from llmprune.errors import UserInputError
 from llmprune.formats.spqr import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
 from ._common import (
-    KernelPair, alloc_out, batched_matvec, check_packed, dense_matmul, dot_acc, dot_f32, expect_shape,
-    flatten_input, grouped_pid, load_x, per_column, store_out, store_tile,
-    supports,  # noqa: F401  (supports: the dispatcher's hook)
+    Call, KernelPair, batched_matvec, check_packed, dot_acc, expect_shape, grouped_pid, load_x, per_column,
+    store_out, store_tile, supports,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -225,16 +224,7 @@ def spqr_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regime: s
     """
     k = x.shape[-1]
     consts = _checked(packed, x.device, k)
-    x2 = flatten_input(x, k, "spqr", KERNELS.interpret)
     n, g = packed["scale_codes"].shape
-    y = alloc_out(x, x2, n, out, "spqr")
-    m = x2.shape[0]
-    if m == 0:
-        return y
-    regime = KERNELS.regime(m, regime)
-    if regime == "dense":
-        dense_matmul(x2, spqr_dequantize(packed, x.dtype, k), y)
-    else:
-        args = (x2, *_base(packed), *_outliers(packed), y, m, n, k, x2.stride(0), n, packed["qweight"].shape[1], g)
-        KERNELS.run(args, m, n, {**consts, "DOT_F32": dot_f32(x, KERNELS.interpret)}, regime)
-    return y
+    call = Call((*_base(packed), *_outliers(packed)), n, k, consts, lambda dtype: spqr_dequantize(packed, dtype, k),
+                extra=(packed["qweight"].shape[1], g))
+    return KERNELS.matmul(x, call, out, regime)

@@ -1,10 +1,11 @@
 """Compile the Triton kernels for NVIDIA targets on a machine without a GPU (Triton ships ptxas), so tl.dot tile
 limits, dtype rules and register/shared-memory blow-ups surface in CPU CI, not first on the GPU.
 
-    python tests/kernels/compile_check.py [--full] [--arch 90,80]
+    python tests/kernels/compile_check.py [--full] [--arch 90,80] [--resources]
 
 Must run without TRITON_INTERPRET (the interpreter replaces @triton.jit functions). Default: one config per kernel
-and regime; ``--full``: every autotune config (minutes).
+and regime; ``--full``: every autotune config (minutes); ``--resources``: print registers and spill stack per
+compiled kernel (cuobjdump -res-usage), the CPU-side hint of which configs cannot run fast.
 """
 from __future__ import annotations
 
@@ -59,7 +60,22 @@ def _options(cfg) -> dict:
     return {"num_warps": cfg.kwargs.get("num_warps", cfg.num_warps), "num_stages": cfg.num_stages}
 
 
-def compile_all(formats, dtypes, archs, full=False) -> list[str]:
+def resources(kernel) -> str:
+    """'REG:n STACK:m' of a compiled kernel, from the cuobjdump that ships with Triton."""
+    import os
+    import subprocess
+    import tempfile
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    fields = next((line.split() for line in out.splitlines() if "REG:" in line), ["?", "?"])
+    return " ".join(fields[:2])
+
+
+def compile_all(formats, dtypes, archs, full=False, report=False) -> list[str]:
     failures = []
     for fmt in formats:
         module = importlib.import_module(f"llmprune.kernels.{fmt}")
@@ -71,6 +87,9 @@ def compile_all(formats, dtypes, archs, full=False) -> list[str]:
                     try:
                         src = ASTSource(fn=fn, signature=signature(fn, fmt, dtype, consts), constexprs=consts)
                         kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+                        if report:
+                            blocks = {k: v for k, v in consts.items() if k.startswith("BLOCK")}
+                            print(f"{fmt} {regime} {dtype} sm_{arch} {blocks} {options} {resources(kernel)}")
                         if kernel.metadata.shared > SHARED_LIMIT[arch]:
                             failures.append(f"{fmt} {regime} {dtype} sm_{arch} {consts}: needs "
                                             f"{kernel.metadata.shared} B shared memory > {SHARED_LIMIT[arch]}")
@@ -85,10 +104,11 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", default="90")
     ap.add_argument("--formats", default="int4,sparse24,sparse24_int4,group_sparse_int4,spqr")
     ap.add_argument("--dtypes", default="float16,bfloat16")
+    ap.add_argument("--resources", action="store_true")
     args = ap.parse_args(argv)
     start = time.time()
     failures = compile_all(args.formats.split(","), args.dtypes.split(","), [int(a) for a in args.arch.split(",")],
-                           args.full)
+                           args.full, args.resources)
     print("\n".join(failures) or "all kernels compiled", f"({time.time() - start:.0f} s)")
     return 1 if failures else 0
 

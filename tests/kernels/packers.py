@@ -28,7 +28,8 @@ def random_qw(out_f: int, in_f: int, group: int, dtype: torch.dtype, *, seed: in
     mask = None
     if pattern == "2:4":
         order = torch.rand(out_f, in_f // 4, 4, generator=gen).argsort(-1)
-        mask = torch.zeros(out_f, in_f // 4, 4, dtype=torch.bool).scatter_(-1, order[..., :2], True).reshape(out_f, in_f)
+        mask = torch.zeros(out_f, in_f // 4, 4, dtype=torch.bool).scatter_(-1, order[..., :2], True)
+        mask = mask.reshape(out_f, in_f)
     elif pattern == "groups":
         order = torch.rand(out_f, n_groups, generator=gen).argsort(-1)[:, :keep_groups]
         gmask = torch.zeros(out_f, n_groups, dtype=torch.bool).scatter_(1, order, True)

@@ -41,3 +41,16 @@ def test_benchmark_without_cuda_exits_zero_with_message():
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # hide any GPU: the no-CUDA path is what is tested
     run = subprocess.run([sys.executable, str(BENCH), "--quick"], capture_output=True, text=True, timeout=120, env=env)
     assert run.returncode == 0 and "no CUDA GPU visible" in run.stdout
+
+
+def test_benchmark_summary_flags_goals_and_suggests_crossover(bench):
+    """Synthetic timings: int4 at 3.5x passes its 3x goal, gemm loses to dense from batch 512 on, and a 0.8x
+    large-batch path is reported as slower than the 10% bound."""
+    rows = [dict(fmt="int4", n=11008, k=4096, m=1, regime=None, t=10.0, dense=35.0, bw=0.8)]
+    for m, gemm in ((64, 8.0), (512, 30.0)):
+        rows += [dict(fmt="int4", n=11008, k=4096, m=m, regime=r, t=t, dense=24.0, bw=0.5)
+                 for r, t in ((None, 30.0 if m == 512 else 8.0), ("gemm", gemm), ("dense", 20.0))]
+    text = "\n".join(bench.summary(rows))
+    assert "worst 3.50x over dense (goal 3x: met)" in text
+    assert "worst 0.80x of dense (SLOWER" in text
+    assert "{'int4': 512}" in text

@@ -53,6 +53,7 @@ def test_select_table_follows_documented_defaults():
     assert [select.choose("int4", m) for m in (1, 16, 17, 511, 512, 4096)] == \
         ["gemv", "gemv", "gemm", "gemm", "dense", "dense"]
     assert [select.choose("group_sparse_int4", m) for m in (4, 5)] == ["gemv", "gemm"]
+    assert [select.choose("spqr", m) for m in (16, 17)] == ["gemv", "dense"]
 
 
 def test_matmul_fn_names_each_launcher():
