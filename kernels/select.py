@@ -9,7 +9,8 @@ Regimes, per call of ``<fmt>_matmul(x, packed)`` with M = tokens (rows of x):
   dequantization, and cuBLAS beats a Triton GEMM that also dequantizes, so this is the fallback that keeps every
   format within a few percent of dense at M >= 512 (issue 6: no path more than 10% slower than dense there).
 - ``semi_structured`` — for ``sparse24`` only, PyTorch's sparse tensor cores (kernels/sparse24.py); it needs the
-  weight converted once and kept by the caller, so the automatic choice never returns it; benchmarks report it.
+  weight converted once and kept by the caller (``packed["semi_structured"]``); when present, ``sparse24_matmul``
+  takes it from ``SEMI_FROM`` tokens (default 512: ~1.7-2x over dense only on large GEMMs, ~0.1x at batch 1).
 
 Default (before GPU measurement): gemv up to 16 tokens (4 for group_sparse_int4, whose decode kernel gathers x per
 row), gemm up to 511, dense from 512. spqr goes to dense from 17 tokens: its GEMM kernel rebuilds six statistics and
@@ -21,6 +22,7 @@ copy its numbers into ``DENSE_FROM`` (and ``GEMV_UP_TO``) below when they differ
 from __future__ import annotations
 
 REGIMES = ("gemv", "gemm", "dense")
+SEMI_FROM = 512
 GEMV_UP_TO = {"int4": 16, "sparse24": 16, "sparse24_int4": 16, "group_sparse_int4": 4, "spqr": 16}
 DENSE_FROM = {"int4": 512, "sparse24": 512, "sparse24_int4": 512, "group_sparse_int4": 512, "spqr": 17}
 

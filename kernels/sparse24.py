@@ -7,8 +7,8 @@ Worked example: columns 0..3 = [a, 0, b, 0] give p0 = 0, p1 = 2, nibble 0b1000 =
 Two paths, as issue 6 asks: PyTorch's semi-structured sparse tensor (cuSPARSELt/CUTLASS sparse tensor cores), which
 wins on large GEMMs (~1.7-2x over dense) but is ~0.1x at batch 1, and Triton kernels that read only ``values`` and
 ``meta`` (9/16 of the dense bytes, so up to ~1.8x at batch 1). ``semi_structured_weight`` converts a packed weight
-once (keep the result next to the module); ``semi_structured_matmul`` runs it; kernels/select.py says which path
-is faster for each batch.
+once (keep the result next to the module, or in the packed dict as ``"semi_structured"`` so ``sparse24_matmul``
+takes it for large batches); ``semi_structured_matmul`` runs it; kernels/select.py says which path is faster.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from ._common import (
     Call, KernelPair, batched_matvec, check_packed, dot_acc, expect_shape, grouped_pid, load_rows, load_x,
     nibbles, store_out, store_tile, two_four_expand, supports,  # noqa: F401 (supports: dispatch hook)
 )
+from .select import SEMI_FROM
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -97,9 +98,19 @@ def sparse24_dequantize(packed: dict, dtype: torch.dtype) -> Tensor:
 def sparse24_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regime: str | None = None) -> Tensor:
     """``x @ W.T`` for a ``sparse24`` packed weight with the Triton kernels; x ``[..., K]`` → ``[..., N]``.
 
-    ``regime``: None follows kernels/select.py; "gemv", "gemm" or "dense" force one. ``out``: optional output.
+    ``regime``: None follows kernels/select.py; "gemv", "gemm", "dense" or "semi_structured" force one.
+    ``out``: optional output. When ``packed`` also holds ``"semi_structured"`` (``semi_structured_weight(packed)``,
+    kept by the caller), batches of ``select.SEMI_FROM`` tokens and more take PyTorch's sparse tensor cores.
     """
     n, k = _checked(packed, x.device)
+    semi = packed.get("semi_structured")
+    tokens = x.numel() // max(k, 1)
+    if regime == "semi_structured" or (regime is None and semi is not None and tokens >= SEMI_FROM):
+        if semi is None:
+            raise UserInputError("regime 'semi_structured' needs packed['semi_structured'] = "
+                                 "semi_structured_weight(packed); build it once next to the layer")
+        y = semi_structured_matmul(x, semi)
+        return y if out is None else out.copy_(y)
     call = Call((packed["values"], packed["meta"]), n, k, {}, lambda dtype: sparse24_dequantize(packed, dtype))
     return KERNELS.matmul(x, call, out, regime)
 
