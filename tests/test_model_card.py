@@ -1,0 +1,88 @@
+"""Model cards: Hub metadata parsed back by huggingface_hub's own ModelCard, numbers checked against the shards."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from huggingface_hub import ModelCard
+
+from llmprune.errors import CorruptCheckpoint
+from llmprune.model_cards import render_card, rows_from_zeroshot, write_card
+from tests.publish_fixtures import packed_checkpoint
+
+ROWS = [{"name": "arc_easy", "metric": "acc", "value": 0.49, "stderr": 0.05, "samples": 100, "note": "lm-eval"},
+        {"name": "wikitext2", "metric": "ppl", "value": 21.5, "stderr": None, "samples": 40, "note": "seqlen 2048"}]
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    return packed_checkpoint(tmp_path_factory.mktemp("card") / "out")
+
+
+def _manifest(folder):
+    return json.loads((folder / "llmprune.json").read_text())
+
+
+def _stored_bits_per_param(folder, manifest) -> float:
+    """Independent count: every tensor of each packed layer read from the shard itself (bias excluded)."""
+    from safetensors import safe_open
+
+    bits = params = 0
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
+        keys = list(handle.keys())
+        for name, layer in manifest["layers"].items():
+            for key in keys:
+                if key.startswith(name + ".") and key != name + ".bias":
+                    tensor = handle.get_tensor(key)
+                    bits += 8 * tensor.numel() * tensor.element_size()
+            params += layer["in_features"] * layer["out_features"]
+    return bits / params
+
+
+def test_model_card_front_matter_parses_with_huggingface_hub(packed):
+    card = ModelCard(render_card(_manifest(packed), ROWS, repo_id="alice/tiny"))
+    data = card.data
+    assert data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and data.library_name == "llmprune"
+    assert {"llmprune", "sparse", "wanda", "2-4-sparsity", "4-bit", "format-sparse24_int4"} <= set(data.tags)
+    got = [(r.dataset_type, r.dataset_config, r.dataset_split, r.metric_type, r.metric_value) for r in data.eval_results]
+    assert got == [("allenai/ai2_arc", "ARC-Easy", "test", "acc", 0.49),
+                   ("Salesforce/wikitext", "wikitext-2-raw-v1", "test", "ppl", 21.5)]
+    assert data.model_name == "SmolLM2-135M-Instruct-wanda-2-4-w4g16"
+
+
+def test_model_card_body_numbers_match_the_checkpoint(packed):
+    manifest = _manifest(packed)
+    text = render_card(manifest, ROWS, repo_id="alice/tiny")
+    bits = _stored_bits_per_param(packed, manifest)
+    # sparse24_int4, group 16: 2 kept of 4 at 4 bits + 2-bit index per kept value + fp32 scale/16 + zero/16.
+    assert f"| stored bits per parameter (compressed Linear layers) | {bits:.3f} |" in text
+    assert "| achieved sparsity (compressed Linear layers) | 0.5000 |" in text
+    assert "| arc_easy | acc | 0.4900 | 0.0500 | 100 | lm-eval |" in text
+    assert 'llmprune.load(snapshot_download("alice/tiny"))' in text
+    assert "llmprune compress smollm2-135m --sparsity 2:4 --quant w4g16s --format sparse24_int4 -o out" in text
+    assert "8 windows of 64 tokens (512 tokens) from `c4`" in text
+    assert "dequantized to float32" in text  # the alias limitation
+
+
+def test_model_card_dense_format_says_transformers_and_survives_a_bare_manifest():
+    text = render_card({"format": "dense", "recipe": {"method": "magnitude", "sparsity": "0.5"}})
+    assert "AutoModelForCausalLM.from_pretrained" in text and "No evaluation was recorded" in text
+    assert ModelCard(text).data.library_name == "llmprune"
+
+
+def test_write_card_from_folder_and_missing_manifest(packed, tmp_path):
+    path = write_card(packed, results=ROWS)
+    assert path == packed / "README.md" and ModelCard.load(path).data.eval_results[0].metric_value == 0.49
+    assert not list(packed.glob(".*tmp"))
+    with pytest.raises(CorruptCheckpoint, match="cannot read the manifest"):
+        write_card(tmp_path)
+
+
+def test_rows_from_zeroshot_result():
+    from llmprune.evals.zeroshot import TaskScore, ZeroShotResult
+
+    result = ZeroShotResult([TaskScore("piqa", "local", 50, 0.6, 0.07, 0.62, 0.069)])
+    assert rows_from_zeroshot(result) == [
+        {"name": "piqa", "metric": "acc", "value": 0.6, "stderr": 0.07, "samples": 50, "note": "lm-eval, local data"},
+        {"name": "piqa", "metric": "acc_norm", "value": 0.62, "stderr": 0.069, "samples": 50,
+         "note": "lm-eval, local data"}]
