@@ -98,25 +98,55 @@ def sweep(
         W1 = W[:, i1:i2].clone()
         Hinv1 = Hinv[i1:i2, i1:i2]
         d = torch.diag(Hinv1)
-        Err1 = torch.zeros_like(W1)
         if block_mask is not None:
             keep[:, i1:i2] = block_mask(W1, d)
-        for i in range(i2 - i1):
-            if nm is not None and i % nm[1] == 0:
-                n, m = nm
-                tmp = W1[:, i : i + m] ** 2 / d[i : i + m].reshape(1, -1) ** 2
-                order = torch.sort(tmp, dim=1, stable=True).indices[:, : m - n]
-                sub = torch.ones_like(tmp, dtype=torch.bool).scatter_(1, order, False)
-                keep[:, i1 + i : i1 + i + m] = sub
-            w = W1[:, i]
-            q = w * keep[:, i1 + i]
-            if quantize is not None:
-                q = quantize(i1 + i, q, W1[:, i:] * keep[:, i1 + i : i2]) * keep[:, i1 + i]
-            err = (w - q) / d[i]
-            losses += (w - q) ** 2 / d[i] ** 2 / 2
-            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
-            W1[:, i] = q
-            Err1[:, i] = err
+        K1 = keep[:, i1:i2]
+        if quantize is None:
+            Err1 = _prune_block_(W1, Hinv1, d, K1, nm)
+        else:
+            Err1 = _quantize_block_(W1, Hinv1, d, K1, nm, quantize, i1)
+        losses += (Err1**2).sum(1) / 2
         W[:, i1:i2] = W1
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
     return SweepResult(W, keep, losses)
+
+
+def _choose_nm_(K1: Tensor, W1: Tensor, d: Tensor, i: int, nm: tuple[int, int]) -> None:
+    """At the start of an M-group: keep the n of m with the largest w²/[H⁻¹]_jj² on the current weights."""
+    n, m = nm
+    tmp = W1[:, i : i + m] ** 2 / d[i : i + m].reshape(1, -1) ** 2
+    order = torch.sort(tmp, dim=1, stable=True).indices[:, : m - n]
+    K1[:, i : i + m] = torch.ones_like(tmp, dtype=torch.bool).scatter_(1, order, False)
+
+
+def _prune_block_(W1: Tensor, Hinv1: Tensor, d: Tensor, K1: Tensor, nm) -> Tensor:
+    """Pruning only: err_j = w_j·[pruned]/U_jj, rank-1 update of the rest of the block. Returns the scaled errors.
+
+    After its own update a pruned column is w - (w/U_jj)·U_jj = 0 up to rounding; it is zeroed exactly at the end.
+    """
+    Err1 = torch.zeros_like(W1)
+    for i in range(W1.shape[1]):
+        if nm is not None and i % nm[1] == 0:
+            _choose_nm_(K1, W1, d, i, nm)
+        err = W1[:, i].masked_fill(K1[:, i], 0) / d[i]
+        W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1)
+        Err1[:, i] = err
+    W1.mul_(K1)
+    return Err1
+
+
+def _quantize_block_(W1: Tensor, Hinv1: Tensor, d: Tensor, K1: Tensor, nm, quantize: ColumnQuantizer,
+                     i1: int) -> Tensor:
+    """Pruning and/or quantization: q_j = Q(w_j·keep_j)·keep_j, err_j = (w_j - q_j)/U_jj (SparseGPT Alg. 1, GPTQ)."""
+    Err1 = torch.zeros_like(W1)
+    for i in range(W1.shape[1]):
+        if nm is not None and i % nm[1] == 0:
+            _choose_nm_(K1, W1, d, i, nm)
+        w = W1[:, i]
+        keep = K1[:, i]
+        q = quantize(i1 + i, w * keep, W1[:, i:] * K1[:, i:]) * keep
+        err = (w - q) / d[i]
+        W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1)
+        W1[:, i] = q
+        Err1[:, i] = err
+    return Err1
