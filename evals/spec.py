@@ -130,6 +130,9 @@ def _read(path: Path):
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
         problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and start is not None:  # e.g. an unclosed '{': say where it was opened
+            problem += f" {context} that starts on line {start.line + 1}"
         raise UserInputError(f"{path}:{line}: invalid YAML ({problem}); fix the syntax") from None
     if root is None or not isinstance(data, dict):
         raise UserInputError(f"{path}:1: a batch spec is a mapping with 'models' and 'recipes'; see llmprune batch --help")
@@ -257,6 +260,17 @@ def _calibration(data, where: _Where) -> dict:
         if key in data:
             _int(data[key], where, f"calibration.{key}", 0 if key == "seed" else 1)
     return dict(data)
+
+
+def recipe_from_dict(recipe: dict):
+    """The ``Recipe`` a spec variant describes (spec.py validated every field already)."""
+    from llmprune.recipe import Recipe, parse_quant, parse_sparsity
+
+    quant = parse_quant(recipe["quant"], method=recipe.get("quantizer") or "gptq") if recipe.get("quant") else None
+    extra = {k: recipe[k] for k in ("damp", "block") if recipe.get(k) is not None}
+    return Recipe(method=recipe["method"], sparsity=parse_sparsity(recipe["sparsity"]) if recipe.get("sparsity")
+                  else None, quant=quant, refine=recipe.get("refine"), ignore=tuple(recipe.get("ignore") or ()),
+                  options=tuple(sorted((recipe.get("options") or {}).items())), **extra)
 
 
 def load_spec(path) -> BatchSpec:

@@ -1,0 +1,203 @@
+"""``llmprune batch``: resume, failing cells, content-hash reuse, shards, the report (table with relative changes,
+plots), and one real end-to-end run on a tiny model checked against a direct perplexity computation."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from llmprune.errors import UserInputError
+from llmprune.evals.batch import BatchRunner
+from llmprune.evals.plots import write_report
+from llmprune.evals.spec import load_spec
+
+SPEC = """\
+models: [fake-model]
+recipes:
+  - {method: magnitude, sparsity: [0.5, 0.75]}
+  - {method: wanda, sparsity: "2:4"}
+evaluations:
+  perplexity: [wikitext2]
+  zeroshot: [arc_easy]
+"""
+DENSE_PPL, DENSE_ACC = 10.0, 0.5
+
+
+class Fakes:
+    """Stand-ins for compress/load/evaluate whose metrics are simple functions of the target sparsity."""
+
+    def __init__(self, fail: str | None = None, interrupt: bool = False):
+        self.compressed, self.evaluated, self.fail, self.interrupt, self.current = [], [], fail, interrupt, None
+
+    def compress(self, model, recipe, out_dir, *, calibration, device, dtype):
+        self.compressed.append(recipe["sparsity"])
+        if recipe["sparsity"] == self.fail:
+            raise UserInputError(f"boom at {self.fail}")
+        out_dir.mkdir(parents=True)
+        fraction = 0.5 if ":" in recipe["sparsity"] else float(recipe["sparsity"])
+        manifest = {"report": {"achieved_sparsity": fraction}, "layers": {"l": {"out_features": 4, "in_features": 8}},
+                    "tensors": {"l.weight": {"shape": [4, 8], "dtype": "float16"}}}
+        (out_dir / "llmprune.json").write_text(json.dumps(manifest))
+
+    def load(self, model, model_dir, *, device, dtype):
+        manifest = None if model_dir is None else json.loads((model_dir / "llmprune.json").read_text())
+        self.current = 0.0 if manifest is None else manifest["report"]["achieved_sparsity"]
+        return "model", "tokenizer", manifest
+
+    def evaluate(self, model, tokenizer, evals, *, device, on_stage=None):
+        sparsity = self.current
+        self.evaluated.append(sparsity)
+        if self.interrupt and len(self.evaluated) == 3:
+            raise KeyboardInterrupt
+        return {"ppl:wikitext2": DENSE_PPL * (1 + sparsity), "acc:arc_easy": DENSE_ACC * (1 - sparsity / 2),
+                "mean_acc": DENSE_ACC * (1 - sparsity / 2)}
+
+
+def _runner(tmp_path, fakes: Fakes, text: str = SPEC) -> BatchRunner:
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(text)
+    return BatchRunner(load_spec(spec_path), tmp_path / "out", compress=fakes.compress, load=fakes.load,
+                       evaluate=fakes.evaluate)
+
+
+def test_batch_resume_skips_finished_cells(tmp_path):
+    first = Fakes(interrupt=True)  # Ctrl-C during the third evaluation
+    with pytest.raises(KeyboardInterrupt):
+        _runner(tmp_path, first).run()
+    assert first.evaluated == [0.0, 0.5, 0.75]  # dense and magnitude 0.5 finished before the interruption
+    second = Fakes()
+    results = _runner(tmp_path, second).run()
+    assert second.compressed == ["2:4"] and second.evaluated == [0.75, 0.5]  # 0.75 was compressed already
+    third = Fakes()
+    again = _runner(tmp_path, third).run()
+    assert third.compressed == [] and third.evaluated == [] and again == results
+    assert [r.label for r in results] == ["dense", "magnitude 0.5", "magnitude 0.75", "wanda 2:4"]
+
+
+def test_batch_failing_cell_is_recorded_and_the_run_continues(tmp_path):
+    fakes = Fakes(fail="0.75")
+    runner = _runner(tmp_path, fakes)
+    results = runner.run()
+    assert [r.status for r in results] == ["ok", "ok", "error", "ok"]
+    assert results[2].error == "UserInputError: boom at 0.75" and results[2].metrics == {}
+    paths = write_report(results, tmp_path / "out")
+    lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and json.loads(lines[2])["error"] == "UserInputError: boom at 0.75"
+    assert "| magnitude 0.75 | FAILED: UserInputError: boom at 0.75 |" in paths[1].read_text()
+    retry = Fakes()
+    _runner(tmp_path, retry).run()
+    assert retry.compressed == ["0.75"] and retry.evaluated == [0.75]  # only the failed cell runs again
+
+
+def test_batch_table_dense_first_with_relative_changes(tmp_path):
+    results = _runner(tmp_path, Fakes()).run()
+    table = write_report(results, tmp_path / "out")[1].read_text().splitlines()
+    start = table.index("| variant | sparsity | bits | ppl:wikitext2 | acc:arc_easy | mean_acc |")
+    rows = table[start + 2:start + 6]
+    assert rows[0] == "| dense | 0.000 | 32.000 | 10.00 | 0.500 | 0.500 |"
+    # ppl 10 -> 15 is +50%; acc 0.5 -> 0.375 is -25%; float16 storage is 16 bits per parameter.
+    assert rows[1] == "| magnitude 0.5 | 0.500 | 16.000 | 15.00 (+50.0%) | 0.375 (-25.0%) | 0.375 (-25.0%) |"
+    assert rows[2] == "| magnitude 0.75 | 0.750 | 16.000 | 17.50 (+75.0%) | 0.312 (-37.5%) | 0.312 (-37.5%) |"
+    assert rows[3].startswith("| wanda 2:4 | 0.500 |")
+
+
+def test_batch_plots_are_pngs_named_per_model(tmp_path):
+    results = _runner(tmp_path, Fakes()).run()
+    written = write_report(results, tmp_path / "out")
+    pngs = sorted(p.name for p in written if p.suffix == ".png")
+    assert pngs == ["fake-model-acc-vs-bits.png", "fake-model-ppl-vs-sparsity-wikitext2.png"]
+    for path in written[2:]:
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        assert (width, height) == (900, 576)  # 7.5 x 4.8 inches at 120 dpi
+
+
+def test_batch_changed_evaluations_reuse_compressed_models(tmp_path):
+    _runner(tmp_path, Fakes()).run()
+    fakes = Fakes()
+    _runner(tmp_path, fakes, SPEC + "  seqlen: 256\n").run()
+    assert fakes.compressed == [] and fakes.evaluated == [0.0, 0.5, 0.75, 0.5]
+
+
+def test_batch_shards_partition_the_cells(tmp_path):
+    a, b = Fakes(), Fakes()
+    first = _runner(tmp_path, a).run(shard=(0, 2))
+    second = _runner(tmp_path, b).run(shard=(1, 2))
+    assert [r.label for r in first] == ["dense", "magnitude 0.75"]
+    assert [r.label for r in second] == ["magnitude 0.5", "wanda 2:4"]
+    final = Fakes()
+    assert len(_runner(tmp_path, final).run()) == 4 and final.evaluated == []
+
+
+BAD_SPECS = [
+    ("models: [m]\nrecipes:\n  - {method: wanda, sparsity: 0.5}\nevaluations: {perplexity: [wikitext2]\n",
+     r"spec.yaml:5: invalid YAML \(expected ',' or '}', but got '<stream end>' while parsing a flow mapping that "
+     r"starts on line 4\); fix the syntax"),
+    ("models: [m]\nrecipes:\n  - method: wanda\n    sparsity: 0.5\n  - method: wanda\n    sparsity: '3:2'\n"
+     "evaluations: {perplexity: [wikitext2]}\n",
+     r"spec.yaml:6: recipes\[1\].sparsity: --sparsity 3:2: N must be smaller than M"),
+    ("models: [m]\nrecipes:\n  - {method: wnada, sparsity: 0.5}\nevaluations: {perplexity: [wikitext2]}\n",
+     r"spec.yaml:3: recipes\[0\].method: unknown method 'wnada'; did you mean 'wanda'\?"),
+    ("models: [m]\nrecipe:\n  - {method: wanda, sparsity: 0.5}\nevaluations: {perplexity: [wikitext2]}\n",
+     r"spec.yaml:2: recipe: unknown key; did you mean 'recipes'\?"),
+    ("models: [m]\nrecipes:\n  - {method: wanda, sparsity: 0.5}\nevaluations:\n  zeroshot: [arc_easy]\n"
+     "  limit: -1\n", r"spec.yaml:6: evaluations.limit: a positive number"),
+    ("recipes:\n  - {method: wanda, sparsity: 0.5}\nevaluations: {perplexity: [wikitext2]}\n",
+     r"spec.yaml:1: models: give a name or a non-empty list"),
+    ("models: [m]\nrecipes:\n  - {method: wanda, sparsity: 0.5, format: sparse42}\n"
+     "evaluations: {perplexity: [wikitext2]}\n", r"spec.yaml:3: recipes\[0\].format: unknown format 'sparse42'"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD_SPECS)
+def test_batch_spec_errors_name_line_and_key(tmp_path, text, message):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    with pytest.raises(UserInputError, match=message) as info:
+        load_spec(path)
+    assert "\n" not in str(info.value)
+
+
+def _direct_ppl(folder: Path, text: str, seqlen: int) -> tuple[float, float]:
+    """Perplexity by the papers' protocol, computed by hand from the plain HF folder; and its zero fraction."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    ids = AutoTokenizer.from_pretrained(folder)(text, return_tensors="pt").input_ids[0]
+    windows = ids.numel() // seqlen
+    nll = 0.0
+    with torch.no_grad():
+        for w in range(windows):
+            chunk = ids[w * seqlen:(w + 1) * seqlen][None]
+            logp = torch.log_softmax(model(chunk).logits[0, :-1].double(), -1)
+            nll -= float(logp.gather(1, chunk[0, 1:, None]).sum())
+    weights = [m.weight for n, m in model.named_modules() if ".layers." in n and isinstance(m, torch.nn.Linear)]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    return math.exp(nll / (windows * (seqlen - 1))), zeros
+
+
+def test_batch_cli_end_to_end_tiny_model(tmp_path, capsys):
+    from llmprune.cli.main import main
+    from tests.tiny_models import _SENTENCES, save_tiny
+
+    folder = save_tiny(tmp_path / "tiny", "llama")
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(" ".join(_SENTENCES * 12))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"models: [{folder}]\nrecipes:\n  - {{method: magnitude, sparsity: 0.5}}\n"
+                    f"evaluations:\n  perplexity: [{text_file}]\n  seqlen: 32\n")
+    assert main(["batch", str(spec), "-o", str(tmp_path / "out"), "--quiet"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert [(r["label"], r["status"]) for r in rows] == [("dense", "ok"), ("magnitude 0.5", "ok")]
+    text = text_file.read_text()
+    for row, directory in ((rows[0], folder), (rows[1], Path(rows[1]["model_dir"]))):
+        ppl, zeros = _direct_ppl(directory, text, 32)
+        assert row["metrics"][f"ppl:{text_file}"] == pytest.approx(ppl, rel=1e-4)
+        assert row["metrics"]["sparsity"] == pytest.approx(zeros, abs=1e-6)
+    assert (Path(rows[1]["model_dir"]) / "README.md").is_file()  # every compressed cell gets its model card
+    assert "2 cells ok, 0 failed" in capsys.readouterr().out
+    assert (tmp_path / "out" / "plots").is_dir() and (tmp_path / "out" / "results.md").is_file()
