@@ -43,7 +43,8 @@ def _overrides(values: list[str]) -> tuple:
     return tuple(pairs)
 
 
-def build_recipe(method, sparsity, quant, quantizer, refine, damp, block, ignore, override, option) -> Recipe:
+def build_recipe(method, sparsity, quant, quantizer, refine, damp, block, ignore, override, option,
+                 include_lm_head: bool = False) -> Recipe:
     """Parse every flag at the boundary; the engine receives typed values only."""
     if damp <= 0:
         raise UserInputError(f"--damp {damp}: must be positive (the reference uses 0.01)")
@@ -71,6 +72,7 @@ def build_recipe(method, sparsity, quant, quantizer, refine, damp, block, ignore
         ignore=tuple(ignore),
         overrides=_overrides(override),
         options=_options(option),
+        include_lm_head=include_lm_head,
     )
 
 
@@ -91,6 +93,7 @@ def compress_command(
     ignore: List[str] = typer.Option([], help="Regex of module names left dense (repeatable)."),
     override: List[str] = typer.Option([], help="REGEX=SPARSITY per-module override (repeatable; first match wins)."),
     option: List[str] = typer.Option([], help="KEY=VALUE method/refiner option (repeatable)."),
+    include_lm_head: bool = typer.Option(False, "--include-lm-head", help="Also compress lm_head (untied first)."),
     format: str = typer.Option("dense", "--format", help="Storage: dense, int4, sparse24, sparse24_int4, group_sparse_int4, spqr."),
     export: Optional[str] = typer.Option(None, help="Also export, e.g. compressed-tensors."),
     device: str = typer.Option("cpu", help="Compute device for the layer being compressed: cpu or cuda."),
@@ -108,7 +111,8 @@ def compress_command(
 
         job = job_from_manifest(from_manifest, output=output, force=force, device=device, quiet=quiet)
     else:
-        recipe = build_recipe(method, sparsity, quant, quantizer, refine, damp, block, ignore, override, option)
+        recipe = build_recipe(method, sparsity, quant, quantizer, refine, damp, block, ignore, override, option,
+                              include_lm_head)
         calibration = Calibration(source=calib, nsamples=nsamples, seqlen=seqlen, seed=seed)
         if nsamples < 1 or seqlen < 2:
             raise UserInputError("--nsamples must be >= 1 and --seqlen >= 2")

@@ -211,6 +211,11 @@ def build_plan(model, recipe: Recipe) -> Plan:
     for index, layer in enumerate(layers):
         for name, module in linears(layer).items():
             modules[f"{path}.{index}.{name}"] = module
+    if recipe.include_lm_head:
+        from .engine.lm_head import head_name
+
+        name, head = head_name(model)
+        modules[name] = head
     plan = Plan(resolve_sparsity_for_method(recipe), modules)
     plan.check_shapes(modules, lambda m: get_weight(m).shape[1])
     return plan
@@ -234,6 +239,10 @@ def compress_(model, recipe: Recipe, calib=None, *, device: str = "cpu", batch_s
                                       progress=progress)
     else:
         engine_info = run_without_calibration_(model, plan, device=device, progress=progress)
+    if recipe.include_lm_head:
+        from .engine.lm_head import compress_lm_head_
+
+        compress_lm_head_(model, plan, None if calib is None else calib.ids, batch_size=batch_size)
     plan.report.timings = {"compress_seconds": round(time.perf_counter() - start, 3),
                            **{k: v for k, v in (engine_info or {}).items() if isinstance(v, (int, float))}}
     return plan.report

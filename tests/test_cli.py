@@ -110,3 +110,22 @@ def test_cli_refuses_non_empty_output_without_force(tiny_llama, tmp_path, capsys
     assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
     assert run_cli([*args, "--force"], capsys)[0] == 0
     assert (out / "llmprune.json").exists() and not (out / "keep.txt").exists()
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda"])
+def test_cli_lm_head_only_when_asked_and_untied(method, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    src = save_tiny(tmp_path / "src", "gemma2")  # Gemma ties lm_head to the embeddings
+    plain, with_head = tmp_path / "plain", tmp_path / "head"
+    base = ["compress", src, "--method", method, "--sparsity", "0.5", *CALIB]
+    assert run_cli([*base, "-o", plain], capsys)[0] == 0
+    assert run_cli([*base, "-o", with_head, "--include-lm-head"], capsys)[0] == 0
+    original = AutoModelForCausalLM.from_pretrained(src)
+    untouched = AutoModelForCausalLM.from_pretrained(plain)
+    assert torch.equal(untouched.lm_head.weight, original.lm_head.weight)
+    pruned = AutoModelForCausalLM.from_pretrained(with_head)
+    head = pruned.lm_head.weight
+    assert int((head == 0).sum()) >= head.numel() // 2  # (the padding row of the embedding is zero already)
+    assert torch.equal(pruned.get_input_embeddings().weight, original.get_input_embeddings().weight)
+    assert json.loads((with_head / "llmprune.json").read_text())["report"]["layers"]["lm_head"]["sparsity"] == 0.5
