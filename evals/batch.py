@@ -162,10 +162,10 @@ def size_metrics(manifest: dict | None, dtype: str) -> dict:
 
 
 def _write_json(path: Path, data: dict) -> None:
+    from llmprune.model_cards.render import write_text_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=1, default=str))
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:

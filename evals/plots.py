@@ -144,15 +144,10 @@ def plot_acc_vs_bits(results, model: str, path) -> Path:
     return _figure(draw, Path(path))
 
 
-def _write(path: Path, text: str) -> Path:
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
-
-
 def write_report(results, out_dir, spec=None) -> list[Path]:
     """Write results.jsonl, results.md and the plots into ``out_dir``; returns the paths written."""
+    from llmprune.model_cards.render import write_text_atomic as _write
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [_write(out / "results.jsonl", "".join(json.dumps(asdict(r), default=str) + "\n" for r in results)),

@@ -69,18 +69,22 @@ def test_zeroshot_tiny_local_task_matches_direct_loglikelihoods(tmp_path):
     assert json.loads(json.dumps(result.to_dict()))["scores"][0]["acc"] == pytest.approx(acc)
 
 
-def _standard_yaml(relative: str) -> dict:
-    import lm_eval
-
+def _task_yaml(folder: Path, name: str) -> dict:
+    """A task YAML with its ``include`` merged in (``!function`` tags kept as text)."""
     class Loader(yaml.SafeLoader):
         pass
 
     Loader.add_constructor("!function", lambda loader, node: f"!function {node.value}")
-    root = Path(lm_eval.__file__).parent / "tasks"
-    data = yaml.load((root / relative).read_text(), Loader=Loader)
+    data = yaml.load((folder / name).read_text(), Loader=Loader)
     if "include" in data:
-        data = {**_standard_yaml(str(Path(relative).parent / data["include"])), **data}
+        data = {**_task_yaml(folder, str(Path(name).parent / data["include"])), **data}
     return data
+
+
+def _standard_yaml(relative: str) -> dict:
+    import lm_eval
+
+    return _task_yaml(Path(lm_eval.__file__).parent / "tasks", relative)
 
 
 PROMPT_KEYS = ("output_type", "doc_to_text", "doc_to_target", "doc_to_choice")
@@ -92,24 +96,13 @@ PROMPT_KEYS = ("output_type", "doc_to_text", "doc_to_target", "doc_to_choice")
 def test_offline_task_prompts_and_metrics_equal_lm_eval_standard(name, standard):
     from llmprune.evals.zeroshot import TASKS_DIR
 
-    ours = _standard_yaml_like(TASKS_DIR, f"{name}.yaml")
+    ours = _task_yaml(TASKS_DIR, f"{name}.yaml")
     theirs = _standard_yaml(standard)
     assert {k: ours.get(k) for k in PROMPT_KEYS} == {k: theirs.get(k) for k in PROMPT_KEYS}
     assert [m["metric"] for m in ours["metric_list"]] == [m["metric"] for m in theirs["metric_list"]]
     split = theirs.get("test_split") or theirs.get("validation_split")
     assert (ours.get("test_split") or ours.get("validation_split")) == split
     assert ours["task"] == f"llmprune_{name}"
-
-
-def _standard_yaml_like(folder: Path, name: str) -> dict:
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_constructor("!function", lambda loader, node: f"!function {node.value}")
-    data = yaml.load((folder / name).read_text(), Loader=Loader)
-    if "include" in data:
-        data = {**_standard_yaml_like(folder, data["include"]), **data}
-    return data
 
 
 def _docs(task_name: str):
