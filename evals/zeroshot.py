@@ -143,16 +143,19 @@ def resolve_tasks(tasks: list[str], include_path=None) -> list[TaskChoice]:
     return [_choose(name, user_names) for name in names]
 
 
-def _float(value):
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+def _metric(row: dict, key: str) -> float | None:
+    """lm-eval's ``"<metric>,<filter>"`` value; None when absent, NaN or the "N/A" lm-eval writes for a stderr."""
+    value = row.get(f"{key},none")
+    if not isinstance(value, (int, float)) or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return float(value)
 
 
 def _score(choice: TaskChoice, results: dict, counts: dict) -> TaskScore:
     row = results.get(choice.task, {})
-    get = lambda key: _float(row.get(f"{key},none")) if not isinstance(row.get(f"{key},none"), str) else None  # noqa
     samples = counts.get(choice.task, {}).get("effective", 0)
-    return TaskScore(choice.requested, choice.source, int(samples), get("acc"), get("acc_stderr"), get("acc_norm"),
-                     get("acc_norm_stderr"))
+    return TaskScore(choice.requested, choice.source, int(samples), *(_metric(row, key) for key in
+                     ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")))
 
 
 def _answers(samples: list[dict]) -> tuple[list[int], list[list[float]]]:
@@ -200,6 +203,8 @@ def run_zeroshot(model, tokenizer, tasks: list[str], *, batch_size: int = 1, lim
                             config={"batch_size": batch_size, "limit": limit, "num_fewshot": num_fewshot,
                                     "device": str(device), "lm_eval": _lm_eval_version(),
                                     "tasks": {c.requested: {"task": c.task, "source": c.source} for c in choices}})
+    if num_fewshot and any(c.source == "local" for c in choices):
+        result.config["note"] = "few-shot examples of local tasks come from the evaluation split (no local train split)"
     for c in choices:
         result.answers[c.requested], result.loglikelihoods[c.requested] = _answers(out["samples"].get(c.task, []))
     return result
