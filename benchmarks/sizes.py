@@ -6,7 +6,7 @@ Two settings (random weights: sizes do not depend on values, only on shapes and 
 - A Llama-2-7B-shaped layer set: one decoder layer's seven Linears (q/k/v/o 4096x4096, gate/up 11008x4096, down
   4096x11008) packed and written to safetensors, x 32 layers (decoder Linears only; embeddings excluded).
 
-Format settings: int4 and sparse24_int4 g128; group_sparse_int4 g16 with half the groups kept (GQSA's 50%);
+Format settings: int4 and sparse24_int4 g128 (g64 where 128 does not divide the inputs: SmolLM2's 576); group_sparse_int4 g16 with half the groups kept (GQSA's 50%);
 spqr 3-bit g16 with 3-bit statistics in groups of 16 rows and 1% outliers; 2:4 patterns exactly 2 of every 4.
 Run: ``flock /tmp/llmprune-cpu.lock python benchmarks/sizes.py`` -> benchmarks/results/sizes.md.
 """
@@ -28,16 +28,23 @@ LLAMA7B_LAYER = {"q_proj": (4096, 4096), "k_proj": (4096, 4096), "v_proj": (4096
 OUTLIER_FRAC = 0.01
 
 
+def quant_group(fmt: str, in_f: int) -> int:
+    """g16 for the small-group formats; g128 otherwise, g64 where 128 does not divide (SmolLM2's 576 inputs)."""
+    if fmt in ("group_sparse_int4", "spqr"):
+        return 16
+    return 128 if in_f % 128 == 0 else 64
+
+
 def theoretical(fmt: str, out_f: int, in_f: int) -> float:
     """Bytes the layout implies (docs/FORMATS.md), fp16 scales/values."""
     if fmt == "dense":
         return 2 * out_f * in_f
     if fmt == "int4":
-        return out_f * in_f / 2 + 3 * out_f * in_f / 128
+        return out_f * in_f / 2 + 3 * out_f * in_f / quant_group(fmt, in_f)
     if fmt == "sparse24":
         return out_f * in_f + out_f * in_f / 8
     if fmt == "sparse24_int4":
-        return out_f * in_f / 4 + out_f * in_f / 8 + 3 * out_f * in_f / 128
+        return out_f * in_f / 4 + out_f * in_f / 8 + 3 * out_f * in_f / quant_group(fmt, in_f)
     if fmt == "group_sparse_int4":
         kept = in_f // 16 // 2
         return out_f * kept * (2 + 8 + 3)
@@ -52,7 +59,7 @@ def source(fmt: str, out_f: int, in_f: int, gen: torch.Generator):
         return torch.randn(out_f, in_f, generator=gen, dtype=torch.float16)
     if fmt == "sparse24":
         return torch.randn(out_f, in_f, generator=gen, dtype=torch.float16) * _mask24(out_f, in_f, gen)
-    group = 16 if fmt in ("group_sparse_int4", "spqr") else 128
+    group = quant_group(fmt, in_f)
     groups = in_f // group
     codes = torch.randint(1, 16, (out_f, in_f), generator=gen, dtype=torch.uint8)
     scales, zeros = torch.rand(out_f, groups, generator=gen) + 0.01, torch.zeros(out_f, groups)
@@ -160,7 +167,8 @@ def main(out: Path = Path(__file__).parent / "results" / "sizes.md") -> None:
         big = llama7b_rows(Path(tmp))
     text = "\n".join([
         "# Packed sizes (benchmarks/sizes.py)", "",
-        "Random weights (sizes depend only on shapes and patterns). int4 / sparse24_int4: g128; group_sparse_int4: "
+        "Random weights (sizes depend only on shapes and patterns). int4 / sparse24_int4: g128 (g64 for SmolLM2's "
+        "576-input layers); group_sparse_int4: "
         "g16, 50% of groups kept; spqr: 3-bit g16, 3-bit stats over 16 rows, 1% outliers; fp16 scales/values. "
         "'layout GB' is the size the layout in docs/FORMATS.md implies; 'disk' adds safetensors headers (and for "
         "SmolLM2 config, tokenizer-free manifest). GB = 1e9 bytes.", "",
