@@ -22,23 +22,13 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from . import compress, eval as eval_cmd
+    from . import batch, compress, eval as eval_cmd, push, sweep
 
     app.command("compress", no_args_is_help=True)(compress.compress_command)
     app.command("eval", no_args_is_help=True)(eval_cmd.eval_command)
-    for module_name, command_name, function_name in (
-        ("sweep", "sweep", "sweep_command"),
-        ("batch", "batch", "batch_command"),
-        ("push", "push", "push_command"),
-        ("bench", "bench", "bench_command"),
-    ):
-        try:
-            module = __import__(f"llmprune.cli.{module_name}", fromlist=[function_name])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"llmprune.cli.{module_name}":
-                raise
-            continue
-        app.command(command_name, no_args_is_help=True)(getattr(module, function_name))
+    app.command("sweep", no_args_is_help=True)(sweep.sweep_command)
+    app.command("batch", no_args_is_help=True)(batch.batch_command)
+    app.command("push", no_args_is_help=True)(push.push_command)
 
 
 @app.callback()
