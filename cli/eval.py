@@ -64,17 +64,21 @@ def eval_command(
         raise UserInputError("nothing to evaluate: give --ppl wikitext2 and/or --tasks arc_easy,...")
     if seqlen is not None and seqlen < 2:
         raise UserInputError(f"--seqlen {seqlen}: must be at least 2")
+    task_names = None
+    if tasks:
+        from .eval_zeroshot import check_tasks
+
+        task_names = check_tasks(tasks)  # unknown names / missing data fail before the model loads
     loaded_model, tokenizer = load_for_eval(model, device=device, dtype=dtype)
     results: dict = {"model": model}
     if ppl:
         names = [n.strip() for n in ppl.split(",") if n.strip()]
         results["perplexity"] = _ppl_rows(loaded_model, tokenizer, names, seqlen=seqlen, max_seqlen=max_seqlen,
                                           device=device, batch_size=batch_size, progress=not quiet)
-    if tasks:
-        from llmprune.evals.zeroshot import run_zeroshot
+    if task_names:
+        from .eval_zeroshot import run_zeroshot
 
-        names = [t.strip() for t in tasks.split(",") if t.strip()]
-        zs = run_zeroshot(loaded_model, tokenizer, names, batch_size=batch_size, limit=limit,
+        zs = run_zeroshot(loaded_model, tokenizer, task_names, batch_size=batch_size, limit=limit,
                           num_fewshot=num_fewshot, device=device)
         results["zeroshot"] = zs.to_dict()
     if as_json:
