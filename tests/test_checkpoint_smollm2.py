@@ -1,4 +1,5 @@
-"""SmolLM2-135M: pack every decoder Linear as sparse24_int4, save, load -> identical logits on a short prompt."""
+"""SmolLM2-135M: pack the Linears of the first and last decoder layers as sparse24_int4 (the rest stays dense, to
+keep the test short), save, load -> identical logits on a short prompt; tied embeddings stored once."""
 from __future__ import annotations
 
 import copy
@@ -18,8 +19,8 @@ def test_smollm2_sparse24_int4_save_load_identical_logits(tmp_path):
     model, tokenizer = loaded.model.eval(), loaded.tokenizer
     layers = {}
     blocks, path = decoder_layers(model)
-    for i, block in enumerate(blocks):
-        for rel, lin in linears(block).items():
+    for i in (0, len(blocks) - 1):
+        for rel, lin in linears(blocks[i]).items():
             weight = lin.weight.detach().float()
             qw = rtn(weight, 32, symmetric=True, mask=mask_24(weight))
             set_weight_(lin, qw.dequantize())
