@@ -4,7 +4,7 @@ Two settings (random weights: sizes do not depend on values, only on shapes and 
 - SmolLM2-135M: every decoder Linear packed, the rest (embeddings, norms) fp16; a full ``checkpoint.save``, so disk
   bytes include safetensors headers, config and manifest.
 - A Llama-2-7B-shaped layer set: one decoder layer's seven Linears (q/k/v/o 4096x4096, gate/up 11008x4096, down
-  4096x11008) packed and written to safetensors, x 32 layers (decoder Linears only; embeddings excluded).
+  4096x11008; each distinct shape packed once) written to safetensors, x 32 layers (decoder Linears only; embeddings excluded).
 
 Format settings: int4 and sparse24_int4 g128 (g64 where 128 does not divide the inputs: SmolLM2's 576); group_sparse_int4 g16 with half the groups kept (GQSA's 50%);
 spqr 3-bit g16 with 3-bit statistics in groups of 16 rows and 1% outliers; 2:4 patterns exactly 2 of every 4.
@@ -115,8 +115,9 @@ def llama7b_rows(directory: Path) -> list[str]:
     dense = 32 * sum(theoretical("dense", o, i) for o, i in LLAMA7B_LAYER.values())
     for fmt in FORMATS:
         mem = disk = theo = 0
+        measured = {shape: packed_sizes(fmt, *shape, directory) for shape in set(LLAMA7B_LAYER.values())}
         for out_f, in_f in LLAMA7B_LAYER.values():
-            m, d = packed_sizes(fmt, out_f, in_f, directory)
+            m, d = measured[(out_f, in_f)]
             mem, disk, theo = mem + m, disk + d, theo + theoretical(fmt, out_f, in_f)
         params = 32 * sum(o * i for o, i in LLAMA7B_LAYER.values())
         rows.append(_row(fmt, 32 * disk, 32 * mem, 32 * theo, dense, params))
