@@ -90,3 +90,14 @@ def test_pack_layer_for_save_and_errors():
     assert fmt == "int4" and params == {"group": 16, "dtype": "float16"} and set(packed) == {"qweight", "scales", "zeros"}
     with pytest.raises(UserInputError, match="^mlp.up_proj: --format int4 stores quantized weights"):
         pack_layer("mlp.up_proj", "int4", torch.randn(8, 32))
+
+
+def test_packed_modules_import_no_optional_dependencies():
+    import subprocess
+    import sys
+
+    code = ("import sys, llmprune.formats, llmprune.packed_linear, llmprune.dispatch, llmprune.checkpoint, "
+            "llmprune.export_ct; print(sorted(m for m in ('triton', 'compressed_tensors', 'lm_eval', 'datasets', "
+            "'matplotlib') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
