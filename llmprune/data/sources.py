@@ -61,7 +61,7 @@ class TextSource:
     """Rows of one split: WikiText-2 lines, PTB sentences, C4 documents, or a local file's records.
 
     ``description`` holds ``source``, ``split``, ``origin`` ('file' | 'data_dir' | 'hub'), and ``path`` + ``sha256``
-    of the file read (or the Hub id).
+    of the file read (of its files' bytes concatenated in name order for a folder; the Hub id and None for the Hub).
     """
 
     name: str
