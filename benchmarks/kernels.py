@@ -257,7 +257,8 @@ def main(argv=None) -> int:
     shapes, batches = ([(11008, 4096)], [1, 16, 512]) if args.quick else (SHAPES, BATCHES)
     gpu = torch.cuda.get_device_name(0).replace(" ", "-")
     mode = "-".join(m for m, on in (("check", args.check), ("bench", args.bench), ("pinned", args.pinned)) if on)
-    name = f"{datetime.date.today()}-{gpu}-{mode}-{'-'.join(d[:4] for d in args.dtypes.split(','))}"
+    short = {"float16": "fp16", "bfloat16": "bf16"}
+    name = f"{datetime.date.today()}-{gpu}-{mode}-{'-'.join(short.get(d, d) for d in args.dtypes.split(','))}"
     lines = [f"# Kernel benchmark, {gpu}", "", versions(), ""]
     failed = False
     if args.check:

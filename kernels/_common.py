@@ -302,10 +302,11 @@ def nibbles(byte):
 
 
 @triton.jit
-def per_column(ptr, rows, ok, k0, NG, other, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Per-group values ``ptr[rows, g]`` (row stride NG, g = column // GROUP) for columns k0 .. k0+BLOCK_K,
-    broadcastable to [BLOCK_N, BLOCK_K]: one load per row when the tile sits in one group, one per group and a
-    register broadcast when it spans several, one per column when GROUP is not a power of two."""
+def per_group(ptr, rows, ok, k0, NG, other, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Per-group values ``ptr[rows, g]`` (row stride NG, g = column // GROUP) for the groups that columns
+    k0 .. k0+BLOCK_K touch, in compact form for ``expand_groups``: [BLOCK_N, 1] when the tile sits in one group,
+    [BLOCK_N, BLOCK_K/GROUP] when it spans several, [BLOCK_N, BLOCK_K] (one per column) when GROUP is not a power of
+    two. Arithmetic on the compact form (SpQR's second level) costs one op per group instead of per column."""
     if (GROUP & (GROUP - 1)) != 0:
         g = (k0 + tl.arange(0, BLOCK_K)) // GROUP
         return tl.load(ptr + rows[:, None] * NG + g[None, :], mask=ok[:, None] & (g[None, :] < NG), other=other)
@@ -313,9 +314,25 @@ def per_column(ptr, rows, ok, k0, NG, other, GROUP: tl.constexpr, BLOCK_K: tl.co
         return tl.load(ptr + rows * NG + k0 // GROUP, mask=ok, other=other)[:, None]  # callers keep k0 < K
     else:
         g = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
-        v = tl.load(ptr + rows[:, None] * NG + g[None, :], mask=ok[:, None] & (g[None, :] < NG), other=other)
+        return tl.load(ptr + rows[:, None] * NG + g[None, :], mask=ok[:, None] & (g[None, :] < NG), other=other)
+
+
+@triton.jit
+def expand_groups(v, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``per_group``'s compact values, broadcastable to [BLOCK_N, BLOCK_K] (a register broadcast, no loads)."""
+    if (GROUP & (GROUP - 1)) == 0 and GROUP < BLOCK_K:
         v = tl.broadcast_to(v[:, :, None], (v.shape[0], BLOCK_K // GROUP, GROUP))
         return tl.reshape(v, (v.shape[0], BLOCK_K))
+    else:
+        return v
+
+
+@triton.jit
+def per_column(ptr, rows, ok, k0, NG, other, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Per-group values for columns k0 .. k0+BLOCK_K of ``rows``, broadcastable to [BLOCK_N, BLOCK_K]: one load per
+    row when the tile sits in one group, one per group and a register broadcast when it spans several, one per
+    column when GROUP is not a power of two."""
+    return expand_groups(per_group(ptr, rows, ok, k0, NG, other, GROUP, BLOCK_K), GROUP, BLOCK_K)
 
 
 @triton.jit

@@ -27,8 +27,8 @@ from llmprune.errors import UserInputError
 from llmprune.formats.spqr import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
 from ._common import (
-    Call, KernelPair, batched_matvec, check_packed, dot_acc, expect_shape, grouped_pid, load_x, per_column,
-    store_out, store_tile, supports,  # noqa: F401 (supports: dispatch hook)
+    Call, KernelPair, batched_matvec, check_packed, dot_acc, expand_groups, expect_shape, grouped_pid, load_x,
+    per_group, store_out, store_tile, supports,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -75,13 +75,13 @@ def _spqr_block(q_ptr, st_ptrs, rn, k0, N, K, WORDS, G,
     ok = rn < N
     code = _spqr_code(q_ptr, rn[:, None], rk[None, :], ok[:, None] & (rk[None, :] < K), WORDS, BITS)
     blk = rn // STAT_GROUP
-    scale = (per_column(sc_ptr, rn, ok, k0, G, 0, GROUP, BLOCK_K).to(tl.float32)
-             - per_column(sz_ptr, blk, ok, k0, G, 0.0, GROUP, BLOCK_K).to(tl.float32)) \
-        * per_column(ss_ptr, blk, ok, k0, G, 0.0, GROUP, BLOCK_K).to(tl.float32)
-    zero = (per_column(zc_ptr, rn, ok, k0, G, 0, GROUP, BLOCK_K).to(tl.float32)
-            - per_column(zz_ptr, blk, ok, k0, G, 0.0, GROUP, BLOCK_K).to(tl.float32)) \
-        * per_column(zs_ptr, blk, ok, k0, G, 0.0, GROUP, BLOCK_K).to(tl.float32)
-    return (code.to(tl.float32) - zero) * scale
+    scale = (per_group(sc_ptr, rn, ok, k0, G, 0, GROUP, BLOCK_K).to(tl.float32)
+             - per_group(sz_ptr, blk, ok, k0, G, 0.0, GROUP, BLOCK_K).to(tl.float32)) \
+        * per_group(ss_ptr, blk, ok, k0, G, 0.0, GROUP, BLOCK_K).to(tl.float32)
+    zero = (per_group(zc_ptr, rn, ok, k0, G, 0, GROUP, BLOCK_K).to(tl.float32)
+            - per_group(zz_ptr, blk, ok, k0, G, 0.0, GROUP, BLOCK_K).to(tl.float32)) \
+        * per_group(zs_ptr, blk, ok, k0, G, 0.0, GROUP, BLOCK_K).to(tl.float32)
+    return (code.to(tl.float32) - expand_groups(zero, GROUP, BLOCK_K)) * expand_groups(scale, GROUP, BLOCK_K)
 
 
 @triton.jit
