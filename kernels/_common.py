@@ -8,7 +8,7 @@ config through numpy). Whether we are interpreting is read from the kernel objec
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -18,8 +18,9 @@ from torch import Tensor
 
 from llmprune.errors import UserInputError
 
+from .select import REGIMES, choose, decode_max
+
 ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-DECODE_MAX_BATCH = 16  # M <= this uses the GEMV kernel (decode); above it the tl.dot GEMM kernel (prefill)
 
 
 def interpreting(kernel) -> bool:
@@ -227,8 +228,6 @@ class KernelPair:
 
     def regime(self, m: int, regime: str | None) -> str:
         """The caller's regime, or kernels/select.py's choice for ``m`` tokens."""
-        from .select import REGIMES, choose
-
         if regime is None:
             return choose(self.fmt, m)
         if regime not in REGIMES:
@@ -237,8 +236,6 @@ class KernelPair:
 
     def run(self, args: tuple, m: int, n: int, consts: dict, regime: str) -> None:
         """Launch over ``[m, n]`` outputs; ``args`` hold (..., M, N, K, stride_xm, stride_om, extra ints)."""
-        from .select import decode_max
-
         if regime == "gemv":
             bb = batch_block(min(m, decode_max(self.fmt)))
 
