@@ -34,6 +34,27 @@ def test_gptq_matches_unblocked_obs_float64(bits, group, symmetric, block):
     assert qw.mask is None and info["damp_used"] == 0.01
 
 
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_shorter_last_group_matches_oracle(act_order):
+    """40 inputs in groups of 16: groups of 16, 16 and 8 (as SmolLM2's 576 inputs in groups of 128)."""
+    W, X, stats = _case(cols=40, seed=12)
+    qw, _ = _gptq(W, stats, QuantSpec(3, 16), block=16, act_order=act_order)
+    assert qw.scales.shape == (12, 3)
+    if not act_order:
+        ref_w, ref_codes, _ = gptq_unblocked(W, stats.hessian, bits=3, group=16)
+        assert torch.equal(qw.codes.double(), ref_codes)
+        assert torch.allclose(qw.dequantize().double(), ref_w, atol=1e-6)
+        return
+    diag = torch.diag(stats.hessian)
+    perm = []
+    for k in sorted(range(2), key=lambda k: -float(diag[16 * k : 16 * k + 16].sum())):
+        perm += sorted(range(16 * k, 16 * k + 16), key=lambda c: -float(diag[c]))
+    perm = torch.tensor(perm + sorted(range(32, 40), key=lambda c: -float(diag[c])))  # the short group stays last
+    ref_w, ref_codes, _ = gptq_unblocked(W[:, perm], stats.hessian[perm][:, perm], bits=3, group=16)
+    back = torch.argsort(perm)
+    assert torch.equal(qw.codes.double(), ref_codes[:, back])
+
+
 def test_gptq_with_fixed_mask_matches_oracle_and_keeps_zeros():
     W, X, stats = _case(seed=3)
     mask = torch.rand(12, 32, generator=torch.Generator().manual_seed(9)) > 0.5

@@ -42,7 +42,7 @@ def test_cli_compress_with_quant_records_bits_and_grid_values(flags, bits, tiny_
     (["--quant", "w9"], "bits must be between 2 and 8"),
     (["--quant", "w4g0"], "group size must be at least 1"),
     (["--quant", "w4g1024"], "larger than the input dimension"),
-    (["--quant", "w4g48"], "not divisible by the group size 48"),
+    (["--quant", "w3g48", "--quantizer", "spqr"], "not divisible by the SpQR group size 48"),
     (["--quant", "w3g8s", "--quantizer", "spqr"], "asymmetric"),
     (["--quant", "w3g16", "--quantizer", "spqr", "--option", "stat_group=7"], "stat_group=7"),
     (["--quant", "w3g16", "--quantizer", "spqr", "--option", "stat_bits=0"], "stat_bits=0"),

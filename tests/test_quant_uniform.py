@@ -80,17 +80,24 @@ def test_check_quant_shape_names_the_layer():
     with pytest.raises(UserInputError, match=r"^model.layers.0.q: group size 128 .* larger than the input") as exc:
         check_quant_shape(64, parse_quant("w4g128"), "model.layers.0.q")
     assert "\n" not in str(exc.value)
-    with pytest.raises(UserInputError, match="not divisible by the group size 48"):
-        check_quant_shape(64, parse_quant("w4g48"), "q")
+    check_quant_shape(64, parse_quant("w4g48"), "q")  # a shorter last group (GPTQ's reference does the same)
+    with pytest.raises(UserInputError, match="not divisible by the SpQR group size 48"):
+        check_quant_shape(64, parse_quant("w3g48", method="spqr"), "q")
     check_quant_shape(64, parse_quant("w4g16"), "q")
     check_quant_shape(64, parse_quant("w4"), "q")
     with pytest.raises(UserInputError, match="group size 16 .* larger"):
         check_quant_shape(8, parse_quant("w3", method="spqr"), "q")  # SpQR's default group is 16
 
 
-def test_rtn_refuses_a_group_that_does_not_divide():
-    with pytest.raises(UserInputError, match="not divisible"):
-        QUANTIZERS.get("rtn").fn(torch.ones(4, 40), None, QuantSpec(4, 16, method="rtn"))
+def test_rtn_last_group_may_be_shorter():
+    W = torch.randn(3, 40, generator=torch.Generator().manual_seed(105))
+    qw, info = QUANTIZERS.get("rtn").fn(W, None, QuantSpec(3, 16, method="rtn"))
+    assert qw.scales.shape == (3, 3)  # 16 + 16 + 8 columns
+    tail = W[:, 32:]
+    lo, hi = tail.min(1).values.clamp(max=0), tail.max(1).values.clamp(min=0)
+    assert torch.allclose(qw.scales[:, 2], (hi - lo) / 7)  # the short group's own min-max
+    assert bool(((qw.dequantize() - W).abs() <= qw.scales.repeat_interleave(16, 1)[:, :40] / 2 + 1e-7).all())
+    assert info["bits_per_param"] == pytest.approx(3 + 32 * 3 / 40)
 
 
 def test_check_quant_shape_checks_spqr_second_level_groups_when_given_the_output_dimension():

@@ -4,6 +4,7 @@ The accounting counts everything needed to rebuild the weight, per parameter of 
 
 - int-k, groups of g (GPTQ/RTN, asymmetric): ``bits + (16 + 16) / g`` — a 16-bit scale and a 16-bit zero per group
   (the convention of SpQR's Table 1 and GPTQ's group results); symmetric: ``bits + 16 / g`` (the zero is implied).
+  With a shorter last group the statistics count ``ceil(in / g)`` groups per row (576 inputs, g128: 5 groups).
 - SpQR (Dettmers et al. 2023, arXiv:2306.03078, Sec. 4.2 and its "average bits" formula):
   ``wbits + (scale_bits + zero_bits) / g1 + 2 · (16 + 16) / (g1 · g2) + 32 · outlier_fraction`` — first-level
   statistics quantized to ``stat_bits`` in groups of g2, each group with a 16-bit scale and 16-bit zero for the
@@ -25,9 +26,14 @@ STAT_BITS = 16  # a scale or zero point stored in float16
 INDEX_BITS = 16  # a column or group index stored in int16
 
 
-def uniform_bits(bits: int, group: int, symmetric: bool = False) -> float:
-    """int-k with one 16-bit scale (and 16-bit zero when asymmetric) per ``group`` weights."""
-    return bits + (STAT_BITS if symmetric else 2 * STAT_BITS) / group
+def _stats_per_param(group: int, symmetric: bool, in_features: int | None) -> float:
+    per_group = STAT_BITS if symmetric else 2 * STAT_BITS
+    return per_group / group if in_features is None else per_group * -(-in_features // group) / in_features
+
+
+def uniform_bits(bits: int, group: int, symmetric: bool = False, in_features: int | None = None) -> float:
+    """int-k with one 16-bit scale (and 16-bit zero when asymmetric) per group (``ceil(in/group)`` per row)."""
+    return bits + _stats_per_param(group, symmetric, in_features)
 
 
 def spqr_bits(bits: int, group: int, stat_bits: int, stat_group: int, outlier_fraction: float) -> float:
@@ -42,10 +48,10 @@ def group_sparse_bits(bits: int, group: int, kept_fraction: float) -> float:
     return kept_fraction * (bits + (2 * STAT_BITS + INDEX_BITS) / group)
 
 
-def nm_bits(bits: int, group: int, n: int, m: int, symmetric: bool = False) -> float:
+def nm_bits(bits: int, group: int, n: int, m: int, symmetric: bool = False, in_features: int | None = None) -> float:
     """N:M + int-k: kept codes, ceil(log2 m) position bits per kept value, grids over the dense width."""
     kept = n / m
-    return kept * (bits + math.ceil(math.log2(m))) + (STAT_BITS if symmetric else 2 * STAT_BITS) / group
+    return kept * (bits + math.ceil(math.log2(m))) + _stats_per_param(group, symmetric, in_features)
 
 
 def _whole_groups(mask, group: int) -> bool:
@@ -71,14 +77,14 @@ def bits_per_param(qw: QuantizedWeight) -> float:
         return spqr_bits(qw.bits, qw.group, int(qw.extra["stat_bits"]), int(qw.extra["stat_group"]),
                          nnz / (rows * cols))
     if qw.mask is None:
-        return uniform_bits(qw.bits, qw.group, qw.symmetric)
+        return uniform_bits(qw.bits, qw.group, qw.symmetric, cols)
     kept = float(qw.mask.float().mean())
     if kept == 1.0:
-        return uniform_bits(qw.bits, qw.group, qw.symmetric)
-    if qw.group < cols and _whole_groups(qw.mask, qw.group):
+        return uniform_bits(qw.bits, qw.group, qw.symmetric, cols)
+    if qw.group < cols and cols % qw.group == 0 and _whole_groups(qw.mask, qw.group):
         return group_sparse_bits(qw.bits, qw.group, kept)
     for m in (4, 8, 16):
         n = _nm_of(qw.mask, m)
         if n is not None:
-            return nm_bits(qw.bits, qw.group, n, m, qw.symmetric)
-    return 1 + kept * qw.bits + (STAT_BITS if qw.symmetric else 2 * STAT_BITS) / qw.group
+            return nm_bits(qw.bits, qw.group, n, m, qw.symmetric, cols)
+    return 1 + kept * qw.bits + _stats_per_param(qw.group, qw.symmetric, cols)

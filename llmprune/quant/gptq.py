@@ -32,8 +32,8 @@ class GroupQuantizer:
         rows, cols = W.shape
         self.bits, self.group, self.symmetric = bits, group, symmetric
         self.codes = torch.zeros_like(W)
-        self.scales = W.new_zeros(rows, cols // group)
-        self.zeros = W.new_zeros(rows, cols // group)
+        self.scales = W.new_zeros(rows, -(-cols // group))
+        self.zeros = W.new_zeros(rows, -(-cols // group))
         self.static = static is not None
         if static is not None:
             self.scales[:, 0], self.zeros[:, 0] = static
@@ -53,7 +53,8 @@ def act_order_perm(diag: Tensor, group: int) -> Tensor:
 
     Per-row grids (``group == in``) use the plain order. With groups, whole groups are ordered by their summed
     diag(H) and the columns inside each group by their own diag(H), so every group is still one set of consecutive
-    original columns and ``QuantizedWeight`` keeps its plain ``c // group`` layout (no group-index map).
+    original columns and ``QuantizedWeight`` keeps its plain ``c // group`` layout (no group-index map). A shorter
+    last group stays last, so group boundaries stay at multiples of ``group`` in the permuted order too.
 
     Deviation: GPTQ's act-order sorts all columns freely and forms groups over the permuted order (which needs a
     ``g_idx`` map at inference); our order is the closest one that keeps groups contiguous.
@@ -61,11 +62,13 @@ def act_order_perm(diag: Tensor, group: int) -> Tensor:
     cols = diag.numel()
     if group >= cols:
         return torch.sort(diag, descending=True, stable=True).indices
-    d = diag.reshape(-1, group)
+    full = cols - cols % group
+    d = diag[:full].reshape(-1, group)
     within = torch.sort(d, dim=1, descending=True, stable=True).indices
     within = within + torch.arange(d.shape[0], device=diag.device).unsqueeze(1) * group
     order = torch.sort(d.sum(1), descending=True, stable=True).indices
-    return within[order].reshape(-1)
+    tail = torch.sort(diag[full:], descending=True, stable=True).indices + full
+    return torch.cat([within[order].reshape(-1), tail])
 
 
 def unpermute(perm: Tensor, group: int, columns: list[Tensor], grids: list[Tensor]) -> tuple[list, list]:
@@ -102,7 +105,7 @@ def quantized_sweep(weight: Tensor, stats: Stats, spec: QuantSpec, *, damp: floa
     quantizer = GroupQuantizer(W, spec.bits, group, spec.symmetric, static)
     result = obs.sweep(W, Hinv, block=block, quantize=quantizer, mask=mask, group=0 if static else group,
                        **pattern)
-    codes = torch.where(result.mask, quantizer.codes, expand(quantizer.zeros, group))
+    codes = torch.where(result.mask, quantizer.codes, expand(quantizer.zeros, group, cols))
     keep, scales, zeros = result.mask, quantizer.scales, quantizer.zeros
     if perm is not None:
         (codes, keep), (scales, zeros) = unpermute(perm, group, [codes, keep], [scales, zeros])

@@ -24,7 +24,7 @@ def rtn(weight: Tensor, stats: Stats | None, spec: QuantSpec, *, mask: Tensor | 
     group = effective_group(spec, cols)
     W = weight.float() if mask is None else weight.float() * mask
     scales, zeros = group_params(W, spec.bits, group, spec.symmetric)
-    s, z = expand(scales, group), expand(zeros, group)
+    s, z = expand(scales, group, cols), expand(zeros, group, cols)
     codes = quantize_codes(W, s, z, spec.bits)
     if mask is not None:
         codes = torch.where(mask, codes, z)

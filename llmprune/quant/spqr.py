@@ -149,8 +149,9 @@ def _settings(spec: QuantSpec, rows: int, cols: int, given: dict, name: str) -> 
     if opts["stat_group"] < 1 or rows % opts["stat_group"]:
         raise UserInputError(f"{where}SpQR stat_group={opts['stat_group']} must divide the output dimension {rows} "
                              f"(the paper uses 16)")
-    if effective_group(spec, cols) < 2:
-        raise UserInputError(f"{where}--quant {spec}: SpQR needs groups of at least 2 weights (the paper uses 16)")
+    if effective_group(spec, cols) < 2 or cols % effective_group(spec, cols):
+        raise UserInputError(f"{where}--quant {spec}: SpQR needs groups of at least 2 weights that divide the input "
+                             f"dimension {cols} (the paper uses 16)")
     if not opts["outlier_threshold"] >= 0 or opts["spqr_damp"] <= 0:
         raise UserInputError(f"{where}SpQR outlier_threshold must be >= 0 (inf disables outliers) and spqr_damp > 0")
     return opts

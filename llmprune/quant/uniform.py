@@ -5,8 +5,11 @@ Source: GPTQ's reference ``quant.py`` (Frantar et al. 2022, arXiv:2210.17323): a
 grids put the zero at ``(maxq + 1) / 2``. SpQR's quantizer (Dettmers et al. 2023, ``quant_groups.py``) is the same
 min-max grid without the clamp to 0 and with an unrounded zero; ``clamp_zero=False, round_zero=False`` selects it.
 
-A group is ``group`` consecutive input columns of one output row (``group == 0``: the whole row, one group). The
-packed formats need ``in_features % group == 0``, so other sizes are refused up front by ``check_quant_shape``.
+A group is ``group`` consecutive input columns of one output row (``group == 0``: the whole row, one group). When
+``group`` does not divide ``in_features`` the last group is shorter (``ceil(in / group)`` groups), as in GPTQ's
+reference, whose group boundaries are ``column % group == 0`` (SmolLM2's 576 inputs in groups of 128 give four groups
+of 128 and one of 64); ``QuantizedWeight.dequantize`` handles it. The packed formats need ``in % group == 0`` and
+refuse other sizes when packing; SpQR needs it too (``check_quant_shape``).
 """
 from __future__ import annotations
 
@@ -92,18 +95,17 @@ def check_quant_shape(in_features: int, spec: QuantSpec, name: str = "", out_fea
     if group > in_features:
         raise UserInputError(f"{where}group size {group} of --quant {spec} is larger than the input dimension "
                              f"{in_features}; choose a smaller group or exclude the layer with --ignore")
-    if in_features % group:
-        raise UserInputError(f"{where}input dimension {in_features} is not divisible by the group size {group} of "
+    if spec.method == "spqr" and in_features % group:
+        raise UserInputError(f"{where}input dimension {in_features} is not divisible by the SpQR group size {group} of "
                              f"--quant {spec}; choose a group that divides it or exclude the layer with --ignore")
 
 
 def group_params(W: Tensor, bits: int, group: int, symmetric: bool) -> tuple[Tensor, Tensor]:
-    """Per-group ``scale, zero [rows, in/group]`` of ``W [rows, in]`` (GPTQ grid), e.g. for round-to-nearest."""
-    rows, cols = W.shape
-    scale, zero = find_params(W.reshape(rows * (cols // group), group), bits, symmetric)
-    return scale.reshape(rows, -1), zero.reshape(rows, -1)
+    """Per-group ``scale, zero [rows, ceil(in/group)]`` of ``W [rows, in]`` (GPTQ grid), e.g. for round-to-nearest."""
+    params = [find_params(W[:, start : start + group], bits, symmetric) for start in range(0, W.shape[1], group)]
+    return torch.stack([p[0] for p in params], dim=1), torch.stack([p[1] for p in params], dim=1)
 
 
-def expand(stat: Tensor, group: int) -> Tensor:
-    """Per-group ``[rows, G]`` statistics repeated to per-column ``[rows, G * group]``."""
-    return stat.repeat_interleave(group, dim=1)
+def expand(stat: Tensor, group: int, cols: int) -> Tensor:
+    """Per-group ``[rows, G]`` statistics repeated to per-column ``[rows, cols]`` (the last group may be shorter)."""
+    return stat.repeat_interleave(group, dim=1)[:, :cols]
