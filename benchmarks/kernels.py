@@ -1,7 +1,6 @@
 """GPU benchmark and full-size correctness check of the packed-format kernels (issue 6).
 
-    python benchmarks/kernels.py [--check] [--bench] [--dtypes float16,bfloat16] [--formats int4,...] [--quick]
-                                 [--results DIR]
+    python benchmarks/kernels.py [--check] [--bench] [--dtypes float16,bfloat16] [--formats int4,..] [--results DIR]
 
 ``--check`` compares every kernel and regime with the format's torch reference at 11008x4096 (relative Frobenius
 error bounds per dtype, NaN-poisoned outputs). ``--bench`` times each format on the Llama-2-7B / Llama-3-8B linear
@@ -27,6 +26,8 @@ import torch
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (14336, 4096), (4096, 14336), (28672, 8192)]  # (out, in)
 BATCHES = [1, 4, 16, 64, 512, 4096]
 FORMATS = ["int4", "sparse24", "sparse24_int4", "group_sparse_int4", "spqr"]
+CHECK_CASES = [(1, "gemv"), (4, "gemv"), (16, "gemv"), (16, "gemm"), (64, "gemm"), (512, "gemm"), (512, "dense"),
+               (37, None)]  # (tokens, regime); None: kernels/select.py's choice
 CHECK_BOUND = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # ||y - ref||_F / ||ref||_F
 G = 128  # int4 / sparse24_int4 group; GQSA uses g16 at 50% kept groups (W4S50); SpQR w3 g16, stat groups of 16, 1%
 NIBBLES_24 = torch.tensor([0 | 1 << 2, 0 | 2 << 2, 0 | 3 << 2, 1 | 2 << 2, 1 | 3 << 2, 2 | 3 << 2], dtype=torch.uint8)
@@ -123,21 +124,20 @@ def copy_bandwidth(timer: Timer) -> float:
     return 2 * src.numel() / us / 1e3
 
 
-def check(formats, dtypes, shape=(11008, 4096)) -> list[str]:
-    """Every regime of every kernel against ``formats.<fmt>.matmul_ref`` at full size; returns markdown rows."""
+def check(formats, dtypes, shape=(11008, 4096), device="cuda", cases=CHECK_CASES) -> list[str]:
+    """Every regime of every kernel against ``formats.<fmt>.matmul_ref`` at full size; returns markdown rows
+    (``device="cpu"`` under TRITON_INTERPRET=1 is the CPU dry run of this function)."""
     import importlib
-
-    from llmprune.kernels import matmul_fn
+    from llmprune.kernels import matmul_fn  # noqa: I001
 
     rows, n, k = [], *shape
     for fmt in formats:
         ref_fn = importlib.import_module(f"llmprune.formats.{fmt}").matmul_ref
         for dtype in dtypes:
-            packed = random_packed(fmt, n, k, dtype)
-            for m, regime in [(1, "gemv"), (4, "gemv"), (16, "gemv"), (16, "gemm"), (64, "gemm"), (512, "gemm"),
-                              (512, "dense"), (37, None)]:
-                x = torch.randn(m, k, device="cuda").to(dtype)
-                out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+            packed = random_packed(fmt, n, k, dtype, device=device)
+            for m, regime in cases:
+                x = torch.randn(m, k, device=device).to(dtype)
+                out = torch.full((m, n), float("nan"), dtype=dtype, device=device)
                 matmul_fn(fmt)(x, packed, out=out, regime=regime)
                 ref = ref_fn(x, packed).float()
                 err = float((out.float() - ref).norm() / ref.norm())

@@ -54,3 +54,11 @@ def test_benchmark_summary_flags_goals_and_suggests_crossover(bench):
     assert "worst 3.50x over dense (goal 3x: met)" in text
     assert "worst 0.80x of dense (SLOWER" in text
     assert "{'int4': 512}" in text
+
+
+def test_benchmark_check_dry_run_passes_on_cpu(bench, capsys):
+    """The GPU correctness pass itself (every regime, NaN-poisoned outputs, Frobenius bounds) on a small shape."""
+    cases = [c for c in bench.CHECK_CASES if c[0] < 512 or c[1] == "dense"]  # the interpreter is slow at 512 rows
+    rows = bench.check(["int4", "sparse24_int4", "group_sparse_int4", "spqr"], [torch.float16], (20, 256), "cpu",
+                       cases)
+    assert len(rows) == 4 * len(cases) and all(row.endswith("| ok |") for row in rows)
