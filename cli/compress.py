@@ -99,6 +99,9 @@ def compress_command(
     device: str = typer.Option("cpu", help="Compute device for the layer being compressed: cpu or cuda."),
     dtype: str = typer.Option("float32", help="Model dtype while compressing and when saved: float32, float16, bfloat16."),
     batch_size: int = typer.Option(8, help="Calibration windows per forward pass."),
+    forward_dtype: Optional[str] = typer.Option(
+        None, help="Run the calibration forwards in this dtype (e.g. bfloat16: ~2x faster matmuls on CPU, as the "
+                   "reference runs float16 on GPU); statistics and weights stay float32."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
     from_manifest: Optional[Path] = typer.Option(None, help="Re-run exactly the recipe recorded in an llmprune.json."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
@@ -117,7 +120,8 @@ def compress_command(
         if nsamples < 1 or seqlen < 2:
             raise UserInputError("--nsamples must be >= 1 and --seqlen >= 2")
         job = CompressJob(model=model, output=output, recipe=recipe, calibration=calibration, format=format,
-                          export=export, device=device, dtype=dtype, batch_size=batch_size, force=force,
+                          export=export, device=device, dtype=dtype, batch_size=batch_size,
+                          forward_dtype=forward_dtype, force=force,
                           progress=not quiet, argv=tuple(sys.argv))
     summary = run_compress(job)
     typer.echo(summary)

@@ -222,9 +222,10 @@ def build_plan(model, recipe: Recipe) -> Plan:
 
 
 def compress_(model, recipe: Recipe, calib=None, *, device: str = "cpu", batch_size: int = 8,
-              progress: bool = True) -> Report:
+              progress: bool = True, forward_dtype: torch.dtype | None = None) -> Report:
     """Compress ``model`` in place following ``recipe``. ``calib`` is a ``CalibrationSet`` (or None when no module
-    needs statistics). Returns the Report (per-layer records, quantized codes, timings)."""
+    needs statistics). ``forward_dtype`` runs the calibration forwards in another dtype (statistics stay float32; see
+    ``engine.sequential.run_sequential_``). Returns the Report (per-layer records, quantized codes, timings)."""
     from .engine.sequential import run_sequential_, run_without_calibration_
 
     start = time.perf_counter()
@@ -236,7 +237,7 @@ def compress_(model, recipe: Recipe, calib=None, *, device: str = "cpu", batch_s
         if calib is None:
             raise UserInputError(f"--method {recipe.method} needs calibration data; give --calib")
         engine_info = run_sequential_(model, calib.ids, plan, device=device, batch_size=batch_size,
-                                      progress=progress)
+                                      progress=progress, forward_dtype=forward_dtype)
     else:
         engine_info = run_without_calibration_(model, plan, device=device, progress=progress)
     if recipe.include_lm_head:

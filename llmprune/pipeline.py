@@ -31,6 +31,7 @@ class CompressJob:
     device: str = "cpu"
     dtype: str = "float32"
     batch_size: int = 8
+    forward_dtype: str | None = None  # calibration forwards in another dtype (e.g. bfloat16); stats stay float32
     force: bool = False
     progress: bool = True
     argv: tuple[str, ...] = ()
@@ -48,6 +49,8 @@ def versions() -> dict:
 def _check_job(job: CompressJob) -> None:
     if job.dtype not in DTYPES:
         raise UserInputError(f"--dtype {job.dtype}: choose one of {', '.join(DTYPES)}")
+    if job.forward_dtype not in (None, *DTYPES):
+        raise UserInputError(f"--forward-dtype {job.forward_dtype}: choose one of {', '.join(DTYPES)}")
     if job.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserInputError(f"--device {job.device}: CUDA is not available here; use --device cpu")
     if job.recipe.sparsity is None and job.recipe.quant is None:
@@ -99,14 +102,15 @@ def _run_compress(job: CompressJob) -> str:
         calib = calibration_windows(loaded.tokenizer, job.calibration, model=loaded.model)
     t_load = time.perf_counter() - t0
     report = compress_(loaded.model, job.recipe, calib, device=job.device, batch_size=job.batch_size,
-                       progress=job.progress)
+                       progress=job.progress,
+                       forward_dtype=DTYPES[job.forward_dtype] if job.forward_dtype else None)
     manifest = {
         "model": loaded.source,
         "recipe": job.recipe.to_dict(),
         "calibration": None if calib is None else {**asdict(job.calibration), "sha256": calib.sha256,
                                                    "description": calib.description},
         "job": {"format": job.format, "export": job.export, "device": job.device, "dtype": job.dtype,
-                "batch_size": job.batch_size},
+                "batch_size": job.batch_size, "forward_dtype": job.forward_dtype},
         "report": report.to_dict(),
         "timings": {"load_and_calibration_seconds": round(t_load, 3), **report.timings},
         "versions": versions(),
@@ -165,4 +169,5 @@ def job_from_manifest(path: Path, *, output: Path, force: bool, device: str, qui
         raise CorruptCheckpoint(f"{path}: not a valid llmprune manifest ({exc}); give the llmprune.json of a run") from None
     return CompressJob(model=model, output=output, recipe=recipe, calibration=calib, format=job["format"],
                        export=job.get("export"), device=device, dtype=job["dtype"], batch_size=job["batch_size"],
-                       force=force, progress=not quiet, argv=("--from-manifest", str(path)))
+                       forward_dtype=job.get("forward_dtype"), force=force, progress=not quiet,
+                       argv=("--from-manifest", str(path)))

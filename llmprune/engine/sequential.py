@@ -17,6 +17,7 @@ Names are the model's qualified ``named_modules()`` names (``model.layers.0.self
 """
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
@@ -71,10 +72,34 @@ def _progress(items, enabled: bool, desc: str):
     return tqdm(items, desc=desc, unit="layer", disable=not enabled, leave=False)
 
 
+def _cast(value, dtype: torch.dtype):
+    """``value`` with its floating tensors cast to ``dtype``."""
+    if isinstance(value, Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cast(v, dtype) for v in value)
+    if isinstance(value, dict):
+        return {k: _cast(v, dtype) for k, v in value.items()}
+    return value
+
+
+def cast_captured_(captured: Captured, dtype: torch.dtype) -> None:
+    """Run the layer forwards in ``dtype``: hidden states and every floating layer argument (rotary cos/sin, float
+    masks) cast once, as a model loaded in that dtype would compute them."""
+    captured.hidden = [h.to(dtype) for h in captured.hidden]
+    distinct = {id(call): call for calls in captured.calls for call in calls}  # records shared between batches
+    for call in distinct.values():
+        call.args, call.kwargs = _cast(call.args, dtype), _cast(call.kwargs, dtype)
+
+
 @torch.no_grad()
 def run_sequential_(model: nn.Module, calib_ids: Tensor, task, *, device="cpu", batch_size: int = 1,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, forward_dtype: torch.dtype | None = None) -> dict:
     """Compress ``model`` in place layer by layer with ``task``, calibrating on ``calib_ids`` [n, seqlen].
+
+    ``forward_dtype`` (e.g. bfloat16) runs the two calibration forwards of each layer on a copy of the layer in that
+    dtype, as the reference code runs them in float16 on GPU; the statistics still accumulate in float32 and the
+    algorithms still see (and write) the model's own float32 weights. None: forwards in the model's dtype.
 
     Returns ``{"capture_seconds", "stats_seconds", "task_seconds", "forward_seconds", "engine_seconds",
     "calibration_tokens", "layers": [per-layer dicts]}``.
@@ -83,28 +108,38 @@ def run_sequential_(model: nn.Module, calib_ids: Tensor, task, *, device="cpu", 
     start = time.perf_counter()
     layers, path = decoder_layers(model)
     captured = capture_inputs(model, calib_ids, device=device, batch_size=batch_size)
+    if forward_dtype is not None:
+        cast_captured_(captured, forward_dtype)
     info = {"capture_seconds": time.perf_counter() - start, "stats_seconds": 0.0, "task_seconds": 0.0,
             "forward_seconds": 0.0, "calibration_tokens": int(calib_ids.numel()), "layers": []}
     for index, layer in enumerate(_progress(layers, progress, "compressing layers")):
-        info["layers"].append(_run_layer_(task, layer, index, f"{path}.{index}", captured, device, info))
+        info["layers"].append(_run_layer_(task, layer, index, f"{path}.{index}", captured, device, info,
+                                          forward_dtype))
     info["engine_seconds"] = time.perf_counter() - start
     return info
 
 
-def _run_layer_(task, layer: nn.Module, index: int, prefix: str, captured: Captured, device, info: dict) -> dict:
+def _forward_copy(layer: nn.Module, dtype: torch.dtype | None) -> nn.Module:
+    return layer if dtype is None else copy.deepcopy(layer).to(dtype)
+
+
+def _run_layer_(task, layer: nn.Module, index: int, prefix: str, captured: Captured, device, info: dict,
+                forward_dtype: torch.dtype | None = None) -> dict:
     """One step of the loop; adds its times to ``info`` and returns the layer's record."""
     home = model_device(layer)
     layer.to(device)
     targets = _targets(task, layer, prefix)
-    collector = StatsCollector({name: (module, frozenset(task.needs(name))) for name, module in targets.items()})
+    fwd = _forward_copy(layer, forward_dtype)
+    hooked = {name: fwd.get_submodule(name[len(prefix) + 1:]) for name in targets}
+    collector = StatsCollector({name: (hooked[name], frozenset(task.needs(name))) for name in targets})
     t0 = time.perf_counter()
     if collector.active:
         with collector.hooks():
-            _forward_all(layer, captured, index, collector, keep=False)
+            _forward_all(fwd, captured, index, collector, keep=False)
     t1 = time.perf_counter()
     _compress_linears_(task, targets, collector)
     t2 = time.perf_counter()
-    _forward_all(layer, captured, index)
+    _forward_all(_forward_copy(layer, forward_dtype), captured, index)
     t3 = time.perf_counter()
     layer.to(home)
     info["stats_seconds"] += t1 - t0
