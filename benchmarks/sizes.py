@@ -146,7 +146,8 @@ def smollm2_rows(directory: Path) -> list[str]:
     rows = []
     for fmt in FORMATS:
         gen = torch.Generator().manual_seed(0)
-        layers = {n: pack_layer(n, fmt, source(fmt, o, i, gen)) for n, (o, i) in shapes.items()}
+        once = {shape: pack_layer(fmt, fmt, source(fmt, *shape, gen)) for shape in set(shapes.values())}
+        layers = {n: (fmt, {k: t.clone() for k, t in once[s][1].items()}, once[s][2]) for n, s in shapes.items()}
         out = checkpoint.save(model, directory / fmt, layers=layers)
         disk = sum(p.stat().st_size for p in out.iterdir())
         mem = rest + sum(sum(t.numel() * t.element_size() for t in packed.values()) for _, packed, _ in layers.values())
