@@ -178,3 +178,25 @@ def test_engine_on_cuda_matches_cpu_and_keeps_model_on_cpu():
         handle.remove()
     assert all(p.device.type == "cpu" for p in model.parameters())
     torch.testing.assert_close(torch.cat(outputs[-1][-3:]).cpu(), final, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("forward_dtype", [None, torch.bfloat16])
+def test_a_captured_input_can_be_reused_across_runs(forward_dtype):
+    """A sweep captures once and compresses several times: the engine must leave the given Captured untouched."""
+    ids = _ids()
+    results = []
+    for reuse in (False, True):
+        model, _ = tiny_model("gemma2")
+        captured = capture_inputs(model, ids, batch_size=2)
+        kept = [h.clone() for h in captured.hidden]
+        calls = [list(c) for c in captured.calls]
+        masks = [c.kwargs["attention_mask"].clone() for c in captured.calls[0]]
+        task = HalveRows()
+        run_sequential_(model, captured if reuse else ids, task, batch_size=2, progress=False,
+                        forward_dtype=forward_dtype)
+        results.append(task.stats)
+        assert all(torch.equal(h, k) for h, k in zip(captured.hidden, kept))
+        assert [list(c) for c in captured.calls] == calls
+        assert all(torch.equal(c.kwargs["attention_mask"], m) for c, m in zip(captured.calls[0], masks))
+    for name, stats in results[0].items():
+        assert torch.equal(stats.hessian, results[1][name].hessian), name

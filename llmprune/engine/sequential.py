@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..model.layers import decoder_layers, get_weight, linears, set_weight_
 from ..types import Stats
-from .capture import Captured, capture_inputs, model_device
+from .capture import Captured, LayerCall, capture_inputs, model_device
 from .stats import StatsCollector
 
 
@@ -61,9 +61,15 @@ def _forward_all(layer: nn.Module, captured: Captured, index: int, collector: St
             captured.hidden[b] = out
 
 
-def _check_ids(calib_ids: Tensor) -> None:
-    if not isinstance(calib_ids, Tensor) or calib_ids.ndim != 2 or calib_ids.dtype not in (torch.int64, torch.int32):
-        raise ValueError("calib_ids must be an integer tensor [nsamples, seqlen]")
+def _start(model: nn.Module, calib, device, batch_size: int) -> Captured:
+    """Capture from ids, or take a Captured as given: a copy of its list, so the caller's tensors stay untouched."""
+    if isinstance(calib, Captured):
+        if calib.hidden and calib.hidden[0].device != torch.device(device):
+            raise ValueError(f"the captured inputs are on {calib.hidden[0].device}, the engine runs on {device}")
+        return Captured(list(calib.hidden), calib.calls)
+    if not isinstance(calib, Tensor) or calib.ndim != 2 or calib.dtype not in (torch.int64, torch.int32):
+        raise ValueError("calib_ids must be an integer tensor [nsamples, seqlen] or a Captured from capture_inputs")
+    return capture_inputs(model, calib, device=device, batch_size=batch_size)
 
 
 def _progress(items, enabled: bool, desc: str):
@@ -83,19 +89,26 @@ def _cast(value, dtype: torch.dtype):
     return value
 
 
-def cast_captured_(captured: Captured, dtype: torch.dtype) -> None:
-    """Run the layer forwards in ``dtype``: hidden states and every floating layer argument (rotary cos/sin, float
-    masks) cast once, as a model loaded in that dtype would compute them."""
-    captured.hidden = [h.to(dtype) for h in captured.hidden]
-    distinct = {id(call): call for calls in captured.calls for call in calls}  # records shared between batches
-    for call in distinct.values():
-        call.args, call.kwargs = _cast(call.args, dtype), _cast(call.kwargs, dtype)
+def cast_captured(captured: Captured, dtype: torch.dtype) -> Captured:
+    """A copy for layer forwards in ``dtype``: hidden states and every floating layer argument (rotary cos/sin, float
+    masks) cast once, as a model loaded in that dtype would compute them. Records shared between batches stay shared;
+    ``captured`` itself is not modified (it may be reused by the caller)."""
+    new_calls: dict[int, LayerCall] = {}
+    for calls in captured.calls:
+        for call in calls:
+            if id(call) not in new_calls:
+                new_calls[id(call)] = LayerCall(_cast(call.args, dtype), _cast(call.kwargs, dtype), call.positional)
+    return Captured([h.to(dtype) for h in captured.hidden],
+                    [[new_calls[id(call)] for call in calls] for calls in captured.calls])
 
 
 @torch.no_grad()
-def run_sequential_(model: nn.Module, calib_ids: Tensor, task, *, device="cpu", batch_size: int = 1,
+def run_sequential_(model: nn.Module, calib_ids: Tensor | Captured, task, *, device="cpu", batch_size: int = 1,
                     progress: bool = True, forward_dtype: torch.dtype | None = None) -> dict:
     """Compress ``model`` in place layer by layer with ``task``, calibrating on ``calib_ids`` [n, seqlen].
+
+    ``calib_ids`` may instead be a ``Captured`` from ``capture_inputs`` (on ``device``), to reuse one capture across
+    several runs on the same dense model (a sweep); it is not modified.
 
     ``forward_dtype`` (e.g. bfloat16) runs the two calibration forwards of each layer on a copy of the layer in that
     dtype, as the reference code runs them in float16 on GPU; the statistics still accumulate in float32 and the
@@ -104,14 +117,14 @@ def run_sequential_(model: nn.Module, calib_ids: Tensor, task, *, device="cpu", 
     Returns ``{"capture_seconds", "stats_seconds", "task_seconds", "forward_seconds", "engine_seconds",
     "calibration_tokens", "layers": [per-layer dicts]}``.
     """
-    _check_ids(calib_ids)
     start = time.perf_counter()
     layers, path = decoder_layers(model)
-    captured = capture_inputs(model, calib_ids, device=device, batch_size=batch_size)
+    captured = _start(model, calib_ids, device, batch_size)
     if forward_dtype is not None:
-        cast_captured_(captured, forward_dtype)
+        captured = cast_captured(captured, forward_dtype)
+    tokens = sum(h.shape[0] * h.shape[1] for h in captured.hidden)
     info = {"capture_seconds": time.perf_counter() - start, "stats_seconds": 0.0, "task_seconds": 0.0,
-            "forward_seconds": 0.0, "calibration_tokens": int(calib_ids.numel()), "layers": []}
+            "forward_seconds": 0.0, "calibration_tokens": int(tokens), "layers": []}
     for index, layer in enumerate(_progress(layers, progress, "compressing layers")):
         info["layers"].append(_run_layer_(task, layer, index, f"{path}.{index}", captured, device, info,
                                           forward_dtype))
