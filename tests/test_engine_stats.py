@@ -121,3 +121,17 @@ def test_input_stats_variance_is_stable_for_large_means():
 def test_input_stats_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown statistics"):
         InputStats(4, frozenset({"fisher"}), "cpu")
+
+
+def test_statistics_pass_stops_after_the_last_needed_input():
+    """From the second batch on, the statistics forward ends at the last hooked Linear's input (its matmul skipped)."""
+    model, _ = tiny_model("llama")
+    ids = torch.randint(2, VOCAB, (3, 8), generator=torch.Generator().manual_seed(5))
+    layer = model.model.layers[0]
+    calls = {"down": 0, "o": 0}
+    layer.mlp.down_proj.register_forward_hook(lambda *a: calls.__setitem__("down", calls["down"] + 1))
+    layer.self_attn.o_proj.register_forward_hook(lambda *a: calls.__setitem__("o", calls["o"] + 1))
+    task = Recorder(STAT_NAMES)
+    run_sequential_(model, ids, task, batch_size=1, progress=False)
+    assert calls == {"down": 1 + 3, "o": 3 + 3}  # stats pass: only batch 1 runs down_proj; then the propagation pass
+    assert task.stats["model.layers.0.mlp.down_proj"].tokens == 24  # its input was still recorded every time

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..model.layers import decoder_layers, get_weight, linears, set_weight_
 from ..types import Stats
 from .capture import Captured, LayerCall, capture_inputs, model_device
-from .stats import StatsCollector
+from .stats import StatsCollector, StopLayer
 
 
 def _wants(task, name: str) -> bool:
@@ -54,7 +54,10 @@ def _forward_all(layer: nn.Module, captured: Captured, index: int, collector: St
                  keep: bool = True) -> None:
     """Run ``layer`` on every batch; with ``keep`` its outputs replace the stored hidden states (next inputs)."""
     for b, hidden in enumerate(captured.hidden):
-        out = captured.calls[b][index](layer, hidden)
+        try:
+            out = captured.calls[b][index](layer, hidden)
+        except StopLayer:  # statistics pass: every needed input was recorded (see StatsCollector.hooks)
+            out = None
         if collector is not None:
             collector.flush()
         if keep:
@@ -147,7 +150,7 @@ def _run_layer_(task, layer: nn.Module, index: int, prefix: str, captured: Captu
     collector = StatsCollector({name: (hooked[name], frozenset(task.needs(name))) for name in targets})
     t0 = time.perf_counter()
     if collector.active:
-        with collector.hooks():
+        with collector.hooks(stop_early=True):
             _forward_all(fwd, captured, index, collector, keep=False)
     t1 = time.perf_counter()
     _compress_linears_(task, targets, collector)

@@ -28,6 +28,10 @@ from ..types import Stats
 STAT_NAMES = frozenset({"input_sq_norms", "hessian", "input_mean", "input_var"})
 
 
+class StopLayer(Exception):
+    """Raised by the hook of the last Linear a statistics forward needs: the rest of the layer need not run."""
+
+
 class InputStats:
     """Running float32 statistics of one input feature space of size ``dim``; computes only ``needs``."""
 
@@ -82,6 +86,8 @@ class StatsCollector:
     def __init__(self, modules: dict[str, tuple[nn.Module, frozenset[str]]]):
         self.modules = {name: (module, frozenset(needs)) for name, (module, needs) in modules.items() if needs}
         self._pending: list[tuple[str, Tensor]] = []
+        self._stop_early = False
+        self._last: str | None = None  # the last hooked Linear of a forward, learned from the first one
         self._group_of: dict[str, tuple[str, ...]] = {}
         self._acc: dict[tuple[str, ...], InputStats] = {}
 
@@ -90,7 +96,11 @@ class StatsCollector:
         return bool(self.modules)
 
     @contextmanager
-    def hooks(self):
+    def hooks(self, *, stop_early: bool = False):
+        """Record the hooked Linears' inputs. With ``stop_early``, from the second forward on, the hook of the last
+        hooked Linear raises ``StopLayer`` once its input is recorded (in a Llama block that skips down_proj's matmul
+        and the residual add, about a quarter of the block's FLOPs); the caller catches it."""
+        self._stop_early = stop_early
         handles = [module.register_forward_pre_hook(self._hook(name)) for name, (module, _) in self.modules.items()]
         try:
             yield self
@@ -98,15 +108,26 @@ class StatsCollector:
             for handle in handles:
                 handle.remove()
             self._pending.clear()
+            self._stop_early = False
 
     def _hook(self, name: str):
         def hook(module, args):
             self._pending.append((name, args[0]))
+            if self._stop_early and name == self._last:
+                raise StopLayer
 
         return hook
 
+    def _learn_last(self) -> None:
+        """Stop after a Linear only if it ran exactly once and last in a complete forward (an expert or a Linear
+        called twice could otherwise lose inputs)."""
+        if self._last is None and self._pending:
+            name = self._pending[-1][0]
+            self._last = name if sum(n == name for n, _ in self._pending) == 1 else ""
+
     def flush(self) -> None:
         """Group this forward's recorded inputs by tensor identity and update each group's accumulator once."""
+        self._learn_last()
         groups: dict[int, tuple[Tensor, list[str]]] = {}
         for name, x in self._pending:
             groups.setdefault(id(x), (x, []))[1].append(name)
