@@ -145,9 +145,9 @@ def _run_layer_(task, layer: nn.Module, index: int, prefix: str, captured: Captu
     home = model_device(layer)
     layer.to(device)
     targets = _targets(task, layer, prefix)
-    fwd = _forward_copy(layer, forward_dtype)
-    hooked = {name: fwd.get_submodule(name[len(prefix) + 1:]) for name in targets}
-    collector = StatsCollector({name: (hooked[name], frozenset(task.needs(name))) for name in targets})
+    needs = {name: frozenset(task.needs(name)) for name in targets}
+    fwd = _forward_copy(layer, forward_dtype if any(needs.values()) else None)
+    collector = StatsCollector({name: (fwd.get_submodule(name[len(prefix) + 1:]), needs[name]) for name in targets})
     t0 = time.perf_counter()
     if collector.active:
         with collector.hooks(stop_early=True):
