@@ -135,3 +135,14 @@ def test_smollm2_alias_matches_the_gguf_loaded_directly(smollm2, tmp_path):
         got = model(ids, use_cache=False).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     assert got[0, -1].argmax() == expected[0, -1].argmax()
+
+
+def test_resolve_gguf_file_goes_through_the_gguf_loader(tmp_path, monkeypatch):
+    """Dispatch only (the real GGUF path is checked by the slow test): a .gguf file, whatever its folder holds."""
+    gguf = tmp_path / "Model.Q4_1.GGUF"
+    gguf.write_bytes(b"GGUF")
+    seen = []
+    monkeypatch.setattr(load, "load_gguf", lambda path, dtype: seen.append((path, dtype)) or ("model", "tok"))
+    loaded = resolve(str(gguf), dtype=torch.bfloat16)
+    assert seen == [(gguf, torch.bfloat16)]
+    assert loaded.source == {"spec": str(gguf), "kind": "gguf", "path": str(gguf.resolve())}
