@@ -239,10 +239,7 @@ class BatchRunner:
 
     def cached(self, cell: Cell) -> CellResult | None:
         path = self.cache / "results" / f"{self.keys(cell)[1]}.json"
-        if not path.is_file():
-            return None
-        data = json.loads(path.read_text())
-        return CellResult(**data) if data.get("status") == "ok" else None
+        return CellResult(**json.loads(path.read_text())) if path.is_file() else None  # only ok cells get .json
 
     def run(self, shard: tuple[int, int] | None = None, progress=None) -> list[CellResult]:
         """Run every cell (or this shard's); returns all results in spec order (cached ones included)."""
