@@ -174,3 +174,23 @@ def test_zeroshot_module_imports_no_lm_eval():
            "print(sorted(m for m in ('lm_eval', 'matplotlib', 'triton') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_zeroshot_packed_checkpoint_same_answers_as_dense_twin(tmp_path, shared_data):
+    """lm-eval runs the checkpoint as llmprune loads it (PackedLinear modules) and agrees with the same weights held
+    dense; SmolLM2's version of this is in test_zeroshot_smollm2.py."""
+    from llmprune import checkpoint
+    from llmprune.evals.zeroshot import run_zeroshot
+    from llmprune.packed_linear import PackedLinear
+    from tests.packed_fixtures import pack_model_
+
+    twin, _ = tiny_model("llama")
+    layers = pack_model_(twin, "sparse24_int4")
+    checkpoint.save(twin, tmp_path / "packed", layers=layers, tokenizer=tiny_tokenizer())
+    packed, tokenizer, _ = checkpoint.load(tmp_path / "packed")
+    assert sum(isinstance(m, PackedLinear) for m in packed.modules()) == len(layers)
+    dense = run_zeroshot(twin, tiny_tokenizer(), ["arc_easy"], limit=6, batch_size=4)
+    compressed = run_zeroshot(packed, tokenizer, ["arc_easy"], limit=6, batch_size=4)
+    assert compressed.answers == dense.answers and len(dense.answers["arc_easy"]) == 6
+    for got, want in zip(compressed.loglikelihoods["arc_easy"], dense.loglikelihoods["arc_easy"]):
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-4)
