@@ -1,0 +1,44 @@
+"""``llmprune bench``: end-to-end decode tokens/s of packed models vs dense (logic in ``evals/bench.py``)."""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from llmprune.errors import UserInputError
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UserInputError(f"{flag} {text!r}: give comma-separated integers such as 1,16") from None
+
+
+def bench_command(
+    model: str = typer.Argument("tiny", help="Shape (tiny, llama-7b, llama3-8b), alias, HF folder or llmprune "
+                                             "checkpoint."),
+    format: str = typer.Option("sparse24_int4", "--format", help="Packed format(s), comma-separated: sparse24_int4, "
+                               "group_sparse_int4, int4, spqr, sparse24, dense (dense is always measured)."),
+    batch: str = typer.Option("1,16", help="Batch sizes, comma-separated."),
+    new_tokens: int = typer.Option(128, help="Greedy decode steps per run."),
+    prompt_len: int = typer.Option(32, help="Random prompt length (prefill)."),
+    device: str = typer.Option("cuda", help="cuda, or cpu (reference matmuls; not representative)."),
+    dtype: str = typer.Option("float16", help="float16 or bfloat16 (float32 for CPU checks)."),
+    cuda_graphs: Optional[bool] = typer.Option(None, "--cuda-graphs/--no-cuda-graphs",
+                                               help="Also run static KV cache + torch.compile(reduce-overhead) "
+                                                    "(CUDA graphs); default on for cuda."),
+    compile: bool = typer.Option(False, "--compile/--no-compile", help="Also run static KV cache + torch.compile."),
+    runs: int = typer.Option(3, help="Timed runs per point (median)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the table."),
+) -> None:
+    """Decode throughput of packed models vs the dense model, with the dispatch path each layer took."""
+    from llmprune.evals.bench import format_table, run_bench
+
+    graphs = device == "cuda" if cuda_graphs is None else cuda_graphs
+    variants = ["eager"] + (["static+compile"] if compile else []) + (["static+cudagraphs"] if graphs else [])
+    formats = [f.strip() for f in format.split(",") if f.strip()]
+    result = run_bench(model, formats, _ints(batch, "--batch"), new_tokens=new_tokens, prompt_len=prompt_len,
+                       device=device, dtype=dtype, variants=variants, runs=runs)
+    typer.echo(json.dumps(result, indent=2) if as_json else format_table(result))
