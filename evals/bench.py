@@ -84,7 +84,7 @@ def random_qweight(fmt: str, out_f: int, in_f: int, device, gen: torch.Generator
     rand, ints = _draws(device, gen)
     if fmt == "spqr":
         return _random_spqr(out_f, in_f, device, gen)
-    group = min(128, in_f)
+    group = next((g for g in (128, 64, 32, 16) if in_f % g == 0 and in_f // g >= 2), in_f)
     groups = in_f // group
     if fmt == "sparse24":
         return torch.randn(out_f, in_f, generator=gen, device=device) * 0.02 * _mask24(out_f, in_f, rand)

@@ -1,0 +1,131 @@
+"""``llmprune bench`` (evals/bench.py, cli/bench.py): packed decode is exact vs the dequantized dense twin, the
+table/JSON rows, one-line errors, and the 7B shapes built on the meta device only."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from llmprune.errors import UserInputError
+from llmprune.evals import bench
+from llmprune.packed_linear import PackedLinear
+
+PACKED = [f for f in bench.FORMATS if f != "dense"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Toy matmuls on a busy 2-core machine are ~100x slower with several intra-op threads contending."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("fmt", PACKED)
+def test_packed_greedy_tokens_equal_dense_twin(fmt):
+    model = bench.build_random("tiny", fmt, "cpu", "float32", seed=1)
+    twin = bench.dense_twin(model)
+    assert sum(isinstance(m, PackedLinear) for m in model.modules()) == 14
+    assert not any(isinstance(m, PackedLinear) for m in twin.modules())
+    for batch in (1, 2):
+        prompt = torch.randint(0, 256, (batch, 5), generator=torch.Generator().manual_seed(batch))
+        got, want = bench.greedy(model, prompt, 6), bench.greedy(twin, prompt, 6)
+        assert got.shape == (batch, 6)
+        assert torch.equal(got, want)
+
+
+def test_random_patterns_are_the_formats_patterns():
+    """The dequantized random weights have the sparsity each format promises (direct count on the dense twin)."""
+    gate = {f: bench.dense_twin(bench.build_random("tiny", f, "cpu", "float32")).model.layers[0].mlp.up_proj.weight
+            for f in ("sparse24", "sparse24_int4", "group_sparse_int4", "int4")}
+    for f in ("sparse24", "sparse24_int4"):
+        assert ((gate[f].reshape(-1, 4) != 0).sum(-1) <= 2).all()
+    assert (gate["group_sparse_int4"] == 0).float().mean() >= 0.5  # half the groups of each row
+    assert (gate["int4"] != 0).float().mean() > 0.8
+
+
+def test_no_meta_tensors_left_after_build():
+    model = bench.build_random("tiny", "spqr", "cpu", "float16")
+    assert not any(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
+    assert model.model.embed_tokens.weight.dtype == torch.float16
+
+
+def _llama_params(h, inter, layers, heads, kv, vocab):
+    """Direct count: untied embedding + lm_head, q/k/v/o, gate/up/down, two norms per layer, final norm."""
+    kv_dim = h // heads * kv
+    per_layer = h * h * 2 + h * kv_dim * 2 + 3 * h * inter + 2 * h
+    return 2 * vocab * h + layers * per_layer + h
+
+
+@pytest.mark.parametrize("shape,published", [("llama-7b", 6_738_415_616), ("llama3-8b", 8_030_261_248)])
+def test_big_shapes_on_meta_only(shape, published):
+    model = bench.meta_model(shape)
+    params = list(model.parameters())
+    assert all(p.is_meta for p in params)
+    count = sum(p.numel() for p in params)
+    cfg = bench.SHAPES[shape]
+    assert count == published == _llama_params(cfg["hidden_size"], cfg["intermediate_size"],
+                                                cfg["num_hidden_layers"], cfg["num_attention_heads"],
+                                                cfg["num_key_value_heads"], cfg["vocab_size"])
+
+
+def test_run_bench_rows_and_table():
+    result = bench.run_bench("tiny", PACKED, [1, 2], new_tokens=3, prompt_len=4, device="cpu", dtype="float32",
+                             runs=1)
+    rows = result["rows"]
+    assert [(r["format"], r["batch"]) for r in rows] == [(f, b) for f in ["dense"] + PACKED for b in (1, 2)]
+    assert all(r["variant"] == "eager" for r in rows)
+    assert all(r["speedup"] == 1.0 or r["speedup"] != r["speedup"] for r in rows if r["format"] == "dense")
+    assert all(r["paths"] == {"reference": 14} for r in rows if r["format"] != "dense")
+    assert result["representative"] is False
+    table = bench.format_table(result)
+    assert "NOT representative" in table
+    assert sum(line.startswith("| ") for line in table.splitlines()) == 1 + len(rows)
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(model="llama-99b"), "unknown model or shape"),
+    (dict(formats=["int3"]), "unknown --format"),
+    (dict(batches=[0]), "--batch"),
+    (dict(dtype="float8"), "--dtype"),
+    (dict(variants=["static+cudagraphs"]), "--cuda-graphs needs --device cuda"),
+])
+def test_bad_input_one_line(kwargs, needle):
+    args = dict(model="tiny", formats=["int4"], batches=[1], device="cpu", dtype="float32", variants=["eager"])
+    args.update(kwargs)
+    with pytest.raises(UserInputError, match="^[^\n]*$") as info:
+        bench.check_inputs(**args)
+    assert needle in str(info.value)
+
+
+def test_cuda_requested_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserInputError, match="CUDA is not available"):
+        bench.check_inputs("tiny", ["int4"], [1], "cuda", "float16", ["eager"])
+
+
+def _app():
+    from llmprune.cli.bench import bench_command
+
+    app = typer.Typer()
+    app.command()(bench_command)
+    return app
+
+
+def test_cli_json():
+    res = CliRunner().invoke(_app(), ["tiny", "--format", "int4,sparse24_int4", "--batch", "1", "--new-tokens", "3",
+                                      "--prompt-len", "2", "--device", "cpu", "--dtype", "float32", "--runs", "1",
+                                      "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert [r["format"] for r in out["rows"]] == ["dense", "int4", "sparse24_int4"]
+    assert out["device"] == "cpu" and out["new_tokens"] == 3
+
+
+def test_cli_bad_batch():
+    res = CliRunner().invoke(_app(), ["tiny", "--batch", "1,x", "--device", "cpu"])
+    assert isinstance(res.exception, UserInputError) and "--batch" in str(res.exception)
