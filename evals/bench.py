@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from llmprune.errors import UserInputError
+from llmprune.packed_linear import PackedLinear, set_module_
 
 SHAPES = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -40,7 +41,6 @@ SHAPES = {
 }
 FORMATS = ("dense", "sparse24", "int4", "sparse24_int4", "group_sparse_int4", "spqr")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-VARIANTS = ("eager", "static+compile", "static+cudagraphs")
 
 
 def check_inputs(model: str, formats: list[str], batches: list[int], device: str, dtype: str,
@@ -155,8 +155,6 @@ def replace_linears_(model: nn.Module, fmt: str, device, dtype: str, gen: torch.
     """Every decoder Linear -> a random dense Linear (``fmt="dense"``) or a random-pattern ``PackedLinear`` of the
     same shape (decode speed does not depend on the values), one at a time."""
     from llmprune.model import decoder_layers, linears
-    from llmprune.packed_linear import PackedLinear, set_module_
-
     td = DTYPES[dtype]
     blocks, path = decoder_layers(model)
     for i, block in enumerate(blocks):
@@ -175,8 +173,6 @@ def replace_linears_(model: nn.Module, fmt: str, device, dtype: str, gen: torch.
 
 def _materialize_rest_(model: nn.Module, device, td, gen) -> None:
     """Embeddings, norms, lm_head: random on ``device``; the rotary tables recomputed (non-persistent buffers)."""
-    from llmprune.packed_linear import set_module_
-
     for mname, module in list(model.named_modules()):
         if type(module).__name__.endswith("RotaryEmbedding"):
             set_module_(model, mname, type(module)(model.config).to(device))
@@ -190,8 +186,6 @@ def _materialize_rest_(model: nn.Module, device, td, gen) -> None:
 
 def dense_twin(model: nn.Module) -> nn.Module:
     """A copy of ``model`` whose PackedLinears are ``nn.Linear`` with the dequantized weight: the exactness oracle."""
-    from llmprune.packed_linear import PackedLinear, set_module_
-
     twin = __import__("copy").deepcopy(model)
     for name, module in list(twin.named_modules()):
         if isinstance(module, PackedLinear):
