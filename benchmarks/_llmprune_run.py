@@ -13,7 +13,7 @@ def rss_mib() -> float:
     return float("nan")
 
 
-def main(model_dir, calib_path, label, sparsity, out_dir, result_path):
+def main(model_dir, calib_path, label, sparsity, out_dir, forward_dtype, result_path):
     import torch
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
@@ -22,6 +22,7 @@ def main(model_dir, calib_path, label, sparsity, out_dir, result_path):
     from llmprune.data.calibration import CalibrationSet
 
     method, _, refine = label.partition("+")
+    dtype = getattr(torch, forward_dtype) if forward_dtype != "float32" else None
     ids = load_file(calib_path)["ids"]
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.config.use_cache = False
@@ -29,11 +30,11 @@ def main(model_dir, calib_path, label, sparsity, out_dir, result_path):
     recipe = Recipe(method=method, sparsity=parse_sparsity(sparsity), refine=refine or None)
     calib = CalibrationSet(ids=ids, sha256="benchmark", description={})
     start = time.perf_counter()
-    report = compress_(model, recipe, calib, progress=False)
+    report = compress_(model, recipe, calib, progress=False, forward_dtype=dtype)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     model.save_pretrained(out_dir)
-    json.dump({"tool": "llmprune", "method": label, "sparsity": sparsity,
+    json.dump({"tool": "llmprune", "method": label, "sparsity": sparsity, "forward_dtype": forward_dtype,
                "seconds": seconds, "rss_loaded_mib": rss_loaded, "peak_rss_mib": peak,
                "achieved_sparsity": report.achieved_sparsity(), "timings": report.timings},
               open(result_path, "w"))

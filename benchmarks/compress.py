@@ -47,26 +47,27 @@ def run_one(python: str, script: str, args: list[str], result: Path) -> dict:
     return json.loads(result.read_text())
 
 
-def perplexity_of(folder: Path, seqlen: int) -> float:
+def perplexity_of(folder: Path, tokenizer_dir: Path, seqlen: int, max_windows: int | None) -> float:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llmprune.evals.perplexity import load_eval_text, perplexity
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    return perplexity(model, tokenizer, load_eval_text("wikitext2").text, seqlen=seqlen, progress=False).ppl
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)  # the runs save weights + config only
+    return perplexity(model, tokenizer, load_eval_text("wikitext2").text, seqlen=seqlen, progress=False,
+                      max_windows=max_windows).ppl
 
 
 def table(rows: list[dict], header: str) -> str:
-    lines = [header, "", "| tool | method | sparsity | seconds | peak RSS MiB | added MiB | achieved | WikiText-2 ppl |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = [header, "", "| tool | method | sparsity | forwards | seconds | peak RSS MiB | added MiB | achieved | WikiText-2 ppl |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['tool']} | {r['method']} | {r['sparsity']} | error: {r['error']} | | | | |")
+            lines.append(f"| {r['tool']} | {r['method']} | {r['sparsity']} | {r.get('forward_dtype', 'float32')} | error: {r['error']} | | | | |")
             continue
         ppl = f"{r['ppl']:.3f}" if r.get("ppl") else "—"
-        lines.append(f"| {r['tool']} | {r['method']} | {r['sparsity']} | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} | "
+        lines.append(f"| {r['tool']} | {r['method']} | {r['sparsity']} | {r.get('forward_dtype', 'float32')} | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} | "
                      f"{r['peak_rss_mib'] - r['rss_loaded_mib']:.0f} | {r['achieved_sparsity']:.4f} | {ppl} |")
     return "\n".join(lines) + "\n"
 
@@ -83,6 +84,9 @@ def main() -> None:
     parser.add_argument("--llmcompressor-python", default="", help="python of a venv with llmcompressor installed")
     parser.add_argument("--ppl", action="store_true", help="also evaluate WikiText-2 test perplexity of each result")
     parser.add_argument("--ppl-seqlen", type=int, default=2048)
+    parser.add_argument("--ppl-windows", type=int, default=0, help="score only the first N windows (0: all)")
+    parser.add_argument("--forward-dtypes", default="float32",
+                        help="llmprune calibration-forward dtypes to time, comma-separated (e.g. float32,bfloat16)")
     parser.add_argument("--out", default=str(HERE / "results" / "compress.md"))
     args = parser.parse_args()
     rows = []
@@ -92,29 +96,31 @@ def main() -> None:
         jobs = []
         for sparsity in args.sparsity.split(","):
             for method in args.methods.split(","):
-                jobs.append((sys.executable, "_llmprune_run.py", method, sparsity, ""))
-                if args.refine:
-                    jobs.append((sys.executable, "_llmprune_run.py", method, sparsity, args.refine))
+                for dtype in args.forward_dtypes.split(","):
+                    jobs.append((sys.executable, "_llmprune_run.py", method, sparsity, "", dtype))
+                    if args.refine:
+                        jobs.append((sys.executable, "_llmprune_run.py", method, sparsity, args.refine, dtype))
                 if args.llmcompressor_python and method in ("wanda", "sparsegpt"):
-                    jobs.append((args.llmcompressor_python, "_llmcompressor_run.py", method, sparsity, ""))
-        for index, (python, script, method, sparsity, refine) in enumerate(jobs):
+                    jobs.append((args.llmcompressor_python, "_llmcompressor_run.py", method, sparsity, "", ""))
+        for index, (python, script, method, sparsity, refine, dtype) in enumerate(jobs):
             out = work / f"model{index}"
             tool = "llm-compressor" if "llmcompressor" in script else "llmprune"
             label = method + (f"+{refine}" if refine else "")
-            print(f"[{index + 1}/{len(jobs)}] {tool} {label} {sparsity}", flush=True)
-            result = run_one(python, script, [str(model_dir), str(calib), label, sparsity, str(out)],
-                             work / f"result{index}.json")
+            print(f"[{index + 1}/{len(jobs)}] {tool} {label} {sparsity} {dtype}", flush=True)
+            argv = [str(model_dir), str(calib), label, sparsity, str(out)] + ([dtype] if dtype else [])
+            result = run_one(python, script, argv, work / f"result{index}.json")
             result.setdefault("tool", tool)
             result.setdefault("method", method)
             result.setdefault("sparsity", sparsity)
             if args.ppl and "error" not in result:
-                result["ppl"] = perplexity_of(out, args.ppl_seqlen)
+                result["ppl"] = perplexity_of(out, model_dir, args.ppl_seqlen, args.ppl_windows or None)
             print(json.dumps(result), flush=True)
             rows.append(result)
     header = (f"## Compression benchmark — {args.model}, {datetime.date.today()}\n\n"
               f"CPU: {os.cpu_count()} cores, torch threads {__import__('torch').get_num_threads()}, float32. "
               f"Calibration: {args.nsamples} x {args.seqlen} tokens of C4 (seed {args.seed}, sha256 {sha[:12]}). "
-              f"Perplexity: WikiText-2 test, seqlen {args.ppl_seqlen}.")
+              f"Perplexity: WikiText-2 test, seqlen {args.ppl_seqlen}"
+              + (f", first {args.ppl_windows} windows." if args.ppl_windows else ", all windows."))
     text = table(rows, header)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

@@ -11,7 +11,7 @@ from llmprune.errors import UserInputError
 from llmprune.recipe import Calibration, Recipe, parse_quant, parse_sparsity
 
 
-def _options(values: list[str]) -> tuple[tuple[str, object], ...]:
+def parse_options(values: list[str]) -> tuple[tuple[str, object], ...]:
     """--option key=value pairs; values parsed as int, float, bool or kept as text."""
     parsed = {}
     for item in values:
@@ -71,7 +71,7 @@ def build_recipe(method, sparsity, quant, quantizer, refine, damp, block, ignore
         block=block,
         ignore=tuple(ignore),
         overrides=_overrides(override),
-        options=_options(option),
+        options=parse_options(option),
         include_lm_head=include_lm_head,
     )
 
@@ -84,7 +84,8 @@ def compress_command(
     quant: Optional[str] = typer.Option(None, help="Weight quantization, e.g. w4g128 (4-bit, groups of 128), w3g16s."),
     quantizer: str = typer.Option("gptq", help="Quantizer: rtn, gptq, spqr."),
     refine: Optional[str] = typer.Option(None, help="Refinement after pruning, e.g. dsnot."),
-    calib: str = typer.Option("c4", help="Calibration: c4, wikitext2, ptb, self, or a .txt/.jsonl/.parquet file."),
+    calib: str = typer.Option("c4", help="Calibration: c4, wikitext2, ptb (optionally NAME:SPLIT), a .txt/.jsonl/"
+                              ".parquet file, or data-free self[:temperature=T,start=bos|random,batch=B]."),
     nsamples: int = typer.Option(128, help="Number of calibration windows."),
     seqlen: int = typer.Option(2048, help="Tokens per calibration window."),
     seed: int = typer.Option(0, help="Seed of the calibration sampling."),

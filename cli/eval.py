@@ -38,7 +38,7 @@ def _ppl_rows(model, tokenizer, names: list[str], *, seqlen, max_seqlen, device,
     for name in names:
         text = load_eval_text(name)
         result = perplexity(model, tokenizer, text.text, seqlen=window, device=device, batch_size=batch_size,
-                            progress=progress, dataset=text.name)
+                            progress=progress, dataset=text.name, max_windows=text.max_windows)
         typer.echo(f"{text.name}: ppl {result.ppl:.4f}  [{result.protocol()}]", err=True)
         rows.append({"dataset": text.name, "ppl": result.ppl, "nll": result.nll_mean, "seqlen": result.seqlen,
                      "windows": result.windows, "tokens": result.tokens})

@@ -36,10 +36,10 @@ def sweep_command(
     from llmprune.evals.sweep import SweepConfig, SweepHooks, parse_levels, run_sweep, write_sweep
     from llmprune.recipe import Calibration
 
-    from .compress import _options
+    from .compress import parse_options
 
     config = SweepConfig(variants=tuple(method), levels=parse_levels(sparsity), refine=refine,
-                         options=_with_seqlen(_options(option), seqlen),
+                         options=_with_seqlen(parse_options(option), seqlen),
                          calibration=Calibration(source=calib, nsamples=nsamples, seqlen=seqlen, seed=seed),
                          eval_dataset=ppl, eval_seqlen=ppl_seqlen, eval_max_windows=ppl_max_windows, knee_margin=knee_margin, device=device,
                          batch_size=batch_size)

@@ -121,7 +121,7 @@ def _choose(name: str, user_names: set[str]) -> TaskChoice:
     if local in LOCAL:
         if _local_ready(local):
             return TaskChoice(name, PREFIX + local, "local")
-        if hub_offline() or name.startswith(PREFIX):
+        if hub_offline(datasets=True) or name.startswith(PREFIX):
             from .tasks.local_data import _paths
 
             _paths(local)  # raises DataNotFound naming the missing file and LLMPRUNE_DATA_DIR

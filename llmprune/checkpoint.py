@@ -115,7 +115,7 @@ def save(model: nn.Module, out_dir, *, layers: dict | None = None, manifest_extr
 
     Layers not in ``layers`` (and every other tensor) are stored dense. When every layer is ``dense`` the folder is a
     plain Hugging Face checkpoint. ``manifest_extra`` (recipe, calibration, report, timings, versions) is merged
-    into ``llmprune.json``. Returns the output path.
+    into ``llmprune.json``; when it holds a recipe, a model card (README.md) is rendered from it. Returns the path.
     """
     table = _layer_table(model, layers)
     formats = {fmt for fmt, _, _ in table.values()}
@@ -140,6 +140,10 @@ def save(model: nn.Module, out_dir, *, layers: dict | None = None, manifest_extr
         records = {name: _layer_record(model, name, fmt, params) for name, (fmt, _, params) in table.items()}
         mf.write(tmp, {"format_version": mf.FORMAT_VERSION, "format": overall, "layers": records, "shards": shards,
                        "tensors": mf.tensors_of(tmp, shards), "tied": tied, **extra})
+        if "recipe" in extra:  # a compression run: every output folder gets its model card (README.md)
+            from llmprune.model_cards import write_card
+
+            write_card(tmp)
     return Path(out_dir)
 
 

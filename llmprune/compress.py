@@ -99,16 +99,20 @@ class Plan:
                 return sparsity
         return self.recipe.sparsity
 
-    def check_shapes(self, modules: dict[str, torch.nn.Module], in_features) -> None:
-        """Fail before calibration when a layer cannot hold its pattern; the error names the layer."""
+    def check_shapes(self, modules: dict[str, torch.nn.Module], shape, format: str | None = None) -> None:
+        """Fail before calibration when a layer cannot hold its pattern, its quantization or (given ``format``)
+        its packed storage; the error names the layer. ``shape(module)`` gives (out_features, in_features)."""
+        from .formats import check_layer
+        from .quant.uniform import check_quant_shape
+
         for name, sparsity in self.targets.items():
-            n_in = in_features(modules[name])
+            n_out, n_in = shape(modules[name])
             if sparsity is not None:
                 check_shape(n_in, sparsity, name)
             if self.recipe.quant is not None:
-                from .quant.uniform import check_quant_shape
-
-                check_quant_shape(n_in, self.recipe.quant, name)
+                check_quant_shape(n_in, self.recipe.quant, name, out_features=n_out)
+            if format is not None:
+                check_layer(format, name, n_out, n_in, quant=self.recipe.quant, sparsity=sparsity)
 
     def refine_applies(self, name: str) -> bool:
         """A refiner may limit itself to some modules (DSnoT's reference refines attention projections only)."""
@@ -203,7 +207,9 @@ def needs_calibration(model, recipe: Recipe) -> bool:
     return any(plan.needs(name) for name in plan.targets)
 
 
-def build_plan(model, recipe: Recipe) -> Plan:
+def build_plan(model, recipe: Recipe, format: str | None = None) -> Plan:
+    """The modules to compress and their sparsity; every shape check (and, given ``format``, the packed format's)
+    runs here, before any calibration."""
     from .model.layers import decoder_layers, linears, get_weight
 
     layers, path = decoder_layers(model)
@@ -217,14 +223,15 @@ def build_plan(model, recipe: Recipe) -> Plan:
         name, head = head_name(model)
         modules[name] = head
     plan = Plan(resolve_sparsity_for_method(recipe), modules)
-    plan.check_shapes(modules, lambda m: get_weight(m).shape[1])
+    plan.check_shapes(modules, lambda m: tuple(get_weight(m).shape), format)
     return plan
 
 
 def compress_(model, recipe: Recipe, calib=None, *, device: str = "cpu", batch_size: int = 8,
-              progress: bool = True, forward_dtype: torch.dtype | None = None) -> Report:
+              progress: bool = True, forward_dtype: torch.dtype | None = None, captured=None) -> Report:
     """Compress ``model`` in place following ``recipe``. ``calib`` is a ``CalibrationSet`` (or None when no module
-    needs statistics). ``forward_dtype`` runs the calibration forwards in another dtype (statistics stay float32; see
+    needs statistics). ``captured``: layer-0 inputs already captured from ``calib`` on this dense model
+    (``engine.capture.capture_inputs``), reused instead of a new capture — a sweep captures once. ``forward_dtype`` runs the calibration forwards in another dtype (statistics stay float32; see
     ``engine.sequential.run_sequential_``). Returns the Report (per-layer records, quantized codes, timings)."""
     from .engine.sequential import run_sequential_, run_without_calibration_
 
@@ -236,7 +243,8 @@ def compress_(model, recipe: Recipe, calib=None, *, device: str = "cpu", batch_s
     if any(plan.needs(name) for name in plan.targets):
         if calib is None:
             raise UserInputError(f"--method {recipe.method} needs calibration data; give --calib")
-        engine_info = run_sequential_(model, calib.ids, plan, device=device, batch_size=batch_size,
+        start_from = calib.ids if captured is None else captured
+        engine_info = run_sequential_(model, start_from, plan, device=device, batch_size=batch_size,
                                       progress=progress, forward_dtype=forward_dtype)
     else:
         engine_info = run_without_calibration_(model, plan, device=device, progress=progress)

@@ -94,7 +94,7 @@ def _run_compress(job: CompressJob) -> str:
         check_output_dir(export_dir(job.output), force=job.force)
     t0 = time.perf_counter()
     loaded = resolve(job.model, dtype=DTYPES[job.dtype])
-    plan = build_plan(loaded.model, job.recipe)  # shape checks happen here, before any calibration
+    plan = build_plan(loaded.model, job.recipe, job.format)  # every shape check, before any calibration
     calib = None
     if any(plan.needs(name) for name in plan.targets):
         from .data.calibration import calibration_windows

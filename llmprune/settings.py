@@ -28,5 +28,7 @@ def kernel_mode() -> str:
     return os.environ.get("LLMPRUNE_KERNEL", "auto").lower()
 
 
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
+def hub_offline(datasets: bool = False) -> bool:
+    """True when Hugging Face's own offline switches are on; ``datasets=True`` also honours HF_DATASETS_OFFLINE."""
+    names = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if datasets else ("HF_HUB_OFFLINE",)
+    return any(os.environ.get(var, "0").lower() in {"1", "true", "yes"} for var in names)

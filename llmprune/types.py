@@ -45,7 +45,8 @@ class QuantizedWeight:
 
     codes:  [out, in] uint8 — integers in [0, 2**bits - 1]; pruned positions hold the zero point (dequantize to 0).
     scales: [out, n_groups] float32 — one per group of ``group`` consecutive input weights (n_groups = ceil(in/group)).
-    zeros:  [out, n_groups] float32 — integer-valued zero points (symmetric: the constant 2**(bits-1)).
+    zeros:  [out, n_groups] float32 — zero points: integer-valued for the uniform grids (RTN/GPTQ; symmetric: the
+            constant 2**(bits-1)); float for SpQR, whose zero points are themselves quantized (second level).
     mask:   [out, in] bool or None — keep-mask of the sparsity pattern (None = dense).
     outliers: None or (row_ptr [out+1] int64, col_idx [nnz] int32, values [nnz] float16) — CSR of weights kept exactly
             in 16 bits (SpQR); those positions' codes are ignored.

@@ -13,6 +13,8 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Set before torch loads OpenMP: busy-waiting threads slow everything down badly on a shared 2-core machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 if SHARED_DATA.is_dir():
     os.environ.setdefault("LLMPRUNE_DATA_DIR", str(SHARED_DATA))
 

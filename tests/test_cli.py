@@ -41,6 +41,7 @@ def test_cli_compress_every_architecture_end_to_end(arch, tmp_path, capsys):
         weight = model.get_submodule(name).weight
         assert int((weight == 0).sum()) >= weight.numel() // 2
     assert manifest["calibration"]["sha256"] and manifest["recipe"]["sparsity"] == "2:4"
+    assert "wanda" in (out / "README.md").read_text()  # every output folder carries its model card
 
 
 @pytest.mark.parametrize("method, sparsity", [("magnitude", "0.5"), ("sparsegpt", "0.5"), ("sparsegpt", "4:8")])
@@ -76,6 +77,9 @@ def test_cli_from_manifest_reproduces_the_weights(tiny_llama, tmp_path, capsys):
     (["--sparsity", "3:7"], "not divisible by M=7"),
     (["--sparsity", "0.5", "--method", "wnada"], "did you mean 'wanda'"),
     (["--sparsity", "0.5", "--calib", "no_such_corpus.jsonl"], "no_such_corpus"),
+    # the packed format's shape rule is checked before calibration, not after minutes of work at pack time
+    (["--sparsity", "0.5", "--quant", "w4g48", "--quantizer", "rtn", "--format", "int4", "--calib", "nowhere.txt"],
+     "group size 48 does not divide in_features 64"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(flags, words, tiny_llama, tmp_path, capsys):
     out = tmp_path / "out"

@@ -143,10 +143,10 @@ def load_named(name: str, split: str) -> TextSource:
     local = _local_layout(root, name, split) if root is not None else None
     if local is not None:
         return local
-    if hub_offline():
+    if hub_offline(datasets=True):
         where = f"LLMPRUNE_DATA_DIR={root}" if root is not None else "LLMPRUNE_DATA_DIR is not set"
         raise DataNotFound(f"dataset '{name}' split '{split}' not found offline ({where}); put it at "
-                           f"{layout} or go online (unset HF_HUB_OFFLINE)")
+                           f"{layout} or go online (unset HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)")
     return _load_hub(name, split)
 
 
