@@ -22,13 +22,14 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from . import batch, compress, eval as eval_cmd, push, sweep
+    from . import batch, bench, compress, eval as eval_cmd, push, sweep
 
     app.command("compress", no_args_is_help=True)(compress.compress_command)
     app.command("eval", no_args_is_help=True)(eval_cmd.eval_command)
     app.command("sweep", no_args_is_help=True)(sweep.sweep_command)
     app.command("batch", no_args_is_help=True)(batch.batch_command)
     app.command("push", no_args_is_help=True)(push.push_command)
+    app.command("bench")(bench.bench_command)
 
 
 @app.callback()

@@ -128,6 +128,9 @@ def test_cli_json():
     assert out["device"] == "cpu" and out["new_tokens"] == 3
 
 
-def test_cli_bad_batch():
-    res = CliRunner().invoke(_app(), ["tiny", "--batch", "1,x", "--device", "cpu"])
-    assert isinstance(res.exception, UserInputError) and "--batch" in str(res.exception)
+def test_cli_bad_batch(capsys):
+    from llmprune.cli.main import main
+
+    code = main(["bench", "tiny", "--batch", "1,x", "--device", "cpu"])  # through the real `llmprune` entry point
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: --batch") and len(err.splitlines()) == 1
