@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import float_dtype
+from . import dtype_name, float_dtype
 from ..errors import UserInputError
 from ..types import QuantizedWeight
 
@@ -84,3 +84,13 @@ def check_group(fmt: str, out_features: int, in_features: int, group: int) -> No
 
 def _divisor(n: int) -> int:
     return next(g for g in (128, 64, 32, 16, 8, 4, 2, 1) if n % g == 0)
+
+
+def group_params(packed: dict[str, Tensor], in_features: int) -> dict:
+    """``params`` of a nibble format whose ``scales`` hold one column per quantization group."""
+    return {"group": in_features // packed["scales"].shape[1], "dtype": dtype_name(packed["scales"].dtype)}
+
+
+def group_spec_params(quant, in_features: int) -> dict:
+    """Parameters ``check`` takes for a recipe's ``QuantSpec`` (group 0 = one group per row)."""
+    return {"group": quant.group or in_features, "bits": quant.bits}

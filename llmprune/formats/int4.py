@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import FORMATS, Format, Spec, dtype_name, float_dtype, shape_error
+from . import FORMATS, Format, Spec, float_dtype, shape_error
 from ..types import QuantizedWeight
-from ._quant import check_int4, dequantize, linear_ref, prepare
+from ._quant import check_int4, dequantize, group_params, group_spec_params, linear_ref, prepare
 from .bits import pack_nibbles, unpack_nibbles
 
 
@@ -51,14 +51,5 @@ def unpack(packed: dict[str, Tensor], in_features: int | None = None) -> Tensor:
 def matmul_ref(x: Tensor, packed: dict[str, Tensor]) -> Tensor:
     return linear_ref(x, unpack(packed))
 
-
-def params(packed: dict[str, Tensor], in_features: int) -> dict:
-    return {"group": in_features // packed["scales"].shape[1], "dtype": dtype_name(packed["scales"].dtype)}
-
-
-def spec_params(quant, in_features: int) -> dict:
-    """Parameters ``check`` takes for a recipe's ``QuantSpec`` (group 0 = one group per row)."""
-    return {"group": quant.group or in_features, "bits": quant.bits}
-
-FORMAT = FORMATS.add("int4", Format("int4", tensor_specs, pack, unpack, matmul_ref, check, params, kernel="int4",
-                                    spec_params=spec_params))
+FORMAT = FORMATS.add("int4", Format("int4", tensor_specs, pack, unpack, matmul_ref, check, group_params, kernel="int4",
+                                    spec_params=group_spec_params))

@@ -18,10 +18,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import FORMATS, Format, Spec, dtype_name, float_dtype
+from . import FORMATS, Format, Spec, float_dtype
 from ..types import QuantizedWeight
 from ._nm import check_24, pack_meta, positions, unpack_meta
-from ._quant import check_int4, dequantize, linear_ref, prepare
+from ._quant import check_int4, dequantize, group_params, group_spec_params, linear_ref, prepare
 from .bits import pack_nibbles, unpack_nibbles
 
 
@@ -66,14 +66,5 @@ def unpack(packed: dict[str, Tensor], in_features: int | None = None) -> Tensor:
 def matmul_ref(x: Tensor, packed: dict[str, Tensor]) -> Tensor:
     return linear_ref(x, unpack(packed))
 
-
-def params(packed: dict[str, Tensor], in_features: int) -> dict:
-    return {"group": in_features // packed["scales"].shape[1], "dtype": dtype_name(packed["scales"].dtype)}
-
-
-def spec_params(quant, in_features: int) -> dict:
-    """Parameters ``check`` takes for a recipe's ``QuantSpec`` (group 0 = one group per row)."""
-    return {"group": quant.group or in_features, "bits": quant.bits}
-
-FORMAT = FORMATS.add("sparse24_int4", Format("sparse24_int4", tensor_specs, pack, unpack, matmul_ref, check, params,
-                                             kernel="sparse24_int4", spec_params=spec_params))
+FORMAT = FORMATS.add("sparse24_int4", Format("sparse24_int4", tensor_specs, pack, unpack, matmul_ref, check, group_params,
+                                             kernel="sparse24_int4", spec_params=group_spec_params))
