@@ -2,7 +2,8 @@
 
 Both tools get the same model folder, the same calibration token windows (C4, seeded) and run in fresh processes,
 so time and memory are comparable: "seconds" is the pruning call alone (model load and saving excluded), "peak RSS"
-the process's maximum resident set, "added" the peak minus the RSS right after the model was loaded.
+the process's maximum resident set during that call (VmHWM, reset right after loading so that load-time transients
+of ``from_pretrained`` do not count), "added" the peak minus the RSS right after the model was loaded.
 
     python benchmarks/compress.py --nsamples 64 --seqlen 512 --sparsity 2:4 \
         --llmcompressor-python /opt/lc-venv/bin/python --ppl        # writes benchmarks/results/compress.md
@@ -96,7 +97,8 @@ def main() -> None:
         jobs = []
         for sparsity in args.sparsity.split(","):
             for method in args.methods.split(","):
-                for dtype in args.forward_dtypes.split(","):
+                dtypes = args.forward_dtypes.split(",") if method != "magnitude" else ["float32"]  # no forwards
+                for dtype in dtypes:
                     jobs.append((sys.executable, "_llmprune_run.py", method, sparsity, "", dtype))
                     if args.refine:
                         jobs.append((sys.executable, "_llmprune_run.py", method, sparsity, args.refine, dtype))
