@@ -92,14 +92,17 @@ def folder_files(directory: Path) -> list[tuple[str, int]]:
 def plan_push(directory, repo_id: str, *, private: bool = False, revision: str | None = None) -> PushPlan:
     """Validate everything and prepare the card; no network, no writes."""
     from .model_cards import render_card
+    from .model_cards.render import GENERATED_MARK
 
     directory = Path(directory)
     repo_id = check_repo_id(repo_id)
     manifest = check_folder(directory)
     card_path = directory / CARD
-    exists = card_path.is_file()
-    card = card_path.read_text(encoding="utf-8") if exists else render_card(manifest, repo_id=repo_id)
-    return PushPlan(directory, repo_id, private, revision, folder_files(directory), card, exists)
+    existing = card_path.read_text(encoding="utf-8") if card_path.is_file() else None
+    keep = existing is not None and GENERATED_MARK not in existing  # a card the user wrote or edited
+    card = existing if keep else render_card(manifest, repo_id=repo_id)
+    files = [(path, size) for path, size in folder_files(directory) if keep or path != CARD]
+    return PushPlan(directory, repo_id, private, revision, files, card, keep)
 
 
 def _hub_call(what: str, fn, *args, **kwargs):
@@ -124,7 +127,8 @@ def push(directory, repo_id: str, *, private: bool = False, revision: str | None
          api=None) -> PushPlan:
     """Push ``directory`` to ``repo_id`` (``create_repo`` + ``upload_folder``); with ``dry_run`` only plan it.
 
-    A generated card is written to ``directory/README.md`` first (the folder then matches what is on the Hub).
+    A generated card is written to ``directory/README.md`` first (the folder then matches what is on the Hub); one
+    that compress wrote is re-rendered with ``repo_id`` in its usage snippet, one without the generated mark is kept.
     ``revision`` names a branch, created from main when missing. ``api`` is an ``HfApi`` (tests pass a mock).
     """
     plan = plan_push(directory, repo_id, private=private, revision=revision)

@@ -79,6 +79,7 @@ def test_data_dir_unset_offline_names_the_variable(monkeypatch):
 
 def test_data_dir_wins_over_hub_when_online(shared_data_dir, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # online, but the local copy must be used (the Hub loader would fail)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
     source = sources.load_named("c4", "train")
     assert len(source.rows) == 1000 and source.description["origin"] == "data_dir"
     assert source.description["sha256"] == "cdd5b754119131d2934e3e799a059a9d64f53a6aac9e7e2ef79b43120bb01a32"
@@ -90,6 +91,7 @@ def test_online_without_local_copy_uses_the_hub(offline_empty_data_dir, monkeypa
     monkeypatch.setitem(sys.modules, "datasets", fake)
     monkeypatch.setattr(sources, "_load_hub", ORIGINAL_LOAD_HUB)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
     source = sources.load_named("c4", "validation")
     assert source.rows == ["doc one", ""] and source.description["origin"] == "hub"
     (args, kwargs), = calls
@@ -103,6 +105,7 @@ def test_hub_failure_is_one_line_data_not_found(offline_empty_data_dir, monkeypa
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=refuse))
     monkeypatch.setattr(sources, "_load_hub", ORIGINAL_LOAD_HUB)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
     with pytest.raises(DataNotFound, match="could not be loaded from the Hub") as info:
         sources.load_named("c4", "train")
     assert "\n" not in str(info.value) and "c4/c4_sample.jsonl" in str(info.value)

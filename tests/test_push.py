@@ -41,7 +41,7 @@ def test_push_dry_run_lists_files_prints_card_writes_nothing(folder, capsys, mon
     before = sorted(p.as_posix() for p in folder.rglob("*"))
     assert main(["push", str(folder), "--repo-id", "alice/tiny", "--dry-run", "--private"]) == 0
     out = capsys.readouterr().out
-    expected = _listing(folder)
+    expected = [(name, size) for name, size in _listing(folder) if name != "README.md"]  # compress's card: re-rendered
     assert f"would upload {len(expected) + 1} files" in out and "to alice/tiny (private):" in out
     for name, size in expected:
         assert f"  {name}  ({size / 1e6:.2f} MB)" in out
@@ -65,6 +65,7 @@ def test_push_calls_create_repo_branch_and_upload_folder(folder):
     assert plan.url == "https://huggingface.co/alice/tiny"
     card = ModelCard.load(folder / "README.md")  # written before the upload, so it is part of it
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert 'snapshot_download("alice/tiny")' in card.text  # compress's card re-rendered with the repo id
 
 
 def test_push_without_revision_skips_branch_and_keeps_existing_card(folder):

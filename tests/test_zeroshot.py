@@ -144,6 +144,7 @@ def test_zeroshot_task_rule_local_then_hub(monkeypatch, tmp_path, shared_data):
         [("llmprune_arc_easy", "local"), ("llmprune_hellaswag", "local")]
     monkeypatch.setenv("LLMPRUNE_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
     assert [(c.task, c.source) for c in resolve_tasks(["piqa"])] == [("piqa", "hub")]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataNotFound, match=r"task piqa: piqa/valid.jsonl not found in LLMPRUNE_DATA_DIR="):
