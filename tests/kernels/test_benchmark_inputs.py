@@ -25,15 +25,17 @@ def bench():
 
 @pytest.mark.parametrize("fmt", ["int4", "sparse24", "sparse24_int4", "group_sparse_int4", "spqr"])
 def test_benchmark_weights_fit_format_and_kernel_matches_reference(bench, fmt):
-    formats = importlib.import_module(f"llmprune.formats.{fmt}")
+    from llmprune.formats import get_format
+
+    record = get_format(fmt)
     packed = bench.random_packed(fmt, 20, 256, torch.float16, device="cpu")
-    specs = formats.tensor_specs(20, 256, **formats.params(packed, 256))
+    specs = record.tensor_specs(20, 256, **record.params(packed, 256))
     assert {k: (tuple(v.shape), v.dtype) for k, v in packed.items()} == \
         {k: (tuple(s.shape), s.dtype) for k, s in specs.items()}
     fn = getattr(importlib.import_module(f"llmprune.kernels.{fmt}"), f"{fmt}_matmul")
     for tokens in (1, 17):
         x = torch.randn(tokens, 256).to(torch.float16)
-        y, ref = fn(x, packed).double(), formats.matmul_ref(x, packed).double()
+        y, ref = fn(x, packed).double(), record.matmul_ref(x, packed).double()
         assert float((y - ref).norm() / ref.norm()) <= 2e-3
 
 
