@@ -134,9 +134,10 @@ def evaluate_cell(model, tokenizer, evals: Evaluations, *, device: str, on_stage
         for name in evals.perplexity:
             on_stage and on_stage(f"ppl {name}")
             text = load_eval_text(name)
+            caps = [w for w in (text.max_windows, evals.max_windows) if w]
             result = perplexity(model, tokenizer, text.text, seqlen=seqlen, device=device,
                                 batch_size=evals.batch_size, progress=False, dataset=text.name,
-                                max_windows=text.max_windows)
+                                max_windows=min(caps) if caps else None)
             metrics[f"ppl:{name}"] = result.ppl
     if evals.zeroshot:
         from .zeroshot import run_zeroshot

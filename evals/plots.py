@@ -33,7 +33,23 @@ def _cell(value, base, key: str) -> str:
     return f"{text} ({(value - base) / abs(base):+.1%})"
 
 
-def markdown_table(results) -> str:
+def protocol_line(spec) -> str:
+    """How the numbers were made (calibration and evaluation settings), so the table stands on its own."""
+    if spec is None:
+        return ""
+    from llmprune.recipe import Calibration
+
+    ev, cal = spec.evaluations, Calibration(**(spec.calibration or {}))
+    parts = [f"calibration: {cal.nsamples} x {cal.seqlen} tokens of {cal.source} (seed {cal.seed})"]
+    if ev.perplexity:
+        windows = f", first {ev.max_windows} windows" if ev.max_windows else ", every window"
+        parts.append(f"perplexity: seqlen {ev.seqlen or 'model context (<= 2048)'}{windows}, tail dropped")
+    if ev.zeroshot:
+        parts.append(f"zero-shot: lm-eval, {ev.num_fewshot or 0}-shot, limit {ev.limit or 'none'}")
+    return "Protocol — " + "; ".join(parts) + f"; dtype {spec.dtype}."
+
+
+def markdown_table(results, spec=None) -> str:
     """Per model: dense first, relative change of every metric against it (module docstring)."""
     sections = []
     for model in dict.fromkeys(r.model for r in results):
@@ -55,7 +71,8 @@ def markdown_table(results) -> str:
     legend = ("sparsity: achieved fraction of zeros in the compressed Linear layers; bits: stored bits per parameter "
               "of those layers; ppl: perplexity (lower is better); acc: lm-eval zero-shot accuracy. Parentheses: "
               "relative change against the dense row.")
-    return "\n\n".join(["# Batch results", legend, *sections]) + "\n"
+    head = [line for line in ("# Batch results", protocol_line(spec), legend) if line]
+    return "\n\n".join([*head, *sections]) + "\n"
 
 
 def _method(r) -> str:
@@ -151,7 +168,7 @@ def write_report(results, out_dir, spec=None) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [_write(out / "results.jsonl", "".join(json.dumps(asdict(r), default=str) + "\n" for r in results)),
-               _write(out / "results.md", markdown_table(results))]
+               _write(out / "results.md", markdown_table(results, spec))]
     for model in dict.fromkeys(r.model for r in results):
         ok = [r for r in results if r.model == model and r.status == "ok"]
         for key in sorted({k for r in ok for k in r.metrics if k.startswith("ppl:")}):

@@ -12,6 +12,7 @@ Example::
     evaluations:
       perplexity: [wikitext2]
       seqlen: 512                 # perplexity window (default: the model's context, capped at 2048)
+      max_windows: 16             # score only the first 16 windows (quick look; default: the whole text)
       zeroshot: [arc_easy, piqa]
       limit: 100                  # lm-eval examples per task
     dense: true                   # evaluate the uncompressed model too (first row of the table); default true
@@ -33,7 +34,7 @@ from llmprune.errors import UserInputError
 TOP_KEYS = ("name", "models", "calibration", "recipes", "evaluations", "dense", "device", "dtype", "output", "cache")
 RECIPE_KEYS = ("method", "sparsity", "refine", "quant", "quantizer", "format", "damp", "block", "ignore", "options")
 GRID_KEYS = ("method", "sparsity", "refine", "quant", "format")
-EVAL_KEYS = ("perplexity", "seqlen", "zeroshot", "limit", "num_fewshot", "batch_size")
+EVAL_KEYS = ("perplexity", "seqlen", "max_windows", "zeroshot", "limit", "num_fewshot", "batch_size")
 CALIB_KEYS = ("source", "nsamples", "seqlen", "seed")
 
 
@@ -53,6 +54,7 @@ class Variant:
 class Evaluations:
     perplexity: tuple[str, ...] = ()
     seqlen: int | None = None
+    max_windows: int | None = None
     zeroshot: tuple[str, ...] = ()
     limit: float | None = None
     num_fewshot: int | None = None
@@ -230,6 +232,7 @@ def _evaluations(data, where: _Where) -> Evaluations:
     _check_keys(data, EVAL_KEYS, where, "evaluations.")
     evals = Evaluations(perplexity=_names(data.get("perplexity"), where, "evaluations.perplexity"),
                         seqlen=_int(data.get("seqlen"), where, "evaluations.seqlen", 2, optional=True),
+                        max_windows=_int(data.get("max_windows"), where, "evaluations.max_windows", 1, optional=True),
                         zeroshot=_names(data.get("zeroshot"), where, "evaluations.zeroshot"),
                         limit=data.get("limit"),
                         num_fewshot=_int(data.get("num_fewshot"), where, "evaluations.num_fewshot", 0, optional=True),

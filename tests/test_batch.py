@@ -161,14 +161,16 @@ def test_batch_spec_errors_name_line_and_key(tmp_path, text, message):
     assert "\n" not in str(info.value)
 
 
-def _direct_ppl(folder: Path, text: str, seqlen: int) -> tuple[float, float]:
-    """Perplexity by the papers' protocol, computed by hand from the plain HF folder; and its zero fraction."""
+def _direct_ppl(folder: Path, text: str, seqlen: int, max_windows: int) -> tuple[float, float]:
+    """Perplexity by the papers' protocol over the first ``max_windows`` windows, computed by hand from the plain HF
+    folder; and its zero fraction."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     ids = AutoTokenizer.from_pretrained(folder)(text, return_tensors="pt").input_ids[0]
-    windows = ids.numel() // seqlen
+    assert ids.numel() // seqlen > max_windows  # the cap must bite for the test to mean anything
+    windows = max_windows
     chunks = ids[: windows * seqlen].view(windows, seqlen)
     with torch.no_grad():
         logp = torch.log_softmax(model(chunks).logits[:, :-1].double(), -1)
@@ -187,15 +189,16 @@ def test_batch_cli_end_to_end_tiny_model(tmp_path, capsys):
     text_file.write_text(" ".join(_SENTENCES * 3))
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"models: [{folder}]\nrecipes:\n  - {{method: magnitude, sparsity: 0.5}}\n"
-                    f"evaluations:\n  perplexity: [{text_file}]\n  seqlen: 32\n")
+                    f"evaluations:\n  perplexity: [{text_file}]\n  seqlen: 32\n  max_windows: 2\n")
     assert main(["batch", str(spec), "-o", str(tmp_path / "out"), "--quiet"]) == 0
     rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert [(r["label"], r["status"]) for r in rows] == [("dense", "ok"), ("magnitude 0.5", "ok")]
     text = text_file.read_text()
     for row, directory in ((rows[0], folder), (rows[1], Path(rows[1]["model_dir"]))):
-        ppl, zeros = _direct_ppl(directory, text, 32)
+        ppl, zeros = _direct_ppl(directory, text, 32, 2)
         assert row["metrics"][f"ppl:{text_file}"] == pytest.approx(ppl, rel=1e-4)
         assert row["metrics"]["sparsity"] == pytest.approx(zeros, abs=1e-6)
     assert (Path(rows[1]["model_dir"]) / "README.md").is_file()  # every compressed cell gets its model card
     assert "2 cells ok, 0 failed" in capsys.readouterr().out
-    assert (tmp_path / "out" / "plots").is_dir() and (tmp_path / "out" / "results.md").is_file()
+    assert (tmp_path / "out" / "plots").is_dir()
+    assert "perplexity: seqlen 32, first 2 windows" in (tmp_path / "out" / "results.md").read_text()
