@@ -135,3 +135,22 @@ def test_statistics_pass_stops_after_the_last_needed_input():
     run_sequential_(model, ids, task, batch_size=1, progress=False)
     assert calls == {"down": 1 + 3, "o": 3 + 3}  # stats pass: only batch 1 runs down_proj; then the propagation pass
     assert task.stats["model.layers.0.mlp.down_proj"].tokens == 24  # its input was still recorded every time
+
+
+@pytest.mark.parametrize("dim", [1030, 1024 + 256])  # a ragged last block and an exact multiple of the block
+def test_wide_hessian_upper_triangle_accumulation_equals_the_full_gram(dim):
+    """Wide inputs accumulate only the upper block triangle; the mirrored result is the float64 2·XᵀX/T."""
+    from llmprune.engine.stats import TRIANGLE_BLOCK
+
+    assert dim >= 4 * TRIANGLE_BLOCK  # the triangle path is the one under test
+    gen = torch.Generator().manual_seed(0)
+    mix = torch.randn(dim, dim, generator=gen) / dim ** 0.5
+    batches = [torch.randn(2, 40, dim, generator=gen) @ mix for _ in range(3)]  # correlated features
+    acc = InputStats(dim, frozenset({"hessian"}), "cpu")
+    for x in batches:
+        acc.update(x)
+    X = torch.cat([x.reshape(-1, dim) for x in batches]).double()
+    expected = 2 * X.t() @ X / X.shape[0]
+    H = acc.to_stats().hessian
+    assert torch.equal(H, H.t())
+    assert torch.allclose(H.double(), expected, rtol=1e-4, atol=1e-5)

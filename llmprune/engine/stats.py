@@ -15,6 +15,10 @@ et al.'s pairwise update rather than E[x²]−E[x]², which cancels catastrophic
 Linears fed by the same tensor (q/k/v; gate/up) share one accumulator: the hooks only record the input tensors, and
 after each layer forward ``StatsCollector.flush`` groups them by tensor identity (the recorded tensors are held until
 then, so an identity cannot be reused within one forward) and updates each group's accumulator once.
+
+The Hessian is symmetric, so wide inputs (MLP down projections: most of the FLOPs) accumulate only its upper block
+triangle — row blocks of ``TRIANGLE_BLOCK`` against the columns from their diagonal on, about 40% fewer FLOPs — and
+``to_stats`` mirrors it. Narrow inputs keep one full ``addmm`` (no gain measured there on CPU).
 """
 from __future__ import annotations
 
@@ -26,6 +30,26 @@ from torch import Tensor, nn
 from ..types import Stats
 
 STAT_NAMES = frozenset({"input_sq_norms", "hessian", "input_mean", "input_var"})
+TRIANGLE_BLOCK = 256  # row block of the upper-triangle Hessian update; used when dim >= 4 blocks
+
+
+def add_gram_upper_(H: Tensor, X: Tensor, alpha: float, block: int = TRIANGLE_BLOCK) -> None:
+    """``H += alpha·XᵀX`` on the upper block triangle (diagonal blocks whole); below it ``H`` is left stale."""
+    dim = X.shape[1]
+    if dim < 4 * block:
+        H.addmm_(X.t(), X, alpha=alpha)
+        return
+    for start in range(0, dim, block):
+        stop = min(start + block, dim)
+        H[start:stop, start:].addmm_(X[:, start:stop].t(), X[:, start:], alpha=alpha)
+
+
+def mirror_upper(H: Tensor, block: int = TRIANGLE_BLOCK) -> Tensor:
+    """The full symmetric matrix from ``add_gram_upper_``'s valid upper part (a new tensor)."""
+    if H.shape[0] < 4 * block:
+        return H.clone()
+    upper = H.triu()
+    return upper + upper.triu(1).t()
 
 
 class StopLayer(Exception):
@@ -58,7 +82,7 @@ class InputStats:
         if self.sq is not None:
             self.sq.mul_(n / total).add_(X.square().sum(0), alpha=1 / total)
         if self.H is not None:
-            self.H.mul_(n / total).addmm_(X.t(), X, alpha=2 / total)
+            add_gram_upper_(self.H.mul_(n / total), X, 2 / total)
         if self.mean is not None:
             batch_mean = X.mean(0)
             delta = batch_mean - self.mean
@@ -72,7 +96,8 @@ class InputStats:
         copy = lambda t: None if t is None else t.clone()  # noqa: E731
         var = None if self.m2 is None or self.tokens == 0 else self.m2 / self.tokens
         mean = self.mean if "input_mean" in self.needs else None
-        return Stats(input_sq_norms=copy(self.sq), hessian=copy(self.H), input_mean=copy(mean), input_var=var,
+        hessian = None if self.H is None else mirror_upper(self.H)
+        return Stats(input_sq_norms=copy(self.sq), hessian=hessian, input_mean=copy(mean), input_var=var,
                      tokens=self.tokens)
 
 
