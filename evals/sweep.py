@@ -145,6 +145,7 @@ class SweepResult:
     points: list[SweepPoint] = field(default_factory=list)
     reuse: dict = field(default_factory=dict)
     calibration: dict | None = None
+    protocol: dict | None = None  # perplexity settings: dataset, seqlen, max_windows (None = every window)
 
     def knees(self) -> dict[str, dict]:
         return {v: knee(self.points_of(v), self.dense_ppl, self.margin) for v in self.variants()}
@@ -160,7 +161,7 @@ class SweepResult:
                 "knee_rule": f"first unstructured level with ppl > (1 + {self.margin:g}) x dense; essential "
                              "sparsity = the level before it", "knee_margin": self.margin,
                 "knees": self.knees(), "points": [asdict(p) for p in self.points], "reuse": self.reuse,
-                "calibration": self.calibration}
+                "calibration": self.calibration, "protocol": self.protocol}
 
 
 def knee(points: list[SweepPoint], dense_ppl: float, margin: float) -> dict:
@@ -242,6 +243,10 @@ def run_sweep(model, tokenizer, config: SweepConfig, *, model_name: str, progres
     name = model_name + (f" ({config.eval_max_windows} ppl windows)" if config.eval_max_windows else "")
     result = SweepResult(name, dataset, dense_ppl, config.knee_margin,
                          calibration=None if calib is None else {**asdict(config.calibration), "sha256": calib.sha256})
+    from llmprune.evals.perplexity import default_seqlen
+
+    result.protocol = {"dataset": dataset, "seqlen": config.eval_seqlen or default_seqlen(model, cap=2048),
+                       "max_windows": config.eval_max_windows}
     result.reuse = {"calibration_windows": calib is not None, "layer0_inputs": bool(extra),
                     "dense_state_dict_cpu_copy": True, "dense_ppl_once": True, "eval_text_once": True}
     try:

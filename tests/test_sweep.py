@@ -226,5 +226,6 @@ def test_sweep_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
     data = json.loads((out / "sweep.json").read_text())
     assert [p["variant"] for p in data["points"]] == ["magnitude"] * 3 + ["wanda+dsnot"] * 3
     assert data["calibration"]["nsamples"] == 2 and data["reuse"]["calibration_windows"]
+    assert data["protocol"] == {"dataset": text.name, "seqlen": 64, "max_windows": None}
     assert "essential sparsity" in stdout or "no level stays" in stdout
     assert sorted(p.name for p in out.iterdir()) == ["sweep.csv", "sweep.json", "sweep.png"]
