@@ -51,13 +51,18 @@ def sweep_command(
     from llmprune.model import resolve
 
     loaded = resolve(model)
-    log = (lambda line: None) if quiet else (lambda line: typer.echo(line, err=True))
+    log = lambda line: typer.echo(line, err=True)  # noqa: E731  (one line per level, even with --quiet: no bars)
     result = run_sweep(loaded.model, loaded.tokenizer, config, model_name=model, progress=not quiet,
                        hooks=SweepHooks(log=log))
     write_sweep(result, output, force=force)
     for line in recommendation(result):
         typer.echo(line)
     typer.echo(f"wrote {output}/sweep.json, sweep.csv, sweep.png")
+    failed = result.failures()
+    for point in failed:
+        typer.echo(f"error: {point.variant} at {point.sparsity} failed: {point.error}", err=True)
+    if failed:
+        raise typer.Exit(1)
 
 
 def recommendation(result) -> list[str]:

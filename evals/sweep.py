@@ -134,6 +134,7 @@ class SweepPoint:
     achieved_sparsity: float
     compress_seconds: float
     eval_seconds: float
+    error: str | None = None  # a level that failed: recorded, left out of the knees and the plot, the sweep goes on
 
 
 @dataclass
@@ -154,7 +155,11 @@ class SweepResult:
         return list(dict.fromkeys(p.variant for p in self.points))
 
     def points_of(self, variant: str) -> list[SweepPoint]:
-        return [p for p in self.points if p.variant == variant]
+        """The variant's measured points (failed levels excluded)."""
+        return [p for p in self.points if p.variant == variant and p.error is None]
+
+    def failures(self) -> list[SweepPoint]:
+        return [p for p in self.points if p.error is not None]
 
     def to_dict(self) -> dict:
         return {"model": self.model, "dataset": self.dataset, "dense_ppl": self.dense_ppl,
@@ -251,14 +256,29 @@ def run_sweep(model, tokenizer, config: SweepConfig, *, model_name: str, progres
                     "dense_state_dict_cpu_copy": True, "dense_ppl_once": True, "eval_text_once": True}
     try:
         for label, recipe in recipes:
-            point = _level(model, recipe, label, calib, (compress, evaluate, extra), config, progress)
+            try:
+                point = _level(model, recipe, label, calib, (compress, evaluate, extra), config, progress)
+            except Exception as exc:  # one failing level must not throw away the levels measured before it
+                point = _failed(label, recipe.sparsity, exc)
+                log(f"{label} {point.sparsity}: FAILED ({point.error})")
+            else:
+                log(f"{label} {point.sparsity}: ppl {point.ppl:.4f} (compress {point.compress_seconds:.0f} s, "
+                    f"eval {point.eval_seconds:.0f} s)")
             result.points.append(point)
-            log(f"{label} {point.sparsity}: ppl {point.ppl:.4f} (compress {point.compress_seconds:.0f} s, "
-                f"eval {point.eval_seconds:.0f} s)")
             model.load_state_dict(dense_state)
     finally:
         model.load_state_dict(dense_state)
     return result
+
+
+def _pattern(level: Sparsity) -> str:
+    return "nm" if isinstance(level, NM) else "unstructured"
+
+
+def _failed(label: str, level: Sparsity, exc: Exception) -> SweepPoint:
+    message = (str(exc).strip().splitlines() or [""])[0]
+    return SweepPoint(label, str(level), float(level.fraction), _pattern(level), math.nan, math.nan, 0.0, 0.0,
+                      error=f"{type(exc).__name__}: {message}")
 
 
 def _level(model, recipe: Recipe, label, calib, tools, config, progress) -> SweepPoint:
@@ -277,8 +297,8 @@ def _level(model, recipe: Recipe, label, calib, tools, config, progress) -> Swee
         ppl = evaluate(model)
     t2 = time.perf_counter()
     level = recipe.sparsity
-    return SweepPoint(label, str(level), float(level.fraction), "nm" if isinstance(level, NM) else "unstructured",
-                      float(ppl), float(report.achieved_sparsity()), round(t1 - t0, 3), round(t2 - t1, 3))
+    return SweepPoint(label, str(level), float(level.fraction), _pattern(level), float(ppl),
+                      float(report.achieved_sparsity()), round(t1 - t0, 3), round(t2 - t1, 3))
 
 
 def write_sweep(result: SweepResult, out_dir, *, force: bool = False) -> list[str]:
@@ -297,9 +317,10 @@ def write_sweep(result: SweepResult, out_dir, *, force: bool = False) -> list[st
         with open(tmp / names[1], "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["variant", "sparsity", "fraction", "pattern", "ppl", "dense_ppl", "within_margin",
-                             "achieved_sparsity", "compress_seconds", "eval_seconds"])
+                             "achieved_sparsity", "compress_seconds", "eval_seconds", "error"])
             for p in result.points:
                 writer.writerow([p.variant, p.sparsity, p.fraction, p.pattern, p.ppl, result.dense_ppl,
-                                 p.ppl <= limit, p.achieved_sparsity, p.compress_seconds, p.eval_seconds])
+                                 p.ppl <= limit, p.achieved_sparsity, p.compress_seconds, p.eval_seconds,
+                                 p.error or ""])
         plot_sweep(result, tmp / names[2])
     return names

@@ -165,11 +165,11 @@ class Plan:
         return W.to(weight.dtype)
 
     def _compare(self, name: str) -> str:
-        """The comparison group whose counts must be exact. A refiner keeps per-row counts, which preserves a
-        per-layer total but not SparseGPT's per-block counts: a refined SparseGPT mask is verified per layer."""
+        """The comparison group whose counts must be exact. A refiner keeps per-row counts, which preserves the
+        total but not SparseGPT's per-block counts: a refined SparseGPT mask is verified by the total of its blocks."""
         compare = getattr(self.method, "compare", "row")
         if compare == "block" and self.refine_applies(name):
-            return "layer"
+            return "block_total"
         return compare
 
     def _joint(self) -> bool:

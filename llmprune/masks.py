@@ -70,7 +70,9 @@ def verify_pattern(mask: Tensor, sparsity: Sparsity, *, compare: str = "row", na
     """Raise unless ``mask`` has exactly the pattern; return the achieved sparsity (fraction of zeros).
 
     ``compare`` names the comparison group of unstructured sparsity: 'row' (exact count per row), 'layer' (exact
-    count over the matrix) or 'block' (exact count per block of ``block`` columns across all rows, SparseGPT)."""
+    count over the matrix), 'block' (exact count per block of ``block`` columns across all rows, SparseGPT) or
+    'block_total' (the total those per-block counts add up to: a SparseGPT mask after a row-count-keeping refiner;
+    it can differ from the 'layer' count by the per-block rounding, e.g. 199062 vs 199065 for 576x576 at 0.6)."""
     rows, cols = mask.shape
     where = f" in {name}" if name else ""
     if isinstance(sparsity, NM):
@@ -91,6 +93,11 @@ def verify_pattern(mask: Tensor, sparsity: Sparsity, *, compare: str = "row", na
     elif compare == "layer":
         if int((~mask).sum()) != int(mask.numel() * sparsity.fraction):
             raise PatternViolation(f"mask{where} does not prune exactly {int(mask.numel() * sparsity.fraction)} weights")
+    elif compare == "block_total":
+        expected = sum(int(rows * min(block, cols - start) * sparsity.fraction) for start in range(0, cols, block))
+        if int((~mask).sum()) != expected:
+            raise PatternViolation(f"mask{where} does not prune exactly {expected} weights (per-block counts of "
+                                   f"{sparsity})")
     elif compare == "block":
         for start in range(0, cols, block):
             part = mask[:, start : start + block]

@@ -148,6 +148,28 @@ def test_dsnot_revived_weights_take_dense_values_after_sparsegpt():
     assert torch.equal(refined.weight[still], base.weight[still])
 
 
+def test_refined_sparsegpt_at_a_fraction_whose_block_rounding_differs_compresses():
+    """SparseGPT prunes int(block_numel·f) per 128-column block; at 0.7 on 144 inputs those counts add up to less
+    than int(numel·f): the refined mask must be verified against the blocks' total, not the layer's."""
+    import transformers as tf
+
+    from llmprune import compress_
+    from llmprune.data.calibration import CalibrationSet, windows_sha256
+
+    rows = cols = 144
+    expected = int(rows * 128 * 0.7) + int(rows * 16 * 0.7)
+    assert expected != int(rows * cols * 0.7)
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(vocab_size=320, hidden_size=cols, intermediate_size=320, num_hidden_layers=1,
+                            num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+    model = tf.LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, 320, (4, 16), generator=torch.Generator().manual_seed(0))
+    report = compress_(model, Recipe(method="sparsegpt", sparsity=Unstructured(0.7), refine="dsnot"),
+                       CalibrationSet(ids, windows_sha256(ids)), progress=False)
+    q = report.records["model.layers.0.self_attn.q_proj"]
+    assert q["refine"] == "dsnot" and q["zeros"] == expected
+
+
 def test_dsnot_registered_with_needs_and_mlp_rule():
     entry = REFINERS.get("dsnot")
     assert set(entry.needs) == {"input_mean", "input_var", "input_sq_norms"}

@@ -121,6 +121,27 @@ def test_sweep_magnitude_restores_dense_and_draws_no_calibration(tiny):
     assert result.points[2].ppl == pytest.approx(_direct_ppl(fresh, ids)) != result.dense_ppl
 
 
+def test_sweep_failing_level_is_recorded_and_the_sweep_goes_on(tiny, tmp_path):
+    seen, calls = [], []
+    hooks, dense, ids = _hooks(tiny, seen, calls)
+    inner = hooks.compress
+
+    def compress(m, recipe, calib, **kw):
+        if str(recipe.sparsity) == "0.5":
+            raise RuntimeError("mask does not prune exactly 12 weights\nsecond line")
+        return inner(m, recipe, calib, **kw)
+
+    config = SweepConfig(variants=("magnitude",), levels=parse_levels("0.2,0.5,0.8"))
+    result = run_sweep(tiny, None, config, model_name="tiny", progress=False,
+                       hooks=SweepHooks(compress=compress, evaluate=hooks.evaluate, log=lambda line: None))
+    assert [(p.sparsity, p.error) for p in result.points] == [
+        ("0.2", None), ("0.5", "RuntimeError: mask does not prune exactly 12 weights"), ("0.8", None)]
+    assert [p.sparsity for p in result.points_of("magnitude")] == ["0.2", "0.8"]  # knees and plot skip it
+    assert all(torch.equal(v, dense[k]) for k, v in tiny.state_dict().items())
+    write_sweep(result, tmp_path / "out")
+    assert "RuntimeError: mask does not prune" in (tmp_path / "out" / "sweep.csv").read_text()
+
+
 def test_sweep_wanda_and_dsnot_share_one_calibration_draw(tiny):
     seen, calls = [], []
     hooks, dense, _ = _hooks(tiny, seen, calls)
