@@ -56,14 +56,24 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         typer.echo("error: aborted", err=True)
         return 1
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:  # click usage errors (unknown option, bad value) carry their own message and exit code
+        if isinstance(exc, _usage_errors()):
             exc.show()
             return exc.exit_code
         raise
     return 0
+
+
+def _usage_errors() -> tuple[type, ...]:
+    """Click's usage-error base class, and typer's vendored copy of it (typer >= 0.22 ships its own click)."""
+    import click
+
+    classes: tuple[type, ...] = (click.ClickException,)
+    try:
+        from typer._click.exceptions import ClickException
+    except ImportError:
+        return classes
+    return (*classes, ClickException)
 
 
 def run() -> None:

@@ -154,12 +154,16 @@ def evaluate_cell(model, tokenizer, evals: Evaluations, *, device: str, on_stage
 
 
 def size_metrics(manifest: dict | None, dtype: str) -> dict:
-    """Achieved sparsity and stored bits per parameter of the compressed Linear layers (dense: 0 and dtype bits)."""
+    """Achieved sparsity and stored bits per parameter of the compressed Linear layers (dense: 0 and dtype bits),
+    plus ``qbits``, the quantizers' own accounting, when the variant is quantized (a fake-quant ``dense`` checkpoint
+    stores float weights, so its stored bits say nothing about the quantized representation)."""
     if manifest is None:
         return {"sparsity": 0.0, "bits": 32.0 if dtype == "float32" else 16.0}
-    from llmprune.model_cards.render import achieved_sparsity, bits_per_param
+    from llmprune.model_cards.render import achieved_sparsity, bits_per_param, quant_bits_per_param
 
-    return {"sparsity": achieved_sparsity(manifest), "bits": bits_per_param(manifest)}
+    metrics = {"sparsity": achieved_sparsity(manifest), "bits": bits_per_param(manifest)}
+    qbits = quant_bits_per_param(manifest)
+    return metrics if qbits is None else {**metrics, "qbits": qbits}
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -239,8 +243,16 @@ class BatchRunner:
         return result
 
     def cached(self, cell: Cell) -> CellResult | None:
+        """The stored result of an ``ok`` cell (errors are rerun). When its checkpoint is still cached, the size
+        metrics are re-read from its manifest, so a newer accounting reaches old results without recompressing."""
         path = self.cache / "results" / f"{self.keys(cell)[1]}.json"
-        return CellResult(**json.loads(path.read_text())) if path.is_file() else None  # only ok cells get .json
+        if not path.is_file():
+            return None
+        result = CellResult(**json.loads(path.read_text()))
+        manifest = Path(result.model_dir or "") / "llmprune.json"
+        if result.model_dir and manifest.is_file():
+            result.metrics = {**result.metrics, **size_metrics(json.loads(manifest.read_text()), self.spec.dtype)}
+        return result
 
     def run(self, shard: tuple[int, int] | None = None, progress=None) -> list[CellResult]:
         """Run every cell (or this shard's); returns all results in spec order (cached ones included)."""

@@ -21,14 +21,18 @@ def _columns(rows) -> list[str]:
     keys = {k for r in rows for k, v in r.metrics.items() if v is not None}
     ppl = sorted(k for k in keys if k.startswith("ppl:"))
     acc = sorted(k for k in keys if k.startswith("acc:"))
-    return ["sparsity", "bits", *ppl, *acc, *(["mean_acc"] if "mean_acc" in keys else [])]
+    sizes = ["sparsity", "bits", *(["qbits"] if "qbits" in keys else [])]
+    return [*sizes, *ppl, *acc, *(["mean_acc"] if "mean_acc" in keys else [])]
+
+
+_SIZES = ("sparsity", "bits", "qbits")
 
 
 def _cell(value, base, key: str) -> str:
     if value is None:
         return "—"
-    text = f"{value:.3f}" if key in ("sparsity", "bits") or not key.startswith("ppl") else f"{value:.2f}"
-    if base is None or key in ("sparsity", "bits") or base == 0:
+    text = f"{value:.3f}" if key in _SIZES or not key.startswith("ppl") else f"{value:.2f}"
+    if base is None or key in _SIZES or base == 0:
         return text
     return f"{text} ({(value - base) / abs(base):+.1%})"
 
@@ -69,7 +73,8 @@ def markdown_table(results, spec=None) -> str:
             lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
         sections.append("\n".join(lines))
     legend = ("sparsity: achieved fraction of zeros in the compressed Linear layers; bits: stored bits per parameter "
-              "of those layers; ppl: perplexity (lower is better); acc: lm-eval zero-shot accuracy. Parentheses: "
+              "of those layers as saved (a fake-quant `dense` checkpoint stores floats); qbits: bits per parameter of the "
+              "quantized representation by the quantizers' accounting (codes, statistics, masks, outliers); ppl: perplexity (lower is better); acc: lm-eval zero-shot accuracy. Parentheses: "
               "relative change against the dense row.")
     head = [line for line in ("# Batch results", protocol_line(spec), legend) if line]
     return "\n\n".join([*head, *sections]) + "\n"

@@ -169,13 +169,15 @@ def _checked(where: _Where, key: str, fn, *args):
 
 
 def _label(recipe: dict) -> str:
-    parts = [str(recipe["method"]), str(recipe.get("sparsity") or "dense")]
+    sparsity = recipe.get("sparsity") or "dense"
+    # quantization only: the pruning method plays no part, so the label names the quantizer instead
+    parts = [] if sparsity == "dense" and recipe.get("quant") else [str(recipe["method"]), str(sparsity)]
     if recipe.get("refine"):
         parts.append(f"+{recipe['refine']}")
     if recipe.get("quant"):
         parts.append(str(recipe["quant"]))
-    if recipe.get("quant") and recipe.get("quantizer") not in (None, "gptq"):
-        parts.append(str(recipe["quantizer"]))
+    if recipe.get("quant") and (not parts[:-1] or recipe.get("quantizer") not in (None, "gptq")):
+        parts.append(str(recipe.get("quantizer") or "gptq"))
     if recipe.get("format", "dense") != "dense":
         parts.append(f"[{recipe['format']}]")
     parts += [f"{k}={recipe[k]}" for k in ("damp", "block", "ignore", "options") if recipe.get(k) is not None]

@@ -33,9 +33,26 @@ class Report:
         total = sum(r["numel"] for r in self.records.values())
         return zeros / total if total else 0.0
 
+    def _weighted(self, key: str) -> float | None:
+        """Parameter-weighted mean of a per-layer record over the layers that have it (None if none do)."""
+        rows = [(r[key], r["numel"]) for r in self.records.values() if r.get(key) is not None]
+        total = sum(n for _, n in rows)
+        return sum(v * n for v, n in rows) / total if total else None
+
+    def bits_per_param(self) -> float | None:
+        """Average bits/parameter of the quantized Linears by the quantizers' accounting (``quant/bits_per_param``):
+        what the quantized representation needs, whatever ``--format`` stores; None without ``--quant``."""
+        return self._weighted("bits_per_param")
+
+    def outlier_fraction(self) -> float | None:
+        """SpQR: fraction of weights kept as 16-bit outliers over the quantized Linears."""
+        return self._weighted("outlier_fraction")
+
     def to_dict(self) -> dict:
-        return {"achieved_sparsity": self.achieved_sparsity(), "layers": self.records,
-                "skipped": self.skipped, "timings": self.timings}
+        summary = {"bits_per_param": self.bits_per_param(), "outlier_fraction": self.outlier_fraction()}
+        return {"achieved_sparsity": self.achieved_sparsity(),
+                **{k: v for k, v in summary.items() if v is not None},
+                "layers": self.records, "skipped": self.skipped, "timings": self.timings}
 
 
 def _call_with_options(fn, *args, options: dict):

@@ -69,6 +69,18 @@ def bits_per_param(manifest: dict) -> float | None:
     return bits / params if params else None
 
 
+def quant_bits_per_param(manifest: dict) -> float | None:
+    """Average bits/parameter by the quantizers' accounting (``llmprune/quant/bits_per_param.py``), whatever the
+    storage format; None when nothing was quantized. Older manifests: weighted from the per-layer records."""
+    report = manifest.get("report") or {}
+    if report.get("bits_per_param") is not None:
+        return float(report["bits_per_param"])
+    rows = [(r["bits_per_param"], r["numel"]) for r in (report.get("layers") or {}).values()
+            if r.get("bits_per_param") is not None and r.get("numel")]
+    total = sum(n for _, n in rows)
+    return sum(b * n for b, n in rows) / total if total else None
+
+
 def achieved_sparsity(manifest: dict) -> float | None:
     report = manifest.get("report") or {}
     value = report.get("achieved_sparsity")
@@ -174,6 +186,8 @@ def _context(manifest: dict, results: list[dict] | None, model_name: str, repo_i
         "source": _with_keys(manifest.get("model"), "spec kind origin"), "recipe": recipe, "quant": quant,
         "calibration": calibration,
         "sparsity": achieved_sparsity(manifest), "bits": bits_per_param(manifest),
+        "qbits": quant_bits_per_param(manifest),
+        "outliers": (manifest.get("report") or {}).get("outlier_fraction"),
         "format": manifest.get("format", "dense"), "export": job.get("export"), "dtype": job.get("dtype"),
         "size_mb": sum(s.get("bytes", 0) for s in shards) / 1e6, "layers": len(_linear_shapes(manifest)),
         "results": results or [], "command": reproduce_command(manifest), "versions": manifest.get("versions") or {},

@@ -103,6 +103,48 @@ def test_batch_table_dense_first_with_relative_changes(tmp_path):
     assert rows[3].startswith("| wanda 2:4 | 0.500 |")
 
 
+QUANT_SPEC = """\
+models: [fake-model]
+recipes:
+  - {method: wanda, quant: w4g16, quantizer: rtn}
+  - {method: sparsegpt, sparsity: "2:4", quant: w4g16}
+evaluations:
+  perplexity: [wikitext2]
+dense: false
+"""
+
+
+class QuantFakes(Fakes):
+    """Writes a fake-quant (float32 ``dense``) checkpoint whose report carries the quantizer's bits/parameter."""
+
+    qbits = 4.0
+
+    def compress(self, model, recipe, out_dir, *, calibration, device, dtype):
+        self.compressed.append(recipe.get("sparsity"))
+        out_dir.mkdir(parents=True)
+        manifest = {"report": {"achieved_sparsity": 0.0, "bits_per_param": self.qbits},
+                    "layers": {"l": {"out_features": 4, "in_features": 8}},
+                    "tensors": {"l.weight": {"shape": [4, 8], "dtype": "float32"}}}
+        (out_dir / "llmprune.json").write_text(json.dumps(manifest))
+
+
+def test_batch_quant_rows_name_the_quantizer_and_report_quantized_bits(tmp_path):
+    results = _runner(tmp_path, QuantFakes(), QUANT_SPEC).run()
+    assert [r.label for r in results] == ["w4g16 rtn", "sparsegpt 2:4 w4g16"]
+    table = write_report(results, tmp_path / "out")[1].read_text().splitlines()
+    assert "| variant | sparsity | bits | qbits | ppl:wikitext2 | acc:arc_easy | mean_acc |" in table
+    assert "| w4g16 rtn | 0.000 | 32.000 | 4.000 | 10.00 | 0.500 | 0.500 |" in table
+    # a cached result re-reads its size metrics from the cached checkpoint (a newer accounting needs no rerun)
+    for manifest in (tmp_path / "out" / "cache" / "models").glob("*/llmprune.json"):
+        data = json.loads(manifest.read_text())
+        data["report"]["bits_per_param"] = 3.5
+        manifest.write_text(json.dumps(data))
+    fakes = QuantFakes()
+    again = _runner(tmp_path, fakes, QUANT_SPEC).run()
+    assert fakes.compressed == [] and fakes.evaluated == []
+    assert [r.metrics["qbits"] for r in again] == [3.5, 3.5]
+
+
 def test_batch_plots_are_pngs_named_per_model(tmp_path):
     results = _runner(tmp_path, Fakes()).run()
     written = write_report(results, tmp_path / "out")

@@ -97,6 +97,14 @@ def test_cli_unknown_model_path(tmp_path, capsys):
     assert code == 2 and stderr.startswith("error: ") and "does not exist" in stderr and len(stderr.splitlines()) == 1
 
 
+@pytest.mark.parametrize("argv", [["compress", "m", "-o", "out", "--bogus"], ["batch", "spec.yaml", "--dry-run"],
+                                  ["eval", "dir", "--batch-size", "many"]])
+def test_cli_usage_errors_are_short_messages_not_tracebacks(argv, capsys):
+    code, _, stderr = run_cli(argv, capsys)
+    assert code == 2 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("Error: ") and "--help" in stderr
+
+
 def test_cli_missing_dataset_names_the_data_dir(tiny_llama, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("LLMPRUNE_DATA_DIR", str(tmp_path / "empty"))
     code, _, stderr = run_cli(["compress", tiny_llama, "-o", tmp_path / "out", "--sparsity", "0.5", *CALIB], capsys)

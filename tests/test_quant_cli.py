@@ -19,9 +19,20 @@ def test_cli_compress_with_quant_records_bits_and_grid_values(flags, bits, tiny_
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "out"
-    code, _, stderr = run_cli(["compress", tiny_llama, "-o", out, *flags, *CALIB], capsys)
+    code, stdout, stderr = run_cli(["compress", tiny_llama, "-o", out, *flags, *CALIB], capsys)
     assert code == 0, stderr
-    layers = json.loads((out / "llmprune.json").read_text())["report"]["layers"]
+    report = json.loads((out / "llmprune.json").read_text())["report"]
+    layers = report["layers"]
+    # the model-level figure is the parameter-weighted mean of the per-layer accounting, and the CLI prints it
+    weighted = sum(r["bits_per_param"] * r["numel"] for r in layers.values()) / sum(r["numel"] for r in layers.values())
+    assert report["bits_per_param"] == pytest.approx(weighted)
+    assert f"{weighted:.3f} bits/param" in stdout
+    if "spqr" in flags:
+        fraction = sum(r["outlier_fraction"] * r["numel"] for r in layers.values()) / sum(
+            r["numel"] for r in layers.values())
+        assert report["outlier_fraction"] == pytest.approx(fraction)
+    else:
+        assert "outlier_fraction" not in report
     model = AutoModelForCausalLM.from_pretrained(out)
     for name, record in layers.items():
         if bits is not None:
