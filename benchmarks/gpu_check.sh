@@ -17,8 +17,11 @@ STAGES=("$@")
 FORMATS=(int4 sparse24 sparse24_int4 group_sparse_int4 spqr)
 status=0
 
-python -c "import llmprune, triton, torch; print('torch', torch.__version__, 'triton', triton.__version__, \
-'cuda', torch.cuda.is_available())" || { pip install -e . --no-deps --no-build-isolation -q && python -c "import llmprune"; } || exit 3
+# A regular (not editable) install: the package maps cli/, evals/, kernels/ into llmprune.*, which a bare checkout on
+# sys.path does not; the check runs outside the checkout so it sees the installed package.
+python3 -m pip install . --no-deps --no-build-isolation -q --root-user-action=ignore || exit 3
+(cd /tmp && python3 -c "import llmprune.kernels, triton, torch; print('torch', torch.__version__, 'triton', \
+triton.__version__, 'cuda', torch.cuda.is_available())") || exit 3
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/nvidia-smi.csv"
 
 sanitizer() {

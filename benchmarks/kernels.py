@@ -236,7 +236,7 @@ def parse(argv):
     ap.add_argument("--bench", action="store_true", help="the timing table")
     ap.add_argument("--formats", default=",".join(FORMATS))
     ap.add_argument("--dtypes", default="float16,bfloat16")
-    ap.add_argument("--quick", action="store_true", help="one shape, batches 1/16/512 (smoke run)")
+    ap.add_argument("--quick", action="store_true", help="one shape, batches 1/4/16/512 (smoke run)")
     ap.add_argument("--pinned", action="store_true", help="no autotuning: fixed configs (compute-sanitizer runs)")
     ap.add_argument("--results", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args(argv)
@@ -254,7 +254,7 @@ def main(argv=None) -> int:
     formats, dtypes = args.formats.split(","), [getattr(torch, d) for d in args.dtypes.split(",")]
     for fmt in formats if args.pinned else []:
         __import__(f"llmprune.kernels.{fmt}", fromlist=["KERNELS"]).KERNELS.pinned = True
-    shapes, batches = ([(11008, 4096)], [1, 16, 512]) if args.quick else (SHAPES, BATCHES)
+    shapes, batches = ([(11008, 4096)], [1, 4, 16, 512]) if args.quick else (SHAPES, BATCHES)
     gpu = torch.cuda.get_device_name(0).replace(" ", "-")
     mode = "-".join(m for m, on in (("check", args.check), ("bench", args.bench), ("pinned", args.pinned)) if on)
     short = {"float16": "fp16", "bfloat16": "bf16"}

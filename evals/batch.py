@@ -249,6 +249,7 @@ class BatchRunner:
         if not path.is_file():
             return None
         result = CellResult(**json.loads(path.read_text()))
+        result.label = cell.variant.label  # labels are presentation, not part of the key: follow the current rules
         manifest = Path(result.model_dir or "") / "llmprune.json"
         if result.model_dir and manifest.is_file():
             result.metrics = {**result.metrics, **size_metrics(json.loads(manifest.read_text()), self.spec.dtype)}

@@ -94,8 +94,10 @@ def dot_f32(x: Tensor, interpret: bool) -> bool:
 
 
 def gemv_configs() -> list:
-    """Row-block configs for decode: small BLOCK_N gives enough programs to fill the SMs at N = 4096."""
-    shapes = [(4, 512, 2), (8, 256, 4), (8, 512, 4), (16, 256, 4), (16, 128, 4), (32, 128, 8), (64, 64, 8)]
+    """Row-block configs for decode: small BLOCK_N gives enough programs to fill the SMs at N = 4096 for one token;
+    the padded tl.dot path (16 tokens) wants wide BLOCK_N, since every program re-reads its [16, K] slice of x."""
+    shapes = [(4, 512, 2), (8, 256, 4), (8, 512, 4), (16, 256, 4), (16, 128, 4), (32, 128, 8), (64, 64, 8),
+              (64, 128, 4), (64, 256, 8), (128, 64, 4), (128, 128, 8)]  # wide rows: fewer re-reads of x at 16 tokens
     return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=2) for bn, bk, w in shapes]
 
 
@@ -151,6 +153,34 @@ def batched_matvec(x, w, BLOCK_B: tl.constexpr, DOT_F32: tl.constexpr):
         return tl.sum(x.to(tl.float32)[:, None, :] * w[None, :, :], axis=2)
     else:
         return dot_acc(x, tl.trans(w), tl.zeros((BLOCK_B, w.shape[0]), tl.float32), DOT_F32)
+
+
+@triton.jit
+def matvec_init(BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The decode accumulator. One token: [BLOCK_N, BLOCK_K] partial products, reduced once after the K loop (a
+    cross-thread reduction every K step costs more than the loads it waits on); more tokens: [BLOCK_B, BLOCK_N]."""
+    if BLOCK_B == 1:
+        return tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+    else:
+        return tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
+
+
+@triton.jit
+def matvec_step(acc, x, w, BLOCK_B: tl.constexpr, DOT_F32: tl.constexpr):
+    """``acc`` (``matvec_init``) plus x[BLOCK_B, BLOCK_K] times the weight tile w[BLOCK_N, BLOCK_K]."""
+    if BLOCK_B == 1:
+        return acc + w * x.to(tl.float32)
+    else:
+        return acc + batched_matvec(x, w, BLOCK_B, DOT_F32)
+
+
+@triton.jit
+def matvec_finish(acc, BLOCK_B: tl.constexpr):
+    """The [BLOCK_B, BLOCK_N] result of a ``matvec_step`` loop."""
+    if BLOCK_B == 1:
+        return tl.sum(acc, axis=1)[None, :]
+    else:
+        return acc
 
 
 @triton.jit

@@ -26,8 +26,8 @@ from llmprune.errors import UserInputError
 from llmprune.formats.group_sparse_int4 import matmul_ref as reference  # noqa: F401  (the tests' oracle)
 
 from ._common import (
-    Call, KernelPair, check_packed, dot_acc, expect_shape, grouped_pid, load_rows, load_x, nibbles, per_column,
-    store_out, supports,  # noqa: F401 (supports: dispatch hook)
+    Call, KernelPair, check_packed, dot_acc, expect_shape, grouped_pid, load_rows, load_x, matvec_finish,
+    matvec_init, nibbles, per_column, store_out, supports,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -54,13 +54,18 @@ def _group_sparse_int4_gemv_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, 
     """Decode: BLOCK_N rows per program walk their KG*g kept codes; x is gathered at each code's column."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
+    acc = matvec_init(BLOCK_B, BLOCK_N, BLOCK_K)
     for i0 in range(0, KG * GROUP, BLOCK_K):
         w, col, mask = _group_sparse_int4_kept(gi_ptr, q_ptr, s_ptr, z_ptr, rn, i0, N, KG, GROUP, BLOCK_K)
-        xmask = (rb[:, None, None] < M) & mask[None, :, :]
-        x = tl.load(x_ptr + rb[:, None, None] * stride_xm + col[None, :, :], mask=xmask, other=0.0)
-        acc += tl.sum(x.to(tl.float32) * w[None, :, :], axis=2)
-    store_out(out_ptr, acc, rb, rn, M, N, stride_om)
+        if BLOCK_B == 1:  # one token: x gathered as [BLOCK_N, BLOCK_K], reduced after the loop
+            row = tl.program_id(1)  # BLOCK_B = 1: the program's one token (the grid has exactly M of them)
+            x = tl.load(x_ptr + row * stride_xm + col, mask=mask, other=0.0)
+            acc += x.to(tl.float32) * w
+        else:
+            xmask = (rb[:, None, None] < M) & mask[None, :, :]
+            x = tl.load(x_ptr + rb[:, None, None] * stride_xm + col[None, :, :], mask=xmask, other=0.0)
+            acc += tl.sum(x.to(tl.float32) * w[None, :, :], axis=2)
+    store_out(out_ptr, matvec_finish(acc, BLOCK_B), rb, rn, M, N, stride_om)
 
 
 @triton.jit

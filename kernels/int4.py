@@ -23,8 +23,8 @@ from llmprune.errors import UserInputError
 from llmprune.formats.int4 import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
 from ._common import (
-    Call, KernelPair, batched_matvec, check_packed, dot_acc, expect_shape, grouped_pid, load_rows, load_x,
-    nibbles, per_column, store_out, store_tile, supports,  # noqa: F401 (supports: dispatch hook)
+    Call, KernelPair, check_packed, dot_acc, expect_shape, grouped_pid, load_rows, load_x, matvec_finish, matvec_init,
+    matvec_step, nibbles, per_column, store_out, store_tile, supports,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -42,17 +42,42 @@ def _int4_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP: tl.constexpr, BLOCK_K: 
 
 
 @triton.jit
+def _int4_one_token(x_ptr, q_ptr, s_ptr, z_ptr, rn, row, k0, N, K, stride_xm, GROUP: tl.constexpr,
+                    BLOCK_K: tl.constexpr):
+    """Partial products [BLOCK_N, BLOCK_K/2] of one token, without rebuilding the interleaved tile: the low and high
+    nibble of each byte multiply the even and odd columns of x (an even GROUP keeps both in one group)."""
+    half = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    byte = load_rows(q_ptr, rn, N, k0 // 2, K // 2, K // 2, 0, BLOCK_K // 2).to(tl.int32)
+    ok = rn < N
+    scale = per_column(s_ptr, rn, ok, k0 // 2, K // GROUP, 0.0, GROUP // 2, BLOCK_K // 2).to(tl.float32)
+    zero = per_column(z_ptr, rn, ok, k0 // 2, K // GROUP, 0, GROUP // 2, BLOCK_K // 2).to(tl.float32)
+    xe = tl.load(x_ptr + row * stride_xm + 2 * half, mask=2 * half < K, other=0.0).to(tl.float32)
+    xo = tl.load(x_ptr + row * stride_xm + 2 * half + 1, mask=2 * half + 1 < K, other=0.0).to(tl.float32)
+    lo = (byte & 0xF).to(tl.float32) - zero
+    hi = (byte >> 4).to(tl.float32) - zero
+    return (lo * xe[None, :] + hi * xo[None, :]) * scale
+
+
+@triton.jit
 def _int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om,
                       GROUP: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_B: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Decode: one program per BLOCK_N output rows (and BLOCK_B tokens), streaming K in BLOCK_K steps."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        w = _int4_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP, BLOCK_K)
-        acc += batched_matvec(load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm), w, BLOCK_B, DOT_F32)
-    store_out(out_ptr, acc, rb, rn, M, N, stride_om)
+    if BLOCK_B * (GROUP % 2 + 1) == 1:  # one token, even groups: the nibble-split path
+        acc1 = tl.zeros((BLOCK_N, BLOCK_K // 2), tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            acc1 += _int4_one_token(x_ptr, q_ptr, s_ptr, z_ptr, rn, tl.program_id(1), k0, N, K, stride_xm, GROUP,
+                                    BLOCK_K)
+        store_out(out_ptr, tl.sum(acc1, axis=1)[None, :], rb, rn, M, N, stride_om)
+    else:
+        acc = matvec_init(BLOCK_B, BLOCK_N, BLOCK_K)
+        for k0 in range(0, K, BLOCK_K):
+            w = _int4_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP, BLOCK_K)
+            x = load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm)
+            acc = matvec_step(acc, x, w, BLOCK_B, DOT_F32)
+        store_out(out_ptr, matvec_finish(acc, BLOCK_B), rb, rn, M, N, stride_om)
 
 
 @triton.jit
@@ -107,7 +132,7 @@ def int4_dequantize(packed: dict, dtype: torch.dtype) -> Tensor:
 def int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regime: str | None = None) -> Tensor:
     """``x @ W.T`` for an ``int4`` packed weight; x is ``[..., K]`` fp16/bf16, the result ``[..., N]`` in x's dtype.
 
-    ``regime``: None follows kernels/select.py (gemv for few tokens, gemm, dense from 512); "gemv", "gemm" or
+    ``regime``: None follows kernels/select.py (gemv for few tokens, gemm, dense from 64); "gemv", "gemm" or
     "dense" force one (tests, benchmarks). ``out``: an optional preallocated output (fully overwritten).
     """
     n, k, group = _checked(packed, x.device)

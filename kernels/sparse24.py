@@ -21,8 +21,8 @@ from llmprune.errors import UserInputError
 from llmprune.formats.sparse24 import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
 from ._common import (
-    Call, KernelPair, batched_matvec, check_packed, dot_acc, expect_shape, grouped_pid, load_rows, load_x,
-    nibbles, store_out, store_tile, two_four_expand, supports,  # noqa: F401 (supports: dispatch hook)
+    Call, KernelPair, check_packed, dot_acc, expect_shape, grouped_pid, load_rows, load_x, matvec_finish, matvec_init,
+    matvec_step, nibbles, store_out, store_tile, two_four_expand, supports,  # noqa: F401 (supports: dispatch hook)
 )
 from .select import SEMI_FROM
 
@@ -44,11 +44,11 @@ def _sparse24_gemv_kernel(x_ptr, v_ptr, m_ptr, out_ptr, M, N, K, stride_xm, stri
     """Decode: BLOCK_N rows per program streaming values and meta; the skipped half of W is never read."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
+    acc = matvec_init(BLOCK_B, BLOCK_N, BLOCK_K)
     for k0 in range(0, K, BLOCK_K):
         w = _sparse24_tile(v_ptr, m_ptr, rn, k0, N, K, BLOCK_K)
-        acc += batched_matvec(load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm), w, BLOCK_B, DOT_F32)
-    store_out(out_ptr, acc, rb, rn, M, N, stride_om)
+        acc = matvec_step(acc, load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm), w, BLOCK_B, DOT_F32)
+    store_out(out_ptr, matvec_finish(acc, BLOCK_B), rb, rn, M, N, stride_om)
 
 
 @triton.jit

@@ -27,8 +27,9 @@ from llmprune.errors import UserInputError
 from llmprune.formats.sparse24_int4 import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
 from ._common import (
-    Call, KernelPair, batched_matvec, check_packed, dot_acc, expect_shape, grouped_pid, load_rows, load_x,
-    nibbles, per_column, store_out, store_tile, two_four_expand, supports,  # noqa: F401 (supports: dispatch hook)
+    Call, KernelPair, check_packed, dot_acc, expect_shape, grouped_pid, load_rows, load_x, matvec_finish, matvec_init,
+    matvec_step, nibbles, per_column, store_out, store_tile, two_four_expand,
+    supports,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -48,17 +49,49 @@ def _sparse24_int4_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP: tl.cons
 
 
 @triton.jit
+def _sparse24_int4_one_token(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, rn, row, k0, N, K, stride_xm, GROUP: tl.constexpr,
+                             BLOCK_K: tl.constexpr):
+    """Partial products [BLOCK_N, BLOCK_K/8] of one token without rebuilding the dense tile: a meta byte covers two
+    column groups of 4 (low nibble: the even group); each kept code multiplies x gathered at its own column. A
+    GROUP that is a multiple of 8 keeps both groups of a meta byte under one scale."""
+    ok = rn < N
+    pair = k0 // 8 + tl.arange(0, BLOCK_K // 8)  # meta byte index = pair of column groups
+    meta = load_rows(m_ptr, rn, N, k0 // 8, K // 8, K // 8, 0, BLOCK_K // 8).to(tl.int32)
+    scale = per_column(s_ptr, rn, ok, k0 // 8, K // GROUP, 0.0, GROUP // 8, BLOCK_K // 8).to(tl.float32)
+    zero = per_column(z_ptr, rn, ok, k0 // 8, K // GROUP, 0, GROUP // 8, BLOCK_K // 8).to(tl.float32)
+    live = ok[:, None] & (pair[None, :] < K // 8)
+    x_row = x_ptr + row * stride_xm
+    total = tl.zeros((rn.shape[0], BLOCK_K // 8), tl.float32)
+    for parity in tl.static_range(2):
+        group = 2 * pair + parity  # column group g: columns 4g .. 4g+3, code byte g
+        code = tl.load(q_ptr + rn[:, None] * (K // 4) + group[None, :], mask=live, other=0).to(tl.int32)
+        nib = (meta >> (4 * parity)) & 0xF
+        x0 = tl.load(x_row + 4 * group[None, :] + (nib & 3), mask=live, other=0.0).to(tl.float32)
+        x1 = tl.load(x_row + 4 * group[None, :] + (nib >> 2), mask=live, other=0.0).to(tl.float32)
+        total += ((code & 0xF).to(tl.float32) - zero) * x0 + ((code >> 4).to(tl.float32) - zero) * x1
+    return total * scale
+
+
+@triton.jit
 def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om,
                                GROUP: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_B: tl.constexpr,
                                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Decode: BLOCK_N rows per program, K streamed in BLOCK_K dense columns (BLOCK_K/4 packed bytes per row)."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        w = _sparse24_int4_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP, BLOCK_K)
-        acc += batched_matvec(load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm), w, BLOCK_B, DOT_F32)
-    store_out(out_ptr, acc, rb, rn, M, N, stride_om)
+    if BLOCK_B * ((GROUP % 8 > 0) + 1) == 1:  # one token, groups a multiple of 8: the gather path
+        acc1 = tl.zeros((BLOCK_N, BLOCK_K // 8), tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            acc1 += _sparse24_int4_one_token(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, rn, tl.program_id(1), k0, N, K,
+                                             stride_xm, GROUP, BLOCK_K)
+        store_out(out_ptr, tl.sum(acc1, axis=1)[None, :], rb, rn, M, N, stride_om)
+    else:
+        acc = matvec_init(BLOCK_B, BLOCK_N, BLOCK_K)
+        for k0 in range(0, K, BLOCK_K):
+            w = _sparse24_int4_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP, BLOCK_K)
+            x = load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm)
+            acc = matvec_step(acc, x, w, BLOCK_B, DOT_F32)
+        store_out(out_ptr, matvec_finish(acc, BLOCK_B), rb, rn, M, N, stride_om)
 
 
 @triton.jit

@@ -27,8 +27,8 @@ from llmprune.errors import UserInputError
 from llmprune.formats.spqr import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
 from ._common import (
-    Call, KernelPair, batched_matvec, check_packed, dot_acc, expand_groups, expect_shape, grouped_pid, load_x,
-    per_group, store_out, store_tile, supports,  # noqa: F401 (supports: dispatch hook)
+    Call, KernelPair, check_packed, dot_acc, expand_groups, expect_shape, grouped_pid, load_x, matvec_finish,
+    matvec_init, matvec_step, per_group, store_out, store_tile, supports,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -112,11 +112,11 @@ def _spqr_gemv_kernel(x_ptr, q_ptr, sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_p
     st_ptrs = (sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr)
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
+    acc = matvec_init(BLOCK_B, BLOCK_N, BLOCK_K)
     for k0 in range(0, K, BLOCK_K):
         w = _spqr_block(q_ptr, st_ptrs, rn, k0, N, K, WORDS, G, BITS, GROUP, STAT_GROUP, BLOCK_K)
-        acc += batched_matvec(load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm), w, BLOCK_B, DOT_F32)
-    acc = _spqr_outliers(acc, x_ptr, rb, rn, M, N, stride_xm, q_ptr, st_ptrs, (rp_ptr, oc_ptr, ov_ptr), WORDS, G,
+        acc = matvec_step(acc, load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm), w, BLOCK_B, DOT_F32)
+    acc = _spqr_outliers(matvec_finish(acc, BLOCK_B), x_ptr, rb, rn, M, N, stride_xm, q_ptr, st_ptrs, (rp_ptr, oc_ptr, ov_ptr), WORDS, G,
                          BITS, GROUP, STAT_GROUP)
     store_out(out_ptr, acc, rb, rn, M, N, stride_om)
 

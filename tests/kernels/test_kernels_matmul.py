@@ -20,9 +20,10 @@ DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 FORMATS = ["int4", "sparse24", "sparse24_int4", "group_sparse_int4", "spqr"]
 # (tokens, regime, K, group): regime None is kernels/select.py's choice (gemm at 20 tokens, dense at 600); 5 tokens
 # take the padded tl.dot decode path; "dense" is the dequantize kernel + torch.mm. Groups 8/16/32 < BLOCK_K (32 under
-# the interpreter) < 64 and the non-power-of-two 24 take the three ways statistics are loaded.
+# the interpreter) < 64 and the non-power-of-two 24 take the three ways statistics are loaded; one token takes the
+# formats' single-token decode paths (int4: nibble split; sparse24_int4: x gathered at the kept positions).
 CASES = [(1, "gemv", 72, 8), (3, "gemv", 72, 8), (5, "gemv", 96, 16), (20, None, 96, 16), (2, "gemm", 64, 32),
-         (3, "dense", 72, 8), (600, None, 64, 16), (1, "gemv", 128, 64), (2, "gemm", 96, 24)]
+         (3, "dense", 72, 8), (600, None, 64, 16), (1, "gemv", 128, 64), (2, "gemm", 96, 24), (1, "gemv", 96, 24)]
 N = 20
 
 
