@@ -34,6 +34,9 @@ def damped_inverse_cholesky(H: Tensor, damp: float, *, name: str = "") -> tuple[
     A failed factorization retries with damp × 10, up to ``MAX_RETRIES`` times, warns once naming the layer and
     returns the damping actually used. It never falls back to an identity inverse: if it still fails it raises.
     """
+    if not bool(torch.isfinite(H).all()):  # no damping can fix this; say where the problem really is
+        raise NumericalError(f"{name or 'layer'}: its input statistics are not finite (inf/NaN activations): an "
+                             f"earlier layer's compression diverged; try milder settings for the earlier layers")
     mean_diag = torch.mean(torch.diag(H)).item()
     eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     used = damp

@@ -30,6 +30,13 @@ def test_hopeless_hessian_raises_naming_the_layer_and_the_fix():
         obs.damped_inverse_cholesky(H, 0.01, name="layer.k")
 
 
+def test_non_finite_statistics_name_the_real_cause_instead_of_damping():
+    H = torch.eye(3)
+    H[1, 2] = float("nan")
+    with pytest.raises(NumericalError, match="layer.o: its input statistics are not finite"):
+        obs.damped_inverse_cholesky(H, 0.01, name="layer.o")
+
+
 def test_dead_inputs_are_masked():
     H = torch.diag(torch.tensor([2.0, 0.0, 3.0]))
     W = torch.ones(2, 3)

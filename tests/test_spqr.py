@@ -36,6 +36,20 @@ def test_spqr_matches_unblocked_oracle_float64():
     assert info["outlier_fraction"] == int(ref_out.sum()) / W.numel()
 
 
+def test_nearly_constant_group_keeps_finite_statistics_and_matches_the_oracle():
+    """A group whose range is ~1e-6 of its magnitude: without the scale floor its zero point (-min/scale ~ 1e6)
+    overflows the float16 second-level statistics and the layer becomes NaN (SmolLM2's o_proj at 2 bits)."""
+    W, X, stats = _case()
+    W[3, :8] = 0.7 + 1e-6 * torch.randn(8, generator=torch.Generator().manual_seed(1))
+    spec = QuantSpec(2, 8, method="spqr")
+    qw, _ = _spqr(W, stats, spec, act_order=False, block=16)
+    assert all(bool(torch.isfinite(v.float()).all()) for v in qw.extra.values() if torch.is_tensor(v))
+    deq = qw.dequantize()
+    assert bool(torch.isfinite(deq).all())
+    ref_w, _ = spqr_unblocked(W, stats.hessian, bits=2, group=8, rel_threshold=0.2)
+    assert torch.allclose(deq.double(), ref_w, atol=1e-5)
+
+
 def test_leave_one_out_gain_matches_brute_force_refits():
     gw = torch.randn(5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(101))
     gw[2, 3] = 9.0

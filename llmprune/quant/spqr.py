@@ -30,7 +30,11 @@ Deviation: the reference permutes all columns by act-order and forms groups over
 permutation); we use ``gptq.act_order_perm``, which orders whole groups and the columns inside each group, so groups
 stay contiguous in the original order and no permutation is stored. The second-level scale and zero are rounded to
 float16 before the codes are chosen (the reference keeps them in the model's dtype), and a second-level group of
-equal values is stored exactly (scale 1, zero = -value) instead of on the reference's [-1, 1] range.
+equal values is stored exactly (scale 1, zero = -value) instead of on the reference's [-1, 1] range. A first-level
+group whose range is below ``1 / MIN_RANGE_RATIO`` of its largest magnitude (nearly constant, typically after its
+likely outliers were replaced by the mean) gets the scale ``amax / MIN_RANGE_RATIO``: without a floor its unclamped
+zero point ``-min / scale`` runs into the millions, overflows the float16 second-level statistics and turns the
+layer into NaN (seen on SmolLM2's o_proj at 2 bits); the reference has no floor.
 """
 from __future__ import annotations
 
@@ -49,6 +53,7 @@ from .gptq import _flag, act_order_perm, unpermute
 from .uniform import check_quant_shape, dequantize, effective_group, find_params, maxq, quantize_codes
 
 FP16_TINY = 2.0**-24  # smallest positive float16: keeps a rounded second-level scale from becoming 0
+MIN_RANGE_RATIO = 256.0  # first-level scale >= amax / 256, so zero points stay below ~256 (module docstring)
 
 
 def quantize_stat(x: Tensor, stat_bits: int, stat_group: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -103,7 +108,9 @@ class SpqrColumns:
             normal = (~likely).to(gw.dtype)
             mean = (gw * normal).sum(1, keepdim=True) / normal.sum(1, keepdim=True).clamp_min(1)
             gw = torch.where(likely, mean, gw)
-        scale, zero = find_params(gw, self.bits, clamp_zero=False, round_zero=False)
+        scale, _ = find_params(gw, self.bits, clamp_zero=False, round_zero=False)
+        scale = torch.maximum(scale, gw.abs().amax(1) / MIN_RANGE_RATIO)  # the floor of the module docstring
+        zero = -gw.min(1).values / scale  # the grid still starts at the group's minimum
         for name, value in (("scale", scale), ("zero", zero)):
             codes, s2, z2, deq = quantize_stat(value, self.stat_bits, self.stat_group)
             self.stats[f"{name}s"][:, k], self.stats[f"{name}_codes"][:, k] = deq.to(gw.dtype), codes.to(gw.dtype)

@@ -145,6 +145,9 @@ def spqr_unblocked(W, H, *, bits, group, rel_threshold, stat_bits=3, stat_group=
                     normal = gw[r][~likely[r]]
                     gw[r][likely[r]] = normal.mean() if normal.numel() else 0.0
             s, z = minmax_grid(gw, bits, clamp_zero=False, round_zero=False)
+            for r in range(rows):  # llmprune's floor: scale >= amax / 256, the grid starting at the row's minimum
+                s[r] = max(float(s[r]), float(gw[r].abs().max()) / 256)
+                z[r] = -float(gw[r].min()) / float(s[r])
             s, z = _stat_level(s, stat_bits, stat_group), _stat_level(z, stat_bits, stat_group)
         Hinv_F = torch.linalg.inv(H[j:, j:])
         w = W[:, j].clone()
