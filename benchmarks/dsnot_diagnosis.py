@@ -1,12 +1,13 @@
 """Why DSnoT's gain does not always grow with sparsity on SmolLM2-135M: what the refinement does to each layer's
 *true* output error, not only to the expected error DSnoT minimises.
 
-DSnoT (arXiv:2310.08915) drives the per-row expected error e_i = Σ_j (W_ij − Ŵ_ij)·E[x_j] towards zero. The output
-error a layer passes on is the mean squared error E[((W − Ŵ)x)²] = dᵀ·E[xxᵀ]·d per row (d = W_i − Ŵ_i), which is the
-squared expected error e_i² *plus* the variance term dᵀ·Cov(x)·d. A swap that shrinks e_i can grow the variance term
-more than it shrinks e_i²; whether the refinement helps depends on how large the mean part is against the variance
-part in that model's activations. This script measures both parts before and after DSnoT for Wanda masks on a few
-decoder layers of the dense model (inputs captured from the dense model, calibration windows of C4), per Linear kind.
+DSnoT (arXiv:2310.08915) drives the per-row expected error e_i = Σ_j (W_ij − Ŵ_ij)·E[x_j] towards zero. The
+output error a layer passes on is the mean squared error E[((W − Ŵ)x)²] = dᵀ·E[xxᵀ]·d per row (d = W_i − Ŵ_i),
+which is the squared expected error e_i² *plus* the variance term dᵀ·Cov(x)·d. A swap that shrinks e_i can grow the
+variance term more than it shrinks e_i²; whether the refinement helps depends on how large the mean part is against
+the variance part in that model's activations. This script measures both parts before and after DSnoT for Wanda
+masks on a few decoder layers of the dense model (inputs captured from the dense model, C4 calibration windows), per
+Linear kind.
 
     LLMPRUNE_DATA_DIR=../shared/data python benchmarks/dsnot_diagnosis.py --out benchmarks/results/dsnot_diagnosis.md
 """
@@ -105,7 +106,8 @@ def main() -> None:
                      f"{s['after_mean'] / max(s['before_mean'], 1e-30) - 1:+.1%} | {s['swaps'] / s['linears']:.1f} |")
     head = (f"## DSnoT on Wanda masks: output error before/after, {args.model}, layers {args.layers} (dense inputs, "
             f"{args.nsamples} x {args.seqlen} C4 tokens)\n\n"
-            "Error = mean over rows and tokens of ((W − Ŵ)x)²; its mean part = mean over rows of (E[(W − Ŵ)x])², "
+            "Error = mean over rows and tokens of ((W − Ŵ)x)²; its mean part = mean over rows of "
+            "(E[(W − Ŵ)x])², "
             "the quantity DSnoT drives to zero. Summed over the Linears of each kind in the listed layers.\n")
     text = head + "\n" + "\n".join(lines) + "\n"
     print(text)

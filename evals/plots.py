@@ -73,9 +73,10 @@ def markdown_table(results, spec=None) -> str:
             lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
         sections.append("\n".join(lines))
     legend = ("sparsity: achieved fraction of zeros in the compressed Linear layers; bits: stored bits per parameter "
-              "of those layers as saved (a fake-quant `dense` checkpoint stores floats); qbits: bits per parameter of the "
-              "quantized representation by the quantizers' accounting (codes, statistics, masks, outliers); ppl: perplexity (lower is better); acc: lm-eval zero-shot accuracy. Parentheses: "
-              "relative change against the dense row.")
+              "of those layers as saved (a fake-quant `dense` checkpoint stores floats); qbits: bits per parameter of "
+              "the quantized representation by the quantizers' accounting (codes, statistics, masks, outliers); "
+              "ppl: perplexity (lower is better); acc: lm-eval zero-shot accuracy. Parentheses: relative change "
+              "against the dense row.")
     head = [line for line in ("# Batch results", protocol_line(spec), legend) if line]
     return "\n\n".join([*head, *sections]) + "\n"
 

@@ -116,8 +116,8 @@ def _spqr_gemv_kernel(x_ptr, q_ptr, sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_p
     for k0 in range(0, K, BLOCK_K):
         w = _spqr_block(q_ptr, st_ptrs, rn, k0, N, K, WORDS, G, BITS, GROUP, STAT_GROUP, BLOCK_K)
         acc = matvec_step(acc, load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm), w, BLOCK_B, DOT_F32)
-    acc = _spqr_outliers(matvec_finish(acc, BLOCK_B), x_ptr, rb, rn, M, N, stride_xm, q_ptr, st_ptrs, (rp_ptr, oc_ptr, ov_ptr), WORDS, G,
-                         BITS, GROUP, STAT_GROUP)
+    acc = _spqr_outliers(matvec_finish(acc, BLOCK_B), x_ptr, rb, rn, M, N, stride_xm, q_ptr, st_ptrs,
+                         (rp_ptr, oc_ptr, ov_ptr), WORDS, G, BITS, GROUP, STAT_GROUP)
     store_out(out_ptr, acc, rb, rn, M, N, stride_om)
 
 
