@@ -12,9 +12,9 @@ from llmprune.evals.perplexity import default_seqlen, load_eval_text, perplexity
 from tests.data_fixtures import offline_empty_data_dir, shared_data_dir, tiny_lm  # noqa: F401
 from tests.reference.ppl_direct import direct_perplexity, reference_code_perplexity
 
-TEXT = ("Robert Boulter is an English film, television and theatre actor. He had a guest starring role on the "
-        "television series The Bill in 2000. Sparse matrices store only their non-zero entries, so pruning half "
-        "of the weights halves the memory they need when the format is chosen well. ") * 3
+TEXT = ("The lighthouse keeper logged the tide twice a day and painted the railings every spring. Her notebook "
+        "listed ships, storms and the odd seal that slept on the jetty. Sparse matrices store only their non-zero "
+        "entries, so pruning half of the weights halves the memory they need when the format is chosen well. ") * 3
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
