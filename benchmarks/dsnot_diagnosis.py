@@ -25,15 +25,19 @@ SIBLINGS = {"q_proj": ("q_proj", "k_proj", "v_proj"), "o_proj": ("o_proj",), "up
             "down_proj": ("down_proj",)}
 
 
+def block_part(model, index: int, kind: str):
+    """The attention or MLP submodule of decoder layer ``index`` that holds the Linears of ``kind``."""
+    layer = model.model.layers[index]
+    return layer.self_attn if kind in ("q_proj", "o_proj") else layer.mlp
+
+
 def capture_inputs(model, ids: torch.Tensor, layers: list[int]) -> dict[tuple[int, str], torch.Tensor]:
     """Inputs [tokens, in] of each (layer, kind) Linear on the dense model."""
     seen: dict[tuple[int, str], list[torch.Tensor]] = defaultdict(list)
     hooks = []
-    blocks = model.model.layers
     for index in layers:
         for kind in KINDS:
-            part = blocks[index].self_attn if kind in ("q_proj", "o_proj") else blocks[index].mlp
-            module = getattr(part, kind)
+            module = getattr(block_part(model, index, kind), kind)
             hooks.append(module.register_forward_hook(
                 lambda _m, args, _out, key=(index, kind): seen[key].append(args[0].detach().flatten(0, -2).float())))
     with torch.no_grad():
@@ -66,7 +70,8 @@ def main() -> None:
     import llmprune
     from llmprune.prune import METHODS
     from llmprune.refine.dsnot import dsnot
-    from llmprune.types import Stats
+    from llmprune.engine.stats import InputStats
+    from llmprune.refine import REFINERS
 
     torch.manual_seed(0)
     loaded = llmprune.resolve(args.model)
@@ -74,21 +79,24 @@ def main() -> None:
     layers = [int(x) for x in args.layers.split(",")]
     inputs = capture_inputs(loaded.model, calib.ids, layers)
     wanda = METHODS.get("wanda").fn
+    needs = REFINERS.get("dsnot").needs
+    stats = {}
+    for key, X in inputs.items():  # the engine's own running statistics, once per input space
+        acc = InputStats(X.shape[1], needs, X.device)
+        acc.update(X)
+        stats[key] = acc.to_stats()
     rows = []
     for level in args.sparsity.split(","):
         sparsity = llmprune.parse_sparsity(level)
         for kind, label in KINDS.items():
             sums = defaultdict(float)
             for index in layers:
-                X = inputs[(index, kind)]
-                stats = Stats(input_sq_norms=X.pow(2).mean(0), input_mean=X.mean(0),
-                              input_var=X.var(0, unbiased=False), tokens=X.shape[0])
-                part = loaded.model.model.layers[index].self_attn if kind in ("q_proj", "o_proj") else \
-                    loaded.model.model.layers[index].mlp
+                X, layer_stats = inputs[(index, kind)], stats[(index, kind)]
+                part = block_part(loaded.model, index, kind)
                 for name in SIBLINGS[kind]:
                     W = getattr(part, name).weight.detach().float()
-                    base = wanda(W, stats, sparsity)
-                    refined = dsnot(W, base, stats, sparsity, calib_seqlen=args.seqlen)
+                    base = wanda(W, layer_stats, sparsity)
+                    refined = dsnot(W, base, layer_stats, sparsity, calib_seqlen=args.seqlen)
                     for tag, pruned in (("before", base), ("after", refined)):
                         total, mean_part = error_parts(W, pruned.weight, X)
                         sums[f"{tag}_total"] += total

@@ -169,15 +169,16 @@ def _checked(where: _Where, key: str, fn, *args):
 
 
 def _label(recipe: dict) -> str:
-    sparsity = recipe.get("sparsity") or "dense"
-    # quantization only: the pruning method plays no part, so the label names the quantizer instead
-    parts = [] if sparsity == "dense" and recipe.get("quant") else [str(recipe["method"]), str(sparsity)]
+    sparsity, quant = recipe.get("sparsity") or "dense", recipe.get("quant")
+    quant_only = bool(quant) and sparsity == "dense"  # the pruning method plays no part: name the quantizer instead
+    parts = [] if quant_only else [str(recipe["method"]), str(sparsity)]
     if recipe.get("refine"):
         parts.append(f"+{recipe['refine']}")
-    if recipe.get("quant"):
-        parts.append(str(recipe["quant"]))
-    if recipe.get("quant") and (not parts[:-1] or recipe.get("quantizer") not in (None, "gptq")):
-        parts.append(str(recipe.get("quantizer") or "gptq"))
+    if quant:
+        parts.append(str(quant))
+        quantizer = recipe.get("quantizer") or "gptq"
+        if quant_only or quantizer != "gptq":
+            parts.append(quantizer)
     if recipe.get("format", "dense") != "dense":
         parts.append(f"[{recipe['format']}]")
     parts += [f"{k}={recipe[k]}" for k in ("damp", "block", "ignore", "options") if recipe.get(k) is not None]

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .errors import UserInputError
+from .layer_records import weighted_mean
 from .masks import check_shape, verify_pattern
 from .recipe import Groups, NM, Recipe, Sparsity, Unstructured
 from .types import Pruned, QuantizedWeight, Stats
@@ -33,20 +34,14 @@ class Report:
         total = sum(r["numel"] for r in self.records.values())
         return zeros / total if total else 0.0
 
-    def _weighted(self, key: str) -> float | None:
-        """Parameter-weighted mean of a per-layer record over the layers that have it (None if none do)."""
-        rows = [(r[key], r["numel"]) for r in self.records.values() if r.get(key) is not None]
-        total = sum(n for _, n in rows)
-        return sum(v * n for v, n in rows) / total if total else None
-
     def bits_per_param(self) -> float | None:
         """Average bits/parameter of the quantized Linears by the quantizers' accounting (``quant/bits_per_param``):
         what the quantized representation needs, whatever ``--format`` stores; None without ``--quant``."""
-        return self._weighted("bits_per_param")
+        return weighted_mean(self.records, "bits_per_param")
 
     def outlier_fraction(self) -> float | None:
         """SpQR: fraction of weights kept as 16-bit outliers over the quantized Linears."""
-        return self._weighted("outlier_fraction")
+        return weighted_mean(self.records, "outlier_fraction")
 
     def to_dict(self) -> dict:
         summary = {"bits_per_param": self.bits_per_param(), "outlier_fraction": self.outlier_fraction()}

@@ -72,13 +72,12 @@ def bits_per_param(manifest: dict) -> float | None:
 def quant_bits_per_param(manifest: dict) -> float | None:
     """Average bits/parameter by the quantizers' accounting (``llmprune/quant/bits_per_param.py``), whatever the
     storage format; None when nothing was quantized. Older manifests: weighted from the per-layer records."""
+    from llmprune.layer_records import weighted_mean
+
     report = manifest.get("report") or {}
     if report.get("bits_per_param") is not None:
         return float(report["bits_per_param"])
-    rows = [(r["bits_per_param"], r["numel"]) for r in (report.get("layers") or {}).values()
-            if r.get("bits_per_param") is not None and r.get("numel")]
-    total = sum(n for _, n in rows)
-    return sum(b * n for b, n in rows) / total if total else None
+    return weighted_mean(report.get("layers") or {}, "bits_per_param")
 
 
 def achieved_sparsity(manifest: dict) -> float | None:
