@@ -4,12 +4,12 @@
                                 [--dtype float16] [--no-graphs] [--results DIR] [--cpu-dry-run]
 
 Runs ``llmprune.evals.bench.run_bench`` (the logic behind ``llmprune bench``) with the eager and the static-KV-cache
-+ ``torch.compile(mode="reduce-overhead")`` (CUDA graphs) variants and writes ``<results>/<date>-<gpu>-decode.md``
++ captured CUDA-graph variants (``--compile`` adds torch.compile of the decode step) and writes ``<results>/<date>-<gpu>-decode.md``
 atomically (temp file + rename), with the JSON of the run embedded. Without CUDA it prints a message and exits 0;
 ``--cpu-dry-run`` runs the ``tiny`` shape on CPU (reference matmuls) to check the plumbing only.
 
-Note: ``dispatch`` records the path on each module in Python, so under ``torch.compile`` the packed layers may
-graph-break; the dispatch column and the compile logs (``TORCH_LOGS=graph_breaks``) say what happened.
+Note: under ``torch.compile`` the Triton launchers and ``dispatch`` are Python that dynamo traces or breaks on; the
+compile logs (``TORCH_LOGS=graph_breaks``) say what happened. The CUDA-graph variant needs no compile.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float16")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-graphs", action="store_true", help="Eager only.")
+    ap.add_argument("--compile", action="store_true", help="Also the torch.compile variant (slow to compile).")
     ap.add_argument("--results", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--cpu-dry-run", action="store_true")
     args = ap.parse_args(argv)
@@ -46,7 +47,8 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("benchmarks/decode.py: no CUDA device; nothing measured (use --cpu-dry-run to check the plumbing)")
         return 0
-    variants = ["eager"] + ([] if args.no_graphs else ["static+cudagraphs"])
+    variants = ["eager"] + ([] if args.no_graphs else ["static+cudagraphs"]) + (["static+compile"] if args.compile
+                                                                              else [])
     result = run_bench(args.model, args.formats.split(","), [int(b) for b in args.batch.split(",")],
                        new_tokens=args.new_tokens, prompt_len=args.prompt_len, device="cuda", dtype=args.dtype,
                        variants=variants, runs=args.runs)

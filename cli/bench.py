@@ -27,9 +27,10 @@ def bench_command(
     device: str = typer.Option("cuda", help="cuda, or cpu (reference matmuls; not representative)."),
     dtype: str = typer.Option("float16", help="float16 or bfloat16 (float32 for CPU checks)."),
     cuda_graphs: Optional[bool] = typer.Option(None, "--cuda-graphs/--no-cuda-graphs",
-                                               help="Also run static KV cache + torch.compile(reduce-overhead) "
-                                                    "(CUDA graphs); default on for cuda."),
-    compile: bool = typer.Option(False, "--compile/--no-compile", help="Also run static KV cache + torch.compile."),
+                                               help="Also replay a captured decode step (static KV cache + "
+                                                    "CUDA graph, no compile); default on for cuda."),
+    compile: bool = typer.Option(False, "--compile/--no-compile", help="Also run the static-cache decode step "
+                                 "through torch.compile (inductor; slow to compile on 7B shapes)."),
     runs: int = typer.Option(3, help="Timed runs per point (median)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the table."),
 ) -> None:

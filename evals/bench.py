@@ -8,9 +8,11 @@ Models: a real model or llmprune checkpoint, or a named random-weight shape (``S
 the meta device and materialized on the target device in the target dtype, one decoder Linear at a time, so a 7B
 model never exists as a float32 CPU copy and the packed variants never hold all dense weights at once.
 
-Timing: ``generate(prompt, max_new_tokens=n)`` minus ``generate(prompt, max_new_tokens=1)`` (the prefill and first
-token), so tokens/s = batch * (n - 1) / decode seconds; warmup first, CUDA synchronized, median of ``runs``. CPU runs
-use the reference matmuls and are labelled not representative.
+Variants: ``eager`` times transformers' ``generate``: t(n new tokens) minus t(1) (the prefill and first token), so
+tokens/s = batch * (n - 1) / decode seconds. ``static+cudagraphs`` replays one captured decode step with a static KV
+cache and ``static+compile`` runs it through ``torch.compile`` (``evals/static_decode.py``); both time the n - 1
+decode steps after an untimed prefill and report how many greedy tokens equal eager ``generate``'s. Warmup first,
+CUDA synchronized, median of ``runs``. CPU runs use the reference matmuls and are labelled not representative.
 
 GPU command (fills issue 6's end-to-end table on one H100)::
 
@@ -40,6 +42,9 @@ SHAPES = {
                       num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0),
 }
 FORMATS = ("dense", "sparse24", "int4", "sparse24_int4", "group_sparse_int4", "spqr")
+VARIANTS = ("eager", "static+cudagraphs", "static+compile")
+STATIC_MODES = {"static+cudagraphs": "graph", "static+compile": "compile"}
+COMPILE_BACKEND = "inductor"  # torch.compile backend of static+compile (tests use "eager": no C++ toolchain needed)
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -61,6 +66,9 @@ def check_inputs(model: str, formats: list[str], batches: list[int], device: str
         raise UserInputError("--device cuda but CUDA is not available here; use --device cpu (not representative)")
     if dtype not in DTYPES:
         raise UserInputError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    for variant in variants:
+        if variant not in VARIANTS:
+            raise UserInputError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     if "static+cudagraphs" in variants and device != "cuda":
         raise UserInputError("--cuda-graphs needs --device cuda; add --no-cuda-graphs for CPU runs")
 
@@ -201,40 +209,55 @@ def dense_twin(model: nn.Module) -> nn.Module:
     return twin
 
 
-def greedy(model: nn.Module, prompt: torch.Tensor, new_tokens: int, static: bool = False) -> torch.Tensor:
-    """Exactly ``new_tokens`` greedy tokens after ``prompt`` (no EOS stop); static KV cache when asked."""
-    kwargs = {"cache_implementation": "static"} if static else {}
+def greedy(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """Exactly ``new_tokens`` greedy tokens after ``prompt`` from ``generate`` (dynamic cache, no EOS stop)."""
     with torch.no_grad():
         out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
-                             min_new_tokens=new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None,
-                             **kwargs)
+                             min_new_tokens=new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None)
     return out[:, prompt.shape[1]:]
 
 
-def _seconds(model, prompt, n, device, static) -> float:
-    """Wall seconds of one ``greedy`` call, CUDA synchronized on both sides."""
+def _timed(fn, device: str) -> float:
+    """Wall seconds of ``fn()``, CUDA synchronized on both sides."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     sync()
     start = time.perf_counter()
-    greedy(model, prompt, n, static)
+    fn()
     sync()
     return time.perf_counter() - start
 
 
 def decode_tokens_per_s(model: nn.Module, prompt: torch.Tensor, new_tokens: int, device: str, variant: str,
-                        runs: int = 3, warmup: int = 1) -> float:
-    """Decode tokens/s: batch * (n-1) / (median t(n tokens) - median t(1 token)), so the prefill cancels out;
-    NaN when timing noise swamps the difference (toy sizes)."""
-    static = variant != "eager"
-    if static and not getattr(model, "_bench_compiled", False):
-        mode = "reduce-overhead" if variant == "static+cudagraphs" else None
-        model.forward = torch.compile(model.forward, mode=mode)
-        model._bench_compiled = True
-    for _ in range(warmup):
-        greedy(model, prompt, min(new_tokens, 4), static)
-    full = statistics.median(_seconds(model, prompt, new_tokens, device, static) for _ in range(runs))
-    first = statistics.median(_seconds(model, prompt, 1, device, static) for _ in range(runs))
-    return prompt.shape[0] * (new_tokens - 1) / (full - first) if full > first else float("nan")
+                        runs: int = 3, warmup: int = 1) -> tuple[float, float]:
+    """(decode tokens/s, fraction of greedy tokens equal to eager ``generate``'s).
+
+    eager: batch * (n-1) / (median t(generate n) - median t(generate 1)), so the prefill cancels out; NaN when
+    timing noise swamps the difference (toy sizes). Static variants (``evals/static_decode.py``): batch * (n-1) /
+    median time of the n-1 decode steps after an untimed prefill.
+    """
+    if variant == "eager":
+        for _ in range(warmup):
+            greedy(model, prompt, min(new_tokens, 4))
+        full = statistics.median(_timed(lambda: greedy(model, prompt, new_tokens), device) for _ in range(runs))
+        first = statistics.median(_timed(lambda: greedy(model, prompt, 1), device) for _ in range(runs))
+        rate = prompt.shape[0] * (new_tokens - 1) / (full - first) if full > first else float("nan")
+        return rate, 1.0
+    from .static_decode import StaticDecoder
+
+    decoder = StaticDecoder(model, prompt.shape[0], prompt.shape[1] + new_tokens, STATIC_MODES[variant],
+                             backend=COMPILE_BACKEND)
+    decoder.prepare(prompt)
+
+    def steps():
+        for _ in range(new_tokens - 1):
+            decoder.step()
+
+    seconds = []
+    for _ in range(runs):
+        decoder.prefill(prompt)
+        seconds.append(_timed(steps, device))
+    agree = (decoder.generate(prompt, new_tokens) == greedy(model, prompt, new_tokens)).float().mean().item()
+    return prompt.shape[0] * (new_tokens - 1) / statistics.median(seconds), agree
 
 
 def run_bench(model: str, formats: list[str], batches: list[int], *, new_tokens: int = 128, prompt_len: int = 32,
@@ -255,12 +278,12 @@ def run_bench(model: str, formats: list[str], batches: list[int], *, new_tokens:
             for batch in batches:
                 gen = torch.Generator().manual_seed(seed + batch)
                 prompt = torch.randint(0, vocab, (batch, prompt_len), generator=gen).to(device)
-                rate = decode_tokens_per_s(net, prompt, new_tokens, device, variant, runs=runs)
+                rate, agree = decode_tokens_per_s(net, prompt, new_tokens, device, variant, runs=runs)
                 paths = dict(Counter(kernel_paths(net).values()))
                 if fmt == "dense":
                     dense_rate[(batch, variant)] = rate
                 rows.append({"format": fmt, "batch": batch, "variant": variant, "tokens_per_s": rate,
-                             "speedup": rate / dense_rate[(batch, variant)], "paths": paths})
+                             "speedup": rate / dense_rate[(batch, variant)], "agree": agree, "paths": paths})
         del net
     return {"model": model, "device": device, "dtype": dtype, "new_tokens": new_tokens, "prompt_len": prompt_len,
             "representative": device == "cuda",
@@ -287,14 +310,16 @@ def _build(model: str, fmt: str, device: str, dtype: str, seed: int) -> nn.Modul
 
 
 def format_table(result: dict) -> str:
-    """Markdown table: format, batch, variant, tokens/s, speedup vs dense, dispatch paths."""
+    """Markdown table: format, batch, variant, tokens/s, speedup vs dense, agreement with eager ``generate``'s
+    greedy tokens (static variants; fp16 rounding may flip near-ties), dispatch paths."""
     lines = [f"Model {result['model']}, {result['device']} {result['gpu'] or ''} {result['dtype']}, prompt "
              f"{result['prompt_len']}, {result['new_tokens']} new tokens"]
     if not result["representative"]:
         lines.append("CPU run: reference matmuls, NOT representative of GPU kernel speed.")
-    lines += ["", "| format | batch | variant | tokens/s | speedup vs dense | dispatch |", "|---|---|---|---|---|---|"]
+    lines += ["", "| format | batch | variant | tokens/s | speedup vs dense | tokens = eager | dispatch |",
+              "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         paths = ", ".join(f"{k}:{v}" for k, v in sorted(r["paths"].items())) or "-"
         lines.append(f"| {r['format']} | {r['batch']} | {r['variant']} | {r['tokens_per_s']:.1f} | "
-                     f"{r['speedup']:.2f}x | {paths} |")
+                     f"{r['speedup']:.2f}x | {r['agree']:.0%} | {paths} |")
     return "\n".join(lines)
