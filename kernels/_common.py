@@ -97,7 +97,8 @@ def gemv_configs() -> list:
     """Row-block configs for decode: small BLOCK_N gives enough programs to fill the SMs at N = 4096 for one token;
     the padded tl.dot path (16 tokens) wants wide BLOCK_N, since every program re-reads its [16, K] slice of x."""
     shapes = [(4, 512, 2), (8, 256, 4), (8, 512, 4), (16, 256, 4), (16, 128, 4), (32, 128, 8), (64, 64, 8),
-              (64, 128, 4), (64, 256, 8), (128, 64, 4), (128, 128, 8)]  # wide rows: fewer re-reads of x at 16 tokens
+              (64, 128, 4), (64, 256, 8), (128, 64, 4), (128, 128, 8),  # wide rows: fewer re-reads of x at 16 tokens
+              (8, 128, 4), (16, 64, 4), (32, 64, 8)]  # small tiles whose 2-4 token accumulators fit in registers
     return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=2) for bn, bk, w in shapes]
 
 
@@ -109,11 +110,19 @@ def gemm_configs() -> list:
             for bm, bn, bk, w, st in shapes]
 
 
+ACC_PER_THREAD = 32  # fp32 accumulator registers per thread for 2-4 tokens; more spilled on sm_90 (instruction_mix)
+
+
 def prune_gemv(configs, named_args, **kwargs) -> list:
-    """The padded tl.dot decode path (BLOCK_B = 16) needs BLOCK_N >= 16 (tl.dot's minimum tile)."""
-    if kwargs.get("BLOCK_B", 1) < 16:
+    """The padded tl.dot decode path (BLOCK_B = 16) needs BLOCK_N >= 16 (tl.dot's minimum tile); the 2-4 token FMA
+    path keeps a [BLOCK_B, BLOCK_N, BLOCK_K] accumulator, so drop tiles that would not fit in registers."""
+    bb = kwargs.get("BLOCK_B", 1)
+    if bb >= 16:
+        return [c for c in configs if c.kwargs["BLOCK_N"] >= 16]
+    if bb == 1:
         return configs
-    return [c for c in configs if c.kwargs["BLOCK_N"] >= 16]
+    fits = [c for c in configs if bb * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] <= ACC_PER_THREAD * 32 * c.num_warps]
+    return fits or configs[:1]
 
 
 def prune_gemm(configs, named_args, **kwargs) -> list:
@@ -144,23 +153,15 @@ def launch(kernel, tuned, grid, args: tuple, consts: dict, fixed: dict | None) -
 
 
 @triton.jit
-def batched_matvec(x, w, BLOCK_B: tl.constexpr, DOT_F32: tl.constexpr):
-    """acc[b, n] = sum_k x[b, k] * w[n, k]. Small batches use FMAs (decode is memory-bound, tensor cores idle);
-    BLOCK_B = 16 feeds one padded tl.dot."""
-    if BLOCK_B == 1:
-        return tl.sum(w * x.to(tl.float32), axis=1)[None, :]
-    elif BLOCK_B <= 4:
-        return tl.sum(x.to(tl.float32)[:, None, :] * w[None, :, :], axis=2)
-    else:
-        return dot_acc(x, tl.trans(w), tl.zeros((BLOCK_B, w.shape[0]), tl.float32), DOT_F32)
-
-
-@triton.jit
 def matvec_init(BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The decode accumulator. One token: [BLOCK_N, BLOCK_K] partial products, reduced once after the K loop (a
-    cross-thread reduction every K step costs more than the loads it waits on); more tokens: [BLOCK_B, BLOCK_N]."""
+    """The decode accumulator, reduced once after the K loop (a cross-lane reduction every K step — ``tl.sum`` in
+    the loop — compiled to ~30 warp shuffles per weight byte on sm_90, tests/kernels/instruction_mix.py). One token:
+    [BLOCK_N, BLOCK_K] partial products; 2-4 tokens (CUDA-core FMAs): [BLOCK_B, BLOCK_N, BLOCK_K]; 16 tokens:
+    [BLOCK_B, BLOCK_N] fed by one padded tl.dot per step."""
     if BLOCK_B == 1:
         return tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+    elif BLOCK_B <= 4:
+        return tl.zeros((BLOCK_B, BLOCK_N, BLOCK_K), tl.float32)
     else:
         return tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
 
@@ -170,8 +171,10 @@ def matvec_step(acc, x, w, BLOCK_B: tl.constexpr, DOT_F32: tl.constexpr):
     """``acc`` (``matvec_init``) plus x[BLOCK_B, BLOCK_K] times the weight tile w[BLOCK_N, BLOCK_K]."""
     if BLOCK_B == 1:
         return acc + w * x.to(tl.float32)
+    elif BLOCK_B <= 4:
+        return acc + x.to(tl.float32)[:, None, :] * w[None, :, :]
     else:
-        return acc + batched_matvec(x, w, BLOCK_B, DOT_F32)
+        return dot_acc(x, tl.trans(w), acc, DOT_F32)
 
 
 @triton.jit
@@ -179,6 +182,8 @@ def matvec_finish(acc, BLOCK_B: tl.constexpr):
     """The [BLOCK_B, BLOCK_N] result of a ``matvec_step`` loop."""
     if BLOCK_B == 1:
         return tl.sum(acc, axis=1)[None, :]
+    elif BLOCK_B <= 4:
+        return tl.sum(acc, axis=2)
     else:
         return acc
 
@@ -318,6 +323,24 @@ def store_tile(w_ptr, w, rn, rk, N, K):
     """W[rn, rk] = w for the dequantize kernels (dense row-major [N, K] output)."""
     mask = (rn[:, None] < N) & (rk[None, :] < K)
     tl.store(w_ptr + rn[:, None] * K + rk[None, :], w.to(w_ptr.dtype.element_ty), mask=mask)
+
+
+MAGIC = 8388608.0  # 2**23: the float32 whose mantissa bits hold any integer below 2**23 exactly
+
+
+@triton.jit
+def code_float(code):
+    """Non-negative int32 codes (< 2**23) → float32 ``2**23 + code``: the code OR-ed into the mantissa of 2**23 and
+    reinterpreted — one bit operation instead of an int-to-float conversion, which sm_90 issues at 1/8 of the FMA
+    rate (tests/kernels/instruction_mix.py counts them). Callers subtract ``2**23 + zero`` (``offset_zero``); that is
+    exact, both being integers below 2**24. Marlin (arXiv:2408.11743) uses the same trick with fp16's 1024."""
+    return (code | 0x4B000000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def offset_zero(zero):
+    """Zero points (uint8, any shape) as float32 ``2**23 + zero``, to subtract from ``code_float``."""
+    return zero.to(tl.float32) + 8388608.0
 
 
 @triton.jit

@@ -26,8 +26,9 @@ from llmprune.errors import UserInputError
 from llmprune.formats.group_sparse_int4 import matmul_ref as reference  # noqa: F401  (the tests' oracle)
 
 from ._common import (
-    Call, KernelPair, check_packed, dot_acc, expect_shape, grouped_pid, load_rows, load_x, matvec_finish,
-    matvec_init, nibbles, per_column, store_out, supports,  # noqa: F401 (supports: dispatch hook)
+    Call, KernelPair, check_packed, code_float, dot_acc, expand_groups, expect_shape, grouped_pid, load_rows, load_x,
+    matvec_finish, matvec_init, nibbles, offset_zero, per_column, per_group, store_out,
+    supports,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -43,8 +44,8 @@ def _group_sparse_int4_kept(gi_ptr, q_ptr, s_ptr, z_ptr, rn, i0, N, KG, GROUP: t
     byte = load_rows(q_ptr, rn, N, i0 // 2, kept_cols // 2, kept_cols // 2, 0, BLOCK_K // 2).to(tl.int32)
     col = per_column(gi_ptr, rn, ok, i0, KG, 0, GROUP, BLOCK_K).to(tl.int32) * GROUP + (ri % GROUP)[None, :]
     scale = per_column(s_ptr, rn, ok, i0, KG, 0.0, GROUP, BLOCK_K).to(tl.float32)
-    zero = per_column(z_ptr, rn, ok, i0, KG, 0, GROUP, BLOCK_K).to(tl.float32)
-    return (nibbles(byte).to(tl.float32) - zero) * scale, col, ok[:, None] & (ri[None, :] < kept_cols)
+    zero = expand_groups(offset_zero(per_group(z_ptr, rn, ok, i0, KG, 0, GROUP, BLOCK_K)), GROUP, BLOCK_K)
+    return (code_float(nibbles(byte)) - zero) * scale, col, ok[:, None] & (ri[None, :] < kept_cols)
 
 
 @triton.jit
@@ -61,10 +62,10 @@ def _group_sparse_int4_gemv_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, 
             row = tl.program_id(1)  # BLOCK_B = 1: the program's one token (the grid has exactly M of them)
             x = tl.load(x_ptr + row * stride_xm + col, mask=mask, other=0.0)
             acc += x.to(tl.float32) * w
-        else:
+        else:  # matvec_init's [BLOCK_B, BLOCK_N, BLOCK_K] partials, reduced once after the loop
             xmask = (rb[:, None, None] < M) & mask[None, :, :]
             x = tl.load(x_ptr + rb[:, None, None] * stride_xm + col[None, :, :], mask=xmask, other=0.0)
-            acc += tl.sum(x.to(tl.float32) * w[None, :, :], axis=2)
+            acc += x.to(tl.float32) * w[None, :, :]
     store_out(out_ptr, matvec_finish(acc, BLOCK_B), rb, rn, M, N, stride_om)
 
 

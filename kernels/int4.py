@@ -23,8 +23,9 @@ from llmprune.errors import UserInputError
 from llmprune.formats.int4 import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
 from ._common import (
-    Call, KernelPair, check_packed, dot_acc, expect_shape, grouped_pid, load_rows, load_x, matvec_finish, matvec_init,
-    matvec_step, nibbles, per_column, store_out, store_tile, supports,  # noqa: F401 (supports: dispatch hook)
+    Call, KernelPair, check_packed, code_float, dot_acc, expand_groups, expect_shape, grouped_pid, load_rows, load_x,
+    matvec_finish, matvec_init, matvec_step, nibbles, offset_zero, per_column, per_group, store_out, store_tile,
+    supports,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -37,8 +38,8 @@ def _int4_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP: tl.constexpr, BLOCK_K: 
     byte = load_rows(q_ptr, rn, N, k0 // 2, K // 2, K // 2, 0, BLOCK_K // 2).to(tl.int32)
     ok = rn < N
     scale = per_column(s_ptr, rn, ok, k0, K // GROUP, 0.0, GROUP, BLOCK_K).to(tl.float32)
-    zero = per_column(z_ptr, rn, ok, k0, K // GROUP, 0, GROUP, BLOCK_K).to(tl.float32)
-    return (nibbles(byte).to(tl.float32) - zero) * scale
+    zero = expand_groups(offset_zero(per_group(z_ptr, rn, ok, k0, K // GROUP, 0, GROUP, BLOCK_K)), GROUP, BLOCK_K)
+    return (code_float(nibbles(byte)) - zero) * scale
 
 
 @triton.jit
@@ -50,11 +51,12 @@ def _int4_one_token(x_ptr, q_ptr, s_ptr, z_ptr, rn, row, k0, N, K, stride_xm, GR
     byte = load_rows(q_ptr, rn, N, k0 // 2, K // 2, K // 2, 0, BLOCK_K // 2).to(tl.int32)
     ok = rn < N
     scale = per_column(s_ptr, rn, ok, k0 // 2, K // GROUP, 0.0, GROUP // 2, BLOCK_K // 2).to(tl.float32)
-    zero = per_column(z_ptr, rn, ok, k0 // 2, K // GROUP, 0, GROUP // 2, BLOCK_K // 2).to(tl.float32)
+    zero = expand_groups(offset_zero(per_group(z_ptr, rn, ok, k0 // 2, K // GROUP, 0, GROUP // 2, BLOCK_K // 2)),
+                         GROUP // 2, BLOCK_K // 2)
     xe = tl.load(x_ptr + row * stride_xm + 2 * half, mask=2 * half < K, other=0.0).to(tl.float32)
     xo = tl.load(x_ptr + row * stride_xm + 2 * half + 1, mask=2 * half + 1 < K, other=0.0).to(tl.float32)
-    lo = (byte & 0xF).to(tl.float32) - zero
-    hi = (byte >> 4).to(tl.float32) - zero
+    lo = code_float(byte & 0xF) - zero
+    hi = code_float(byte >> 4) - zero
     return (lo * xe[None, :] + hi * xo[None, :]) * scale
 
 

@@ -27,9 +27,9 @@ from llmprune.errors import UserInputError
 from llmprune.formats.sparse24_int4 import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
 from ._common import (
-    Call, KernelPair, check_packed, dot_acc, expect_shape, grouped_pid, load_rows, load_x, matvec_finish, matvec_init,
-    matvec_step, nibbles, per_column, store_out, store_tile, two_four_expand,
-    supports,  # noqa: F401 (supports: dispatch hook)
+    Call, KernelPair, check_packed, code_float, dot_acc, expand_groups, expect_shape, grouped_pid, load_rows, load_x,
+    matvec_finish, matvec_init, matvec_step, nibbles, offset_zero, per_column, per_group, store_out, store_tile,
+    two_four_expand, supports,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -44,8 +44,8 @@ def _sparse24_int4_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP: tl.cons
     code = two_four_expand(qb & 0xF, qb >> 4, nib, -1)
     ok = rn < N
     scale = per_column(s_ptr, rn, ok, k0, K // GROUP, 0.0, GROUP, BLOCK_K).to(tl.float32)
-    zero = per_column(z_ptr, rn, ok, k0, K // GROUP, 0, GROUP, BLOCK_K).to(tl.float32)
-    return tl.where(code >= 0, (code.to(tl.float32) - zero) * scale, 0.0)
+    zero = expand_groups(offset_zero(per_group(z_ptr, rn, ok, k0, K // GROUP, 0, GROUP, BLOCK_K)), GROUP, BLOCK_K)
+    return tl.where(code >= 0, (code_float(code) - zero) * scale, 0.0)
 
 
 @triton.jit
@@ -58,7 +58,8 @@ def _sparse24_int4_one_token(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, rn, row, k0, N, 
     pair = k0 // 8 + tl.arange(0, BLOCK_K // 8)  # meta byte index = pair of column groups
     meta = load_rows(m_ptr, rn, N, k0 // 8, K // 8, K // 8, 0, BLOCK_K // 8).to(tl.int32)
     scale = per_column(s_ptr, rn, ok, k0 // 8, K // GROUP, 0.0, GROUP // 8, BLOCK_K // 8).to(tl.float32)
-    zero = per_column(z_ptr, rn, ok, k0 // 8, K // GROUP, 0, GROUP // 8, BLOCK_K // 8).to(tl.float32)
+    zero = expand_groups(offset_zero(per_group(z_ptr, rn, ok, k0 // 8, K // GROUP, 0, GROUP // 8, BLOCK_K // 8)),
+                         GROUP // 8, BLOCK_K // 8)
     live = ok[:, None] & (pair[None, :] < K // 8)
     x_row = x_ptr + row * stride_xm
     total = tl.zeros((rn.shape[0], BLOCK_K // 8), tl.float32)
@@ -68,7 +69,7 @@ def _sparse24_int4_one_token(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, rn, row, k0, N, 
         nib = (meta >> (4 * parity)) & 0xF
         x0 = tl.load(x_row + 4 * group[None, :] + (nib & 3), mask=live, other=0.0).to(tl.float32)
         x1 = tl.load(x_row + 4 * group[None, :] + (nib >> 2), mask=live, other=0.0).to(tl.float32)
-        total += ((code & 0xF).to(tl.float32) - zero) * x0 + ((code >> 4).to(tl.float32) - zero) * x1
+        total += (code_float(code & 0xF) - zero) * x0 + (code_float(code >> 4) - zero) * x1
     return total * scale
 
 

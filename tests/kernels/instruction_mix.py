@@ -1,0 +1,127 @@
+"""Static instruction mix of the decode kernels' K loop on sm_90, from the SASS that Triton's bundled ptxas emits on
+a machine without a GPU.
+
+    python tests/kernels/instruction_mix.py [--formats int4,...] [--blocks 1,2,4,16] [--out FILE.md]
+
+Why: a batch-1 GEMV streams each weight byte once, so it reaches the memory bandwidth only if the SM issues few
+enough instructions per byte. An H100 SM issues 128 thread-instructions per cycle and must consume ~14.5 bytes per
+cycle (3.35 TB/s over 132 SMs at 1.755 GHz), so a loop above ~9 instructions per weight byte per thread cannot be
+memory-bound, and int-to-float conversions (I2F, 16/cycle/SM), warp shuffles (SHFL) and barriers (BAR) cost more
+than their count says. This is the CPU-side proxy we can iterate on between GPU sessions; timings still decide.
+
+Method: compile one config per (format, BLOCK_B) with the run-time specialization (``compile_check.compile_one``),
+disassemble with Triton's cuobjdump, take the longest backward branch as the K loop, count its instructions by
+opcode, and divide by the packed weight bytes one thread streams per iteration.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import triton
+
+sys.path.insert(0, str(Path(__file__).parent))
+from compile_check import GROUPS, compile_one, resources  # noqa: E402
+
+PREFERRED = [(16, 256, 4), (16, 128, 4), (16, 64, 4)]  # (BLOCK_N, BLOCK_K, warps): the longest K step that
+# prune_gemv keeps for the token block (the autotuner's candidates; GPU_PINNED's rows)
+ISSUE_PER_BYTE_LIMIT = 128 / 14.5  # thread-instructions per cycle per SM / bytes per cycle per SM at full bandwidth
+SLOW = {"I2F": "I2F", "SHFL": "SHFL", "BAR": "BAR"}
+
+
+def weight_bytes(fmt: str, block_n: int, block_k: int) -> float:
+    """Packed weight bytes one program streams per K step (codes, 2:4 metadata; statistics left out)."""
+    per_row = {"int4": block_k / 2, "group_sparse_int4": block_k / 2, "sparse24_int4": block_k / 4 + block_k / 8,
+               "sparse24": block_k + block_k / 8}[fmt]
+    return block_n * per_row
+
+
+def sass(kernel) -> str:
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        return subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+
+
+def loop_opcodes(text: str) -> Counter:
+    """Opcodes (predicates stripped) of the longest backward branch's body."""
+    code = []
+    for line in text.splitlines():
+        m = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
+        if m:
+            code.append((int(m.group(1), 16), re.sub(r"^@!?U?P\w+\s+", "", m.group(2).strip())))
+    best = None
+    for addr, ins in code:
+        t = re.match(r"BRA\s+(?:\S+\s+)?0x([0-9a-f]+)", ins)
+        if t and int(t.group(1), 16) < addr and (best is None or addr - int(t.group(1), 16) > best[1] - best[0]):
+            best = (int(t.group(1), 16), addr)
+    if best is None:
+        return Counter()
+    return Counter(ins.split()[0] for addr, ins in code if best[0] <= addr <= best[1])
+
+
+def config_for(block_b: int) -> dict:
+    from llmprune.kernels._common import prune_gemv
+
+    configs = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w) for n, k, w in PREFERRED]
+    best = prune_gemv(configs, {}, BLOCK_B=block_b)[0]
+    return {**best.kwargs, "num_warps": best.num_warps}
+
+
+def mix(fmt: str, block_b: int, dtype: str = "float16") -> dict:
+    config = config_for(block_b)
+    module = importlib.import_module(f"llmprune.kernels.{fmt}")
+    fn = getattr(module, f"_{fmt}_gemv_kernel")
+    consts = {"GROUP": GROUPS.get(fmt), "DOT_F32": False, "BLOCK_B": block_b, "BLOCK_N": config["BLOCK_N"],
+              "BLOCK_K": config["BLOCK_K"]}
+    consts = {k: v for k, v in consts.items() if k in fn.arg_names}
+    kernel = compile_one(fn, fmt, dtype, consts, {"num_warps": config["num_warps"], "num_stages": 2}, 90)
+    ops = loop_opcodes(sass(kernel))
+    spill = resources(kernel).split()[1]
+    threads = 32 * config["num_warps"]
+    per_thread = weight_bytes(fmt, config["BLOCK_N"], config["BLOCK_K"]) / threads
+    total = sum(ops.values())
+    slow = {name: sum(n for op, n in ops.items() if op.startswith(prefix)) for name, prefix in SLOW.items()}
+    loads = {op: n for op, n in ops.items() if op.startswith("LDG")}
+    return {"format": fmt, "block_b": block_b, "config": f"{config['BLOCK_N']}x{config['BLOCK_K']}", "instructions": total, "bytes_per_thread": per_thread,
+            "per_byte": total / per_thread, **slow, "loads": loads, "spill": spill}
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| format | tokens (BLOCK_B) | BLOCK_N x BLOCK_K | loop instr / thread | weight B / thread | instr / B | I2F | SHFL | BAR "
+             "| global loads | spill |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    for r in rows:
+        loads = ", ".join(f"{op.removeprefix('LDG.E').lstrip('.') or '32'} x{n}" for op, n in sorted(r["loads"].items()))
+        lines.append(f"| {r['format']} | {r['block_b']} | {r['config']} | {r['instructions']} | {r['bytes_per_thread']:g} | "
+                     f"{r['per_byte']:.1f} | {r['I2F']} | {r['SHFL']} | {r['BAR']} | {loads} | {r['spill']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--formats", default="int4,sparse24_int4,group_sparse_int4,sparse24")
+    ap.add_argument("--blocks", default="1,2,4,16")
+    ap.add_argument("--out", help="also write the table (markdown) here")
+    args = ap.parse_args(argv)
+    rows = [mix(fmt, int(b)) for fmt in args.formats.split(",") for b in args.blocks.split(",")
+            if not (fmt == "group_sparse_int4" and int(b) > 4)]
+    text = (f"4 warps, fp16, sm_90, triton {triton.__version__}. Memory-bound needs < "
+            f"{ISSUE_PER_BYTE_LIMIT:.1f} instr/B (see the docstring).\n\n" + table(rows))
+    print(text)
+    if args.out:
+        tmp = Path(args.out).with_suffix(".tmp")
+        tmp.write_text(text + "\n")
+        os.replace(tmp, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
