@@ -38,39 +38,50 @@ FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 @triton.jit
 def _sparse24_int4_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
     """Dense W[rn, k0 : k0+BLOCK_K] in float32, zero at pruned columns: per row BLOCK_K/4 code bytes and BLOCK_K/8
-    meta bytes are loaded contiguously and expanded to the 4 positions of each group in registers."""
-    qb = load_rows(q_ptr, rn, N, k0 // 4, K // 4, K // 4, 0, BLOCK_K // 4).to(tl.int32)
-    nib = nibbles(load_rows(m_ptr, rn, N, k0 // 8, K // 8, K // 8, 0, BLOCK_K // 8).to(tl.int32))
-    code = two_four_expand(qb & 0xF, qb >> 4, nib, -1)
+    meta bytes are loaded contiguously; the two kept codes of each column group are dequantized first (half the
+    arithmetic of dequantizing the expanded tile) and then placed at their positions in registers. GROUP % 4 == 0
+    keeps a column group under one scale; other groups dequantize per expanded column."""
+    G: tl.constexpr = BLOCK_K // 4
+    qb = load_rows(q_ptr, rn, N, k0 // 4, K // 4, K // 4, 0, G).to(tl.int32)
+    nib = nibbles(load_rows(m_ptr, rn, N, k0 // 8, K // 8, K // 8, 0, G // 2).to(tl.int32))
     ok = rn < N
-    scale = per_column(s_ptr, rn, ok, k0, K // GROUP, 0.0, GROUP, BLOCK_K).to(tl.float32)
-    zero = expand_groups(offset_zero(per_group(z_ptr, rn, ok, k0, K // GROUP, 0, GROUP, BLOCK_K)), GROUP, BLOCK_K)
-    return tl.where(code >= 0, (code_float(code) - zero) * scale, 0.0)
+    if GROUP % 4 == 0:
+        scale = per_column(s_ptr, rn, ok, k0 // 4, K // GROUP, 0.0, GROUP // 4, G).to(tl.float32)
+        zero = expand_groups(offset_zero(per_group(z_ptr, rn, ok, k0 // 4, K // GROUP, 0, GROUP // 4, G)),
+                             GROUP // 4, G)
+        wa = (code_float(qb & 0xF) - zero) * scale
+        wb = (code_float(qb >> 4) - zero) * scale
+        return two_four_expand(wa, wb, nib, 0.0)
+    else:
+        code = two_four_expand(qb & 0xF, qb >> 4, nib, -1)
+        scale = per_column(s_ptr, rn, ok, k0, K // GROUP, 0.0, GROUP, BLOCK_K).to(tl.float32)
+        zero = expand_groups(offset_zero(per_group(z_ptr, rn, ok, k0, K // GROUP, 0, GROUP, BLOCK_K)), GROUP, BLOCK_K)
+        return tl.where(code >= 0, (code_float(code) - zero) * scale, 0.0)
 
 
 @triton.jit
 def _sparse24_int4_one_token(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, rn, row, k0, N, K, stride_xm, GROUP: tl.constexpr,
                              BLOCK_K: tl.constexpr):
-    """Partial products [BLOCK_N, BLOCK_K/8] of one token without rebuilding the dense tile: a meta byte covers two
-    column groups of 4 (low nibble: the even group); each kept code multiplies x gathered at its own column. A
-    GROUP that is a multiple of 8 keeps both groups of a meta byte under one scale."""
+    """Partial products [BLOCK_N, BLOCK_K/4] of one token without rebuilding the dense tile: per column group of 4,
+    the two kept codes multiply x at their positions, picked from the group's 4 activations by selects in
+    registers. x is loaded once, contiguously, per K step; an earlier version gathered x at each kept position
+    (two scalar loads per code byte, tests/kernels/instruction_mix.py). GROUP % 4 == 0 keeps a column group under
+    one scale."""
+    G: tl.constexpr = BLOCK_K // 4
     ok = rn < N
-    pair = k0 // 8 + tl.arange(0, BLOCK_K // 8)  # meta byte index = pair of column groups
-    meta = load_rows(m_ptr, rn, N, k0 // 8, K // 8, K // 8, 0, BLOCK_K // 8).to(tl.int32)
-    scale = per_column(s_ptr, rn, ok, k0 // 8, K // GROUP, 0.0, GROUP // 8, BLOCK_K // 8).to(tl.float32)
-    zero = expand_groups(offset_zero(per_group(z_ptr, rn, ok, k0 // 8, K // GROUP, 0, GROUP // 8, BLOCK_K // 8)),
-                         GROUP // 8, BLOCK_K // 8)
-    live = ok[:, None] & (pair[None, :] < K // 8)
-    x_row = x_ptr + row * stride_xm
-    total = tl.zeros((rn.shape[0], BLOCK_K // 8), tl.float32)
-    for parity in tl.static_range(2):
-        group = 2 * pair + parity  # column group g: columns 4g .. 4g+3, code byte g
-        code = tl.load(q_ptr + rn[:, None] * (K // 4) + group[None, :], mask=live, other=0).to(tl.int32)
-        nib = (meta >> (4 * parity)) & 0xF
-        x0 = tl.load(x_row + 4 * group[None, :] + (nib & 3), mask=live, other=0.0).to(tl.float32)
-        x1 = tl.load(x_row + 4 * group[None, :] + (nib >> 2), mask=live, other=0.0).to(tl.float32)
-        total += (code_float(code & 0xF) - zero) * x0 + (code_float(code >> 4) - zero) * x1
-    return total * scale
+    qb = load_rows(q_ptr, rn, N, k0 // 4, K // 4, K // 4, 0, G).to(tl.int32)
+    nib = nibbles(load_rows(m_ptr, rn, N, k0 // 8, K // 8, K // 8, 0, G // 2).to(tl.int32))
+    scale = per_column(s_ptr, rn, ok, k0 // 4, K // GROUP, 0.0, GROUP // 4, G).to(tl.float32)
+    zero = expand_groups(offset_zero(per_group(z_ptr, rn, ok, k0 // 4, K // GROUP, 0, GROUP // 4, G)), GROUP // 4, G)
+    cols = k0 + tl.arange(0, BLOCK_K)
+    x = tl.load(x_ptr + row * stride_xm + cols, mask=cols < K, other=0.0).to(tl.float32)
+    even, odd = tl.split(tl.reshape(x, (G, 2, 2)))  # [G, 2]: positions (0, 2) and (1, 3) of each group
+    x0, x2 = tl.split(even)
+    x1, x3 = tl.split(odd)
+    p0, p1 = nib & 3, nib >> 2  # p0 in {0, 1, 2} < p1 in {1, 2, 3}
+    xa = tl.where(p0 == 0, x0[None, :], tl.where(p0 == 1, x1[None, :], x2[None, :]))
+    xb = tl.where(p1 == 3, x3[None, :], tl.where(p1 == 2, x2[None, :], x1[None, :]))
+    return ((code_float(qb & 0xF) - zero) * xa + (code_float(qb >> 4) - zero) * xb) * scale
 
 
 @triton.jit
@@ -80,8 +91,8 @@ def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N,
     """Decode: BLOCK_N rows per program, K streamed in BLOCK_K dense columns (BLOCK_K/4 packed bytes per row)."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    if BLOCK_B * ((GROUP % 8 > 0) + 1) == 1:  # one token, groups a multiple of 8: the gather path
-        acc1 = tl.zeros((BLOCK_N, BLOCK_K // 8), tl.float32)
+    if BLOCK_B * ((GROUP % 4 > 0) + 1) == 1:  # one token, groups a multiple of 4: the select path
+        acc1 = tl.zeros((BLOCK_N, BLOCK_K // 4), tl.float32)
         for k0 in range(0, K, BLOCK_K):
             acc1 += _sparse24_int4_one_token(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, rn, tl.program_id(1), k0, N, K,
                                              stride_xm, GROUP, BLOCK_K)
