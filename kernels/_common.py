@@ -8,6 +8,7 @@ config through numpy). Whether we are interpreting is read from the kernel objec
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -113,15 +114,17 @@ def gemm_configs() -> list:
 ACC_PER_THREAD = 32  # fp32 accumulator registers per thread for 2-4 tokens; more spilled on sm_90 (instruction_mix)
 
 
-def prune_gemv(configs, named_args, **kwargs) -> list:
+def prune_gemv(configs, named_args, cols_per_acc: int = 1, **kwargs) -> list:
     """The padded tl.dot decode path (BLOCK_B = 16) needs BLOCK_N >= 16 (tl.dot's minimum tile); the 2-4 token FMA
-    path keeps a [BLOCK_B, BLOCK_N, BLOCK_K] accumulator, so drop tiles that would not fit in registers."""
+    path keeps a [BLOCK_B, BLOCK_N, BLOCK_K / cols_per_acc] accumulator (int4's code-word path sums 8 columns per
+    entry), so drop tiles that would not fit in registers."""
     bb = kwargs.get("BLOCK_B", 1)
     if bb >= 16:
         return [c for c in configs if c.kwargs["BLOCK_N"] >= 16]
     if bb == 1:
         return configs
-    fits = [c for c in configs if bb * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] <= ACC_PER_THREAD * 32 * c.num_warps]
+    fits = [c for c in configs
+            if bb * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] // cols_per_acc <= ACC_PER_THREAD * 32 * c.num_warps]
     return fits or configs[:1]
 
 
@@ -243,11 +246,12 @@ class Call:
 class KernelPair:
     """The decode (GEMV), prefill (GEMM) and dequantize kernels of one format, with autotuned twins for CUDA."""
 
-    def __init__(self, fmt: str, gemv, gemm, dequant):
+    def __init__(self, fmt: str, gemv, gemm, dequant, cols_per_acc: int = 1):
         self.fmt, self.gemv, self.gemm, self.dequant = fmt, gemv, gemm, dequant
+        self.prune_gemv = functools.partial(prune_gemv, cols_per_acc=cols_per_acc)
         tune = {"cache_results": True, "do_bench": quick_bench}  # tuned configs persist in Triton's cache dir
         self.gemv_tuned = triton.autotune(configs=gemv_configs(), key=GEMV_KEY,
-                                          prune_configs_by={"early_config_prune": prune_gemv}, **tune)(gemv)
+                                          prune_configs_by={"early_config_prune": self.prune_gemv}, **tune)(gemv)
         self.gemm_tuned = triton.autotune(configs=gemm_configs(), key=GEMM_KEY,
                                           prune_configs_by={"early_config_prune": prune_gemm}, **tune)(gemm)
         self.pinned = False  # True: skip autotuning on CUDA, use GPU_PINNED (compute-sanitizer runs)

@@ -49,7 +49,7 @@ def cases(fmt: str, full: bool):
     blocks = (1, 2, 4) if fmt == "group_sparse_int4" else (1, 4, 16)
     blocks = blocks if full else blocks[::2]  # quick: the FMA path (1) and the widest (tl.dot for 16)
     for bb in blocks:
-        for cfg in c.prune_gemv(gemv, {}, BLOCK_B=bb):
+        for cfg in importlib.import_module(f"llmprune.kernels.{fmt}").KERNELS.prune_gemv(gemv, {}, BLOCK_B=bb):
             yield "gemv", {**base, "DOT_F32": False, "BLOCK_B": bb, **cfg.kwargs}, _options(cfg)
     for cfg in gemm:
         yield "gemm", {**base, "DOT_F32": False, **cfg.kwargs}, _options(cfg)

@@ -68,16 +68,15 @@ def loop_opcodes(text: str) -> Counter:
     return Counter(ins.split()[0] for addr, ins in code if best[0] <= addr <= best[1])
 
 
-def config_for(block_b: int) -> dict:
-    from llmprune.kernels._common import prune_gemv
-
+def config_for(fmt: str, block_b: int) -> dict:
     configs = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w) for n, k, w in PREFERRED]
-    best = prune_gemv(configs, {}, BLOCK_B=block_b)[0]
+    kernels = importlib.import_module(f"llmprune.kernels.{fmt}").KERNELS
+    best = kernels.prune_gemv(configs, {}, BLOCK_B=block_b)[0]
     return {**best.kwargs, "num_warps": best.num_warps}
 
 
 def mix(fmt: str, block_b: int, dtype: str = "float16") -> dict:
-    config = config_for(block_b)
+    config = config_for(fmt, block_b)
     module = importlib.import_module(f"llmprune.kernels.{fmt}")
     fn = getattr(module, f"_{fmt}_gemv_kernel")
     consts = {"GROUP": GROUPS.get(fmt), "DOT_F32": False, "BLOCK_B": block_b, "BLOCK_N": config["BLOCK_N"],

@@ -21,9 +21,11 @@ FORMATS = ["int4", "sparse24", "sparse24_int4", "group_sparse_int4", "spqr"]
 # (tokens, regime, K, group): regime None is kernels/select.py's choice (gemm at 20 tokens, dense at 600); 5 tokens
 # take the padded tl.dot decode path; "dense" is the dequantize kernel + torch.mm. Groups 8/16/32 < BLOCK_K (32 under
 # the interpreter) < 64 and the non-power-of-two 24 take the three ways statistics are loaded; one token takes the
-# formats' single-token decode paths (int4: nibble split; sparse24_int4: x gathered at the kept positions).
+# formats' single-token decode paths (int4: 32-bit code words when the group is a multiple of 8, group 4 takes the
+# generic tile; sparse24_int4: x picked at the kept positions by selects).
 CASES = [(1, "gemv", 72, 8), (3, "gemv", 72, 8), (5, "gemv", 96, 16), (20, None, 96, 16), (2, "gemm", 64, 32),
-         (3, "dense", 72, 8), (600, None, 64, 16), (1, "gemv", 128, 64), (2, "gemm", 96, 24), (1, "gemv", 96, 24)]
+         (3, "dense", 72, 8), (600, None, 64, 16), (1, "gemv", 128, 64), (2, "gemm", 96, 24), (1, "gemv", 96, 24),
+         (1, "gemv", 72, 4)]
 N = 20
 
 
@@ -71,6 +73,25 @@ def test_kernel_accepts_batched_and_strided_input(fmt):
     y = getattr(kernel, f"{fmt}_matmul")(x, packed)
     assert y.shape == (2, 3, N)
     assert rel_err(y, kernel.reference(x.contiguous(), packed)) <= TOLERANCE[torch.float16]
+
+
+def test_int4_codes_at_an_odd_offset_reach_the_kernel_word_aligned(monkeypatch):
+    """The one-token int4 path reads codes as int32 words; a qweight view at an odd byte offset is copied first
+    (the interpreter would read it anyway, a GPU would fault), and the result still equals the reference."""
+    from llmprune.kernels import int4
+
+    qw, packed = make("int4", 64, 16, torch.float16, seed=5)
+    store = torch.empty(packed["qweight"].numel() + 1, dtype=torch.uint8)
+    store[1:] = packed["qweight"].reshape(-1)
+    shifted = {**packed, "qweight": store[1:].view(packed["qweight"].shape)}
+    assert shifted["qweight"].data_ptr() % 4 != 0
+    seen = []
+    run = int4.KERNELS.run
+    monkeypatch.setattr(int4.KERNELS, "run", lambda args, *rest: (seen.append(args[1].data_ptr()), run(args, *rest)))
+    x = torch.randn(1, 64, generator=torch.Generator().manual_seed(2)).to(torch.float16)
+    y = int4.int4_matmul(x, shifted, regime="gemv")
+    assert seen and all(ptr % 4 == 0 for ptr in seen)
+    assert rel_err(y, int4.reference(x, packed)) <= TOLERANCE[torch.float16]
 
 
 @pytest.mark.parametrize("fmt", ["int4", "sparse24", "sparse24_int4", "group_sparse_int4"])
