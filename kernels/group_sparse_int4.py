@@ -26,9 +26,9 @@ from llmprune.errors import UserInputError
 from llmprune.formats.group_sparse_int4 import matmul_ref as reference  # noqa: F401  (the tests' oracle)
 
 from ._common import (
-    Call, KernelPair, check_packed, code_float, dot_acc, expand_groups, expect_shape, grouped_pid, load_rows, load_x,
-    matvec_finish, matvec_init, nibbles, offset_zero, per_column, per_group, store_out,
-    supports,  # noqa: F401 (supports: dispatch hook)
+    Call, KernelPair, check_packed, code_float, column_phases, dot_acc, expand_groups, expect_shape, grouped_pid,
+    load_rows, load_x, matvec_finish, matvec_init, nibbles, offset_zero, per_column, per_group, store_out,
+    supports, word_dot, word_stats,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -49,12 +49,43 @@ def _group_sparse_int4_kept(gi_ptr, q_ptr, s_ptr, z_ptr, rn, i0, N, KG, GROUP: t
 
 
 @triton.jit
+def _group_sparse_int4_words(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, rn, rb, i0, M, N, KG, stride_xm,
+                             GROUP: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Partial sums [BLOCK_B, BLOCK_N, BLOCK_K/8] over kept codes i0 .. i0+BLOCK_K, one per 32-bit code word
+    (GROUP % 8 == 0, so a word's 8 columns are contiguous in x): each row loads the 8 activations of each of its
+    words with one vector load and splits them into column phases in registers; ``word_stats`` folds scale and
+    zero point into per-word sums (one FMA per weight, no int-to-float conversion). The byte-wise version gathered
+    x one element per code (tests/kernels/instruction_mix.py)."""
+    W: tl.constexpr = BLOCK_K // 8
+    kept_words = KG * GROUP // 8
+    ok = rn < N
+    wi = i0 // 8 + tl.arange(0, W)
+    words = load_rows(q_ptr.to(tl.pointer_type(tl.int32)), rn, N, i0 // 8, kept_words, kept_words, 0, W)
+    group = expand_groups(per_group(gi_ptr, rn, ok, i0 // 8, KG, 0, GROUP // 8, W).to(tl.int32), GROUP // 8, W)
+    first = group * GROUP + ((wi % (GROUP // 8)) * 8)[None, :]  # x column of each word's first code
+    live = (rb[:, None, None] < M) & (ok[:, None] & (wi[None, :] < kept_words))[None, :, :]
+    xw = tl.load(x_ptr + rb[:, None, None, None] * stride_xm + first[None, :, :, None] + tl.arange(0, 8),
+                 mask=live[:, :, :, None], other=0.0).to(tl.float32)
+    xs = column_phases(tl.reshape(xw, (BLOCK_B, rn.shape[0], W, 2, 2, 2)))
+    p, xsum = word_dot(words[None, :, :], xs)
+    slope, offset = word_stats(s_ptr, z_ptr, rn, i0 // 8, KG, N, GROUP, W)
+    return p * slope[None, :, :] - offset[None, :, :] * xsum
+
+
+@triton.jit
 def _group_sparse_int4_gemv_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om,
                                    KG, GROUP: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_B: tl.constexpr,
                                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Decode: BLOCK_N rows per program walk their KG*g kept codes; x is gathered at each code's column."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    if GROUP % 8 == 0:  # the code-word path
+        accw = tl.zeros((BLOCK_B, BLOCK_N, BLOCK_K // 8), tl.float32)
+        for i0 in range(0, KG * GROUP, BLOCK_K):
+            accw += _group_sparse_int4_words(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, rn, rb, i0, M, N, KG, stride_xm,
+                                             GROUP, BLOCK_B, BLOCK_K)
+        store_out(out_ptr, tl.sum(accw, axis=2), rb, rn, M, N, stride_om)
+        return
     acc = matvec_init(BLOCK_B, BLOCK_N, BLOCK_K)
     for i0 in range(0, KG * GROUP, BLOCK_K):
         w, col, mask = _group_sparse_int4_kept(gi_ptr, q_ptr, s_ptr, z_ptr, rn, i0, N, KG, GROUP, BLOCK_K)
@@ -107,7 +138,7 @@ def _group_sparse_int4_gemm_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, 
 
 
 KERNELS = KernelPair("group_sparse_int4", _group_sparse_int4_gemv_kernel, _group_sparse_int4_gemm_kernel,
-                     _group_sparse_int4_dequant_kernel)
+                     _group_sparse_int4_dequant_kernel, cols_per_acc=8)
 
 
 def _checked(packed: dict, device: torch.device, k: int) -> tuple[int, int, int]:

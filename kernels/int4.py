@@ -23,9 +23,9 @@ from llmprune.errors import UserInputError
 from llmprune.formats.int4 import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
 from ._common import (
-    Call, KernelPair, check_packed, code_float, dot_acc, expand_groups, expect_shape, grouped_pid, load_rows, load_x,
-    matvec_finish, matvec_init, matvec_step, nibbles, offset_zero, per_column, per_group, store_out, store_tile,
-    supports,  # noqa: F401 (supports: dispatch hook)
+    Call, KernelPair, check_packed, code_float, column_phases, dot_acc, expand_groups, expect_shape, grouped_pid,
+    load_rows, load_x, matvec_finish, matvec_init, matvec_step, nibbles, offset_zero, per_column, per_group, store_out,
+    store_tile, supports, word_dot, word_stats,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -43,75 +43,22 @@ def _int4_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP: tl.constexpr, BLOCK_K: 
 
 
 @triton.jit
-def _unit(words, J: tl.constexpr):
-    """Nibble J (columns 8w+J) of int32 code words → float32 ``1 + code/16``: the code shifted into the top four
-    mantissa bits of 1.0 (a shift and one bit operation, no int-to-float conversion, no per-weight zero
-    subtraction: ``_int4_one_token`` folds the offset into per-word sums)."""
-    if 19 - 4 * J >= 0:
-        bits = (words << (19 - 4 * J)) & 0x780000
-    else:
-        bits = (words >> (4 * J - 19)) & 0x780000
-    return (bits | 0x3F800000).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _phases(x8):
-    """x8 [..., W, 2, 2, 2] (a row of 8W activations) → its 8 column phases x[..., 8w + j], j = 0..7, [..., W]
-    each: split in registers, x having been loaded once, contiguously."""
-    c0, c1 = tl.split(x8)  # x8[..., w, a, b, c] is column 8w + 4a + 2b + c
-    b00, b01 = tl.split(c0)
-    b10, b11 = tl.split(c1)
-    x0, x4 = tl.split(b00)
-    x2, x6 = tl.split(b01)
-    x1, x5 = tl.split(b10)
-    x3, x7 = tl.split(b11)
-    return x0, x1, x2, x3, x4, x5, x6, x7
-
-
-@triton.jit
-def _word_dot(words, x):
-    """(sum_j v_j x_j, sum_j x_j) over the 8 codes of each word (v = ``_unit``); ``words`` and the phases ``x``
-    come shaped to broadcast. One FMA chain: each step compiles to a single FFMA."""
-    p = _unit(words, 0) * x[0]
-    p = p + _unit(words, 1) * x[1]
-    p = p + _unit(words, 2) * x[2]
-    p = p + _unit(words, 3) * x[3]
-    p = p + _unit(words, 4) * x[4]
-    p = p + _unit(words, 5) * x[5]
-    p = p + _unit(words, 6) * x[6]
-    p = p + _unit(words, 7) * x[7]
-    return p, ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]))
-
-
-@triton.jit
-def _word_stats(s_ptr, z_ptr, rn, k0, N, K, GROUP: tl.constexpr, W: tl.constexpr):
-    """Per code word (8 columns, one group): slope 16 s and offset (16 + z) s, [BLOCK_N, W] float32."""
-    ok = rn < N
-    scale = per_group(s_ptr, rn, ok, k0 // 8, K // GROUP, 0.0, GROUP // 8, W).to(tl.float32)
-    zero = per_group(z_ptr, rn, ok, k0 // 8, K // GROUP, 0, GROUP // 8, W).to(tl.float32)
-    return expand_groups(16.0 * scale, GROUP // 8, W), expand_groups((16.0 + zero) * scale, GROUP // 8, W)
-
-
-@triton.jit
 def _int4_one_token(x_ptr, q_ptr, s_ptr, z_ptr, rn, row, k0, N, K, stride_xm, GROUP: tl.constexpr,
                     BLOCK_K: tl.constexpr):
-    """Partial sums [BLOCK_N, BLOCK_K/8] of one token, one per 32-bit word of codes (8 columns, GROUP % 8 == 0).
-
-    With v = 1 + q/16 (``_unit``), s (q - z) = 16 s v - (16 + z) s, so a word contributes
-    16 s * sum_j v_j x_j - (16 + z) s * sum_j x_j: per weight a shift, a bit operation and one FMA, and the word's
-    x sum is shared by all rows. The subtraction cancels at most ~3 bits of float32 (|v| < 2, z < 16). Codes are
-    read as int32 words straight from the uint8 buffer; x is loaded once per K step and split into the 8 column
-    phases in registers (tests/kernels/instruction_mix.py: ~20% fewer instructions per byte than splitting bytes
-    into nibbles against even/odd columns, and no int-to-float conversions).
+    """Partial sums [BLOCK_N, BLOCK_K/8] of one token, one per 32-bit word of codes (8 columns, GROUP % 8 == 0):
+    slope * sum_j v_j x_j - offset * sum_j x_j (``word_stats``), a shift, a bit operation and one FMA per weight,
+    the word's x sum shared by all rows. Codes are read as int32 words straight from the uint8 buffer; x is loaded
+    once per K step and split into its 8 column phases in registers (tests/kernels/instruction_mix.py: ~20% fewer
+    instructions per byte than splitting bytes into nibbles against even/odd columns, no int-to-float conversions).
     """
     W: tl.constexpr = BLOCK_K // 8
     words = load_rows(q_ptr.to(tl.pointer_type(tl.int32)), rn, N, k0 // 8, K // 8, K // 8, 0, W)
     cols = k0 + tl.arange(0, BLOCK_K)
     x = tl.load(x_ptr + row * stride_xm + cols, mask=cols < K, other=0.0).to(tl.float32)
-    xs = _phases(tl.reshape(x, (W, 2, 2, 2)))
-    p, xsum = _word_dot(words, (xs[0][None, :], xs[1][None, :], xs[2][None, :], xs[3][None, :],
+    xs = column_phases(tl.reshape(x, (W, 2, 2, 2)))
+    p, xsum = word_dot(words, (xs[0][None, :], xs[1][None, :], xs[2][None, :], xs[3][None, :],
                                 xs[4][None, :], xs[5][None, :], xs[6][None, :], xs[7][None, :]))
-    slope, offset = _word_stats(s_ptr, z_ptr, rn, k0, N, K, GROUP, W)
+    slope, offset = word_stats(s_ptr, z_ptr, rn, k0 // 8, K // GROUP, N, GROUP, W)
     return p * slope - offset * xsum
 
 
@@ -123,10 +70,10 @@ def _int4_few_tokens(x_ptr, q_ptr, s_ptr, z_ptr, rn, rb, k0, M, N, K, stride_xm,
     W: tl.constexpr = BLOCK_K // 8
     words = load_rows(q_ptr.to(tl.pointer_type(tl.int32)), rn, N, k0 // 8, K // 8, K // 8, 0, W)[None, :, :]
     x = load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm).to(tl.float32)
-    xs = _phases(tl.reshape(x, (BLOCK_B, W, 2, 2, 2)))
-    p, xsum = _word_dot(words, (xs[0][:, None, :], xs[1][:, None, :], xs[2][:, None, :], xs[3][:, None, :],
+    xs = column_phases(tl.reshape(x, (BLOCK_B, W, 2, 2, 2)))
+    p, xsum = word_dot(words, (xs[0][:, None, :], xs[1][:, None, :], xs[2][:, None, :], xs[3][:, None, :],
                                 xs[4][:, None, :], xs[5][:, None, :], xs[6][:, None, :], xs[7][:, None, :]))
-    slope, offset = _word_stats(s_ptr, z_ptr, rn, k0, N, K, GROUP, W)
+    slope, offset = word_stats(s_ptr, z_ptr, rn, k0 // 8, K // GROUP, N, GROUP, W)
     return p * slope[None, :, :] - offset[None, :, :] * xsum
 
 

@@ -34,6 +34,7 @@ PREFERRED = [(16, 256, 4), (16, 128, 4), (16, 64, 4)]  # (BLOCK_N, BLOCK_K, warp
 # prune_gemv keeps for the token block (the autotuner's candidates; GPU_PINNED's rows)
 ISSUE_PER_BYTE_LIMIT = 128 / 14.5  # thread-instructions per cycle per SM / bytes per cycle per SM at full bandwidth
 SLOW = {"I2F": "I2F", "SHFL": "SHFL", "BAR": "BAR"}
+MAX_I2F = 4  # per loop: the uint8 zero points of the tile's groups (one or two per row), never one per code
 
 
 def weight_bytes(fmt: str, block_n: int, block_k: int) -> float:
@@ -109,9 +110,16 @@ def main(argv=None) -> int:
     ap.add_argument("--formats", default="int4,sparse24_int4,group_sparse_int4,sparse24")
     ap.add_argument("--blocks", default="1,2,4,16")
     ap.add_argument("--out", help="also write the table (markdown) here")
+    ap.add_argument("--check", action="store_true", help="exit 1 if a decode loop converts codes with I2F, "
+                    "shuffles between lanes or spills (the regressions this table exposed)")
     args = ap.parse_args(argv)
     rows = [mix(fmt, int(b)) for fmt in args.formats.split(",") for b in args.blocks.split(",")
             if not (fmt == "group_sparse_int4" and int(b) > 4)]
+    if args.check:
+        bad = [f"{r['format']} BLOCK_B={r['block_b']}: I2F {r['I2F']}, SHFL {r['SHFL']}, {r['spill']}" for r in rows
+               if r["I2F"] > MAX_I2F or r["SHFL"] or r["spill"] != "STACK:0"]
+        print("\n".join(bad) or "decode loops: no code conversions by I2F, no shuffles, no spills")
+        return 1 if bad else 0
     text = (f"4 warps, fp16, sm_90, triton {triton.__version__}. Memory-bound needs < "
             f"{ISSUE_PER_BYTE_LIMIT:.1f} instr/B (see the docstring).\n\n" + table(rows))
     print(text)

@@ -105,6 +105,16 @@ def test_kernels_compile_for_hopper_without_a_gpu():
     assert run.returncode == 0, run.stdout + run.stderr[-2000:]
 
 
+def test_decode_loops_have_no_int_to_float_conversions_shuffles_or_spills():
+    """The sm_90 SASS of every decode loop (instruction_mix.py): codes become floats by bit operations (no I2F per
+    code), 2-4 token accumulators are reduced after the loop (no SHFL per step), nothing spills."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = Path(__file__).with_name("instruction_mix.py")
+    run = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr[-2000:]
+
+
 def test_sparse24_routes_large_batches_to_a_given_semi_structured_weight():
     """With packed['semi_structured'] present, SEMI_FROM tokens and more use it (a dense stand-in here, since
     to_sparse_semi_structured needs CUDA); fewer tokens stay on the Triton kernels; forcing it without one fails."""
