@@ -6,8 +6,9 @@ nibble-packed codes of the kept groups in ``group_idx`` order; ``scales: [N, KG]
 Worked example (g = 4, 3 groups, keep 1): group_idx row [2] with codes [1, 2, 3, 4] → qweight row [0x21, 0x43]
 covering columns 8..11.
 
-Decode streams only the kept groups (the byte ratio is the speed limit) and gathers the matching activations (x is
-small and stays in L1/L2). Prefill walks the dense groups in order with one cursor per row into ``group_idx``
+Decode streams only the kept groups (the byte ratio is the speed limit). With g % 8 == 0 it reads the codes as 32-bit
+words like int4's decode (bit-op conversion, statistics folded into per-word sums) and loads each word's 8
+activations with one vector load (x is small and stays in L1/L2); other groups gather x per code. Prefill walks the dense groups in order with one cursor per row into ``group_idx``
 (a merge of sorted lists): at dense group G a row contributes its next kept group if that is G, else zeros, so every
 tl.dot tile shares its K columns across rows. Packed bytes of dropped groups are never read.
 

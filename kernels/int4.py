@@ -4,13 +4,16 @@ Layout (docs/FORMATS.md): ``qweight: [N, K/2] uint8`` nibble-packed codes (low n
 ``scales: [N, K/g]`` fp16/bf16, ``zeros: [N, K/g] uint8``; W[n, k] = (code - zero) * scale with the group
 k // g. Worked example: byte 0x21 at qweight[n, 0] holds codes 1 (column 0) and 2 (column 1).
 
-Both kernels read only these packed bytes and rebuild the weight tile in registers (Frantar et al., "Marlin",
-arXiv:2408.11743, and GPTQ's Triton kernel do the same): the decode kernel streams row blocks of W against a
-handful of tokens with FMAs; the prefill kernel feeds dequantized tiles to tl.dot.
+All kernels read only these packed bytes and rebuild weights in registers (Frantar et al., "Marlin",
+arXiv:2408.11743, and GPTQ's Triton kernel do the same). Decode (1-4 tokens) reads the codes as 32-bit words (8
+columns) and turns each nibble into the float 1 + q/16 with a shift and one bit operation (``code_unit``), folding
+scale and zero point into per-word sums (``word_stats``): one FMA per weight and token, no int-to-float
+conversion. 5-16 tokens and prefill feed tiles dequantized with the 2**23 bit trick (``code_float``) to tl.dot.
 
-Deviation: Marlin reorders the codes offline so each thread's 128-bit load feeds its MMA fragment directly (and
-dequantizes with lop3 tricks); our layout is the plain row-major contract shared with the torch reference, so the
-kernel loads bytes contiguously and splits nibbles with a broadcast shift + reshape, paying register shuffles.
+Deviation: Marlin reorders the codes offline so each thread's 128-bit load feeds its MMA fragment directly and
+dequantizes two fp16 values per instruction; our layout is the plain row-major contract shared with the torch
+reference and Triton exposes neither register layouts nor packed-half bit casts, so the decode loops still issue
+~13 instructions per weight byte on sm_90 (tests/kernels/instruction_mix.py) where ~9 would make them memory-bound.
 """
 from __future__ import annotations
 

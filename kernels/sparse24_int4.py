@@ -6,11 +6,13 @@ p0 < p1 as the nibble ``p0 | p1 << 2``, two groups per byte; ``scales: [N, K/g]`
 original columns. Worked example: columns 0..3 = [0, a, 0, b] give p0 = 1, p1 = 3, nibble 0b1101 = 13; with codes
 a = 5, b = 9 the qvalues byte is 0x95.
 
-The kernels read 4.5 bits per kept weight (~2.3 bits per dense weight plus scales) and rebuild the dense tile in
-registers: per row a tile loads BLOCK_K/4 code bytes and BLOCK_K/8 meta bytes contiguously and places each
-group's two codes at their positions (the other two are zero). The byte
-ratio against fp16 is the batch-1 speed limit (~5.1x at g128); Sparse-Marlin (Frantar et al. 2024,
-arXiv:2408.11743) reaches it on Ampere.
+The kernels read 4.5 bits per kept weight (~2.3 bits per dense weight plus scales). One token: per column group
+the two kept codes multiply the activations at their positions, picked from the group's four (loaded once,
+contiguously) by register selects; more tokens rebuild the dense tile in registers (the kept codes dequantized
+first, then placed). The byte ratio against fp16 is the batch-1 speed limit (~5.1x at g128); Sparse-Marlin
+(Frantar et al. 2024, arXiv:2408.11743) reaches it on Ampere. The selects cost about as many instructions per dense
+weight as int4's word path (tests/kernels/instruction_mix.py), so on an instruction-bound GPU this format is not
+faster than int4 at batch 1 despite its fewer bytes.
 
 Deviation: the prefill kernel multiplies the rebuilt dense tile with tl.dot, because Triton exposes no sparse
 tensor-core MMA (mma.sp); it saves memory traffic but not FLOPs, so at large batch the dispatcher prefers dense
