@@ -26,8 +26,8 @@ import torch
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (14336, 4096), (4096, 14336), (28672, 8192)]  # (out, in)
 BATCHES = [1, 4, 16, 64, 512, 4096]
 FORMATS = ["int4", "sparse24", "sparse24_int4", "group_sparse_int4", "spqr"]
-CHECK_CASES = [(1, "gemv"), (4, "gemv"), (16, "gemv"), (16, "gemm"), (64, "gemm"), (512, "gemm"), (512, "dense"),
-               (37, None)]  # (tokens, regime); None: kernels/select.py's choice
+CHECK_CASES = [(1, "gemv"), (2, "gemv"), (4, "gemv"), (16, "gemv"), (16, "gemm"), (64, "gemm"), (512, "gemm"),
+               (512, "dense"), (512, "chunked"), (37, None)]  # (tokens, regime); None: kernels/select.py's choice
 CHECK_BOUND = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # ||y - ref||_F / ||ref||_F
 G = 128  # int4 / sparse24_int4 group; GQSA uses g16 at 50% kept groups (W4S50); SpQR w3 g16, stat groups of 16, 1%
 NIBBLES_24 = torch.tensor([0 | 1 << 2, 0 | 2 << 2, 0 | 3 << 2, 1 | 2 << 2, 1 | 3 << 2, 2 | 3 << 2], dtype=torch.uint8)
@@ -149,7 +149,7 @@ def check(formats, dtypes, shape=(11008, 4096), device="cuda", cases=CHECK_CASES
 
 
 def bench_shape(fmt, n, k, dtype, batches, timer, copy_gbs, emit, records):
-    """Time the automatic regime (and gemm vs dense at >= 64 tokens, for select.py) against cuBLAS."""
+    """Time the automatic regime (and gemm, dense, chunked at >= 64 tokens, for select.py) against cuBLAS."""
     from torch.nn.functional import linear
 
     from llmprune.kernels import matmul_fn
@@ -168,7 +168,7 @@ def bench_shape(fmt, n, k, dtype, batches, timer, copy_gbs, emit, records):
         out = torch.empty(m, n, dtype=dtype, device="cuda")
         t_dense, _ = timer(lambda: linear(x, dense_w))
         t_semi = _try_time(timer, lambda: linear(x, semi)) if semi is not None else None
-        regimes = [None] + (["gemm", "dense"] if m >= 64 else [])
+        regimes = [None] + (["gemm", "dense", "chunked"] if m >= 64 else [])
         for regime in regimes:
             t, graphed = timer(lambda: fn(x, packed, out=out, regime=regime))
             gbs = (nbytes(packed.values()) + nbytes([x, out])) / t / 1e3
@@ -211,6 +211,15 @@ def summary(records: list[dict]) -> list[str]:
         out.append(f"- {fmt}: " + ", ".join(f"batch {m}: {v:.2f}" for m, v in ratios.items()))
         crossover[fmt] = min([m for m, v in ratios.items() if v > 1.0], default=None)
     out += ["", f"Suggested `DENSE_FROM` (first measured batch where dense wins; None: gemm always won): {crossover}"]
+    out += ["", "Chunked vs whole-weight dense (median over shapes of chunked time / dense time; < 1: chunked wins, "
+            "make it the large-batch default in kernels/select.py):", ""]
+    for fmt in sorted({r["fmt"] for r in records}):
+        ratios = {m: statistics.median(r["t"] / s["t"] for r in records for s in records
+                                       if r["fmt"] == s["fmt"] == fmt and r["m"] == s["m"] == m
+                                       and (r["n"], r["k"]) == (s["n"], s["k"])
+                                       and r["regime"] == "chunked" and s["regime"] == "dense")
+                  for m in sorted({r["m"] for r in records if r["fmt"] == fmt and r["regime"] == "chunked"})}
+        out.append(f"- {fmt}: " + ", ".join(f"batch {m}: {v:.2f}" for m, v in ratios.items()))
     return out
 
 

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from llmprune.errors import UserInputError
 
+from .chunked import chunked_matmul
 from .select import REGIMES, choose, decode_max
 
 ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -241,6 +242,7 @@ class Call:
     dequantize: Callable[[torch.dtype], Tensor]
     extra: tuple = ()
     gemm_ok: bool = True  # False: the GEMM kernel cannot take this layout (GQSA groups < 16), use GEMV blocks
+    dequantize_rows: Callable[[int, int, Tensor], None] | None = None  # W[r0:r1] into a buffer (``chunked``)
 
 
 class KernelPair:
@@ -299,8 +301,12 @@ class KernelPair:
         regime = self.regime(m, regime)
         if regime == "gemm" and not call.gemm_ok:
             regime = "gemv"
+        if regime == "chunked" and call.dequantize_rows is None:
+            regime = "dense"  # formats whose statistics or outliers span rows (spqr) dequantize whole
         if regime == "dense":
             dense_matmul(x2, call.dequantize(x.dtype), y)
+        elif regime == "chunked":
+            chunked_matmul(x2, call.n, call.k, call.dequantize_rows, y.view(m, call.n))
         else:
             args = (x2, *call.tensors, y, m, call.n, call.k, x2.stride(0), call.n, *call.extra)
             self.run(args, m, call.n, {**call.consts, "DOT_F32": dot_f32(x, self.interpret)}, regime)
@@ -310,6 +316,20 @@ class KernelPair:
         """Launch the dequantize kernel over an ``[n, cols]`` grid of tiles (cols: dense or kept columns)."""
         bn, bk = (8, 32) if self.interpret else (32, 128)
         self.dequant[(triton.cdiv(n, bn), triton.cdiv(cols, bk))](*args, **consts, BLOCK_N=bn, BLOCK_K=bk)
+
+
+def dense_buffer(out: Tensor | None, n: int, k: int, dtype: torch.dtype, device) -> Tensor:
+    """A fresh ``[n, k]`` tensor for a dequantize kernel, or the caller's ``out`` once checked."""
+    if out is None:
+        return torch.empty(n, k, dtype=dtype, device=device)
+    if tuple(out.shape) != (n, k) or out.dtype != dtype or not out.is_contiguous():
+        raise UserInputError(f"dequantize out= must be a contiguous {dtype} tensor of shape ({n}, {k})")
+    return out
+
+
+def row_slice(packed: dict, names: tuple, r0: int, r1: int) -> dict:
+    """Rows r0:r1 of the per-row packed tensors ``names`` (views; row-major slices stay contiguous)."""
+    return {name: packed[name][r0:r1] for name in names}
 
 
 def dense_matmul(x2: Tensor, weight: Tensor, y: Tensor) -> None:

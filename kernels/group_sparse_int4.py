@@ -8,8 +8,8 @@ covering columns 8..11.
 
 Decode streams only the kept groups (the byte ratio is the speed limit). With g % 8 == 0 it reads the codes as 32-bit
 words like int4's decode (bit-op conversion, statistics folded into per-word sums) and loads each word's 8
-activations with one vector load (x is small and stays in L1/L2); other groups gather x per code. Prefill walks the dense groups in order with one cursor per row into ``group_idx``
-(a merge of sorted lists): at dense group G a row contributes its next kept group if that is G, else zeros, so every
+activations with one vector load (x is small and stays in L1/L2); other groups gather x per code. Prefill walks
+the dense groups in order with one cursor per row into ``group_idx`` (a merge of sorted lists): at dense group G a row contributes its next kept group if that is G, else zeros, so every
 tl.dot tile shares its K columns across rows. Packed bytes of dropped groups are never read.
 
 Deviation: the paper's kernel is a GEMV in CUDA; the prefill walk is ours. It spends tensor-core FLOPs on dropped
@@ -27,9 +27,9 @@ from llmprune.errors import UserInputError
 from llmprune.formats.group_sparse_int4 import matmul_ref as reference  # noqa: F401  (the tests' oracle)
 
 from ._common import (
-    Call, KernelPair, check_packed, code_float, column_phases, dot_acc, expand_groups, expect_shape, grouped_pid,
-    load_rows, load_x, matvec_finish, matvec_init, nibbles, offset_zero, per_column, per_group, store_out,
-    supports, word_dot, word_stats,  # noqa: F401 (supports: dispatch hook)
+    Call, KernelPair, check_packed, code_float, column_phases, dense_buffer, dot_acc, expand_groups, expect_shape,
+    grouped_pid, load_rows, load_x, matvec_finish, matvec_init, nibbles, offset_zero, per_column, per_group,
+    row_slice, store_out, word_dot, word_stats, supports,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -160,15 +160,20 @@ def _checked(packed: dict, device: torch.device, k: int) -> tuple[int, int, int]
     return n, kg, group
 
 
+NAMES = ("group_idx", "qweight", "scales", "zeros")
+
+
 def _tensors(packed: dict) -> tuple:
-    return packed["group_idx"], packed["qweight"], packed["scales"], packed["zeros"]
+    return tuple(packed[name] for name in NAMES)
 
 
-def group_sparse_int4_dequantize(packed: dict, dtype: torch.dtype, in_features: int) -> Tensor:
-    """The dense weight ``[N, in_features]`` in ``dtype`` (``formats.group_sparse_int4.unpack`` in ``dtype``)."""
+def group_sparse_int4_dequantize(packed: dict, dtype: torch.dtype, in_features: int,
+                                 out: Tensor | None = None) -> Tensor:
+    """The dense weight ``[N, in_features]`` in ``dtype`` (``formats.group_sparse_int4.unpack`` in ``dtype``),
+    written into ``out`` when given."""
     gi = packed["group_idx"]
     n, kg, group = _checked(packed, gi.device, in_features)
-    w = torch.zeros(n, in_features, dtype=dtype, device=gi.device)
+    w = dense_buffer(out, n, in_features, dtype, gi.device).zero_()
     KERNELS.run_dequant((w, *_tensors(packed), n, in_features, kg), n, kg * group, {"GROUP": group})
     return w
 
@@ -184,5 +189,7 @@ def group_sparse_int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = No
     k = x.shape[-1]
     n, kg, group = _checked(packed, x.device, k)
     call = Call(_tensors(packed), n, k, {"GROUP": group}, lambda dtype: group_sparse_int4_dequantize(packed, dtype, k),
-                extra=(kg,), gemm_ok=group >= 16 and group & (group - 1) == 0)  # the GEMM launch appends M_BUCKET
+                extra=(kg,), gemm_ok=group >= 16 and group & (group - 1) == 0,  # the GEMM launch appends M_BUCKET
+                dequantize_rows=lambda r0, r1, buf: group_sparse_int4_dequantize(
+                    row_slice(packed, NAMES, r0, r1), buf.dtype, k, buf))
     return KERNELS.matmul(x, call, out, regime)

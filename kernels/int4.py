@@ -26,12 +26,14 @@ from llmprune.errors import UserInputError
 from llmprune.formats.int4 import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
 from ._common import (
-    Call, KernelPair, check_packed, code_float, column_phases, dot_acc, expand_groups, expect_shape, grouped_pid,
-    load_rows, load_x, matvec_finish, matvec_init, matvec_step, nibbles, offset_zero, per_column, per_group, store_out,
-    store_tile, supports, word_dot, word_stats,  # noqa: F401 (supports: dispatch hook)
+    Call, KernelPair, check_packed, code_float, column_phases, dense_buffer, dot_acc, expand_groups, expect_shape,
+    grouped_pid, load_rows, load_x, matvec_finish, matvec_init, matvec_step, nibbles, offset_zero, per_column,
+    per_group, row_slice, store_out, store_tile, word_dot, word_stats,
+    supports,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+NAMES = ("qweight", "scales", "zeros")
 
 
 @triton.jit
@@ -148,11 +150,12 @@ def _checked(packed: dict, device: torch.device) -> tuple[int, int, int]:
     return n, k, k // n_groups
 
 
-def int4_dequantize(packed: dict, dtype: torch.dtype) -> Tensor:
-    """The dense weight ``[N, K]`` in ``dtype`` (equal to ``formats.int4.unpack`` rounded to ``dtype``)."""
+def int4_dequantize(packed: dict, dtype: torch.dtype, out: Tensor | None = None) -> Tensor:
+    """The dense weight ``[N, K]`` in ``dtype`` (equal to ``formats.int4.unpack`` rounded to ``dtype``), written
+    into ``out`` when given (a contiguous ``[N, K]`` buffer)."""
     q = packed["qweight"]
     n, k, group = _checked(packed, q.device)
-    w = torch.empty(n, k, dtype=dtype, device=q.device)
+    w = dense_buffer(out, n, k, dtype, q.device)
     KERNELS.run_dequant((w, q, packed["scales"], packed["zeros"], n, k), n, k, {"GROUP": group})
     return w
 
@@ -168,5 +171,6 @@ def int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regime: s
     if q.data_ptr() % 4:  # the one-token path reads codes as int32 words; a view at an odd offset gets copied
         q = q.clone()
     call = Call((q, packed["scales"], packed["zeros"]), n, k, {"GROUP": group},
-                lambda dtype: int4_dequantize(packed, dtype))
+                lambda dtype: int4_dequantize(packed, dtype),
+                dequantize_rows=lambda r0, r1, buf: int4_dequantize(row_slice(packed, NAMES, r0, r1), buf.dtype, buf))
     return KERNELS.matmul(x, call, out, regime)

@@ -10,6 +10,8 @@ Regimes, per call of ``<fmt>_matmul(x, packed)`` with M = tokens (rows of x):
   4096 tokens (group_sparse_int4 0.52-0.64x: its scatter dequantization is slow), but only 0.53-0.60x at 512, where
   writing the dense temporary (~45 us for 11008x4096) costs as much as the GEMM itself — issue 6's "within 10% of
   dense from 512 tokens" is not met; a fused GEMM with Marlin-style pre-shuffled codes would be needed.
+- ``chunked`` — ``dense`` in L2-sized slices, each slice's dequantization overlapping the previous slice's GEMM on a
+  second stream (kernels/chunked.py). Not chosen automatically until a GPU run measures it against ``dense``.
 - ``semi_structured`` — for ``sparse24`` only, PyTorch's sparse tensor cores (kernels/sparse24.py); it needs the
   weight converted once and kept by the caller (``packed["semi_structured"]``); when present, ``sparse24_matmul``
   takes it from ``SEMI_FROM`` tokens (default 512: ~1.7-2x over dense only on large GEMMs, ~0.1x at batch 1).
@@ -27,7 +29,7 @@ the measured crossover per format and GPU; copy its numbers into ``DENSE_FROM``
 """
 from __future__ import annotations
 
-REGIMES = ("gemv", "gemm", "dense")
+REGIMES = ("gemv", "gemm", "dense", "chunked")
 SEMI_FROM = 512
 GEMV_UP_TO = {"int4": 16, "sparse24": 16, "sparse24_int4": 16, "group_sparse_int4": 4, "spqr": 16}
 DENSE_FROM = {"int4": 64, "sparse24": 64, "sparse24_int4": 64, "group_sparse_int4": 64, "spqr": 17}

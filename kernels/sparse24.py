@@ -21,8 +21,9 @@ from llmprune.errors import UserInputError
 from llmprune.formats.sparse24 import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
 from ._common import (
-    Call, KernelPair, check_packed, dot_acc, expect_shape, grouped_pid, load_rows, load_x, matvec_finish, matvec_init,
-    matvec_step, nibbles, store_out, store_tile, two_four_expand, supports,  # noqa: F401 (supports: dispatch hook)
+    Call, KernelPair, check_packed, dense_buffer, dot_acc, expect_shape, grouped_pid, load_rows, load_x,
+    matvec_finish, matvec_init, matvec_step, nibbles, row_slice, store_out, store_tile, two_four_expand,
+    supports,  # noqa: F401 (supports: dispatch hook)
 )
 from .select import SEMI_FROM
 
@@ -86,11 +87,12 @@ def _checked(packed: dict, device: torch.device) -> tuple[int, int]:
     return n, k
 
 
-def sparse24_dequantize(packed: dict, dtype: torch.dtype) -> Tensor:
-    """The dense weight ``[N, K]`` in ``dtype`` (equal to ``formats.sparse24.unpack`` cast to ``dtype``)."""
+def sparse24_dequantize(packed: dict, dtype: torch.dtype, out: Tensor | None = None) -> Tensor:
+    """The dense weight ``[N, K]`` in ``dtype`` (equal to ``formats.sparse24.unpack`` cast to ``dtype``), written
+    into ``out`` when given."""
     v = packed["values"]
     n, k = _checked(packed, v.device)
-    w = torch.empty(n, k, dtype=dtype, device=v.device)
+    w = dense_buffer(out, n, k, dtype, v.device)
     KERNELS.run_dequant((w, v, packed["meta"], n, k), n, k, {})
     return w
 
@@ -111,7 +113,9 @@ def sparse24_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regim
                                  "semi_structured_weight(packed); build it once next to the layer")
         y = semi_structured_matmul(x, semi)
         return y if out is None else out.copy_(y)
-    call = Call((packed["values"], packed["meta"]), n, k, {}, lambda dtype: sparse24_dequantize(packed, dtype))
+    call = Call((packed["values"], packed["meta"]), n, k, {}, lambda dtype: sparse24_dequantize(packed, dtype),
+                dequantize_rows=lambda r0, r1, buf: sparse24_dequantize(row_slice(packed, ("values", "meta"), r0, r1),
+                                                                        buf.dtype, buf))
     return KERNELS.matmul(x, call, out, regime)
 
 

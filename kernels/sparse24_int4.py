@@ -29,9 +29,9 @@ from llmprune.errors import UserInputError
 from llmprune.formats.sparse24_int4 import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
 from ._common import (
-    Call, KernelPair, check_packed, code_float, dot_acc, expand_groups, expect_shape, grouped_pid, load_rows, load_x,
-    matvec_finish, matvec_init, matvec_step, nibbles, offset_zero, per_column, per_group, store_out, store_tile,
-    two_four_expand, supports,  # noqa: F401 (supports: dispatch hook)
+    Call, KernelPair, check_packed, code_float, dense_buffer, dot_acc, expand_groups, expect_shape, grouped_pid,
+    load_rows, load_x, matvec_finish, matvec_init, matvec_step, nibbles, offset_zero, per_column, per_group,
+    row_slice, store_out, store_tile, two_four_expand, supports,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -153,15 +153,19 @@ def _checked(packed: dict, device: torch.device) -> tuple[int, int, int]:
     return n, k, k // n_groups
 
 
+NAMES = ("qvalues", "meta", "scales", "zeros")
+
+
 def _tensors(packed: dict) -> tuple:
-    return packed["qvalues"], packed["meta"], packed["scales"], packed["zeros"]
+    return tuple(packed[name] for name in NAMES)
 
 
-def sparse24_int4_dequantize(packed: dict, dtype: torch.dtype) -> Tensor:
-    """The dense weight ``[N, K]`` in ``dtype`` (equal to ``formats.sparse24_int4.unpack`` rounded to ``dtype``)."""
+def sparse24_int4_dequantize(packed: dict, dtype: torch.dtype, out: Tensor | None = None) -> Tensor:
+    """The dense weight ``[N, K]`` in ``dtype`` (equal to ``formats.sparse24_int4.unpack`` rounded to ``dtype``),
+    written into ``out`` when given."""
     q = packed["qvalues"]
     n, k, group = _checked(packed, q.device)
-    w = torch.empty(n, k, dtype=dtype, device=q.device)
+    w = dense_buffer(out, n, k, dtype, q.device)
     KERNELS.run_dequant((w, *_tensors(packed), n, k), n, k, {"GROUP": group})
     return w
 
@@ -172,5 +176,7 @@ def sparse24_int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, 
     ``regime``: None follows kernels/select.py; "gemv", "gemm" or "dense" force one. ``out``: optional output.
     """
     n, k, group = _checked(packed, x.device)
-    call = Call(_tensors(packed), n, k, {"GROUP": group}, lambda dtype: sparse24_int4_dequantize(packed, dtype))
+    call = Call(_tensors(packed), n, k, {"GROUP": group}, lambda dtype: sparse24_int4_dequantize(packed, dtype),
+                dequantize_rows=lambda r0, r1, buf: sparse24_int4_dequantize(row_slice(packed, NAMES, r0, r1),
+                                                                             buf.dtype, buf))
     return KERNELS.matmul(x, call, out, regime)

@@ -91,16 +91,19 @@ def mix(fmt: str, block_b: int, dtype: str = "float16") -> dict:
     total = sum(ops.values())
     slow = {name: sum(n for op, n in ops.items() if op.startswith(prefix)) for name, prefix in SLOW.items()}
     loads = {op: n for op, n in ops.items() if op.startswith("LDG")}
-    return {"format": fmt, "block_b": block_b, "config": f"{config['BLOCK_N']}x{config['BLOCK_K']}", "instructions": total, "bytes_per_thread": per_thread,
-            "per_byte": total / per_thread, **slow, "loads": loads, "spill": spill}
+    return {"format": fmt, "block_b": block_b, "config": f"{config['BLOCK_N']}x{config['BLOCK_K']}",
+            "instructions": total, "bytes_per_thread": per_thread, "per_byte": total / per_thread, **slow,
+            "loads": loads, "spill": spill}
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| format | tokens (BLOCK_B) | BLOCK_N x BLOCK_K | loop instr / thread | weight B / thread | instr / B | I2F | SHFL | BAR "
-             "| global loads | spill |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    lines = ["| format | tokens (BLOCK_B) | BLOCK_N x BLOCK_K | loop instr / thread | weight B / thread | instr / B "
+             "| I2F | SHFL | BAR | global loads | spill |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
-        loads = ", ".join(f"{op.removeprefix('LDG.E').lstrip('.') or '32'} x{n}" for op, n in sorted(r["loads"].items()))
-        lines.append(f"| {r['format']} | {r['block_b']} | {r['config']} | {r['instructions']} | {r['bytes_per_thread']:g} | "
+        loads = ", ".join(f"{op.removeprefix('LDG.E').lstrip('.') or '32'} x{n}"
+                          for op, n in sorted(r["loads"].items()))
+        lines.append(f"| {r['format']} | {r['block_b']} | {r['config']} | {r['instructions']} | "
+                     f"{r['bytes_per_thread']:g} | "
                      f"{r['per_byte']:.1f} | {r['I2F']} | {r['SHFL']} | {r['BAR']} | {loads} | {r['spill']} |")
     return "\n".join(lines)
 

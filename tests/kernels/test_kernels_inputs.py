@@ -105,6 +105,15 @@ def test_kernels_compile_for_hopper_without_a_gpu():
     assert run.returncode == 0, run.stdout + run.stderr[-2000:]
 
 
+def test_chunk_rows_hold_8_mb_of_whole_gemm_tiles():
+    from llmprune.kernels.chunked import chunk_rows
+
+    assert chunk_rows(11008, 4096, 2) == 1024  # 1024 x 4096 x 2 B = 8 MiB
+    assert chunk_rows(4096, 11008, 2) == 256  # 381 rows fit, rounded down to whole 128-row tiles
+    assert chunk_rows(4096, 131072, 2) == 128  # never below one tile
+    assert chunk_rows(300, 4096, 2) == 300  # a weight smaller than a slice is one slice
+
+
 def test_decode_loops_have_no_int_to_float_conversions_shuffles_or_spills():
     """The sm_90 SASS of every decode loop (instruction_mix.py): codes become floats by bit operations (no I2F per
     code), 2-4 token accumulators are reduced after the loop (no SHFL per step), nothing spills."""
