@@ -2,10 +2,13 @@
 # One command for a GPU machine (issue 6): full-size correctness of every kernel, compute-sanitizer once per kernel
 # module, and the timing table; everything lands in $OUT (default benchmarks/results).
 #
-#   bash benchmarks/gpu_check.sh                 # all stages: check sanitize bench-float16 bench-bfloat16
-#   bash benchmarks/gpu_check.sh check sanitize  # a subset (the device tool allows 10 minutes per call, so run
-#   bash benchmarks/gpu_check.sh bench-float16   #   these three calls there, on the same warm machine: Triton's
-#   bash benchmarks/gpu_check.sh bench-bfloat16  #   compile and autotune caches carry over between them)
+#   bash benchmarks/gpu_check.sh                       # all stages: check sanitize mix bench-float16 bench-bfloat16 decode
+#   bash benchmarks/gpu_check.sh check sanitize mix    # a subset: the device tool allows 10 minutes per call, so run
+#   bash benchmarks/gpu_check.sh bench-float16         #   these three calls there, on the same warm machine (Triton's
+#   bash benchmarks/gpu_check.sh decode bench-bfloat16 #   compile and autotune caches carry over between them)
+#
+# mix: the decode loops' instruction mix as the GPU's own triton compiles them (tests/kernels/instruction_mix.py);
+# decode: end-to-end tokens/s of Llama-2-7B shapes, eager and CUDA-graph replay (benchmarks/decode.py).
 #
 # Exit status: non-zero if a correctness check or the sanitizer reports an error (later stages still run).
 set -uo pipefail
@@ -13,7 +16,7 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results}"
 mkdir -p "$OUT"
 STAGES=("$@")
-[ ${#STAGES[@]} -eq 0 ] && STAGES=(check sanitize bench-float16 bench-bfloat16)
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(check sanitize mix bench-float16 bench-bfloat16 decode)
 FORMATS=(int4 sparse24 sparse24_int4 group_sparse_int4 spqr)
 status=0
 
@@ -50,10 +53,15 @@ for stage in "${STAGES[@]}"; do
           [ $rc -eq 0 ] || status=1
         done
       fi ;;
+    mix)
+      python tests/kernels/instruction_mix.py --out "$OUT/instruction_mix.md" 2>&1 | tee "$OUT/mix.log" || status=1 ;;
+    decode)
+      python benchmarks/decode.py llama-7b --formats sparse24_int4,int4,group_sparse_int4 --batch 1,16 \
+        --new-tokens 64 --runs 3 --results "$OUT" 2>&1 | tee "$OUT/decode.log" || status=1 ;;
     bench-float16|bench-bfloat16)
       python benchmarks/kernels.py --bench --dtypes "${stage#bench-}" --results "$OUT" 2>&1 \
         | tee "$OUT/$stage.log" || status=1 ;;
-    *) echo "unknown stage '$stage' (use check, sanitize, bench-float16, bench-bfloat16)"; exit 2 ;;
+    *) echo "unknown stage '$stage' (use check, sanitize, mix, bench-float16, bench-bfloat16, decode)"; exit 2 ;;
   esac
 done
 exit $status
