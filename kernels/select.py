@@ -22,7 +22,7 @@ Triton GEMM for every format (median gemm/dense time 1.10 int4, 1.10 sparse24, 1
 group_sparse_int4), and the gap grows with the batch. spqr goes to dense from 17 tokens: its GEMM kernel rebuilds six
 statistics and a 3-bit stream per tile and spills registers in every config on sm_90 (240-1128 B of stack per
 thread, ``python tests/kernels/compile_check.py --resources``); measured 25x slower than dense at 512 tokens.
-These crossovers predate the decode rework measured only statically so far (benchmarks/results/instruction_mix.md:
+These crossovers predate the decode rework measured only statically so far (benchmarks/results/instruction_mix/:
 fewer instructions per byte at 1-4 tokens); re-measure them on the next GPU run. ``benchmarks/kernels.py`` prints
 the measured crossover per format and GPU; copy its numbers into ``DENSE_FROM``
 (and ``GEMV_UP_TO``) below when they differ on another GPU.
