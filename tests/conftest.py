@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -33,3 +34,12 @@ def smollm2():
     from llmprune.model import resolve
 
     return resolve("smollm2-135m")
+
+
+@pytest.fixture
+def one_thread():
+    """Toy matmuls on a busy 2-core machine are ~100x slower with several intra-op threads contending."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

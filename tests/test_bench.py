@@ -16,13 +16,7 @@ from llmprune.packed_linear import PackedLinear
 PACKED = [f for f in bench.FORMATS if f != "dense"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Toy matmuls on a busy 2-core machine are ~100x slower with several intra-op threads contending."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("fmt", PACKED)

@@ -11,12 +11,7 @@ from llmprune.evals import bench
 from llmprune.evals.static_decode import StaticDecoder
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _prompt(batch: int, length: int = 5) -> torch.Tensor:
