@@ -25,11 +25,11 @@ from torch import Tensor
 from llmprune.errors import UserInputError
 from llmprune.formats.int4 import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
+from ._codes import code_float, column_phases, offset_zero, word_dot, word_stats
 from ._common import (
-    Call, KernelPair, check_packed, code_float, column_phases, dense_buffer, dot_acc, expand_groups, expect_shape,
-    grouped_pid, load_rows, load_x, matvec_finish, matvec_init, matvec_step, nibbles, offset_zero, per_column,
-    per_group, row_slice, store_out, store_tile, word_dot, word_stats,
-    supports,  # noqa: F401 (supports: dispatch hook)
+    Call, KernelPair, check_packed, dense_buffer, dot_acc, expand_groups, expect_shape, grouped_pid, load_rows,
+    load_x, matvec_finish, matvec_init, matvec_step, nibbles, per_column, per_group, row_slice, store_out,
+    store_tile, supports,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)

@@ -1,0 +1,82 @@
+"""4-bit codes to float32 in registers without int-to-float conversions (sm_90 issues I2F at 1/8 of the FMA rate;
+tests/kernels/instruction_mix.py counts them in each decode loop).
+
+Two bit tricks, both exact: ``code_float`` ORs a code into the mantissa of 2**23 (the dequantized-tile paths subtract
+``2**23 + zero``); ``code_unit`` shifts a nibble of a 32-bit code word into the top mantissa bits of 1.0, giving
+1 + q/16, and ``word_stats`` folds scale and zero point into per-word sums so that the decode paths spend one FMA per
+weight and token.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._common import expand_groups, per_group
+
+
+@triton.jit
+def code_float(code):
+    """Non-negative int32 codes (< 2**23) → float32 ``2**23 + code``: the code OR-ed into the mantissa of 2**23 and
+    reinterpreted — one bit operation instead of an int-to-float conversion, which sm_90 issues at 1/8 of the FMA
+    rate (tests/kernels/instruction_mix.py counts them). Callers subtract ``2**23 + zero`` (``offset_zero``); that is
+    exact, both being integers below 2**24. Marlin (arXiv:2408.11743) uses the same trick with fp16's 1024."""
+    return (code | 0x4B000000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def offset_zero(zero):
+    """Zero points (uint8, any shape) as float32 ``2**23 + zero``, to subtract from ``code_float``."""
+    return zero.to(tl.float32) + 8388608.0
+
+
+@triton.jit
+def code_unit(words, J: tl.constexpr):
+    """Nibble J (columns 8w+J) of int32 code words → float32 ``1 + code/16``: the code shifted into the top four
+    mantissa bits of 1.0 (a shift and one bit operation, no int-to-float conversion, no per-weight zero
+    subtraction: callers fold the offset into per-word sums, see ``word_stats``)."""
+    if 19 - 4 * J >= 0:
+        bits = (words << (19 - 4 * J)) & 0x780000
+    else:
+        bits = (words >> (4 * J - 19)) & 0x780000
+    return (bits | 0x3F800000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def column_phases(x8):
+    """x8 [..., W, 2, 2, 2] (a row of 8W activations) → its 8 column phases x[..., 8w + j], j = 0..7, [..., W]
+    each: split in registers, x having been loaded once, contiguously."""
+    c0, c1 = tl.split(x8)  # x8[..., w, a, b, c] is column 8w + 4a + 2b + c
+    b00, b01 = tl.split(c0)
+    b10, b11 = tl.split(c1)
+    x0, x4 = tl.split(b00)
+    x2, x6 = tl.split(b01)
+    x1, x5 = tl.split(b10)
+    x3, x7 = tl.split(b11)
+    return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def word_dot(words, x):
+    """(sum_j v_j x_j, sum_j x_j) over the 8 codes of each word (v = ``code_unit``); ``words`` and the phases ``x``
+    come shaped to broadcast. One FMA chain: each step compiles to a single FFMA."""
+    p = code_unit(words, 0) * x[0]
+    p = p + code_unit(words, 1) * x[1]
+    p = p + code_unit(words, 2) * x[2]
+    p = p + code_unit(words, 3) * x[3]
+    p = p + code_unit(words, 4) * x[4]
+    p = p + code_unit(words, 5) * x[5]
+    p = p + code_unit(words, 6) * x[6]
+    p = p + code_unit(words, 7) * x[7]
+    return p, ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]))
+
+
+@triton.jit
+def word_stats(s_ptr, z_ptr, rn, w0, NG, N, GROUP: tl.constexpr, W: tl.constexpr):
+    """Slope 16 s and offset (16 + z) s of code words w0 .. w0+W of rows ``rn`` ([BLOCK_N, W] float32; statistics
+    [N, NG], GROUP % 8 == 0 so a word sits in one group). With v = 1 + q/16 (``code_unit``),
+    s (q - z) = 16 s v - (16 + z) s, so a word contributes slope * sum_j v_j x_j - offset * sum_j x_j: one FMA per
+    weight. The subtraction cancels at most ~3 bits of float32 (|v| < 2, z < 16)."""
+    ok = rn < N
+    scale = per_group(s_ptr, rn, ok, w0, NG, 0.0, GROUP // 8, W).to(tl.float32)
+    zero = per_group(z_ptr, rn, ok, w0, NG, 0, GROUP // 8, W).to(tl.float32)
+    return expand_groups(16.0 * scale, GROUP // 8, W), expand_groups((16.0 + zero) * scale, GROUP // 8, W)
