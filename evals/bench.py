@@ -228,8 +228,8 @@ def _timed(fn, device: str) -> float:
 
 
 def decode_tokens_per_s(model: nn.Module, prompt: torch.Tensor, new_tokens: int, device: str, variant: str,
-                        runs: int = 3, warmup: int = 1) -> tuple[float, float]:
-    """(decode tokens/s, fraction of greedy tokens equal to eager ``generate``'s).
+                        runs: int = 3, warmup: int = 1) -> tuple[float, float | None]:
+    """(decode tokens/s, fraction of greedy tokens equal to eager ``generate``'s; None for eager itself).
 
     eager: batch * (n-1) / (median t(generate n) - median t(generate 1)), so the prefill cancels out; NaN when
     timing noise swamps the difference (toy sizes). Static variants (``evals/static_decode.py``): batch * (n-1) /
@@ -241,7 +241,7 @@ def decode_tokens_per_s(model: nn.Module, prompt: torch.Tensor, new_tokens: int,
         full = statistics.median(_timed(lambda: greedy(model, prompt, new_tokens), device) for _ in range(runs))
         first = statistics.median(_timed(lambda: greedy(model, prompt, 1), device) for _ in range(runs))
         rate = prompt.shape[0] * (new_tokens - 1) / (full - first) if full > first else float("nan")
-        return rate, 1.0
+        return rate, None
     from .static_decode import StaticDecoder
 
     decoder = StaticDecoder(model, prompt.shape[0], prompt.shape[1] + new_tokens, STATIC_MODES[variant],
@@ -321,5 +321,5 @@ def format_table(result: dict) -> str:
     for r in result["rows"]:
         paths = ", ".join(f"{k}:{v}" for k, v in sorted(r["paths"].items())) or "-"
         lines.append(f"| {r['format']} | {r['batch']} | {r['variant']} | {r['tokens_per_s']:.1f} | "
-                     f"{r['speedup']:.2f}x | {r['agree']:.0%} | {paths} |")
+                     f"{r['speedup']:.2f}x | {'-' if r['agree'] is None else format(r['agree'], '.0%')} | {paths} |")
     return "\n".join(lines)
