@@ -9,8 +9,9 @@ covering columns 8..11.
 Decode streams only the kept groups (the byte ratio is the speed limit). With g % 8 == 0 it reads the codes as 32-bit
 words like int4's decode (bit-op conversion, statistics folded into per-word sums) and loads each word's 8
 activations with one vector load (x is small and stays in L1/L2); other groups gather x per code. Prefill walks
-the dense groups in order with one cursor per row into ``group_idx`` (a merge of sorted lists): at dense group G a row contributes its next kept group if that is G, else zeros, so every
-tl.dot tile shares its K columns across rows. Packed bytes of dropped groups are never read.
+the dense groups in order with one cursor per row into ``group_idx`` (a merge of sorted lists): at dense group G a
+row contributes its next kept group if that is G, else zeros, so every tl.dot tile shares its K columns across rows.
+Packed bytes of dropped groups are never read.
 
 Deviation: the paper's kernel is a GEMV in CUDA; the prefill walk is ours. It spends tensor-core FLOPs on dropped
 groups, so at large batch it is no faster than dense (kernels/select.py falls back), and it needs g >= 16 (tl.dot's
@@ -26,7 +27,7 @@ from torch import Tensor
 from llmprune.errors import UserInputError
 from llmprune.formats.group_sparse_int4 import matmul_ref as reference  # noqa: F401  (the tests' oracle)
 
-from ._codes import code_float, column_phases, offset_zero, word_dot, word_stats
+from ._codes import UNIT, code_float, column_phases, offset_zero, word_dot, word_stats
 from ._common import (
     Call, KernelPair, check_packed, dense_buffer, dot_acc, expand_groups, expect_shape, grouped_pid, load_rows,
     load_x, matvec_finish, matvec_init, nibbles, per_column, per_group, row_slice, store_out,
@@ -51,7 +52,7 @@ def _group_sparse_int4_kept(gi_ptr, q_ptr, s_ptr, z_ptr, rn, i0, N, KG, GROUP: t
 
 
 @triton.jit
-def _group_sparse_int4_words(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, rn, rb, i0, M, N, KG, stride_xm,
+def _group_sparse_int4_words(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, rn, rb, i0, M, N, KG, stride_xm, unit,
                              GROUP: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr):
     """Partial sums [BLOCK_B, BLOCK_N, BLOCK_K/8] over kept codes i0 .. i0+BLOCK_K, one per 32-bit code word
     (GROUP % 8 == 0, so a word's 8 columns are contiguous in x): each row loads the 8 activations of each of its
@@ -69,14 +70,14 @@ def _group_sparse_int4_words(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, rn, rb, i0, M, 
     xw = tl.load(x_ptr + rb[:, None, None, None] * stride_xm + first[None, :, :, None] + tl.arange(0, 8),
                  mask=live[:, :, :, None], other=0.0).to(tl.float32)
     xs = column_phases(tl.reshape(xw, (BLOCK_B, rn.shape[0], W, 2, 2, 2)))
-    p, xsum = word_dot(words[None, :, :], xs)
+    p, xsum = word_dot(words[None, :, :], xs, unit)
     slope, offset = word_stats(s_ptr, z_ptr, rn, i0 // 8, KG, N, GROUP, W)
     return p * slope[None, :, :] - offset[None, :, :] * xsum
 
 
 @triton.jit
 def _group_sparse_int4_gemv_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om,
-                                   KG, GROUP: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_B: tl.constexpr,
+                                   KG, UNIT, GROUP: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_B: tl.constexpr,
                                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Decode: BLOCK_N rows per program walk their KG*g kept codes; x is gathered at each code's column."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -85,7 +86,7 @@ def _group_sparse_int4_gemv_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, 
         accw = tl.zeros((BLOCK_B, BLOCK_N, BLOCK_K // 8), tl.float32)
         for i0 in range(0, KG * GROUP, BLOCK_K):
             accw += _group_sparse_int4_words(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, rn, rb, i0, M, N, KG, stride_xm,
-                                             GROUP, BLOCK_B, BLOCK_K)
+                                             UNIT, GROUP, BLOCK_B, BLOCK_K)
         store_out(out_ptr, tl.sum(accw, axis=2), rb, rn, M, N, stride_om)
         return
     acc = matvec_init(BLOCK_B, BLOCK_N, BLOCK_K)
@@ -114,7 +115,7 @@ def _group_sparse_int4_dequant_kernel(w_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, N, K, 
 
 @triton.jit
 def _group_sparse_int4_gemm_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om,
-                                   KG, M_BUCKET, GROUP: tl.constexpr, DOT_F32: tl.constexpr,
+                                   KG, UNIT, M_BUCKET, GROUP: tl.constexpr, DOT_F32: tl.constexpr,
                                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Prefill: walk dense groups G = 0..K/g-1; each row's cursor t advances when its next kept group is G."""
     pid_m, pid_n = grouped_pid(M, N, BLOCK_M, BLOCK_N, 8)
@@ -190,7 +191,7 @@ def group_sparse_int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = No
     k = x.shape[-1]
     n, kg, group = _checked(packed, x.device, k)
     call = Call(_tensors(packed), n, k, {"GROUP": group}, lambda dtype: group_sparse_int4_dequantize(packed, dtype, k),
-                extra=(kg,), gemm_ok=group >= 16 and group & (group - 1) == 0,  # the GEMM launch appends M_BUCKET
+                extra=(kg, UNIT), gemm_ok=group >= 16 and group & (group - 1) == 0,  # the GEMM launch appends M_BUCKET
                 dequantize_rows=lambda r0, r1, buf: group_sparse_int4_dequantize(
                     row_slice(packed, NAMES, r0, r1), buf.dtype, k, buf))
     return KERNELS.matmul(x, call, out, regime)

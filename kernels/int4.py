@@ -25,7 +25,7 @@ from torch import Tensor
 from llmprune.errors import UserInputError
 from llmprune.formats.int4 import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
-from ._codes import code_float, column_phases, offset_zero, word_dot, word_stats
+from ._codes import UNIT, code_float, column_phases, offset_zero, word_dot, word_stats
 from ._common import (
     Call, KernelPair, check_packed, dense_buffer, dot_acc, expand_groups, expect_shape, grouped_pid, load_rows,
     load_x, matvec_finish, matvec_init, matvec_step, nibbles, per_column, per_group, row_slice, store_out,
@@ -48,7 +48,7 @@ def _int4_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP: tl.constexpr, BLOCK_K: 
 
 
 @triton.jit
-def _int4_one_token(x_ptr, q_ptr, s_ptr, z_ptr, rn, row, k0, N, K, stride_xm, GROUP: tl.constexpr,
+def _int4_one_token(x_ptr, q_ptr, s_ptr, z_ptr, rn, row, k0, N, K, stride_xm, unit, GROUP: tl.constexpr,
                     BLOCK_K: tl.constexpr):
     """Partial sums [BLOCK_N, BLOCK_K/8] of one token, one per 32-bit word of codes (8 columns, GROUP % 8 == 0):
     slope * sum_j v_j x_j - offset * sum_j x_j (``word_stats``), a shift, a bit operation and one FMA per weight,
@@ -62,13 +62,13 @@ def _int4_one_token(x_ptr, q_ptr, s_ptr, z_ptr, rn, row, k0, N, K, stride_xm, GR
     x = tl.load(x_ptr + row * stride_xm + cols, mask=cols < K, other=0.0).to(tl.float32)
     xs = column_phases(tl.reshape(x, (W, 2, 2, 2)))
     p, xsum = word_dot(words, (xs[0][None, :], xs[1][None, :], xs[2][None, :], xs[3][None, :],
-                                xs[4][None, :], xs[5][None, :], xs[6][None, :], xs[7][None, :]))
+                                xs[4][None, :], xs[5][None, :], xs[6][None, :], xs[7][None, :]), unit)
     slope, offset = word_stats(s_ptr, z_ptr, rn, k0 // 8, K // GROUP, N, GROUP, W)
     return p * slope - offset * xsum
 
 
 @triton.jit
-def _int4_few_tokens(x_ptr, q_ptr, s_ptr, z_ptr, rn, rb, k0, M, N, K, stride_xm, GROUP: tl.constexpr,
+def _int4_few_tokens(x_ptr, q_ptr, s_ptr, z_ptr, rn, rb, k0, M, N, K, stride_xm, unit, GROUP: tl.constexpr,
                      BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr):
     """``_int4_one_token`` for BLOCK_B (2-4) tokens: partial sums [BLOCK_B, BLOCK_N, BLOCK_K/8]; the code words
     are unpacked once and serve every token."""
@@ -77,13 +77,13 @@ def _int4_few_tokens(x_ptr, q_ptr, s_ptr, z_ptr, rn, rb, k0, M, N, K, stride_xm,
     x = load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm).to(tl.float32)
     xs = column_phases(tl.reshape(x, (BLOCK_B, W, 2, 2, 2)))
     p, xsum = word_dot(words, (xs[0][:, None, :], xs[1][:, None, :], xs[2][:, None, :], xs[3][:, None, :],
-                                xs[4][:, None, :], xs[5][:, None, :], xs[6][:, None, :], xs[7][:, None, :]))
+                                xs[4][:, None, :], xs[5][:, None, :], xs[6][:, None, :], xs[7][:, None, :]), unit)
     slope, offset = word_stats(s_ptr, z_ptr, rn, k0 // 8, K // GROUP, N, GROUP, W)
     return p * slope[None, :, :] - offset[None, :, :] * xsum
 
 
 @triton.jit
-def _int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om,
+def _int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, UNIT,
                       GROUP: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_B: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Decode: one program per BLOCK_N output rows (and BLOCK_B tokens), streaming K in BLOCK_K steps."""
@@ -92,14 +92,14 @@ def _int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, s
     if BLOCK_B * (GROUP % 8 + 1) == 1:  # one token, groups a multiple of 8 (K too): the code-word path
         acc1 = tl.zeros((BLOCK_N, BLOCK_K // 8), tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            acc1 += _int4_one_token(x_ptr, q_ptr, s_ptr, z_ptr, rn, tl.program_id(1), k0, N, K, stride_xm, GROUP,
-                                    BLOCK_K)
+            acc1 += _int4_one_token(x_ptr, q_ptr, s_ptr, z_ptr, rn, tl.program_id(1), k0, N, K, stride_xm, UNIT,
+                                    GROUP, BLOCK_K)
         store_out(out_ptr, tl.sum(acc1, axis=1)[None, :], rb, rn, M, N, stride_om)
     elif BLOCK_B <= 4 and GROUP % 8 == 0:  # 2-4 tokens: the same code words, one accumulator per token
         acc3 = tl.zeros((BLOCK_B, BLOCK_N, BLOCK_K // 8), tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            acc3 += _int4_few_tokens(x_ptr, q_ptr, s_ptr, z_ptr, rn, rb, k0, M, N, K, stride_xm, GROUP, BLOCK_B,
-                                     BLOCK_K)
+            acc3 += _int4_few_tokens(x_ptr, q_ptr, s_ptr, z_ptr, rn, rb, k0, M, N, K, stride_xm, UNIT, GROUP,
+                                     BLOCK_B, BLOCK_K)
         store_out(out_ptr, tl.sum(acc3, axis=2), rb, rn, M, N, stride_om)
     else:
         acc = matvec_init(BLOCK_B, BLOCK_N, BLOCK_K)
@@ -111,7 +111,7 @@ def _int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, s
 
 
 @triton.jit
-def _int4_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, M_BUCKET,
+def _int4_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, UNIT, M_BUCKET,
                       GROUP: tl.constexpr, DOT_F32: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Prefill: a BLOCK_M x BLOCK_N output tile; each K step dequantizes W[BLOCK_N, BLOCK_K] for tl.dot."""
@@ -171,6 +171,6 @@ def int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regime: s
     if q.data_ptr() % 4:  # the one-token path reads codes as int32 words; a view at an odd offset gets copied
         q = q.clone()
     call = Call((q, packed["scales"], packed["zeros"]), n, k, {"GROUP": group},
-                lambda dtype: int4_dequantize(packed, dtype),
+                lambda dtype: int4_dequantize(packed, dtype), extra=(UNIT,),  # UNIT: see _codes.code_unit
                 dequantize_rows=lambda r0, r1, buf: int4_dequantize(row_slice(packed, NAMES, r0, r1), buf.dtype, buf))
     return KERNELS.matmul(x, call, out, regime)

@@ -75,7 +75,7 @@ def resources(kernel) -> str:
     return " ".join(fields[:2])
 
 
-DIVISIBLE = {"N", "K", "KG", "stride_xm", "stride_om"}  # multiples of 16 in every benchmark shape
+DIVISIBLE = {"N", "K", "KG", "stride_xm", "stride_om", "UNIT"}  # multiples of 16 in every benchmark shape
 
 
 def compile_one(fn, fmt: str, dtype: str, consts: dict, options: dict, arch: int):
