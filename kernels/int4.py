@@ -13,7 +13,7 @@ conversion. 5-16 tokens and prefill feed tiles dequantized with the 2**23 bit tr
 Deviation: Marlin reorders the codes offline so each thread's 128-bit load feeds its MMA fragment directly and
 dequantizes two fp16 values per instruction; our layout is the plain row-major contract shared with the torch
 reference and Triton exposes neither register layouts nor packed-half bit casts, so the decode loops still issue
-~13 instructions per weight byte on sm_90 (tests/kernels/instruction_mix.py) where ~9 would make them memory-bound.
+~11-12 instructions per weight byte on sm_90 (tests/kernels/instruction_mix.py) where ~9 would make them memory-bound.
 """
 from __future__ import annotations
 
