@@ -52,10 +52,10 @@ def _group_sparse_int4_kept(gi_ptr, q_ptr, s_ptr, z_ptr, rn, i0, N, KG, GROUP: t
 
 
 @triton.jit
-def _group_sparse_int4_words(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, rn, rb, i0, M, N, KG, stride_xm, unit,
+def _group_sparse_int4_words(acc, x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, rn, rb, i0, M, N, KG, stride_xm, unit,
                              GROUP: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Partial sums [BLOCK_B, BLOCK_N, BLOCK_K/8] over kept codes i0 .. i0+BLOCK_K, one per 32-bit code word
-    (GROUP % 8 == 0, so a word's 8 columns are contiguous in x): each row loads the 8 activations of each of its
+    """``acc`` plus partial sums [BLOCK_B, BLOCK_N, BLOCK_K/8] over kept codes i0 .. i0+BLOCK_K, one per 32-bit code
+    word (GROUP % 8 == 0, so a word's 8 columns are contiguous in x): each row loads the 8 activations of each of its
     words with one vector load and splits them into column phases in registers; ``word_stats`` folds scale and
     zero point into per-word sums (one FMA per weight, no int-to-float conversion). The byte-wise version gathered
     x one element per code (tests/kernels/instruction_mix.py)."""
@@ -72,7 +72,7 @@ def _group_sparse_int4_words(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, rn, rb, i0, M, 
     xs = column_phases(tl.reshape(xw, (BLOCK_B, rn.shape[0], W, 2, 2, 2)))
     p, xsum = word_dot(words[None, :, :], xs, unit)
     slope, offset = word_stats(s_ptr, z_ptr, rn, i0 // 8, KG, N, GROUP, W)
-    return p * slope[None, :, :] - offset[None, :, :] * xsum
+    return (acc + p * slope[None, :, :]) - offset[None, :, :] * xsum  # two FFMAs
 
 
 @triton.jit
@@ -85,7 +85,7 @@ def _group_sparse_int4_gemv_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, 
     if GROUP % 8 == 0:  # the code-word path
         accw = tl.zeros((BLOCK_B, BLOCK_N, BLOCK_K // 8), tl.float32)
         for i0 in range(0, KG * GROUP, BLOCK_K):
-            accw += _group_sparse_int4_words(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, rn, rb, i0, M, N, KG, stride_xm,
+            accw = _group_sparse_int4_words(accw, x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, rn, rb, i0, M, N, KG, stride_xm,
                                              UNIT, GROUP, BLOCK_B, BLOCK_K)
         store_out(out_ptr, tl.sum(accw, axis=2), rb, rn, M, N, stride_om)
         return

@@ -48,13 +48,14 @@ def _int4_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP: tl.constexpr, BLOCK_K: 
 
 
 @triton.jit
-def _int4_one_token(x_ptr, q_ptr, s_ptr, z_ptr, rn, row, k0, N, K, stride_xm, unit, GROUP: tl.constexpr,
+def _int4_one_token(acc, x_ptr, q_ptr, s_ptr, z_ptr, rn, row, k0, N, K, stride_xm, unit, GROUP: tl.constexpr,
                     BLOCK_K: tl.constexpr):
-    """Partial sums [BLOCK_N, BLOCK_K/8] of one token, one per 32-bit word of codes (8 columns, GROUP % 8 == 0):
-    slope * sum_j v_j x_j - offset * sum_j x_j (``word_stats``), a shift, a bit operation and one FMA per weight,
-    the word's x sum shared by all rows. Codes are read as int32 words straight from the uint8 buffer; x is loaded
-    once per K step and split into its 8 column phases in registers (tests/kernels/instruction_mix.py: ~20% fewer
-    instructions per byte than splitting bytes into nibbles against even/odd columns, no int-to-float conversions).
+    """``acc`` plus the partial sums [BLOCK_N, BLOCK_K/8] of one token, one per 32-bit word of codes (8 columns,
+    GROUP % 8 == 0): slope * sum_j v_j x_j - offset * sum_j x_j (``word_stats``), a shift, a bit operation and one
+    FMA per weight, the word's x sum shared by all rows. Codes are read as int32 words straight from the uint8
+    buffer; x is loaded once per K step and split into its 8 column phases in registers
+    (tests/kernels/instruction_mix.py: ~25% fewer instructions per byte than splitting bytes into nibbles against
+    even/odd columns, no int-to-float conversions).
     """
     W: tl.constexpr = BLOCK_K // 8
     words = load_rows(q_ptr.to(tl.pointer_type(tl.int32)), rn, N, k0 // 8, K // 8, K // 8, 0, W)
@@ -64,13 +65,13 @@ def _int4_one_token(x_ptr, q_ptr, s_ptr, z_ptr, rn, row, k0, N, K, stride_xm, un
     p, xsum = word_dot(words, (xs[0][None, :], xs[1][None, :], xs[2][None, :], xs[3][None, :],
                                 xs[4][None, :], xs[5][None, :], xs[6][None, :], xs[7][None, :]), unit)
     slope, offset = word_stats(s_ptr, z_ptr, rn, k0 // 8, K // GROUP, N, GROUP, W)
-    return p * slope - offset * xsum
+    return (acc + p * slope) - offset * xsum  # two FFMAs
 
 
 @triton.jit
-def _int4_few_tokens(x_ptr, q_ptr, s_ptr, z_ptr, rn, rb, k0, M, N, K, stride_xm, unit, GROUP: tl.constexpr,
+def _int4_few_tokens(acc, x_ptr, q_ptr, s_ptr, z_ptr, rn, rb, k0, M, N, K, stride_xm, unit, GROUP: tl.constexpr,
                      BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr):
-    """``_int4_one_token`` for BLOCK_B (2-4) tokens: partial sums [BLOCK_B, BLOCK_N, BLOCK_K/8]; the code words
+    """``_int4_one_token`` for BLOCK_B (2-4) tokens: ``acc`` plus partial sums [BLOCK_B, BLOCK_N, BLOCK_K/8]; the words
     are unpacked once and serve every token."""
     W: tl.constexpr = BLOCK_K // 8
     words = load_rows(q_ptr.to(tl.pointer_type(tl.int32)), rn, N, k0 // 8, K // 8, K // 8, 0, W)[None, :, :]
@@ -79,7 +80,7 @@ def _int4_few_tokens(x_ptr, q_ptr, s_ptr, z_ptr, rn, rb, k0, M, N, K, stride_xm,
     p, xsum = word_dot(words, (xs[0][:, None, :], xs[1][:, None, :], xs[2][:, None, :], xs[3][:, None, :],
                                 xs[4][:, None, :], xs[5][:, None, :], xs[6][:, None, :], xs[7][:, None, :]), unit)
     slope, offset = word_stats(s_ptr, z_ptr, rn, k0 // 8, K // GROUP, N, GROUP, W)
-    return p * slope[None, :, :] - offset[None, :, :] * xsum
+    return (acc + p * slope[None, :, :]) - offset[None, :, :] * xsum  # two FFMAs
 
 
 @triton.jit
@@ -92,13 +93,13 @@ def _int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, s
     if BLOCK_B * (GROUP % 8 + 1) == 1:  # one token, groups a multiple of 8 (K too): the code-word path
         acc1 = tl.zeros((BLOCK_N, BLOCK_K // 8), tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            acc1 += _int4_one_token(x_ptr, q_ptr, s_ptr, z_ptr, rn, tl.program_id(1), k0, N, K, stride_xm, UNIT,
+            acc1 = _int4_one_token(acc1, x_ptr, q_ptr, s_ptr, z_ptr, rn, tl.program_id(1), k0, N, K, stride_xm, UNIT,
                                     GROUP, BLOCK_K)
         store_out(out_ptr, tl.sum(acc1, axis=1)[None, :], rb, rn, M, N, stride_om)
     elif BLOCK_B <= 4 and GROUP % 8 == 0:  # 2-4 tokens: the same code words, one accumulator per token
         acc3 = tl.zeros((BLOCK_B, BLOCK_N, BLOCK_K // 8), tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            acc3 += _int4_few_tokens(x_ptr, q_ptr, s_ptr, z_ptr, rn, rb, k0, M, N, K, stride_xm, UNIT, GROUP,
+            acc3 = _int4_few_tokens(acc3, x_ptr, q_ptr, s_ptr, z_ptr, rn, rb, k0, M, N, K, stride_xm, UNIT, GROUP,
                                      BLOCK_B, BLOCK_K)
         store_out(out_ptr, tl.sum(acc3, axis=2), rb, rn, M, N, stride_om)
     else:
