@@ -209,6 +209,19 @@ def load_x(x_ptr, rows, cols, M, K, stride_xm):
 
 
 @triton.jit
+def store_row(out_ptr, y, row, cols, M, N, stride_om):
+    """out[row, cols] = y (one token's outputs), masked to [M, N]."""
+    tl.store(out_ptr + row * stride_om + cols, y.to(out_ptr.dtype.element_ty), mask=(cols < N) & row_live(cols, row, M))
+
+
+@triton.jit
+def row_live(cols, row, M):
+    """``row < M`` as a block shaped like ``cols`` (Triton's interpreter rejects a scalar and a block in one mask;
+    the compiler folds ``cols * 0``)."""
+    return (cols * 0 + row) < M
+
+
+@triton.jit
 def store_out(out_ptr, acc, rows, cols, M, N, stride_om):
     mask = (rows[:, None] < M) & (cols[None, :] < N)
     tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)

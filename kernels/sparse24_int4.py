@@ -31,8 +31,8 @@ from llmprune.formats.sparse24_int4 import matmul_ref as reference  # noqa: F401
 from ._codes import code_float, offset_zero
 from ._common import (
     Call, KernelPair, check_packed, dense_buffer, dot_acc, expand_groups, expect_shape, grouped_pid, load_rows,
-    load_x, matvec_finish, matvec_init, matvec_step, nibbles, per_column, per_group, row_slice, store_out,
-    store_tile, two_four_expand, supports,  # noqa: F401 (supports: dispatch hook)
+    load_x, matvec_finish, matvec_init, matvec_step, nibbles, per_column, per_group, row_live, row_slice, store_out,
+    store_row, store_tile, two_four_expand, supports,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -63,28 +63,34 @@ def _sparse24_int4_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP: tl.cons
 
 
 @triton.jit
-def _sparse24_int4_one_token(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, rn, row, k0, N, K, stride_xm, GROUP: tl.constexpr,
-                             BLOCK_K: tl.constexpr):
-    """Partial products [BLOCK_N, BLOCK_K/4] of one token without rebuilding the dense tile: per column group of 4,
-    the two kept codes multiply x at their positions, picked from the group's 4 activations by selects in
-    registers. x is loaded once, contiguously, per K step; an earlier version gathered x at each kept position
-    (two scalar loads per code byte, tests/kernels/instruction_mix.py). GROUP % 4 == 0 keeps a column group under
-    one scale."""
+def _sparse24_int4_kept(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(wa, wb, p0, p1), each [BLOCK_N, BLOCK_K/4]: the two kept weights of every column group of 4, dequantized to
+    float32, and their positions p0 in {0, 1, 2} < p1 in {1, 2, 3}. GROUP % 4 == 0 keeps a group under one scale."""
     G: tl.constexpr = BLOCK_K // 4
     ok = rn < N
     qb = load_rows(q_ptr, rn, N, k0 // 4, K // 4, K // 4, 0, G).to(tl.int32)
     nib = nibbles(load_rows(m_ptr, rn, N, k0 // 8, K // 8, K // 8, 0, G // 2).to(tl.int32))
     scale = per_column(s_ptr, rn, ok, k0 // 4, K // GROUP, 0.0, GROUP // 4, G).to(tl.float32)
     zero = expand_groups(offset_zero(per_group(z_ptr, rn, ok, k0 // 4, K // GROUP, 0, GROUP // 4, G)), GROUP // 4, G)
+    return (code_float(qb & 0xF) - zero) * scale, (code_float(qb >> 4) - zero) * scale, nib & 3, nib >> 2
+
+
+@triton.jit
+def _sparse24_int4_select_dot(acc, x_ptr, row, k0, M, K, stride_xm, wa, wb, p0, p1, BLOCK_K: tl.constexpr):
+    """``acc`` + wa * x[row, 4g + p0] + wb * x[row, 4g + p1] for every column group g of the step, without
+    rebuilding the dense tile: x is loaded once, contiguously, and each group's two activations are picked from its
+    four by register selects (an earlier version gathered x at each kept position: two scalar loads per code byte,
+    tests/kernels/instruction_mix.py)."""
+    G: tl.constexpr = BLOCK_K // 4
     cols = k0 + tl.arange(0, BLOCK_K)
-    x = tl.load(x_ptr + row * stride_xm + cols, mask=cols < K, other=0.0).to(tl.float32)
+    live = (cols < K) & row_live(cols, row, M)
+    x = tl.load(x_ptr + row * stride_xm + cols, mask=live, other=0.0).to(tl.float32)
     even, odd = tl.split(tl.reshape(x, (G, 2, 2)))  # [G, 2]: positions (0, 2) and (1, 3) of each group
     x0, x2 = tl.split(even)
     x1, x3 = tl.split(odd)
-    p0, p1 = nib & 3, nib >> 2  # p0 in {0, 1, 2} < p1 in {1, 2, 3}
     xa = tl.where(p0 == 0, x0[None, :], tl.where(p0 == 1, x1[None, :], x2[None, :]))
     xb = tl.where(p1 == 3, x3[None, :], tl.where(p1 == 2, x2[None, :], x1[None, :]))
-    return ((code_float(qb & 0xF) - zero) * xa + (code_float(qb >> 4) - zero) * xb) * scale
+    return acc + wa * xa + wb * xb
 
 
 @triton.jit
@@ -94,12 +100,26 @@ def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N,
     """Decode: BLOCK_N rows per program, K streamed in BLOCK_K dense columns (BLOCK_K/4 packed bytes per row)."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    if BLOCK_B * ((GROUP % 4 > 0) + 1) == 1:  # one token, groups a multiple of 4: the select path
-        acc1 = tl.zeros((BLOCK_N, BLOCK_K // 4), tl.float32)
+    if BLOCK_B <= 4 and GROUP % 4 == 0:  # 1-4 tokens: kept weights decoded once, x picked per token by selects
+        b0 = tl.program_id(1) * BLOCK_B
+        a0 = tl.zeros((BLOCK_N, BLOCK_K // 4), tl.float32)  # one 2-D accumulator per token: 3-D broadcasts
+        a1 = tl.zeros((BLOCK_N, BLOCK_K // 4), tl.float32)  # compiled to scalar loads on triton 3.6
+        a2 = tl.zeros((BLOCK_N, BLOCK_K // 4), tl.float32)
+        a3 = tl.zeros((BLOCK_N, BLOCK_K // 4), tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            acc1 += _sparse24_int4_one_token(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, rn, tl.program_id(1), k0, N, K,
-                                             stride_xm, GROUP, BLOCK_K)
-        store_out(out_ptr, tl.sum(acc1, axis=1)[None, :], rb, rn, M, N, stride_om)
+            wa, wb, p0, p1 = _sparse24_int4_kept(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP, BLOCK_K)
+            a0 = _sparse24_int4_select_dot(a0, x_ptr, b0, k0, M, K, stride_xm, wa, wb, p0, p1, BLOCK_K)
+            if BLOCK_B >= 2:
+                a1 = _sparse24_int4_select_dot(a1, x_ptr, b0 + 1, k0, M, K, stride_xm, wa, wb, p0, p1, BLOCK_K)
+            if BLOCK_B == 4:
+                a2 = _sparse24_int4_select_dot(a2, x_ptr, b0 + 2, k0, M, K, stride_xm, wa, wb, p0, p1, BLOCK_K)
+                a3 = _sparse24_int4_select_dot(a3, x_ptr, b0 + 3, k0, M, K, stride_xm, wa, wb, p0, p1, BLOCK_K)
+        store_row(out_ptr, tl.sum(a0, axis=1), b0, rn, M, N, stride_om)
+        if BLOCK_B >= 2:
+            store_row(out_ptr, tl.sum(a1, axis=1), b0 + 1, rn, M, N, stride_om)
+        if BLOCK_B == 4:
+            store_row(out_ptr, tl.sum(a2, axis=1), b0 + 2, rn, M, N, stride_om)
+            store_row(out_ptr, tl.sum(a3, axis=1), b0 + 3, rn, M, N, stride_om)
     else:
         acc = matvec_init(BLOCK_B, BLOCK_N, BLOCK_K)
         for k0 in range(0, K, BLOCK_K):
@@ -135,7 +155,7 @@ def _sparse24_int4_dequant_kernel(w_ptr, q_ptr, m_ptr, s_ptr, z_ptr, N, K, GROUP
 
 
 KERNELS = KernelPair("sparse24_int4", _sparse24_int4_gemv_kernel, _sparse24_int4_gemm_kernel,
-                     _sparse24_int4_dequant_kernel)
+                     _sparse24_int4_dequant_kernel, cols_per_acc=4)
 
 
 def _checked(packed: dict, device: torch.device) -> tuple[int, int, int]:

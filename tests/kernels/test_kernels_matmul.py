@@ -25,7 +25,7 @@ FORMATS = ["int4", "sparse24", "sparse24_int4", "group_sparse_int4", "spqr"]
 # generic tile; sparse24_int4: x picked at the kept positions by selects).
 CASES = [(1, "gemv", 72, 8), (3, "gemv", 72, 8), (5, "gemv", 96, 16), (20, None, 96, 16), (2, "gemm", 64, 32),
          (3, "dense", 72, 8), (600, None, 64, 16), (1, "gemv", 128, 64), (2, "gemm", 96, 24), (1, "gemv", 96, 24),
-         (1, "gemv", 72, 4)]
+         (1, "gemv", 72, 4), (2, "gemv", 96, 16)]
 N = 20
 
 
