@@ -278,17 +278,30 @@ def run_bench(model: str, formats: list[str], batches: list[int], *, new_tokens:
             for batch in batches:
                 gen = torch.Generator().manual_seed(seed + batch)
                 prompt = torch.randint(0, vocab, (batch, prompt_len), generator=gen).to(device)
-                rate, agree = decode_tokens_per_s(net, prompt, new_tokens, device, variant, runs=runs)
+                rate, agree, error = _measure(net, prompt, new_tokens, device, variant, runs)
                 paths = dict(Counter(kernel_paths(net).values()))
                 if fmt == "dense":
                     dense_rate[(batch, variant)] = rate
                 rows.append({"format": fmt, "batch": batch, "variant": variant, "tokens_per_s": rate,
-                             "speedup": rate / dense_rate[(batch, variant)], "agree": agree, "paths": paths})
+                             "speedup": rate / dense_rate[(batch, variant)], "agree": agree, "paths": paths,
+                             "error": error})
         del net
     return {"model": model, "device": device, "dtype": dtype, "new_tokens": new_tokens, "prompt_len": prompt_len,
             "representative": device == "cuda",
             "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
             "rows": rows}
+
+
+def _measure(net, prompt, new_tokens, device, variant, runs) -> tuple[float, float | None, str | None]:
+    """``decode_tokens_per_s``, with a failing static variant (graph capture, compile) recorded as NaN and its
+    error instead of ending the run: GPU time is scarce and the other rows still count."""
+    try:
+        return (*decode_tokens_per_s(net, prompt, new_tokens, device, variant, runs=runs), None)
+    except Exception as exc:  # noqa: BLE001 (reported in the table, see docstring)
+        if variant == "eager" or isinstance(exc, UserInputError):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return float("nan"), None, f"{type(exc).__name__}: {first[:160]}"
 
 
 def _build(model: str, fmt: str, device: str, dtype: str, seed: int) -> nn.Module:
@@ -320,6 +333,8 @@ def format_table(result: dict) -> str:
               "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         paths = ", ".join(f"{k}:{v}" for k, v in sorted(r["paths"].items())) or "-"
+        if r.get("error"):
+            paths += f" (failed: {r['error']})"
         lines.append(f"| {r['format']} | {r['batch']} | {r['variant']} | {r['tokens_per_s']:.1f} | "
                      f"{r['speedup']:.2f}x | {'-' if r['agree'] is None else format(r['agree'], '.0%')} | {paths} |")
     return "\n".join(lines)

@@ -62,6 +62,23 @@ def test_run_bench_static_compile_rows(monkeypatch):
     assert "| 100% |" in bench.format_table(result)
 
 
+def test_a_failing_static_variant_is_reported_not_fatal(monkeypatch):
+    """A graph-capture or compile failure on the GPU costs its rows only: NaN tokens/s and the error in the table."""
+    def broken(self, prompt, warmup=2):
+        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+    monkeypatch.setattr(bench, "COMPILE_BACKEND", "eager")
+    monkeypatch.setattr(StaticDecoder, "prepare", broken)
+    result = bench.run_bench("tiny", ["int4"], [1], new_tokens=3, prompt_len=2, device="cpu", dtype="float32",
+                             variants=["eager", "static+compile"], runs=1)
+    rows = {(r["format"], r["variant"]): r for r in result["rows"]}
+    assert rows[("int4", "eager")]["error"] is None and rows[("int4", "eager")]["tokens_per_s"] > 0
+    failed = rows[("int4", "static+compile")]
+    assert failed["tokens_per_s"] != failed["tokens_per_s"]  # NaN
+    assert failed["error"] == "RuntimeError: operation not permitted when stream is capturing"
+    assert "(failed: RuntimeError: operation not permitted" in bench.format_table(result)
+
+
 @pytest.mark.parametrize("kwargs,needle", [
     (dict(mode="graph"), "needs the model on CUDA"),
     (dict(mode="fast"), "choose one of eager, graph, compile"),
