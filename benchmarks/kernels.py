@@ -138,7 +138,13 @@ def check(formats, dtypes, shape=(11008, 4096), device="cuda", cases=CHECK_CASES
             for m, regime in cases:
                 x = torch.randn(m, k, device=device).to(dtype)
                 out = torch.full((m, n), float("nan"), dtype=dtype, device=device)
-                matmul_fn(fmt)(x, packed, out=out, regime=regime)
+                try:
+                    matmul_fn(fmt)(x, packed, out=out, regime=regime)
+                except Exception as exc:  # noqa: BLE001 (a kernel that fails to build or run is a FAIL row)
+                    rows.append(f"| {fmt} | {str(dtype)[6:]} | {m} | {regime or 'auto'} | "
+                                f"{type(exc).__name__}: {str(exc).splitlines()[0][:60]} | FAIL |")
+                    print(rows[-1], flush=True)
+                    continue
                 ref = ref_fn(x, packed).float()
                 err = float((out.float() - ref).norm() / ref.norm())
                 ok = bool(torch.isfinite(out).all()) and err <= CHECK_BOUND[dtype]
