@@ -104,6 +104,18 @@ def gemv_configs() -> list:
     return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=2) for bn, bk, w in shapes]
 
 
+SPLIT_K = (2, 4, 8)
+BIG_TILES = [(64, 256, 4), (128, 128, 4), (256, 128, 8), (32, 256, 4)]  # 64 B of int4 codes per thread per step
+
+
+def split_k_configs() -> list:
+    """One-token configs for kernels with split-K (int4): tiles that stream 64 B per thread per K step (fewer loop
+    instructions per byte, tests/kernels/instruction_mix.py) are too few programs for N = 4096 on 132 SMs unless K
+    is split among SPLIT_K programs as well."""
+    return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": s}, num_warps=w, num_stages=2)
+            for bn, bk, w in BIG_TILES for s in (1, *SPLIT_K)]
+
+
 def gemm_configs() -> list:
     """Tile configs for prefill in the spirit of Triton's matmul tutorial (grouped ordering, pipelined K loop)."""
     shapes = [(16, 64, 128, 4, 3), (32, 64, 64, 4, 4), (64, 64, 64, 4, 4), (64, 128, 64, 8, 3),
@@ -120,6 +132,8 @@ def prune_gemv(configs, named_args, cols_per_acc: int = 1, **kwargs) -> list:
     path keeps a [BLOCK_B, BLOCK_N, BLOCK_K / cols_per_acc] accumulator (int4's code-word path sums 8 columns per
     entry), so drop tiles that would not fit in registers."""
     bb = kwargs.get("BLOCK_B", 1)
+    if bb > 1:  # split-K serves the one-token path only
+        configs = [c for c in configs if c.kwargs.get("SPLIT_K", 1) == 1]
     if bb >= 16:
         return [c for c in configs if c.kwargs["BLOCK_N"] >= 16]
     if bb == 1:
@@ -222,6 +236,37 @@ def row_live(cols, row, M):
 
 
 @triton.jit
+def split_k_range(K, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+    """[k_lo, k_hi) of K for split program_id(2): whole BLOCK_K steps, as even as possible (later splits may be
+    empty when K has fewer steps than splits)."""
+    per = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
+    k_lo = tl.program_id(2) * per
+    return k_lo, tl.minimum(K, k_lo + per)
+
+
+@triton.jit
+def split_k_store(out_ptr, ws_ptr, tk_ptr, part, row, rn, M, N, stride_om, SPLIT_K: tl.constexpr):
+    """Write one token's outputs ``part`` [BLOCK_N] (float32) of split program_id(2). SPLIT_K = 1: straight to out.
+    Otherwise each split stores its partial sums, takes a ticket from the tile's counter (acquire-release at GPU
+    scope, after a block barrier so that every thread's stores precede it), and the last one sums the SPLIT_K
+    partials in split order — deterministic, one launch — writes out, and resets the counter for the next call.
+    Partials are read through L2 (``.cg``): an SM's L1 may hold stale lines of a reused workspace."""
+    if SPLIT_K == 1:
+        store_row(out_ptr, part, row, rn, M, N, stride_om)
+    else:
+        ok = (rn < N) & row_live(rn, row, M)
+        tl.store(ws_ptr + (tl.program_id(2) * M + row) * N + rn, part, mask=ok)
+        tl.debug_barrier()
+        tile = row * tl.num_programs(0) + tl.program_id(0)
+        if tl.atomic_add(tk_ptr + tile, 1, sem="acq_rel", scope="gpu") == SPLIT_K - 1:
+            total = tl.zeros(part.shape, tl.float32)
+            for s in tl.static_range(SPLIT_K):
+                total += tl.load(ws_ptr + (s * M + row) * N + rn, mask=ok, other=0.0, cache_modifier=".cg")
+            store_row(out_ptr, total, row, rn, M, N, stride_om)
+            tl.atomic_xchg(tk_ptr + tile, 0, sem="relaxed", scope="gpu")
+
+
+@triton.jit
 def store_out(out_ptr, acc, rows, cols, M, N, stride_om):
     mask = (rows[:, None] < M) & (cols[None, :] < N)
     tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
@@ -261,11 +306,12 @@ class Call:
 class KernelPair:
     """The decode (GEMV), prefill (GEMM) and dequantize kernels of one format, with autotuned twins for CUDA."""
 
-    def __init__(self, fmt: str, gemv, gemm, dequant, cols_per_acc: int = 1):
+    def __init__(self, fmt: str, gemv, gemm, dequant, cols_per_acc: int = 1, split_k: bool = False):
         self.fmt, self.gemv, self.gemm, self.dequant = fmt, gemv, gemm, dequant
         self.prune_gemv = functools.partial(prune_gemv, cols_per_acc=cols_per_acc)
         tune = {"cache_results": True, "do_bench": quick_bench}  # tuned configs persist in Triton's cache dir
-        self.gemv_tuned = triton.autotune(configs=gemv_configs(), key=GEMV_KEY,
+        configs = gemv_configs() + (split_k_configs() if split_k else [])
+        self.gemv_tuned = triton.autotune(configs=configs, key=GEMV_KEY,
                                           prune_configs_by={"early_config_prune": self.prune_gemv}, **tune)(gemv)
         self.gemm_tuned = triton.autotune(configs=gemm_configs(), key=GEMM_KEY,
                                           prune_configs_by={"early_config_prune": prune_gemm}, **tune)(gemm)
@@ -294,7 +340,7 @@ class KernelPair:
             bb = batch_block(min(m, decode_max(self.fmt)))
 
             def grid(meta):
-                return (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_B"]))
+                return (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_B"]), meta.get("SPLIT_K", 1))
 
             launch(self.gemv, self.gemv_tuned, grid, args, {**consts, "BLOCK_B": bb}, self._fixed(0))
         else:
@@ -329,6 +375,24 @@ class KernelPair:
         """Launch the dequantize kernel over an ``[n, cols]`` grid of tiles (cols: dense or kept columns)."""
         bn, bk = (8, 32) if self.interpret else (32, 128)
         self.dequant[(triton.cdiv(n, bn), triton.cdiv(cols, bk))](*args, **consts, BLOCK_N=bn, BLOCK_K=bk)
+
+
+_tickets: dict = {}
+
+
+def split_k_buffers(m: int, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(partials, tickets) for split-K of ``m`` tokens: float32 partial sums of up to max(SPLIT_K) programs per
+    output, and the
+    per-device int32 counters the programs of one output tile take tickets from. The last program of a tile sums
+    the partials and puts its counter back to zero, so the counters stay zero between calls (and CUDA-graph
+    replays) and are allocated once."""
+    tickets = _tickets.get(device)
+    if tickets is None:
+        tickets = _tickets[device] = torch.zeros(1 << 18, dtype=torch.int32, device=device)
+    if n > tickets.numel():  # one tile per output row at worst (BLOCK_N >= 1)
+        raise UserInputError(f"split-K: {n} output features exceed the {tickets.numel()} ticket counters")
+    rows = max(SPLIT_K) * n if m == 1 else 1  # only the one-token path splits K; others never touch the partials
+    return torch.empty(rows, dtype=torch.float32, device=device), tickets
 
 
 def dense_buffer(out: Tensor | None, n: int, k: int, dtype: torch.dtype, device) -> Tensor:

@@ -8,7 +8,10 @@ All kernels read only these packed bytes and rebuild weights in registers (Frant
 arXiv:2408.11743, and GPTQ's Triton kernel do the same). Decode (1-4 tokens) reads the codes as 32-bit words (8
 columns) and turns each nibble into the float 1 + q/16 with a shift and one bit operation (``code_unit``), folding
 scale and zero point into per-word sums (``word_stats``): one FMA per weight and token, no int-to-float
-conversion. 5-16 tokens and prefill feed tiles dequantized with the 2**23 bit trick (``code_float``) to tl.dot.
+conversion. One token may also split K among SPLIT_K programs (autotuned 1-8; ``split_k_store``: the last program
+of a tile sums the partials in a fixed order, one launch): tiles that stream 64 B of codes per thread per step issue
+~9 instructions per byte instead of ~11-12 but are too few programs for N = 4096 without it. 5-16 tokens and
+prefill feed tiles dequantized with the 2**23 bit trick (``code_float``) to tl.dot.
 
 Deviation: Marlin reorders the codes offline so each thread's 128-bit load feeds its MMA fragment directly and
 dequantizes two fp16 values per instruction; our layout is the plain row-major contract shared with the torch
@@ -28,8 +31,8 @@ from llmprune.formats.int4 import matmul_ref as reference  # noqa: F401  (the or
 from ._codes import UNIT, code_float, column_phases, offset_zero, word_dot, word_stats
 from ._common import (
     Call, KernelPair, check_packed, dense_buffer, dot_acc, expand_groups, expect_shape, grouped_pid, load_rows,
-    load_x, matvec_finish, matvec_init, matvec_step, nibbles, per_column, per_group, row_slice, store_out,
-    store_tile, supports,  # noqa: F401 (supports: dispatch hook)
+    load_x, matvec_finish, matvec_init, matvec_step, nibbles, per_column, per_group, row_slice, split_k_buffers,
+    split_k_range, split_k_store, store_out, store_tile, supports,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -84,18 +87,21 @@ def _int4_few_tokens(acc, x_ptr, q_ptr, s_ptr, z_ptr, rn, rb, k0, M, N, K, strid
 
 
 @triton.jit
-def _int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, UNIT,
+def _int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, UNIT, ws_ptr, tk_ptr,
                       GROUP: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_B: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Decode: one program per BLOCK_N output rows (and BLOCK_B tokens), streaming K in BLOCK_K steps."""
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr = 1):
+    """Decode: one program per BLOCK_N output rows (and BLOCK_B tokens), streaming K in BLOCK_K steps; one token
+    may split K among SPLIT_K programs (``split_k_store``)."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     if BLOCK_B * (GROUP % 8 + 1) == 1:  # one token, groups a multiple of 8 (K too): the code-word path
+        k_lo, k_hi = split_k_range(K, BLOCK_K, SPLIT_K)
         acc1 = tl.zeros((BLOCK_N, BLOCK_K // 8), tl.float32)
-        for k0 in range(0, K, BLOCK_K):
+        for k0 in range(k_lo, k_hi, BLOCK_K):
             acc1 = _int4_one_token(acc1, x_ptr, q_ptr, s_ptr, z_ptr, rn, tl.program_id(1), k0, N, K, stride_xm, UNIT,
                                     GROUP, BLOCK_K)
-        store_out(out_ptr, tl.sum(acc1, axis=1)[None, :], rb, rn, M, N, stride_om)
+        split_k_store(out_ptr, ws_ptr, tk_ptr, tl.sum(acc1, axis=1), tl.program_id(1), rn, M, N, stride_om,
+                      SPLIT_K)
     elif BLOCK_B <= 4 and GROUP % 8 == 0:  # 2-4 tokens: the same code words, one accumulator per token
         acc3 = tl.zeros((BLOCK_B, BLOCK_N, BLOCK_K // 8), tl.float32)
         for k0 in range(0, K, BLOCK_K):
@@ -112,7 +118,8 @@ def _int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, s
 
 
 @triton.jit
-def _int4_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, UNIT, M_BUCKET,
+def _int4_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, UNIT, ws_ptr, tk_ptr,
+                      M_BUCKET,
                       GROUP: tl.constexpr, DOT_F32: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Prefill: a BLOCK_M x BLOCK_N output tile; each K step dequantizes W[BLOCK_N, BLOCK_K] for tl.dot."""
@@ -136,7 +143,8 @@ def _int4_dequant_kernel(w_ptr, q_ptr, s_ptr, z_ptr, N, K, GROUP: tl.constexpr,
     store_tile(w_ptr, w, rn, k0 + tl.arange(0, BLOCK_K), N, K)
 
 
-KERNELS = KernelPair("int4", _int4_gemv_kernel, _int4_gemm_kernel, _int4_dequant_kernel, cols_per_acc=8)
+KERNELS = KernelPair("int4", _int4_gemv_kernel, _int4_gemm_kernel, _int4_dequant_kernel, cols_per_acc=8,
+                     split_k=True)
 
 
 def _checked(packed: dict, device: torch.device) -> tuple[int, int, int]:
@@ -171,7 +179,8 @@ def int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regime: s
     q = packed["qweight"]
     if q.data_ptr() % 4:  # the one-token path reads codes as int32 words; a view at an odd offset gets copied
         q = q.clone()
+    extra = (UNIT, *split_k_buffers(x.numel() // max(k, 1), n, x.device))  # UNIT: see _codes.code_unit
     call = Call((q, packed["scales"], packed["zeros"]), n, k, {"GROUP": group},
-                lambda dtype: int4_dequantize(packed, dtype), extra=(UNIT,),  # UNIT: see _codes.code_unit
+                lambda dtype: int4_dequantize(packed, dtype), extra=extra,
                 dequantize_rows=lambda r0, r1, buf: int4_dequantize(row_slice(packed, NAMES, r0, r1), buf.dtype, buf))
     return KERNELS.matmul(x, call, out, regime)

@@ -20,7 +20,7 @@ from triton.compiler import ASTSource
 
 ACT = {"float16": "*fp16", "bfloat16": "*bf16"}
 PTRS = {"q_ptr": "*u8", "z_ptr": "*u8", "m_ptr": "*u8", "gi_ptr": "*i16", "sc_ptr": "*u8", "zc_ptr": "*u8",
-        "rp_ptr": "*i32", "oc_ptr": "*i16"}
+        "rp_ptr": "*i32", "oc_ptr": "*i16", "ws_ptr": "*fp32", "tk_ptr": "*i32"}
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}  # bytes per block (CUDA occupancy tables)
 GROUPS = {"int4": 128, "sparse24_int4": 128, "group_sparse_int4": 16, "spqr": 16}
 
@@ -44,12 +44,15 @@ def cases(fmt: str, full: bool):
     base = {"GROUP": GROUPS.get(fmt)} if fmt in GROUPS else {}
     if fmt == "spqr":
         base.update(BITS=3, STAT_GROUP=16)
-    gemv = c.gemv_configs() if full else [triton.Config(c.GPU_PINNED[0])]
+    kernels = importlib.import_module(f"llmprune.kernels.{fmt}").KERNELS
+    split = [cfg for cfg in kernels.gemv_tuned.configs if cfg.kwargs.get("SPLIT_K", 1) > 1][-1:]
+    quick = [triton.Config(c.GPU_PINNED[0])] + split
+    gemv = kernels.gemv_tuned.configs if full else quick  # the autotuner's own list (split-K configs included)
     gemm = c.gemm_configs() if full else [triton.Config(c.GPU_PINNED[1])]
     blocks = (1, 2, 4) if fmt == "group_sparse_int4" else (1, 4, 16)
     blocks = blocks if full else blocks[::2]  # quick: the FMA path (1) and the widest (tl.dot for 16)
     for bb in blocks:
-        for cfg in importlib.import_module(f"llmprune.kernels.{fmt}").KERNELS.prune_gemv(gemv, {}, BLOCK_B=bb):
+        for cfg in kernels.prune_gemv(gemv, {}, BLOCK_B=bb):
             yield "gemv", {**base, "DOT_F32": False, "BLOCK_B": bb, **cfg.kwargs}, _options(cfg)
     for cfg in gemm:
         yield "gemm", {**base, "DOT_F32": False, **cfg.kwargs}, _options(cfg)
@@ -81,6 +84,7 @@ DIVISIBLE = {"N", "K", "KG", "stride_xm", "stride_om", "UNIT"}  # multiples of 1
 def compile_one(fn, fmt: str, dtype: str, consts: dict, options: dict, arch: int):
     """One kernel for sm_``arch``, specialized as Triton's launcher specializes it at run time for the benchmark
     shapes: pointers 16-byte aligned, sizes and strides multiples of 16 (this decides vectorized loads)."""
+    consts = {**{q.name: q.default for q in fn.params if q.is_constexpr and q.has_default}, **consts}  # as at launch
     sig = signature(fn, fmt, dtype, consts)
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
              if sig.get(name, "constexpr") != "constexpr" and (name.endswith("_ptr") or name in DIVISIBLE)}

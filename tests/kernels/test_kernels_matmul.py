@@ -97,6 +97,23 @@ def test_chunked_regime_equals_oracle_across_ragged_slices(fmt, dtype, monkeypat
     assert rel_err(y, oracle) <= TOLERANCE[dtype]
 
 
+@pytest.mark.parametrize("split", [2, 3, 4])
+@pytest.mark.parametrize("k", [72, 128])
+def test_int4_split_k_sums_partials_once_and_resets_tickets(split, k, monkeypatch):
+    """One token with K split among 2-4 programs (some empty when K has fewer steps than splits): the last program
+    of each tile sums the partials; the result equals the float64 oracle and every ticket counter is back at 0."""
+    from llmprune.kernels import _common, int4
+
+    monkeypatch.setattr(_common, "GEMV_FIXED", {**_common.GEMV_FIXED, "SPLIT_K": split})
+    qw, packed = make("int4", k, 8, torch.float32, seed=split + k)
+    x = torch.randn(1, k, generator=torch.Generator().manual_seed(split)).to(torch.float32)
+    out = torch.full((1, N), float("nan"))
+    int4.int4_matmul(x, packed, out=out, regime="gemv")
+    oracle = x.to(torch.float64) @ qw.dequantize(torch.float32).to(torch.float64).T
+    assert rel_err(out, oracle) <= TOLERANCE[torch.float32]
+    assert int(_common.split_k_buffers(1, N, x.device)[1].abs().sum()) == 0
+
+
 def test_int4_codes_at_an_odd_offset_reach_the_kernel_word_aligned(monkeypatch):
     """The one-token int4 path reads codes as int32 words; a qweight view at an odd byte offset is copied first
     (the interpreter would read it anyway, a GPU would fault), and the result still equals the reference."""
