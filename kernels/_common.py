@@ -310,6 +310,7 @@ class KernelPair:
         self.fmt, self.gemv, self.gemm, self.dequant = fmt, gemv, gemm, dequant
         self.prune_gemv = functools.partial(prune_gemv, cols_per_acc=cols_per_acc)
         tune = {"cache_results": True, "do_bench": quick_bench}  # tuned configs persist in Triton's cache dir
+        self.split_k = split_k  # the one-token path (BLOCK_B = 1, GROUP % 8 == 0) may split K: int4
         configs = gemv_configs() + (split_k_configs() if split_k else [])
         self.gemv_tuned = triton.autotune(configs=configs, key=GEMV_KEY,
                                           prune_configs_by={"early_config_prune": self.prune_gemv}, **tune)(gemv)
@@ -320,7 +321,15 @@ class KernelPair:
     def _fixed(self, which: int) -> dict | None:
         if self.interpret:
             return (GEMV_FIXED, GEMM_FIXED)[which]
-        return GPU_PINNED[which] if self.pinned else None
+        if not self.pinned:
+            return None
+        return {**GPU_PINNED[0], "SPLIT_K": 2} if which == 0 and self.split_k else GPU_PINNED[which]
+
+    def splits(self, meta: dict) -> int:
+        """Programs per output tile along K: SPLIT_K on the path that splits, 1 elsewhere (so a fixed config with
+        SPLIT_K > 1 never launches duplicate programs on the other paths)."""
+        one_token_words = self.split_k and meta["BLOCK_B"] == 1 and meta.get("GROUP", 0) % 8 == 0
+        return meta.get("SPLIT_K", 1) if one_token_words else 1
 
     @property
     def interpret(self) -> bool:
@@ -340,7 +349,7 @@ class KernelPair:
             bb = batch_block(min(m, decode_max(self.fmt)))
 
             def grid(meta):
-                return (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_B"]), meta.get("SPLIT_K", 1))
+                return (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_B"]), self.splits(meta))
 
             launch(self.gemv, self.gemv_tuned, grid, args, {**consts, "BLOCK_B": bb}, self._fixed(0))
         else:

@@ -105,6 +105,18 @@ def test_kernels_compile_for_hopper_without_a_gpu():
     assert run.returncode == 0, run.stdout + run.stderr[-2000:]
 
 
+def test_only_the_one_token_word_path_splits_k():
+    from llmprune.kernels import int4, sparse24_int4
+
+    assert int4.KERNELS.splits({"BLOCK_B": 1, "GROUP": 128, "SPLIT_K": 4}) == 4
+    assert int4.KERNELS.splits({"BLOCK_B": 1, "GROUP": 128}) == 1
+    assert int4.KERNELS.splits({"BLOCK_B": 4, "GROUP": 128, "SPLIT_K": 4}) == 1  # few-token path: no split
+    assert int4.KERNELS.splits({"BLOCK_B": 1, "GROUP": 4, "SPLIT_K": 4}) == 1  # generic tile path: no split
+    assert sparse24_int4.KERNELS.splits({"BLOCK_B": 1, "GROUP": 128, "SPLIT_K": 4}) == 1
+    assert {c.kwargs.get("SPLIT_K", 1) for c in int4.KERNELS.prune_gemv(int4.KERNELS.gemv_tuned.configs, {},
+                                                                          BLOCK_B=4)} == {1}
+
+
 def test_chunk_rows_hold_8_mb_of_whole_gemm_tiles():
     from llmprune.kernels.chunked import chunk_rows
 
