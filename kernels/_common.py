@@ -109,7 +109,7 @@ BIG_TILES = [(64, 256, 4), (128, 128, 4), (256, 128, 8), (32, 256, 4)]  # 64 B o
 
 
 def split_k_configs() -> list:
-    """One-token configs for kernels with split-K (int4): tiles that stream 64 B per thread per K step (fewer loop
+    """One-token configs for kernels with split-K (int4, sparse24_int4, group_sparse_int4): wide tiles (fewer loop
     instructions per byte, tests/kernels/instruction_mix.py) are too few programs for N = 4096 on 132 SMs unless K
     is split among SPLIT_K programs as well."""
     return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": s}, num_warps=w, num_stages=2)
@@ -306,11 +306,11 @@ class Call:
 class KernelPair:
     """The decode (GEMV), prefill (GEMM) and dequantize kernels of one format, with autotuned twins for CUDA."""
 
-    def __init__(self, fmt: str, gemv, gemm, dequant, cols_per_acc: int = 1, split_k: bool = False):
+    def __init__(self, fmt: str, gemv, gemm, dequant, cols_per_acc: int = 1, split_k: int = 0):
         self.fmt, self.gemv, self.gemm, self.dequant = fmt, gemv, gemm, dequant
         self.prune_gemv = functools.partial(prune_gemv, cols_per_acc=cols_per_acc)
         tune = {"cache_results": True, "do_bench": quick_bench}  # tuned configs persist in Triton's cache dir
-        self.split_k = split_k  # the one-token path (BLOCK_B = 1, GROUP % 8 == 0) may split K: int4
+        self.split_k = split_k  # > 0: the one-token path splits K when GROUP % split_k == 0 (its word/select path)
         configs = gemv_configs() + (split_k_configs() if split_k else [])
         self.gemv_tuned = triton.autotune(configs=configs, key=GEMV_KEY,
                                           prune_configs_by={"early_config_prune": self.prune_gemv}, **tune)(gemv)
@@ -328,8 +328,8 @@ class KernelPair:
     def splits(self, meta: dict) -> int:
         """Programs per output tile along K: SPLIT_K on the path that splits, 1 elsewhere (so a fixed config with
         SPLIT_K > 1 never launches duplicate programs on the other paths)."""
-        one_token_words = self.split_k and meta["BLOCK_B"] == 1 and meta.get("GROUP", 0) % 8 == 0
-        return meta.get("SPLIT_K", 1) if one_token_words else 1
+        splitting = self.split_k > 0 and meta["BLOCK_B"] == 1 and meta.get("GROUP", 0) % self.split_k == 0
+        return meta.get("SPLIT_K", 1) if splitting else 1
 
     @property
     def interpret(self) -> bool:

@@ -30,8 +30,8 @@ from llmprune.formats.group_sparse_int4 import matmul_ref as reference  # noqa: 
 from ._codes import UNIT, code_float, column_phases, offset_zero, word_dot, word_stats
 from ._common import (
     Call, KernelPair, check_packed, dense_buffer, dot_acc, expand_groups, expect_shape, grouped_pid, load_rows,
-    load_x, matvec_finish, matvec_init, nibbles, per_column, per_group, row_slice, store_out,
-    supports,  # noqa: F401 (supports: dispatch hook)
+    load_x, matvec_finish, matvec_init, nibbles, per_column, per_group, row_slice, split_k_buffers, split_k_range,
+    split_k_store, store_out, supports,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -77,17 +77,27 @@ def _group_sparse_int4_words(acc, x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, rn, rb, i0
 
 @triton.jit
 def _group_sparse_int4_gemv_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om,
-                                   KG, UNIT, GROUP: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_B: tl.constexpr,
-                                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Decode: BLOCK_N rows per program walk their KG*g kept codes; x is gathered at each code's column."""
+                                   KG, UNIT, ws_ptr, tk_ptr, GROUP: tl.constexpr, DOT_F32: tl.constexpr,
+                                   BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                                   SPLIT_K: tl.constexpr = 1):
+    """Decode: BLOCK_N rows per program walk their KG*g kept codes; x is gathered at each code's column. One token
+    may split the kept codes among SPLIT_K programs (``split_k_store``)."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     if GROUP % 8 == 0:  # the code-word path
+        if BLOCK_B == 1:
+            i_lo, i_hi = split_k_range(KG * GROUP, BLOCK_K, SPLIT_K)
+        else:
+            i_lo, i_hi = 0, KG * GROUP
         accw = tl.zeros((BLOCK_B, BLOCK_N, BLOCK_K // 8), tl.float32)
-        for i0 in range(0, KG * GROUP, BLOCK_K):
+        for i0 in range(i_lo, i_hi, BLOCK_K):
             accw = _group_sparse_int4_words(accw, x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, rn, rb, i0, M, N, KG, stride_xm,
                                              UNIT, GROUP, BLOCK_B, BLOCK_K)
-        store_out(out_ptr, tl.sum(accw, axis=2), rb, rn, M, N, stride_om)
+        if BLOCK_B == 1:
+            part = tl.reshape(tl.sum(accw, axis=2), (BLOCK_N,))
+            split_k_store(out_ptr, ws_ptr, tk_ptr, part, tl.program_id(1), rn, M, N, stride_om, SPLIT_K)
+        else:
+            store_out(out_ptr, tl.sum(accw, axis=2), rb, rn, M, N, stride_om)
         return
     acc = matvec_init(BLOCK_B, BLOCK_N, BLOCK_K)
     for i0 in range(0, KG * GROUP, BLOCK_K):
@@ -115,7 +125,7 @@ def _group_sparse_int4_dequant_kernel(w_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, N, K, 
 
 @triton.jit
 def _group_sparse_int4_gemm_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om,
-                                   KG, UNIT, M_BUCKET, GROUP: tl.constexpr, DOT_F32: tl.constexpr,
+                                   KG, UNIT, ws_ptr, tk_ptr, M_BUCKET, GROUP: tl.constexpr, DOT_F32: tl.constexpr,
                                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Prefill: walk dense groups G = 0..K/g-1; each row's cursor t advances when its next kept group is G."""
     pid_m, pid_n = grouped_pid(M, N, BLOCK_M, BLOCK_N, 8)
@@ -141,7 +151,7 @@ def _group_sparse_int4_gemm_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, 
 
 
 KERNELS = KernelPair("group_sparse_int4", _group_sparse_int4_gemv_kernel, _group_sparse_int4_gemm_kernel,
-                     _group_sparse_int4_dequant_kernel, cols_per_acc=8)
+                     _group_sparse_int4_dequant_kernel, cols_per_acc=8, split_k=8)
 
 
 def _checked(packed: dict, device: torch.device, k: int) -> tuple[int, int, int]:
@@ -190,8 +200,9 @@ def group_sparse_int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = No
     """
     k = x.shape[-1]
     n, kg, group = _checked(packed, x.device, k)
+    extra = (kg, UNIT, *split_k_buffers(x.numel() // max(k, 1), n, x.device))  # the GEMM launch appends M_BUCKET
     call = Call(_tensors(packed), n, k, {"GROUP": group}, lambda dtype: group_sparse_int4_dequantize(packed, dtype, k),
-                extra=(kg, UNIT), gemm_ok=group >= 16 and group & (group - 1) == 0,  # the GEMM launch appends M_BUCKET
+                extra=extra, gemm_ok=group >= 16 and group & (group - 1) == 0,
                 dequantize_rows=lambda r0, r1, buf: group_sparse_int4_dequantize(
                     row_slice(packed, NAMES, r0, r1), buf.dtype, k, buf))
     return KERNELS.matmul(x, call, out, regime)

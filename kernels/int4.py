@@ -144,7 +144,7 @@ def _int4_dequant_kernel(w_ptr, q_ptr, s_ptr, z_ptr, N, K, GROUP: tl.constexpr,
 
 
 KERNELS = KernelPair("int4", _int4_gemv_kernel, _int4_gemm_kernel, _int4_dequant_kernel, cols_per_acc=8,
-                     split_k=True)
+                     split_k=8)
 
 
 def _checked(packed: dict, device: torch.device) -> tuple[int, int, int]:

@@ -31,8 +31,9 @@ from llmprune.formats.sparse24_int4 import matmul_ref as reference  # noqa: F401
 from ._codes import code_float, offset_zero
 from ._common import (
     Call, KernelPair, check_packed, dense_buffer, dot_acc, expand_groups, expect_shape, grouped_pid, load_rows,
-    load_x, matvec_finish, matvec_init, matvec_step, nibbles, per_column, per_group, row_live, row_slice, store_out,
-    store_row, store_tile, two_four_expand, supports,  # noqa: F401 (supports: dispatch hook)
+    load_x, matvec_finish, matvec_init, matvec_step, nibbles, per_column, per_group, row_live, row_slice,
+    split_k_buffers, split_k_range, split_k_store, store_out, store_row, store_tile, two_four_expand,
+    supports,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -94,10 +95,11 @@ def _sparse24_int4_select_dot(acc, x_ptr, row, k0, M, K, stride_xm, wa, wb, p0, 
 
 
 @triton.jit
-def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om,
-                               GROUP: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_B: tl.constexpr,
-                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Decode: BLOCK_N rows per program, K streamed in BLOCK_K dense columns (BLOCK_K/4 packed bytes per row)."""
+def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, ws_ptr,
+                               tk_ptr, GROUP: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_B: tl.constexpr,
+                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr = 1):
+    """Decode: BLOCK_N rows per program, K streamed in BLOCK_K dense columns (BLOCK_K/4 packed bytes per row); one
+    token may split K among SPLIT_K programs (``split_k_store``)."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     if BLOCK_B <= 4 and GROUP % 4 == 0:  # 1-4 tokens: kept weights decoded once, x picked per token by selects
@@ -106,7 +108,11 @@ def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N,
         a1 = tl.zeros((BLOCK_N, BLOCK_K // 4), tl.float32)  # compiled to scalar loads on triton 3.6
         a2 = tl.zeros((BLOCK_N, BLOCK_K // 4), tl.float32)
         a3 = tl.zeros((BLOCK_N, BLOCK_K // 4), tl.float32)
-        for k0 in range(0, K, BLOCK_K):
+        if BLOCK_B == 1:
+            k_lo, k_hi = split_k_range(K, BLOCK_K, SPLIT_K)
+        else:
+            k_lo, k_hi = 0, K
+        for k0 in range(k_lo, k_hi, BLOCK_K):
             wa, wb, p0, p1 = _sparse24_int4_kept(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP, BLOCK_K)
             a0 = _sparse24_int4_select_dot(a0, x_ptr, b0, k0, M, K, stride_xm, wa, wb, p0, p1, BLOCK_K)
             if BLOCK_B >= 2:
@@ -114,8 +120,10 @@ def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N,
             if BLOCK_B == 4:
                 a2 = _sparse24_int4_select_dot(a2, x_ptr, b0 + 2, k0, M, K, stride_xm, wa, wb, p0, p1, BLOCK_K)
                 a3 = _sparse24_int4_select_dot(a3, x_ptr, b0 + 3, k0, M, K, stride_xm, wa, wb, p0, p1, BLOCK_K)
-        store_row(out_ptr, tl.sum(a0, axis=1), b0, rn, M, N, stride_om)
-        if BLOCK_B >= 2:
+        if BLOCK_B == 1:
+            split_k_store(out_ptr, ws_ptr, tk_ptr, tl.sum(a0, axis=1), b0, rn, M, N, stride_om, SPLIT_K)
+        else:
+            store_row(out_ptr, tl.sum(a0, axis=1), b0, rn, M, N, stride_om)
             store_row(out_ptr, tl.sum(a1, axis=1), b0 + 1, rn, M, N, stride_om)
         if BLOCK_B == 4:
             store_row(out_ptr, tl.sum(a2, axis=1), b0 + 2, rn, M, N, stride_om)
@@ -130,7 +138,8 @@ def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N,
 
 
 @triton.jit
-def _sparse24_int4_gemm_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, M_BUCKET,
+def _sparse24_int4_gemm_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, ws_ptr,
+                               tk_ptr, M_BUCKET,
                                GROUP: tl.constexpr, DOT_F32: tl.constexpr,
                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Prefill: tl.dot of the activation tile with the rebuilt dense W tile (transposed in registers)."""
@@ -155,7 +164,7 @@ def _sparse24_int4_dequant_kernel(w_ptr, q_ptr, m_ptr, s_ptr, z_ptr, N, K, GROUP
 
 
 KERNELS = KernelPair("sparse24_int4", _sparse24_int4_gemv_kernel, _sparse24_int4_gemm_kernel,
-                     _sparse24_int4_dequant_kernel, cols_per_acc=4)
+                     _sparse24_int4_dequant_kernel, cols_per_acc=4, split_k=4)
 
 
 def _checked(packed: dict, device: torch.device) -> tuple[int, int, int]:
@@ -198,6 +207,7 @@ def sparse24_int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, 
     """
     n, k, group = _checked(packed, x.device)
     call = Call(_tensors(packed), n, k, {"GROUP": group}, lambda dtype: sparse24_int4_dequantize(packed, dtype),
+                extra=split_k_buffers(x.numel() // max(k, 1), n, x.device),
                 dequantize_rows=lambda r0, r1, buf: sparse24_int4_dequantize(row_slice(packed, NAMES, r0, r1),
                                                                              buf.dtype, buf))
     return KERNELS.matmul(x, call, out, regime)

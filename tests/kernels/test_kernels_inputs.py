@@ -106,13 +106,15 @@ def test_kernels_compile_for_hopper_without_a_gpu():
 
 
 def test_only_the_one_token_word_path_splits_k():
-    from llmprune.kernels import int4, sparse24_int4
+    from llmprune.kernels import group_sparse_int4, int4, sparse24, sparse24_int4
 
     assert int4.KERNELS.splits({"BLOCK_B": 1, "GROUP": 128, "SPLIT_K": 4}) == 4
     assert int4.KERNELS.splits({"BLOCK_B": 1, "GROUP": 128}) == 1
     assert int4.KERNELS.splits({"BLOCK_B": 4, "GROUP": 128, "SPLIT_K": 4}) == 1  # few-token path: no split
     assert int4.KERNELS.splits({"BLOCK_B": 1, "GROUP": 4, "SPLIT_K": 4}) == 1  # generic tile path: no split
-    assert sparse24_int4.KERNELS.splits({"BLOCK_B": 1, "GROUP": 128, "SPLIT_K": 4}) == 1
+    assert sparse24_int4.KERNELS.splits({"BLOCK_B": 1, "GROUP": 4, "SPLIT_K": 4}) == 4  # its select path: g % 4
+    assert group_sparse_int4.KERNELS.splits({"BLOCK_B": 1, "GROUP": 4, "SPLIT_K": 4}) == 1  # byte path: no split
+    assert sparse24.KERNELS.splits({"BLOCK_B": 1, "SPLIT_K": 4}) == 1  # no split-K kernel
     assert {c.kwargs.get("SPLIT_K", 1) for c in int4.KERNELS.prune_gemv(int4.KERNELS.gemv_tuned.configs, {},
                                                                           BLOCK_B=4)} == {1}
 

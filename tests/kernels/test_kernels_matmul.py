@@ -97,20 +97,24 @@ def test_chunked_regime_equals_oracle_across_ragged_slices(fmt, dtype, monkeypat
     assert rel_err(y, oracle) <= TOLERANCE[dtype]
 
 
+@pytest.mark.parametrize("fmt", ["int4", "sparse24_int4", "group_sparse_int4"])
 @pytest.mark.parametrize("split", [2, 3, 4])
-@pytest.mark.parametrize("k", [72, 128])
-def test_int4_split_k_sums_partials_once_and_resets_tickets(split, k, monkeypatch):
+@pytest.mark.parametrize("k", [64, 128])
+def test_split_k_sums_partials_once_and_resets_tickets(fmt, split, k, monkeypatch):
     """One token with K split among 2-4 programs (some empty when K has fewer steps than splits): the last program
-    of each tile sums the partials; the result equals the float64 oracle and every ticket counter is back at 0."""
-    from llmprune.kernels import _common, int4
+    of each tile sums the partials; the result equals the float64 oracle and every ticket counter is back at 0.
+    More tokens with the same fixed config do not split (and stay exact)."""
+    from llmprune.kernels import _common
 
     monkeypatch.setattr(_common, "GEMV_FIXED", {**_common.GEMV_FIXED, "SPLIT_K": split})
-    qw, packed = make("int4", k, 8, torch.float32, seed=split + k)
-    x = torch.randn(1, k, generator=torch.Generator().manual_seed(split)).to(torch.float32)
-    out = torch.full((1, N), float("nan"))
-    int4.int4_matmul(x, packed, out=out, regime="gemv")
-    oracle = x.to(torch.float64) @ qw.dequantize(torch.float32).to(torch.float64).T
-    assert rel_err(out, oracle) <= TOLERANCE[torch.float32]
+    kernel = importlib.import_module(f"llmprune.kernels.{fmt}")
+    qw, packed = make(fmt, k, 8, torch.float32, seed=split + k)
+    oracle_w = qw.dequantize(torch.float32).to(torch.float64)
+    for tokens in (1, 3):
+        x = torch.randn(tokens, k, generator=torch.Generator().manual_seed(split)).to(torch.float32)
+        out = torch.full((tokens, N), float("nan"))
+        getattr(kernel, f"{fmt}_matmul")(x, packed, out=out, regime="gemv")
+        assert rel_err(out, x.to(torch.float64) @ oracle_w.T) <= TOLERANCE[torch.float32]
     assert int(_common.split_k_buffers(1, N, x.device)[1].abs().sum()) == 0
 
 
