@@ -16,7 +16,7 @@ prefill feed tiles dequantized with the 2**23 bit trick (``code_float``) to tl.d
 Deviation: Marlin reorders the codes offline so each thread's 128-bit load feeds its MMA fragment directly and
 dequantizes two fp16 values per instruction; our layout is the plain row-major contract shared with the torch
 reference and Triton exposes neither register layouts nor packed-half bit casts, so the decode loops still issue
-~11-12 instructions per weight byte on sm_90 (tests/kernels/instruction_mix.py) where ~9 would make them memory-bound.
+~9-12 instructions per weight byte on sm_90 (tests/kernels/instruction_mix.py; ~9 is the memory-bound limit).
 """
 from __future__ import annotations
 
