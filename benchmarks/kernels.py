@@ -216,24 +216,27 @@ def summary(records: list[dict]) -> list[str]:
     out += ["", "Dispatch crossover (median over shapes of gemm time / dense-regime time; > 1: dense wins):", ""]
     crossover = {}
     for fmt in sorted({r["fmt"] for r in records}):
-        ratios = {}
-        for m in sorted({r["m"] for r in records if r["fmt"] == fmt and r["regime"] == "gemm"}):
-            pairs = [(r, s) for r in records for s in records if r["fmt"] == s["fmt"] == fmt and r["m"] == s["m"] == m
-                     and (r["n"], r["k"]) == (s["n"], s["k"]) and r["regime"] == "gemm" and s["regime"] == "dense"]
-            ratios[m] = statistics.median(r["t"] / s["t"] for r, s in pairs)
+        ratios = regime_ratios(records, fmt, "gemm", "dense")
         out.append(f"- {fmt}: " + ", ".join(f"batch {m}: {v:.2f}" for m, v in ratios.items()))
         crossover[fmt] = min([m for m, v in ratios.items() if v > 1.0], default=None)
     out += ["", f"Suggested `DENSE_FROM` (first measured batch where dense wins; None: gemm always won): {crossover}"]
     out += ["", "Chunked vs whole-weight dense (median over shapes of chunked time / dense time; < 1: chunked wins, "
             "make it the large-batch default in kernels/select.py):", ""]
     for fmt in sorted({r["fmt"] for r in records}):
-        ratios = {m: statistics.median(r["t"] / s["t"] for r in records for s in records
-                                       if r["fmt"] == s["fmt"] == fmt and r["m"] == s["m"] == m
-                                       and (r["n"], r["k"]) == (s["n"], s["k"])
-                                       and r["regime"] == "chunked" and s["regime"] == "dense")
-                  for m in sorted({r["m"] for r in records if r["fmt"] == fmt and r["regime"] == "chunked"})}
+        ratios = regime_ratios(records, fmt, "chunked", "dense")
         out.append(f"- {fmt}: " + ", ".join(f"batch {m}: {v:.2f}" for m, v in ratios.items()))
     return out
+
+
+def regime_ratios(records: list[dict], fmt: str, regime: str, baseline: str) -> dict[int, float]:
+    """{batch: median over shapes of the time of ``regime`` / the time of ``baseline``} for one format (batches
+    where a forced regime failed on every shape are left out)."""
+    times = {(r["m"], r["n"], r["k"], r["regime"]): r["t"] for r in records if r["fmt"] == fmt}
+    ratios: dict[int, list[float]] = {}
+    for (m, n, k, reg), t in times.items():
+        if reg == regime and (m, n, k, baseline) in times:
+            ratios.setdefault(m, []).append(t / times[(m, n, k, baseline)])
+    return {m: statistics.median(ratios[m]) for m in sorted(ratios)}
 
 
 def _try_time(timer, fn):

@@ -17,15 +17,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 
+_SIZES = ("sparsity", "bits", "qbits")
+
+
 def _columns(rows) -> list[str]:
     keys = {k for r in rows for k, v in r.metrics.items() if v is not None}
     ppl = sorted(k for k in keys if k.startswith("ppl:"))
     acc = sorted(k for k in keys if k.startswith("acc:"))
-    sizes = ["sparsity", "bits", *(["qbits"] if "qbits" in keys else [])]
+    sizes = [k for k in _SIZES if k != "qbits" or k in keys]  # sparsity and bits always, qbits when measured
     return [*sizes, *ppl, *acc, *(["mean_acc"] if "mean_acc" in keys else [])]
-
-
-_SIZES = ("sparsity", "bits", "qbits")
 
 
 def _cell(value, base, key: str) -> str:

@@ -386,22 +386,23 @@ class KernelPair:
         self.dequant[(triton.cdiv(n, bn), triton.cdiv(cols, bk))](*args, **consts, BLOCK_N=bn, BLOCK_K=bk)
 
 
-_tickets: dict = {}
+SPLIT_K_FEATURES = 1 << 18  # output features a split-K launch may have (one ticket per tile, BLOCK_N >= 1)
+_split_k: dict = {}
 
 
-def split_k_buffers(m: int, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(partials, tickets) for split-K of ``m`` tokens: float32 partial sums of up to max(SPLIT_K) programs per
-    output, and the
-    per-device int32 counters the programs of one output tile take tickets from. The last program of a tile sums
-    the partials and puts its counter back to zero, so the counters stay zero between calls (and CUDA-graph
-    replays) and are allocated once."""
-    tickets = _tickets.get(device)
-    if tickets is None:
-        tickets = _tickets[device] = torch.zeros(1 << 18, dtype=torch.int32, device=device)
-    if n > tickets.numel():  # one tile per output row at worst (BLOCK_N >= 1)
-        raise UserInputError(f"split-K: {n} output features exceed the {tickets.numel()} ticket counters")
-    rows = max(SPLIT_K) * n if m == 1 else 1  # only the one-token path splits K; others never touch the partials
-    return torch.empty(rows, dtype=torch.float32, device=device), tickets
+def split_k_buffers(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(partials, tickets) for one-token split-K, allocated once per device (9 MB) and shared by every launch on
+    it, as launches on one stream run in order: float32 partial sums of up to max(SPLIT_K) programs per output, and
+    the int32 counters the programs of one output tile take tickets from. The last program of a tile sums the
+    partials and puts its counter back to zero, so the counters stay zero between calls and CUDA-graph replays,
+    and a captured graph keeps valid addresses."""
+    if n > SPLIT_K_FEATURES:
+        raise UserInputError(f"split-K: {n} output features exceed the {SPLIT_K_FEATURES} ticket counters")
+    buffers = _split_k.get(device)
+    if buffers is None:
+        buffers = _split_k[device] = (torch.empty(max(SPLIT_K) * SPLIT_K_FEATURES, dtype=torch.float32, device=device),
+                                      torch.zeros(SPLIT_K_FEATURES, dtype=torch.int32, device=device))
+    return buffers
 
 
 def dense_buffer(out: Tensor | None, n: int, k: int, dtype: torch.dtype, device) -> Tensor:

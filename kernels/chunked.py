@@ -28,13 +28,14 @@ def chunk_rows(n: int, k: int, itemsize: int) -> int:
     return n if rows >= n else max(128, rows // 128 * 128)
 
 
-def chunked_matmul(x2: Tensor, n: int, k: int, dequantize_rows: Callable[[int, int, Tensor], None], y2: Tensor,
-                   rows: int | None = None) -> None:
+def chunked_matmul(x2: Tensor, n: int, k: int, dequantize_rows: Callable[[int, int, Tensor], None],
+                   y2: Tensor) -> None:
     """y2 [M, N] = x2 [M, K] @ W.T, where ``dequantize_rows(r0, r1, buf)`` writes W[r0:r1] into ``buf`` in x2's
     dtype. On CUDA slice i+1 is dequantized on a side stream while slice i multiplies on the current one."""
-    rows = rows or chunk_rows(n, k, x2.element_size())
+    rows = chunk_rows(n, k, x2.element_size())
     starts = list(range(0, n, rows))
-    bufs = [torch.empty(rows, k, dtype=x2.dtype, device=x2.device) for _ in range(min(2, len(starts)))]
+    double = x2.is_cuda and len(starts) > 1  # a second buffer only pays where two slices can be in flight
+    bufs = [torch.empty(rows, k, dtype=x2.dtype, device=x2.device) for _ in range(2 if double else 1)]
     if not x2.is_cuda:
         for r0 in starts:
             r1 = min(n, r0 + rows)

@@ -179,7 +179,7 @@ def int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regime: s
     q = packed["qweight"]
     if q.data_ptr() % 4:  # the one-token path reads codes as int32 words; a view at an odd offset gets copied
         q = q.clone()
-    extra = (UNIT, *split_k_buffers(x.numel() // max(k, 1), n, x.device))  # UNIT: see _codes.code_unit
+    extra = (UNIT, *split_k_buffers(n, x.device))  # UNIT: see _codes.code_unit
     call = Call((q, packed["scales"], packed["zeros"]), n, k, {"GROUP": group},
                 lambda dtype: int4_dequantize(packed, dtype), extra=extra,
                 dequantize_rows=lambda r0, r1, buf: int4_dequantize(row_slice(packed, NAMES, r0, r1), buf.dtype, buf))

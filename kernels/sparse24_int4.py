@@ -40,40 +40,35 @@ FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
-def _sparse24_int4_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Dense W[rn, k0 : k0+BLOCK_K] in float32, zero at pruned columns: per row BLOCK_K/4 code bytes and BLOCK_K/8
-    meta bytes are loaded contiguously; the two kept codes of each column group are dequantized first (half the
-    arithmetic of dequantizing the expanded tile) and then placed at their positions in registers. GROUP % 4 == 0
-    keeps a column group under one scale; other groups dequantize per expanded column."""
-    G: tl.constexpr = BLOCK_K // 4
-    qb = load_rows(q_ptr, rn, N, k0 // 4, K // 4, K // 4, 0, G).to(tl.int32)
-    nib = nibbles(load_rows(m_ptr, rn, N, k0 // 8, K // 8, K // 8, 0, G // 2).to(tl.int32))
-    ok = rn < N
-    if GROUP % 4 == 0:
-        scale = per_column(s_ptr, rn, ok, k0 // 4, K // GROUP, 0.0, GROUP // 4, G).to(tl.float32)
-        zero = expand_groups(offset_zero(per_group(z_ptr, rn, ok, k0 // 4, K // GROUP, 0, GROUP // 4, G)),
-                             GROUP // 4, G)
-        wa = (code_float(qb & 0xF) - zero) * scale
-        wb = (code_float(qb >> 4) - zero) * scale
-        return two_four_expand(wa, wb, nib, 0.0)
-    else:
-        code = two_four_expand(qb & 0xF, qb >> 4, nib, -1)
-        scale = per_column(s_ptr, rn, ok, k0, K // GROUP, 0.0, GROUP, BLOCK_K).to(tl.float32)
-        zero = expand_groups(offset_zero(per_group(z_ptr, rn, ok, k0, K // GROUP, 0, GROUP, BLOCK_K)), GROUP, BLOCK_K)
-        return tl.where(code >= 0, (code_float(code) - zero) * scale, 0.0)
-
-
-@triton.jit
 def _sparse24_int4_kept(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
-    """(wa, wb, p0, p1), each [BLOCK_N, BLOCK_K/4]: the two kept weights of every column group of 4, dequantized to
-    float32, and their positions p0 in {0, 1, 2} < p1 in {1, 2, 3}. GROUP % 4 == 0 keeps a group under one scale."""
+    """(wa, wb, nib), each [BLOCK_N, BLOCK_K/4]: the two kept weights of every column group of 4, dequantized to
+    float32 (GROUP % 4 == 0 keeps a group under one scale), and the group's position nibble ``p0 | p1 << 2`` with
+    p0 in {0, 1, 2} < p1 in {1, 2, 3}. Per row, BLOCK_K/4 code bytes and BLOCK_K/8 meta bytes load contiguously."""
     G: tl.constexpr = BLOCK_K // 4
     ok = rn < N
     qb = load_rows(q_ptr, rn, N, k0 // 4, K // 4, K // 4, 0, G).to(tl.int32)
     nib = nibbles(load_rows(m_ptr, rn, N, k0 // 8, K // 8, K // 8, 0, G // 2).to(tl.int32))
     scale = per_column(s_ptr, rn, ok, k0 // 4, K // GROUP, 0.0, GROUP // 4, G).to(tl.float32)
     zero = expand_groups(offset_zero(per_group(z_ptr, rn, ok, k0 // 4, K // GROUP, 0, GROUP // 4, G)), GROUP // 4, G)
-    return (code_float(qb & 0xF) - zero) * scale, (code_float(qb >> 4) - zero) * scale, nib & 3, nib >> 2
+    return (code_float(qb & 0xF) - zero) * scale, (code_float(qb >> 4) - zero) * scale, nib
+
+
+@triton.jit
+def _sparse24_int4_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Dense W[rn, k0 : k0+BLOCK_K] in float32, zero at pruned columns. GROUP % 4 == 0: the two kept codes of each
+    column group are dequantized first (``_sparse24_int4_kept``, half the arithmetic of dequantizing the expanded
+    tile) and then placed at their positions in registers; other groups dequantize per expanded column."""
+    if GROUP % 4 == 0:
+        wa, wb, nib = _sparse24_int4_kept(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP, BLOCK_K)
+        return two_four_expand(wa, wb, nib, 0.0)
+    else:
+        qb = load_rows(q_ptr, rn, N, k0 // 4, K // 4, K // 4, 0, BLOCK_K // 4).to(tl.int32)
+        nib = nibbles(load_rows(m_ptr, rn, N, k0 // 8, K // 8, K // 8, 0, BLOCK_K // 8).to(tl.int32))
+        code = two_four_expand(qb & 0xF, qb >> 4, nib, -1)
+        ok = rn < N
+        scale = per_column(s_ptr, rn, ok, k0, K // GROUP, 0.0, GROUP, BLOCK_K).to(tl.float32)
+        zero = expand_groups(offset_zero(per_group(z_ptr, rn, ok, k0, K // GROUP, 0, GROUP, BLOCK_K)), GROUP, BLOCK_K)
+        return tl.where(code >= 0, (code_float(code) - zero) * scale, 0.0)
 
 
 @triton.jit
@@ -113,7 +108,8 @@ def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N,
         else:
             k_lo, k_hi = 0, K
         for k0 in range(k_lo, k_hi, BLOCK_K):
-            wa, wb, p0, p1 = _sparse24_int4_kept(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP, BLOCK_K)
+            wa, wb, nib = _sparse24_int4_kept(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP, BLOCK_K)
+            p0, p1 = nib & 3, nib >> 2
             a0 = _sparse24_int4_select_dot(a0, x_ptr, b0, k0, M, K, stride_xm, wa, wb, p0, p1, BLOCK_K)
             if BLOCK_B >= 2:
                 a1 = _sparse24_int4_select_dot(a1, x_ptr, b0 + 1, k0, M, K, stride_xm, wa, wb, p0, p1, BLOCK_K)
@@ -207,7 +203,7 @@ def sparse24_int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, 
     """
     n, k, group = _checked(packed, x.device)
     call = Call(_tensors(packed), n, k, {"GROUP": group}, lambda dtype: sparse24_int4_dequantize(packed, dtype),
-                extra=split_k_buffers(x.numel() // max(k, 1), n, x.device),
+                extra=split_k_buffers(n, x.device),
                 dequantize_rows=lambda r0, r1, buf: sparse24_int4_dequantize(row_slice(packed, NAMES, r0, r1),
                                                                              buf.dtype, buf))
     return KERNELS.matmul(x, call, out, regime)
