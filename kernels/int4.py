@@ -10,7 +10,7 @@ columns) and turns each nibble into the float 1 + q/16 with a shift and one bit 
 scale and zero point into per-word sums (``word_stats``): one FMA per weight and token, no int-to-float
 conversion. One token may also split K among SPLIT_K programs (autotuned 1-8; ``split_k_store``: the last program
 of a tile sums the partials in a fixed order, one launch): tiles that stream 64 B of codes per thread per step issue
-~9 instructions per byte instead of ~11-12 but are too few programs for N = 4096 without it. 5-16 tokens and
+~9 instructions per byte instead of ~12-13 but are too few programs for N = 4096 without it. 5-16 tokens and
 prefill feed tiles dequantized with the 2**23 bit trick (``code_float``) to tl.dot.
 
 Deviation: Marlin reorders the codes offline so each thread's 128-bit load feeds its MMA fragment directly and
