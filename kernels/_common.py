@@ -127,12 +127,13 @@ def gemm_configs() -> list:
 ACC_PER_THREAD = 32  # fp32 accumulator registers per thread for 2-4 tokens; more spilled on sm_90 (instruction_mix)
 
 
-def prune_gemv(configs, named_args, cols_per_acc: int = 1, **kwargs) -> list:
+def prune_gemv(configs, named_args, cols_per_acc: int = 1, split_blocks: tuple = (1,), **kwargs) -> list:
     """The padded tl.dot decode path (BLOCK_B = 16) needs BLOCK_N >= 16 (tl.dot's minimum tile); the 2-4 token FMA
     path keeps a [BLOCK_B, BLOCK_N, BLOCK_K / cols_per_acc] accumulator (int4's code-word path sums 8 columns per
-    entry), so drop tiles that would not fit in registers."""
+    entry), so drop tiles that would not fit in registers. Split-K configs only for the token blocks whose path
+    splits (``split_blocks``)."""
     bb = kwargs.get("BLOCK_B", 1)
-    if bb > 1:  # split-K serves the one-token path only
+    if bb not in split_blocks:
         configs = [c for c in configs if c.kwargs.get("SPLIT_K", 1) == 1]
     if bb >= 16:
         return [c for c in configs if c.kwargs["BLOCK_N"] >= 16]
@@ -207,6 +208,17 @@ def matvec_finish(acc, BLOCK_B: tl.constexpr):
 
 
 @triton.jit
+def weight_dot(w_f32, x, acc, DOT_F32: tl.constexpr):
+    """acc [BLOCK_N, BLOCK_B] + w @ x.T, the dequantized weight tile (float32, rounded to x's dtype as tensor-core
+    kernels do) as tl.dot's left operand: sm_90 then issues wgmma with 64-row weight tiles, the padded token block
+    as N (fewer instructions per weight byte than x @ w.T, tests/kernels/instruction_mix.py)."""
+    if DOT_F32:
+        return tl.dot(w_f32, tl.trans(x.to(tl.float32)), acc, input_precision="ieee")
+    else:
+        return tl.dot(w_f32.to(x.dtype), tl.trans(x), acc)
+
+
+@triton.jit
 def dot_acc(a, b_f32, acc, DOT_F32: tl.constexpr):
     """acc + a @ b with b (the dequantized weight tile, float32) rounded to a's dtype as tensor-core kernels do."""
     if DOT_F32:
@@ -238,31 +250,43 @@ def row_live(cols, row, M):
 @triton.jit
 def split_k_range(K, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
     """[k_lo, k_hi) of K for split program_id(2): whole BLOCK_K steps, as even as possible (later splits may be
-    empty when K has fewer steps than splits)."""
-    per = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
+    empty when K has fewer steps than splits). The launch decides how many splits run (grid dim 2,
+    ``KernelPair.splits``): fewer than SPLIT_K when the workspace cannot hold the partials."""
+    splits = tl.num_programs(2)
+    per = tl.cdiv(tl.cdiv(K, BLOCK_K), splits) * BLOCK_K
     k_lo = tl.program_id(2) * per
     return k_lo, tl.minimum(K, k_lo + per)
 
 
 @triton.jit
 def split_k_store(out_ptr, ws_ptr, tk_ptr, part, row, rn, M, N, stride_om, SPLIT_K: tl.constexpr):
-    """Write one token's outputs ``part`` [BLOCK_N] (float32) of split program_id(2). SPLIT_K = 1: straight to out.
+    """``split_k_store_tile`` for one token's outputs ``part`` [BLOCK_N]."""
+    split_k_store_tile(out_ptr, ws_ptr, tk_ptr, part[None, :], row + tl.arange(0, 1), rn, M, N, stride_om, SPLIT_K)
+
+
+@triton.jit
+def split_k_store_tile(out_ptr, ws_ptr, tk_ptr, part, rows, rn, M, N, stride_om, SPLIT_K: tl.constexpr):
+    """Write outputs ``part`` [BLOCK_B, BLOCK_N] (float32) of split program_id(2). One split: straight to out.
     Otherwise each split stores its partial sums, takes a ticket from the tile's counter (acquire-release at GPU
-    scope, after a block barrier so that every thread's stores precede it), and the last one sums the SPLIT_K
-    partials in split order — deterministic, one launch — writes out, and resets the counter for the next call.
-    Partials are read through L2 (``.cg``): an SM's L1 may hold stale lines of a reused workspace."""
+    scope, after a block barrier so that every thread's stores precede it), and the last one sums the partials in
+    split order — deterministic, one launch — writes out, and resets the counter for the next call. Partials are
+    read through L2 (``.cg``): an SM's L1 may hold stale lines of a reused workspace."""
+    splits = tl.num_programs(2)
     if SPLIT_K == 1:
-        store_row(out_ptr, part, row, rn, M, N, stride_om)
+        store_out(out_ptr, part, rows, rn, M, N, stride_om)
+    elif splits == 1:
+        store_out(out_ptr, part, rows, rn, M, N, stride_om)
     else:
-        ok = (rn < N) & row_live(rn, row, M)
-        tl.store(ws_ptr + (tl.program_id(2) * M + row) * N + rn, part, mask=ok)
+        ok = (rows[:, None] < M) & (rn[None, :] < N)
+        tl.store(ws_ptr + (tl.program_id(2) * M + rows[:, None]) * N + rn[None, :], part, mask=ok)
         tl.debug_barrier()
-        tile = row * tl.num_programs(0) + tl.program_id(0)
-        if tl.atomic_add(tk_ptr + tile, 1, sem="acq_rel", scope="gpu") == SPLIT_K - 1:
+        tile = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
+        if tl.atomic_add(tk_ptr + tile, 1, sem="acq_rel", scope="gpu") == splits - 1:
             total = tl.zeros(part.shape, tl.float32)
-            for s in tl.static_range(SPLIT_K):
-                total += tl.load(ws_ptr + (s * M + row) * N + rn, mask=ok, other=0.0, cache_modifier=".cg")
-            store_row(out_ptr, total, row, rn, M, N, stride_om)
+            for s in range(splits):
+                total += tl.load(ws_ptr + (s * M + rows[:, None]) * N + rn[None, :], mask=ok, other=0.0,
+                                 cache_modifier=".cg")
+            store_out(out_ptr, total, rows, rn, M, N, stride_om)
             tl.atomic_xchg(tk_ptr + tile, 0, sem="relaxed", scope="gpu")
 
 
@@ -306,11 +330,13 @@ class Call:
 class KernelPair:
     """The decode (GEMV), prefill (GEMM) and dequantize kernels of one format, with autotuned twins for CUDA."""
 
-    def __init__(self, fmt: str, gemv, gemm, dequant, cols_per_acc: int = 1, split_k: int = 0):
+    def __init__(self, fmt: str, gemv, gemm, dequant, cols_per_acc: int = 1, split_k: int = 0,
+                 split_blocks: tuple = (1,)):
         self.fmt, self.gemv, self.gemm, self.dequant = fmt, gemv, gemm, dequant
-        self.prune_gemv = functools.partial(prune_gemv, cols_per_acc=cols_per_acc)
+        self.prune_gemv = functools.partial(prune_gemv, cols_per_acc=cols_per_acc, split_blocks=split_blocks)
         tune = {"cache_results": True, "do_bench": quick_bench}  # tuned configs persist in Triton's cache dir
-        self.split_k = split_k  # > 0: the one-token path splits K when GROUP % split_k == 0 (its word/select path)
+        self.split_k = split_k  # > 0: the decode paths of ``split_blocks`` split K when GROUP % split_k == 0
+        self.split_blocks = split_blocks
         configs = gemv_configs() + (split_k_configs() if split_k else [])
         self.gemv_tuned = triton.autotune(configs=configs, key=GEMV_KEY,
                                           prune_configs_by={"early_config_prune": self.prune_gemv}, **tune)(gemv)
@@ -325,11 +351,15 @@ class KernelPair:
             return None
         return {**GPU_PINNED[0], "SPLIT_K": 2} if which == 0 and self.split_k else GPU_PINNED[which]
 
-    def splits(self, meta: dict) -> int:
-        """Programs per output tile along K: SPLIT_K on the path that splits, 1 elsewhere (so a fixed config with
-        SPLIT_K > 1 never launches duplicate programs on the other paths)."""
-        splitting = self.split_k > 0 and meta["BLOCK_B"] == 1 and meta.get("GROUP", 0) % self.split_k == 0
-        return meta.get("SPLIT_K", 1) if splitting else 1
+    def splits(self, meta: dict, m: int, n: int) -> int:
+        """Programs per output tile along K: SPLIT_K on the paths that split, 1 elsewhere (so a fixed config with
+        SPLIT_K > 1 never launches duplicate programs on the other paths) and when the shared workspace cannot
+        hold the partials or tickets of an ``[m, n]`` launch (the kernels read the split count from the grid)."""
+        split = meta.get("SPLIT_K", 1)
+        path = self.split_k > 0 and meta["BLOCK_B"] in self.split_blocks and meta.get("GROUP", 0) % self.split_k == 0
+        tiles = triton.cdiv(m, meta["BLOCK_B"]) * triton.cdiv(n, meta["BLOCK_N"])
+        fits = split * m * n <= SPLIT_K_PARTIALS and tiles <= SPLIT_K_TILES
+        return split if path and fits else 1
 
     @property
     def interpret(self) -> bool:
@@ -349,7 +379,7 @@ class KernelPair:
             bb = batch_block(min(m, decode_max(self.fmt)))
 
             def grid(meta):
-                return (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_B"]), self.splits(meta))
+                return (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_B"]), self.splits(meta, m, n))
 
             launch(self.gemv, self.gemv_tuned, grid, args, {**consts, "BLOCK_B": bb}, self._fixed(0))
         else:
@@ -386,22 +416,21 @@ class KernelPair:
         self.dequant[(triton.cdiv(n, bn), triton.cdiv(cols, bk))](*args, **consts, BLOCK_N=bn, BLOCK_K=bk)
 
 
-SPLIT_K_FEATURES = 1 << 18  # output features a split-K launch may have (one ticket per tile, BLOCK_N >= 1)
+SPLIT_K_PARTIALS = 1 << 22  # float32 partials in the workspace (16 MB): 8 splits x 16 tokens x 28672 outputs
+SPLIT_K_TILES = 1 << 18  # ticket counters: output tiles of one split launch
 _split_k: dict = {}
 
 
-def split_k_buffers(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(partials, tickets) for one-token split-K, allocated once per device (9 MB) and shared by every launch on
-    it, as launches on one stream run in order: float32 partial sums of up to max(SPLIT_K) programs per output, and
-    the int32 counters the programs of one output tile take tickets from. The last program of a tile sums the
-    partials and puts its counter back to zero, so the counters stay zero between calls and CUDA-graph replays,
-    and a captured graph keeps valid addresses."""
-    if n > SPLIT_K_FEATURES:
-        raise UserInputError(f"split-K: {n} output features exceed the {SPLIT_K_FEATURES} ticket counters")
+def split_k_buffers(device: torch.device) -> tuple[Tensor, Tensor]:
+    """(partials, tickets) for split-K decode, allocated once per device (17 MB) and shared by every launch on it,
+    as launches on one stream run in order: float32 partial sums (splits x tokens x outputs; ``KernelPair.splits``
+    does not split a launch they would overflow), and the int32 counters the programs of one output tile take
+    tickets from. The last program of a tile sums the partials and puts its counter back to zero, so the counters
+    stay zero between calls and CUDA-graph replays, and a captured graph keeps valid addresses."""
     buffers = _split_k.get(device)
     if buffers is None:
-        buffers = _split_k[device] = (torch.empty(max(SPLIT_K) * SPLIT_K_FEATURES, dtype=torch.float32, device=device),
-                                      torch.zeros(SPLIT_K_FEATURES, dtype=torch.int32, device=device))
+        buffers = _split_k[device] = (torch.empty(SPLIT_K_PARTIALS, dtype=torch.float32, device=device),
+                                      torch.zeros(SPLIT_K_TILES, dtype=torch.int32, device=device))
     return buffers
 
 

@@ -200,7 +200,7 @@ def group_sparse_int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = No
     """
     k = x.shape[-1]
     n, kg, group = _checked(packed, x.device, k)
-    extra = (kg, UNIT, *split_k_buffers(n, x.device))  # the GEMM launch appends M_BUCKET
+    extra = (kg, UNIT, *split_k_buffers(x.device))  # the GEMM launch appends M_BUCKET
     call = Call(_tensors(packed), n, k, {"GROUP": group}, lambda dtype: group_sparse_int4_dequantize(packed, dtype, k),
                 extra=extra, gemm_ok=group >= 16 and group & (group - 1) == 0,
                 dequantize_rows=lambda r0, r1, buf: group_sparse_int4_dequantize(

@@ -203,7 +203,7 @@ def sparse24_int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, 
     """
     n, k, group = _checked(packed, x.device)
     call = Call(_tensors(packed), n, k, {"GROUP": group}, lambda dtype: sparse24_int4_dequantize(packed, dtype),
-                extra=split_k_buffers(n, x.device),
+                extra=split_k_buffers(x.device),
                 dequantize_rows=lambda r0, r1, buf: sparse24_int4_dequantize(row_slice(packed, NAMES, r0, r1),
                                                                              buf.dtype, buf))
     return KERNELS.matmul(x, call, out, regime)

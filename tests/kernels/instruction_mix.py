@@ -1,7 +1,7 @@
 """Static instruction mix of the decode kernels' K loop on sm_90, from the SASS that Triton's bundled ptxas emits on
 a machine without a GPU.
 
-    python tests/kernels/instruction_mix.py [--formats int4,...] [--blocks 1,2,4,16] [--out FILE.md]
+    python tests/kernels/instruction_mix.py [--formats int4,...] [--blocks 1,2,4,16] [--wide] [--out FILE.md]
 
 Why: a batch-1 GEMV streams each weight byte once, so it reaches the memory bandwidth only if the SM issues few
 enough instructions per byte. An H100 SM issues 128 thread-instructions per cycle and must consume ~14.5 bytes per
@@ -29,6 +29,8 @@ import triton
 
 sys.path.insert(0, str(Path(__file__).parent))
 from compile_check import GROUPS, compile_one, resources  # noqa: E402
+
+from llmprune.kernels._common import BIG_TILES  # noqa: E402
 
 PREFERRED = [(16, 256, 4), (16, 128, 4), (16, 64, 4)]  # (BLOCK_N, BLOCK_K, warps): the longest K step that
 # prune_gemv keeps for the token block (the autotuner's candidates; GPU_PINNED's rows)
@@ -76,8 +78,15 @@ def config_for(fmt: str, block_b: int) -> dict:
     return {**best.kwargs, "num_warps": best.num_warps}
 
 
-def mix(fmt: str, block_b: int, dtype: str = "float16") -> dict:
-    config = config_for(fmt, block_b)
+def wide_mix(fmt: str, block_b: int) -> dict:
+    """The lowest-count row among the autotuner's wide tiles (``_common.BIG_TILES``: 64 B of int4 codes per thread
+    per step), which the split-K paths exist for."""
+    configs = [{"BLOCK_N": n, "BLOCK_K": k, "num_warps": w} for n, k, w in BIG_TILES]
+    return min((mix(fmt, block_b, config=c) for c in configs), key=lambda r: r["per_byte"])
+
+
+def mix(fmt: str, block_b: int, dtype: str = "float16", config: dict | None = None) -> dict:
+    config = config or config_for(fmt, block_b)
     module = importlib.import_module(f"llmprune.kernels.{fmt}")
     fn = getattr(module, f"_{fmt}_gemv_kernel")
     consts = {"GROUP": GROUPS.get(fmt), "DOT_F32": False, "BLOCK_B": block_b, "BLOCK_N": config["BLOCK_N"],
@@ -91,9 +100,15 @@ def mix(fmt: str, block_b: int, dtype: str = "float16") -> dict:
     total = sum(ops.values())
     slow = {name: sum(n for op, n in ops.items() if op.startswith(prefix)) for name, prefix in SLOW.items()}
     loads = {op: n for op, n in ops.items() if op.startswith("LDG")}
-    return {"format": fmt, "block_b": block_b, "config": f"{config['BLOCK_N']}x{config['BLOCK_K']}",
+    return {"format": fmt, "block_b": block_b, "config": f"{config['BLOCK_N']}x{config['BLOCK_K']}"
+            + (f" ({config['num_warps']} warps)" if config["num_warps"] != 4 else ""),
             "instructions": total, "bytes_per_thread": per_thread, "per_byte": total / per_thread, **slow,
             "loads": loads, "spill": spill}
+
+
+def splitting_blocks(fmt: str) -> tuple:
+    kernels = importlib.import_module(f"llmprune.kernels.{fmt}").KERNELS
+    return kernels.split_blocks if kernels.split_k else ()
 
 
 def table(rows: list[dict]) -> str:
@@ -112,18 +127,25 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--formats", default="int4,sparse24_int4,group_sparse_int4,sparse24")
     ap.add_argument("--blocks", default="1,2,4,16")
+    ap.add_argument("--wide", action="store_true", help="the best of the wide split-K tiles instead of 16x256 "
+                    "(one token, and 16 for int4)")
     ap.add_argument("--out", help="also write the table (markdown) here")
     ap.add_argument("--check", action="store_true", help="exit 1 if a decode loop converts codes with I2F, "
                     "shuffles between lanes or spills (the regressions this table exposed)")
     args = ap.parse_args(argv)
-    rows = [mix(fmt, int(b)) for fmt in args.formats.split(",") for b in args.blocks.split(",")
-            if not (fmt == "group_sparse_int4" and int(b) > 4)]
+    pairs = [(fmt, int(b)) for fmt in args.formats.split(",") for b in args.blocks.split(",")
+             if not (fmt == "group_sparse_int4" and int(b) > 4)]
+    if args.wide:
+        rows = [wide_mix(fmt, b) for fmt, b in pairs if b in splitting_blocks(fmt)]
+    else:
+        rows = [mix(fmt, b) for fmt, b in pairs]
     if args.check:
         bad = [f"{r['format']} BLOCK_B={r['block_b']}: I2F {r['I2F']}, SHFL {r['SHFL']}, {r['spill']}" for r in rows
                if r["I2F"] > MAX_I2F or r["SHFL"] or r["spill"] != "STACK:0"]
         print("\n".join(bad) or "decode loops: no code conversions by I2F, no shuffles, no spills")
         return 1 if bad else 0
-    text = (f"4 warps, fp16, sm_90, triton {triton.__version__}. Memory-bound needs < "
+    tiles = "the best wide tile" if args.wide else "4 warps"
+    text = (f"{tiles}, fp16, sm_90, triton {triton.__version__}. Memory-bound needs < "
             f"{ISSUE_PER_BYTE_LIMIT:.1f} instr/B (see the docstring).\n\n" + table(rows))
     print(text)
     if args.out:

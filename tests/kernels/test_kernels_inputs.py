@@ -105,18 +105,31 @@ def test_kernels_compile_for_hopper_without_a_gpu():
     assert run.returncode == 0, run.stdout + run.stderr[-2000:]
 
 
-def test_only_the_one_token_word_path_splits_k():
+def test_only_the_word_and_select_paths_split_k():
     from llmprune.kernels import group_sparse_int4, int4, sparse24, sparse24_int4
 
-    assert int4.KERNELS.splits({"BLOCK_B": 1, "GROUP": 128, "SPLIT_K": 4}) == 4
-    assert int4.KERNELS.splits({"BLOCK_B": 1, "GROUP": 128}) == 1
-    assert int4.KERNELS.splits({"BLOCK_B": 4, "GROUP": 128, "SPLIT_K": 4}) == 1  # few-token path: no split
-    assert int4.KERNELS.splits({"BLOCK_B": 1, "GROUP": 4, "SPLIT_K": 4}) == 1  # generic tile path: no split
-    assert sparse24_int4.KERNELS.splits({"BLOCK_B": 1, "GROUP": 4, "SPLIT_K": 4}) == 4  # its select path: g % 4
-    assert group_sparse_int4.KERNELS.splits({"BLOCK_B": 1, "GROUP": 4, "SPLIT_K": 4}) == 1  # byte path: no split
-    assert sparse24.KERNELS.splits({"BLOCK_B": 1, "SPLIT_K": 4}) == 1  # no split-K kernel
-    assert {c.kwargs.get("SPLIT_K", 1) for c in int4.KERNELS.prune_gemv(int4.KERNELS.gemv_tuned.configs, {},
-                                                                          BLOCK_B=4)} == {1}
+    assert int4.KERNELS.splits({"BLOCK_B": 1, "BLOCK_N": 16, "GROUP": 128, "SPLIT_K": 4}, 1, 4096) == 4
+    assert int4.KERNELS.splits({"BLOCK_B": 16, "BLOCK_N": 64, "GROUP": 128, "SPLIT_K": 4}, 16, 4096) == 4  # tl.dot
+    assert int4.KERNELS.splits({"BLOCK_B": 1, "BLOCK_N": 16, "GROUP": 128}, 1, 4096) == 1
+    assert int4.KERNELS.splits({"BLOCK_B": 4, "BLOCK_N": 16, "GROUP": 128, "SPLIT_K": 4}, 3, 4096) == 1  # FMA path
+    assert int4.KERNELS.splits({"BLOCK_B": 1, "BLOCK_N": 16, "GROUP": 4, "SPLIT_K": 4}, 1, 4096) == 1  # generic tile
+    assert sparse24_int4.KERNELS.splits({"BLOCK_B": 1, "BLOCK_N": 16, "GROUP": 4, "SPLIT_K": 4}, 1, 64) == 4  # g % 4
+    assert sparse24_int4.KERNELS.splits({"BLOCK_B": 16, "BLOCK_N": 64, "GROUP": 128, "SPLIT_K": 4}, 16, 64) == 1
+    assert group_sparse_int4.KERNELS.splits({"BLOCK_B": 1, "BLOCK_N": 16, "GROUP": 4, "SPLIT_K": 4}, 1, 64) == 1
+    assert sparse24.KERNELS.splits({"BLOCK_B": 1, "BLOCK_N": 16, "SPLIT_K": 4}, 1, 64) == 1  # no split-K kernel
+    for bb, splits in ((4, {1}), (16, {1, 2, 4, 8})):
+        assert {c.kwargs.get("SPLIT_K", 1) for c in int4.KERNELS.prune_gemv(int4.KERNELS.gemv_tuned.configs, {},
+                                                                              BLOCK_B=bb)} == splits
+
+
+def test_a_launch_whose_partials_overflow_the_workspace_does_not_split():
+    """16 tokens x 28672 outputs x 8 splits fit the shared workspace; 600 tokens forced onto the decode path do
+    not, so that launch runs unsplit (the kernels read the split count from the grid) instead of overrunning it."""
+    from llmprune.kernels import int4
+
+    meta = {"BLOCK_B": 16, "BLOCK_N": 64, "GROUP": 128, "SPLIT_K": 8}
+    assert int4.KERNELS.splits(meta, 16, 28672) == 8
+    assert int4.KERNELS.splits(meta, 600, 28672) == 1
 
 
 def test_chunk_rows_hold_8_mb_of_whole_gemm_tiles():

@@ -101,21 +101,43 @@ def test_chunked_regime_equals_oracle_across_ragged_slices(fmt, dtype, monkeypat
 @pytest.mark.parametrize("split", [2, 3, 4])
 @pytest.mark.parametrize("k", [64, 128])
 def test_split_k_sums_partials_once_and_resets_tickets(fmt, split, k, monkeypatch):
-    """One token with K split among 2-4 programs (some empty when K has fewer steps than splits): the last program
-    of each tile sums the partials; the result equals the float64 oracle and every ticket counter is back at 0.
-    More tokens with the same fixed config do not split (and stay exact)."""
+    """One token (and, for int4, 5-16 tokens on the tl.dot path) with K split among 2-4 programs (some empty when K
+    has fewer steps than splits): the last program of each tile sums the partials; the result equals the float64
+    oracle and every ticket counter is back at 0. Other token counts with the same fixed config do not split."""
     from llmprune.kernels import _common
 
     monkeypatch.setattr(_common, "GEMV_FIXED", {**_common.GEMV_FIXED, "SPLIT_K": split})
     kernel = importlib.import_module(f"llmprune.kernels.{fmt}")
     qw, packed = make(fmt, k, 8, torch.float32, seed=split + k)
     oracle_w = qw.dequantize(torch.float32).to(torch.float64)
-    for tokens in (1, 3):
+    launches = []
+    splits = kernel.KERNELS.splits
+    monkeypatch.setattr(kernel.KERNELS, "splits", lambda *a: launches.append(splits(*a)) or launches[-1])
+    for tokens in (1, 3, 5):
         x = torch.randn(tokens, k, generator=torch.Generator().manual_seed(split)).to(torch.float32)
         out = torch.full((tokens, N), float("nan"))
         getattr(kernel, f"{fmt}_matmul")(x, packed, out=out, regime="gemv")
         assert rel_err(out, x.to(torch.float64) @ oracle_w.T) <= TOLERANCE[torch.float32]
-    assert int(_common.split_k_buffers(N, x.device)[1].abs().sum()) == 0
+    assert launches == [split, 1, split if fmt == "int4" else 1]
+    assert int(_common.split_k_buffers(x.device)[1].abs().sum()) == 0
+
+
+def test_split_k_launch_too_big_for_the_workspace_runs_unsplit(monkeypatch):
+    """With room for fewer partials than splits x tokens x outputs, the 5-token int4 launch runs in one split
+    (the kernel reads the split count from the grid, whatever SPLIT_K its config has) and stays exact."""
+    from llmprune.kernels import _common, int4
+
+    monkeypatch.setattr(_common, "GEMV_FIXED", {**_common.GEMV_FIXED, "SPLIT_K": 4})
+    monkeypatch.setattr(_common, "SPLIT_K_PARTIALS", 4 * 5 * N - 1)
+    launches = []
+    splits = int4.KERNELS.splits
+    monkeypatch.setattr(int4.KERNELS, "splits", lambda *a: launches.append(splits(*a)) or launches[-1])
+    qw, packed = make("int4", 128, 8, torch.float32, seed=1)
+    x = torch.randn(5, 128, generator=torch.Generator().manual_seed(1))
+    out = torch.full((5, N), float("nan"))
+    int4.int4_matmul(x, packed, out=out, regime="gemv")
+    assert launches == [1]
+    assert rel_err(out, x.to(torch.float64) @ qw.dequantize(torch.float32).to(torch.float64).T) <= 1e-5
 
 
 def test_int4_codes_at_an_odd_offset_reach_the_kernel_word_aligned(monkeypatch):
