@@ -127,7 +127,7 @@ def gemm_configs() -> list:
 ACC_PER_THREAD = 32  # fp32 accumulator registers per thread for 2-4 tokens; more spilled on sm_90 (instruction_mix)
 
 
-def prune_gemv(configs, named_args, cols_per_acc: int = 1, split_blocks: tuple = (1,), **kwargs) -> list:
+def prune_gemv(configs, named_args, cols_per_acc: int = 1, split_blocks=(), **kwargs) -> list:
     """The padded tl.dot decode path (BLOCK_B = 16) needs BLOCK_N >= 16 (tl.dot's minimum tile); the 2-4 token FMA
     path keeps a [BLOCK_B, BLOCK_N, BLOCK_K / cols_per_acc] accumulator (int4's code-word path sums 8 columns per
     entry), so drop tiles that would not fit in registers. Split-K configs only for the token blocks whose path
@@ -330,13 +330,11 @@ class Call:
 class KernelPair:
     """The decode (GEMV), prefill (GEMM) and dequantize kernels of one format, with autotuned twins for CUDA."""
 
-    def __init__(self, fmt: str, gemv, gemm, dequant, cols_per_acc: int = 1, split_k: int = 0,
-                 split_blocks: tuple = (1,)):
+    def __init__(self, fmt: str, gemv, gemm, dequant, cols_per_acc: int = 1, split_k: dict | None = None):
         self.fmt, self.gemv, self.gemm, self.dequant = fmt, gemv, gemm, dequant
-        self.prune_gemv = functools.partial(prune_gemv, cols_per_acc=cols_per_acc, split_blocks=split_blocks)
+        self.split_k = split_k or {}  # {BLOCK_B: d}: that token block's decode path splits K when GROUP % d == 0
+        self.prune_gemv = functools.partial(prune_gemv, cols_per_acc=cols_per_acc, split_blocks=tuple(self.split_k))
         tune = {"cache_results": True, "do_bench": quick_bench}  # tuned configs persist in Triton's cache dir
-        self.split_k = split_k  # > 0: the decode paths of ``split_blocks`` split K when GROUP % split_k == 0
-        self.split_blocks = split_blocks
         configs = gemv_configs() + (split_k_configs() if split_k else [])
         self.gemv_tuned = triton.autotune(configs=configs, key=GEMV_KEY,
                                           prune_configs_by={"early_config_prune": self.prune_gemv}, **tune)(gemv)
@@ -356,7 +354,8 @@ class KernelPair:
         SPLIT_K > 1 never launches duplicate programs on the other paths) and when the shared workspace cannot
         hold the partials or tickets of an ``[m, n]`` launch (the kernels read the split count from the grid)."""
         split = meta.get("SPLIT_K", 1)
-        path = self.split_k > 0 and meta["BLOCK_B"] in self.split_blocks and meta.get("GROUP", 0) % self.split_k == 0
+        bb = meta["BLOCK_B"]
+        path = bb in self.split_k and meta.get("GROUP", 0) % self.split_k[bb] == 0
         tiles = triton.cdiv(m, meta["BLOCK_B"]) * triton.cdiv(n, meta["BLOCK_N"])
         fits = split * m * n <= SPLIT_K_PARTIALS and tiles <= SPLIT_K_TILES
         return split if path and fits else 1
@@ -432,6 +431,12 @@ def split_k_buffers(device: torch.device) -> tuple[Tensor, Tensor]:
         buffers = _split_k[device] = (torch.empty(SPLIT_K_PARTIALS, dtype=torch.float32, device=device),
                                       torch.zeros(SPLIT_K_TILES, dtype=torch.int32, device=device))
     return buffers
+
+
+def word_aligned(t: Tensor) -> Tensor:
+    """``t``, or a copy when its data does not start on a 4-byte boundary: decode paths read packed codes as 32-bit
+    words (a view at an odd offset would fault on a GPU; the interpreter would read it anyway)."""
+    return t.clone() if t.data_ptr() % 4 else t
 
 
 def dense_buffer(out: Tensor | None, n: int, k: int, dtype: torch.dtype, device) -> Tensor:

@@ -151,7 +151,7 @@ def _group_sparse_int4_gemm_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, 
 
 
 KERNELS = KernelPair("group_sparse_int4", _group_sparse_int4_gemv_kernel, _group_sparse_int4_gemm_kernel,
-                     _group_sparse_int4_dequant_kernel, cols_per_acc=8, split_k=8)
+                     _group_sparse_int4_dequant_kernel, cols_per_acc=8, split_k={1: 8})
 
 
 def _checked(packed: dict, device: torch.device, k: int) -> tuple[int, int, int]:

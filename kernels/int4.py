@@ -32,7 +32,7 @@ from ._codes import UNIT, code_float, code_unit, column_phases, offset_zero, wor
 from ._common import (
     Call, KernelPair, check_packed, dense_buffer, dot_acc, expand_groups, expect_shape, grouped_pid, load_rows,
     load_x, matvec_finish, matvec_init, matvec_step, nibbles, per_column, per_group, row_slice, split_k_buffers,
-    split_k_range, split_k_store, split_k_store_tile, store_out, store_tile, supports, weight_dot,  # noqa: F401
+    split_k_range, split_k_store, split_k_store_tile, store_out, store_tile, supports, weight_dot, word_aligned,  # noqa: F401
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -177,7 +177,7 @@ def _int4_dequant_kernel(w_ptr, q_ptr, s_ptr, z_ptr, N, K, GROUP: tl.constexpr,
 
 
 KERNELS = KernelPair("int4", _int4_gemv_kernel, _int4_gemm_kernel, _int4_dequant_kernel, cols_per_acc=8,
-                     split_k=8, split_blocks=(1, 16))
+                     split_k={1: 8, 16: 8})
 
 
 def _checked(packed: dict, device: torch.device) -> tuple[int, int, int]:
@@ -209,9 +209,7 @@ def int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regime: s
     "dense" force one (tests, benchmarks). ``out``: an optional preallocated output (fully overwritten).
     """
     n, k, group = _checked(packed, x.device)
-    q = packed["qweight"]
-    if q.data_ptr() % 4:  # the one-token path reads codes as int32 words; a view at an odd offset gets copied
-        q = q.clone()
+    q = word_aligned(packed["qweight"])
     extra = (UNIT, *split_k_buffers(x.device))  # UNIT: see _codes.code_unit
     call = Call((q, packed["scales"], packed["zeros"]), n, k, {"GROUP": group},
                 lambda dtype: int4_dequantize(packed, dtype), extra=extra,

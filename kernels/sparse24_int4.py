@@ -28,12 +28,12 @@ from torch import Tensor
 from llmprune.errors import UserInputError
 from llmprune.formats.sparse24_int4 import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
-from ._codes import code_float, offset_zero
+from ._codes import UNIT, code_float, code_unit, offset_zero, word_stats
 from ._common import (
     Call, KernelPair, check_packed, dense_buffer, dot_acc, expand_groups, expect_shape, grouped_pid, load_rows,
     load_x, matvec_finish, matvec_init, matvec_step, nibbles, per_column, per_group, row_live, row_slice,
-    split_k_buffers, split_k_range, split_k_store, store_out, store_row, store_tile, two_four_expand,
-    supports,  # noqa: F401 (supports: dispatch hook)
+    split_k_buffers, split_k_range, split_k_store, split_k_store_tile, store_out, store_row, store_tile,
+    two_four_expand, weight_dot, word_aligned, supports,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -72,6 +72,44 @@ def _sparse24_int4_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP: tl.cons
 
 
 @triton.jit
+def _sparse24_int4_place(wa, wb, nib):
+    """The four dense weights of column groups whose kept pair (wa, wb) sits at positions p0 = nib & 3 < p1 = nib >> 2
+    (p0 <= 2, p1 >= 1): six selects, zero at the pruned positions."""
+    p0 = nib & 3
+    p1 = nib >> 2
+    d0 = tl.where(p0 == 0, wa, 0.0)
+    d1 = tl.where(p0 == 1, wa, tl.where(p1 == 1, wb, 0.0))
+    d2 = tl.where(p0 == 2, wa, tl.where(p1 == 2, wb, 0.0))
+    d3 = tl.where(p1 == 3, wb, 0.0)
+    return d0, d1, d2, d3
+
+
+@triton.jit
+def _sparse24_int4_word_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, unit, GROUP: tl.constexpr,
+                             BLOCK_K: tl.constexpr):
+    """Dense W[rn, k0 : k0+BLOCK_K] in float32 for tl.dot (GROUP % 16 == 0): a 32-bit word of codes holds the kept
+    pairs of four column groups (16 columns), a 16-bit word of metadata their positions; each kept code is one
+    FFMA (``code_unit``, ``word_stats``), placed by selects and interleaved into column order by joins."""
+    W: tl.constexpr = BLOCK_K // 16
+    words = load_rows(q_ptr.to(tl.pointer_type(tl.int32)), rn, N, k0 // 16, K // 16, K // 16, 0, W)
+    meta = load_rows(m_ptr.to(tl.pointer_type(tl.int16)), rn, N, k0 // 16, K // 16, K // 16, 0, W).to(tl.int32)
+    slope, offset = word_stats(s_ptr, z_ptr, rn, k0 // 16, K // GROUP, N, GROUP // 2, W)  # 16 columns a word
+    a0, a1, a2, a3 = _sparse24_int4_place(code_unit(words, 0, unit) * slope - offset,
+                                          code_unit(words, 1, unit) * slope - offset, meta & 0xF)
+    b0, b1, b2, b3 = _sparse24_int4_place(code_unit(words, 2, unit) * slope - offset,
+                                          code_unit(words, 3, unit) * slope - offset, (meta >> 4) & 0xF)
+    c0, c1, c2, c3 = _sparse24_int4_place(code_unit(words, 4, unit) * slope - offset,
+                                          code_unit(words, 5, unit) * slope - offset, (meta >> 8) & 0xF)
+    e0, e1, e2, e3 = _sparse24_int4_place(code_unit(words, 6, unit) * slope - offset,
+                                          code_unit(words, 7, unit) * slope - offset, (meta >> 12) & 0xF)
+    # join appends a minor axis: pairing values 8 columns apart first makes t[n, w, i, j, k, l] column
+    # 16w + 8i + 4j + 2k + l, the order a row-major reshape reads
+    t = tl.join(tl.join(tl.join(tl.join(a0, c0), tl.join(b0, e0)), tl.join(tl.join(a2, c2), tl.join(b2, e2))),
+                tl.join(tl.join(tl.join(a1, c1), tl.join(b1, e1)), tl.join(tl.join(a3, c3), tl.join(b3, e3))))
+    return tl.reshape(t, (rn.shape[0], BLOCK_K))
+
+
+@triton.jit
 def _sparse24_int4_select_dot(acc, x_ptr, row, k0, M, K, stride_xm, wa, wb, p0, p1, BLOCK_K: tl.constexpr):
     """``acc`` + wa * x[row, 4g + p0] + wb * x[row, 4g + p1] for every column group g of the step, without
     rebuilding the dense tile: x is loaded once, contiguously, and each group's two activations are picked from its
@@ -90,8 +128,8 @@ def _sparse24_int4_select_dot(acc, x_ptr, row, k0, M, K, stride_xm, wa, wb, p0, 
 
 
 @triton.jit
-def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, ws_ptr,
-                               tk_ptr, GROUP: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_B: tl.constexpr,
+def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, UNIT,
+                               ws_ptr, tk_ptr, GROUP: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_B: tl.constexpr,
                                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr = 1):
     """Decode: BLOCK_N rows per program, K streamed in BLOCK_K dense columns (BLOCK_K/4 packed bytes per row); one
     token may split K among SPLIT_K programs (``split_k_store``)."""
@@ -124,6 +162,13 @@ def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N,
         if BLOCK_B == 4:
             store_row(out_ptr, tl.sum(a2, axis=1), b0 + 2, rn, M, N, stride_om)
             store_row(out_ptr, tl.sum(a3, axis=1), b0 + 3, rn, M, N, stride_om)
+    elif GROUP % 16 == 0:  # 5-16 tokens: code-word tiles, the weight as tl.dot's left operand, K split as for one
+        k_lo, k_hi = split_k_range(K, BLOCK_K, SPLIT_K)
+        acc_t = tl.zeros((BLOCK_N, BLOCK_B), tl.float32)
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            w = _sparse24_int4_word_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, UNIT, GROUP, BLOCK_K)
+            acc_t = weight_dot(w, load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm), acc_t, DOT_F32)
+        split_k_store_tile(out_ptr, ws_ptr, tk_ptr, tl.trans(acc_t), rb, rn, M, N, stride_om, SPLIT_K)
     else:
         acc = matvec_init(BLOCK_B, BLOCK_N, BLOCK_K)
         for k0 in range(0, K, BLOCK_K):
@@ -134,8 +179,8 @@ def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N,
 
 
 @triton.jit
-def _sparse24_int4_gemm_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, ws_ptr,
-                               tk_ptr, M_BUCKET,
+def _sparse24_int4_gemm_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, UNIT,
+                               ws_ptr, tk_ptr, M_BUCKET,
                                GROUP: tl.constexpr, DOT_F32: tl.constexpr,
                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Prefill: tl.dot of the activation tile with the rebuilt dense W tile (transposed in registers)."""
@@ -160,7 +205,7 @@ def _sparse24_int4_dequant_kernel(w_ptr, q_ptr, m_ptr, s_ptr, z_ptr, N, K, GROUP
 
 
 KERNELS = KernelPair("sparse24_int4", _sparse24_int4_gemv_kernel, _sparse24_int4_gemm_kernel,
-                     _sparse24_int4_dequant_kernel, cols_per_acc=4, split_k=4)
+                     _sparse24_int4_dequant_kernel, cols_per_acc=4, split_k={1: 4, 16: 16})
 
 
 def _checked(packed: dict, device: torch.device) -> tuple[int, int, int]:
@@ -202,8 +247,9 @@ def sparse24_int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, 
     ``regime``: None follows kernels/select.py; "gemv", "gemm" or "dense" force one. ``out``: optional output.
     """
     n, k, group = _checked(packed, x.device)
-    call = Call(_tensors(packed), n, k, {"GROUP": group}, lambda dtype: sparse24_int4_dequantize(packed, dtype),
-                extra=split_k_buffers(x.device),
+    q, meta, scales, zeros = _tensors(packed)
+    call = Call((word_aligned(q), word_aligned(meta), scales, zeros), n, k, {"GROUP": group}, lambda dtype: sparse24_int4_dequantize(packed, dtype),
+                extra=(UNIT, *split_k_buffers(x.device)),  # UNIT: see _codes.code_unit
                 dequantize_rows=lambda r0, r1, buf: sparse24_int4_dequantize(row_slice(packed, NAMES, r0, r1),
                                                                              buf.dtype, buf))
     return KERNELS.matmul(x, call, out, regime)

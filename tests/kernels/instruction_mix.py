@@ -108,7 +108,7 @@ def mix(fmt: str, block_b: int, dtype: str = "float16", config: dict | None = No
 
 def splitting_blocks(fmt: str) -> tuple:
     kernels = importlib.import_module(f"llmprune.kernels.{fmt}").KERNELS
-    return kernels.split_blocks if kernels.split_k else ()
+    return tuple(kernels.split_k)
 
 
 def table(rows: list[dict]) -> str:

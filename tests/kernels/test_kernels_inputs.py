@@ -114,7 +114,8 @@ def test_only_the_word_and_select_paths_split_k():
     assert int4.KERNELS.splits({"BLOCK_B": 4, "BLOCK_N": 16, "GROUP": 128, "SPLIT_K": 4}, 3, 4096) == 1  # FMA path
     assert int4.KERNELS.splits({"BLOCK_B": 1, "BLOCK_N": 16, "GROUP": 4, "SPLIT_K": 4}, 1, 4096) == 1  # generic tile
     assert sparse24_int4.KERNELS.splits({"BLOCK_B": 1, "BLOCK_N": 16, "GROUP": 4, "SPLIT_K": 4}, 1, 64) == 4  # g % 4
-    assert sparse24_int4.KERNELS.splits({"BLOCK_B": 16, "BLOCK_N": 64, "GROUP": 128, "SPLIT_K": 4}, 16, 64) == 1
+    assert sparse24_int4.KERNELS.splits({"BLOCK_B": 16, "BLOCK_N": 64, "GROUP": 128, "SPLIT_K": 4}, 16, 64) == 4
+    assert sparse24_int4.KERNELS.splits({"BLOCK_B": 16, "BLOCK_N": 64, "GROUP": 8, "SPLIT_K": 4}, 16, 64) == 1
     assert group_sparse_int4.KERNELS.splits({"BLOCK_B": 1, "BLOCK_N": 16, "GROUP": 4, "SPLIT_K": 4}, 1, 64) == 1
     assert sparse24.KERNELS.splits({"BLOCK_B": 1, "BLOCK_N": 16, "SPLIT_K": 4}, 1, 64) == 1  # no split-K kernel
     for bb, splits in ((4, {1}), (16, {1, 2, 4, 8})):

@@ -101,14 +101,14 @@ def test_chunked_regime_equals_oracle_across_ragged_slices(fmt, dtype, monkeypat
 @pytest.mark.parametrize("split", [2, 3, 4])
 @pytest.mark.parametrize("k", [64, 128])
 def test_split_k_sums_partials_once_and_resets_tickets(fmt, split, k, monkeypatch):
-    """One token (and, for int4, 5-16 tokens on the tl.dot path) with K split among 2-4 programs (some empty when K
+    """One token (and, for int4 and sparse24_int4, 5-16 tokens on the tl.dot path) with K split among 2-4 programs (some empty when K
     has fewer steps than splits): the last program of each tile sums the partials; the result equals the float64
     oracle and every ticket counter is back at 0. Other token counts with the same fixed config do not split."""
     from llmprune.kernels import _common
 
     monkeypatch.setattr(_common, "GEMV_FIXED", {**_common.GEMV_FIXED, "SPLIT_K": split})
     kernel = importlib.import_module(f"llmprune.kernels.{fmt}")
-    qw, packed = make(fmt, k, 8, torch.float32, seed=split + k)
+    qw, packed = make(fmt, k, 16, torch.float32, seed=split + k)
     oracle_w = qw.dequantize(torch.float32).to(torch.float64)
     launches = []
     splits = kernel.KERNELS.splits
@@ -118,7 +118,7 @@ def test_split_k_sums_partials_once_and_resets_tickets(fmt, split, k, monkeypatc
         out = torch.full((tokens, N), float("nan"))
         getattr(kernel, f"{fmt}_matmul")(x, packed, out=out, regime="gemv")
         assert rel_err(out, x.to(torch.float64) @ oracle_w.T) <= TOLERANCE[torch.float32]
-    assert launches == [split, 1, split if fmt == "int4" else 1]
+    assert launches == [split, 1, 1 if fmt == "group_sparse_int4" else split]
     assert int(_common.split_k_buffers(x.device)[1].abs().sum()) == 0
 
 
