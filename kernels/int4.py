@@ -10,8 +10,10 @@ columns) and turns each nibble into the float 1 + q/16 with a shift and one bit 
 scale and zero point into per-word sums (``word_stats``): one FMA per weight and token, no int-to-float
 conversion. One token may also split K among SPLIT_K programs (autotuned 1-8; ``split_k_store``: the last program
 of a tile sums the partials in a fixed order, one launch): tiles that stream 64 B of codes per thread per step issue
-~9 instructions per byte instead of ~12-13 but are too few programs for N = 4096 without it. 5-16 tokens and
-prefill feed tiles dequantized with the 2**23 bit trick (``code_float``) to tl.dot.
+~9 instructions per byte instead of ~12-13 but are too few programs for N = 4096 without it. 5-16 tokens build
+the tile from the same code words (``_int4_word_tile``, one FFMA per weight) for one tl.dot per step, the weight as
+the left operand, and split K the same way; prefill and groups not a multiple of 8 dequantize bytes with the 2**23
+bit trick (``code_float``), bit-identical to the reference.
 
 Deviation: Marlin reorders the codes offline so each thread's 128-bit load feeds its MMA fragment directly and
 dequantizes two fp16 values per instruction; our layout is the plain row-major contract shared with the torch
@@ -32,7 +34,8 @@ from ._codes import UNIT, code_float, code_unit, column_phases, offset_zero, wor
 from ._common import (
     Call, KernelPair, check_packed, dense_buffer, dot_acc, expand_groups, expect_shape, grouped_pid, load_rows,
     load_x, matvec_finish, matvec_init, matvec_step, nibbles, per_column, per_group, row_slice, split_k_buffers,
-    split_k_range, split_k_store, split_k_store_tile, store_out, store_tile, supports, weight_dot, word_aligned,  # noqa: F401
+    split_k_range, split_k_store, split_k_store_tile, store_out, store_tile, weight_dot, word_aligned,
+    supports,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)

@@ -9,10 +9,11 @@ a = 5, b = 9 the qvalues byte is 0x95.
 The kernels read 4.5 bits per kept weight (~2.3 bits per dense weight plus scales). One token: per column group
 the two kept codes multiply the activations at their positions, picked from the group's four (loaded once,
 contiguously) by register selects; more tokens rebuild the dense tile in registers (the kept codes dequantized
-first, then placed). The byte ratio against fp16 is the batch-1 speed limit (~5.1x at g128); Sparse-Marlin
-(Frantar et al. 2024, arXiv:2408.11743) reaches it on Ampere. The selects cost about as many instructions per dense
-weight as int4's word path (tests/kernels/instruction_mix.py), so on an instruction-bound GPU this format is not
-faster than int4 at batch 1 despite its fewer bytes.
+first, then placed; 5-16 tokens from 32-bit code words and 16-bit metadata words when GROUP % 16 == 0, with K
+split among programs as for one token). The byte ratio against fp16 is the batch-1 speed limit (~5.1x at g128);
+Sparse-Marlin (Frantar et al. 2024, arXiv:2408.11743) reaches it on Ampere. The selects cost about as many
+instructions per dense weight as int4's word path (tests/kernels/instruction_mix.py), so on an instruction-bound GPU
+this format is not faster than int4 at batch 1 despite its fewer bytes.
 
 Deviation: the prefill kernel multiplies the rebuilt dense tile with tl.dot, because Triton exposes no sparse
 tensor-core MMA (mma.sp); it saves memory traffic but not FLOPs, so at large batch the dispatcher prefers dense
@@ -248,7 +249,8 @@ def sparse24_int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, 
     """
     n, k, group = _checked(packed, x.device)
     q, meta, scales, zeros = _tensors(packed)
-    call = Call((word_aligned(q), word_aligned(meta), scales, zeros), n, k, {"GROUP": group}, lambda dtype: sparse24_int4_dequantize(packed, dtype),
+    call = Call((word_aligned(q), word_aligned(meta), scales, zeros), n, k, {"GROUP": group},
+                lambda dtype: sparse24_int4_dequantize(packed, dtype),
                 extra=(UNIT, *split_k_buffers(x.device)),  # UNIT: see _codes.code_unit
                 dequantize_rows=lambda r0, r1, buf: sparse24_int4_dequantize(row_slice(packed, NAMES, r0, r1),
                                                                              buf.dtype, buf))

@@ -101,9 +101,9 @@ def test_chunked_regime_equals_oracle_across_ragged_slices(fmt, dtype, monkeypat
 @pytest.mark.parametrize("split", [2, 3, 4])
 @pytest.mark.parametrize("k", [64, 128])
 def test_split_k_sums_partials_once_and_resets_tickets(fmt, split, k, monkeypatch):
-    """One token (and, for int4 and sparse24_int4, 5-16 tokens on the tl.dot path) with K split among 2-4 programs (some empty when K
-    has fewer steps than splits): the last program of each tile sums the partials; the result equals the float64
-    oracle and every ticket counter is back at 0. Other token counts with the same fixed config do not split."""
+    """One token (and, for int4 and sparse24_int4, 5-16 tokens on the tl.dot path) with K split among 2-4 programs
+    (some empty when K has fewer steps than splits): the last program of each tile sums the partials; the result
+    equals the float64 oracle and every ticket counter is back at 0. 2-4 tokens with the same config do not split."""
     from llmprune.kernels import _common
 
     monkeypatch.setattr(_common, "GEMV_FIXED", {**_common.GEMV_FIXED, "SPLIT_K": split})
@@ -140,23 +140,27 @@ def test_split_k_launch_too_big_for_the_workspace_runs_unsplit(monkeypatch):
     assert rel_err(out, x.to(torch.float64) @ qw.dequantize(torch.float32).to(torch.float64).T) <= 1e-5
 
 
-def test_int4_codes_at_an_odd_offset_reach_the_kernel_word_aligned(monkeypatch):
-    """The one-token int4 path reads codes as int32 words; a qweight view at an odd byte offset is copied first
-    (the interpreter would read it anyway, a GPU would fault), and the result still equals the reference."""
-    from llmprune.kernels import int4
-
-    qw, packed = make("int4", 64, 16, torch.float16, seed=5)
-    store = torch.empty(packed["qweight"].numel() + 1, dtype=torch.uint8)
-    store[1:] = packed["qweight"].reshape(-1)
-    shifted = {**packed, "qweight": store[1:].view(packed["qweight"].shape)}
-    assert shifted["qweight"].data_ptr() % 4 != 0
+@pytest.mark.parametrize("fmt,names", [("int4", ("qweight",)), ("sparse24_int4", ("qvalues", "meta"))])
+@pytest.mark.parametrize("tokens", [1, 5])
+def test_codes_at_an_odd_offset_reach_the_kernel_word_aligned(fmt, names, tokens, monkeypatch):
+    """The word paths read codes (and 2:4 metadata) as 32/16-bit words; views at an odd byte offset are copied
+    first (the interpreter would read them anyway, a GPU would fault), and the result still equals the reference."""
+    kernel = importlib.import_module(f"llmprune.kernels.{fmt}")
+    qw, packed = make(fmt, 64, 16, torch.float16, seed=5)
+    shifted = dict(packed)
+    for name in names:
+        store = torch.empty(packed[name].numel() + 1, dtype=torch.uint8)
+        store[1:] = packed[name].reshape(-1)
+        shifted[name] = store[1:].view(packed[name].shape)
+        assert shifted[name].data_ptr() % 4 != 0
     seen = []
-    run = int4.KERNELS.run
-    monkeypatch.setattr(int4.KERNELS, "run", lambda args, *rest: (seen.append(args[1].data_ptr()), run(args, *rest)))
-    x = torch.randn(1, 64, generator=torch.Generator().manual_seed(2)).to(torch.float16)
-    y = int4.int4_matmul(x, shifted, regime="gemv")
-    assert seen and all(ptr % 4 == 0 for ptr in seen)
-    assert rel_err(y, int4.reference(x, packed)) <= TOLERANCE[torch.float16]
+    run = kernel.KERNELS.run
+    monkeypatch.setattr(kernel.KERNELS, "run", lambda args, *rest: (seen.append(args[1:1 + len(names)]),
+                                                                     run(args, *rest)))
+    x = torch.randn(tokens, 64, generator=torch.Generator().manual_seed(2)).to(torch.float16)
+    y = getattr(kernel, f"{fmt}_matmul")(x, shifted, regime="gemv")
+    assert seen and all(t.data_ptr() % 4 == 0 for ts in seen for t in ts)
+    assert rel_err(y, kernel.reference(x, packed)) <= TOLERANCE[torch.float16]
 
 
 @pytest.mark.parametrize("fmt", ["int4", "sparse24", "sparse24_int4", "group_sparse_int4"])
