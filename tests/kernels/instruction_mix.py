@@ -1,7 +1,7 @@
 """Static instruction mix of the decode kernels' K loop on sm_90, from the SASS that Triton's bundled ptxas emits on
 a machine without a GPU.
 
-    python tests/kernels/instruction_mix.py [--formats int4,...] [--blocks 1,2,4,16] [--wide] [--out FILE.md]
+    python tests/kernels/instruction_mix.py [--formats int4,...] [--blocks 1,2,4,16] [--wide | --gemm] [--out FILE.md]
 
 Why: a batch-1 GEMV streams each weight byte once, so it reaches the memory bandwidth only if the SM issues few
 enough instructions per byte. An H100 SM issues 128 thread-instructions per cycle and must consume ~14.5 bytes per
@@ -30,7 +30,7 @@ import triton
 sys.path.insert(0, str(Path(__file__).parent))
 from compile_check import GROUPS, compile_one, resources  # noqa: E402
 
-from llmprune.kernels._common import BIG_TILES  # noqa: E402
+from llmprune.kernels._common import BIG_TILES, gemm_configs  # noqa: E402
 
 PREFERRED = [(16, 256, 4), (16, 128, 4), (16, 64, 4)]  # (BLOCK_N, BLOCK_K, warps): the longest K step that
 # prune_gemv keeps for the token block (the autotuner's candidates; GPU_PINNED's rows)
@@ -85,6 +85,25 @@ def wide_mix(fmt: str, block_b: int) -> dict:
     return min((mix(fmt, block_b, config=c) for c in configs), key=lambda r: r["per_byte"])
 
 
+def gemm_mix(fmt: str, config) -> dict:
+    """The prefill kernel's K loop at one of ``_common.gemm_configs()`` (instructions per weight byte per thread; each
+    weight byte then serves BLOCK_M tokens)."""
+    fn = getattr(importlib.import_module(f"llmprune.kernels.{fmt}"), f"_{fmt}_gemm_kernel")
+    consts = {k: v for k, v in {"GROUP": GROUPS.get(fmt), "DOT_F32": False, **config.kwargs}.items()
+              if k in fn.arg_names}
+    kernel = compile_one(fn, fmt, "float16", consts, {"num_warps": config.num_warps,
+                                                        "num_stages": config.num_stages}, 90)
+    ops = loop_opcodes(sass(kernel))
+    per_thread = weight_bytes(fmt, config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"]) / (32 * config.num_warps)
+    tile = "x".join(str(config.kwargs[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+    return {"format": fmt, "block_b": "prefill", "config": f"{tile} ({config.num_warps} warps)",
+            "instructions": sum(ops.values()), "bytes_per_thread": per_thread,
+            "per_byte": sum(ops.values()) / per_thread,
+            **{name: sum(n for op, n in ops.items() if op.startswith(prefix)) for name, prefix in SLOW.items()},
+            "loads": {op: n for op, n in ops.items() if op.startswith("LDG")},
+            "spill": resources(kernel).split()[1]}
+
+
 def mix(fmt: str, block_b: int, dtype: str = "float16", config: dict | None = None) -> dict:
     config = config or config_for(fmt, block_b)
     module = importlib.import_module(f"llmprune.kernels.{fmt}")
@@ -112,7 +131,7 @@ def splitting_blocks(fmt: str) -> tuple:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| format | tokens (BLOCK_B) | BLOCK_N x BLOCK_K | loop instr / thread | weight B / thread | instr / B "
+    lines = ["| format | tokens (BLOCK_B) | tile (BLOCK_[M x ]N x K) | loop instr / thread | weight B / thread | instr / B "
              "| I2F | SHFL | BAR | global loads | spill |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
         loads = ", ".join(f"{op.removeprefix('LDG.E').lstrip('.') or '32'} x{n}"
@@ -129,13 +148,16 @@ def main(argv=None) -> int:
     ap.add_argument("--blocks", default="1,2,4,16")
     ap.add_argument("--wide", action="store_true", help="the best of the wide split-K tiles instead of 16x256 "
                     "(one token, and 16 for int4)")
+    ap.add_argument("--gemm", action="store_true", help="the prefill kernels at each tile of gemm_configs()")
     ap.add_argument("--out", help="also write the table (markdown) here")
     ap.add_argument("--check", action="store_true", help="exit 1 if a decode loop converts codes with I2F, "
                     "shuffles between lanes or spills (the regressions this table exposed)")
     args = ap.parse_args(argv)
     pairs = [(fmt, int(b)) for fmt in args.formats.split(",") for b in args.blocks.split(",")
              if not (fmt == "group_sparse_int4" and int(b) > 4)]
-    if args.wide:
+    if args.gemm:
+        rows = [gemm_mix(fmt, c) for fmt in args.formats.split(",") for c in gemm_configs()]
+    elif args.wide:
         rows = [wide_mix(fmt, b) for fmt, b in pairs if b in splitting_blocks(fmt)]
     else:
         rows = [mix(fmt, b) for fmt, b in pairs]
@@ -144,7 +166,7 @@ def main(argv=None) -> int:
                if r["I2F"] > MAX_I2F or r["SHFL"] or r["spill"] != "STACK:0"]
         print("\n".join(bad) or "decode loops: no code conversions by I2F, no shuffles, no spills")
         return 1 if bad else 0
-    tiles = "the best wide tile" if args.wide else "4 warps"
+    tiles = "prefill kernels" if args.gemm else "the best wide tile" if args.wide else "4 warps"
     text = (f"{tiles}, fp16, sm_90, triton {triton.__version__}. Memory-bound needs < "
             f"{ISSUE_PER_BYTE_LIMIT:.1f} instr/B (see the docstring).\n\n" + table(rows))
     print(text)
