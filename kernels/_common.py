@@ -77,11 +77,22 @@ def alloc_out(x: Tensor, x2: Tensor, out_features: int, out: Tensor | None, fmt:
 
 
 def batch_block(m: int) -> int:
-    """BLOCK_B for the decode kernel: 1, 2 or 4 use CUDA-core FMAs; 16 pads the batch for one tl.dot."""
+    """BLOCK_B for the decode kernel's fixed configs: 1, 2 or 4 use CUDA-core FMAs; 16 pads the batch for one
+    tl.dot. The autotuned launch also tries 16 for 2-4 tokens (``decode_blocks``)."""
     for b in (1, 2, 4):
         if m <= b:
             return b
     return 16
+
+
+def decode_blocks(bucket: int, dot: bool) -> set:
+    """BLOCK_B candidates of an autotuned decode launch of ``bucket`` (``m_bucket``) tokens: the FMA block that holds
+    them and, for 2-4 tokens of formats with a tl.dot decode path, also the padded block 16: the autotuner times
+    both. Statically the tl.dot path issues fewer instructions per weight byte from 2 tokens (int4 12.4 vs 17.7-23.4,
+    tests/kernels/instruction_mix.py) but adds shared-memory round trips and barriers, so timings decide. One token
+    stays on the FMA paths (8.5 vs 12.4); 5 or more take 16."""
+    fma = batch_block(bucket)
+    return {fma, 16} if dot and 1 < fma < 16 else {fma}
 
 
 def m_bucket(m: int) -> int:
@@ -95,25 +106,27 @@ def dot_f32(x: Tensor, interpret: bool) -> bool:
     return x.dtype == torch.float32 or (interpret and x.dtype == torch.bfloat16)
 
 
-def gemv_configs() -> list:
-    """Row-block configs for decode: small BLOCK_N gives enough programs to fill the SMs at N = 4096 for one token;
-    the padded tl.dot path (16 tokens) wants wide BLOCK_N, since every program re-reads its [16, K] slice of x."""
+def gemv_configs(blocks=(1, 2, 4, 16)) -> list:
+    """Row-block configs for decode, one set per token block: small BLOCK_N gives enough programs to fill the SMs at
+    N = 4096 for one token; the padded tl.dot path (16 tokens) wants wide BLOCK_N, since every program re-reads its
+    [16, K] slice of x (``prune_gemv`` keeps those that suit the launch)."""
     shapes = [(4, 512, 2), (8, 256, 4), (8, 512, 4), (16, 256, 4), (16, 128, 4), (32, 128, 8), (64, 64, 8),
               (64, 128, 4), (64, 256, 8), (128, 64, 4), (128, 128, 8),  # wide rows: fewer re-reads of x at 16 tokens
               (8, 128, 4), (16, 64, 4), (32, 64, 8)]  # small tiles whose 2-4 token accumulators fit in registers
-    return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=2) for bn, bk, w in shapes]
+    return [triton.Config({"BLOCK_B": b, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=2)
+            for b in blocks for bn, bk, w in shapes]
 
 
 SPLIT_K = (2, 4, 8)
 BIG_TILES = [(64, 256, 4), (128, 128, 4), (256, 128, 8), (32, 256, 4)]  # 64 B of int4 codes per thread per step
 
 
-def split_k_configs() -> list:
-    """One-token configs for kernels with split-K (int4, sparse24_int4, group_sparse_int4): wide tiles (fewer loop
-    instructions per byte, tests/kernels/instruction_mix.py) are too few programs for N = 4096 on 132 SMs unless K
-    is split among SPLIT_K programs as well."""
-    return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": s}, num_warps=w, num_stages=2)
-            for bn, bk, w in BIG_TILES for s in (1, *SPLIT_K)]
+def split_k_configs(blocks) -> list:
+    """Configs for the token blocks whose decode path splits K (int4, sparse24_int4, group_sparse_int4): wide tiles
+    (fewer loop instructions per byte, tests/kernels/instruction_mix.py) are too few programs for N = 4096 on 132 SMs
+    unless K is split among SPLIT_K programs as well."""
+    return [triton.Config({"BLOCK_B": b, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": s}, num_warps=w, num_stages=2)
+            for b in blocks for bn, bk, w in BIG_TILES for s in (1, *SPLIT_K)]
 
 
 def gemm_configs() -> list:
@@ -127,21 +140,22 @@ def gemm_configs() -> list:
 ACC_PER_THREAD = 32  # fp32 accumulator registers per thread for 2-4 tokens; more spilled on sm_90 (instruction_mix)
 
 
-def prune_gemv(configs, named_args, cols_per_acc: int = 1, split_blocks=(), **kwargs) -> list:
-    """The padded tl.dot decode path (BLOCK_B = 16) needs BLOCK_N >= 16 (tl.dot's minimum tile); the 2-4 token FMA
-    path keeps a [BLOCK_B, BLOCK_N, BLOCK_K / cols_per_acc] accumulator (int4's code-word path sums 8 columns per
-    entry), so drop tiles that would not fit in registers. Split-K configs only for the token blocks whose path
-    splits (``split_blocks``)."""
-    bb = kwargs.get("BLOCK_B", 1)
-    if bb not in split_blocks:
-        configs = [c for c in configs if c.kwargs.get("SPLIT_K", 1) == 1]
-    if bb >= 16:
-        return [c for c in configs if c.kwargs["BLOCK_N"] >= 16]
-    if bb == 1:
-        return configs
-    fits = [c for c in configs
-            if bb * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] // cols_per_acc <= ACC_PER_THREAD * 32 * c.num_warps]
-    return fits or configs[:1]
+def prune_gemv(configs, named_args, cols_per_acc: int = 1, dot: bool = True, **kwargs) -> list:
+    """The configs of the launch's token blocks (``decode_blocks`` of its M_BUCKET). The padded tl.dot decode path
+    (BLOCK_B = 16) needs BLOCK_N >= 16 (tl.dot's minimum tile); the 2-4 token FMA path keeps a
+    [BLOCK_B, BLOCK_N, BLOCK_K / cols_per_acc] accumulator (int4's code-word path sums 8 columns per entry), so drop
+    tiles that would not fit in registers."""
+    blocks = decode_blocks(named_args.get("M_BUCKET", 1), dot)
+
+    def keep(c) -> bool:
+        bb, bn = c.kwargs["BLOCK_B"], c.kwargs["BLOCK_N"]
+        if bb not in blocks:
+            return False
+        if bb >= 16:
+            return bn >= 16
+        return bb == 1 or bb * bn * c.kwargs["BLOCK_K"] // cols_per_acc <= ACC_PER_THREAD * 32 * c.num_warps
+
+    return [c for c in configs if keep(c)]
 
 
 def prune_gemm(configs, named_args, **kwargs) -> list:
@@ -155,7 +169,7 @@ def quick_bench(fn, quantiles=None):
     return triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
 
 
-GEMV_KEY = ["N", "K", "BLOCK_B"]
+GEMV_KEY = ["N", "K", "M_BUCKET"]
 GEMM_KEY = ["N", "K", "M_BUCKET"]
 GEMV_FIXED = {"BLOCK_N": 16, "BLOCK_K": 32}  # interpreter: one small config (valid on GPUs too), several K steps
 GEMM_FIXED = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32}
@@ -330,12 +344,13 @@ class Call:
 class KernelPair:
     """The decode (GEMV), prefill (GEMM) and dequantize kernels of one format, with autotuned twins for CUDA."""
 
-    def __init__(self, fmt: str, gemv, gemm, dequant, cols_per_acc: int = 1, split_k: dict | None = None):
+    def __init__(self, fmt: str, gemv, gemm, dequant, cols_per_acc: int = 1, split_k: dict | None = None,
+                 dot_decode: bool = True):
         self.fmt, self.gemv, self.gemm, self.dequant = fmt, gemv, gemm, dequant
         self.split_k = split_k or {}  # {BLOCK_B: d}: that token block's decode path splits K when GROUP % d == 0
-        self.prune_gemv = functools.partial(prune_gemv, cols_per_acc=cols_per_acc, split_blocks=tuple(self.split_k))
+        self.prune_gemv = functools.partial(prune_gemv, cols_per_acc=cols_per_acc, dot=dot_decode)
         tune = {"cache_results": True, "do_bench": quick_bench}  # tuned configs persist in Triton's cache dir
-        configs = gemv_configs() + (split_k_configs() if split_k else [])
+        configs = gemv_configs((1, 2, 4, 16) if dot_decode else (1, 2, 4)) + split_k_configs(tuple(self.split_k))
         self.gemv_tuned = triton.autotune(configs=configs, key=GEMV_KEY,
                                           prune_configs_by={"early_config_prune": self.prune_gemv}, **tune)(gemv)
         self.gemm_tuned = triton.autotune(configs=gemm_configs(), key=GEMM_KEY,
@@ -375,12 +390,14 @@ class KernelPair:
     def run(self, args: tuple, m: int, n: int, consts: dict, regime: str) -> None:
         """Launch over ``[m, n]`` outputs; ``args`` hold (..., M, N, K, stride_xm, stride_om, extra ints)."""
         if regime == "gemv":
-            bb = batch_block(min(m, decode_max(self.fmt)))
+            tokens = min(m, decode_max(self.fmt))
+            fixed = self._fixed(0)
 
             def grid(meta):
                 return (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_B"]), self.splits(meta, m, n))
 
-            launch(self.gemv, self.gemv_tuned, grid, args, {**consts, "BLOCK_B": bb}, self._fixed(0))
+            launch(self.gemv, self.gemv_tuned, grid, (*args, m_bucket(tokens)), consts,
+                   None if fixed is None else {**fixed, "BLOCK_B": batch_block(tokens)})
         else:
 
             def grid(meta):

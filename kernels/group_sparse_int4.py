@@ -77,7 +77,7 @@ def _group_sparse_int4_words(acc, x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, rn, rb, i0
 
 @triton.jit
 def _group_sparse_int4_gemv_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om,
-                                   KG, UNIT, ws_ptr, tk_ptr, GROUP: tl.constexpr, DOT_F32: tl.constexpr,
+                                   KG, UNIT, ws_ptr, tk_ptr, M_BUCKET, GROUP: tl.constexpr, DOT_F32: tl.constexpr,
                                    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                                    SPLIT_K: tl.constexpr = 1):
     """Decode: BLOCK_N rows per program walk their KG*g kept codes; x is gathered at each code's column. One token
@@ -151,7 +151,7 @@ def _group_sparse_int4_gemm_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, 
 
 
 KERNELS = KernelPair("group_sparse_int4", _group_sparse_int4_gemv_kernel, _group_sparse_int4_gemm_kernel,
-                     _group_sparse_int4_dequant_kernel, cols_per_acc=8, split_k={1: 8})
+                     _group_sparse_int4_dequant_kernel, cols_per_acc=8, split_k={1: 8}, dot_decode=False)
 
 
 def _checked(packed: dict, device: torch.device, k: int) -> tuple[int, int, int]:

@@ -118,7 +118,7 @@ def _int4_few_tokens(acc, x_ptr, q_ptr, s_ptr, z_ptr, rn, rb, k0, M, N, K, strid
 
 @triton.jit
 def _int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, UNIT, ws_ptr, tk_ptr,
-                      GROUP: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_B: tl.constexpr,
+                      M_BUCKET, GROUP: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_B: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr = 1):
     """Decode: one program per BLOCK_N output rows (and BLOCK_B tokens), streaming K in BLOCK_K steps; one token
     may split K among SPLIT_K programs (``split_k_store``)."""

@@ -40,7 +40,7 @@ def _sparse24_tile(v_ptr, m_ptr, rn, k0, N, K, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _sparse24_gemv_kernel(x_ptr, v_ptr, m_ptr, out_ptr, M, N, K, stride_xm, stride_om,
+def _sparse24_gemv_kernel(x_ptr, v_ptr, m_ptr, out_ptr, M, N, K, stride_xm, stride_om, M_BUCKET,
                           DOT_F32: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Decode: BLOCK_N rows per program streaming values and meta; the skipped half of W is never read."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -130,7 +130,8 @@ def _sparse24_int4_select_dot(acc, x_ptr, row, k0, M, K, stride_xm, wa, wb, p0, 
 
 @triton.jit
 def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, UNIT,
-                               ws_ptr, tk_ptr, GROUP: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_B: tl.constexpr,
+                               ws_ptr, tk_ptr, M_BUCKET, GROUP: tl.constexpr, DOT_F32: tl.constexpr,
+                               BLOCK_B: tl.constexpr,
                                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr = 1):
     """Decode: BLOCK_N rows per program, K streamed in BLOCK_K dense columns (BLOCK_K/4 packed bytes per row); one
     token may split K among SPLIT_K programs (``split_k_store``)."""

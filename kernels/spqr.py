@@ -105,7 +105,7 @@ def _spqr_outliers(acc, x_ptr, rows, rn, M, N, stride_xm, q_ptr, st_ptrs, o_ptrs
 
 @triton.jit
 def _spqr_gemv_kernel(x_ptr, q_ptr, sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr, rp_ptr, oc_ptr, ov_ptr, out_ptr,
-                      M, N, K, stride_xm, stride_om, WORDS, G,
+                      M, N, K, stride_xm, stride_om, WORDS, G, M_BUCKET,
                       BITS: tl.constexpr, GROUP: tl.constexpr, STAT_GROUP: tl.constexpr, DOT_F32: tl.constexpr,
                       BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Decode: BLOCK_N rows per program stream the bit-packed codes, then add their outlier corrections."""

@@ -45,15 +45,16 @@ def cases(fmt: str, full: bool):
     if fmt == "spqr":
         base.update(BITS=3, STAT_GROUP=16)
     kernels = importlib.import_module(f"llmprune.kernels.{fmt}").KERNELS
-    split = [cfg for cfg in kernels.gemv_tuned.configs if cfg.kwargs.get("SPLIT_K", 1) > 1][-1:]
-    quick = [triton.Config(c.GPU_PINNED[0])] + split
-    gemv = kernels.gemv_tuned.configs if full else quick  # the autotuner's own list (split-K configs included)
-    gemm = c.gemm_configs() if full else [triton.Config(c.GPU_PINNED[1])]
     blocks = (1, 2, 4) if fmt == "group_sparse_int4" else (1, 4, 16)
-    blocks = blocks if full else blocks[::2]  # quick: the FMA path (1) and the widest (tl.dot for 16)
-    for bb in blocks:
-        for cfg in kernels.prune_gemv(gemv, {}, BLOCK_B=bb):
-            yield "gemv", {**base, "DOT_F32": False, "BLOCK_B": bb, **cfg.kwargs}, _options(cfg)
+    if full:  # the autotuner's own list (split-K configs included) as it prunes it for 1, 4 and 16 tokens
+        gemv = list({id(cfg): cfg for bucket in blocks
+                     for cfg in kernels.prune_gemv(kernels.gemv_tuned.configs, {"M_BUCKET": bucket})}.values())
+    else:  # the pinned tile on the FMA path (1) and the widest block (tl.dot for 16), and one split-K config
+        split = [cfg for cfg in kernels.gemv_tuned.configs if cfg.kwargs.get("SPLIT_K", 1) > 1][-1:]
+        gemv = [triton.Config({**c.GPU_PINNED[0], "BLOCK_B": bb}) for bb in blocks[::2]] + split
+    gemm = c.gemm_configs() if full else [triton.Config(c.GPU_PINNED[1])]
+    for cfg in gemv:
+        yield "gemv", {**base, "DOT_F32": False, **cfg.kwargs}, _options(cfg)
     for cfg in gemm:
         yield "gemm", {**base, "DOT_F32": False, **cfg.kwargs}, _options(cfg)
     yield "dequant", {**base, "BLOCK_N": 32, "BLOCK_K": 128}, {}

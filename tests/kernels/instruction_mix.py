@@ -72,9 +72,9 @@ def loop_opcodes(text: str) -> Counter:
 
 
 def config_for(fmt: str, block_b: int) -> dict:
-    configs = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w) for n, k, w in PREFERRED]
+    configs = [triton.Config({"BLOCK_B": block_b, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w) for n, k, w in PREFERRED]
     kernels = importlib.import_module(f"llmprune.kernels.{fmt}").KERNELS
-    best = kernels.prune_gemv(configs, {}, BLOCK_B=block_b)[0]
+    best = kernels.prune_gemv(configs, {"M_BUCKET": block_b})[0]
     return {**best.kwargs, "num_warps": best.num_warps}
 
 

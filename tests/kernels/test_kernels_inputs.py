@@ -90,9 +90,9 @@ def test_compiled_build_refuses_cpu_input_with_fix():
 def test_autotune_pruning_keeps_tl_dot_tiles_legal():
     from llmprune.kernels import _common as c
 
-    dot_tiles = c.prune_gemv(c.gemv_configs(), {}, BLOCK_B=16)
-    assert dot_tiles and all(cfg.kwargs["BLOCK_N"] >= 16 for cfg in dot_tiles)
-    assert len(c.prune_gemv(c.gemv_configs(), {}, BLOCK_B=1)) == len(c.gemv_configs())
+    dot_tiles = c.prune_gemv(c.gemv_configs(), {"M_BUCKET": 16})
+    assert dot_tiles and all(cfg.kwargs["BLOCK_N"] >= 16 and cfg.kwargs["BLOCK_B"] == 16 for cfg in dot_tiles)
+    assert len(c.prune_gemv(c.gemv_configs(), {"M_BUCKET": 1})) == len(c.gemv_configs((1,)))
     assert {cfg.kwargs["BLOCK_M"] for cfg in c.prune_gemm(c.gemm_configs(), {"M_BUCKET": 32})} <= {16, 32}
 
 
@@ -118,9 +118,28 @@ def test_only_the_word_and_select_paths_split_k():
     assert sparse24_int4.KERNELS.splits({"BLOCK_B": 16, "BLOCK_N": 64, "GROUP": 8, "SPLIT_K": 4}, 16, 64) == 1
     assert group_sparse_int4.KERNELS.splits({"BLOCK_B": 1, "BLOCK_N": 16, "GROUP": 4, "SPLIT_K": 4}, 1, 64) == 1
     assert sparse24.KERNELS.splits({"BLOCK_B": 1, "BLOCK_N": 16, "SPLIT_K": 4}, 1, 64) == 1  # no split-K kernel
-    for bb, splits in ((4, {1}), (16, {1, 2, 4, 8})):
-        assert {c.kwargs.get("SPLIT_K", 1) for c in int4.KERNELS.prune_gemv(int4.KERNELS.gemv_tuned.configs, {},
-                                                                              BLOCK_B=bb)} == splits
+    kept = int4.KERNELS.prune_gemv(int4.KERNELS.gemv_tuned.configs, {"M_BUCKET": 4})
+    assert {c.kwargs.get("SPLIT_K", 1) for c in kept if c.kwargs["BLOCK_B"] == 4} == {1}  # the FMA path never splits
+    assert {c.kwargs.get("SPLIT_K", 1) for c in kept if c.kwargs["BLOCK_B"] == 16} == {1, 2, 4, 8}
+
+
+@pytest.mark.parametrize("fmt,bucket,blocks", [("int4", 1, {1}), ("int4", 2, {2, 16}), ("int4", 4, {4, 16}),
+                                               ("int4", 8, {16}), ("int4", 16, {16}), ("sparse24", 4, {4, 16}),
+                                               ("group_sparse_int4", 4, {4}), ("group_sparse_int4", 2, {2})])
+def test_autotuner_times_fma_and_padded_dot_blocks_for_2_to_4_tokens(fmt, bucket, blocks):
+    """The autotuned decode launch keeps, for its token bucket, the FMA block that holds the tokens and (2-4 tokens,
+    formats with a tl.dot decode path) the padded block 16, so the GPU's timings choose; every kept FMA config's
+    accumulator fits ACC_PER_THREAD registers and every tl.dot config is at least 16 rows."""
+    import importlib
+
+    from llmprune.kernels import _common
+
+    kernels = importlib.import_module(f"llmprune.kernels.{fmt}").KERNELS
+    kept = kernels.prune_gemv(kernels.gemv_tuned.configs, {"M_BUCKET": bucket})
+    assert {c.kwargs["BLOCK_B"] for c in kept} == blocks
+    for c in kept:
+        bb, bn, bk = c.kwargs["BLOCK_B"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
+        assert bn >= 16 if bb == 16 else bb == 1 or bb * bn * bk // 8 <= _common.ACC_PER_THREAD * 32 * c.num_warps
 
 
 def test_a_launch_whose_partials_overflow_the_workspace_does_not_split():
