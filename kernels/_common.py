@@ -169,6 +169,13 @@ def quick_bench(fn, quantiles=None):
     return triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
 
 
+def launched(fn):
+    """``triton.jit`` for the kernels a ``KernelPair`` launches. M_BUCKET is only the autotuner's key (the bodies
+    never read it), so it is not specialized: Triton would otherwise compile ints equal to 1 or divisible by 16
+    separately, and every config three times over the decode buckets 1, 2-8 and 16."""
+    return triton.jit(fn, do_not_specialize=["M_BUCKET"])
+
+
 GEMV_KEY = ["N", "K", "M_BUCKET"]
 GEMM_KEY = ["N", "K", "M_BUCKET"]
 GEMV_FIXED = {"BLOCK_N": 16, "BLOCK_K": 32}  # interpreter: one small config (valid on GPUs too), several K steps

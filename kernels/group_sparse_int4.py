@@ -29,9 +29,9 @@ from llmprune.formats.group_sparse_int4 import matmul_ref as reference  # noqa: 
 
 from ._codes import UNIT, code_float, column_phases, offset_zero, word_dot, word_stats
 from ._common import (
-    Call, KernelPair, check_packed, dense_buffer, dot_acc, expand_groups, expect_shape, grouped_pid, load_rows,
-    load_x, matvec_finish, matvec_init, nibbles, per_column, per_group, row_slice, split_k_buffers, split_k_range,
-    split_k_store, store_out, supports,  # noqa: F401 (supports: dispatch hook)
+    Call, KernelPair, check_packed, dense_buffer, dot_acc, expand_groups, expect_shape, grouped_pid, launched,
+    load_rows, load_x, matvec_finish, matvec_init, nibbles, per_column, per_group, row_slice, split_k_buffers,
+    split_k_range, split_k_store, store_out, supports,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -75,7 +75,7 @@ def _group_sparse_int4_words(acc, x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, rn, rb, i0
     return (acc + p * slope[None, :, :]) - offset[None, :, :] * xsum  # two FFMAs
 
 
-@triton.jit
+@launched
 def _group_sparse_int4_gemv_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om,
                                    KG, UNIT, ws_ptr, tk_ptr, M_BUCKET, GROUP: tl.constexpr, DOT_F32: tl.constexpr,
                                    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -123,7 +123,7 @@ def _group_sparse_int4_dequant_kernel(w_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, N, K, 
     tl.store(w_ptr + rn[:, None] * K + col, w.to(w_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@launched
 def _group_sparse_int4_gemm_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om,
                                    KG, UNIT, ws_ptr, tk_ptr, M_BUCKET, GROUP: tl.constexpr, DOT_F32: tl.constexpr,
                                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):

@@ -33,9 +33,9 @@ from llmprune.formats.int4 import matmul_ref as reference  # noqa: F401  (the or
 
 from ._codes import UNIT, code_float, code_unit, column_phases, offset_zero, word_dot, word_stats
 from ._common import (
-    Call, KernelPair, check_packed, dense_buffer, dot_acc, expand_groups, expect_shape, grouped_pid, load_rows,
-    load_x, matvec_finish, matvec_init, matvec_step, nibbles, per_column, per_group, row_slice, split_k_buffers,
-    split_k_range, split_k_store, split_k_store_tile, store_out, store_tile, weight_dot, word_aligned,
+    Call, KernelPair, check_packed, dense_buffer, dot_acc, expand_groups, expect_shape, grouped_pid, launched,
+    load_rows, load_x, matvec_finish, matvec_init, matvec_step, nibbles, per_column, per_group, row_slice,
+    split_k_buffers, split_k_range, split_k_store, split_k_store_tile, store_out, store_tile, weight_dot, word_aligned,
     supports,  # noqa: F401 (supports: dispatch hook)
 )
 
@@ -116,7 +116,7 @@ def _int4_few_tokens(acc, x_ptr, q_ptr, s_ptr, z_ptr, rn, rb, k0, M, N, K, strid
     return (acc + p * slope[None, :, :]) - offset[None, :, :] * xsum  # two FFMAs
 
 
-@triton.jit
+@launched
 def _int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, UNIT, ws_ptr, tk_ptr,
                       M_BUCKET, GROUP: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_B: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr = 1):
@@ -154,7 +154,7 @@ def _int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, s
         store_out(out_ptr, matvec_finish(acc, BLOCK_B), rb, rn, M, N, stride_om)
 
 
-@triton.jit
+@launched
 def _int4_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, UNIT, ws_ptr, tk_ptr,
                       M_BUCKET,
                       GROUP: tl.constexpr, DOT_F32: tl.constexpr,

@@ -21,7 +21,7 @@ from llmprune.errors import UserInputError
 from llmprune.formats.sparse24 import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
 from ._common import (
-    Call, KernelPair, check_packed, dense_buffer, dot_acc, expect_shape, grouped_pid, load_rows, load_x,
+    Call, KernelPair, check_packed, dense_buffer, dot_acc, expect_shape, grouped_pid, launched, load_rows, load_x,
     matvec_finish, matvec_init, matvec_step, nibbles, row_slice, store_out, store_tile, two_four_expand,
     supports,  # noqa: F401 (supports: dispatch hook)
 )
@@ -39,7 +39,7 @@ def _sparse24_tile(v_ptr, m_ptr, rn, k0, N, K, BLOCK_K: tl.constexpr):
     return two_four_expand(v0, v1, nib, 0.0)
 
 
-@triton.jit
+@launched
 def _sparse24_gemv_kernel(x_ptr, v_ptr, m_ptr, out_ptr, M, N, K, stride_xm, stride_om, M_BUCKET,
                           DOT_F32: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Decode: BLOCK_N rows per program streaming values and meta; the skipped half of W is never read."""
@@ -52,7 +52,7 @@ def _sparse24_gemv_kernel(x_ptr, v_ptr, m_ptr, out_ptr, M, N, K, stride_xm, stri
     store_out(out_ptr, matvec_finish(acc, BLOCK_B), rb, rn, M, N, stride_om)
 
 
-@triton.jit
+@launched
 def _sparse24_gemm_kernel(x_ptr, v_ptr, m_ptr, out_ptr, M, N, K, stride_xm, stride_om, M_BUCKET,
                           DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Prefill with dense tensor cores on the rebuilt tile (the semi-structured path is the sparse-MMA one)."""

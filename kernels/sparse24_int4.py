@@ -31,8 +31,8 @@ from llmprune.formats.sparse24_int4 import matmul_ref as reference  # noqa: F401
 
 from ._codes import UNIT, code_float, code_unit, offset_zero, word_stats
 from ._common import (
-    Call, KernelPair, check_packed, dense_buffer, dot_acc, expand_groups, expect_shape, grouped_pid, load_rows,
-    load_x, matvec_finish, matvec_init, matvec_step, nibbles, per_column, per_group, row_live, row_slice,
+    Call, KernelPair, check_packed, dense_buffer, dot_acc, expand_groups, expect_shape, grouped_pid, launched,
+    load_rows, load_x, matvec_finish, matvec_init, matvec_step, nibbles, per_column, per_group, row_live, row_slice,
     split_k_buffers, split_k_range, split_k_store, split_k_store_tile, store_out, store_row, store_tile,
     two_four_expand, weight_dot, word_aligned, supports,  # noqa: F401 (supports: dispatch hook)
 )
@@ -128,7 +128,7 @@ def _sparse24_int4_select_dot(acc, x_ptr, row, k0, M, K, stride_xm, wa, wb, p0, 
     return acc + wa * xa + wb * xb
 
 
-@triton.jit
+@launched
 def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, UNIT,
                                ws_ptr, tk_ptr, M_BUCKET, GROUP: tl.constexpr, DOT_F32: tl.constexpr,
                                BLOCK_B: tl.constexpr,
@@ -180,7 +180,7 @@ def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N,
         store_out(out_ptr, matvec_finish(acc, BLOCK_B), rb, rn, M, N, stride_om)
 
 
-@triton.jit
+@launched
 def _sparse24_int4_gemm_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, UNIT,
                                ws_ptr, tk_ptr, M_BUCKET,
                                GROUP: tl.constexpr, DOT_F32: tl.constexpr,

@@ -27,7 +27,7 @@ from llmprune.errors import UserInputError
 from llmprune.formats.spqr import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
 from ._common import (
-    Call, KernelPair, check_packed, dot_acc, expand_groups, expect_shape, grouped_pid, load_x, matvec_finish,
+    Call, KernelPair, check_packed, dot_acc, expand_groups, expect_shape, grouped_pid, launched, load_x, matvec_finish,
     matvec_init, matvec_step, per_group, store_out, store_tile, supports,  # noqa: F401 (supports: dispatch hook)
 )
 
@@ -103,7 +103,7 @@ def _spqr_outliers(acc, x_ptr, rows, rn, M, N, stride_xm, q_ptr, st_ptrs, o_ptrs
     return acc
 
 
-@triton.jit
+@launched
 def _spqr_gemv_kernel(x_ptr, q_ptr, sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr, rp_ptr, oc_ptr, ov_ptr, out_ptr,
                       M, N, K, stride_xm, stride_om, WORDS, G, M_BUCKET,
                       BITS: tl.constexpr, GROUP: tl.constexpr, STAT_GROUP: tl.constexpr, DOT_F32: tl.constexpr,
@@ -121,7 +121,7 @@ def _spqr_gemv_kernel(x_ptr, q_ptr, sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_p
     store_out(out_ptr, acc, rb, rn, M, N, stride_om)
 
 
-@triton.jit
+@launched
 def _spqr_gemm_kernel(x_ptr, q_ptr, sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr, rp_ptr, oc_ptr, ov_ptr, out_ptr,
                       M, N, K, stride_xm, stride_om, WORDS, G, M_BUCKET,
                       BITS: tl.constexpr, GROUP: tl.constexpr, STAT_GROUP: tl.constexpr, DOT_F32: tl.constexpr,
