@@ -9,6 +9,8 @@
 #
 # mix: the decode loops' instruction mix as the GPU's own triton compiles them (tests/kernels/instruction_mix.py);
 # decode: end-to-end tokens/s of Llama-2-7B shapes, eager and CUDA-graph replay (benchmarks/decode.py).
+# bench-*: also $OUT/<report>.crossovers.json, the dispatch table measured here: copy it (fp16's, or the stricter of
+# the two) to kernels/crossovers/<GPU name>.json and commit it.
 #
 # Exit status: non-zero if a correctness check or the sanitizer reports an error (later stages still run).
 set -uo pipefail

@@ -9,8 +9,10 @@ PyTorch's ``to_sparse_semi_structured``. Hygiene: a 256 MB buffer is zeroed befo
 50 MB L2 and keeps the GPU busy while the next launch is queued), each call is replayed from a CUDA graph (falling
 back to eager launches, reported, when capture fails), random non-zero data, median of many repetitions, and the
 device-to-device copy bandwidth of a 512 MB buffer measured in the same run as the roofline. Results go to
-``<results>/<date>-<gpu>.md`` (written atomically at the end; rows stream to a ``.partial`` file while running).
-Without CUDA it prints a message and exits 0.
+``<results>/<date>-<gpu>.md`` (written atomically at the end; rows stream to a ``.partial`` file while running),
+with the dispatch crossovers measured here as ``<report>.crossovers.json``: copy it into ``kernels/crossovers/`` to
+ship it, or pass ``--install`` to make this machine's dispatch follow it (kernels/select.py). Without CUDA it prints
+a message and exits 0.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ import sys
 from pathlib import Path
 
 import torch
+
+from llmprune.settings import cache_dir
 
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (14336, 4096), (4096, 14336), (28672, 8192)]  # (out, in)
 BATCHES = [1, 4, 16, 64, 512, 4096]
@@ -185,8 +189,8 @@ def bench_shape(fmt, n, k, dtype, batches, timer, copy_gbs, emit, records):
                 emit(f"| {n}x{k} | {m} | {str(dtype)[6:]} | {fmt} | {regime} | failed: {why} |")
                 continue
             gbs = (nbytes(packed.values()) + nbytes([x, out])) / t / 1e3
-            records.append({"fmt": fmt, "n": n, "k": k, "m": m, "regime": regime, "t": t, "dense": t_dense,
-                            "bw": gbs / copy_gbs})
+            records.append({"fmt": fmt, "n": n, "k": k, "m": m, "dtype": str(dtype)[6:], "regime": regime, "t": t,
+                            "dense": t_dense, "bw": gbs / copy_gbs})
             semi_txt = f"{t_semi / t:.2f}x" if t_semi else "-"
             emit(f"| {n}x{k} | {m} | {str(dtype)[6:]} | {fmt} | {regime or 'auto'} | {t:.1f} | {t_dense:.1f} | "
                  f"{t_dense / t:.2f}x | {semi_txt} | {gbs:.0f} | {100 * gbs / copy_gbs:.0f}% | {ratio:.2f} | "
@@ -214,28 +218,66 @@ def summary(records: list[dict]) -> list[str]:
             out.append(f"- {fmt}: batch >= 512: worst {worst:.2f}x of dense ({'ok' if worst >= 0.9 else 'SLOWER'} "
                        "against the 10% bound)")
     out += ["", "Dispatch crossover (median over shapes of gemm time / dense-regime time; > 1: dense wins):", ""]
-    crossover = {}
     for fmt in sorted({r["fmt"] for r in records}):
         ratios = regime_ratios(records, fmt, "gemm", "dense")
         out.append(f"- {fmt}: " + ", ".join(f"batch {m}: {v:.2f}" for m, v in ratios.items()))
-        crossover[fmt] = min([m for m, v in ratios.items() if v > 1.0], default=None)
-    out += ["", f"Suggested `DENSE_FROM` (first measured batch where dense wins; None: gemm always won): {crossover}"]
-    out += ["", "Chunked vs whole-weight dense (median over shapes of chunked time / dense time; < 1: chunked wins, "
-            "make it the large-batch default in kernels/select.py):", ""]
+    out += ["", "Chunked vs whole-weight dense (median over shapes of chunked time / dense time; < 1: chunked wins):",
+            ""]
     for fmt in sorted({r["fmt"] for r in records}):
         ratios = regime_ratios(records, fmt, "chunked", "dense")
         out.append(f"- {fmt}: " + ", ".join(f"batch {m}: {v:.2f}" for m, v in ratios.items()))
     return out
 
 
+def wins_from(ratios: dict[int, float]) -> int | None:
+    """The smallest measured batch from which a challenger whose time ratio to the incumbent is ``ratios`` (< 1: it
+    is faster) wins at that batch and every larger one, so one noisy middle batch cannot flip the regime twice."""
+    start = None
+    for m in sorted(ratios, reverse=True):
+        if ratios[m] >= 1.0:
+            break
+        start = m
+    return start
+
+
+def measured_rules(records: list[dict], base):
+    """kernels/select.py's table for this GPU from the timings: dense (dequantize + cuBLAS) from the first batch
+    where it beats the prefill kernel for good, chunked from the first where it beats whole-weight dequantization
+    for good. ``base`` (the table in effect) supplies what the run did not measure: the decode limit, unmeasured
+    formats, and a lower dense threshold when dense already wins at the smallest measured batch (below it nothing
+    was timed)."""
+    from llmprune.kernels.select import Rules
+
+    dense, chunked = dict(base.dense_from), dict(base.chunked_from)
+    for fmt in {r["fmt"] for r in records}:
+        gemm_vs_dense = regime_ratios(records, fmt, "dense", "gemm")  # < 1: dense is faster
+        if gemm_vs_dense:
+            start = wins_from(gemm_vs_dense)
+            low = base.dense_from[fmt]
+            dense[fmt] = min(start, low) if start == min(gemm_vs_dense) and low is not None else start
+        chunk_vs_dense = regime_ratios(records, fmt, "chunked", "dense")
+        if chunk_vs_dense:
+            chunked[fmt] = wins_from(chunk_vs_dense)
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else base.gpu
+    return Rules(gpu, "benchmarks/kernels.py", dict(base.gemv_up_to), dense, chunked)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """A reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def regime_ratios(records: list[dict], fmt: str, regime: str, baseline: str) -> dict[int, float]:
-    """{batch: median over shapes of the time of ``regime`` / the time of ``baseline``} for one format (batches
-    where a forced regime failed on every shape are left out)."""
-    times = {(r["m"], r["n"], r["k"], r["regime"]): r["t"] for r in records if r["fmt"] == fmt}
+    """{batch: median over shapes and dtypes of the time of ``regime`` / the time of ``baseline``} for one format
+    (batches where a forced regime failed on every shape are left out)."""
+    times = {(r["m"], r["n"], r["k"], r.get("dtype"), r["regime"]): r["t"] for r in records if r["fmt"] == fmt}
     ratios: dict[int, list[float]] = {}
-    for (m, n, k, reg), t in times.items():
-        if reg == regime and (m, n, k, baseline) in times:
-            ratios.setdefault(m, []).append(t / times[(m, n, k, baseline)])
+    for (m, n, k, dt, reg), t in times.items():
+        if reg == regime and (m, n, k, dt, baseline) in times:
+            ratios.setdefault(m, []).append(t / times[(m, n, k, dt, baseline)])
     return {m: statistics.median(ratios[m]) for m in sorted(ratios)}
 
 
@@ -263,6 +305,8 @@ def parse(argv):
     ap.add_argument("--dtypes", default="float16,bfloat16")
     ap.add_argument("--quick", action="store_true", help="one shape, batches 1/4/16/512 (smoke run)")
     ap.add_argument("--pinned", action="store_true", help="no autotuning: fixed configs (compute-sanitizer runs)")
+    ap.add_argument("--install", action="store_true",
+                    help="make this GPU's dispatch follow the measured crossovers ($LLMPRUNE_CACHE_DIR/crossovers/)")
     ap.add_argument("--results", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args(argv)
     if not (args.check or args.bench):
@@ -313,10 +357,19 @@ def main(argv=None) -> int:
         partial.unlink()
         lines += ["", *summary(records)]
         print("\n".join(summary(records)))
+        from llmprune.kernels import select
+
+        measured = measured_rules(records, select.rules(torch.cuda.get_device_name(0)))
+        table = Path(args.results) / f"{name}.crossovers.json"
+        write_atomic(table, measured.to_json())
+        lines += ["", f"Crossovers measured here ({table.name}; kernels/select.py reads such a table from "
+                  f"kernels/crossovers/ or, with --install, the user cache):", "", *measured.describe()]
+        if args.install:
+            installed = cache_dir() / "crossovers" / f"{select.device_slug(measured.gpu)}.json"
+            write_atomic(installed, measured.to_json())
+            print(f"dispatch on this GPU now follows {installed}")
     final = Path(args.results) / f"{name}.md"
-    final.parent.mkdir(parents=True, exist_ok=True)
-    final.with_suffix(".md.tmp").write_text("\n".join(lines) + "\n")
-    os.replace(final.with_suffix(".md.tmp"), final)  # atomic: a reader never sees half a report
+    write_atomic(final, "\n".join(lines) + "\n")
     print(f"wrote {final}")
     return 1 if failed else 0
 

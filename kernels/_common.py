@@ -386,10 +386,10 @@ class KernelPair:
     def interpret(self) -> bool:
         return interpreting(self.gemv)
 
-    def regime(self, m: int, regime: str | None) -> str:
-        """The caller's regime, or kernels/select.py's choice for ``m`` tokens."""
+    def regime(self, m: int, regime: str | None, device: torch.device) -> str:
+        """The caller's regime, or kernels/select.py's choice for ``m`` tokens on ``device``'s GPU."""
         if regime is None:
-            return choose(self.fmt, m)
+            return choose(self.fmt, m, device)
         if regime not in REGIMES:
             raise UserInputError(f"regime '{regime}' is unknown; use one of {', '.join(REGIMES)} or None (auto)")
         return regime
@@ -397,7 +397,7 @@ class KernelPair:
     def run(self, args: tuple, m: int, n: int, consts: dict, regime: str) -> None:
         """Launch over ``[m, n]`` outputs; ``args`` hold (..., M, N, K, stride_xm, stride_om, extra ints)."""
         if regime == "gemv":
-            tokens = min(m, decode_max(self.fmt))
+            tokens = min(m, decode_max(self.fmt, args[0].device))
             fixed = self._fixed(0)
 
             def grid(meta):
@@ -419,7 +419,7 @@ class KernelPair:
         m = x2.shape[0]
         if m == 0:
             return y
-        regime = self.regime(m, regime)
+        regime = self.regime(m, regime, x2.device)
         if regime == "gemm" and not call.gemm_ok:
             regime = "gemv"
         if regime == "chunked" and call.dequantize_rows is None:

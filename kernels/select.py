@@ -1,7 +1,7 @@
 """Which matmul path a packed format takes on CUDA for a given number of tokens (the dispatch table).
 
 Regimes, per call of ``<fmt>_matmul(x, packed)`` with M = tokens (rows of x):
-- ``gemv``  — the decode kernel: row blocks of W streamed once against M <= ``DECODE_MAX`` tokens (FMAs, or one
+- ``gemv``  — the decode kernel: row blocks of W streamed once against M <= ``gemv_up_to`` tokens (FMAs, or one
   padded tl.dot for 5-16 tokens; at 2-4 tokens the autotuner times both blocks, ``_common.decode_blocks``).
   Memory-bound: its ideal speedup over fp16 is the format's byte ratio.
 - ``gemm``  — the prefill kernel: tl.dot on tiles dequantized in registers (17-63 tokens).
@@ -24,30 +24,116 @@ group_sparse_int4), and the gap grows with the batch. spqr goes to dense from 17
 statistics and a 3-bit stream per tile and spills registers in every config on sm_90 (240-1128 B of stack per
 thread, ``python tests/kernels/compile_check.py --resources``); measured 25x slower than dense at 512 tokens.
 These crossovers predate the decode rework measured only statically so far (benchmarks/results/instruction_mix/:
-fewer instructions per byte at 1-4 tokens); re-measure them on the next GPU run. ``benchmarks/kernels.py`` prints
-the measured crossover per format and GPU; copy its numbers into ``DENSE_FROM``
-(and ``GEMV_UP_TO``) below when they differ on another GPU.
+fewer instructions per byte at 1-4 tokens); re-measure them on the next GPU run.
+
+Per device: the crossovers live in JSON tables named after the GPU (``torch.cuda.get_device_name`` with spaces as
+dashes). ``benchmarks/kernels.py --bench`` writes one next to its report (``<report>.crossovers.json``) and, with
+``--install``, into ``$LLMPRUNE_CACHE_DIR/crossovers/``, which takes precedence over the tables shipped in
+``kernels/crossovers/``; a GPU with neither uses the H100's (``DEFAULT_GPU``), as do CPU tensors.
 """
 from __future__ import annotations
 
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llmprune.errors import UserInputError
+from llmprune.kernels import FORMATS_WITH_KERNELS
+from llmprune.settings import cache_dir
+
 REGIMES = ("gemv", "gemm", "dense", "chunked")
 SEMI_FROM = 512
-GEMV_UP_TO = {"int4": 16, "sparse24": 16, "sparse24_int4": 16, "group_sparse_int4": 4, "spqr": 16}
-DENSE_FROM = {"int4": 64, "sparse24": 64, "sparse24_int4": 64, "group_sparse_int4": 64, "spqr": 17}
+DEFAULT_GPU = "NVIDIA-H100-80GB-HBM3"
+SHIPPED = Path(__file__).with_name("crossovers")
 
 
-def decode_max(fmt: str) -> int:
+@dataclass(frozen=True)
+class Rules:
+    """One GPU's crossovers, per format: decode kernel up to ``gemv_up_to`` tokens, prefill kernel below
+    ``dense_from``, then dequantize + cuBLAS, in slices (``chunked``) from ``chunked_from`` where that was faster."""
+
+    gpu: str
+    source: str  # the file the numbers came from
+    gemv_up_to: dict[str, int]
+    dense_from: dict[str, int | None]  # None: the prefill kernel won at every measured batch
+    chunked_from: dict[str, int | None]  # None: whole-weight dequantization was never slower
+
+    def choose(self, fmt: str, tokens: int) -> str:
+        if tokens <= self.gemv_up_to[fmt]:
+            return "gemv"
+        dense = self.dense_from[fmt]
+        if dense is None or tokens < dense:
+            return "gemm"
+        start = self.chunked_from.get(fmt)
+        return "chunked" if start is not None and tokens >= start else "dense"
+
+    def describe(self) -> list[str]:
+        """One line per format, for benchmark reports."""
+        lines = []
+        for fmt, gemv in self.gemv_up_to.items():
+            dense, chunked = self.dense_from[fmt], self.chunked_from.get(fmt)
+            large = f" < {dense} <= dense" + (f" < {chunked} <= chunked" if chunked else "") if dense else ""
+            lines.append(f"- {fmt}: gemv <= {gemv} < gemm{large}")
+        return lines
+
+    def to_json(self) -> str:
+        body = {"gpu": self.gpu, "gemv_up_to": self.gemv_up_to, "dense_from": self.dense_from,
+                "chunked_from": self.chunked_from}
+        return json.dumps(body, indent=1, sort_keys=True) + "\n"
+
+
+def device_slug(name: str) -> str:
+    return name.strip().replace(" ", "-")
+
+
+def read_rules(path: Path) -> Rules:
+    """A table written by ``benchmarks/kernels.py``; a malformed one is a one-line error naming the file."""
+    try:
+        body = json.loads(path.read_text())
+        gemv, dense = body["gemv_up_to"], body["dense_from"]
+        chunked = body.get("chunked_from", {})
+        counts = (*gemv.values(), *(v for v in (*dense.values(), *chunked.values()) if v is not None))
+        if not set(gemv) == set(dense) == set(FORMATS_WITH_KERNELS):
+            raise ValueError(f"gemv_up_to and dense_from must name exactly {', '.join(FORMATS_WITH_KERNELS)}")
+        if not all(isinstance(v, int) and v > 0 for v in counts):
+            raise ValueError("crossovers must be positive token counts (or null)")
+        return Rules(str(body["gpu"]), str(path), gemv, dense, {f: chunked.get(f) for f in gemv})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UserInputError(f"crossover table {path} is unreadable ({type(exc).__name__}: {exc}); delete it or "
+                             "rewrite it with `python benchmarks/kernels.py --bench --install`") from None
+
+
+@functools.lru_cache(maxsize=None)
+def rules(gpu: str | None = None) -> Rules:
+    """The table for GPU ``gpu`` (a device name; None: ``DEFAULT_GPU``): the user's measured one, else the shipped
+    one, else the default GPU's."""
+    slug = device_slug(gpu or DEFAULT_GPU)
+    for folder in (cache_dir() / "crossovers", SHIPPED):
+        if (folder / f"{slug}.json").is_file():
+            return read_rules(folder / f"{slug}.json")
+    return rules(None) if gpu else read_rules(SHIPPED / f"{DEFAULT_GPU}.json")
+
+
+def device_rules(device: torch.device) -> Rules:
+    """The rules for the GPU ``device`` is on (the default table for CPU tensors: the interpreter's tests)."""
+    if device.type != "cuda":
+        return rules(None)
+    return rules(_gpu_name(device.index if device.index is not None else torch.cuda.current_device()))
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
+
+
+def decode_max(fmt: str, device: torch.device | None = None) -> int:
     """Most tokens one decode (GEMV) program handles; more tokens take batch blocks of this size (or fewer)."""
-    return GEMV_UP_TO[fmt]
+    return (rules(None) if device is None else device_rules(device)).gemv_up_to[fmt]
 
 
-def choose(fmt: str, tokens: int) -> str:
-    """The regime for ``tokens`` rows of activations: 'gemv', 'gemm' or 'dense' (see the module docstring)."""
-    if tokens <= GEMV_UP_TO[fmt]:
-        return "gemv"
-    return "gemm" if tokens < DENSE_FROM[fmt] else "dense"
-
-
-def table() -> list[tuple[str, str]]:
-    """(format, rule) rows for docs and benchmark reports."""
-    return [(fmt, f"gemv <= {GEMV_UP_TO[fmt]} < gemm < {DENSE_FROM[fmt]} <= dense") for fmt in GEMV_UP_TO]
+def choose(fmt: str, tokens: int, device: torch.device | None = None) -> str:
+    """The regime for ``tokens`` rows of activations on ``device``: 'gemv', 'gemm', 'dense' or 'chunked'."""
+    return (rules(None) if device is None else device_rules(device)).choose(fmt, tokens)

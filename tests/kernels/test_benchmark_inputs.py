@@ -45,9 +45,9 @@ def test_benchmark_without_cuda_exits_zero_with_message():
     assert run.returncode == 0 and "no CUDA GPU visible" in run.stdout
 
 
-def test_benchmark_summary_flags_goals_and_suggests_crossover(bench):
-    """Synthetic timings: int4 at 3.5x passes its 3x goal, gemm loses to dense from batch 512 on, and a 0.8x
-    large-batch path is reported as slower than the 10% bound."""
+def test_benchmark_summary_flags_goals_and_reports_crossover_ratios(bench):
+    """Synthetic timings: int4 at 3.5x passes its 3x goal, a 0.8x large-batch path is reported as slower than the
+    10% bound, and the gemm / dense time ratios per batch are listed."""
     rows = [dict(fmt="int4", n=11008, k=4096, m=1, regime=None, t=10.0, dense=35.0, bw=0.8)]
     for m, gemm in ((64, 8.0), (512, 30.0)):
         rows += [dict(fmt="int4", n=11008, k=4096, m=m, regime=r, t=t, dense=24.0, bw=0.5)
@@ -55,7 +55,44 @@ def test_benchmark_summary_flags_goals_and_suggests_crossover(bench):
     text = "\n".join(bench.summary(rows))
     assert "worst 3.50x over dense (goal 3x: met)" in text
     assert "worst 0.80x of dense (SLOWER" in text
-    assert "{'int4': 512}" in text
+    assert "- int4: batch 64: 0.40, batch 512: 1.50" in text
+
+
+def timings(fmt, per_batch):
+    """Records of two shapes and both dtypes with the same times: {batch: {regime: microseconds}}."""
+    return [dict(fmt=fmt, n=n, k=4096, m=m, dtype=dt, regime=r, t=t, dense=1.0, bw=0.5)
+            for n in (4096, 11008) for dt in ("float16", "bfloat16") for m, times in per_batch.items()
+            for r, t in times.items()]
+
+
+def test_measured_crossovers_become_this_gpus_dispatch_table(bench, tmp_path, monkeypatch):
+    """int4: dense wins at 64, loses at 512, wins at 4096 -> dense only from 4096 (a regime flips once); chunked
+    beats whole-weight dense only at 4096. spqr: dense wins from the smallest measured batch, so the lower threshold
+    already in effect (17) stays. Unmeasured formats and the decode limits keep the table in effect; the written
+    table, installed in the user cache, is what dispatch then follows for that GPU."""
+    from llmprune.kernels import select
+
+    records = timings("int4", {64: {"gemm": 8.0, "dense": 7.5, "chunked": 7.6},
+                               512: {"gemm": 18.0, "dense": 20.0, "chunked": 25.0},
+                               4096: {"gemm": 200.0, "dense": 100.0, "chunked": 90.0}})
+    records += timings("spqr", {64: {"gemm": 50.0, "dense": 9.0}, 512: {"gemm": 500.0, "dense": 30.0}})
+    base = select.rules(None)
+    measured = bench.measured_rules(records, base)
+    assert measured.dense_from == {**base.dense_from, "int4": 4096, "spqr": 17}
+    assert measured.chunked_from == {**base.chunked_from, "int4": 4096}
+    assert measured.gemv_up_to == base.gemv_up_to
+    assert [measured.choose("int4", m) for m in (16, 17, 512, 4095, 4096)] == \
+        ["gemv", "gemm", "gemm", "gemm", "chunked"]
+
+    monkeypatch.setenv("LLMPRUNE_CACHE_DIR", str(tmp_path))
+    select.rules.cache_clear()
+    try:
+        bench.write_atomic(tmp_path / "crossovers" / "Some-GPU.json", measured.to_json())
+        assert select.rules("Some GPU").dense_from["int4"] == 4096
+        assert select.rules("Some GPU").choose("int4", 5000) == "chunked"
+        assert select.rules("Other GPU").source == base.source  # no table: the default GPU's
+    finally:
+        select.rules.cache_clear()
 
 
 def test_benchmark_check_dry_run_passes_on_cpu(bench, capsys):

@@ -1,6 +1,7 @@
 """Launcher checks (one-line UserInputError naming the fix), the dispatch table and the package's import hygiene."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -54,6 +55,30 @@ def test_select_table_follows_the_measured_crossovers():
         ["gemv", "gemv", "gemm", "gemm", "dense", "dense"]
     assert [select.choose("group_sparse_int4", m) for m in (4, 5)] == ["gemv", "gemm"]
     assert [select.choose("spqr", m) for m in (16, 17)] == ["gemv", "dense"]
+
+
+def test_a_users_crossover_table_overrides_the_shipped_one_and_a_broken_one_is_a_one_line_error(tmp_path,
+                                                                                                monkeypatch):
+    monkeypatch.setenv("LLMPRUNE_CACHE_DIR", str(tmp_path))
+    folder = tmp_path / "crossovers"
+    folder.mkdir()
+    shipped = select.rules(None)
+    select.rules.cache_clear()
+    try:
+        mine = {"gpu": select.DEFAULT_GPU, "gemv_up_to": {**shipped.gemv_up_to, "int4": 8},
+                "dense_from": {**shipped.dense_from, "int4": None}, "chunked_from": {}}
+        (folder / f"{select.DEFAULT_GPU}.json").write_text(json.dumps(mine))
+        assert [select.choose("int4", m) for m in (8, 9, 100000)] == ["gemv", "gemm", "gemm"]
+        assert select.decode_max("int4", torch.device("cpu")) == 8
+        for broken in ("{", json.dumps({**mine, "dense_from": {"int4": 64}}),
+                       json.dumps({**mine, "gemv_up_to": {**mine["gemv_up_to"], "int4": "8"}})):
+            (folder / f"{select.DEFAULT_GPU}.json").write_text(broken)
+            select.rules.cache_clear()
+            with pytest.raises(UserInputError) as err:
+                select.choose("int4", 1)
+            assert "crossover table" in str(err.value) and "\n" not in str(err.value)
+    finally:
+        select.rules.cache_clear()
 
 
 def test_matmul_fn_names_each_launcher():
