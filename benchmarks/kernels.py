@@ -194,7 +194,24 @@ def bench_shape(fmt, n, k, dtype, batches, timer, copy_gbs, emit, records):
             semi_txt = f"{t_semi / t:.2f}x" if t_semi else "-"
             emit(f"| {n}x{k} | {m} | {str(dtype)[6:]} | {fmt} | {regime or 'auto'} | {t:.1f} | {t_dense:.1f} | "
                  f"{t_dense / t:.2f}x | {semi_txt} | {gbs:.0f} | {100 * gbs / copy_gbs:.0f}% | {ratio:.2f} | "
-                 f"{'graph' if graphed else 'eager'} |")
+                 f"{'graph' if graphed else 'eager'} | {tuned_config(fmt, regime, m, x.device)} |")
+
+
+def tuned_config(fmt: str, regime: str | None, m: int, device) -> str:
+    """The config the autotuner chose for the call just timed (which 2-4 token block won, split count, tile), or
+    '-' for the dequantize regimes."""
+    import importlib
+
+    from llmprune.kernels.select import choose
+
+    kernels = importlib.import_module(f"llmprune.kernels.{fmt}").KERNELS
+    taken = regime or choose(fmt, m, device)
+    tuned = {"gemv": kernels.gemv_tuned, "gemm": kernels.gemm_tuned}.get(taken)
+    best = getattr(tuned, "best_config", None)
+    if best is None:
+        return "-"
+    short = {"BLOCK_B": "B", "BLOCK_M": "M", "BLOCK_N": "N", "BLOCK_K": "K", "SPLIT_K": "split"}
+    return " ".join(f"{short.get(k, k)}{v}" for k, v in best.kwargs.items()) + f" w{best.num_warps}"
 
 
 GOALS = {"int4": 3.0, "sparse24_int4": 4.0, "group_sparse_int4": 4.0}  # issue 6, batch 1-16 on the MLP shapes
@@ -340,7 +357,7 @@ def main(argv=None) -> int:
         copy_gbs = copy_bandwidth(timer)
         lines += [f"Copy bandwidth (512 MB device-to-device, read + write): {copy_gbs:.0f} GB/s", "",
                   "| shape (out x in) | batch | dtype | format | regime | µs | dense µs | vs dense | vs semi 2:4 | "
-                  "GB/s | % copy BW | byte ratio | launch |", "|" + "---|" * 13]
+                  "GB/s | % copy BW | byte ratio | launch | tuned config |", "|" + "---|" * 14]
         partial = Path(args.results) / f"{name}.md.partial"
         partial.parent.mkdir(parents=True, exist_ok=True)
         with partial.open("w") as log:

@@ -84,3 +84,38 @@ def word_stats(s_ptr, z_ptr, rn, w0, NG, N, GROUP: tl.constexpr, W: tl.constexpr
     scale = per_group(s_ptr, rn, ok, w0, NG, 0.0, GROUP // 8, W).to(tl.float32)
     zero = per_group(z_ptr, rn, ok, w0, NG, 0, GROUP // 8, W).to(tl.float32)
     return expand_groups(16.0 * scale, GROUP // 8, W), expand_groups((16.0 + zero) * scale, GROUP // 8, W)
+
+
+@triton.jit
+def word_units(s_ptr, z_ptr, rn, w0, NG, N, GROUP: tl.constexpr, W: tl.constexpr):
+    """Slope 16 s and unit zero 1 + z/16 of code words w0 .. w0+W of rows ``rn`` (``word_stats``' layout): for paths
+    whose activations differ per row (picked or gathered x), subtracting the unit zero from each ``code_unit`` once
+    (exact: both are multiples of 1/16 in [1, 2)) is cheaper than ``word_stats``' per-token sum of x, and
+    s (q - z) = slope * (v - (1 + z/16))."""
+    ok = rn < N
+    scale = per_group(s_ptr, rn, ok, w0, NG, 0.0, GROUP // 8, W).to(tl.float32)
+    zero = per_group(z_ptr, rn, ok, w0, NG, 0, GROUP // 8, W).to(tl.float32)
+    return expand_groups(16.0 * scale, GROUP // 8, W), expand_groups(1.0 + zero * 0.0625, GROUP // 8, W)
+
+
+@triton.jit
+def unit_codes(words, zc, unit):
+    """The 8 codes of each word as ``code_unit`` minus the unit zero ``zc`` (``word_units``): exact, computed once
+    and shared by every token."""
+    return (code_unit(words, 0, unit) - zc, code_unit(words, 1, unit) - zc, code_unit(words, 2, unit) - zc,
+            code_unit(words, 3, unit) - zc, code_unit(words, 4, unit) - zc, code_unit(words, 5, unit) - zc,
+            code_unit(words, 6, unit) - zc, code_unit(words, 7, unit) - zc)
+
+
+@triton.jit
+def unit_dot(acc, u, x, slope):
+    """``acc`` + slope * sum_j u_j x_j over a word's 8 codes (``unit_codes``) and one token's activations at them:
+    one FFMA per code and token."""
+    p = u[0] * x[0] + u[1] * x[1]
+    p = p + u[2] * x[2]
+    p = p + u[3] * x[3]
+    p = p + u[4] * x[4]
+    p = p + u[5] * x[5]
+    p = p + u[6] * x[6]
+    p = p + u[7] * x[7]
+    return acc + p * slope

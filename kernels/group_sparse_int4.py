@@ -7,8 +7,9 @@ Worked example (g = 4, 3 groups, keep 1): group_idx row [2] with codes [1, 2, 3,
 covering columns 8..11.
 
 Decode streams only the kept groups (the byte ratio is the speed limit). With g % 8 == 0 it reads the codes as 32-bit
-words like int4's decode (bit-op conversion, statistics folded into per-word sums) and loads each word's 8
-activations with one vector load (x is small and stays in L1/L2); other groups gather x per code. Prefill walks
+words like int4's decode (bit-op conversion; one token folds the statistics into per-word sums, 2-4 tokens subtract
+the zero point from each code once and share it) and loads each word's 8 activations with one vector load (x is
+small and stays in L1/L2); other groups gather x per code. Prefill walks
 the dense groups in order with one cursor per row into ``group_idx`` (a merge of sorted lists): at dense group G a
 row contributes its next kept group if that is G, else zeros, so every tl.dot tile shares its K columns across rows.
 Packed bytes of dropped groups are never read.
@@ -27,11 +28,13 @@ from torch import Tensor
 from llmprune.errors import UserInputError
 from llmprune.formats.group_sparse_int4 import matmul_ref as reference  # noqa: F401  (the tests' oracle)
 
-from ._codes import UNIT, code_float, column_phases, offset_zero, word_dot, word_stats
+from ._codes import (
+    UNIT, code_float, column_phases, offset_zero, unit_codes, unit_dot, word_dot, word_stats, word_units,
+)
 from ._common import (
     Call, KernelPair, check_packed, dense_buffer, dot_acc, expand_groups, expect_shape, grouped_pid, launched,
     load_rows, load_x, matvec_finish, matvec_init, nibbles, per_column, per_group, row_slice, split_k_buffers,
-    split_k_range, split_k_store, store_out, supports,  # noqa: F401 (supports: dispatch hook)
+    split_k_range, split_k_store, store_out, store_row, supports,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -52,27 +55,30 @@ def _group_sparse_int4_kept(gi_ptr, q_ptr, s_ptr, z_ptr, rn, i0, N, KG, GROUP: t
 
 
 @triton.jit
-def _group_sparse_int4_words(acc, x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, rn, rb, i0, M, N, KG, stride_xm, unit,
-                             GROUP: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr):
-    """``acc`` plus partial sums [BLOCK_B, BLOCK_N, BLOCK_K/8] over kept codes i0 .. i0+BLOCK_K, one per 32-bit code
-    word (GROUP % 8 == 0, so a word's 8 columns are contiguous in x): each row loads the 8 activations of each of its
-    words with one vector load and splits them into column phases in registers; ``word_stats`` folds scale and
-    zero point into per-word sums (one FMA per weight, no int-to-float conversion). The byte-wise version gathered
-    x one element per code (tests/kernels/instruction_mix.py)."""
+def _group_sparse_int4_word_slots(gi_ptr, q_ptr, rn, i0, N, KG, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(words, first, live), each [BLOCK_N, BLOCK_K/8]: the 32-bit code words of kept codes i0 .. i0+BLOCK_K of rows
+    ``rn`` (GROUP % 8 == 0, so a word's 8 columns are contiguous in x), the x column of each word's first code, and
+    which words exist."""
     W: tl.constexpr = BLOCK_K // 8
     kept_words = KG * GROUP // 8
     ok = rn < N
     wi = i0 // 8 + tl.arange(0, W)
     words = load_rows(q_ptr.to(tl.pointer_type(tl.int32)), rn, N, i0 // 8, kept_words, kept_words, 0, W)
     group = expand_groups(per_group(gi_ptr, rn, ok, i0 // 8, KG, 0, GROUP // 8, W).to(tl.int32), GROUP // 8, W)
-    first = group * GROUP + ((wi % (GROUP // 8)) * 8)[None, :]  # x column of each word's first code
-    live = (rb[:, None, None] < M) & (ok[:, None] & (wi[None, :] < kept_words))[None, :, :]
-    xw = tl.load(x_ptr + rb[:, None, None, None] * stride_xm + first[None, :, :, None] + tl.arange(0, 8),
-                 mask=live[:, :, :, None], other=0.0).to(tl.float32)
-    xs = column_phases(tl.reshape(xw, (BLOCK_B, rn.shape[0], W, 2, 2, 2)))
-    p, xsum = word_dot(words[None, :, :], xs, unit)
-    slope, offset = word_stats(s_ptr, z_ptr, rn, i0 // 8, KG, N, GROUP, W)
-    return (acc + p * slope[None, :, :]) - offset[None, :, :] * xsum  # two FFMAs
+    first = group * GROUP + ((wi % (GROUP // 8)) * 8)[None, :]
+    return words, first, ok[:, None] & (wi[None, :] < kept_words)
+
+
+@triton.jit
+def _group_sparse_int4_word_x(x_ptr, row, first, live, M, stride_xm):
+    """One token's 8 activations of every code word (one vector load per word; x is small and stays in L1/L2),
+    split into the word's column phases in registers, [1, BLOCK_N, W] each: with a token axis of 1, triton 3.6 keeps
+    codes, statistics and activations in one layout (the 2-D form took 2.5x the barriers and 10-20% more
+    instructions, tests/kernels/instruction_mix.py)."""
+    live = live[None, :, :] & ((first * 0 + row) < M)[None, :, :]
+    xw = tl.load(x_ptr + row * stride_xm + first[None, :, :, None] + tl.arange(0, 8), mask=live[:, :, :, None],
+                 other=0.0).to(tl.float32)
+    return column_phases(tl.reshape(xw, (1, first.shape[0], first.shape[1], 2, 2, 2)))
 
 
 @launched
@@ -84,20 +90,40 @@ def _group_sparse_int4_gemv_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, 
     may split the kept codes among SPLIT_K programs (``split_k_store``)."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    if GROUP % 8 == 0:  # the code-word path
+    if GROUP % 8 == 0:  # the code-word path: one FFMA per code and token, no int-to-float conversion
+        W: tl.constexpr = BLOCK_K // 8
+        b0 = tl.program_id(1) * BLOCK_B
         if BLOCK_B == 1:
             i_lo, i_hi = split_k_range(KG * GROUP, BLOCK_K, SPLIT_K)
-        else:
-            i_lo, i_hi = 0, KG * GROUP
-        accw = tl.zeros((BLOCK_B, BLOCK_N, BLOCK_K // 8), tl.float32)
-        for i0 in range(i_lo, i_hi, BLOCK_K):
-            accw = _group_sparse_int4_words(accw, x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, rn, rb, i0, M, N, KG, stride_xm,
-                                             UNIT, GROUP, BLOCK_B, BLOCK_K)
-        if BLOCK_B == 1:
-            part = tl.reshape(tl.sum(accw, axis=2), (BLOCK_N,))
-            split_k_store(out_ptr, ws_ptr, tk_ptr, part, tl.program_id(1), rn, M, N, stride_om, SPLIT_K)
-        else:
-            store_out(out_ptr, tl.sum(accw, axis=2), rb, rn, M, N, stride_om)
+            acc1 = tl.zeros((1, BLOCK_N, W), tl.float32)
+            for i0 in range(i_lo, i_hi, BLOCK_K):  # scale and zero point folded into per-word sums (``word_stats``)
+                words, first, live = _group_sparse_int4_word_slots(gi_ptr, q_ptr, rn, i0, N, KG, GROUP, BLOCK_K)
+                slope, offset = word_stats(s_ptr, z_ptr, rn, i0 // 8, KG, N, GROUP, W)
+                p, xsum = word_dot(words[None, :, :], _group_sparse_int4_word_x(x_ptr, b0, first, live, M, stride_xm),
+                                   UNIT)
+                acc1 = (acc1 + p * slope[None, :, :]) - offset[None, :, :] * xsum  # two FFMAs
+            part = tl.reshape(tl.sum(acc1, axis=2), (BLOCK_N,))
+            split_k_store(out_ptr, ws_ptr, tk_ptr, part, b0, rn, M, N, stride_om, SPLIT_K)
+            return
+        c0 = tl.zeros((1, BLOCK_N, W), tl.float32)  # 2-4 tokens: one accumulator per token
+        c1 = tl.zeros((1, BLOCK_N, W), tl.float32)
+        c2 = tl.zeros((1, BLOCK_N, W), tl.float32)
+        c3 = tl.zeros((1, BLOCK_N, W), tl.float32)
+        for i0 in range(0, KG * GROUP, BLOCK_K):  # codes minus unit zeros once for all tokens (``word_units``)
+            words, first, live = _group_sparse_int4_word_slots(gi_ptr, q_ptr, rn, i0, N, KG, GROUP, BLOCK_K)
+            slope, zc = word_units(s_ptr, z_ptr, rn, i0 // 8, KG, N, GROUP, W)
+            u = unit_codes(words[None, :, :], zc[None, :, :], UNIT)
+            slope = slope[None, :, :]
+            c0 = unit_dot(c0, u, _group_sparse_int4_word_x(x_ptr, b0, first, live, M, stride_xm), slope)
+            c1 = unit_dot(c1, u, _group_sparse_int4_word_x(x_ptr, b0 + 1, first, live, M, stride_xm), slope)
+            if BLOCK_B == 4:
+                c2 = unit_dot(c2, u, _group_sparse_int4_word_x(x_ptr, b0 + 2, first, live, M, stride_xm), slope)
+                c3 = unit_dot(c3, u, _group_sparse_int4_word_x(x_ptr, b0 + 3, first, live, M, stride_xm), slope)
+        store_row(out_ptr, tl.reshape(tl.sum(c0, axis=2), (BLOCK_N,)), b0, rn, M, N, stride_om)
+        store_row(out_ptr, tl.reshape(tl.sum(c1, axis=2), (BLOCK_N,)), b0 + 1, rn, M, N, stride_om)
+        if BLOCK_B == 4:
+            store_row(out_ptr, tl.reshape(tl.sum(c2, axis=2), (BLOCK_N,)), b0 + 2, rn, M, N, stride_om)
+            store_row(out_ptr, tl.reshape(tl.sum(c3, axis=2), (BLOCK_N,)), b0 + 3, rn, M, N, stride_om)
         return
     acc = matvec_init(BLOCK_B, BLOCK_N, BLOCK_K)
     for i0 in range(0, KG * GROUP, BLOCK_K):

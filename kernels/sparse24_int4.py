@@ -6,14 +6,15 @@ p0 < p1 as the nibble ``p0 | p1 << 2``, two groups per byte; ``scales: [N, K/g]`
 original columns. Worked example: columns 0..3 = [0, a, 0, b] give p0 = 1, p1 = 3, nibble 0b1101 = 13; with codes
 a = 5, b = 9 the qvalues byte is 0x95.
 
-The kernels read 4.5 bits per kept weight (~2.3 bits per dense weight plus scales). One token: per column group
+The kernels read 4.5 bits per kept weight (~2.3 bits per dense weight plus scales). 1-4 tokens: per column group
 the two kept codes multiply the activations at their positions, picked from the group's four (loaded once,
-contiguously) by register selects; more tokens rebuild the dense tile in registers (the kept codes dequantized
-first, then placed; 5-16 tokens from 32-bit code words and 16-bit metadata words when GROUP % 16 == 0, with K
-split among programs as for one token). The byte ratio against fp16 is the batch-1 speed limit (~5.1x at g128);
-Sparse-Marlin (Frantar et al. 2024, arXiv:2408.11743) reaches it on Ampere. The selects cost about as many
-instructions per dense weight as int4's word path (tests/kernels/instruction_mix.py), so on an instruction-bound GPU
-this format is not faster than int4 at batch 1 despite its fewer bytes.
+contiguously) by register selects; with GROUP % 16 == 0 the codes come as 32-bit words (8 kept codes, one FFMA
+each per token) and the positions as 16-bit metadata words. 5-16 tokens rebuild the dense tile in registers from
+the same words (the kept codes decoded first, then placed) for one padded tl.dot, with K split among programs as
+for one token; other groups take byte-wise versions of both paths. The byte ratio against fp16 is the batch-1
+speed limit (~5.1x at g128); Sparse-Marlin (Frantar et al. 2024, arXiv:2408.11743) reaches it on Ampere. The
+selects cost about as many instructions per dense weight as int4's word path (tests/kernels/instruction_mix.py), so
+on an instruction-bound GPU this format is not faster than int4 at batch 1 despite its fewer bytes.
 
 Deviation: the prefill kernel multiplies the rebuilt dense tile with tl.dot, because Triton exposes no sparse
 tensor-core MMA (mma.sp); it saves memory traffic but not FLOPs, so at large batch the dispatcher prefers dense
@@ -29,7 +30,9 @@ from torch import Tensor
 from llmprune.errors import UserInputError
 from llmprune.formats.sparse24_int4 import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
-from ._codes import UNIT, code_float, code_unit, offset_zero, word_stats
+from ._codes import (
+    UNIT, code_float, code_unit, column_phases, offset_zero, unit_codes, unit_dot, word_dot, word_stats, word_units,
+)
 from ._common import (
     Call, KernelPair, check_packed, dense_buffer, dot_acc, expand_groups, expect_shape, grouped_pid, launched,
     load_rows, load_x, matvec_finish, matvec_init, matvec_step, nibbles, per_column, per_group, row_live, row_slice,
@@ -128,6 +131,38 @@ def _sparse24_int4_select_dot(acc, x_ptr, row, k0, M, K, stride_xm, wa, wb, p0, 
     return acc + wa * xa + wb * xb
 
 
+@triton.jit
+def _sparse24_int4_pick(x0, x1, x2, x3, meta, I: tl.constexpr):
+    """(x at p0, x at p1) of column group I of each 16-column word: positions p0 = meta bits 4I..4I+1 (0-2) and
+    p1 = bits 4I+2..4I+3 (1-3) compared in place (no shift), x0..x3 [W] the group's four activations."""
+    p0 = meta & (3 << (4 * I))
+    p1 = meta & (12 << (4 * I))
+    xa = tl.where(p0 == 0, x0[None, :], tl.where(p0 == (1 << (4 * I)), x1[None, :], x2[None, :]))
+    xb = tl.where(p1 == (12 << (4 * I)), x3[None, :], tl.where(p1 == (8 << (4 * I)), x2[None, :], x1[None, :]))
+    return xa, xb
+
+
+@triton.jit
+def _sparse24_int4_picked(x_ptr, row, k0, M, K, stride_xm, meta, BLOCK_K: tl.constexpr):
+    """One token's activations at the kept positions of each 16-column code word (4 column groups, 8 kept codes;
+    GROUP % 16 == 0), in code order: x is loaded once, contiguously, split into its 16 column phases in registers,
+    and each kept code's activation picked by selects on the 16-bit metadata word. The byte-wise path
+    (``_sparse24_int4_select_dot``) extracted positions by shifts and dequantized each code with a subtract and a
+    multiply (tests/kernels/instruction_mix.py)."""
+    W: tl.constexpr = BLOCK_K // 16
+    cols = k0 + tl.arange(0, BLOCK_K)
+    live = (cols < K) & row_live(cols, row, M)
+    x = tl.load(x_ptr + row * stride_xm + cols, mask=live, other=0.0).to(tl.float32)
+    even, odd = tl.split(tl.reshape(x, (W, 2, 2, 2, 2)))  # x[w, a, b, c, d] is column 16w + 8a + 4b + 2c + d
+    e0, e1, e2, e3, e4, e5, e6, e7 = column_phases(even)  # column 16w + 2j
+    o0, o1, o2, o3, o4, o5, o6, o7 = column_phases(odd)  # column 16w + 2j + 1
+    a0, b0 = _sparse24_int4_pick(e0, o0, e1, o1, meta, 0)
+    a1, b1 = _sparse24_int4_pick(e2, o2, e3, o3, meta, 1)
+    a2, b2 = _sparse24_int4_pick(e4, o4, e5, o5, meta, 2)
+    a3, b3 = _sparse24_int4_pick(e6, o6, e7, o7, meta, 3)
+    return a0, b0, a1, b1, a2, b2, a3, b3
+
+
 @launched
 def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, UNIT,
                                ws_ptr, tk_ptr, M_BUCKET, GROUP: tl.constexpr, DOT_F32: tl.constexpr,
@@ -137,7 +172,46 @@ def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N,
     token may split K among SPLIT_K programs (``split_k_store``)."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    if BLOCK_B <= 4 and GROUP % 4 == 0:  # 1-4 tokens: kept weights decoded once, x picked per token by selects
+    if BLOCK_B <= 4 and GROUP % 16 == 0:  # 1-4 tokens: code words, x picked per token by selects
+        W: tl.constexpr = BLOCK_K // 16
+        b0 = tl.program_id(1) * BLOCK_B
+        c0 = tl.zeros((BLOCK_N, W), tl.float32)  # one 2-D accumulator per token (see below)
+        c1 = tl.zeros((BLOCK_N, W), tl.float32)
+        c2 = tl.zeros((BLOCK_N, W), tl.float32)
+        c3 = tl.zeros((BLOCK_N, W), tl.float32)
+        if BLOCK_B == 1:
+            k_lo, k_hi = split_k_range(K, BLOCK_K, SPLIT_K)
+        else:
+            k_lo, k_hi = 0, K
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            words = load_rows(q_ptr.to(tl.pointer_type(tl.int32)), rn, N, k0 // 16, K // 16, K // 16, 0, W)
+            meta = load_rows(m_ptr.to(tl.pointer_type(tl.int16)), rn, N, k0 // 16, K // 16, K // 16, 0, W)
+            meta = meta.to(tl.int32)
+            if BLOCK_B == 1:  # scale and zero point folded into per-word sums (``word_stats``): fewer instructions
+                slope, offset = word_stats(s_ptr, z_ptr, rn, k0 // 16, K // GROUP, N, GROUP // 2, W)
+                p, xsum = word_dot(words, _sparse24_int4_picked(x_ptr, b0, k0, M, K, stride_xm, meta, BLOCK_K), UNIT)
+                c0 = (c0 + p * slope) - offset * xsum
+            else:  # codes minus unit zeros once for all tokens (``word_units``): no per-token sums of x
+                slope, zc = word_units(s_ptr, z_ptr, rn, k0 // 16, K // GROUP, N, GROUP // 2, W)
+                u = unit_codes(words, zc, UNIT)
+                c0 = unit_dot(c0, u, _sparse24_int4_picked(x_ptr, b0, k0, M, K, stride_xm, meta,
+                                                                          BLOCK_K), slope)
+                c1 = unit_dot(c1, u, _sparse24_int4_picked(x_ptr, b0 + 1, k0, M, K, stride_xm, meta,
+                                                                          BLOCK_K), slope)
+                if BLOCK_B == 4:
+                    c2 = unit_dot(c2, u, _sparse24_int4_picked(x_ptr, b0 + 2, k0, M, K, stride_xm,
+                                                                              meta, BLOCK_K), slope)
+                    c3 = unit_dot(c3, u, _sparse24_int4_picked(x_ptr, b0 + 3, k0, M, K, stride_xm,
+                                                                              meta, BLOCK_K), slope)
+        if BLOCK_B == 1:
+            split_k_store(out_ptr, ws_ptr, tk_ptr, tl.sum(c0, axis=1), b0, rn, M, N, stride_om, SPLIT_K)
+        else:
+            store_row(out_ptr, tl.sum(c0, axis=1), b0, rn, M, N, stride_om)
+            store_row(out_ptr, tl.sum(c1, axis=1), b0 + 1, rn, M, N, stride_om)
+        if BLOCK_B == 4:
+            store_row(out_ptr, tl.sum(c2, axis=1), b0 + 2, rn, M, N, stride_om)
+            store_row(out_ptr, tl.sum(c3, axis=1), b0 + 3, rn, M, N, stride_om)
+    elif BLOCK_B <= 4 and GROUP % 4 == 0:  # 1-4 tokens: kept weights decoded once, x picked per token by selects
         b0 = tl.program_id(1) * BLOCK_B
         a0 = tl.zeros((BLOCK_N, BLOCK_K // 4), tl.float32)  # one 2-D accumulator per token: 3-D broadcasts
         a1 = tl.zeros((BLOCK_N, BLOCK_K // 4), tl.float32)  # compiled to scalar loads on triton 3.6

@@ -101,3 +101,17 @@ def test_benchmark_check_dry_run_passes_on_cpu(bench, capsys):
     rows = bench.check(["int4", "sparse24_int4", "group_sparse_int4", "spqr"], [torch.float16], (20, 256), "cpu",
                        cases)
     assert len(rows) == 4 * len(cases) and all(row.endswith("| ok |") for row in rows)
+
+
+def test_bench_rows_name_the_config_the_autotuner_chose(bench, monkeypatch):
+    """Which 2-4 token block (FMA or padded tl.dot) and split count won is read off the autotuner after the timing;
+    the dequantize regimes have none."""
+    import triton
+
+    from llmprune.kernels import int4
+
+    monkeypatch.setattr(int4.KERNELS.gemv_tuned, "best_config",
+                        triton.Config({"BLOCK_B": 16, "BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 4}, num_warps=4),
+                        raising=False)
+    assert bench.tuned_config("int4", None, 4, torch.device("cpu")) == "B16 N64 K128 split4 w4"
+    assert bench.tuned_config("int4", "dense", 4096, torch.device("cpu")) == "-"

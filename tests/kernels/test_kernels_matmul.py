@@ -22,10 +22,11 @@ FORMATS = ["int4", "sparse24", "sparse24_int4", "group_sparse_int4", "spqr"]
 # take the padded tl.dot decode path; "dense" is the dequantize kernel + torch.mm. Groups 8/16/32 < BLOCK_K (32 under
 # the interpreter) < 64 and the non-power-of-two 24 take the three ways statistics are loaded; one token takes the
 # formats' single-token decode paths (int4: 32-bit code words when the group is a multiple of 8, group 4 takes the
-# generic tile; sparse24_int4: x picked at the kept positions by selects).
+# generic tile; sparse24_int4: x picked at the kept positions by selects, from 32-bit code words and 16-bit metadata
+# words when the group is a multiple of 16). 3 tokens at K = 80 end on a half-masked step of 16-column words.
 CASES = [(1, "gemv", 72, 8), (3, "gemv", 72, 8), (5, "gemv", 96, 16), (20, None, 96, 16), (2, "gemm", 64, 32),
          (3, "dense", 72, 8), (600, None, 64, 16), (1, "gemv", 128, 64), (2, "gemm", 96, 24), (1, "gemv", 96, 24),
-         (1, "gemv", 72, 4), (2, "gemv", 96, 16)]
+         (1, "gemv", 72, 4), (2, "gemv", 96, 16), (3, "gemv", 80, 16)]
 N = 20
 
 
