@@ -203,3 +203,29 @@ def test_spqr_bit_stream_straddles_words():
     x[torch.arange(len(cols)), cols] = 1.0  # one-hot rows read single weight columns
     y = spqr_matmul(x, packed)
     assert torch.allclose(y, qw.dequantize(torch.float32)[:, cols].T, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["int4", "sparse24", "sparse24_int4", "spqr"])
+@pytest.mark.parametrize("split", [1, 2])
+def test_two_to_four_tokens_on_the_padded_tl_dot_block(fmt, split, monkeypatch):
+    """On a GPU the autotuner may run 2-4 tokens on the padded tl.dot block (BLOCK_B = 16, rows 3-15 masked) instead
+    of the FMA block; the interpreter's fixed config is forced onto it here (with K split for the formats whose
+    tl.dot path splits), and the result equals the float64 oracle."""
+    from llmprune.kernels import _common
+
+    monkeypatch.setattr(_common, "batch_block", lambda m: 16)
+    monkeypatch.setattr(_common, "GEMV_FIXED", {**_common.GEMV_FIXED, "SPLIT_K": split})
+    blocks, launch = [], _common.launch
+    monkeypatch.setattr(_common, "launch", lambda k, t, grid, args, consts, fixed: (
+        blocks.append((fixed["BLOCK_B"], grid({**consts, **fixed}))), launch(k, t, grid, args, consts, fixed)))
+    kernel = importlib.import_module(f"llmprune.kernels.{fmt}")
+    qw, packed = make(fmt, 128, 16, torch.float32, seed=21)
+    x = torch.randn(3, 128, generator=torch.Generator().manual_seed(5))
+    out = torch.full((3, N), float("nan"))
+    getattr(kernel, f"{fmt}_matmul")(x, packed, out=out, regime="gemv")
+    oracle = x.to(torch.float64) @ qw.dequantize(torch.float32).to(torch.float64).T
+    if fmt == "sparse24":
+        oracle = dense_oracle(x, qw, torch.float32)
+    assert rel_err(out, oracle) <= TOLERANCE[torch.float32]
+    splits = split if fmt in ("int4", "sparse24_int4") else 1
+    assert [(b, grid[1:]) for b, grid in blocks] == [(16, (1, splits))]
