@@ -286,6 +286,21 @@ def split_k_store(out_ptr, ws_ptr, tk_ptr, part, row, rn, M, N, stride_om, SPLIT
 
 
 @triton.jit
+def store_token_sums(out_ptr, ws_ptr, tk_ptr, y0, y1, y2, y3, row, rn, M, N, stride_om, BLOCK_B: tl.constexpr,
+                     SPLIT_K: tl.constexpr):
+    """Outputs [BLOCK_N] of tokens row .. row+BLOCK_B-1 (BLOCK_B in 1, 2, 4) from the 2-4 token decode paths that keep
+    one accumulator per token; one token may have split K (``split_k_store``). Unused sums compile away."""
+    if BLOCK_B == 1:
+        split_k_store(out_ptr, ws_ptr, tk_ptr, y0, row, rn, M, N, stride_om, SPLIT_K)
+    else:
+        store_row(out_ptr, y0, row, rn, M, N, stride_om)
+        store_row(out_ptr, y1, row + 1, rn, M, N, stride_om)
+    if BLOCK_B == 4:
+        store_row(out_ptr, y2, row + 2, rn, M, N, stride_om)
+        store_row(out_ptr, y3, row + 3, rn, M, N, stride_om)
+
+
+@triton.jit
 def split_k_store_tile(out_ptr, ws_ptr, tk_ptr, part, rows, rn, M, N, stride_om, SPLIT_K: tl.constexpr):
     """Write outputs ``part`` [BLOCK_B, BLOCK_N] (float32) of split program_id(2). One split: straight to out.
     Otherwise each split stores its partial sums, takes a ticket from the tile's counter (acquire-release at GPU

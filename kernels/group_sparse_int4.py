@@ -34,7 +34,7 @@ from ._codes import (
 from ._common import (
     Call, KernelPair, check_packed, dense_buffer, dot_acc, expand_groups, expect_shape, grouped_pid, launched,
     load_rows, load_x, matvec_finish, matvec_init, nibbles, per_column, per_group, row_slice, split_k_buffers,
-    split_k_range, split_k_store, store_out, store_row, supports,  # noqa: F401 (supports: dispatch hook)
+    split_k_range, split_k_store, store_out, store_token_sums, supports,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -119,11 +119,9 @@ def _group_sparse_int4_gemv_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, 
             if BLOCK_B == 4:
                 c2 = unit_dot(c2, u, _group_sparse_int4_word_x(x_ptr, b0 + 2, first, live, M, stride_xm), slope)
                 c3 = unit_dot(c3, u, _group_sparse_int4_word_x(x_ptr, b0 + 3, first, live, M, stride_xm), slope)
-        store_row(out_ptr, tl.reshape(tl.sum(c0, axis=2), (BLOCK_N,)), b0, rn, M, N, stride_om)
-        store_row(out_ptr, tl.reshape(tl.sum(c1, axis=2), (BLOCK_N,)), b0 + 1, rn, M, N, stride_om)
-        if BLOCK_B == 4:
-            store_row(out_ptr, tl.reshape(tl.sum(c2, axis=2), (BLOCK_N,)), b0 + 2, rn, M, N, stride_om)
-            store_row(out_ptr, tl.reshape(tl.sum(c3, axis=2), (BLOCK_N,)), b0 + 3, rn, M, N, stride_om)
+        store_token_sums(out_ptr, ws_ptr, tk_ptr, tl.reshape(tl.sum(c0, axis=2), (BLOCK_N,)),
+                         tl.reshape(tl.sum(c1, axis=2), (BLOCK_N,)), tl.reshape(tl.sum(c2, axis=2), (BLOCK_N,)),
+                         tl.reshape(tl.sum(c3, axis=2), (BLOCK_N,)), b0, rn, M, N, stride_om, BLOCK_B, SPLIT_K)
         return
     acc = matvec_init(BLOCK_B, BLOCK_N, BLOCK_K)
     for i0 in range(0, KG * GROUP, BLOCK_K):

@@ -36,7 +36,7 @@ from ._codes import (
 from ._common import (
     Call, KernelPair, check_packed, dense_buffer, dot_acc, expand_groups, expect_shape, grouped_pid, launched,
     load_rows, load_x, matvec_finish, matvec_init, matvec_step, nibbles, per_column, per_group, row_live, row_slice,
-    split_k_buffers, split_k_range, split_k_store, split_k_store_tile, store_out, store_row, store_tile,
+    split_k_buffers, split_k_range, split_k_store_tile, store_out, store_tile, store_token_sums,
     two_four_expand, weight_dot, word_aligned, supports,  # noqa: F401 (supports: dispatch hook)
 )
 
@@ -194,23 +194,15 @@ def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N,
             else:  # codes minus unit zeros once for all tokens (``word_units``): no per-token sums of x
                 slope, zc = word_units(s_ptr, z_ptr, rn, k0 // 16, K // GROUP, N, GROUP // 2, W)
                 u = unit_codes(words, zc, UNIT)
-                c0 = unit_dot(c0, u, _sparse24_int4_picked(x_ptr, b0, k0, M, K, stride_xm, meta,
-                                                                          BLOCK_K), slope)
-                c1 = unit_dot(c1, u, _sparse24_int4_picked(x_ptr, b0 + 1, k0, M, K, stride_xm, meta,
-                                                                          BLOCK_K), slope)
+                c0 = unit_dot(c0, u, _sparse24_int4_picked(x_ptr, b0, k0, M, K, stride_xm, meta, BLOCK_K), slope)
+                c1 = unit_dot(c1, u, _sparse24_int4_picked(x_ptr, b0 + 1, k0, M, K, stride_xm, meta, BLOCK_K), slope)
                 if BLOCK_B == 4:
-                    c2 = unit_dot(c2, u, _sparse24_int4_picked(x_ptr, b0 + 2, k0, M, K, stride_xm,
-                                                                              meta, BLOCK_K), slope)
-                    c3 = unit_dot(c3, u, _sparse24_int4_picked(x_ptr, b0 + 3, k0, M, K, stride_xm,
-                                                                              meta, BLOCK_K), slope)
-        if BLOCK_B == 1:
-            split_k_store(out_ptr, ws_ptr, tk_ptr, tl.sum(c0, axis=1), b0, rn, M, N, stride_om, SPLIT_K)
-        else:
-            store_row(out_ptr, tl.sum(c0, axis=1), b0, rn, M, N, stride_om)
-            store_row(out_ptr, tl.sum(c1, axis=1), b0 + 1, rn, M, N, stride_om)
-        if BLOCK_B == 4:
-            store_row(out_ptr, tl.sum(c2, axis=1), b0 + 2, rn, M, N, stride_om)
-            store_row(out_ptr, tl.sum(c3, axis=1), b0 + 3, rn, M, N, stride_om)
+                    c2 = unit_dot(c2, u, _sparse24_int4_picked(x_ptr, b0 + 2, k0, M, K, stride_xm, meta, BLOCK_K),
+                                  slope)
+                    c3 = unit_dot(c3, u, _sparse24_int4_picked(x_ptr, b0 + 3, k0, M, K, stride_xm, meta, BLOCK_K),
+                                  slope)
+        store_token_sums(out_ptr, ws_ptr, tk_ptr, tl.sum(c0, axis=1), tl.sum(c1, axis=1), tl.sum(c2, axis=1),
+                         tl.sum(c3, axis=1), b0, rn, M, N, stride_om, BLOCK_B, SPLIT_K)
     elif BLOCK_B <= 4 and GROUP % 4 == 0:  # 1-4 tokens: kept weights decoded once, x picked per token by selects
         b0 = tl.program_id(1) * BLOCK_B
         a0 = tl.zeros((BLOCK_N, BLOCK_K // 4), tl.float32)  # one 2-D accumulator per token: 3-D broadcasts
@@ -230,14 +222,8 @@ def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N,
             if BLOCK_B == 4:
                 a2 = _sparse24_int4_select_dot(a2, x_ptr, b0 + 2, k0, M, K, stride_xm, wa, wb, p0, p1, BLOCK_K)
                 a3 = _sparse24_int4_select_dot(a3, x_ptr, b0 + 3, k0, M, K, stride_xm, wa, wb, p0, p1, BLOCK_K)
-        if BLOCK_B == 1:
-            split_k_store(out_ptr, ws_ptr, tk_ptr, tl.sum(a0, axis=1), b0, rn, M, N, stride_om, SPLIT_K)
-        else:
-            store_row(out_ptr, tl.sum(a0, axis=1), b0, rn, M, N, stride_om)
-            store_row(out_ptr, tl.sum(a1, axis=1), b0 + 1, rn, M, N, stride_om)
-        if BLOCK_B == 4:
-            store_row(out_ptr, tl.sum(a2, axis=1), b0 + 2, rn, M, N, stride_om)
-            store_row(out_ptr, tl.sum(a3, axis=1), b0 + 3, rn, M, N, stride_om)
+        store_token_sums(out_ptr, ws_ptr, tk_ptr, tl.sum(a0, axis=1), tl.sum(a1, axis=1), tl.sum(a2, axis=1),
+                         tl.sum(a3, axis=1), b0, rn, M, N, stride_om, BLOCK_B, SPLIT_K)
     elif GROUP % 16 == 0:  # 5-16 tokens: code-word tiles, the weight as tl.dot's left operand, K split as for one
         k_lo, k_hi = split_k_range(K, BLOCK_K, SPLIT_K)
         acc_t = tl.zeros((BLOCK_N, BLOCK_B), tl.float32)
