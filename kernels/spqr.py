@@ -8,10 +8,14 @@ zero_scale, zero_zero: [R, G]`` of row block r // g2; outliers in CSR ``outlier_
 outlier_col [nnz] int16, outlier_val [nnz]`` overwrite their positions. Worked example (bits 3): codes
 [5, 1, 7, 2] → word 0x5CD; code 10 of a row starts at bit 30 and takes 2 bits of word 0 and 1 bit of word 1.
 
-The base pass rebuilds W tiles from the bit stream and the bilevel statistics in registers (no first-level
-statistics tensor is ever written); each program then walks its rows' outliers one slot at a time and adds
+The base pass rebuilds W from the bit stream and the bilevel statistics in registers (no first-level statistics
+tensor is ever written); each program then walks its rows' outliers one slot at a time and adds
 (value - base weight) * x[:, column], so the result equals x @ W.T with W exactly as ``unpack`` defines it. With
-~1% outliers this second, sparse pass is a few dozen gathered FMAs per row.
+~1% outliers this second, sparse pass is a few dozen gathered FMAs per row. Decode of 1-4 tokens with g1 % 16 == 0
+reads each 32-code block as BITS whole words, so every code sits at a constant bit offset and becomes a float by
+shifts and bit operations, one FFMA per code and token, statistics folded per 16-column half (``_spqr_word_block``;
+one token may split K, the first split adding the outliers). 5-16 tokens, prefill and other groups rebuild the
+tile code by code (``_spqr_block``).
 
 Deviation: the SpQR reference kernel stores the outliers with their row-block order for warp-level parallelism;
 ours keeps the plain CSR of the format and loops over slots, which is simpler and adequate at ~1% density.
@@ -26,9 +30,11 @@ from torch import Tensor
 from llmprune.errors import UserInputError
 from llmprune.formats.spqr import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
+from ._codes import UNIT, column_phases
 from ._common import (
     Call, KernelPair, check_packed, dot_acc, expand_groups, expect_shape, grouped_pid, launched, load_x, matvec_finish,
-    matvec_init, matvec_step, per_group, store_out, store_tile, supports,  # noqa: F401 (supports: dispatch hook)
+    matvec_init, matvec_step, per_group, row_live, split_k_buffers, split_k_range, split_k_store, store_out,
+    store_tile, supports,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -103,27 +109,157 @@ def _spqr_outliers(acc, x_ptr, rows, rn, M, N, stride_xm, q_ptr, st_ptrs, o_ptrs
     return acc
 
 
+@triton.jit
+def _spqr_word(q_ptr, rn, blk, N, WORDS, I: tl.constexpr, BITS: tl.constexpr):
+    """Word I of the BITS 32-bit words that hold 32-code blocks ``blk`` of rows ``rn`` ([BLOCK_N, T] uint32; a row's
+    stream starts on a word, so block b is words b*BITS .. b*BITS+BITS-1). Zeros for I >= BITS (never read)."""
+    if I < BITS:
+        word = blk[:, None] * BITS + I
+        w = tl.load(q_ptr + rn[None, :] * WORDS + word, mask=(rn[None, :] < N) & (word < WORDS), other=0)
+        return w.to(tl.uint32, bitcast=True)
+    else:
+        return tl.zeros((blk.shape[0], rn.shape[0]), tl.uint32)
+
+
+@triton.jit
+def _spqr_unit(words, J: tl.constexpr, BITS: tl.constexpr, unit):
+    """Code J of each 32-code block as float32 1 + q / 2**BITS: its bits (straddling two words for a few J) shifted
+    into the top of the mantissa of 1.0 — shifts and bit operations with constant amounts, no int-to-float
+    conversion (``_codes.code_unit`` for int4)."""
+    B0: tl.constexpr = J * BITS
+    I: tl.constexpr = B0 // 32
+    S: tl.constexpr = B0 % 32
+    if S + BITS <= 32:
+        bits = words[I] >> S
+    else:
+        bits = (words[I] >> S) | (words[I + 1] << (32 - S))
+    mant = (bits << (23 - BITS)) & (((1 << BITS) - 1) << (23 - BITS))
+    return (mant | unit).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _spqr_halves(ptr, rows, ok, k0, G, other, GROUP: tl.constexpr, T: tl.constexpr):
+    """A statistic of the two 16-column halves of each 32-code block of the step (GROUP % 16 == 0): ([BLOCK_N, T],
+    [BLOCK_N, T]) float32."""
+    v = expand_groups(per_group(ptr, rows, ok, k0 // 16, G, other, GROUP // 16, 2 * T), GROUP // 16, 2 * T)
+    v = tl.broadcast_to(v.to(tl.float32), (rows.shape[0], 2 * T))
+    a, b = tl.split(tl.reshape(v, (rows.shape[0], T, 2)))
+    return tl.trans(a), tl.trans(b)
+
+
+@triton.jit
+def _spqr_word_block(q_ptr, st_ptrs, rn, k0, N, WORDS, G, BITS: tl.constexpr, GROUP: tl.constexpr,
+                     STAT_GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The step's code words and per-half statistics, shared by the tokens (GROUP % 16 == 0): each 32-code block
+    of a row is BITS whole words, so every code sits at a constant bit offset (``_spqr_unit``); the bilevel
+    statistics are rebuilt once per 16-column half and folded, as int4 does (``_codes.word_stats``), into
+    w = s (q - z) = slope v - offset with v = 1 + q/2**BITS, slope = 2**BITS s, offset = (2**BITS + z) s.
+    All [BLOCK_K/32, BLOCK_N]: blocks by rows, so that a thread's rows share their activations."""
+    T: tl.constexpr = BLOCK_K // 32
+    sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr = st_ptrs
+    blk = k0 // 32 + tl.arange(0, T)
+    words = (_spqr_word(q_ptr, rn, blk, N, WORDS, 0, BITS), _spqr_word(q_ptr, rn, blk, N, WORDS, 1, BITS),
+             _spqr_word(q_ptr, rn, blk, N, WORDS, 2, BITS), _spqr_word(q_ptr, rn, blk, N, WORDS, 3, BITS),
+             _spqr_word(q_ptr, rn, blk, N, WORDS, 4, BITS), _spqr_word(q_ptr, rn, blk, N, WORDS, 5, BITS),
+             _spqr_word(q_ptr, rn, blk, N, WORDS, 6, BITS), _spqr_word(q_ptr, rn, blk, N, WORDS, 7, BITS))
+    ok = rn < N
+    rblk = rn // STAT_GROUP
+    sa, sb = _spqr_halves(sc_ptr, rn, ok, k0, G, 0, GROUP, T)
+    ssa, ssb = _spqr_halves(ss_ptr, rblk, ok, k0, G, 0.0, GROUP, T)
+    sza, szb = _spqr_halves(sz_ptr, rblk, ok, k0, G, 0.0, GROUP, T)
+    za, zb = _spqr_halves(zc_ptr, rn, ok, k0, G, 0, GROUP, T)
+    zsa, zsb = _spqr_halves(zs_ptr, rblk, ok, k0, G, 0.0, GROUP, T)
+    zza, zzb = _spqr_halves(zz_ptr, rblk, ok, k0, G, 0.0, GROUP, T)
+    scale_a, scale_b = (sa - sza) * ssa, (sb - szb) * ssb
+    zero_a, zero_b = (za - zza) * zsa, (zb - zzb) * zsb
+    unit_scale: tl.constexpr = 1 << BITS
+    return words, (unit_scale * scale_a, (unit_scale + zero_a) * scale_a, unit_scale * scale_b,
+                   (unit_scale + zero_b) * scale_b)
+
+
+@triton.jit
+def _spqr_word_dot(acc, x_ptr, row, k0, M, K, stride_xm, words, stats, unit, BITS: tl.constexpr,
+                   BLOCK_K: tl.constexpr):
+    """``acc`` [BLOCK_K/32, BLOCK_N] plus one token's partial sums (``_spqr_word_block``): x loaded once,
+    contiguously, split into its 32 column phases in registers; one FFMA per code, the halves' x sums shared by
+    the rows. The per-code path (``_spqr_block``) loaded each code's word(s) separately and converted it with I2F:
+    ~84 instructions per weight byte on sm_90 (tests/kernels/instruction_mix.py)."""
+    T: tl.constexpr = BLOCK_K // 32
+    cols = k0 + tl.arange(0, BLOCK_K)
+    x = tl.load(x_ptr + row * stride_xm + cols, mask=(cols < K) & row_live(cols, row, M), other=0.0).to(tl.float32)
+    # x[t, c4, c3, c2, c1, c0] is column 32t + 16c4 + 8c3 + 4c2 + 2c1 + c0; phases[c % 4][c // 4] is column c
+    e0, e1 = tl.split(tl.reshape(x, (T, 2, 2, 2, 2, 2)))
+    e0d0, e0d1 = tl.split(e0)
+    e1d0, e1d1 = tl.split(e1)
+    phases = (column_phases(e0d0), column_phases(e1d0), column_phases(e0d1), column_phases(e1d1))
+    pa = tl.zeros(acc.shape, tl.float32)
+    pb = tl.zeros(acc.shape, tl.float32)
+    xa = tl.zeros((T,), tl.float32)  # x sums of each half, in registers (a tl.sum here would shuffle every step)
+    xb = tl.zeros((T,), tl.float32)
+    for j in tl.static_range(32):
+        if j < 16:
+            pa += _spqr_unit(words, j, BITS, unit) * phases[j % 4][j // 4][:, None]
+            xa += phases[j % 4][j // 4]
+        else:
+            pb += _spqr_unit(words, j, BITS, unit) * phases[j % 4][j // 4][:, None]
+            xb += phases[j % 4][j // 4]
+    acc += pa * stats[0] - stats[1] * xa[:, None]
+    return acc + pb * stats[2] - stats[3] * xb[:, None]
+
+
 @launched
 def _spqr_gemv_kernel(x_ptr, q_ptr, sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr, rp_ptr, oc_ptr, ov_ptr, out_ptr,
-                      M, N, K, stride_xm, stride_om, WORDS, G, M_BUCKET,
+                      M, N, K, stride_xm, stride_om, WORDS, G, UNIT, ws_ptr, tk_ptr, M_BUCKET,
                       BITS: tl.constexpr, GROUP: tl.constexpr, STAT_GROUP: tl.constexpr, DOT_F32: tl.constexpr,
-                      BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                      BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      SPLIT_K: tl.constexpr = 1):
     """Decode: BLOCK_N rows per program stream the bit-packed codes, then add their outlier corrections."""
     st_ptrs = (sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr)
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    acc = matvec_init(BLOCK_B, BLOCK_N, BLOCK_K)
-    for k0 in range(0, K, BLOCK_K):
-        w = _spqr_block(q_ptr, st_ptrs, rn, k0, N, K, WORDS, G, BITS, GROUP, STAT_GROUP, BLOCK_K)
-        acc = matvec_step(acc, load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm), w, BLOCK_B, DOT_F32)
-    acc = _spqr_outliers(matvec_finish(acc, BLOCK_B), x_ptr, rb, rn, M, N, stride_xm, q_ptr, st_ptrs,
-                         (rp_ptr, oc_ptr, ov_ptr), WORDS, G, BITS, GROUP, STAT_GROUP)
-    store_out(out_ptr, acc, rb, rn, M, N, stride_om)
+    o_ptrs = (rp_ptr, oc_ptr, ov_ptr)
+    if BLOCK_B <= 4 and GROUP % 16 == 0:  # 1-4 tokens: whole-word code blocks, one FFMA per code and token
+        if BLOCK_B == 1:
+            k_lo, k_hi = split_k_range(K, BLOCK_K, SPLIT_K)
+        else:
+            k_lo, k_hi = 0, K
+        b0 = tl.program_id(1) * BLOCK_B
+        c0 = tl.zeros((BLOCK_K // 32, BLOCK_N), tl.float32)  # [blocks, rows], one per token
+        c1 = tl.zeros((BLOCK_K // 32, BLOCK_N), tl.float32)
+        c2 = tl.zeros((BLOCK_K // 32, BLOCK_N), tl.float32)
+        c3 = tl.zeros((BLOCK_K // 32, BLOCK_N), tl.float32)
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            words, stats = _spqr_word_block(q_ptr, st_ptrs, rn, k0, N, WORDS, G, BITS, GROUP, STAT_GROUP, BLOCK_K)
+            c0 = _spqr_word_dot(c0, x_ptr, b0, k0, M, K, stride_xm, words, stats, UNIT, BITS, BLOCK_K)
+            if BLOCK_B >= 2:
+                c1 = _spqr_word_dot(c1, x_ptr, b0 + 1, k0, M, K, stride_xm, words, stats, UNIT, BITS, BLOCK_K)
+            if BLOCK_B == 4:
+                c2 = _spqr_word_dot(c2, x_ptr, b0 + 2, k0, M, K, stride_xm, words, stats, UNIT, BITS, BLOCK_K)
+                c3 = _spqr_word_dot(c3, x_ptr, b0 + 3, k0, M, K, stride_xm, words, stats, UNIT, BITS, BLOCK_K)
+        slot = tl.arange(0, BLOCK_B)[:, None]  # the tokens' sums as one [BLOCK_B, BLOCK_N] tile
+        part = tl.where(slot == 0, tl.sum(c0, axis=0)[None, :], tl.where(slot == 1, tl.sum(c1, axis=0)[None, :],
+                        tl.where(slot == 2, tl.sum(c2, axis=0)[None, :], tl.sum(c3, axis=0)[None, :])))
+        if tl.program_id(2) == 0:  # the outliers once, in the first split
+            part = _spqr_outliers(part, x_ptr, rb, rn, M, N, stride_xm, q_ptr, st_ptrs, o_ptrs, WORDS, G, BITS,
+                                  GROUP, STAT_GROUP)
+        if BLOCK_B == 1:
+            split_k_store(out_ptr, ws_ptr, tk_ptr, tl.reshape(part, (BLOCK_N,)), b0, rn, M, N, stride_om, SPLIT_K)
+        else:
+            store_out(out_ptr, part, rb, rn, M, N, stride_om)
+    else:
+        acc = matvec_init(BLOCK_B, BLOCK_N, BLOCK_K)
+        for k0 in range(0, K, BLOCK_K):
+            w = _spqr_block(q_ptr, st_ptrs, rn, k0, N, K, WORDS, G, BITS, GROUP, STAT_GROUP, BLOCK_K)
+            x = load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm)
+            acc = matvec_step(acc, x, w, BLOCK_B, DOT_F32)
+        acc = _spqr_outliers(matvec_finish(acc, BLOCK_B), x_ptr, rb, rn, M, N, stride_xm, q_ptr, st_ptrs, o_ptrs,
+                             WORDS, G, BITS, GROUP, STAT_GROUP)
+        store_out(out_ptr, acc, rb, rn, M, N, stride_om)
 
 
 @launched
 def _spqr_gemm_kernel(x_ptr, q_ptr, sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr, rp_ptr, oc_ptr, ov_ptr, out_ptr,
-                      M, N, K, stride_xm, stride_om, WORDS, G, M_BUCKET,
+                      M, N, K, stride_xm, stride_om, WORDS, G, UNIT, ws_ptr, tk_ptr, M_BUCKET,
                       BITS: tl.constexpr, GROUP: tl.constexpr, STAT_GROUP: tl.constexpr, DOT_F32: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Prefill: tl.dot on rebuilt base tiles, then the outlier correction of the tile's rows."""
@@ -165,7 +301,8 @@ def _spqr_outlier_store_kernel(w_ptr, rp_ptr, oc_ptr, ov_ptr, N, K, BLOCK_N: tl.
         tl.store(w_ptr + rn * K + col, val.to(w_ptr.dtype.element_ty), mask=live)
 
 
-KERNELS = KernelPair("spqr", _spqr_gemv_kernel, _spqr_gemm_kernel, _spqr_dequant_kernel)
+KERNELS = KernelPair("spqr", _spqr_gemv_kernel, _spqr_gemm_kernel, _spqr_dequant_kernel, cols_per_acc=32,
+                     split_k={1: 16})  # 2-4 token accumulators hold one entry per 32-code block
 
 
 def code_bits(packed: dict, in_features: int) -> int:
@@ -226,5 +363,5 @@ def spqr_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regime: s
     consts = _checked(packed, x.device, k)
     n, g = packed["scale_codes"].shape
     call = Call((*_base(packed), *_outliers(packed)), n, k, consts, lambda dtype: spqr_dequantize(packed, dtype, k),
-                extra=(packed["qweight"].shape[1], g))
+                extra=(packed["qweight"].shape[1], g, UNIT, *split_k_buffers(x.device)))  # UNIT: see _spqr_unit
     return KERNELS.matmul(x, call, out, regime)

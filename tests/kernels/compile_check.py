@@ -23,6 +23,7 @@ PTRS = {"q_ptr": "*u8", "z_ptr": "*u8", "m_ptr": "*u8", "gi_ptr": "*i16", "sc_pt
         "rp_ptr": "*i32", "oc_ptr": "*i16", "ws_ptr": "*fp32", "tk_ptr": "*i32"}
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}  # bytes per block (CUDA occupancy tables)
 GROUPS = {"int4": 128, "sparse24_int4": 128, "group_sparse_int4": 16, "spqr": 16}
+EXTRA_CONSTS = {"spqr": {"BITS": 3, "STAT_GROUP": 16}}  # SpQR w3 g16, second-level blocks of 16 rows
 
 
 def signature(fn, fmt: str, dtype: str, consts: dict) -> dict:
@@ -42,8 +43,7 @@ def cases(fmt: str, full: bool):
     from llmprune.kernels import _common as c
 
     base = {"GROUP": GROUPS.get(fmt)} if fmt in GROUPS else {}
-    if fmt == "spqr":
-        base.update(BITS=3, STAT_GROUP=16)
+    base.update(EXTRA_CONSTS.get(fmt, {}))
     kernels = importlib.import_module(f"llmprune.kernels.{fmt}").KERNELS
     blocks = (1, 2, 4) if fmt == "group_sparse_int4" else (1, 4, 16)
     if full:  # the autotuner's own list (split-K configs included) as it prunes it for 1, 4 and 16 tokens

@@ -28,7 +28,7 @@ from pathlib import Path
 import triton
 
 sys.path.insert(0, str(Path(__file__).parent))
-from compile_check import GROUPS, compile_one, resources  # noqa: E402
+from compile_check import EXTRA_CONSTS, GROUPS, compile_one, resources  # noqa: E402
 
 from llmprune.kernels._common import BIG_TILES, gemm_configs  # noqa: E402
 
@@ -37,12 +37,14 @@ PREFERRED = [(16, 256, 4), (16, 128, 4), (16, 64, 4)]  # (BLOCK_N, BLOCK_K, warp
 ISSUE_PER_BYTE_LIMIT = 128 / 14.5  # thread-instructions per cycle per SM / bytes per cycle per SM at full bandwidth
 SLOW = {"I2F": "I2F", "SHFL": "SHFL", "BAR": "BAR"}
 MAX_I2F = 4  # per loop: the uint8 zero points of the tile's groups (one or two per row), never one per code
+FMA_ONLY = ("group_sparse_int4", "spqr")  # decode paths counted for 1-4 tokens only: GQSA has no tl.dot decode path;
+# spqr's 5-16 token path still rebuilds its tile code by code (I2F per code), as its prefill kernel does
 
 
 def weight_bytes(fmt: str, block_n: int, block_k: int) -> float:
     """Packed weight bytes one program streams per K step (codes, 2:4 metadata; statistics left out)."""
     per_row = {"int4": block_k / 2, "group_sparse_int4": block_k / 2, "sparse24_int4": block_k / 4 + block_k / 8,
-               "sparse24": block_k + block_k / 8}[fmt]
+               "sparse24": block_k + block_k / 8, "spqr": block_k * EXTRA_CONSTS["spqr"]["BITS"] / 8}[fmt]
     return block_n * per_row
 
 
@@ -89,8 +91,8 @@ def gemm_mix(fmt: str, config) -> dict:
     """The prefill kernel's K loop at one of ``_common.gemm_configs()`` (instructions per weight byte per thread; each
     weight byte then serves BLOCK_M tokens)."""
     fn = getattr(importlib.import_module(f"llmprune.kernels.{fmt}"), f"_{fmt}_gemm_kernel")
-    consts = {k: v for k, v in {"GROUP": GROUPS.get(fmt), "DOT_F32": False, **config.kwargs}.items()
-              if k in fn.arg_names}
+    consts = {k: v for k, v in {"GROUP": GROUPS.get(fmt), "DOT_F32": False, **EXTRA_CONSTS.get(fmt, {}),
+                                **config.kwargs}.items() if k in fn.arg_names}
     kernel = compile_one(fn, fmt, "float16", consts, {"num_warps": config.num_warps,
                                                         "num_stages": config.num_stages}, 90)
     ops = loop_opcodes(sass(kernel))
@@ -109,7 +111,7 @@ def mix(fmt: str, block_b: int, dtype: str = "float16", config: dict | None = No
     module = importlib.import_module(f"llmprune.kernels.{fmt}")
     fn = getattr(module, f"_{fmt}_gemv_kernel")
     consts = {"GROUP": GROUPS.get(fmt), "DOT_F32": False, "BLOCK_B": block_b, "BLOCK_N": config["BLOCK_N"],
-              "BLOCK_K": config["BLOCK_K"]}
+              "BLOCK_K": config["BLOCK_K"], **EXTRA_CONSTS.get(fmt, {})}
     consts = {k: v for k, v in consts.items() if k in fn.arg_names}
     kernel = compile_one(fn, fmt, dtype, consts, {"num_warps": config["num_warps"], "num_stages": 2}, 90)
     ops = loop_opcodes(sass(kernel))
@@ -131,8 +133,9 @@ def splitting_blocks(fmt: str) -> tuple:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| format | tokens (BLOCK_B) | tile (BLOCK_[M x ]N x K) | loop instr / thread | weight B / thread | instr / B "
-             "| I2F | SHFL | BAR | global loads | spill |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    lines = ["| format | tokens (BLOCK_B) | tile (BLOCK_[M x ]N x K) | loop instr / thread | weight B / thread "
+             "| instr / B | I2F | SHFL | BAR | global loads | spill |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
         loads = ", ".join(f"{op.removeprefix('LDG.E').lstrip('.') or '32'} x{n}"
                           for op, n in sorted(r["loads"].items()))
@@ -144,7 +147,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--formats", default="int4,sparse24_int4,group_sparse_int4,sparse24")
+    ap.add_argument("--formats", default="int4,sparse24_int4,group_sparse_int4,sparse24,spqr")
     ap.add_argument("--blocks", default="1,2,4,16")
     ap.add_argument("--wide", action="store_true", help="the best of the wide split-K tiles instead of 16x256 "
                     "(one token, and 16 for int4)")
@@ -154,7 +157,7 @@ def main(argv=None) -> int:
                     "shuffles between lanes or spills (the regressions this table exposed)")
     args = ap.parse_args(argv)
     pairs = [(fmt, int(b)) for fmt in args.formats.split(",") for b in args.blocks.split(",")
-             if not (fmt == "group_sparse_int4" and int(b) > 4)]
+             if not (fmt in FMA_ONLY and int(b) > 4)]
     if args.gemm:
         rows = [gemm_mix(fmt, c) for fmt in args.formats.split(",") for c in gemm_configs()]
     elif args.wide:

@@ -98,13 +98,14 @@ def test_chunked_regime_equals_oracle_across_ragged_slices(fmt, dtype, monkeypat
     assert rel_err(y, oracle) <= TOLERANCE[dtype]
 
 
-@pytest.mark.parametrize("fmt", ["int4", "sparse24_int4", "group_sparse_int4"])
+@pytest.mark.parametrize("fmt", ["int4", "sparse24_int4", "group_sparse_int4", "spqr"])
 @pytest.mark.parametrize("split", [2, 3, 4])
 @pytest.mark.parametrize("k", [64, 128])
 def test_split_k_sums_partials_once_and_resets_tickets(fmt, split, k, monkeypatch):
     """One token (and, for int4 and sparse24_int4, 5-16 tokens on the tl.dot path) with K split among 2-4 programs
-    (some empty when K has fewer steps than splits): the last program of each tile sums the partials; the result
-    equals the float64 oracle and every ticket counter is back at 0. 2-4 tokens with the same config do not split."""
+    (some empty when K has fewer steps than splits): the last program of each tile sums the partials (spqr's
+    outliers are added by the first split only); the result equals the float64 oracle and every ticket counter is
+    back at 0. 2-4 tokens with the same config do not split."""
     from llmprune.kernels import _common
 
     monkeypatch.setattr(_common, "GEMV_FIXED", {**_common.GEMV_FIXED, "SPLIT_K": split})
@@ -119,7 +120,7 @@ def test_split_k_sums_partials_once_and_resets_tickets(fmt, split, k, monkeypatc
         out = torch.full((tokens, N), float("nan"))
         getattr(kernel, f"{fmt}_matmul")(x, packed, out=out, regime="gemv")
         assert rel_err(out, x.to(torch.float64) @ oracle_w.T) <= TOLERANCE[torch.float32]
-    assert launches == [split, 1, 1 if fmt == "group_sparse_int4" else split]
+    assert launches == [split, 1, 1 if fmt in ("group_sparse_int4", "spqr") else split]
     assert int(_common.split_k_buffers(x.device)[1].abs().sum()) == 0
 
 
@@ -229,3 +230,20 @@ def test_two_to_four_tokens_on_the_padded_tl_dot_block(fmt, split, monkeypatch):
     assert rel_err(out, oracle) <= TOLERANCE[torch.float32]
     splits = split if fmt in ("int4", "sparse24_int4") else 1
     assert [(b, grid[1:]) for b, grid in blocks] == [(16, (1, splits))]
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("tokens,k,group", [(1, 96, 16), (3, 80, 16), (2, 128, 64)])
+def test_spqr_word_path_decodes_every_code_width(bits, tokens, k, group):
+    """The 1-4 token spqr path reads each 32-code block as ``bits`` whole words, so codes straddle words at bit
+    offsets that differ per width; every width 1-8 (K = 80 ends on half a block) equals the float64 oracle."""
+    from llmprune.formats import spqr as spqr_format
+    from llmprune.kernels.spqr import spqr_matmul
+
+    qw = random_spqr_qw(N, k, torch.float32, seed=bits, bits=bits, group=group)
+    packed = spqr_format.pack(qw, dtype="float32")
+    x = torch.randn(tokens, k, generator=torch.Generator().manual_seed(bits)).to(torch.float32)
+    out = torch.full((tokens, N), float("nan"))
+    spqr_matmul(x, packed, out=out, regime="gemv")
+    oracle = x.to(torch.float64) @ qw.dequantize(torch.float32).to(torch.float64).T
+    assert rel_err(out, oracle) <= TOLERANCE[torch.float32]
