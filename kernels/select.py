@@ -20,9 +20,10 @@ Regimes, per call of ``<fmt>_matmul(x, packed)`` with M = tokens (rows of x):
 Measured on an H100 (benchmarks/results/gpu/, 2026-11-23): gemv up to 16 tokens (4 for group_sparse_int4, whose
 decode kernel gathers x per row), gemm below 64, dense from 64 — at 64 tokens dequantize + cuBLAS already beats our
 Triton GEMM for every format (median gemm/dense time 1.10 int4, 1.10 sparse24, 1.71 sparse24_int4, 1.52
-group_sparse_int4), and the gap grows with the batch. spqr goes to dense from 17 tokens: its GEMM kernel rebuilds six
-statistics and a 3-bit stream per tile and spills registers in every config on sm_90 (240-1128 B of stack per
-thread, ``python tests/kernels/compile_check.py --resources``); measured 25x slower than dense at 512 tokens.
+group_sparse_int4), and the gap grows with the batch. spqr goes to dense from 17 tokens: its GEMM kernel then rebuilt six
+statistics and a 3-bit stream code by code and spilled registers in every config on sm_90; measured 25x slower than
+dense at 512 tokens. It now builds tiles from whole-word code blocks (``spqr._spqr_word_tile``, no spills in the
+16-32 row configs), unmeasured: the threshold stays until a GPU run moves it.
 These crossovers predate the decode rework measured only statically so far (benchmarks/results/instruction_mix/:
 fewer instructions per byte at 1-4 tokens); re-measure them on the next GPU run.
 

@@ -14,8 +14,8 @@ tensor is ever written); each program then walks its rows' outliers one slot at 
 ~1% outliers this second, sparse pass is a few dozen gathered FMAs per row. Decode of 1-4 tokens with g1 % 16 == 0
 reads each 32-code block as BITS whole words, so every code sits at a constant bit offset and becomes a float by
 shifts and bit operations, one FFMA per code and token, statistics folded per 16-column half (``_spqr_word_block``;
-one token may split K, the first split adding the outliers). 5-16 tokens, prefill and other groups rebuild the
-tile code by code (``_spqr_block``).
+one token may split K, the first split adding the outliers); 5-16 tokens and prefill build their tl.dot tiles
+from the same words (``_spqr_word_tile``). Other groups rebuild the tile code by code (``_spqr_block``).
 
 Deviation: the SpQR reference kernel stores the outliers with their row-block order for warp-level parallelism;
 ours keeps the plain CSR of the format and loops over slots, which is simpler and adequate at ~1% density.
@@ -34,7 +34,7 @@ from ._codes import UNIT, column_phases
 from ._common import (
     Call, KernelPair, check_packed, dot_acc, expand_groups, expect_shape, grouped_pid, launched, load_x, matvec_finish,
     matvec_init, matvec_step, per_group, row_live, split_k_buffers, split_k_range, split_k_store, store_out,
-    store_tile, supports,  # noqa: F401 (supports: dispatch hook)
+    store_tile, weight_dot, supports,  # noqa: F401 (supports: dispatch hook)
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -110,15 +110,22 @@ def _spqr_outliers(acc, x_ptr, rows, rn, M, N, stride_xm, q_ptr, st_ptrs, o_ptrs
 
 
 @triton.jit
-def _spqr_word(q_ptr, rn, blk, N, WORDS, I: tl.constexpr, BITS: tl.constexpr):
-    """Word I of the BITS 32-bit words that hold 32-code blocks ``blk`` of rows ``rn`` ([BLOCK_N, T] uint32; a row's
-    stream starts on a word, so block b is words b*BITS .. b*BITS+BITS-1). Zeros for I >= BITS (never read)."""
-    if I < BITS:
-        word = blk[:, None] * BITS + I
-        w = tl.load(q_ptr + rn[None, :] * WORDS + word, mask=(rn[None, :] < N) & (word < WORDS), other=0)
-        return w.to(tl.uint32, bitcast=True)
+def _spqr_word(q_ptr, rn, blk, N, WORDS, I: tl.constexpr, BITS: tl.constexpr, ROWS_FIRST: tl.constexpr):
+    """Word I of the BITS 32-bit words that hold 32-code blocks ``blk`` of rows ``rn`` (uint32, [T, BLOCK_N], or
+    [BLOCK_N, T] if ROWS_FIRST; a row's stream starts on a word, so block b is words b*BITS .. b*BITS+BITS-1).
+    Zeros for I >= BITS (never read)."""
+    if ROWS_FIRST:
+        word = blk[None, :] * BITS + I
+        addr = q_ptr + rn[:, None] * WORDS + word
+        live = (rn[:, None] < N) & (word < WORDS)
     else:
-        return tl.zeros((blk.shape[0], rn.shape[0]), tl.uint32)
+        word = blk[:, None] * BITS + I
+        addr = q_ptr + rn[None, :] * WORDS + word
+        live = (rn[None, :] < N) & (word < WORDS)
+    if I < BITS:
+        return tl.load(addr, mask=live, other=0).to(tl.uint32, bitcast=True)
+    else:
+        return tl.zeros(addr.shape, tl.uint32)
 
 
 @triton.jit
@@ -138,43 +145,86 @@ def _spqr_unit(words, J: tl.constexpr, BITS: tl.constexpr, unit):
 
 
 @triton.jit
-def _spqr_halves(ptr, rows, ok, k0, G, other, GROUP: tl.constexpr, T: tl.constexpr):
-    """A statistic of the two 16-column halves of each 32-code block of the step (GROUP % 16 == 0): ([BLOCK_N, T],
-    [BLOCK_N, T]) float32."""
+def _spqr_halves(ptr, rows, ok, k0, G, other, GROUP: tl.constexpr, T: tl.constexpr, ROWS_FIRST: tl.constexpr):
+    """A statistic of the two 16-column halves of each 32-code block of the step (GROUP % 16 == 0), float32, shaped
+    as ``_spqr_word``'s words."""
     v = expand_groups(per_group(ptr, rows, ok, k0 // 16, G, other, GROUP // 16, 2 * T), GROUP // 16, 2 * T)
     v = tl.broadcast_to(v.to(tl.float32), (rows.shape[0], 2 * T))
     a, b = tl.split(tl.reshape(v, (rows.shape[0], T, 2)))
-    return tl.trans(a), tl.trans(b)
+    if ROWS_FIRST:
+        return a, b
+    else:
+        return tl.trans(a), tl.trans(b)
 
 
 @triton.jit
 def _spqr_word_block(q_ptr, st_ptrs, rn, k0, N, WORDS, G, BITS: tl.constexpr, GROUP: tl.constexpr,
-                     STAT_GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+                     STAT_GROUP: tl.constexpr, BLOCK_K: tl.constexpr, ROWS_FIRST: tl.constexpr = False):
     """The step's code words and per-half statistics, shared by the tokens (GROUP % 16 == 0): each 32-code block
     of a row is BITS whole words, so every code sits at a constant bit offset (``_spqr_unit``); the bilevel
     statistics are rebuilt once per 16-column half and folded, as int4 does (``_codes.word_stats``), into
     w = s (q - z) = slope v - offset with v = 1 + q/2**BITS, slope = 2**BITS s, offset = (2**BITS + z) s.
-    All [BLOCK_K/32, BLOCK_N]: blocks by rows, so that a thread's rows share their activations."""
+    All [BLOCK_K/32, BLOCK_N] (blocks by rows: a thread's rows then share their activations), or [BLOCK_N,
+    BLOCK_K/32] if ROWS_FIRST (the tl.dot tile's orientation)."""
     T: tl.constexpr = BLOCK_K // 32
     sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr = st_ptrs
     blk = k0 // 32 + tl.arange(0, T)
-    words = (_spqr_word(q_ptr, rn, blk, N, WORDS, 0, BITS), _spqr_word(q_ptr, rn, blk, N, WORDS, 1, BITS),
-             _spqr_word(q_ptr, rn, blk, N, WORDS, 2, BITS), _spqr_word(q_ptr, rn, blk, N, WORDS, 3, BITS),
-             _spqr_word(q_ptr, rn, blk, N, WORDS, 4, BITS), _spqr_word(q_ptr, rn, blk, N, WORDS, 5, BITS),
-             _spqr_word(q_ptr, rn, blk, N, WORDS, 6, BITS), _spqr_word(q_ptr, rn, blk, N, WORDS, 7, BITS))
+    words = (_spqr_word(q_ptr, rn, blk, N, WORDS, 0, BITS, ROWS_FIRST),
+             _spqr_word(q_ptr, rn, blk, N, WORDS, 1, BITS, ROWS_FIRST),
+             _spqr_word(q_ptr, rn, blk, N, WORDS, 2, BITS, ROWS_FIRST),
+             _spqr_word(q_ptr, rn, blk, N, WORDS, 3, BITS, ROWS_FIRST),
+             _spqr_word(q_ptr, rn, blk, N, WORDS, 4, BITS, ROWS_FIRST),
+             _spqr_word(q_ptr, rn, blk, N, WORDS, 5, BITS, ROWS_FIRST),
+             _spqr_word(q_ptr, rn, blk, N, WORDS, 6, BITS, ROWS_FIRST),
+             _spqr_word(q_ptr, rn, blk, N, WORDS, 7, BITS, ROWS_FIRST))
     ok = rn < N
     rblk = rn // STAT_GROUP
-    sa, sb = _spqr_halves(sc_ptr, rn, ok, k0, G, 0, GROUP, T)
-    ssa, ssb = _spqr_halves(ss_ptr, rblk, ok, k0, G, 0.0, GROUP, T)
-    sza, szb = _spqr_halves(sz_ptr, rblk, ok, k0, G, 0.0, GROUP, T)
-    za, zb = _spqr_halves(zc_ptr, rn, ok, k0, G, 0, GROUP, T)
-    zsa, zsb = _spqr_halves(zs_ptr, rblk, ok, k0, G, 0.0, GROUP, T)
-    zza, zzb = _spqr_halves(zz_ptr, rblk, ok, k0, G, 0.0, GROUP, T)
+    sa, sb = _spqr_halves(sc_ptr, rn, ok, k0, G, 0, GROUP, T, ROWS_FIRST)
+    ssa, ssb = _spqr_halves(ss_ptr, rblk, ok, k0, G, 0.0, GROUP, T, ROWS_FIRST)
+    sza, szb = _spqr_halves(sz_ptr, rblk, ok, k0, G, 0.0, GROUP, T, ROWS_FIRST)
+    za, zb = _spqr_halves(zc_ptr, rn, ok, k0, G, 0, GROUP, T, ROWS_FIRST)
+    zsa, zsb = _spqr_halves(zs_ptr, rblk, ok, k0, G, 0.0, GROUP, T, ROWS_FIRST)
+    zza, zzb = _spqr_halves(zz_ptr, rblk, ok, k0, G, 0.0, GROUP, T, ROWS_FIRST)
     scale_a, scale_b = (sa - sza) * ssa, (sb - szb) * ssb
     zero_a, zero_b = (za - zza) * zsa, (zb - zzb) * zsb
     unit_scale: tl.constexpr = 1 << BITS
     return words, (unit_scale * scale_a, (unit_scale + zero_a) * scale_a, unit_scale * scale_b,
                    (unit_scale + zero_b) * scale_b)
+
+
+@triton.jit
+def _spqr_w(words, stats, J: tl.constexpr, BITS: tl.constexpr, unit):
+    """Weight J of each 32-code block (``_spqr_word_block`` with ROWS_FIRST): one FFMA on the code's unit value."""
+    if J < 16:
+        return _spqr_unit(words, J, BITS, unit) * stats[0] - stats[1]
+    else:
+        return _spqr_unit(words, J, BITS, unit) * stats[2] - stats[3]
+
+
+@triton.jit
+def _spqr_pairs(words, stats, R: tl.constexpr, BITS: tl.constexpr, unit):
+    """Weights R and R + 16 of each block joined on a new minor axis (the join tree's first level)."""
+    return tl.join(_spqr_w(words, stats, R, BITS, unit), _spqr_w(words, stats, R + 16, BITS, unit))
+
+
+@triton.jit
+def _spqr_word_tile(q_ptr, st_ptrs, rn, k0, N, WORDS, G, unit, BITS: tl.constexpr, GROUP: tl.constexpr,
+                    STAT_GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Dense base W[rn, k0 : k0+BLOCK_K] in float32 for tl.dot (GROUP % 16 == 0), from whole-word code blocks: one
+    FFMA per weight instead of per-code loads and I2F (``_spqr_block``). Joins interleave the 32 weights of each
+    block back into column order: pairing weights 16 apart first, then 8, 4, 2, 1 makes the minor axes
+    (c4, c3, c2, c1, c0) of column 32t + 16c4 + 8c3 + 4c2 + 2c1 + c0, the order a row-major reshape reads."""
+    words, stats = _spqr_word_block(q_ptr, st_ptrs, rn, k0, N, WORDS, G, BITS, GROUP, STAT_GROUP, BLOCK_K, True)
+    l0 = tl.join(_spqr_pairs(words, stats, 0, BITS, unit), _spqr_pairs(words, stats, 8, BITS, unit))
+    l1 = tl.join(_spqr_pairs(words, stats, 1, BITS, unit), _spqr_pairs(words, stats, 9, BITS, unit))
+    l2 = tl.join(_spqr_pairs(words, stats, 2, BITS, unit), _spqr_pairs(words, stats, 10, BITS, unit))
+    l3 = tl.join(_spqr_pairs(words, stats, 3, BITS, unit), _spqr_pairs(words, stats, 11, BITS, unit))
+    l4 = tl.join(_spqr_pairs(words, stats, 4, BITS, unit), _spqr_pairs(words, stats, 12, BITS, unit))
+    l5 = tl.join(_spqr_pairs(words, stats, 5, BITS, unit), _spqr_pairs(words, stats, 13, BITS, unit))
+    l6 = tl.join(_spqr_pairs(words, stats, 6, BITS, unit), _spqr_pairs(words, stats, 14, BITS, unit))
+    l7 = tl.join(_spqr_pairs(words, stats, 7, BITS, unit), _spqr_pairs(words, stats, 15, BITS, unit))
+    t = tl.join(tl.join(tl.join(l0, l4), tl.join(l2, l6)), tl.join(tl.join(l1, l5), tl.join(l3, l7)))
+    return tl.reshape(t, (rn.shape[0], BLOCK_K))
 
 
 @triton.jit
@@ -246,6 +296,14 @@ def _spqr_gemv_kernel(x_ptr, q_ptr, sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_p
             split_k_store(out_ptr, ws_ptr, tk_ptr, tl.reshape(part, (BLOCK_N,)), b0, rn, M, N, stride_om, SPLIT_K)
         else:
             store_out(out_ptr, part, rb, rn, M, N, stride_om)
+    elif GROUP % 16 == 0:  # 5-16 tokens: whole-word tiles, the weight as tl.dot's left operand
+        acc_t = tl.zeros((BLOCK_N, BLOCK_B), tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            w = _spqr_word_tile(q_ptr, st_ptrs, rn, k0, N, WORDS, G, UNIT, BITS, GROUP, STAT_GROUP, BLOCK_K)
+            acc_t = weight_dot(w, load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm), acc_t, DOT_F32)
+        acc = _spqr_outliers(tl.trans(acc_t), x_ptr, rb, rn, M, N, stride_xm, q_ptr, st_ptrs, o_ptrs, WORDS, G,
+                             BITS, GROUP, STAT_GROUP)
+        store_out(out_ptr, acc, rb, rn, M, N, stride_om)
     else:
         acc = matvec_init(BLOCK_B, BLOCK_N, BLOCK_K)
         for k0 in range(0, K, BLOCK_K):
@@ -269,7 +327,10 @@ def _spqr_gemm_kernel(x_ptr, q_ptr, sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_p
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        w = _spqr_block(q_ptr, st_ptrs, rn, k0, N, K, WORDS, G, BITS, GROUP, STAT_GROUP, BLOCK_K)
+        if GROUP % 16 == 0:
+            w = _spqr_word_tile(q_ptr, st_ptrs, rn, k0, N, WORDS, G, UNIT, BITS, GROUP, STAT_GROUP, BLOCK_K)
+        else:
+            w = _spqr_block(q_ptr, st_ptrs, rn, k0, N, K, WORDS, G, BITS, GROUP, STAT_GROUP, BLOCK_K)
         acc = dot_acc(load_x(x_ptr, rm, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm), tl.trans(w), acc, DOT_F32)
     acc = _spqr_outliers(acc, x_ptr, rm, rn, M, N, stride_xm, q_ptr, st_ptrs, (rp_ptr, oc_ptr, ov_ptr), WORDS, G,
                          BITS, GROUP, STAT_GROUP)

@@ -37,8 +37,7 @@ PREFERRED = [(16, 256, 4), (16, 128, 4), (16, 64, 4)]  # (BLOCK_N, BLOCK_K, warp
 ISSUE_PER_BYTE_LIMIT = 128 / 14.5  # thread-instructions per cycle per SM / bytes per cycle per SM at full bandwidth
 SLOW = {"I2F": "I2F", "SHFL": "SHFL", "BAR": "BAR"}
 MAX_I2F = 4  # per loop: the uint8 zero points of the tile's groups (one or two per row), never one per code
-FMA_ONLY = ("group_sparse_int4", "spqr")  # decode paths counted for 1-4 tokens only: GQSA has no tl.dot decode path;
-# spqr's 5-16 token path still rebuilds its tile code by code (I2F per code), as its prefill kernel does
+FMA_ONLY = ("group_sparse_int4",)  # decode paths counted for 1-4 tokens only: GQSA has no tl.dot decode path
 
 
 def weight_bytes(fmt: str, block_n: int, block_k: int) -> float:

@@ -233,10 +233,12 @@ def test_two_to_four_tokens_on_the_padded_tl_dot_block(fmt, split, monkeypatch):
 
 
 @pytest.mark.parametrize("bits", range(1, 9))
-@pytest.mark.parametrize("tokens,k,group", [(1, 96, 16), (3, 80, 16), (2, 128, 64)])
-def test_spqr_word_path_decodes_every_code_width(bits, tokens, k, group):
-    """The 1-4 token spqr path reads each 32-code block as ``bits`` whole words, so codes straddle words at bit
-    offsets that differ per width; every width 1-8 (K = 80 ends on half a block) equals the float64 oracle."""
+@pytest.mark.parametrize("tokens,k,group,regime", [(1, 96, 16, "gemv"), (3, 80, 16, "gemv"), (2, 128, 64, "gemv"),
+                                                   (5, 96, 16, "gemv"), (7, 80, 16, "gemm")])
+def test_spqr_word_path_decodes_every_code_width(bits, tokens, k, group, regime):
+    """spqr's word paths (1-4 token FMAs, 5-16 token and prefill tl.dot tiles) read each 32-code block as ``bits``
+    whole words, so codes straddle words at bit offsets that differ per width; every width 1-8 (K = 80 ends on half
+    a block) equals the float64 oracle."""
     from llmprune.formats import spqr as spqr_format
     from llmprune.kernels.spqr import spqr_matmul
 
@@ -244,6 +246,6 @@ def test_spqr_word_path_decodes_every_code_width(bits, tokens, k, group):
     packed = spqr_format.pack(qw, dtype="float32")
     x = torch.randn(tokens, k, generator=torch.Generator().manual_seed(bits)).to(torch.float32)
     out = torch.full((tokens, N), float("nan"))
-    spqr_matmul(x, packed, out=out, regime="gemv")
+    spqr_matmul(x, packed, out=out, regime=regime)
     oracle = x.to(torch.float64) @ qw.dequantize(torch.float32).to(torch.float64).T
     assert rel_err(out, oracle) <= TOLERANCE[torch.float32]
