@@ -9,8 +9,11 @@
 #
 # mix: the decode loops' instruction mix as the GPU's own triton compiles them (tests/kernels/instruction_mix.py);
 # decode: end-to-end tokens/s of Llama-2-7B shapes, eager and CUDA-graph replay (benchmarks/decode.py).
+# BENCH_FORMATS=int4,sparse24_int4 bash benchmarks/gpu_check.sh bench-float16   # a subset per call, should the first
+#   autotuning of all five formats not fit in one 10-minute call
 # bench-*: also $OUT/<report>.crossovers.json, the dispatch table measured here: copy it (fp16's, or the stricter of
-# the two) to kernels/crossovers/<GPU name>.json and commit it.
+# the two; after BENCH_FORMATS subsets, each format's entries from the run that measured it) to
+# kernels/crossovers/<GPU name>.json and commit it.
 #
 # Exit status: non-zero if a correctness check or the sanitizer reports an error (later stages still run).
 set -uo pipefail
@@ -61,8 +64,8 @@ for stage in "${STAGES[@]}"; do
       python benchmarks/decode.py llama-7b --formats sparse24_int4,int4,group_sparse_int4 --batch 1,16 \
         --new-tokens 64 --runs 3 --results "$OUT" 2>&1 | tee "$OUT/decode.log" || status=1 ;;
     bench-float16|bench-bfloat16)
-      python benchmarks/kernels.py --bench --dtypes "${stage#bench-}" --results "$OUT" 2>&1 \
-        | tee "$OUT/$stage.log" || status=1 ;;
+      python benchmarks/kernels.py --bench --dtypes "${stage#bench-}" --results "$OUT" \
+        ${BENCH_FORMATS:+--formats "$BENCH_FORMATS"} 2>&1 | tee "$OUT/$stage.log" || status=1 ;;
     *) echo "unknown stage '$stage' (use check, sanitize, mix, bench-float16, bench-bfloat16, decode)"; exit 2 ;;
   esac
 done

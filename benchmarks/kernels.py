@@ -345,6 +345,8 @@ def main(argv=None) -> int:
     mode = "-".join(m for m, on in (("check", args.check), ("bench", args.bench), ("pinned", args.pinned)) if on)
     short = {"float16": "fp16", "bfloat16": "bf16"}
     name = f"{datetime.date.today()}-{gpu}-{mode}-{'-'.join(short.get(d, d) for d in args.dtypes.split(','))}"
+    if formats != FORMATS:  # a subset run (gpu_check.sh BENCH_FORMATS) must not overwrite another subset's report
+        name += "-" + "-".join(formats)
     lines = [f"# Kernel benchmark, {gpu}", "", versions(), ""]
     failed = False
     if args.check:
