@@ -257,12 +257,12 @@ def wins_from(ratios: dict[int, float]) -> int | None:
     return start
 
 
-def measured_rules(records: list[dict], base):
+def measured_rules(records: list[dict], base, gpu: str | None = None):
     """kernels/select.py's table for this GPU from the timings: dense (dequantize + cuBLAS) from the first batch
     where it beats the prefill kernel for good, chunked from the first where it beats whole-weight dequantization
     for good. ``base`` (the table in effect) supplies what the run did not measure: the decode limit, unmeasured
     formats, and a lower dense threshold when dense already wins at the smallest measured batch (below it nothing
-    was timed)."""
+    was timed). ``gpu``: the measured GPU's name (default: the base table's)."""
     from llmprune.kernels.select import Rules
 
     dense, chunked = dict(base.dense_from), dict(base.chunked_from)
@@ -275,8 +275,7 @@ def measured_rules(records: list[dict], base):
         chunk_vs_dense = regime_ratios(records, fmt, "chunked", "dense")
         if chunk_vs_dense:
             chunked[fmt] = wins_from(chunk_vs_dense)
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else base.gpu
-    return Rules(gpu, "benchmarks/kernels.py", dict(base.gemv_up_to), dense, chunked)
+    return Rules(gpu or base.gpu, "benchmarks/kernels.py", dict(base.gemv_up_to), dense, chunked)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -341,7 +340,10 @@ def main(argv=None) -> int:
     for fmt in formats if args.pinned else []:
         __import__(f"llmprune.kernels.{fmt}", fromlist=["KERNELS"]).KERNELS.pinned = True
     shapes, batches = ([(11008, 4096)], [1, 4, 16, 512]) if args.quick else (SHAPES, BATCHES)
-    gpu = torch.cuda.get_device_name(0).replace(" ", "-")
+    from llmprune.kernels.select import device_slug
+
+    gpu_name = torch.cuda.get_device_name(0)
+    gpu = device_slug(gpu_name)
     mode = "-".join(m for m, on in (("check", args.check), ("bench", args.bench), ("pinned", args.pinned)) if on)
     short = {"float16": "fp16", "bfloat16": "bf16"}
     name = f"{datetime.date.today()}-{gpu}-{mode}-{'-'.join(short.get(d, d) for d in args.dtypes.split(','))}"
@@ -378,13 +380,13 @@ def main(argv=None) -> int:
         print("\n".join(summary(records)))
         from llmprune.kernels import select
 
-        measured = measured_rules(records, select.rules(torch.cuda.get_device_name(0)))
+        measured = measured_rules(records, select.rules(gpu_name), gpu_name)
         table = Path(args.results) / f"{name}.crossovers.json"
         write_atomic(table, measured.to_json())
         lines += ["", f"Crossovers measured here ({table.name}; kernels/select.py reads such a table from "
                   f"kernels/crossovers/ or, with --install, the user cache):", "", *measured.describe()]
         if args.install:
-            installed = cache_dir() / "crossovers" / f"{select.device_slug(measured.gpu)}.json"
+            installed = cache_dir() / "crossovers" / f"{gpu}.json"
             write_atomic(installed, measured.to_json())
             print(f"dispatch on this GPU now follows {installed}")
     final = Path(args.results) / f"{name}.md"

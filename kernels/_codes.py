@@ -75,14 +75,22 @@ def word_dot(words, x, unit):
 
 
 @triton.jit
-def word_stats(s_ptr, z_ptr, rn, w0, NG, N, GROUP: tl.constexpr, W: tl.constexpr):
-    """Slope 16 s and offset (16 + z) s of code words w0 .. w0+W of rows ``rn`` ([BLOCK_N, W] float32; statistics
-    [N, NG], GROUP % 8 == 0 so a word sits in one group). With v = 1 + q/16 (``code_unit``),
-    s (q - z) = 16 s v - (16 + z) s, so a word contributes slope * sum_j v_j x_j - offset * sum_j x_j: one FMA per
-    weight. The subtraction cancels at most ~3 bits of float32 (|v| < 2, z < 16)."""
+def word_scale_zero(s_ptr, z_ptr, rn, w0, NG, N, GROUP: tl.constexpr, W: tl.constexpr):
+    """Scale and zero point (float32, ``per_group``'s compact form) of code words w0 .. w0+W of rows ``rn``
+    (statistics [N, NG], GROUP % 8 == 0 so a word sits in one group)."""
     ok = rn < N
     scale = per_group(s_ptr, rn, ok, w0, NG, 0.0, GROUP // 8, W).to(tl.float32)
     zero = per_group(z_ptr, rn, ok, w0, NG, 0, GROUP // 8, W).to(tl.float32)
+    return scale, zero
+
+
+@triton.jit
+def word_stats(s_ptr, z_ptr, rn, w0, NG, N, GROUP: tl.constexpr, W: tl.constexpr):
+    """Slope 16 s and offset (16 + z) s of code words w0 .. w0+W of rows ``rn`` ([BLOCK_N, W] float32,
+    ``word_scale_zero``). With v = 1 + q/16 (``code_unit``), s (q - z) = 16 s v - (16 + z) s, so a word contributes
+    slope * sum_j v_j x_j - offset * sum_j x_j: one FMA per weight. The subtraction cancels at most ~3 bits of
+    float32 (|v| < 2, z < 16)."""
+    scale, zero = word_scale_zero(s_ptr, z_ptr, rn, w0, NG, N, GROUP, W)
     return expand_groups(16.0 * scale, GROUP // 8, W), expand_groups((16.0 + zero) * scale, GROUP // 8, W)
 
 
@@ -92,9 +100,7 @@ def word_units(s_ptr, z_ptr, rn, w0, NG, N, GROUP: tl.constexpr, W: tl.constexpr
     whose activations differ per row (picked or gathered x), subtracting the unit zero from each ``code_unit`` once
     (exact: both are multiples of 1/16 in [1, 2)) is cheaper than ``word_stats``' per-token sum of x, and
     s (q - z) = slope * (v - (1 + z/16))."""
-    ok = rn < N
-    scale = per_group(s_ptr, rn, ok, w0, NG, 0.0, GROUP // 8, W).to(tl.float32)
-    zero = per_group(z_ptr, rn, ok, w0, NG, 0, GROUP // 8, W).to(tl.float32)
+    scale, zero = word_scale_zero(s_ptr, z_ptr, rn, w0, NG, N, GROUP, W)
     return expand_groups(16.0 * scale, GROUP // 8, W), expand_groups(1.0 + zero * 0.0625, GROUP // 8, W)
 
 

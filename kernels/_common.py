@@ -20,7 +20,7 @@ from torch import Tensor
 from llmprune.errors import UserInputError
 
 from .chunked import chunked_matmul
-from .select import REGIMES, choose, decode_max
+from .select import REGIMES, Rules, device_rules
 
 ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -370,6 +370,7 @@ class KernelPair:
                  dot_decode: bool = True):
         self.fmt, self.gemv, self.gemm, self.dequant = fmt, gemv, gemm, dequant
         self.split_k = split_k or {}  # {BLOCK_B: d}: that token block's decode path splits K when GROUP % d == 0
+        self.dot_decode = dot_decode  # False: no padded tl.dot decode block (group_sparse_int4)
         self.prune_gemv = functools.partial(prune_gemv, cols_per_acc=cols_per_acc, dot=dot_decode)
         tune = {"cache_results": True, "do_bench": quick_bench}  # tuned configs persist in Triton's cache dir
         configs = gemv_configs((1, 2, 4, 16) if dot_decode else (1, 2, 4)) + split_k_configs(tuple(self.split_k))
@@ -401,18 +402,19 @@ class KernelPair:
     def interpret(self) -> bool:
         return interpreting(self.gemv)
 
-    def regime(self, m: int, regime: str | None, device: torch.device) -> str:
-        """The caller's regime, or kernels/select.py's choice for ``m`` tokens on ``device``'s GPU."""
+    def regime(self, m: int, regime: str | None, rules: Rules) -> str:
+        """The caller's regime, or the choice of ``rules`` (kernels/select.py, the GPU's table) for ``m`` tokens."""
         if regime is None:
-            return choose(self.fmt, m, device)
+            return rules.choose(self.fmt, m)
         if regime not in REGIMES:
             raise UserInputError(f"regime '{regime}' is unknown; use one of {', '.join(REGIMES)} or None (auto)")
         return regime
 
-    def run(self, args: tuple, m: int, n: int, consts: dict, regime: str) -> None:
-        """Launch over ``[m, n]`` outputs; ``args`` hold (..., M, N, K, stride_xm, stride_om, extra ints)."""
+    def run(self, args: tuple, m: int, n: int, consts: dict, regime: str, decode_max: int) -> None:
+        """Launch over ``[m, n]`` outputs; ``args`` hold (..., M, N, K, stride_xm, stride_om, extra ints); a decode
+        program takes at most ``decode_max`` tokens."""
         if regime == "gemv":
-            tokens = min(m, decode_max(self.fmt, args[0].device))
+            tokens = min(m, decode_max)
             fixed = self._fixed(0)
 
             def grid(meta):
@@ -434,7 +436,8 @@ class KernelPair:
         m = x2.shape[0]
         if m == 0:
             return y
-        regime = self.regime(m, regime, x2.device)
+        rules = device_rules(x2.device)
+        regime = self.regime(m, regime, rules)
         if regime == "gemm" and not call.gemm_ok:
             regime = "gemv"
         if regime == "chunked" and call.dequantize_rows is None:
@@ -445,7 +448,8 @@ class KernelPair:
             chunked_matmul(x2, call.n, call.k, call.dequantize_rows, y.view(m, call.n))
         else:
             args = (x2, *call.tensors, y, m, call.n, call.k, x2.stride(0), call.n, *call.extra)
-            self.run(args, m, call.n, {**call.consts, "DOT_F32": dot_f32(x, self.interpret)}, regime)
+            self.run(args, m, call.n, {**call.consts, "DOT_F32": dot_f32(x, self.interpret)}, regime,
+                     rules.gemv_up_to[self.fmt])
         return y
 
     def run_dequant(self, args: tuple, n: int, cols: int, consts: dict) -> None:

@@ -20,9 +20,9 @@ Regimes, per call of ``<fmt>_matmul(x, packed)`` with M = tokens (rows of x):
 Measured on an H100 (benchmarks/results/gpu/, 2026-11-23): gemv up to 16 tokens (4 for group_sparse_int4, whose
 decode kernel gathers x per row), gemm below 64, dense from 64 — at 64 tokens dequantize + cuBLAS already beats our
 Triton GEMM for every format (median gemm/dense time 1.10 int4, 1.10 sparse24, 1.71 sparse24_int4, 1.52
-group_sparse_int4), and the gap grows with the batch. spqr goes to dense from 17 tokens: its GEMM kernel then rebuilt six
-statistics and a 3-bit stream code by code and spilled registers in every config on sm_90; measured 25x slower than
-dense at 512 tokens. It now builds tiles from whole-word code blocks (``spqr._spqr_word_tile``, no spills in the
+group_sparse_int4), and the gap grows with the batch. spqr goes to dense from 17 tokens: its GEMM kernel then rebuilt
+six statistics and a 3-bit stream code by code and spilled registers in every config on sm_90; measured 25x slower
+than dense at 512 tokens. It now builds tiles from whole-word code blocks (``spqr._spqr_word_tile``, no spills in the
 16-32 row configs), unmeasured: the threshold stays until a GPU run moves it.
 These crossovers predate the decode rework measured only statically so far (benchmarks/results/instruction_mix/:
 fewer instructions per byte at 1-4 tokens); re-measure them on the next GPU run.
@@ -118,9 +118,10 @@ def rules(gpu: str | None = None) -> Rules:
     return rules(None) if gpu else read_rules(SHIPPED / f"{DEFAULT_GPU}.json")
 
 
-def device_rules(device: torch.device) -> Rules:
-    """The rules for the GPU ``device`` is on (the default table for CPU tensors: the interpreter's tests)."""
-    if device.type != "cuda":
+def device_rules(device: torch.device | None) -> Rules:
+    """The rules for the GPU ``device`` is on (the default table for no device and for CPU tensors: the
+    interpreter's tests)."""
+    if device is None or device.type != "cuda":
         return rules(None)
     return rules(_gpu_name(device.index if device.index is not None else torch.cuda.current_device()))
 
@@ -132,9 +133,9 @@ def _gpu_name(index: int) -> str:
 
 def decode_max(fmt: str, device: torch.device | None = None) -> int:
     """Most tokens one decode (GEMV) program handles; more tokens take batch blocks of this size (or fewer)."""
-    return (rules(None) if device is None else device_rules(device)).gemv_up_to[fmt]
+    return device_rules(device).gemv_up_to[fmt]
 
 
 def choose(fmt: str, tokens: int, device: torch.device | None = None) -> str:
     """The regime for ``tokens`` rows of activations on ``device``: 'gemv', 'gemm', 'dense' or 'chunked'."""
-    return (rules(None) if device is None else device_rules(device)).choose(fmt, tokens)
+    return device_rules(device).choose(fmt, tokens)

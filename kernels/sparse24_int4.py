@@ -89,14 +89,23 @@ def _sparse24_int4_place(wa, wb, nib):
 
 
 @triton.jit
+def _sparse24_int4_code_words(q_ptr, m_ptr, rn, k0, N, K, BLOCK_K: tl.constexpr):
+    """(codes, meta), each [BLOCK_N, BLOCK_K/16] int32, for GROUP % 16 == 0: a 32-bit word of codes holds the kept
+    pairs of four column groups (16 dense columns), a 16-bit word of metadata their positions."""
+    W: tl.constexpr = BLOCK_K // 16
+    words = load_rows(q_ptr.to(tl.pointer_type(tl.int32)), rn, N, k0 // 16, K // 16, K // 16, 0, W)
+    meta = load_rows(m_ptr.to(tl.pointer_type(tl.int16)), rn, N, k0 // 16, K // 16, K // 16, 0, W)
+    return words, meta.to(tl.int32)
+
+
+@triton.jit
 def _sparse24_int4_word_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, unit, GROUP: tl.constexpr,
                              BLOCK_K: tl.constexpr):
     """Dense W[rn, k0 : k0+BLOCK_K] in float32 for tl.dot (GROUP % 16 == 0): a 32-bit word of codes holds the kept
     pairs of four column groups (16 columns), a 16-bit word of metadata their positions; each kept code is one
     FFMA (``code_unit``, ``word_stats``), placed by selects and interleaved into column order by joins."""
     W: tl.constexpr = BLOCK_K // 16
-    words = load_rows(q_ptr.to(tl.pointer_type(tl.int32)), rn, N, k0 // 16, K // 16, K // 16, 0, W)
-    meta = load_rows(m_ptr.to(tl.pointer_type(tl.int16)), rn, N, k0 // 16, K // 16, K // 16, 0, W).to(tl.int32)
+    words, meta = _sparse24_int4_code_words(q_ptr, m_ptr, rn, k0, N, K, BLOCK_K)
     slope, offset = word_stats(s_ptr, z_ptr, rn, k0 // 16, K // GROUP, N, GROUP // 2, W)  # 16 columns a word
     a0, a1, a2, a3 = _sparse24_int4_place(code_unit(words, 0, unit) * slope - offset,
                                           code_unit(words, 1, unit) * slope - offset, meta & 0xF)
@@ -179,14 +188,9 @@ def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N,
         c1 = tl.zeros((BLOCK_N, W), tl.float32)
         c2 = tl.zeros((BLOCK_N, W), tl.float32)
         c3 = tl.zeros((BLOCK_N, W), tl.float32)
-        if BLOCK_B == 1:
-            k_lo, k_hi = split_k_range(K, BLOCK_K, SPLIT_K)
-        else:
-            k_lo, k_hi = 0, K
+        k_lo, k_hi = split_k_range(K, BLOCK_K, SPLIT_K)  # the whole of K unless this launch splits (one token)
         for k0 in range(k_lo, k_hi, BLOCK_K):
-            words = load_rows(q_ptr.to(tl.pointer_type(tl.int32)), rn, N, k0 // 16, K // 16, K // 16, 0, W)
-            meta = load_rows(m_ptr.to(tl.pointer_type(tl.int16)), rn, N, k0 // 16, K // 16, K // 16, 0, W)
-            meta = meta.to(tl.int32)
+            words, meta = _sparse24_int4_code_words(q_ptr, m_ptr, rn, k0, N, K, BLOCK_K)
             if BLOCK_B == 1:  # scale and zero point folded into per-word sums (``word_stats``): fewer instructions
                 slope, offset = word_stats(s_ptr, z_ptr, rn, k0 // 16, K // GROUP, N, GROUP // 2, W)
                 p, xsum = word_dot(words, _sparse24_int4_picked(x_ptr, b0, k0, M, K, stride_xm, meta, BLOCK_K), UNIT)
@@ -209,10 +213,7 @@ def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N,
         a1 = tl.zeros((BLOCK_N, BLOCK_K // 4), tl.float32)  # compiled to scalar loads on triton 3.6
         a2 = tl.zeros((BLOCK_N, BLOCK_K // 4), tl.float32)
         a3 = tl.zeros((BLOCK_N, BLOCK_K // 4), tl.float32)
-        if BLOCK_B == 1:
-            k_lo, k_hi = split_k_range(K, BLOCK_K, SPLIT_K)
-        else:
-            k_lo, k_hi = 0, K
+        k_lo, k_hi = split_k_range(K, BLOCK_K, SPLIT_K)  # the whole of K unless this launch splits (one token)
         for k0 in range(k_lo, k_hi, BLOCK_K):
             wa, wb, nib = _sparse24_int4_kept(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP, BLOCK_K)
             p0, p1 = nib & 3, nib >> 2

@@ -73,20 +73,29 @@ def _spqr_tile(q_ptr, st_ptrs, n2, k2, mask, WORDS, G,
 
 
 @triton.jit
+def _spqr_scale_zero(st_ptrs, rn, ok, c0, G, GROUP: tl.constexpr, STAT_GROUP: tl.constexpr, BLOCK: tl.constexpr):
+    """First-level scale and zero point (float32, ``per_group``'s compact form) of the groups that units
+    c0 .. c0+BLOCK of rows ``rn`` touch (GROUP units a group: columns, or 16-column halves for the word paths),
+    rebuilt from the second level of row block rn // STAT_GROUP once per group, not per column."""
+    sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr = st_ptrs
+    blk = rn // STAT_GROUP
+    scale = (per_group(sc_ptr, rn, ok, c0, G, 0, GROUP, BLOCK).to(tl.float32)
+             - per_group(sz_ptr, blk, ok, c0, G, 0.0, GROUP, BLOCK).to(tl.float32)) \
+        * per_group(ss_ptr, blk, ok, c0, G, 0.0, GROUP, BLOCK).to(tl.float32)
+    zero = (per_group(zc_ptr, rn, ok, c0, G, 0, GROUP, BLOCK).to(tl.float32)
+            - per_group(zz_ptr, blk, ok, c0, G, 0.0, GROUP, BLOCK).to(tl.float32)) \
+        * per_group(zs_ptr, blk, ok, c0, G, 0.0, GROUP, BLOCK).to(tl.float32)
+    return scale, zero
+
+
+@triton.jit
 def _spqr_block(q_ptr, st_ptrs, rn, k0, N, K, WORDS, G,
                 BITS: tl.constexpr, GROUP: tl.constexpr, STAT_GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Base W[rn, k0 : k0+BLOCK_K] (float32); the six statistics are loaded once per group, not per column."""
-    sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr = st_ptrs
+    """Base W[rn, k0 : k0+BLOCK_K] (float32), decoded code by code."""
     rk = k0 + tl.arange(0, BLOCK_K)
     ok = rn < N
     code = _spqr_code(q_ptr, rn[:, None], rk[None, :], ok[:, None] & (rk[None, :] < K), WORDS, BITS)
-    blk = rn // STAT_GROUP
-    scale = (per_group(sc_ptr, rn, ok, k0, G, 0, GROUP, BLOCK_K).to(tl.float32)
-             - per_group(sz_ptr, blk, ok, k0, G, 0.0, GROUP, BLOCK_K).to(tl.float32)) \
-        * per_group(ss_ptr, blk, ok, k0, G, 0.0, GROUP, BLOCK_K).to(tl.float32)
-    zero = (per_group(zc_ptr, rn, ok, k0, G, 0, GROUP, BLOCK_K).to(tl.float32)
-            - per_group(zz_ptr, blk, ok, k0, G, 0.0, GROUP, BLOCK_K).to(tl.float32)) \
-        * per_group(zs_ptr, blk, ok, k0, G, 0.0, GROUP, BLOCK_K).to(tl.float32)
+    scale, zero = _spqr_scale_zero(st_ptrs, rn, ok, k0, G, GROUP, STAT_GROUP, BLOCK_K)
     return (code.to(tl.float32) - expand_groups(zero, GROUP, BLOCK_K)) * expand_groups(scale, GROUP, BLOCK_K)
 
 
@@ -145,12 +154,10 @@ def _spqr_unit(words, J: tl.constexpr, BITS: tl.constexpr, unit):
 
 
 @triton.jit
-def _spqr_halves(ptr, rows, ok, k0, G, other, GROUP: tl.constexpr, T: tl.constexpr, ROWS_FIRST: tl.constexpr):
-    """A statistic of the two 16-column halves of each 32-code block of the step (GROUP % 16 == 0), float32, shaped
-    as ``_spqr_word``'s words."""
-    v = expand_groups(per_group(ptr, rows, ok, k0 // 16, G, other, GROUP // 16, 2 * T), GROUP // 16, 2 * T)
-    v = tl.broadcast_to(v.to(tl.float32), (rows.shape[0], 2 * T))
-    a, b = tl.split(tl.reshape(v, (rows.shape[0], T, 2)))
+def _spqr_halves(v, T: tl.constexpr, ROWS_FIRST: tl.constexpr):
+    """A per-half statistic [BLOCK_N, 2T] as its first and second halves of each 32-code block, shaped as
+    ``_spqr_word``'s words."""
+    a, b = tl.split(tl.reshape(v, (v.shape[0], T, 2)))
     if ROWS_FIRST:
         return a, b
     else:
@@ -167,7 +174,6 @@ def _spqr_word_block(q_ptr, st_ptrs, rn, k0, N, WORDS, G, BITS: tl.constexpr, GR
     All [BLOCK_K/32, BLOCK_N] (blocks by rows: a thread's rows then share their activations), or [BLOCK_N,
     BLOCK_K/32] if ROWS_FIRST (the tl.dot tile's orientation)."""
     T: tl.constexpr = BLOCK_K // 32
-    sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr = st_ptrs
     blk = k0 // 32 + tl.arange(0, T)
     words = (_spqr_word(q_ptr, rn, blk, N, WORDS, 0, BITS, ROWS_FIRST),
              _spqr_word(q_ptr, rn, blk, N, WORDS, 1, BITS, ROWS_FIRST),
@@ -178,18 +184,13 @@ def _spqr_word_block(q_ptr, st_ptrs, rn, k0, N, WORDS, G, BITS: tl.constexpr, GR
              _spqr_word(q_ptr, rn, blk, N, WORDS, 6, BITS, ROWS_FIRST),
              _spqr_word(q_ptr, rn, blk, N, WORDS, 7, BITS, ROWS_FIRST))
     ok = rn < N
-    rblk = rn // STAT_GROUP
-    sa, sb = _spqr_halves(sc_ptr, rn, ok, k0, G, 0, GROUP, T, ROWS_FIRST)
-    ssa, ssb = _spqr_halves(ss_ptr, rblk, ok, k0, G, 0.0, GROUP, T, ROWS_FIRST)
-    sza, szb = _spqr_halves(sz_ptr, rblk, ok, k0, G, 0.0, GROUP, T, ROWS_FIRST)
-    za, zb = _spqr_halves(zc_ptr, rn, ok, k0, G, 0, GROUP, T, ROWS_FIRST)
-    zsa, zsb = _spqr_halves(zs_ptr, rblk, ok, k0, G, 0.0, GROUP, T, ROWS_FIRST)
-    zza, zzb = _spqr_halves(zz_ptr, rblk, ok, k0, G, 0.0, GROUP, T, ROWS_FIRST)
-    scale_a, scale_b = (sa - sza) * ssa, (sb - szb) * ssb
-    zero_a, zero_b = (za - zza) * zsa, (zb - zzb) * zsb
+    scale, zero = _spqr_scale_zero(st_ptrs, rn, ok, k0 // 16, G, GROUP // 16, STAT_GROUP, 2 * T)
     unit_scale: tl.constexpr = 1 << BITS
-    return words, (unit_scale * scale_a, (unit_scale + zero_a) * scale_a, unit_scale * scale_b,
-                   (unit_scale + zero_b) * scale_b)
+    slope = tl.broadcast_to(expand_groups(unit_scale * scale, GROUP // 16, 2 * T), (rn.shape[0], 2 * T))
+    offset = tl.broadcast_to(expand_groups((unit_scale + zero) * scale, GROUP // 16, 2 * T), (rn.shape[0], 2 * T))
+    slope_a, slope_b = _spqr_halves(slope, T, ROWS_FIRST)
+    offset_a, offset_b = _spqr_halves(offset, T, ROWS_FIRST)
+    return words, (slope_a, offset_a, slope_b, offset_b)
 
 
 @triton.jit
@@ -269,10 +270,7 @@ def _spqr_gemv_kernel(x_ptr, q_ptr, sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_p
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     o_ptrs = (rp_ptr, oc_ptr, ov_ptr)
     if BLOCK_B <= 4 and GROUP % 16 == 0:  # 1-4 tokens: whole-word code blocks, one FFMA per code and token
-        if BLOCK_B == 1:
-            k_lo, k_hi = split_k_range(K, BLOCK_K, SPLIT_K)
-        else:
-            k_lo, k_hi = 0, K
+        k_lo, k_hi = split_k_range(K, BLOCK_K, SPLIT_K)  # the whole of K unless this launch splits (one token)
         b0 = tl.program_id(1) * BLOCK_B
         c0 = tl.zeros((BLOCK_K // 32, BLOCK_N), tl.float32)  # [blocks, rows], one per token
         c1 = tl.zeros((BLOCK_K // 32, BLOCK_N), tl.float32)

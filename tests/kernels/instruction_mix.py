@@ -37,7 +37,6 @@ PREFERRED = [(16, 256, 4), (16, 128, 4), (16, 64, 4)]  # (BLOCK_N, BLOCK_K, warp
 ISSUE_PER_BYTE_LIMIT = 128 / 14.5  # thread-instructions per cycle per SM / bytes per cycle per SM at full bandwidth
 SLOW = {"I2F": "I2F", "SHFL": "SHFL", "BAR": "BAR"}
 MAX_I2F = 4  # per loop: the uint8 zero points of the tile's groups (one or two per row), never one per code
-FMA_ONLY = ("group_sparse_int4",)  # decode paths counted for 1-4 tokens only: GQSA has no tl.dot decode path
 
 
 def weight_bytes(fmt: str, block_n: int, block_k: int) -> float:
@@ -126,9 +125,12 @@ def mix(fmt: str, block_b: int, dtype: str = "float16", config: dict | None = No
             "loads": loads, "spill": spill}
 
 
+def kernel_pair(fmt: str):
+    return importlib.import_module(f"llmprune.kernels.{fmt}").KERNELS
+
+
 def splitting_blocks(fmt: str) -> tuple:
-    kernels = importlib.import_module(f"llmprune.kernels.{fmt}").KERNELS
-    return tuple(kernels.split_k)
+    return tuple(kernel_pair(fmt).split_k)
 
 
 def table(rows: list[dict]) -> str:
@@ -156,7 +158,7 @@ def main(argv=None) -> int:
                     "shuffles between lanes or spills (the regressions this table exposed)")
     args = ap.parse_args(argv)
     pairs = [(fmt, int(b)) for fmt in args.formats.split(",") for b in args.blocks.split(",")
-             if not (fmt in FMA_ONLY and int(b) > 4)]
+             if int(b) <= 4 or kernel_pair(fmt).dot_decode]  # no padded tl.dot block: 1-4 tokens only (GQSA)
     if args.gemm:
         rows = [gemm_mix(fmt, c) for fmt in args.formats.split(",") for c in gemm_configs()]
     elif args.wide:
