@@ -197,6 +197,42 @@ def bench_shape(fmt, n, k, dtype, batches, timer, copy_gbs, emit, records):
                  f"{'graph' if graphed else 'eager'} | {tuned_config(fmt, regime, m, x.device)} |")
 
 
+def host_cost(formats, dtype, shape=(4096, 4096), device="cuda", calls: int = 300) -> list[str]:
+    """Markdown rows: host (CPU) microseconds per batch-1 call, launches queued without synchronizing, of each
+    format's launcher and of a ``PackedLinear`` forward (dispatch included) next to dense ``F.linear``. Eager decode
+    pays this once per Linear per token: when it exceeds the kernel's GPU time, the GPU idles between launches and
+    only CUDA graphs recover the kernel's speed (``llmprune bench --cuda-graphs``)."""
+    import time
+
+    from torch.nn.functional import linear
+
+    from llmprune.kernels import matmul_fn
+    from llmprune.packed_linear import PackedLinear
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    n, k = shape
+
+    def per_call(fn) -> float:
+        fn()
+        sync()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        host = time.perf_counter() - start
+        sync()
+        return host / calls * 1e6
+
+    x = torch.randn(1, k, device=device).to(dtype)
+    dense_w = (torch.randn(n, k, device=device) * 0.02).to(dtype)
+    rows = [f"| dense F.linear | {per_call(lambda: linear(x, dense_w)):.1f} | - |"]
+    for fmt in formats:
+        packed = random_packed(fmt, n, k, dtype, device=device)
+        module = PackedLinear.from_packed(packed, fmt, k)
+        launcher = matmul_fn(fmt)
+        rows.append(f"| {fmt} | {per_call(lambda: launcher(x, packed)):.1f} | {per_call(lambda: module(x)):.1f} |")
+    return rows
+
+
 def tuned_config(fmt: str, regime: str | None, m: int, device) -> str:
     """The config the autotuner chose for the call just timed (which 2-4 token block won, split count, tile), or
     '-' for the dequantize regimes."""
@@ -377,6 +413,9 @@ def main(argv=None) -> int:
                         bench_shape(fmt, n, k, dtype, batches, timer, copy_gbs, emit, records)
         partial.unlink()
         lines += ["", *summary(records)]
+        lines += ["", f"Host µs per batch-1 call, {shapes[0][0]}x{shapes[0][1]}, {dtypes[0]} (eager launches, no sync; "
+                  "eager decode pays this per Linear and token):", "", "| path | launcher µs | PackedLinear µs |",
+                  "|---|---|---|", *host_cost(formats, dtypes[0], shapes[0])]
         print("\n".join(summary(records)))
         from llmprune.kernels import select
 

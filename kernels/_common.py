@@ -96,8 +96,9 @@ def decode_blocks(bucket: int, dot: bool) -> set:
 
 
 def m_bucket(m: int) -> int:
-    """Autotune key for the batch: the next power of two, so prefill lengths share tuned configs."""
-    return triton.next_power_of_2(max(int(m), 1))
+    """Autotune key for the batch: the next power of two, so prefill lengths share tuned configs (plain int
+    arithmetic: ``triton.next_power_of_2`` is a jit helper that costs microseconds per launch)."""
+    return 1 << (max(int(m), 1) - 1).bit_length()
 
 
 def dot_f32(x: Tensor, interpret: bool) -> bool:

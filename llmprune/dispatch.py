@@ -10,6 +10,7 @@ Kernels are imported lazily and only for CUDA inputs, so CPU runs never import t
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import warnings
 from typing import Callable
@@ -30,23 +31,30 @@ def _kernel(fmt: Format, x: Tensor, packed: dict[str, Tensor]) -> tuple[Callable
         return None, f"format {fmt.name} has no kernel"
     if not x.is_cuda:
         return None, f"input on {x.device.type}"
+    launcher, supports, reason = _launcher(fmt.kernel)
+    if launcher is not None and supports is not None and not supports(x, packed):
+        return None, f"{fmt.kernel} kernel does not support this input (dtype {x.dtype}, shape {tuple(x.shape)})"
+    return launcher, reason
+
+
+@functools.lru_cache(maxsize=None)
+def _launcher(kernel: str) -> tuple[Callable | None, Callable | None, str]:
+    """(``<kernel>_matmul``, its ``supports`` pre-check, reason), looked up once per process: an eager decode step
+    calls this for every Linear, and the import machinery costs microseconds each time."""
     from . import kernels  # imports no triton (kernels/__init__.py)
 
     if not kernels.available():
-        return None, "triton or CUDA not usable"
+        return None, None, "triton or CUDA not usable"
     try:
-        module = importlib.import_module(f"llmprune.kernels.{fmt.kernel}")
+        module = importlib.import_module(f"llmprune.kernels.{kernel}")
     except ModuleNotFoundError as exc:
-        if exc.name != f"llmprune.kernels.{fmt.kernel}":
+        if exc.name != f"llmprune.kernels.{kernel}":
             raise
-        return None, f"no kernel module llmprune.kernels.{fmt.kernel}"
-    launcher = getattr(module, f"{fmt.kernel}_matmul", None)
+        return None, None, f"no kernel module llmprune.kernels.{kernel}"
+    launcher = getattr(module, f"{kernel}_matmul", None)
     if launcher is None:
-        return None, f"llmprune.kernels.{fmt.kernel} has no {fmt.kernel}_matmul"
-    supports = getattr(module, "supports", None)
-    if supports is not None and not supports(x, packed):
-        return None, f"{fmt.kernel} kernel does not support this input (dtype {x.dtype}, shape {tuple(x.shape)})"
-    return launcher, "kernel available"
+        return None, None, f"llmprune.kernels.{kernel} has no {kernel}_matmul"
+    return launcher, getattr(module, "supports", None), "kernel available"
 
 
 def choose(x: Tensor, fmt: Format, packed: dict[str, Tensor]) -> tuple[str, Callable, str]:
@@ -72,7 +80,8 @@ def matmul(x: Tensor, module: nn.Module) -> Tensor:
     fmt = get_format(module.format)
     packed = module.packed()
     path, fn, reason = choose(x, fmt, packed)
-    module.kernel_path, module.kernel_reason = path, reason
+    if (module.kernel_path, module.kernel_reason) != (path, reason):  # nn.Module.__setattr__ costs ~3 us a call
+        module.kernel_path, module.kernel_reason = path, reason
     y = fn(x, packed)
     return y if module.bias is None else y + module.bias.to(y.dtype)
 

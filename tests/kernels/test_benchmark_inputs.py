@@ -115,3 +115,11 @@ def test_bench_rows_name_the_config_the_autotuner_chose(bench, monkeypatch):
                         raising=False)
     assert bench.tuned_config("int4", None, 4, torch.device("cpu")) == "B16 N64 K128 split4 w4"
     assert bench.tuned_config("int4", "dense", 4096, torch.device("cpu")) == "-"
+
+
+def test_host_cost_rows_time_launcher_and_module(bench):
+    """The host-overhead table's CPU dry run (interpreter): one row for dense, one per format with two numbers."""
+    rows = bench.host_cost(["int4", "group_sparse_int4"], torch.float16, (32, 256), device="cpu", calls=2)
+    assert rows[0].startswith("| dense F.linear |") and [r.split(" | ")[0] for r in rows[1:]] == ["| int4",
+                                                                                                  "| group_sparse_int4"]
+    assert all(float(r.split(" | ")[1]) > 0 and float(r.split(" | ")[2].rstrip(" |")) > 0 for r in rows[1:])
