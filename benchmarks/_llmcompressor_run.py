@@ -7,19 +7,7 @@ import resource
 import sys
 import time
 
-
-def rss_mib(field: str = "VmRSS") -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def reset_peak() -> None:
-    """Start the peak (VmHWM) afresh after loading, so load-time transients do not count as compression memory."""
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")
+from _rss import reset_peak, rss_mib
 
 
 def main(model_dir, calib_path, method, sparsity, out_dir, result_path):
