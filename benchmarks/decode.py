@@ -8,8 +8,9 @@ Runs ``llmprune.evals.bench.run_bench`` (the logic behind ``llmprune bench``) wi
 atomically (temp file + rename), with the JSON of the run embedded. Without CUDA it prints a message and exits 0;
 ``--cpu-dry-run`` runs the ``tiny`` shape on CPU (reference matmuls) to check the plumbing only.
 
-Note: under ``torch.compile`` the Triton launchers and ``dispatch`` are Python that dynamo traces or breaks on; the
-compile logs (``TORCH_LOGS=graph_breaks``) say what happened. The CUDA-graph variant needs no compile.
+Under ``torch.compile`` each kernel call is one opaque node (``llmprune::packed_matmul``, llmprune/dispatch.py), so
+the decode step compiles without a graph break per Linear (tests/kernels/test_kernels_compile.py); the launchers'
+Python still runs per call unless the graph is also CUDA-graphed. The CUDA-graph variant needs no compile.
 """
 from __future__ import annotations
 

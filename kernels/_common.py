@@ -502,9 +502,9 @@ def dense_matmul(x2: Tensor, weight: Tensor, y: Tensor) -> None:
     torch.mm(x2, weight.t(), out=y.view(x2.shape[0], weight.shape[0]))
 
 
-def supports(x: Tensor, packed: dict) -> bool:
+def supports(dtype: torch.dtype) -> bool:
     """The dispatcher's pre-check (llmprune/dispatch.py): activation dtypes the kernels take."""
-    return x.dtype in ACT_DTYPES
+    return dtype in ACT_DTYPES
 
 
 @triton.jit

@@ -3,18 +3,25 @@ torch ``matmul_ref`` anywhere else.
 
 ``LLMPRUNE_KERNEL`` (read through ``settings.kernel_mode``): ``auto`` (default) takes the kernel when the input is on
 CUDA, Triton is usable and ``llmprune.kernels.<format>`` provides ``<format>_matmul`` (and, when defined, its
-``supports(x, packed)`` accepts the call); ``reference`` always takes ``matmul_ref``; ``triton`` demands the kernel and
-fails with a one-line error naming the reason otherwise. The path taken is recorded on the module
+``supports(dtype)`` accepts the activations); ``reference`` always takes ``matmul_ref``; ``triton`` demands the
+kernel and fails with a one-line error naming the reason otherwise. The choice depends only on the mode, the format,
+the device type and the dtype, so it is made once per combination. The path taken is recorded on the module
 (``kernel_path``, ``kernel_reason``) so benchmarks and reports print it; a CUDA fallback also warns once per reason.
 Kernels are imported lazily and only for CUDA inputs, so CPU runs never import triton.
+
+Under ``torch.compile`` the choice is made while tracing (a constant of the graph: changing ``LLMPRUNE_KERNEL``
+afterwards needs a recompile) and a kernel call enters the graph as the custom op ``llmprune::packed_matmul``, which
+the compiler treats as opaque: the launchers (autotuner, pointer checks) are Python it cannot trace, and without the
+op every Linear would break the graph. Eager calls skip the op's dispatcher overhead. The module's ``kernel_path``
+is not updated inside a compiled graph.
 """
 from __future__ import annotations
 
-import functools
 import importlib
 import warnings
 from typing import Callable
 
+import torch
 from torch import Tensor, nn
 
 from .errors import UserInputError
@@ -23,24 +30,19 @@ from .settings import kernel_mode
 
 MODES = ("auto", "reference", "triton")
 _warned: set[tuple[str, str]] = set()
+_paths: dict[tuple, tuple[str, str]] = {}
+_launchers: dict[str, tuple[Callable | None, Callable | None, str]] = {}
 
 
-def _kernel(fmt: Format, x: Tensor, packed: dict[str, Tensor]) -> tuple[Callable | None, str]:
-    """The Triton launcher for this call, or None and the reason it cannot be used."""
-    if fmt.kernel is None:
-        return None, f"format {fmt.name} has no kernel"
-    if not x.is_cuda:
-        return None, f"input on {x.device.type}"
-    launcher, supports, reason = _launcher(fmt.kernel)
-    if launcher is not None and supports is not None and not supports(x, packed):
-        return None, f"{fmt.kernel} kernel does not support this input (dtype {x.dtype}, shape {tuple(x.shape)})"
-    return launcher, reason
-
-
-@functools.lru_cache(maxsize=None)
 def _launcher(kernel: str) -> tuple[Callable | None, Callable | None, str]:
     """(``<kernel>_matmul``, its ``supports`` pre-check, reason), looked up once per process: an eager decode step
-    calls this for every Linear, and the import machinery costs microseconds each time."""
+    dispatches every Linear, and the import machinery costs microseconds each time."""
+    if kernel not in _launchers:
+        _launchers[kernel] = _find_launcher(kernel)
+    return _launchers[kernel]
+
+
+def _find_launcher(kernel: str) -> tuple[Callable | None, Callable | None, str]:
     from . import kernels  # imports no triton (kernels/__init__.py)
 
     if not kernels.available():
@@ -57,32 +59,82 @@ def _launcher(kernel: str) -> tuple[Callable | None, Callable | None, str]:
     return launcher, getattr(module, "supports", None), "kernel available"
 
 
-def choose(x: Tensor, fmt: Format, packed: dict[str, Tensor]) -> tuple[str, Callable, str]:
-    """``(path, fn, reason)`` with path ``"triton"`` or ``"reference"``."""
+def path_for(fmt_name: str, device_type: str, dtype: torch.dtype) -> tuple[str, str]:
+    """``(path, reason)``, path ``"triton"`` or ``"reference"``, for activations of ``dtype`` on ``device_type``
+    under the current ``LLMPRUNE_KERNEL``; one-line ``UserInputError`` for a bad mode or an unmet ``triton``."""
     mode = kernel_mode()
+    key = (mode, fmt_name, device_type, dtype)
+    if key not in _paths:
+        _paths[key] = _decide(mode, get_format(fmt_name), device_type, dtype)
+    path, reason = _paths[key]
+    if path == "reference" and device_type == "cuda" and mode == "auto" and (fmt_name, reason) not in _warned:
+        _warned.add((fmt_name, reason))
+        warnings.warn(f"{fmt_name}: using the reference matmul on CUDA ({reason})", stacklevel=4)
+    return path, reason
+
+
+def _decide(mode: str, fmt: Format, device_type: str, dtype: torch.dtype) -> tuple[str, str]:
     if mode not in MODES:
         raise UserInputError(f"LLMPRUNE_KERNEL={mode}: choose one of {', '.join(MODES)}")
     if mode == "reference":
-        return "reference", fmt.matmul_ref, "LLMPRUNE_KERNEL=reference"
-    launcher, reason = _kernel(fmt, x, packed)
-    if launcher is not None:
-        return "triton", launcher, reason
+        return "reference", "LLMPRUNE_KERNEL=reference"
+    reason = _kernel_reason(fmt, device_type, dtype)
+    if reason == "kernel available":
+        return "triton", reason
     if mode == "triton":
         raise UserInputError(f"LLMPRUNE_KERNEL=triton but {reason}; unset LLMPRUNE_KERNEL or set it to auto")
-    if x.is_cuda and (fmt.name, reason) not in _warned:
-        _warned.add((fmt.name, reason))
-        warnings.warn(f"{fmt.name}: using the reference matmul on CUDA ({reason})", stacklevel=3)
-    return "reference", fmt.matmul_ref, reason
+    return "reference", reason
+
+
+def _kernel_reason(fmt: Format, device_type: str, dtype: torch.dtype) -> str:
+    """"kernel available", or why the Triton launcher cannot take this call."""
+    if fmt.kernel is None:
+        return f"format {fmt.name} has no kernel"
+    if device_type != "cuda":
+        return f"input on {device_type}"
+    launcher, supports, reason = _launcher(fmt.kernel)
+    if launcher is not None and supports is not None and not supports(dtype):
+        return f"{fmt.kernel} kernel does not support {dtype} activations"
+    return reason
+
+
+def constant_while_tracing(fn: Callable) -> Callable:
+    """``torch.compiler.assume_constant_result(fn)`` without importing ``torch._dynamo`` (and triton with it) when
+    this module is imported: the public decorator only sets this flag (torch 2.13); a test compares the two."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+_constant_path = constant_while_tracing(lambda *key: path_for(*key))  # run once while tracing, a graph constant
+
+
+@torch.library.custom_op("llmprune::packed_matmul", mutates_args=())
+def packed_matmul(x: Tensor, tensors: list[Tensor], kernel: str, names: str, out_features: int) -> Tensor:
+    """``<kernel>_matmul(x, packed)`` as one opaque graph node; ``names`` are the packed tensors' names, joined by
+    commas (custom-op schemas take no list of strings)."""
+    return _launcher(kernel)[0](x, dict(zip(names.split(","), tensors)))
+
+
+@packed_matmul.register_fake
+def _packed_matmul_shape(x, tensors, kernel, names, out_features):
+    return x.new_empty((*x.shape[:-1], out_features))
 
 
 def matmul(x: Tensor, module: nn.Module) -> Tensor:
-    """``x @ W.T + bias`` for a ``PackedLinear``; records the path taken on the module."""
+    """``x @ W.T + bias`` for a ``PackedLinear``; records the path taken on the module (eager calls)."""
     fmt = get_format(module.format)
     packed = module.packed()
-    path, fn, reason = choose(x, fmt, packed)
-    if (module.kernel_path, module.kernel_reason) != (path, reason):  # nn.Module.__setattr__ costs ~3 us a call
-        module.kernel_path, module.kernel_reason = path, reason
-    y = fn(x, packed)
+    if torch.compiler.is_compiling():
+        path, _ = _constant_path(fmt.name, x.device.type, x.dtype)
+        if path == "triton":
+            y = packed_matmul(x, list(packed.values()), fmt.kernel, ",".join(packed), module.out_features)
+        else:
+            y = fmt.matmul_ref(x, packed)
+    else:
+        path, reason = path_for(fmt.name, x.device.type, x.dtype)
+        if (module.kernel_path, module.kernel_reason) != (path, reason):  # nn.Module.__setattr__ costs ~3 us a call
+            module.kernel_path, module.kernel_reason = path, reason
+        y = _launcher(fmt.kernel)[0](x, packed) if path == "triton" else fmt.matmul_ref(x, packed)
     return y if module.bias is None else y + module.bias.to(y.dtype)
 
 

@@ -101,3 +101,32 @@ def test_packed_modules_import_no_optional_dependencies():
             "'matplotlib') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_constant_marker_is_the_one_torch_compiler_sets():
+    """dispatch marks its path choice constant for torch.compile without importing torch._dynamo at import time;
+    this fails if torch changes what ``torch.compiler.assume_constant_result`` does."""
+    def ours():
+        return None
+
+    def public():
+        return None
+
+    dispatch.constant_while_tracing(ours)
+    torch.compiler.assume_constant_result(public)
+    assert vars(ours) == vars(public) != {}
+
+
+def test_dispatch_decides_once_per_mode_format_device_and_dtype(monkeypatch):
+    calls = []
+    decide = dispatch._decide
+    monkeypatch.setattr(dispatch, "_paths", {})
+    monkeypatch.setattr(dispatch, "_decide", lambda *a: calls.append(a[1:]) or decide(*a))
+    module = PackedLinear.from_quantized(rtn(torch.randn(8, 32), 16), "int4")
+    for x in (torch.randn(1, 32), torch.randn(3, 32), torch.randn(2, 32).double()):
+        module(x)
+    assert [(fmt.name, dev, dt) for fmt, dev, dt in calls] == [("int4", "cpu", torch.float32),
+                                                                ("int4", "cpu", torch.float64)]
+    monkeypatch.setenv("LLMPRUNE_KERNEL", "reference")
+    module(torch.randn(1, 32))
+    assert len(calls) == 3 and module.kernel_reason == "LLMPRUNE_KERNEL=reference"
