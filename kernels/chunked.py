@@ -43,7 +43,9 @@ def chunked_matmul(x2: Tensor, n: int, k: int, dequantize_rows: Callable[[int, i
             torch.mm(x2, bufs[0][: r1 - r0].t(), out=y2[:, r0:r1])
         return
     main = torch.cuda.current_stream(x2.device)
-    side = _side_streams.setdefault(x2.device.index, torch.cuda.Stream(x2.device))
+    side = _side_streams.get(x2.device.index)
+    if side is None:  # one side stream per device for the process (setdefault would create one per call)
+        side = _side_streams[x2.device.index] = torch.cuda.Stream(x2.device)
     side.wait_stream(main)  # x2 and the packed tensors were produced on the current stream
     free: list = [None] * len(bufs)
     for i, r0 in enumerate(starts):
