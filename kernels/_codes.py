@@ -11,7 +11,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import expand_groups, per_group
+from ._tiles import expand_groups, per_group
 
 UNIT = 0x3F800000  # the bits of 1.0f; kernels take it as a run-time argument (see ``code_unit``)
 

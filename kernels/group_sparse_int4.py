@@ -31,10 +31,13 @@ from llmprune.formats.group_sparse_int4 import matmul_ref as reference  # noqa: 
 from ._codes import (
     UNIT, code_float, column_phases, offset_zero, unit_codes, unit_dot, word_dot, word_stats, word_units,
 )
-from ._common import (
-    Call, KernelPair, check_packed, dense_buffer, dot_acc, expand_groups, expect_shape, grouped_pid, launched,
-    load_rows, load_x, matvec_finish, matvec_init, nibbles, per_column, per_group, row_slice, split_k_buffers,
-    split_k_range, split_k_store, store_out, store_token_sums, supports,  # noqa: F401 (supports: dispatch hook)
+from ._configs import launched
+from ._launch import (  # noqa: F401 (supports: dispatch hook)
+    Call, check_packed, dense_buffer, expect_shape, KernelPair, row_slice, split_k_buffers, supports,
+)
+from ._tiles import (
+    dot_acc, expand_groups, grouped_pid, load_rows, load_x, matvec_finish, matvec_init, nibbles, per_column,
+    per_group, split_k_range, split_k_store, store_out, store_token_sums,
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)

@@ -2,7 +2,7 @@
 
 Regimes, per call of ``<fmt>_matmul(x, packed)`` with M = tokens (rows of x):
 - ``gemv``  — the decode kernel: row blocks of W streamed once against M <= ``gemv_up_to`` tokens (FMAs, or one
-  padded tl.dot for 5-16 tokens; at 2-4 tokens the autotuner times both blocks, ``_common.decode_blocks``).
+  padded tl.dot for 5-16 tokens; at 2-4 tokens the autotuner times both blocks, ``_configs.decode_blocks``).
   Memory-bound: its ideal speedup over fp16 is the format's byte ratio.
 - ``gemm``  — the prefill kernel: tl.dot on tiles dequantized in registers (17-63 tokens).
 - ``dense`` — dequantize the whole weight once per call with the format's Triton dequantize kernel into a temporary

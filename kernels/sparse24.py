@@ -20,10 +20,13 @@ from torch import Tensor
 from llmprune.errors import UserInputError
 from llmprune.formats.sparse24 import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
-from ._common import (
-    Call, KernelPair, check_packed, dense_buffer, dot_acc, expect_shape, grouped_pid, launched, load_rows, load_x,
-    matvec_finish, matvec_init, matvec_step, nibbles, row_slice, store_out, store_tile, two_four_expand,
-    supports,  # noqa: F401 (supports: dispatch hook)
+from ._configs import launched
+from ._launch import (  # noqa: F401 (supports: dispatch hook)
+    Call, check_packed, dense_buffer, expect_shape, KernelPair, row_slice, supports,
+)
+from ._tiles import (
+    dot_acc, grouped_pid, load_rows, load_x, matvec_finish, matvec_init, matvec_step, nibbles, store_out, store_tile,
+    two_four_expand,
 )
 from .select import SEMI_FROM
 

@@ -31,10 +31,13 @@ from llmprune.errors import UserInputError
 from llmprune.formats.spqr import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
 from ._codes import UNIT, column_phases
-from ._common import (
-    Call, KernelPair, check_packed, dot_acc, expand_groups, expect_shape, grouped_pid, launched, load_x, matvec_finish,
-    matvec_init, matvec_step, per_group, row_live, split_k_buffers, split_k_range, split_k_store, store_out,
-    store_tile, weight_dot, supports,  # noqa: F401 (supports: dispatch hook)
+from ._configs import launched
+from ._launch import (  # noqa: F401 (supports: dispatch hook)
+    Call, check_packed, expect_shape, KernelPair, split_k_buffers, supports,
+)
+from ._tiles import (
+    dot_acc, expand_groups, grouped_pid, load_x, matvec_finish, matvec_init, matvec_step, per_group, row_live,
+    split_k_range, split_k_store, store_out, store_tile, weight_dot,
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)

@@ -40,7 +40,7 @@ def signature(fn, fmt: str, dtype: str, consts: dict) -> dict:
 
 def cases(fmt: str, full: bool):
     """(kernel name, constexprs) to compile for one format."""
-    from llmprune.kernels import _common as c
+    from llmprune.kernels import _configs as c
 
     base = {"GROUP": GROUPS.get(fmt)} if fmt in GROUPS else {}
     base.update(EXTRA_CONSTS.get(fmt, {}))

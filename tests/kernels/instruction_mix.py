@@ -30,7 +30,7 @@ import triton
 sys.path.insert(0, str(Path(__file__).parent))
 from compile_check import EXTRA_CONSTS, GROUPS, compile_one, resources  # noqa: E402
 
-from llmprune.kernels._common import BIG_TILES, gemm_configs  # noqa: E402
+from llmprune.kernels._configs import BIG_TILES, gemm_configs  # noqa: E402
 
 PREFERRED = [(16, 256, 4), (16, 128, 4), (16, 64, 4)]  # (BLOCK_N, BLOCK_K, warps): the longest K step that
 # prune_gemv keeps for the token block (the autotuner's candidates; GPU_PINNED's rows)
@@ -79,14 +79,14 @@ def config_for(fmt: str, block_b: int) -> dict:
 
 
 def wide_mix(fmt: str, block_b: int) -> dict:
-    """The lowest-count row among the autotuner's wide tiles (``_common.BIG_TILES``: 64 B of int4 codes per thread
+    """The lowest-count row among the autotuner's wide tiles (``_configs.BIG_TILES``: 64 B of int4 codes per thread
     per step), which the split-K paths exist for."""
     configs = [{"BLOCK_N": n, "BLOCK_K": k, "num_warps": w} for n, k, w in BIG_TILES]
     return min((mix(fmt, block_b, config=c) for c in configs), key=lambda r: r["per_byte"])
 
 
 def gemm_mix(fmt: str, config) -> dict:
-    """The prefill kernel's K loop at one of ``_common.gemm_configs()`` (instructions per weight byte per thread; each
+    """The prefill kernel's K loop at one of ``_configs.gemm_configs()`` (instructions per weight byte per thread; each
     weight byte then serves BLOCK_M tokens)."""
     fn = getattr(importlib.import_module(f"llmprune.kernels.{fmt}"), f"_{fmt}_gemm_kernel")
     consts = {k: v for k, v in {"GROUP": GROUPS.get(fmt), "DOT_F32": False, **EXTRA_CONSTS.get(fmt, {}),

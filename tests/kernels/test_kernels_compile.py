@@ -9,7 +9,7 @@ import torch
 
 from llmprune import dispatch
 from llmprune.kernels import FORMATS_WITH_KERNELS, matmul_fn
-from llmprune.kernels._common import supports
+from llmprune.kernels._launch import supports
 from llmprune.packed_linear import PackedLinear
 
 OP = torch.ops.llmprune.packed_matmul.default

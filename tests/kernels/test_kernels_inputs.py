@@ -113,7 +113,7 @@ def test_compiled_build_refuses_cpu_input_with_fix():
 
 
 def test_autotune_pruning_keeps_tl_dot_tiles_legal():
-    from llmprune.kernels import _common as c
+    from llmprune.kernels import _configs as c
 
     dot_tiles = c.prune_gemv(c.gemv_configs(), {"M_BUCKET": 16})
     assert dot_tiles and all(cfg.kwargs["BLOCK_N"] >= 16 and cfg.kwargs["BLOCK_B"] == 16 for cfg in dot_tiles)
@@ -157,14 +157,14 @@ def test_autotuner_times_fma_and_padded_dot_blocks_for_2_to_4_tokens(fmt, bucket
     accumulator fits ACC_PER_THREAD registers and every tl.dot config is at least 16 rows."""
     import importlib
 
-    from llmprune.kernels import _common
+    from llmprune.kernels import _configs
 
     kernels = importlib.import_module(f"llmprune.kernels.{fmt}").KERNELS
     kept = kernels.prune_gemv(kernels.gemv_tuned.configs, {"M_BUCKET": bucket})
     assert {c.kwargs["BLOCK_B"] for c in kept} == blocks
     for c in kept:
         bb, bn, bk = c.kwargs["BLOCK_B"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
-        assert bn >= 16 if bb == 16 else bb == 1 or bb * bn * bk // 8 <= _common.ACC_PER_THREAD * 32 * c.num_warps
+        assert bn >= 16 if bb == 16 else bb == 1 or bb * bn * bk // 8 <= _configs.ACC_PER_THREAD * 32 * c.num_warps
 
 
 def test_the_token_bucket_is_not_specialized_so_one_compile_serves_every_bucket():

@@ -106,9 +106,9 @@ def test_split_k_sums_partials_once_and_resets_tickets(fmt, split, k, monkeypatc
     (some empty when K has fewer steps than splits): the last program of each tile sums the partials (spqr's
     outliers are added by the first split only); the result equals the float64 oracle and every ticket counter is
     back at 0. 2-4 tokens with the same config do not split."""
-    from llmprune.kernels import _common
+    from llmprune.kernels import _launch
 
-    monkeypatch.setattr(_common, "GEMV_FIXED", {**_common.GEMV_FIXED, "SPLIT_K": split})
+    monkeypatch.setattr(_launch, "GEMV_FIXED", {**_launch.GEMV_FIXED, "SPLIT_K": split})
     kernel = importlib.import_module(f"llmprune.kernels.{fmt}")
     qw, packed = make(fmt, k, 16, torch.float32, seed=split + k)
     oracle_w = qw.dequantize(torch.float32).to(torch.float64)
@@ -121,16 +121,16 @@ def test_split_k_sums_partials_once_and_resets_tickets(fmt, split, k, monkeypatc
         getattr(kernel, f"{fmt}_matmul")(x, packed, out=out, regime="gemv")
         assert rel_err(out, x.to(torch.float64) @ oracle_w.T) <= TOLERANCE[torch.float32]
     assert launches == [split, 1, 1 if fmt in ("group_sparse_int4", "spqr") else split]
-    assert int(_common.split_k_buffers(x.device)[1].abs().sum()) == 0
+    assert int(_launch.split_k_buffers(x.device)[1].abs().sum()) == 0
 
 
 def test_split_k_launch_too_big_for_the_workspace_runs_unsplit(monkeypatch):
     """With room for fewer partials than splits x tokens x outputs, the 5-token int4 launch runs in one split
     (the kernel reads the split count from the grid, whatever SPLIT_K its config has) and stays exact."""
-    from llmprune.kernels import _common, int4
+    from llmprune.kernels import _launch, int4
 
-    monkeypatch.setattr(_common, "GEMV_FIXED", {**_common.GEMV_FIXED, "SPLIT_K": 4})
-    monkeypatch.setattr(_common, "SPLIT_K_PARTIALS", 4 * 5 * N - 1)
+    monkeypatch.setattr(_launch, "GEMV_FIXED", {**_launch.GEMV_FIXED, "SPLIT_K": 4})
+    monkeypatch.setattr(_launch, "SPLIT_K_PARTIALS", 4 * 5 * N - 1)
     launches = []
     splits = int4.KERNELS.splits
     monkeypatch.setattr(int4.KERNELS, "splits", lambda *a: launches.append(splits(*a)) or launches[-1])
@@ -212,12 +212,12 @@ def test_two_to_four_tokens_on_the_padded_tl_dot_block(fmt, split, monkeypatch):
     """On a GPU the autotuner may run 2-4 tokens on the padded tl.dot block (BLOCK_B = 16, rows 3-15 masked) instead
     of the FMA block; the interpreter's fixed config is forced onto it here (with K split for the formats whose
     tl.dot path splits), and the result equals the float64 oracle."""
-    from llmprune.kernels import _common
+    from llmprune.kernels import _launch
 
-    monkeypatch.setattr(_common, "batch_block", lambda m: 16)
-    monkeypatch.setattr(_common, "GEMV_FIXED", {**_common.GEMV_FIXED, "SPLIT_K": split})
-    blocks, launch = [], _common.launch
-    monkeypatch.setattr(_common, "launch", lambda k, t, grid, args, consts, fixed: (
+    monkeypatch.setattr(_launch, "batch_block", lambda m: 16)
+    monkeypatch.setattr(_launch, "GEMV_FIXED", {**_launch.GEMV_FIXED, "SPLIT_K": split})
+    blocks, launch = [], _launch.launch
+    monkeypatch.setattr(_launch, "launch", lambda k, t, grid, args, consts, fixed: (
         blocks.append((fixed["BLOCK_B"], grid({**consts, **fixed}))), launch(k, t, grid, args, consts, fixed)))
     kernel = importlib.import_module(f"llmprune.kernels.{fmt}")
     qw, packed = make(fmt, 128, 16, torch.float32, seed=21)

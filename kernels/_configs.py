@@ -1,0 +1,111 @@
+"""The autotuner's search space for the packed-format kernels: decode (GEMV) and prefill (GEMM) tile configs, the
+pruning that keeps those suiting a launch, the autotune keys, and the fixed configs of the interpreter and of
+compute-sanitizer runs. Why each shape is in the list is measured in tests/kernels/instruction_mix.py
+(instructions per weight byte of each K loop) and, on a GPU, by benchmarks/kernels.py.
+"""
+from __future__ import annotations
+
+import triton
+
+def batch_block(m: int) -> int:
+    """BLOCK_B for the decode kernel's fixed configs: 1, 2 or 4 use CUDA-core FMAs; 16 pads the batch for one
+    tl.dot. The autotuned launch also tries 16 for 2-4 tokens (``decode_blocks``)."""
+    for b in (1, 2, 4):
+        if m <= b:
+            return b
+    return 16
+
+
+def decode_blocks(bucket: int, dot: bool) -> set:
+    """BLOCK_B candidates of an autotuned decode launch of ``bucket`` (``m_bucket``) tokens: the FMA block that holds
+    them and, for 2-4 tokens of formats with a tl.dot decode path, also the padded block 16: the autotuner times
+    both. Statically the tl.dot path issues fewer instructions per weight byte from 2 tokens (int4 12.4 vs 17.7-23.4,
+    tests/kernels/instruction_mix.py) but adds shared-memory round trips and barriers, so timings decide. One token
+    stays on the FMA paths (8.5 vs 12.4); 5 or more take 16."""
+    fma = batch_block(bucket)
+    return {fma, 16} if dot and 1 < fma < 16 else {fma}
+
+
+def m_bucket(m: int) -> int:
+    """Autotune key for the batch: the next power of two, so prefill lengths share tuned configs (plain int
+    arithmetic: ``triton.next_power_of_2`` is a jit helper that costs microseconds per launch)."""
+    return 1 << (max(int(m), 1) - 1).bit_length()
+
+
+def gemv_configs(blocks=(1, 2, 4, 16)) -> list:
+    """Row-block configs for decode, one set per token block: small BLOCK_N gives enough programs to fill the SMs at
+    N = 4096 for one token; the padded tl.dot path (16 tokens) wants wide BLOCK_N, since every program re-reads its
+    [16, K] slice of x (``prune_gemv`` keeps those that suit the launch)."""
+    shapes = [(4, 512, 2), (8, 256, 4), (8, 512, 4), (16, 256, 4), (16, 128, 4), (32, 128, 8), (64, 64, 8),
+              (64, 128, 4), (64, 256, 8), (128, 64, 4), (128, 128, 8),  # wide rows: fewer re-reads of x at 16 tokens
+              (8, 128, 4), (16, 64, 4), (32, 64, 8)]  # small tiles whose 2-4 token accumulators fit in registers
+    return [triton.Config({"BLOCK_B": b, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=2)
+            for b in blocks for bn, bk, w in shapes]
+
+SPLIT_K = (2, 4, 8)
+
+BIG_TILES = [(64, 256, 4), (128, 128, 4), (256, 128, 8), (32, 256, 4)]  # 64 B of int4 codes per thread per step
+
+
+def split_k_configs(blocks) -> list:
+    """Configs for the token blocks whose decode path splits K (int4, sparse24_int4, group_sparse_int4): wide tiles
+    (fewer loop instructions per byte, tests/kernels/instruction_mix.py) are too few programs for N = 4096 on 132 SMs
+    unless K is split among SPLIT_K programs as well."""
+    return [triton.Config({"BLOCK_B": b, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": s}, num_warps=w, num_stages=2)
+            for b in blocks for bn, bk, w in BIG_TILES for s in (1, *SPLIT_K)]
+
+
+def gemm_configs() -> list:
+    """Tile configs for prefill in the spirit of Triton's matmul tutorial (grouped ordering, pipelined K loop)."""
+    shapes = [(16, 64, 128, 4, 3), (32, 64, 64, 4, 4), (64, 64, 64, 4, 4), (64, 128, 64, 8, 3),
+              (128, 128, 64, 8, 3), (128, 64, 64, 8, 4), (32, 128, 64, 4, 4)]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st)
+            for bm, bn, bk, w, st in shapes]
+
+ACC_PER_THREAD = 32  # fp32 accumulator registers per thread for 2-4 tokens; more spilled on sm_90 (instruction_mix)
+
+
+def prune_gemv(configs, named_args, cols_per_acc: int = 1, dot: bool = True, **kwargs) -> list:
+    """The configs of the launch's token blocks (``decode_blocks`` of its M_BUCKET). The padded tl.dot decode path
+    (BLOCK_B = 16) needs BLOCK_N >= 16 (tl.dot's minimum tile); the 2-4 token FMA path keeps a
+    [BLOCK_B, BLOCK_N, BLOCK_K / cols_per_acc] accumulator (int4's code-word path sums 8 columns per entry), so drop
+    tiles that would not fit in registers."""
+    blocks = decode_blocks(named_args.get("M_BUCKET", 1), dot)
+
+    def keep(c) -> bool:
+        bb, bn = c.kwargs["BLOCK_B"], c.kwargs["BLOCK_N"]
+        if bb not in blocks:
+            return False
+        if bb >= 16:
+            return bn >= 16
+        return bb == 1 or bb * bn * c.kwargs["BLOCK_K"] // cols_per_acc <= ACC_PER_THREAD * 32 * c.num_warps
+
+    return [c for c in configs if keep(c)]
+
+
+def prune_gemm(configs, named_args, **kwargs) -> list:
+    """Skip row tiles far taller than the batch (they only multiply padding)."""
+    limit = max(16, named_args.get("M_BUCKET", 1 << 30))
+    return [c for c in configs if c.kwargs["BLOCK_M"] <= limit] or configs[:1]
+
+
+def quick_bench(fn, quantiles=None):
+    """Autotuning timer: fewer repetitions than Triton's default (each config still runs >= 25 ms)."""
+    return triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
+
+
+def launched(fn):
+    """``triton.jit`` for the kernels a ``KernelPair`` launches. M_BUCKET is only the autotuner's key (the bodies
+    never read it), so it is not specialized: Triton would otherwise compile ints equal to 1 or divisible by 16
+    separately, and every config three times over the decode buckets 1, 2-8 and 16."""
+    return triton.jit(fn, do_not_specialize=["M_BUCKET"])
+
+GEMV_KEY = ["N", "K", "M_BUCKET"]
+
+GEMM_KEY = ["N", "K", "M_BUCKET"]
+
+GEMV_FIXED = {"BLOCK_N": 16, "BLOCK_K": 32}  # interpreter: one small config (valid on GPUs too), several K steps
+
+GEMM_FIXED = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32}
+
+GPU_PINNED = ({"BLOCK_N": 16, "BLOCK_K": 256, "num_warps": 4}, {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64})

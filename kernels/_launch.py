@@ -1,0 +1,254 @@
+"""Launch plumbing shared by the packed-format kernels: input checks, output allocation, regime choice and launch.
+
+Every launcher follows the same steps (unsloth's kernel/launcher split): flatten ``x`` to ``[M, K]``, check the packed
+tensors against docs/FORMATS.md, allocate (or check) the output, pick the regime from M, then launch either the
+autotuned kernel (CUDA) or the raw kernel with one fixed config (Triton's interpreter, where autotuning would run every
+config through numpy). Whether we are interpreting is read from the kernel object itself (``TRITON_INTERPRET=1`` makes
+``@triton.jit`` return an ``InterpretedFunction``), so this module reads no environment variable. The autotuner's
+search space lives in ``_configs.py``, the Triton building blocks the kernels share in ``_tiles.py``.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import triton
+from torch import Tensor
+
+from llmprune.errors import UserInputError
+
+from ._configs import (
+    GEMM_KEY, GEMV_FIXED, GEMM_FIXED, GEMV_KEY, GPU_PINNED, batch_block, gemm_configs, gemv_configs, m_bucket,
+    prune_gemm, prune_gemv, quick_bench, split_k_configs,
+)
+from .chunked import chunked_matmul
+from .select import REGIMES, Rules, device_rules
+
+ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def interpreting(kernel) -> bool:
+    """True when ``kernel`` was built by Triton's CPU interpreter (TRITON_INTERPRET=1 at import time)."""
+    return type(kernel).__name__ == "InterpretedFunction"
+
+
+def flatten_input(x: Tensor, in_features: int, fmt: str, interpret: bool) -> Tensor:
+    """``x[..., K]`` as a 2-D view with unit stride along K (copied only when the last dim is strided)."""
+    if x.dtype not in ACT_DTYPES:
+        raise UserInputError(f"{fmt} kernel: activations are {x.dtype}; cast them to float16 or bfloat16")
+    if x.shape[-1] != in_features:
+        raise UserInputError(
+            f"{fmt} kernel: input has {x.shape[-1]} features but the packed weight expects {in_features}; "
+            "pass the layer's own input"
+        )
+    want = "cpu" if interpret else "cuda"
+    if x.device.type != want:
+        fix = "unset TRITON_INTERPRET and move the input to CUDA" if want == "cuda" else "move the input to the CPU"
+        raise UserInputError(f"{fmt} kernel: input is on {x.device}, this build runs on {want}; {fix}")
+    x2 = x.reshape(-1, in_features)
+    return x2 if x2.stride(1) == 1 else x2.contiguous()
+
+
+def check_packed(packed: dict, specs: dict, device: torch.device, fmt: str) -> None:
+    """Each named tensor exists, is contiguous, lives on ``device`` and has one of the allowed dtypes."""
+    for name, dtypes in specs.items():
+        if name not in packed:
+            raise UserInputError(f"{fmt} kernel: packed weight lacks '{name}'; pack it with llmprune.formats.{fmt}")
+        t = packed[name]
+        if t.dtype not in dtypes:
+            raise UserInputError(f"{fmt} kernel: '{name}' is {t.dtype}, expected one of {dtypes}; re-pack the layer")
+        if t.device != device:
+            raise UserInputError(f"{fmt} kernel: '{name}' is on {t.device} but the input is on {device}; move both")
+        if not t.is_contiguous():
+            raise UserInputError(f"{fmt} kernel: '{name}' is not contiguous; call .contiguous() on the packed tensors")
+
+
+def expect_shape(t: Tensor, shape: tuple, name: str, fmt: str) -> None:
+    if tuple(t.shape) != tuple(shape):
+        raise UserInputError(f"{fmt} kernel: '{name}' has shape {tuple(t.shape)}, expected {tuple(shape)}; re-pack")
+
+
+def alloc_out(x: Tensor, x2: Tensor, out_features: int, out: Tensor | None, fmt: str) -> Tensor:
+    """A fresh ``[..., N]`` output, or the caller's ``out`` after checking it (tests pass a NaN-poisoned one)."""
+    shape = (*x.shape[:-1], out_features)
+    if out is None:
+        return torch.empty(shape, dtype=x.dtype, device=x.device)
+    if tuple(out.shape) != shape or out.dtype != x.dtype or out.device != x.device or not out.is_contiguous():
+        raise UserInputError(f"{fmt} kernel: out= must be a contiguous {x.dtype} tensor of shape {shape} on {x.device}")
+    return out
+
+
+def dot_f32(x: Tensor, interpret: bool) -> bool:
+    """Run tl.dot in float32: for fp32 inputs (exact IEEE), and for bf16 under the interpreter, whose numpy dot has
+    no bfloat16 (it returns garbage; checked on triton 3.9)."""
+    return x.dtype == torch.float32 or (interpret and x.dtype == torch.bfloat16)
+
+
+def launch(kernel, tuned, grid, args: tuple, consts: dict, fixed: dict | None) -> None:
+    """Run ``kernel`` with ``fixed`` meta-parameters (the interpreter, or a pinned config), else the autotuned twin."""
+    if fixed is not None:
+        meta = {**consts, **fixed}
+        kernel[grid(meta)](*args, **meta)
+    else:
+        tuned[grid](*args, **consts)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One format's launch: its packed tensors in kernel-argument order, output/input features, constexprs, the
+    runtime ints that follow the strides (``extra``), and how to build the dense weight for the ``dense`` regime."""
+
+    tensors: tuple
+    n: int
+    k: int
+    consts: dict
+    dequantize: Callable[[torch.dtype], Tensor]
+    extra: tuple = ()
+    gemm_ok: bool = True  # False: the GEMM kernel cannot take this layout (GQSA groups < 16), use GEMV blocks
+    dequantize_rows: Callable[[int, int, Tensor], None] | None = None  # W[r0:r1] into a buffer (``chunked``)
+
+
+class KernelPair:
+    """The decode (GEMV), prefill (GEMM) and dequantize kernels of one format, with autotuned twins for CUDA."""
+
+    def __init__(self, fmt: str, gemv, gemm, dequant, cols_per_acc: int = 1, split_k: dict | None = None,
+                 dot_decode: bool = True):
+        self.fmt, self.gemv, self.gemm, self.dequant = fmt, gemv, gemm, dequant
+        self.split_k = split_k or {}  # {BLOCK_B: d}: that token block's decode path splits K when GROUP % d == 0
+        self.dot_decode = dot_decode  # False: no padded tl.dot decode block (group_sparse_int4)
+        self.prune_gemv = functools.partial(prune_gemv, cols_per_acc=cols_per_acc, dot=dot_decode)
+        tune = {"cache_results": True, "do_bench": quick_bench}  # tuned configs persist in Triton's cache dir
+        configs = gemv_configs((1, 2, 4, 16) if dot_decode else (1, 2, 4)) + split_k_configs(tuple(self.split_k))
+        self.gemv_tuned = triton.autotune(configs=configs, key=GEMV_KEY,
+                                          prune_configs_by={"early_config_prune": self.prune_gemv}, **tune)(gemv)
+        self.gemm_tuned = triton.autotune(configs=gemm_configs(), key=GEMM_KEY,
+                                          prune_configs_by={"early_config_prune": prune_gemm}, **tune)(gemm)
+        self.pinned = False  # True: skip autotuning on CUDA, use GPU_PINNED (compute-sanitizer runs)
+
+    def _fixed(self, which: int) -> dict | None:
+        if self.interpret:
+            return (GEMV_FIXED, GEMM_FIXED)[which]
+        if not self.pinned:
+            return None
+        return {**GPU_PINNED[0], "SPLIT_K": 2} if which == 0 and self.split_k else GPU_PINNED[which]
+
+    def splits(self, meta: dict, m: int, n: int) -> int:
+        """Programs per output tile along K: SPLIT_K on the paths that split, 1 elsewhere (so a fixed config with
+        SPLIT_K > 1 never launches duplicate programs on the other paths) and when the shared workspace cannot
+        hold the partials or tickets of an ``[m, n]`` launch (the kernels read the split count from the grid)."""
+        split = meta.get("SPLIT_K", 1)
+        bb = meta["BLOCK_B"]
+        path = bb in self.split_k and meta.get("GROUP", 0) % self.split_k[bb] == 0
+        tiles = triton.cdiv(m, meta["BLOCK_B"]) * triton.cdiv(n, meta["BLOCK_N"])
+        fits = split * m * n <= SPLIT_K_PARTIALS and tiles <= SPLIT_K_TILES
+        return split if path and fits else 1
+
+    @property
+    def interpret(self) -> bool:
+        return interpreting(self.gemv)
+
+    def regime(self, m: int, regime: str | None, rules: Rules) -> str:
+        """The caller's regime, or the choice of ``rules`` (kernels/select.py, the GPU's table) for ``m`` tokens."""
+        if regime is None:
+            return rules.choose(self.fmt, m)
+        if regime not in REGIMES:
+            raise UserInputError(f"regime '{regime}' is unknown; use one of {', '.join(REGIMES)} or None (auto)")
+        return regime
+
+    def run(self, args: tuple, m: int, n: int, consts: dict, regime: str, decode_max: int) -> None:
+        """Launch over ``[m, n]`` outputs; ``args`` hold (..., M, N, K, stride_xm, stride_om, extra ints); a decode
+        program takes at most ``decode_max`` tokens."""
+        if regime == "gemv":
+            tokens = min(m, decode_max)
+            fixed = self._fixed(0)
+
+            def grid(meta):
+                return (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_B"]), self.splits(meta, m, n))
+
+            launch(self.gemv, self.gemv_tuned, grid, (*args, m_bucket(tokens)), consts,
+                   None if fixed is None else {**fixed, "BLOCK_B": batch_block(tokens)})
+        else:
+
+            def grid(meta):
+                return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+
+            launch(self.gemm, self.gemm_tuned, grid, (*args, m_bucket(m)), consts, self._fixed(1))
+
+    def matmul(self, x: Tensor, call: Call, out: Tensor | None, regime: str | None) -> Tensor:
+        """The launcher body every format shares: flatten x, allocate y, pick the regime, launch."""
+        x2 = flatten_input(x, call.k, self.fmt, self.interpret)
+        y = alloc_out(x, x2, call.n, out, self.fmt)
+        m = x2.shape[0]
+        if m == 0:
+            return y
+        rules = device_rules(x2.device)
+        regime = self.regime(m, regime, rules)
+        if regime == "gemm" and not call.gemm_ok:
+            regime = "gemv"
+        if regime == "chunked" and call.dequantize_rows is None:
+            regime = "dense"  # formats whose statistics or outliers span rows (spqr) dequantize whole
+        if regime == "dense":
+            dense_matmul(x2, call.dequantize(x.dtype), y)
+        elif regime == "chunked":
+            chunked_matmul(x2, call.n, call.k, call.dequantize_rows, y.view(m, call.n))
+        else:
+            args = (x2, *call.tensors, y, m, call.n, call.k, x2.stride(0), call.n, *call.extra)
+            self.run(args, m, call.n, {**call.consts, "DOT_F32": dot_f32(x, self.interpret)}, regime,
+                     rules.gemv_up_to[self.fmt])
+        return y
+
+    def run_dequant(self, args: tuple, n: int, cols: int, consts: dict) -> None:
+        """Launch the dequantize kernel over an ``[n, cols]`` grid of tiles (cols: dense or kept columns)."""
+        bn, bk = (8, 32) if self.interpret else (32, 128)
+        self.dequant[(triton.cdiv(n, bn), triton.cdiv(cols, bk))](*args, **consts, BLOCK_N=bn, BLOCK_K=bk)
+
+SPLIT_K_PARTIALS = 1 << 22  # float32 partials in the workspace (16 MB): 8 splits x 16 tokens x 28672 outputs
+
+SPLIT_K_TILES = 1 << 18  # ticket counters: output tiles of one split launch
+
+_split_k: dict = {}
+
+
+def split_k_buffers(device: torch.device) -> tuple[Tensor, Tensor]:
+    """(partials, tickets) for split-K decode, allocated once per device (17 MB) and shared by every launch on it,
+    as launches on one stream run in order: float32 partial sums (splits x tokens x outputs; ``KernelPair.splits``
+    does not split a launch they would overflow), and the int32 counters the programs of one output tile take
+    tickets from. The last program of a tile sums the partials and puts its counter back to zero, so the counters
+    stay zero between calls and CUDA-graph replays, and a captured graph keeps valid addresses."""
+    buffers = _split_k.get(device)
+    if buffers is None:
+        buffers = _split_k[device] = (torch.empty(SPLIT_K_PARTIALS, dtype=torch.float32, device=device),
+                                      torch.zeros(SPLIT_K_TILES, dtype=torch.int32, device=device))
+    return buffers
+
+
+def word_aligned(t: Tensor) -> Tensor:
+    """``t``, or a copy when its data does not start on a 4-byte boundary: decode paths read packed codes as 32-bit
+    words (a view at an odd offset would fault on a GPU; the interpreter would read it anyway)."""
+    return t.clone() if t.data_ptr() % 4 else t
+
+
+def dense_buffer(out: Tensor | None, n: int, k: int, dtype: torch.dtype, device) -> Tensor:
+    """A fresh ``[n, k]`` tensor for a dequantize kernel, or the caller's ``out`` once checked."""
+    if out is None:
+        return torch.empty(n, k, dtype=dtype, device=device)
+    if tuple(out.shape) != (n, k) or out.dtype != dtype or not out.is_contiguous():
+        raise UserInputError(f"dequantize out= must be a contiguous {dtype} tensor of shape ({n}, {k})")
+    return out
+
+
+def row_slice(packed: dict, names: tuple, r0: int, r1: int) -> dict:
+    """Rows r0:r1 of the per-row packed tensors ``names`` (views; row-major slices stay contiguous)."""
+    return {name: packed[name][r0:r1] for name in names}
+
+
+def dense_matmul(x2: Tensor, weight: Tensor, y: Tensor) -> None:
+    """y = x2 @ weight.T with the dense library GEMM (cuBLAS on CUDA), written into y's storage."""
+    torch.mm(x2, weight.t(), out=y.view(x2.shape[0], weight.shape[0]))
+
+
+def supports(dtype: torch.dtype) -> bool:
+    """The dispatcher's pre-check (llmprune/dispatch.py): activation dtypes the kernels take."""
+    return dtype in ACT_DTYPES
