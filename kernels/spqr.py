@@ -30,14 +30,13 @@ from torch import Tensor
 from llmprune.errors import UserInputError
 from llmprune.formats.spqr import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
-from ._codes import UNIT, column_phases
+from ._codes import UNIT
 from ._configs import launched
-from ._launch import (  # noqa: F401 (supports: dispatch hook)
-    Call, check_packed, expect_shape, KernelPair, split_k_buffers, supports,
-)
+from ._launch import Call, check_packed, expect_shape, KernelPair, split_k_buffers, supports  # noqa: F401 (hook)
+from ._spqr_words import _spqr_scale_zero, _spqr_word_block, _spqr_word_dot, _spqr_word_tile
 from ._tiles import (
-    dot_acc, expand_groups, grouped_pid, load_x, matvec_finish, matvec_init, matvec_step, per_group, row_live,
-    split_k_range, split_k_store, store_out, store_tile, weight_dot,
+    dot_acc, expand_groups, grouped_pid, load_x, matvec_finish, matvec_init, matvec_step, split_k_range,
+    split_k_store, store_out, store_tile, weight_dot,
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -76,22 +75,6 @@ def _spqr_tile(q_ptr, st_ptrs, n2, k2, mask, WORDS, G,
 
 
 @triton.jit
-def _spqr_scale_zero(st_ptrs, rn, ok, c0, G, GROUP: tl.constexpr, STAT_GROUP: tl.constexpr, BLOCK: tl.constexpr):
-    """First-level scale and zero point (float32, ``per_group``'s compact form) of the groups that units
-    c0 .. c0+BLOCK of rows ``rn`` touch (GROUP units a group: columns, or 16-column halves for the word paths),
-    rebuilt from the second level of row block rn // STAT_GROUP once per group, not per column."""
-    sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr = st_ptrs
-    blk = rn // STAT_GROUP
-    scale = (per_group(sc_ptr, rn, ok, c0, G, 0, GROUP, BLOCK).to(tl.float32)
-             - per_group(sz_ptr, blk, ok, c0, G, 0.0, GROUP, BLOCK).to(tl.float32)) \
-        * per_group(ss_ptr, blk, ok, c0, G, 0.0, GROUP, BLOCK).to(tl.float32)
-    zero = (per_group(zc_ptr, rn, ok, c0, G, 0, GROUP, BLOCK).to(tl.float32)
-            - per_group(zz_ptr, blk, ok, c0, G, 0.0, GROUP, BLOCK).to(tl.float32)) \
-        * per_group(zs_ptr, blk, ok, c0, G, 0.0, GROUP, BLOCK).to(tl.float32)
-    return scale, zero
-
-
-@triton.jit
 def _spqr_block(q_ptr, st_ptrs, rn, k0, N, K, WORDS, G,
                 BITS: tl.constexpr, GROUP: tl.constexpr, STAT_GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
     """Base W[rn, k0 : k0+BLOCK_K] (float32), decoded code by code."""
@@ -119,146 +102,6 @@ def _spqr_outliers(acc, x_ptr, rows, rn, M, N, stride_xm, q_ptr, st_ptrs, o_ptrs
         xg = tl.load(x_ptr + rows[:, None] * stride_xm + col[None, :], mask=xmask, other=0.0).to(tl.float32)
         acc += xg * tl.where(live, val - base, 0.0)[None, :]
     return acc
-
-
-@triton.jit
-def _spqr_word(q_ptr, rn, blk, N, WORDS, I: tl.constexpr, BITS: tl.constexpr, ROWS_FIRST: tl.constexpr):
-    """Word I of the BITS 32-bit words that hold 32-code blocks ``blk`` of rows ``rn`` (uint32, [T, BLOCK_N], or
-    [BLOCK_N, T] if ROWS_FIRST; a row's stream starts on a word, so block b is words b*BITS .. b*BITS+BITS-1).
-    Zeros for I >= BITS (never read)."""
-    if ROWS_FIRST:
-        word = blk[None, :] * BITS + I
-        addr = q_ptr + rn[:, None] * WORDS + word
-        live = (rn[:, None] < N) & (word < WORDS)
-    else:
-        word = blk[:, None] * BITS + I
-        addr = q_ptr + rn[None, :] * WORDS + word
-        live = (rn[None, :] < N) & (word < WORDS)
-    if I < BITS:
-        return tl.load(addr, mask=live, other=0).to(tl.uint32, bitcast=True)
-    else:
-        return tl.zeros(addr.shape, tl.uint32)
-
-
-@triton.jit
-def _spqr_unit(words, J: tl.constexpr, BITS: tl.constexpr, unit):
-    """Code J of each 32-code block as float32 1 + q / 2**BITS: its bits (straddling two words for a few J) shifted
-    into the top of the mantissa of 1.0 — shifts and bit operations with constant amounts, no int-to-float
-    conversion (``_codes.code_unit`` for int4)."""
-    B0: tl.constexpr = J * BITS
-    I: tl.constexpr = B0 // 32
-    S: tl.constexpr = B0 % 32
-    if S + BITS <= 32:
-        bits = words[I] >> S
-    else:
-        bits = (words[I] >> S) | (words[I + 1] << (32 - S))
-    mant = (bits << (23 - BITS)) & (((1 << BITS) - 1) << (23 - BITS))
-    return (mant | unit).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _spqr_halves(v, T: tl.constexpr, ROWS_FIRST: tl.constexpr):
-    """A per-half statistic [BLOCK_N, 2T] as its first and second halves of each 32-code block, shaped as
-    ``_spqr_word``'s words."""
-    a, b = tl.split(tl.reshape(v, (v.shape[0], T, 2)))
-    if ROWS_FIRST:
-        return a, b
-    else:
-        return tl.trans(a), tl.trans(b)
-
-
-@triton.jit
-def _spqr_word_block(q_ptr, st_ptrs, rn, k0, N, WORDS, G, BITS: tl.constexpr, GROUP: tl.constexpr,
-                     STAT_GROUP: tl.constexpr, BLOCK_K: tl.constexpr, ROWS_FIRST: tl.constexpr = False):
-    """The step's code words and per-half statistics, shared by the tokens (GROUP % 16 == 0): each 32-code block
-    of a row is BITS whole words, so every code sits at a constant bit offset (``_spqr_unit``); the bilevel
-    statistics are rebuilt once per 16-column half and folded, as int4 does (``_codes.word_stats``), into
-    w = s (q - z) = slope v - offset with v = 1 + q/2**BITS, slope = 2**BITS s, offset = (2**BITS + z) s.
-    All [BLOCK_K/32, BLOCK_N] (blocks by rows: a thread's rows then share their activations), or [BLOCK_N,
-    BLOCK_K/32] if ROWS_FIRST (the tl.dot tile's orientation)."""
-    T: tl.constexpr = BLOCK_K // 32
-    blk = k0 // 32 + tl.arange(0, T)
-    words = (_spqr_word(q_ptr, rn, blk, N, WORDS, 0, BITS, ROWS_FIRST),
-             _spqr_word(q_ptr, rn, blk, N, WORDS, 1, BITS, ROWS_FIRST),
-             _spqr_word(q_ptr, rn, blk, N, WORDS, 2, BITS, ROWS_FIRST),
-             _spqr_word(q_ptr, rn, blk, N, WORDS, 3, BITS, ROWS_FIRST),
-             _spqr_word(q_ptr, rn, blk, N, WORDS, 4, BITS, ROWS_FIRST),
-             _spqr_word(q_ptr, rn, blk, N, WORDS, 5, BITS, ROWS_FIRST),
-             _spqr_word(q_ptr, rn, blk, N, WORDS, 6, BITS, ROWS_FIRST),
-             _spqr_word(q_ptr, rn, blk, N, WORDS, 7, BITS, ROWS_FIRST))
-    ok = rn < N
-    scale, zero = _spqr_scale_zero(st_ptrs, rn, ok, k0 // 16, G, GROUP // 16, STAT_GROUP, 2 * T)
-    unit_scale: tl.constexpr = 1 << BITS
-    slope = tl.broadcast_to(expand_groups(unit_scale * scale, GROUP // 16, 2 * T), (rn.shape[0], 2 * T))
-    offset = tl.broadcast_to(expand_groups((unit_scale + zero) * scale, GROUP // 16, 2 * T), (rn.shape[0], 2 * T))
-    slope_a, slope_b = _spqr_halves(slope, T, ROWS_FIRST)
-    offset_a, offset_b = _spqr_halves(offset, T, ROWS_FIRST)
-    return words, (slope_a, offset_a, slope_b, offset_b)
-
-
-@triton.jit
-def _spqr_w(words, stats, J: tl.constexpr, BITS: tl.constexpr, unit):
-    """Weight J of each 32-code block (``_spqr_word_block`` with ROWS_FIRST): one FFMA on the code's unit value."""
-    if J < 16:
-        return _spqr_unit(words, J, BITS, unit) * stats[0] - stats[1]
-    else:
-        return _spqr_unit(words, J, BITS, unit) * stats[2] - stats[3]
-
-
-@triton.jit
-def _spqr_pairs(words, stats, R: tl.constexpr, BITS: tl.constexpr, unit):
-    """Weights R and R + 16 of each block joined on a new minor axis (the join tree's first level)."""
-    return tl.join(_spqr_w(words, stats, R, BITS, unit), _spqr_w(words, stats, R + 16, BITS, unit))
-
-
-@triton.jit
-def _spqr_word_tile(q_ptr, st_ptrs, rn, k0, N, WORDS, G, unit, BITS: tl.constexpr, GROUP: tl.constexpr,
-                    STAT_GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Dense base W[rn, k0 : k0+BLOCK_K] in float32 for tl.dot (GROUP % 16 == 0), from whole-word code blocks: one
-    FFMA per weight instead of per-code loads and I2F (``_spqr_block``). Joins interleave the 32 weights of each
-    block back into column order: pairing weights 16 apart first, then 8, 4, 2, 1 makes the minor axes
-    (c4, c3, c2, c1, c0) of column 32t + 16c4 + 8c3 + 4c2 + 2c1 + c0, the order a row-major reshape reads."""
-    words, stats = _spqr_word_block(q_ptr, st_ptrs, rn, k0, N, WORDS, G, BITS, GROUP, STAT_GROUP, BLOCK_K, True)
-    l0 = tl.join(_spqr_pairs(words, stats, 0, BITS, unit), _spqr_pairs(words, stats, 8, BITS, unit))
-    l1 = tl.join(_spqr_pairs(words, stats, 1, BITS, unit), _spqr_pairs(words, stats, 9, BITS, unit))
-    l2 = tl.join(_spqr_pairs(words, stats, 2, BITS, unit), _spqr_pairs(words, stats, 10, BITS, unit))
-    l3 = tl.join(_spqr_pairs(words, stats, 3, BITS, unit), _spqr_pairs(words, stats, 11, BITS, unit))
-    l4 = tl.join(_spqr_pairs(words, stats, 4, BITS, unit), _spqr_pairs(words, stats, 12, BITS, unit))
-    l5 = tl.join(_spqr_pairs(words, stats, 5, BITS, unit), _spqr_pairs(words, stats, 13, BITS, unit))
-    l6 = tl.join(_spqr_pairs(words, stats, 6, BITS, unit), _spqr_pairs(words, stats, 14, BITS, unit))
-    l7 = tl.join(_spqr_pairs(words, stats, 7, BITS, unit), _spqr_pairs(words, stats, 15, BITS, unit))
-    t = tl.join(tl.join(tl.join(l0, l4), tl.join(l2, l6)), tl.join(tl.join(l1, l5), tl.join(l3, l7)))
-    return tl.reshape(t, (rn.shape[0], BLOCK_K))
-
-
-@triton.jit
-def _spqr_word_dot(acc, x_ptr, row, k0, M, K, stride_xm, words, stats, unit, BITS: tl.constexpr,
-                   BLOCK_K: tl.constexpr):
-    """``acc`` [BLOCK_K/32, BLOCK_N] plus one token's partial sums (``_spqr_word_block``): x loaded once,
-    contiguously, split into its 32 column phases in registers; one FFMA per code, the halves' x sums shared by
-    the rows. The per-code path (``_spqr_block``) loaded each code's word(s) separately and converted it with I2F:
-    ~84 instructions per weight byte on sm_90 (tests/kernels/instruction_mix.py)."""
-    T: tl.constexpr = BLOCK_K // 32
-    cols = k0 + tl.arange(0, BLOCK_K)
-    x = tl.load(x_ptr + row * stride_xm + cols, mask=(cols < K) & row_live(cols, row, M), other=0.0).to(tl.float32)
-    # x[t, c4, c3, c2, c1, c0] is column 32t + 16c4 + 8c3 + 4c2 + 2c1 + c0; phases[c % 4][c // 4] is column c
-    e0, e1 = tl.split(tl.reshape(x, (T, 2, 2, 2, 2, 2)))
-    e0d0, e0d1 = tl.split(e0)
-    e1d0, e1d1 = tl.split(e1)
-    phases = (column_phases(e0d0), column_phases(e1d0), column_phases(e0d1), column_phases(e1d1))
-    pa = tl.zeros(acc.shape, tl.float32)
-    pb = tl.zeros(acc.shape, tl.float32)
-    xa = tl.zeros((T,), tl.float32)  # x sums of each half, in registers (a tl.sum here would shuffle every step)
-    xb = tl.zeros((T,), tl.float32)
-    for j in tl.static_range(32):
-        if j < 16:
-            pa += _spqr_unit(words, j, BITS, unit) * phases[j % 4][j // 4][:, None]
-            xa += phases[j % 4][j // 4]
-        else:
-            pb += _spqr_unit(words, j, BITS, unit) * phases[j % 4][j // 4][:, None]
-            xb += phases[j % 4][j // 4]
-    acc += pa * stats[0] - stats[1] * xa[:, None]
-    return acc + pb * stats[2] - stats[3] * xb[:, None]
 
 
 @launched
@@ -425,5 +268,5 @@ def spqr_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regime: s
     consts = _checked(packed, x.device, k)
     n, g = packed["scale_codes"].shape
     call = Call((*_base(packed), *_outliers(packed)), n, k, consts, lambda dtype: spqr_dequantize(packed, dtype, k),
-                extra=(packed["qweight"].shape[1], g, UNIT, *split_k_buffers(x.device)))  # UNIT: see _spqr_unit
+                extra=(packed["qweight"].shape[1], g, UNIT, *split_k_buffers(x.device)))  # UNIT: _spqr_words
     return KERNELS.matmul(x, call, out, regime)
