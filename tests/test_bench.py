@@ -10,7 +10,7 @@ import typer
 from typer.testing import CliRunner
 
 from llmprune.errors import UserInputError
-from llmprune.evals import bench
+from llmprune.evals import bench, random_models
 from llmprune.packed_linear import PackedLinear
 
 PACKED = [f for f in bench.FORMATS if f != "dense"]
@@ -21,8 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.mark.parametrize("fmt", PACKED)
 def test_packed_greedy_tokens_equal_dense_twin(fmt):
-    model = bench.build_random("tiny", fmt, "cpu", "float32", seed=1)
-    twin = bench.dense_twin(model)
+    model = random_models.build_random("tiny", fmt, "cpu", "float32", seed=1)
+    twin = random_models.dense_twin(model)
     assert sum(isinstance(m, PackedLinear) for m in model.modules()) == 14
     assert not any(isinstance(m, PackedLinear) for m in twin.modules())
     for batch in (1, 2):
@@ -36,7 +36,7 @@ def test_packed_greedy_tokens_equal_dense_twin(fmt):
 
 def test_random_patterns_are_the_formats_patterns():
     """The dequantized random weights have the sparsity each format promises (direct count on the dense twin)."""
-    gate = {f: bench.dense_twin(bench.build_random("tiny", f, "cpu", "float32")).model.layers[0].mlp.up_proj.weight
+    gate = {f: random_models.dense_twin(random_models.build_random("tiny", f, "cpu", "float32")).model.layers[0].mlp.up_proj.weight
             for f in ("sparse24", "sparse24_int4", "group_sparse_int4", "int4")}
     for f in ("sparse24", "sparse24_int4"):
         assert ((gate[f].reshape(-1, 4) != 0).sum(-1) <= 2).all()
@@ -45,7 +45,7 @@ def test_random_patterns_are_the_formats_patterns():
 
 
 def test_no_meta_tensors_left_after_build():
-    model = bench.build_random("tiny", "spqr", "cpu", "float16")
+    model = random_models.build_random("tiny", "spqr", "cpu", "float16")
     assert not any(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
     assert model.model.embed_tokens.weight.dtype == torch.float16
 
@@ -59,11 +59,11 @@ def _llama_params(h, inter, layers, heads, kv, vocab):
 
 @pytest.mark.parametrize("shape,published", [("llama-7b", 6_738_415_616), ("llama3-8b", 8_030_261_248)])
 def test_big_shapes_on_meta_only(shape, published):
-    model = bench.meta_model(shape)
+    model = random_models.meta_model(shape)
     params = list(model.parameters())
     assert all(p.is_meta for p in params)
     count = sum(p.numel() for p in params)
-    cfg = bench.SHAPES[shape]
+    cfg = random_models.SHAPES[shape]
     assert count == published == _llama_params(cfg["hidden_size"], cfg["intermediate_size"],
                                                 cfg["num_hidden_layers"], cfg["num_attention_heads"],
                                                 cfg["num_key_value_heads"], cfg["vocab_size"])

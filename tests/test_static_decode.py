@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from llmprune.errors import UserInputError
-from llmprune.evals import bench
+from llmprune.evals import bench, random_models
 from llmprune.evals.static_decode import StaticDecoder
 
 
@@ -20,7 +20,7 @@ def _prompt(batch: int, length: int = 5) -> torch.Tensor:
 
 @pytest.mark.parametrize("fmt", ["dense", "int4", "sparse24_int4", "spqr"])
 def test_tokens_equal_generate(fmt):
-    model = bench.build_random("tiny", fmt, "cpu", "float32", seed=1)
+    model = random_models.build_random("tiny", fmt, "cpu", "float32", seed=1)
     for batch in (1, 3):
         prompt = _prompt(batch)
         decoder = StaticDecoder(model, batch, max_len=12)
@@ -32,7 +32,7 @@ def test_tokens_equal_generate(fmt):
 
 def test_state_resets_between_prompts():
     """A second prompt on the same decoder (same cache storage, reset in place) gives that prompt's own tokens."""
-    model = bench.build_random("tiny", "int4", "cpu", "float32", seed=2)
+    model = random_models.build_random("tiny", "int4", "cpu", "float32", seed=2)
     decoder = StaticDecoder(model, 2, max_len=16)
     first, second = _prompt(2, 6), _prompt(2, 6).flip(-1)
     decoder.prepare(first)
@@ -43,7 +43,7 @@ def test_state_resets_between_prompts():
 
 
 def test_compiled_step_traces_the_same_tokens():
-    model = bench.build_random("tiny", "sparse24_int4", "cpu", "float32", seed=3)
+    model = random_models.build_random("tiny", "sparse24_int4", "cpu", "float32", seed=3)
     prompt = _prompt(2)
     decoder = StaticDecoder(model, 2, max_len=12, mode="compile", backend="eager")
     decoder.prepare(prompt)
@@ -84,14 +84,14 @@ def test_a_failing_static_variant_is_reported_not_fatal(monkeypatch):
     (dict(mode="fast"), "choose one of eager, graph, compile"),
 ])
 def test_bad_mode_one_line(kwargs, needle):
-    model = bench.build_random("tiny", "dense", "cpu", "float32")
+    model = random_models.build_random("tiny", "dense", "cpu", "float32")
     with pytest.raises(UserInputError, match="^[^\n]*$") as info:
         StaticDecoder(model, 1, 8, **kwargs)
     assert needle in str(info.value)
 
 
 def test_cache_too_small_and_wrong_batch():
-    model = bench.build_random("tiny", "dense", "cpu", "float32")
+    model = random_models.build_random("tiny", "dense", "cpu", "float32")
     decoder = StaticDecoder(model, 1, 8)
     with pytest.raises(UserInputError, match="exceed the static cache"):
         decoder.generate(_prompt(1, 5), 4)
@@ -106,7 +106,7 @@ def test_unknown_bench_variant():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 def test_graph_replay_equals_eager_step_on_cuda():
-    model = bench.build_random("tiny", "int4", "cuda", "float16", seed=4)
+    model = random_models.build_random("tiny", "int4", "cuda", "float16", seed=4)
     prompt = _prompt(2).cuda()
     eager = StaticDecoder(model, 2, 16).generate(prompt, 8)
     graph = StaticDecoder(model, 2, 16, mode="graph")

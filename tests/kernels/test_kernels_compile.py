@@ -44,7 +44,7 @@ def ops_in(graphs) -> int:
 
 @pytest.mark.parametrize("fmt", ["int4", "sparse24_int4", "group_sparse_int4", "spqr", "sparse24"])
 def test_compiled_packed_linear_is_one_graph_with_the_kernel_op(cpu_kernels, fmt):
-    from llmprune.evals.bench import random_qweight
+    from llmprune.evals.random_models import random_qweight
 
     source = random_qweight(fmt, 48, 256, "cpu", torch.Generator().manual_seed(1))
     module = (PackedLinear.from_dense(source.half(), fmt, dtype="float16", bias=torch.randn(48))
@@ -59,7 +59,7 @@ def test_compiled_packed_linear_is_one_graph_with_the_kernel_op(cpu_kernels, fmt
 
 
 def test_compiled_tiny_llama_has_no_graph_break_and_one_op_per_linear(cpu_kernels):
-    from llmprune.evals.bench import build_random
+    from llmprune.evals.random_models import build_random
 
     model = build_random("tiny", "int4", "cpu", "float16")
     model.config.use_cache = False
@@ -75,7 +75,7 @@ def test_compiled_tiny_llama_has_no_graph_break_and_one_op_per_linear(cpu_kernel
 
 def test_fake_kernel_op_gives_shape_and_dtype_for_aot_tracing(cpu_kernels):
     """aot_eager traces with fake tensors, so the op's registered fake must match the real output."""
-    from llmprune.evals.bench import random_qweight
+    from llmprune.evals.random_models import random_qweight
 
     module = PackedLinear.from_quantized(random_qweight("int4", 40, 128, "cpu", torch.Generator().manual_seed(2)),
                                         "int4", dtype="bfloat16")
@@ -87,7 +87,7 @@ def test_fake_kernel_op_gives_shape_and_dtype_for_aot_tracing(cpu_kernels):
 
 def test_eager_calls_skip_the_op_dispatcher(cpu_kernels, monkeypatch):
     """The custom op's dispatcher costs microseconds per call; eager forwards call the launcher directly."""
-    from llmprune.evals.bench import random_qweight
+    from llmprune.evals.random_models import random_qweight
 
     module = PackedLinear.from_quantized(random_qweight("int4", 16, 128, "cpu", torch.Generator().manual_seed(3)),
                                         "int4")
