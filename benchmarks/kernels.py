@@ -25,7 +25,11 @@ from pathlib import Path
 
 import torch
 
+from llmprune.kernels.select import measured_rules, regime_ratios
 from llmprune.settings import cache_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this script's sibling modules, however it is loaded
+from kernel_inputs import nbytes, random_packed  # noqa: E402
 
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (14336, 4096), (4096, 14336), (28672, 8192)]  # (out, in)
 BATCHES = [1, 4, 16, 64, 512, 4096]
@@ -33,61 +37,6 @@ FORMATS = ["int4", "sparse24", "sparse24_int4", "group_sparse_int4", "spqr"]
 CHECK_CASES = [(1, "gemv"), (2, "gemv"), (4, "gemv"), (16, "gemv"), (16, "gemm"), (64, "gemm"), (512, "gemm"),
                (512, "dense"), (512, "chunked"), (37, None)]  # (tokens, regime); None: kernels/select.py's choice
 CHECK_BOUND = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # ||y - ref||_F / ||ref||_F
-G = 128  # int4 / sparse24_int4 group; GQSA uses g16 at 50% kept groups (W4S50); SpQR w3 g16, stat groups of 16, 1%
-NIBBLES_24 = torch.tensor([0 | 1 << 2, 0 | 2 << 2, 0 | 3 << 2, 1 | 2 << 2, 1 | 3 << 2, 2 | 3 << 2], dtype=torch.uint8)
-
-
-def _u8(gen, shape, high=256):
-    return torch.randint(0, high, shape, generator=gen, device=gen.device, dtype=torch.uint8)
-
-
-def _meta(gen, n, k):
-    nib = NIBBLES_24.to(gen.device)[torch.randint(0, 6, (n, k // 4), generator=gen, device=gen.device)]
-    return nib[:, 0::2] | (nib[:, 1::2] << 4)
-
-
-def _scales(gen, shape, dtype, lo=0.005, hi=0.015):
-    return (lo + (hi - lo) * torch.rand(shape, generator=gen, device=gen.device)).to(dtype)
-
-
-def random_packed(fmt: str, n: int, k: int, dtype: torch.dtype, seed: int = 0, device: str = "cuda") -> dict:
-    """Random non-zero packed tensors in the docs/FORMATS.md layout, made on ``device`` (no quantization pass)."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    if fmt == "int4":
-        return {"qweight": _u8(gen, (n, k // 2)), "scales": _scales(gen, (n, k // G), dtype),
-                "zeros": _u8(gen, (n, k // G), 16)}
-    if fmt == "sparse24":
-        vals = (torch.randn(n, k // 2, generator=gen, device=device) * 0.02).to(dtype)
-        return {"values": vals, "meta": _meta(gen, n, k)}
-    if fmt == "sparse24_int4":
-        return {"qvalues": _u8(gen, (n, k // 4)), "meta": _meta(gen, n, k), "scales": _scales(gen, (n, k // G), dtype),
-                "zeros": _u8(gen, (n, k // G), 16)}
-    if fmt == "group_sparse_int4":
-        groups, g = k // 16, 16
-        idx = torch.rand(n, groups, generator=gen, device=device).argsort(-1)[:, : groups // 2].sort(-1).values
-        return {"group_idx": idx.to(torch.int16).contiguous(), "qweight": _u8(gen, (n, groups // 2 * g // 2)),
-                "scales": _scales(gen, (n, groups // 2), dtype), "zeros": _u8(gen, (n, groups // 2), 16)}
-    return _random_spqr(gen, n, k, dtype)
-
-
-def _random_spqr(gen, n, k, dtype, bits=3, g1=16, g2=16, per_row=None):
-    groups, blocks, per_row, dev = k // g1, -(-n // g2), per_row or max(1, k // 100), gen.device
-    words = torch.randint(-2**31, 2**31 - 1, (n, -(-k * bits // 32)), generator=gen, device=dev, dtype=torch.int32)
-    cols = torch.rand(n, k, generator=gen, device=dev).topk(per_row, dim=-1).indices.sort(-1).values
-    return {"bits": torch.tensor([bits], dtype=torch.uint8, device=dev),
-            "stat_bits": torch.tensor([3], dtype=torch.uint8, device=dev), "qweight": words,
-            "scale_codes": _u8(gen, (n, groups), 8), "zero_codes": _u8(gen, (n, groups), 8),
-            "scale_scale": _scales(gen, (blocks, groups), dtype, 0.001, 0.002),
-            "scale_zero": _scales(gen, (blocks, groups), dtype, -2.0, -1.0),
-            "zero_scale": _scales(gen, (blocks, groups), dtype, 0.5, 1.0),
-            "zero_zero": _scales(gen, (blocks, groups), dtype, -0.5, 0.5),
-            "outlier_row_ptr": (torch.arange(n + 1, device=dev) * per_row).to(torch.int32),
-            "outlier_col": cols.reshape(-1).to(torch.int16),
-            "outlier_val": _scales(gen, (n * per_row,), dtype, -0.2, 0.2)}
-
-
-def nbytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 class Timer:
@@ -282,55 +231,12 @@ def summary(records: list[dict]) -> list[str]:
     return out
 
 
-def wins_from(ratios: dict[int, float]) -> int | None:
-    """The smallest measured batch from which a challenger whose time ratio to the incumbent is ``ratios`` (< 1: it
-    is faster) wins at that batch and every larger one, so one noisy middle batch cannot flip the regime twice."""
-    start = None
-    for m in sorted(ratios, reverse=True):
-        if ratios[m] >= 1.0:
-            break
-        start = m
-    return start
-
-
-def measured_rules(records: list[dict], base, gpu: str | None = None):
-    """kernels/select.py's table for this GPU from the timings: dense (dequantize + cuBLAS) from the first batch
-    where it beats the prefill kernel for good, chunked from the first where it beats whole-weight dequantization
-    for good. ``base`` (the table in effect) supplies what the run did not measure: the decode limit, unmeasured
-    formats, and a lower dense threshold when dense already wins at the smallest measured batch (below it nothing
-    was timed). ``gpu``: the measured GPU's name (default: the base table's)."""
-    from llmprune.kernels.select import Rules
-
-    dense, chunked = dict(base.dense_from), dict(base.chunked_from)
-    for fmt in {r["fmt"] for r in records}:
-        gemm_vs_dense = regime_ratios(records, fmt, "dense", "gemm")  # < 1: dense is faster
-        if gemm_vs_dense:
-            start = wins_from(gemm_vs_dense)
-            low = base.dense_from[fmt]
-            dense[fmt] = min(start, low) if start == min(gemm_vs_dense) and low is not None else start
-        chunk_vs_dense = regime_ratios(records, fmt, "chunked", "dense")
-        if chunk_vs_dense:
-            chunked[fmt] = wins_from(chunk_vs_dense)
-    return Rules(gpu or base.gpu, "benchmarks/kernels.py", dict(base.gemv_up_to), dense, chunked)
-
-
 def write_atomic(path: Path, text: str) -> None:
     """A reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def regime_ratios(records: list[dict], fmt: str, regime: str, baseline: str) -> dict[int, float]:
-    """{batch: median over shapes and dtypes of the time of ``regime`` / the time of ``baseline``} for one format
-    (batches where a forced regime failed on every shape are left out)."""
-    times = {(r["m"], r["n"], r["k"], r.get("dtype"), r["regime"]): r["t"] for r in records if r["fmt"] == fmt}
-    ratios: dict[int, list[float]] = {}
-    for (m, n, k, dt, reg), t in times.items():
-        if reg == regime and (m, n, k, dt, baseline) in times:
-            ratios.setdefault(m, []).append(t / times[(m, n, k, dt, baseline)])
-    return {m: statistics.median(ratios[m]) for m in sorted(ratios)}
 
 
 def _try_time(timer, fn):

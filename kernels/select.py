@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import json
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,3 +140,47 @@ def decode_max(fmt: str, device: torch.device | None = None) -> int:
 def choose(fmt: str, tokens: int, device: torch.device | None = None) -> str:
     """The regime for ``tokens`` rows of activations on ``device``: 'gemv', 'gemm', 'dense' or 'chunked'."""
     return device_rules(device).choose(fmt, tokens)
+
+
+# Deriving a table from measured timings (benchmarks/kernels.py --bench writes and --install installs the result).
+
+
+def wins_from(ratios: dict[int, float]) -> int | None:
+    """The smallest measured batch from which a challenger whose time ratio to the incumbent is ``ratios`` (< 1: it
+    is faster) wins at that batch and every larger one, so one noisy middle batch cannot flip the regime twice."""
+    start = None
+    for m in sorted(ratios, reverse=True):
+        if ratios[m] >= 1.0:
+            break
+        start = m
+    return start
+
+
+def measured_rules(records: list[dict], base, gpu: str | None = None):
+    """kernels/select.py's table for this GPU from the timings: dense (dequantize + cuBLAS) from the first batch
+    where it beats the prefill kernel for good, chunked from the first where it beats whole-weight dequantization
+    for good. ``base`` (the table in effect) supplies what the run did not measure: the decode limit, unmeasured
+    formats, and a lower dense threshold when dense already wins at the smallest measured batch (below it nothing
+    was timed). ``gpu``: the measured GPU's name (default: the base table's)."""
+    dense, chunked = dict(base.dense_from), dict(base.chunked_from)
+    for fmt in {r["fmt"] for r in records}:
+        gemm_vs_dense = regime_ratios(records, fmt, "dense", "gemm")  # < 1: dense is faster
+        if gemm_vs_dense:
+            start = wins_from(gemm_vs_dense)
+            low = base.dense_from[fmt]
+            dense[fmt] = min(start, low) if start == min(gemm_vs_dense) and low is not None else start
+        chunk_vs_dense = regime_ratios(records, fmt, "chunked", "dense")
+        if chunk_vs_dense:
+            chunked[fmt] = wins_from(chunk_vs_dense)
+    return Rules(gpu or base.gpu, "benchmarks/kernels.py", dict(base.gemv_up_to), dense, chunked)
+
+
+def regime_ratios(records: list[dict], fmt: str, regime: str, baseline: str) -> dict[int, float]:
+    """{batch: median over shapes and dtypes of the time of ``regime`` / the time of ``baseline``} for one format
+    (batches where a forced regime failed on every shape are left out)."""
+    times = {(r["m"], r["n"], r["k"], r.get("dtype"), r["regime"]): r["t"] for r in records if r["fmt"] == fmt}
+    ratios: dict[int, list[float]] = {}
+    for (m, n, k, dt, reg), t in times.items():
+        if reg == regime and (m, n, k, dt, baseline) in times:
+            ratios.setdefault(m, []).append(t / times[(m, n, k, dt, baseline)])
+    return {m: statistics.median(ratios[m]) for m in sorted(ratios)}

@@ -16,7 +16,7 @@ from torch import Tensor
 from .errors import UserInputError
 from .layer_records import weighted_mean
 from .masks import check_shape, verify_pattern
-from .recipe import Groups, NM, Recipe, Sparsity, Unstructured
+from .recipe import Groups, Recipe, Sparsity, Unstructured
 from .types import Pruned, QuantizedWeight, Stats
 
 

@@ -1,7 +1,6 @@
 """``llmprune push``: the dry run, the Hub calls made (HfApi mocked: the Hub is unreachable here), and refusals."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from unittest import mock

@@ -8,7 +8,6 @@ Worked example (4 elements, float16): row ``[0.5, 0, -1.25, 0]`` is stored as th
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from . import FORMATS, Format, Spec, dtype_name, float_dtype

@@ -1,5 +1,4 @@
 """SparseGPT: one-shot pruning with OBS error compensation."""
-import torch
 from torch import Tensor
 
 from .. import obs

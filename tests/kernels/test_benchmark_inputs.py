@@ -77,7 +77,7 @@ def test_measured_crossovers_become_this_gpus_dispatch_table(bench, tmp_path, mo
                                4096: {"gemm": 200.0, "dense": 100.0, "chunked": 90.0}})
     records += timings("spqr", {64: {"gemm": 50.0, "dense": 9.0}, 512: {"gemm": 500.0, "dense": 30.0}})
     base = select.rules(None)
-    measured = bench.measured_rules(records, base)
+    measured = select.measured_rules(records, base)
     assert measured.dense_from == {**base.dense_from, "int4": 4096, "spqr": 17}
     assert measured.chunked_from == {**base.chunked_from, "int4": 4096}
     assert measured.gemv_up_to == base.gemv_up_to
