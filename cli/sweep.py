@@ -33,7 +33,8 @@ def sweep_command(
 ) -> None:
     """Prune MODEL at every level, evaluate perplexity, and recommend the essential sparsity."""
     from llmprune.checkpoint import check_output_dir
-    from llmprune.evals.sweep import SweepConfig, SweepHooks, parse_levels, run_sweep, write_sweep
+    from llmprune.evals.sweep import SweepConfig, SweepHooks, run_sweep, write_sweep
+    from llmprune.evals.sweep_levels import parse_levels
     from llmprune.recipe import Calibration
 
     from .compress import parse_options

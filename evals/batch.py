@@ -18,7 +18,6 @@ Several GPUs, big models: see ``llmprune batch --help`` (cli/batch.py): one proc
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import shutil
 import time
@@ -27,9 +26,8 @@ from pathlib import Path
 
 from llmprune.errors import UserInputError
 
+from .fingerprints import content_hash, data_fingerprint, model_fingerprint
 from .spec import BatchSpec, Cell, Evaluations, recipe_from_dict
-
-_SHA: dict[tuple, str] = {}
 
 
 @dataclass
@@ -43,47 +41,6 @@ class CellResult:
     seconds: float = 0.0
     key: str = ""
     model_dir: str | None = None
-
-
-def _sha256(path: Path) -> str:
-    stat = path.stat()
-    memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if memo not in _SHA:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(chunk)
-        _SHA[memo] = digest.hexdigest()
-    return _SHA[memo]
-
-
-def model_fingerprint(spec: str) -> dict:
-    """What identifies a model's weights (module docstring)."""
-    from llmprune.model.aliases import ALIASES
-
-    path = Path(spec).expanduser()
-    if path.exists():
-        wanted = [p for p in (path.iterdir() if path.is_dir() else [path])
-                  if p.suffix in {".safetensors", ".gguf", ".json"} and p.name != "README.md"]
-        return {"files": {p.name: _sha256(p) for p in sorted(wanted)}}
-    if spec in ALIASES:
-        return {"alias": spec, "package": ALIASES[spec].package}
-    return {"hub": spec}
-
-
-def data_fingerprint(name: str) -> dict:
-    """sha256 of the local files a dataset name reads, or the name itself when it would come from the Hub."""
-    from llmprune.data.sources import file_sha256
-    from llmprune.settings import data_dir
-
-    path = Path(name).expanduser()
-    root = data_dir()
-    local = path if path.exists() else (root / name.split(":")[0] if root is not None else None)
-    return {name: file_sha256(local) if local is not None and local.exists() else "hub"}
-
-
-def content_hash(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def compress_cell(model_spec: str, recipe_dict: dict, out_dir, *, calibration: dict | None = None,

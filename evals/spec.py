@@ -31,6 +31,8 @@ from pathlib import Path
 
 from llmprune.errors import UserInputError
 
+from .spec_yaml import KeyLines, read_spec
+
 TOP_KEYS = ("name", "models", "calibration", "recipes", "evaluations", "dense", "device", "dtype", "output", "cache")
 RECIPE_KEYS = ("method", "sparsity", "refine", "quant", "quantizer", "format", "damp", "block", "ignore", "options")
 GRID_KEYS = ("method", "sparsity", "refine", "quant", "format")
@@ -90,58 +92,7 @@ class BatchSpec:
         return [Cell(m, v) for m in self.models for v in head + self.variants]
 
 
-class _Where:
-    """Line numbers of every key path in the YAML document (from PyYAML's node tree)."""
-
-    def __init__(self, path: Path, root):
-        self.path, self.lines = path, {}
-        self._walk(root, "")
-
-    def _walk(self, node, prefix: str) -> None:
-        import yaml
-
-        self.lines.setdefault(prefix, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                name = f"{prefix}.{key.value}" if prefix else str(key.value)
-                self.lines[name] = key.start_mark.line + 1
-                self._walk(value, name)
-        elif isinstance(node, yaml.SequenceNode):
-            for index, item in enumerate(node.value):
-                self._walk(item, f"{prefix}[{index}]")
-
-    def error(self, key: str, problem: str) -> UserInputError:
-        probe = key
-        while probe and probe not in self.lines:
-            probe = probe.rpartition(".")[0] if "." in probe else probe.rpartition("[")[0]
-        line = self.lines.get(probe, 1)
-        return UserInputError(f"{self.path}:{line}: {key or 'document'}: {problem}")
-
-
-def _read(path: Path):
-    import yaml
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UserInputError(f"{path}: cannot read the batch spec ({exc.strerror}); give a SPEC.yaml path") from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
-        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-        if context and start is not None:  # e.g. an unclosed '{': say where it was opened
-            problem += f" {context} that starts on line {start.line + 1}"
-        raise UserInputError(f"{path}:{line}: invalid YAML ({problem}); fix the syntax") from None
-    if root is None or not isinstance(data, dict):
-        raise UserInputError(f"{path}:1: a batch spec is a mapping with 'models' and 'recipes'; see llmprune batch --help")
-    return data, _Where(path, root)
-
-
-def _check_keys(data: dict, allowed, where: _Where, prefix: str) -> None:
+def _check_keys(data: dict, allowed, where: KeyLines, prefix: str) -> None:
     import difflib
 
     for key in data:
@@ -151,7 +102,7 @@ def _check_keys(data: dict, allowed, where: _Where, prefix: str) -> None:
             raise where.error(f"{prefix}{key}", f"unknown key; {hint}")
 
 
-def _names(value, where: _Where, key: str, required: bool = False) -> tuple[str, ...]:
+def _names(value, where: KeyLines, key: str, required: bool = False) -> tuple[str, ...]:
     items = [value] if isinstance(value, (str, int, float)) else value
     if value is None and not required:
         return ()
@@ -160,7 +111,7 @@ def _names(value, where: _Where, key: str, required: bool = False) -> tuple[str,
     return tuple(str(v) for v in items)
 
 
-def _checked(where: _Where, key: str, fn, *args):
+def _checked(where: KeyLines, key: str, fn, *args):
     """Run a parser/registry lookup; its one-line UserInputError gets the file, line and key in front."""
     try:
         return fn(*args)
@@ -185,7 +136,7 @@ def _label(recipe: dict) -> str:
     return " ".join(parts)
 
 
-def _validate_recipe(recipe: dict, where: _Where, key: str) -> dict:
+def _validate_recipe(recipe: dict, where: KeyLines, key: str) -> dict:
     from llmprune.formats import FORMATS
     from llmprune.prune import METHODS
     from llmprune.recipe import parse_quant, parse_sparsity
@@ -209,7 +160,7 @@ def _validate_recipe(recipe: dict, where: _Where, key: str) -> dict:
     return recipe
 
 
-def _expand(entry, where: _Where, key: str) -> list[Variant]:
+def _expand(entry, where: KeyLines, key: str) -> list[Variant]:
     if not isinstance(entry, dict):
         raise where.error(key, "each recipe is a mapping, e.g. {method: wanda, sparsity: 0.5}")
     _check_keys(entry, RECIPE_KEYS, where, f"{key}.")
@@ -227,7 +178,7 @@ def _expand(entry, where: _Where, key: str) -> list[Variant]:
     return variants
 
 
-def _evaluations(data, where: _Where) -> Evaluations:
+def _evaluations(data, where: KeyLines) -> Evaluations:
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -248,7 +199,7 @@ def _evaluations(data, where: _Where) -> Evaluations:
     return evals
 
 
-def _int(value, where: _Where, key: str, minimum: int, optional: bool = False):
+def _int(value, where: KeyLines, key: str, minimum: int, optional: bool = False):
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -256,7 +207,7 @@ def _int(value, where: _Where, key: str, minimum: int, optional: bool = False):
     return value
 
 
-def _calibration(data, where: _Where) -> dict:
+def _calibration(data, where: KeyLines) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -282,7 +233,7 @@ def recipe_from_dict(recipe: dict):
 def load_spec(path) -> BatchSpec:
     """Parse and check ``path``; every variant is validated (methods, patterns, formats) before any work starts."""
     path = Path(path)
-    data, where = _read(path)
+    data, where = read_spec(path)
     _check_keys(data, TOP_KEYS, where, "")
     models = _names(data.get("models"), where, "models", required=True)
     recipes = data.get("recipes") or []

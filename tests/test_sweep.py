@@ -12,8 +12,8 @@ import torch
 from llmprune.cli.main import main
 from llmprune.cli.sweep import recommendation
 from llmprune.errors import UserInputError
-from llmprune.evals.sweep import (SweepConfig, SweepHooks, SweepPoint, SweepResult, knee, parse_levels, run_sweep,
-                                  write_sweep)
+from llmprune.evals.sweep import SweepConfig, SweepHooks, SweepPoint, SweepResult, knee, run_sweep, write_sweep
+from llmprune.evals.sweep_levels import parse_levels
 from llmprune.recipe import NM, Unstructured
 from tests.tiny_models import tiny_model
 

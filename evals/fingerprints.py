@@ -1,0 +1,51 @@
+"""What identifies a batch cell's inputs, for ``llmprune batch``'s content-hash cache (evals/batch.py): a local
+folder or .gguf contributes the sha256 of its files (memoized by path, size and mtime: a 7B checkpoint is hashed once
+per process), an alias its pinned package, a Hub id its name only; data the sha256 of the files it reads."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+_SHA: dict[tuple, str] = {}
+
+
+def _sha256(path: Path) -> str:
+    stat = path.stat()
+    memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if memo not in _SHA:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+        _SHA[memo] = digest.hexdigest()
+    return _SHA[memo]
+
+
+def model_fingerprint(spec: str) -> dict:
+    """What identifies a model's weights (module docstring)."""
+    from llmprune.model.aliases import ALIASES
+
+    path = Path(spec).expanduser()
+    if path.exists():
+        wanted = [p for p in (path.iterdir() if path.is_dir() else [path])
+                  if p.suffix in {".safetensors", ".gguf", ".json"} and p.name != "README.md"]
+        return {"files": {p.name: _sha256(p) for p in sorted(wanted)}}
+    if spec in ALIASES:
+        return {"alias": spec, "package": ALIASES[spec].package}
+    return {"hub": spec}
+
+
+def data_fingerprint(name: str) -> dict:
+    """sha256 of the local files a dataset name reads, or the name itself when it would come from the Hub."""
+    from llmprune.data.sources import file_sha256
+    from llmprune.settings import data_dir
+
+    path = Path(name).expanduser()
+    root = data_dir()
+    local = path if path.exists() else (root / name.split(":")[0] if root is not None else None)
+    return {name: file_sha256(local) if local is not None and local.exists() else "hub"}
+
+
+def content_hash(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
