@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from llmprune.kernels.select import regime_ratios
 
+
 def tuned_config(fmt: str, regime: str | None, m: int, device) -> str:
     """The config the autotuner chose for the call just timed (which 2-4 token block won, split count, tile), or
     '-' for the dequantize regimes."""

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from llmprune.errors import UserInputError
 
+
 class KeyLines:
     """Line numbers of every key path in the YAML document (from PyYAML's node tree)."""
 

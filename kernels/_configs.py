@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import triton
 
+
 def batch_block(m: int) -> int:
     """BLOCK_B for the decode kernel's fixed configs: 1, 2 or 4 use CUDA-core FMAs; 16 pads the batch for one
     tl.dot. The autotuned launch also tries 16 for 2-4 tokens (``decode_blocks``)."""
@@ -42,6 +43,7 @@ def gemv_configs(blocks=(1, 2, 4, 16)) -> list:
     return [triton.Config({"BLOCK_B": b, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=2)
             for b in blocks for bn, bk, w in shapes]
 
+
 SPLIT_K = (2, 4, 8)
 
 BIG_TILES = [(64, 256, 4), (128, 128, 4), (256, 128, 8), (32, 256, 4)]  # 64 B of int4 codes per thread per step
@@ -61,6 +63,7 @@ def gemm_configs() -> list:
               (128, 128, 64, 8, 3), (128, 64, 64, 8, 4), (32, 128, 64, 4, 4)]
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st)
             for bm, bn, bk, w, st in shapes]
+
 
 ACC_PER_THREAD = 32  # fp32 accumulator registers per thread for 2-4 tokens; more spilled on sm_90 (instruction_mix)
 
@@ -99,6 +102,7 @@ def launched(fn):
     never read it), so it is not specialized: Triton would otherwise compile ints equal to 1 or divisible by 16
     separately, and every config three times over the decode buckets 1, 2-8 and 16."""
     return triton.jit(fn, do_not_specialize=["M_BUCKET"])
+
 
 GEMV_KEY = ["N", "K", "M_BUCKET"]
 

@@ -204,6 +204,7 @@ class KernelPair:
         bn, bk = (8, 32) if self.interpret else (32, 128)
         self.dequant[(triton.cdiv(n, bn), triton.cdiv(cols, bk))](*args, **consts, BLOCK_N=bn, BLOCK_K=bk)
 
+
 SPLIT_K_PARTIALS = 1 << 22  # float32 partials in the workspace (16 MB): 8 splits x 16 tokens x 28672 outputs
 
 SPLIT_K_TILES = 1 << 18  # ticket counters: output tiles of one split launch
