@@ -94,3 +94,22 @@ def test_eager_calls_skip_the_op_dispatcher(cpu_kernels, monkeypatch):
     monkeypatch.setattr(dispatch, "packed_matmul", lambda *a: pytest.fail("eager call went through the op"))
     module(torch.randn(1, 128).half())
     assert module.kernel_path == "triton"
+
+
+def test_compiled_static_decode_step_runs_the_kernels_without_graph_breaks(cpu_kernels):
+    """The ``static+compile`` variant of ``llmprune bench``: a whole decode step (static KV cache, every decoder
+    Linear a kernel call) traces with no graph break and decodes the greedy tokens of eager ``generate``."""
+    from torch._dynamo.utils import counters
+
+    from llmprune.evals.bench import greedy
+    from llmprune.evals.random_models import build_random
+    from llmprune.evals.static_decode import StaticDecoder
+
+    model = build_random("tiny", "int4", "cpu", "float32", seed=5)
+    prompt = torch.randint(0, model.config.vocab_size, (1, 3), generator=torch.Generator().manual_seed(5))
+    counters.clear()
+    decoder = StaticDecoder(model, 1, max_len=8, mode="compile", backend="eager")
+    decoder.prepare(prompt, warmup=1)
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    assert torch.equal(decoder.generate(prompt, 4), greedy(model, prompt, 4))
+    assert set(dispatch.kernel_paths(model).values()) == {"triton"}
