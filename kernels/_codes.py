@@ -125,3 +125,28 @@ def unit_dot(acc, u, x, slope):
     p = p + u[6] * x[6]
     p = p + u[7] * x[7]
     return acc + p * slope
+
+
+HALF_MAGIC = tl.constexpr(0x5B806400)  # UNIT ^ HALF_MAGIC = 0x64006400, two fp16 1024.0s: ``half_pairs``' base
+
+
+@triton.jit
+def half_pairs(words, unit):
+    """The 8 codes of each 32-bit word (int32 [BLOCK_N, W]) as fp16 ``1024 + code`` in pair order,
+    [BLOCK_N, W, 4, 2]: element [n, w, j, h] is nibble j + 4h (column 8w + j + 4h). One shift and one bit operation
+    make two fp16 values at once: masking nibbles j and j + 4 (bits 4j and 16 + 4j after the shift) into the
+    mantissas of 0x64006400 gives 1024 + q in each half of the word (exact: 1024..1039 are fp16 integers), the fp16
+    form of ``code_unit``'s trick (Marlin, arXiv:2408.11743, and FasterTransformer dequantize this way). ``unit`` is
+    ``UNIT`` (a register, so mask and OR fuse into one LOP3); ``half_order`` permutes x to the pair order."""
+    j = tl.arange(0, 4)
+    t = (words[:, :, None] >> (4 * j)[None, None, :]) & 0x000F000F | (unit ^ HALF_MAGIC)
+    return tl.join(t.to(tl.int16), (t >> 16).to(tl.int16)).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def half_order(x, BLOCK_K: tl.constexpr):
+    """Activations x [B, BLOCK_K] (loaded contiguously) in the column order of a ``half_pairs`` tile reshaped to
+    [..., BLOCK_K]: tile column 8w + 2j + h holds column 8w + j + 4h, a permutation within each word, applied to
+    the small x tile rather than the weight tile."""
+    t = tl.permute(tl.reshape(x, (x.shape[0], BLOCK_K // 8, 2, 4)), (0, 1, 3, 2))
+    return tl.reshape(t, (x.shape[0], BLOCK_K))

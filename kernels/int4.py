@@ -31,7 +31,10 @@ from torch import Tensor
 from llmprune.errors import UserInputError
 from llmprune.formats.int4 import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
-from ._codes import UNIT, code_float, code_unit, column_phases, offset_zero, word_dot, word_stats
+from ._codes import (
+    UNIT, code_float, code_unit, column_phases, half_order, half_pairs, offset_zero, word_dot, word_scale_zero,
+    word_stats,
+)
 from ._configs import launched
 from ._launch import (  # noqa: F401 (supports: dispatch hook)
     Call, check_packed, dense_buffer, expect_shape, KernelPair, row_slice, split_k_buffers, supports, word_aligned,
@@ -80,6 +83,20 @@ def _int4_word_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, unit, GROUP: tl.constexpr
     # row-major reshape puts phase j of word w at column 8w + j
     t = tl.join(tl.join(tl.join(p0, p4), tl.join(p2, p6)), tl.join(tl.join(p1, p5), tl.join(p3, p7)))
     return tl.reshape(t, (rn.shape[0], BLOCK_K))
+
+
+@triton.jit
+def _int4_half_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, unit, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Dequantized W[rn, :] for fp16 activations and scales, in fp16 and in ``half_order`` (GROUP % 8 == 0):
+    ``half_pairs``, then (1024 + q) - (1024 + z) (exact) times the fp16 scale, two weights per HADD2/HMUL2 and no
+    conversion from float32, which is the reference rounded once to fp16 as ``_int4_word_tile`` is: ~9 instead of
+    ~12 loop instructions per weight byte at 16 tokens on sm_90 (tests/kernels/instruction_mix.py)."""
+    W: tl.constexpr = BLOCK_K // 8
+    words = load_rows(q_ptr.to(tl.pointer_type(tl.int32)), rn, N, k0 // 8, K // 8, K // 8, 0, W)
+    scale, zero = word_scale_zero(s_ptr, z_ptr, rn, k0 // 8, K // GROUP, N, GROUP, W)
+    s = expand_groups(scale.to(tl.float16), GROUP // 8, W)[:, :, None, None]
+    z = expand_groups((zero + 1024.0).to(tl.float16), GROUP // 8, W)[:, :, None, None]
+    return tl.reshape((half_pairs(words, unit) - z) * s, (rn.shape[0], BLOCK_K))
 
 
 @triton.jit
@@ -143,9 +160,15 @@ def _int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, s
     elif GROUP % 8 == 0:  # 5-16 tokens: code-word tiles, the weight as tl.dot's left operand, K split as for one
         k_lo, k_hi = split_k_range(K, BLOCK_K, SPLIT_K)
         acc_t = tl.zeros((BLOCK_N, BLOCK_B), tl.float32)
+        FP16: tl.constexpr = (x_ptr.dtype.element_ty == tl.float16) & (s_ptr.dtype.element_ty == tl.float16)
         for k0 in range(k_lo, k_hi, BLOCK_K):
-            w = _int4_word_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, UNIT, GROUP, BLOCK_K)
-            acc_t = weight_dot(w, load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm), acc_t, DOT_F32)
+            if (BLOCK_N >= 64) & FP16:  # wgmma tiles (mma.sync ones reshuffle the fp16 pairs: more instructions)
+                w = _int4_half_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, UNIT, GROUP, BLOCK_K)
+                x = half_order(load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm), BLOCK_K)
+            else:
+                w = _int4_word_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, UNIT, GROUP, BLOCK_K)
+                x = load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm)
+            acc_t = weight_dot(w, x, acc_t, DOT_F32)
         split_k_store_tile(out_ptr, ws_ptr, tk_ptr, tl.trans(acc_t), rb, rn, M, N, stride_om, SPLIT_K)
     else:
         acc = matvec_init(BLOCK_B, BLOCK_N, BLOCK_K)
@@ -167,12 +190,17 @@ def _int4_gemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, s
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    FP16: tl.constexpr = (x_ptr.dtype.element_ty == tl.float16) & (s_ptr.dtype.element_ty == tl.float16)
     for k0 in range(0, K, BLOCK_K):
-        if GROUP % 8 == 0:
+        x = load_x(x_ptr, rm, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm)
+        if (GROUP % 8 == 0) & (BLOCK_M < 64) & FP16:  # mma.sync tiles (wgmma's reloaded statistics per element)
+            w = _int4_half_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, UNIT, GROUP, BLOCK_K)
+            x = half_order(x, BLOCK_K)
+        elif GROUP % 8 == 0:
             w = _int4_word_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, UNIT, GROUP, BLOCK_K)
         else:
             w = _int4_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP, BLOCK_K)
-        acc = dot_acc(load_x(x_ptr, rm, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm), tl.trans(w), acc, DOT_F32)
+        acc = dot_acc(x, tl.trans(w), acc, DOT_F32)
     store_out(out_ptr, acc, rm, rn, M, N, stride_om)
 
 
