@@ -11,15 +11,19 @@ scale and zero point into per-word sums (``word_stats``): one FMA per weight and
 conversion. One token may also split K among SPLIT_K programs (autotuned 1-8; ``split_k_store``: the last program
 of a tile sums the partials in a fixed order, one launch): tiles that stream 64 B of codes per thread per step issue
 ~9 instructions per byte instead of ~12-13 but are too few programs for N = 4096 without it. 5-16 tokens build
-the tile from the same code words (``_int4_word_tile``, one FFMA per weight) for one tl.dot per step, the weight as
-the left operand, and split K the same way; the prefill GEMM uses the same tiles (~30% fewer loop instructions per
-byte on sm_90). The dequantize kernel (``dense`` regime) and groups not a multiple of 8 split bytes into nibbles with
-the 2**23 bit trick (``code_float``), bit-identical to the reference.
+the tile from the same code words for one tl.dot per step, the weight as the left operand, and split K the same way;
+the prefill GEMM uses the same tiles. With fp16 activations and scales the tile is dequantized in half precision,
+two codes per bit operation and two weights per HADD2/HMUL2 (``_int4_half_tile``, x permuted in registers to the
+tile's pair order; wgmma decode tiles and mma.sync prefill tiles, where it measures fewer instructions), otherwise in
+float32 (``_int4_word_tile``, one FFMA per weight): the first gives the reference's weights rounded once to fp16,
+the second the same to within 2**-19 of the scale before its rounding. The dequantize kernel (``dense`` regime)
+and groups not a multiple of 8 split bytes into nibbles with the 2**23 bit trick (``code_float``), bit-identical to
+the reference.
 
-Deviation: Marlin reorders the codes offline so each thread's 128-bit load feeds its MMA fragment directly and
-dequantizes two fp16 values per instruction; our layout is the plain row-major contract shared with the torch
-reference and Triton exposes neither register layouts nor packed-half bit casts, so the decode loops still issue
-~9-12 instructions per weight byte on sm_90 (tests/kernels/instruction_mix.py; ~9 is the memory-bound limit).
+Deviation: Marlin reorders the codes offline so each thread's 128-bit load feeds its MMA fragment directly; our
+layout is the plain row-major contract shared with the torch reference and Triton exposes no register layouts or
+packed-half bit casts (the fp16 pairs are rebuilt from int16 halves, which costs PRMTs), so the loops still issue
+~8.5-12 instructions per weight byte on sm_90 (tests/kernels/instruction_mix.py; ~9 is the memory-bound limit).
 """
 from __future__ import annotations
 
@@ -87,10 +91,10 @@ def _int4_word_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, unit, GROUP: tl.constexpr
 
 @triton.jit
 def _int4_half_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, unit, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Dequantized W[rn, :] for fp16 activations and scales, in fp16 and in ``half_order`` (GROUP % 8 == 0):
+    """Dequantized W[rn, k0 : k0+BLOCK_K] in fp16, columns in ``half_order`` (fp16 x and scales, GROUP % 8 == 0):
     ``half_pairs``, then (1024 + q) - (1024 + z) (exact) times the fp16 scale, two weights per HADD2/HMUL2 and no
-    conversion from float32, which is the reference rounded once to fp16 as ``_int4_word_tile`` is: ~9 instead of
-    ~12 loop instructions per weight byte at 16 tokens on sm_90 (tests/kernels/instruction_mix.py)."""
+    conversion from float32: exactly the reference's (q - z) * s rounded once to fp16. ~8.5 instead of ~12.4 loop
+    instructions per weight byte at 16 tokens on sm_90 (tests/kernels/instruction_mix.py)."""
     W: tl.constexpr = BLOCK_K // 8
     words = load_rows(q_ptr.to(tl.pointer_type(tl.int32)), rn, N, k0 // 8, K // 8, K // 8, 0, W)
     scale, zero = word_scale_zero(s_ptr, z_ptr, rn, k0 // 8, K // GROUP, N, GROUP, W)
