@@ -131,16 +131,39 @@ HALF_MAGIC = tl.constexpr(0x5B806400)  # UNIT ^ HALF_MAGIC = 0x64006400, two fp1
 
 
 @triton.jit
-def half_pairs(words, unit):
+def half_pairs(words, unit, COMPUTED: tl.constexpr = False):
     """The 8 codes of each 32-bit word (int32 [BLOCK_N, W]) as fp16 ``1024 + code`` in pair order,
     [BLOCK_N, W, 4, 2]: element [n, w, j, h] is nibble j + 4h (column 8w + j + 4h). One shift and one bit operation
     make two fp16 values at once: masking nibbles j and j + 4 (bits 4j and 16 + 4j after the shift) into the
     mantissas of 0x64006400 gives 1024 + q in each half of the word (exact: 1024..1039 are fp16 integers), the fp16
     form of ``code_unit``'s trick (Marlin, arXiv:2408.11743, and FasterTransformer dequantize this way). ``unit`` is
-    ``UNIT`` (a register, so mask and OR fuse into one LOP3); ``half_order`` permutes x to the pair order."""
-    j = tl.arange(0, 4)
-    t = (words[:, :, None] >> (4 * j)[None, None, :]) & 0x000F000F | (unit ^ HALF_MAGIC)
+    ``UNIT`` (a register, so mask and OR fuse into one LOP3); ``half_order`` permutes x to the pair order.
+    COMPUTED: the words were computed in registers (sparse24_int4's dense words), so the four shifts are joined
+    rather than broadcast, which made Triton recompute the words once per nibble pair (47 vs 22 instr/B); words
+    loaded from memory take the broadcast (8.5 vs 8.9 instr/B and a quarter of the shared memory)."""
+    magic = unit ^ HALF_MAGIC
+    if COMPUTED:
+        t0 = words & 0x000F000F | magic
+        t1 = (words >> 4) & 0x000F000F | magic
+        t2 = (words >> 8) & 0x000F000F | magic
+        t3 = (words >> 12) & 0x000F000F | magic
+        t = tl.reshape(tl.join(tl.join(t0, t2), tl.join(t1, t3)), (words.shape[0], words.shape[1], 4))
+    else:
+        j = tl.arange(0, 4)
+        t = (words[:, :, None] >> (4 * j)[None, None, :]) & 0x000F000F | magic
     return tl.join(t.to(tl.int16), (t >> 16).to(tl.int16)).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def half_tile(words, s_ptr, z_ptr, rn, w0, NG, N, unit, GROUP: tl.constexpr, W: tl.constexpr):
+    """Dequantized weights of dense code words w0 .. w0+W of rows ``rn`` (int32 [BLOCK_N, W], 8 columns a word,
+    statistics [N, NG] fp16 scales and uint8 zeros, GROUP % 8 == 0) as fp16 [BLOCK_N, 8W] in ``half_order``:
+    ``half_pairs``, then (1024 + q) - (1024 + z) (exact) times the fp16 scale, two weights per HADD2/HMUL2 and no
+    conversion from float32: exactly the reference's (q - z) * s rounded once to fp16."""
+    scale, zero = word_scale_zero(s_ptr, z_ptr, rn, w0, NG, N, GROUP, W)
+    s = expand_groups(scale.to(tl.float16), GROUP // 8, W)[:, :, None, None]
+    z = expand_groups((zero + 1024.0).to(tl.float16), GROUP // 8, W)[:, :, None, None]
+    return tl.reshape((half_pairs(words, unit) - z) * s, (rn.shape[0], 8 * W))
 
 
 @triton.jit

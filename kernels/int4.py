@@ -36,8 +36,7 @@ from llmprune.errors import UserInputError
 from llmprune.formats.int4 import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
 from ._codes import (
-    UNIT, code_float, code_unit, column_phases, half_order, half_pairs, offset_zero, word_dot, word_scale_zero,
-    word_stats,
+    UNIT, code_float, code_unit, column_phases, half_order, half_tile, offset_zero, word_dot, word_stats,
 )
 from ._configs import launched
 from ._launch import (  # noqa: F401 (supports: dispatch hook)
@@ -91,16 +90,12 @@ def _int4_word_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, unit, GROUP: tl.constexpr
 
 @triton.jit
 def _int4_half_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, unit, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Dequantized W[rn, k0 : k0+BLOCK_K] in fp16, columns in ``half_order`` (fp16 x and scales, GROUP % 8 == 0):
-    ``half_pairs``, then (1024 + q) - (1024 + z) (exact) times the fp16 scale, two weights per HADD2/HMUL2 and no
-    conversion from float32: exactly the reference's (q - z) * s rounded once to fp16. ~8.5 instead of ~12.4 loop
-    instructions per weight byte at 16 tokens on sm_90 (tests/kernels/instruction_mix.py)."""
+    """Dequantized W[rn, k0 : k0+BLOCK_K] in fp16, columns in ``half_order`` (fp16 x and scales, GROUP % 8 == 0;
+    ``half_tile``): ~8.5 instead of ~12.4 loop instructions per weight byte at 16 tokens on sm_90
+    (tests/kernels/instruction_mix.py)."""
     W: tl.constexpr = BLOCK_K // 8
     words = load_rows(q_ptr.to(tl.pointer_type(tl.int32)), rn, N, k0 // 8, K // 8, K // 8, 0, W)
-    scale, zero = word_scale_zero(s_ptr, z_ptr, rn, k0 // 8, K // GROUP, N, GROUP, W)
-    s = expand_groups(scale.to(tl.float16), GROUP // 8, W)[:, :, None, None]
-    z = expand_groups((zero + 1024.0).to(tl.float16), GROUP // 8, W)[:, :, None, None]
-    return tl.reshape((half_pairs(words, unit) - z) * s, (rn.shape[0], BLOCK_K))
+    return half_tile(words, s_ptr, z_ptr, rn, k0 // 8, K // GROUP, N, unit, GROUP, W)
 
 
 @triton.jit

@@ -31,7 +31,8 @@ from llmprune.errors import UserInputError
 from llmprune.formats.sparse24_int4 import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
 from ._codes import (
-    UNIT, code_float, code_unit, column_phases, offset_zero, unit_codes, unit_dot, word_dot, word_stats, word_units,
+    UNIT, code_float, code_unit, column_phases, half_pairs, offset_zero, unit_codes, unit_dot, word_dot,
+    word_scale_zero, word_stats, word_units,
 )
 from ._configs import launched
 from ._launch import (  # noqa: F401 (supports: dispatch hook)
@@ -97,7 +98,7 @@ def _sparse24_int4_code_words(q_ptr, m_ptr, rn, k0, N, K, BLOCK_K: tl.constexpr)
     pairs of four column groups (16 dense columns), a 16-bit word of metadata their positions."""
     W: tl.constexpr = BLOCK_K // 16
     words = load_rows(q_ptr.to(tl.pointer_type(tl.int32)), rn, N, k0 // 16, K // 16, K // 16, 0, W)
-    meta = load_rows(m_ptr.to(tl.pointer_type(tl.int16)), rn, N, k0 // 16, K // 16, K // 16, 0, W)
+    meta = load_rows(m_ptr.to(tl.pointer_type(tl.uint16)), rn, N, k0 // 16, K // 16, K // 16, 0, W)
     return words, meta.to(tl.int32)
 
 
@@ -123,6 +124,47 @@ def _sparse24_int4_word_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, unit, GRO
     t = tl.join(tl.join(tl.join(tl.join(a0, c0), tl.join(b0, e0)), tl.join(tl.join(a2, c2), tl.join(b2, e2))),
                 tl.join(tl.join(tl.join(a1, c1), tl.join(b1, e1)), tl.join(tl.join(a3, c3), tl.join(b3, e3))))
     return tl.reshape(t, (rn.shape[0], BLOCK_K))
+
+
+@triton.jit
+def _sparse24_int4_kept_at(wz, meta, G: tl.constexpr, OFF: tl.constexpr):
+    """Column group G's kept codes (XOR-ed with the zero point, ``wz``) shifted to their dense nibbles p0, p1 within
+    a 16-bit half (OFF 0 or 16) of a dense word: (a ^ z) << 4 p0 ^ (b ^ z) << 4 p1."""
+    m = meta >> (4 * G)
+    s0 = ((m << 2) & 0xC) | OFF
+    s1 = (m & 0xC) | OFF
+    return (((wz >> (8 * G)) & 0xF) << s0) ^ (((wz >> (8 * G + 4)) & 0xF) << s1)
+
+
+@triton.jit
+def _sparse24_int4_half_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, unit, GROUP: tl.constexpr,
+                             BLOCK_K: tl.constexpr):
+    """Dense W[rn, k0 : k0+BLOCK_K] in fp16 (fp16 x and scales, GROUP % 16 == 0), columns in ``_sparse24_int4_order``:
+    the kept codes of each 16-column word placed into two dense int4 words by integer operations (the zero point in
+    every nibble, so pruned weights dequantize to exactly 0, and each kept code XOR-ed into its position), each
+    dense word dequantized two weights per instruction (``half_pairs``); exactly the reference's weights rounded once
+    to fp16, with no float placement by selects (``_sparse24_int4_place``)."""
+    W: tl.constexpr = BLOCK_K // 16
+    words, meta = _sparse24_int4_code_words(q_ptr, m_ptr, rn, k0, N, K, BLOCK_K)
+    ok = rn < N
+    z8 = expand_groups(per_group(z_ptr, rn, ok, k0 // 16, K // GROUP, 0, GROUP // 16, W).to(tl.int32), GROUP // 16,
+                       W) * 0x11111111
+    wz = words ^ z8
+    lo = z8 ^ _sparse24_int4_kept_at(wz, meta, 0, 0) ^ _sparse24_int4_kept_at(wz, meta, 1, 16)
+    hi = z8 ^ _sparse24_int4_kept_at(wz, meta, 2, 0) ^ _sparse24_int4_kept_at(wz, meta, 3, 16)
+    scale, zero = word_scale_zero(s_ptr, z_ptr, rn, k0 // 16, K // GROUP, N, GROUP // 2, W)
+    s = expand_groups(scale.to(tl.float16), GROUP // 16, W)[:, :, None, None]
+    z = expand_groups((zero + 1024.0).to(tl.float16), GROUP // 16, W)[:, :, None, None]
+    t = tl.join((half_pairs(lo, unit, True) - z) * s, (half_pairs(hi, unit, True) - z) * s)  # [BN, W, 4, 2, 2]
+    return tl.reshape(t, (rn.shape[0], BLOCK_K))
+
+
+@triton.jit
+def _sparse24_int4_order(x, BLOCK_K: tl.constexpr):
+    """x [B, BLOCK_K] in ``_sparse24_int4_half_tile``'s column order: tile column 16w + 4j + 2h + d holds column
+    16w + 8d + 4h + j (dense word d of the 16 columns, nibble j + 4h of it)."""
+    t = tl.permute(tl.reshape(x, (x.shape[0], BLOCK_K // 16, 2, 2, 4)), (0, 1, 4, 3, 2))
+    return tl.reshape(t, (x.shape[0], BLOCK_K))
 
 
 @triton.jit
@@ -231,9 +273,15 @@ def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N,
     elif GROUP % 16 == 0:  # 5-16 tokens: code-word tiles, the weight as tl.dot's left operand, K split as for one
         k_lo, k_hi = split_k_range(K, BLOCK_K, SPLIT_K)
         acc_t = tl.zeros((BLOCK_N, BLOCK_B), tl.float32)
+        FP16: tl.constexpr = (x_ptr.dtype.element_ty == tl.float16) & (s_ptr.dtype.element_ty == tl.float16)
         for k0 in range(k_lo, k_hi, BLOCK_K):
-            w = _sparse24_int4_word_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, UNIT, GROUP, BLOCK_K)
-            acc_t = weight_dot(w, load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm), acc_t, DOT_F32)
+            x = load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm)
+            if (BLOCK_N >= 64) & FP16:  # wgmma tiles, as int4's
+                w = _sparse24_int4_half_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, UNIT, GROUP, BLOCK_K)
+                x = _sparse24_int4_order(x, BLOCK_K)
+            else:
+                w = _sparse24_int4_word_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, UNIT, GROUP, BLOCK_K)
+            acc_t = weight_dot(w, x, acc_t, DOT_F32)
         split_k_store_tile(out_ptr, ws_ptr, tk_ptr, tl.trans(acc_t), rb, rn, M, N, stride_om, SPLIT_K)
     else:
         acc = matvec_init(BLOCK_B, BLOCK_N, BLOCK_K)
@@ -255,12 +303,17 @@ def _sparse24_int4_gemm_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N,
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    FP16: tl.constexpr = (x_ptr.dtype.element_ty == tl.float16) & (s_ptr.dtype.element_ty == tl.float16)
     for k0 in range(0, K, BLOCK_K):
-        if GROUP % 16 == 0:
+        x = load_x(x_ptr, rm, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm)
+        if (GROUP % 16 == 0) & FP16:
+            w = _sparse24_int4_half_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, UNIT, GROUP, BLOCK_K)
+            x = _sparse24_int4_order(x, BLOCK_K)
+        elif GROUP % 16 == 0:
             w = _sparse24_int4_word_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, UNIT, GROUP, BLOCK_K)
         else:
             w = _sparse24_int4_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP, BLOCK_K)
-        acc = dot_acc(load_x(x_ptr, rm, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm), tl.trans(w), acc, DOT_F32)
+        acc = dot_acc(x, tl.trans(w), acc, DOT_F32)
     store_out(out_ptr, acc, rm, rn, M, N, stride_om)
 
 

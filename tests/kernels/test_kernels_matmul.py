@@ -124,20 +124,24 @@ def test_split_k_sums_partials_once_and_resets_tickets(fmt, split, k, monkeypatc
     assert int(_launch.split_k_buffers(x.device)[1].abs().sum()) == 0
 
 
-@pytest.mark.parametrize("tokens,split,k,group", [(5, 1, 96, 16), (16, 2, 128, 32), (7, 1, 72, 8)])
-def test_int4_fp16_tiles_of_64_rows_dequantize_in_half_precision(tokens, split, k, group, monkeypatch):
-    """Tiles of >= 64 rows with fp16 activations and scales take ``_int4_half_tile`` (two codes per bit operation,
-    (1024 + q) - (1024 + z) and the scale in fp16, x permuted to the tile's pair order): each weight is the
-    reference's rounded once to fp16, so the result matches the fp16 reference to accumulation order and the
-    float64 oracle to fp16 rounding; N = 80 leaves a ragged second tile, K = 72 a half-masked step."""
-    from llmprune.kernels import _launch, int4
+@pytest.mark.parametrize("fmt,tokens,split,k,group", [("int4", 5, 1, 96, 16), ("int4", 16, 2, 128, 32),
+                                                      ("int4", 7, 1, 72, 8), ("sparse24_int4", 5, 1, 96, 16),
+                                                      ("sparse24_int4", 16, 2, 128, 32), ("sparse24_int4", 9, 1, 80, 16)])
+def test_fp16_tiles_of_64_rows_dequantize_in_half_precision(fmt, tokens, split, k, group, monkeypatch):
+    """Tiles of >= 64 rows with fp16 activations and scales dequantize in half precision (int4: ``_int4_half_tile``;
+    sparse24_int4: kept codes placed into dense int4 words by integer operations, ``_sparse24_int4_half_tile``),
+    x permuted to the tile's column order: each weight is the reference's rounded once to fp16 (pruned ones exactly
+    0), so the result matches the float64 oracle to fp16 rounding and the fp16-rounded dense weight to accumulation
+    order; N = 80 leaves a ragged second tile, K = 72 / 80 a half-masked step."""
+    from llmprune.kernels import _launch
 
     monkeypatch.setattr(_launch, "GEMV_FIXED", {"BLOCK_N": 64, "BLOCK_K": 32, "SPLIT_K": split})
-    qw = random_qw(80, k, group, torch.float16, seed=tokens + k)
-    packed = importlib.import_module("llmprune.formats.int4").pack(qw, dtype="float16")
+    kernel = importlib.import_module(f"llmprune.kernels.{fmt}")
+    qw = random_qw(80, k, group, torch.float16, seed=tokens + k, pattern="2:4" if fmt == "sparse24_int4" else "dense")
+    packed = importlib.import_module(f"llmprune.formats.{fmt}").pack(qw, dtype="float16")
     x = torch.randn(tokens, k, generator=torch.Generator().manual_seed(k)).to(torch.float16)
     out = torch.full((tokens, 80), float("nan"), dtype=torch.float16)
-    int4.int4_matmul(x, packed, out=out, regime="gemv")
+    getattr(kernel, f"{fmt}_matmul")(x, packed, out=out, regime="gemv")
     oracle = x.to(torch.float64) @ qw.dequantize(torch.float32).to(torch.float64).T
     assert rel_err(out, oracle) <= TOLERANCE[torch.float16]
     dense16 = qw.dequantize(torch.float32).to(torch.float16).to(torch.float64)  # the tile the kernel must build
