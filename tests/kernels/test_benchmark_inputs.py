@@ -119,7 +119,8 @@ def test_bench_rows_name_the_config_the_autotuner_chose(bench, monkeypatch):
 
 def test_host_cost_rows_time_launcher_and_module(bench):
     """The host-overhead table's CPU dry run (interpreter): one row for dense, one per format with two numbers."""
-    rows = bench.host_cost(["int4", "group_sparse_int4"], torch.float16, (32, 256), device="cpu", calls=2)
-    assert rows[0].startswith("| dense F.linear |") and [r.split(" | ")[0] for r in rows[1:]] == ["| int4",
-                                                                                                  "| group_sparse_int4"]
+    formats = ["int4", "sparse24", "sparse24_int4", "group_sparse_int4", "spqr"]
+    rows = bench.host_cost(formats, torch.float16, (32, 256), device="cpu", calls=2)
+    assert rows[0].startswith("| dense F.linear |") and [r.split(" | ")[0] for r in rows[1:]] == [
+        f"| {fmt}" for fmt in formats]
     assert all(float(r.split(" | ")[1]) > 0 and float(r.split(" | ")[2].rstrip(" |")) > 0 for r in rows[1:])
