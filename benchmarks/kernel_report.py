@@ -42,13 +42,15 @@ def summary(records: list[dict]) -> list[str]:
             worst = min(r["dense"] / r["t"] for r in big)
             out.append(f"- {fmt}: batch >= 512: worst {worst:.2f}x of dense ({'ok' if worst >= 0.9 else 'SLOWER'} "
                        "against the 10% bound)")
-    out += ["", "Dispatch crossover (median over shapes of gemm time / dense-regime time; > 1: dense wins):", ""]
-    for fmt in sorted({r["fmt"] for r in records}):
-        ratios = regime_ratios(records, fmt, "gemm", "dense")
-        out.append(f"- {fmt}: " + ", ".join(f"batch {m}: {v:.2f}" for m, v in ratios.items()))
-    out += ["", "Chunked vs whole-weight dense (median over shapes of chunked time / dense time; < 1: chunked wins):",
-            ""]
-    for fmt in sorted({r["fmt"] for r in records}):
-        ratios = regime_ratios(records, fmt, "chunked", "dense")
-        out.append(f"- {fmt}: " + ", ".join(f"batch {m}: {v:.2f}" for m, v in ratios.items()))
+    for title, regime, baseline in (
+            ("Decode vs prefill kernel (median over shapes of gemv time / gemm time; < 1: decode wins)", "gemv",
+             "gemm"),
+            ("Dispatch crossover (median over shapes of gemm time / dense-regime time; > 1: dense wins)", "gemm",
+             "dense"),
+            ("Chunked vs whole-weight dense (median over shapes of chunked time / dense time; < 1: chunked wins)",
+             "chunked", "dense")):
+        out += ["", title + ":", ""]
+        for fmt in sorted({r["fmt"] for r in records}):
+            ratios = regime_ratios(records, fmt, regime, baseline)
+            out.append(f"- {fmt}: " + ", ".join(f"batch {m}: {v:.2f}" for m, v in ratios.items()))
     return out

@@ -109,7 +109,8 @@ def check(formats, dtypes, shape=(11008, 4096), device="cuda", cases=CHECK_CASES
 
 
 def bench_shape(fmt, n, k, dtype, batches, timer, copy_gbs, emit, records):
-    """Time the automatic regime (and gemm, dense, chunked at >= 64 tokens, for select.py) against cuBLAS."""
+    """Time the automatic regime (and, for select.py's crossovers, gemv and gemm at 2-16 tokens, gemm, dense and
+    chunked from 64) against cuBLAS."""
     from torch.nn.functional import linear
 
     from llmprune.kernels import matmul_fn
@@ -128,7 +129,7 @@ def bench_shape(fmt, n, k, dtype, batches, timer, copy_gbs, emit, records):
         out = torch.empty(m, n, dtype=dtype, device="cuda")
         t_dense, _ = timer(lambda: linear(x, dense_w))
         t_semi = _try_time(timer, lambda: linear(x, semi)) if semi is not None else None
-        regimes = [None] + (["gemm", "dense", "chunked"] if m >= 64 else [])
+        regimes = [None] + (["gemv", "gemm"] if 1 < m <= 16 else []) + (["gemm", "dense", "chunked"] if m >= 64 else [])
         for regime in regimes:
             try:
                 t, graphed = timer(lambda: fn(x, packed, out=out, regime=regime))

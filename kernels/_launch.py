@@ -159,9 +159,11 @@ class KernelPair:
 
     def run(self, args: tuple, m: int, n: int, consts: dict, regime: str, decode_max: int) -> None:
         """Launch over ``[m, n]`` outputs; ``args`` hold (..., M, N, K, stride_xm, stride_om, extra ints); a decode
-        program takes at most ``decode_max`` tokens."""
+        program takes at most ``decode_max`` tokens, and at most the largest block its kernel has (16 on the padded
+        tl.dot path, 4 for formats without one): a dispatch table may send more tokens to the decode kernel, which
+        then runs several token blocks."""
         if regime == "gemv":
-            tokens = min(m, decode_max)
+            tokens = min(m, decode_max, 16 if self.dot_decode else 4)
             fixed = self._fixed(0)
 
             def grid(meta):

@@ -156,14 +156,37 @@ def wins_from(ratios: dict[int, float]) -> int | None:
     return start
 
 
+def decode_limit(ratios: dict[int, float], base: int) -> int:
+    """``gemv_up_to`` from the decode kernel's time over the prefill kernel's at the measured batches (``ratios``,
+    < 1: decode is faster): the largest batch up to which decode wins at every measured batch; ``base`` (the limit
+    in effect) where it lies in the unmeasured gap before the first loss or above a run of wins; below the smallest
+    measured batch when decode already loses there (at least 1)."""
+    won, lost = None, None
+    for m in sorted(ratios):
+        if ratios[m] >= 1.0:
+            lost = m
+            break
+        won = m
+    if won is None:
+        return max(1, min(base, lost - 1))
+    if lost is None:
+        return max(won, base)
+    return base if won < base < lost else won
+
+
 def measured_rules(records: list[dict], base, gpu: str | None = None):
-    """kernels/select.py's table for this GPU from the timings: dense (dequantize + cuBLAS) from the first batch
-    where it beats the prefill kernel for good, chunked from the first where it beats whole-weight dequantization
-    for good. ``base`` (the table in effect) supplies what the run did not measure: the decode limit, unmeasured
-    formats, and a lower dense threshold when dense already wins at the smallest measured batch (below it nothing
-    was timed). ``gpu``: the measured GPU's name (default: the base table's)."""
-    dense, chunked = dict(base.dense_from), dict(base.chunked_from)
+    """kernels/select.py's table for this GPU from the timings: the decode kernel up to the batch where it stops
+    beating the prefill kernel (``decode_limit``, from forced gemv / gemm timings at 4 and 16 tokens), dense
+    (dequantize + cuBLAS) from the first batch where it beats the prefill kernel for good, chunked from the first
+    where it beats whole-weight dequantization for good. ``base`` (the table in effect) supplies what the run did
+    not measure: unmeasured formats and batches, and a lower dense threshold when dense already wins at the
+    smallest measured batch (below it nothing was timed). ``gpu``: the measured GPU's name (default: the base
+    table's)."""
+    decode, dense, chunked = dict(base.gemv_up_to), dict(base.dense_from), dict(base.chunked_from)
     for fmt in {r["fmt"] for r in records}:
+        gemv_vs_gemm = regime_ratios(records, fmt, "gemv", "gemm")  # < 1: the decode kernel is faster
+        if gemv_vs_gemm:
+            decode[fmt] = decode_limit(gemv_vs_gemm, base.gemv_up_to[fmt])
         gemm_vs_dense = regime_ratios(records, fmt, "dense", "gemm")  # < 1: dense is faster
         if gemm_vs_dense:
             start = wins_from(gemm_vs_dense)
@@ -172,7 +195,7 @@ def measured_rules(records: list[dict], base, gpu: str | None = None):
         chunk_vs_dense = regime_ratios(records, fmt, "chunked", "dense")
         if chunk_vs_dense:
             chunked[fmt] = wins_from(chunk_vs_dense)
-    return Rules(gpu or base.gpu, "benchmarks/kernels.py", dict(base.gemv_up_to), dense, chunked)
+    return Rules(gpu or base.gpu, "benchmarks/kernels.py", decode, dense, chunked)
 
 
 def regime_ratios(records: list[dict], fmt: str, regime: str, baseline: str) -> dict[int, float]:

@@ -95,6 +95,50 @@ def test_measured_crossovers_become_this_gpus_dispatch_table(bench, tmp_path, mo
         select.rules.cache_clear()
 
 
+@pytest.mark.parametrize("ratios,base,want", [
+    ({4: 0.5, 16: 0.8}, 4, 16),  # the decode kernel wins at every measured batch: up to the largest
+    ({4: 0.5, 16: 1.3}, 16, 4),  # loses at 16: up to 4 (the table's 16 is not below the loss)
+    ({4: 0.5, 16: 1.3}, 8, 8),  # ... unless the table's limit lies in the unmeasured gap
+    ({4: 1.2, 16: 0.5}, 16, 3),  # loses at the smallest measured batch: below it, whatever happens later
+    ({4: 1.2}, 2, 2),
+    ({2: 1.5}, 16, 1),  # one token always decodes
+])
+def test_decode_limit_from_gemv_over_gemm_timings(ratios, base, want):
+    from llmprune.kernels.select import decode_limit
+
+    assert decode_limit(ratios, base) == want
+
+
+def test_measured_decode_limits_enter_the_table():
+    """GQSA's decode kernel beats its group-walking GEMM at 4 and 16 tokens, int4's loses at 16: the measured table
+    sends GQSA's 5-16 tokens to decode and keeps int4's decode to 4 (its other limits from the base table)."""
+    from llmprune.kernels import select
+
+    records = timings("group_sparse_int4", {4: {"gemv": 5.0, "gemm": 40.0}, 16: {"gemv": 20.0, "gemm": 60.0}})
+    records += timings("int4", {4: {"gemv": 5.0, "gemm": 9.0}, 16: {"gemv": 12.0, "gemm": 10.0}})
+    base = select.rules(None)
+    measured = select.measured_rules(records, base)
+    assert measured.gemv_up_to == {**base.gemv_up_to, "group_sparse_int4": 16, "int4": 4}
+    assert [measured.choose("group_sparse_int4", m) for m in (16, 17)] == ["gemv", "gemm"]
+
+
+def test_decode_past_its_largest_block_runs_several_token_blocks(bench, monkeypatch):
+    """A table that sends 9 tokens to GQSA's decode kernel (whose largest block is 4 tokens, it has no padded tl.dot
+    block) launches three token blocks and stays exact; with the padded block it would drop tokens."""
+    from llmprune.kernels import group_sparse_int4, select
+
+    table = select.rules(None)
+    wide = select.Rules("test", "test", {**table.gemv_up_to, "group_sparse_int4": 16}, table.dense_from,
+                        table.chunked_from)
+    monkeypatch.setattr("llmprune.kernels._launch.device_rules", lambda device: wide)
+    packed = bench.random_packed("group_sparse_int4", 20, 256, torch.float16, device="cpu")
+    x = torch.randn(9, 256, generator=torch.Generator().manual_seed(9)).to(torch.float16)
+    out = torch.full((9, 20), float("nan"), dtype=torch.float16)
+    group_sparse_int4.group_sparse_int4_matmul(x, packed, out=out)
+    ref = importlib.import_module("llmprune.formats.group_sparse_int4").matmul_ref(x, packed).double()
+    assert float((out.double() - ref).norm() / ref.norm()) <= 2e-3
+
+
 def test_benchmark_check_dry_run_passes_on_cpu(bench, capsys):
     """The GPU correctness pass itself (every regime, NaN-poisoned outputs, Frobenius bounds) on a small shape."""
     cases = [c for c in bench.CHECK_CASES if c[0] < 512 or c[1] == "dense"]  # the interpreter is slow at 512 rows
