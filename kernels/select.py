@@ -28,9 +28,11 @@ These crossovers predate the decode rework measured only statically so far (benc
 fewer instructions per byte at 1-4 tokens); re-measure them on the next GPU run.
 
 Per device: the crossovers live in JSON tables named after the GPU (``torch.cuda.get_device_name`` with spaces as
-dashes). ``benchmarks/kernels.py --bench`` writes one next to its report (``<report>.crossovers.json``) and, with
-``--install``, into ``$LLMPRUNE_CACHE_DIR/crossovers/``, which takes precedence over the tables shipped in
-``kernels/crossovers/``; a GPU with neither uses the H100's (``DEFAULT_GPU``), as do CPU tensors.
+dashes). ``benchmarks/kernels.py --bench`` measures all three (decode vs prefill kernel from forced timings at 4 and
+16 tokens, prefill vs dense and chunked vs dense from 64), writes a table next to its report
+(``<report>.crossovers.json``) and, with ``--install``, into ``$LLMPRUNE_CACHE_DIR/crossovers/``, which takes
+precedence over the tables shipped in ``kernels/crossovers/``; a GPU with neither uses the H100's (``DEFAULT_GPU``),
+as do CPU tensors.
 """
 from __future__ import annotations
 
