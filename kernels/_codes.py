@@ -1,10 +1,11 @@
-"""4-bit codes to float32 in registers without int-to-float conversions (sm_90 issues I2F at 1/8 of the FMA rate;
+"""4-bit codes to floats in registers without int-to-float conversions (sm_90 issues I2F at 1/8 of the FMA rate;
 tests/kernels/instruction_mix.py counts them in each decode loop).
 
-Two bit tricks, both exact: ``code_float`` ORs a code into the mantissa of 2**23 (the dequantized-tile paths subtract
-``2**23 + zero``); ``code_unit`` shifts a nibble of a 32-bit code word into the top mantissa bits of 1.0, giving
-1 + q/16, and ``word_stats`` folds scale and zero point into per-word sums so that the decode paths spend one FMA per
-weight and token.
+Three bit tricks, all exact: ``code_float`` ORs a code into the mantissa of 2**23 (the dequantized-tile paths
+subtract ``2**23 + zero``); ``code_unit`` shifts a nibble of a 32-bit code word into the top mantissa bits of 1.0,
+giving 1 + q/16, and ``word_stats`` folds scale and zero point into per-word sums so that the decode paths spend one
+FMA per weight and token; ``half_pairs`` masks two nibbles at once into a pair of fp16 1024.0s, for tl.dot tiles
+dequantized two weights per half-precision instruction (``half_tile``).
 """
 from __future__ import annotations
 
