@@ -44,7 +44,8 @@ def check_inputs(model: str, formats: list[str], batches: list[int], device: str
     from llmprune.model import ALIASES
 
     if model not in SHAPES and model not in ALIASES and not Path(model).expanduser().exists():
-        raise UserInputError(f"unknown model or shape {model!r}; give a shape ({', '.join(SHAPES)}), an alias or a path")
+        raise UserInputError(f"unknown model or shape {model!r}; give a shape ({', '.join(SHAPES)}), an alias or a "
+                             "path")
     for fmt in formats:
         if fmt not in FORMATS:
             raise UserInputError(f"unknown --format {fmt!r}; choose from {', '.join(FORMATS)}")
@@ -143,7 +144,20 @@ def run_bench(model: str, formats: list[str], batches: list[int], *, new_tokens:
     return {"model": model, "device": device, "dtype": dtype, "new_tokens": new_tokens, "prompt_len": prompt_len,
             "representative": device == "cuda",
             "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
-            "rows": rows}
+            "versions": _versions(), "rows": rows}
+
+
+def _versions() -> dict[str, str]:
+    """The packages the numbers depend on (transformers decides how the static KV cache and masks are built)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("torch", "transformers", "triton"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "absent"
+    return found
 
 
 def _measure(net, prompt, new_tokens, device, variant, runs) -> tuple[float, float | None, str | None]:
@@ -179,8 +193,9 @@ def _build(model: str, fmt: str, device: str, dtype: str, seed: int) -> nn.Modul
 def format_table(result: dict) -> str:
     """Markdown table: format, batch, variant, tokens/s, speedup vs dense, agreement with eager ``generate``'s
     greedy tokens (static variants; fp16 rounding may flip near-ties), dispatch paths."""
+    versions = ", ".join(f"{k} {v}" for k, v in result.get("versions", {}).items())
     lines = [f"Model {result['model']}, {result['device']} {result['gpu'] or ''} {result['dtype']}, prompt "
-             f"{result['prompt_len']}, {result['new_tokens']} new tokens"]
+             f"{result['prompt_len']}, {result['new_tokens']} new tokens; {versions}"]
     if not result["representative"]:
         lines.append("CPU run: reference matmuls, NOT representative of GPU kernel speed.")
     lines += ["", "| format | batch | variant | tokens/s | speedup vs dense | tokens = eager | dispatch |",

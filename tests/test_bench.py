@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import transformers
 import typer
 from typer.testing import CliRunner
 
@@ -80,6 +81,7 @@ def test_run_bench_rows_and_table():
     assert result["representative"] is False
     table = bench.format_table(result)
     assert "NOT representative" in table
+    assert f"transformers {transformers.__version__}" in table.splitlines()[0]
     assert sum(line.startswith("| ") for line in table.splitlines()) == 1 + len(rows)
 
 
