@@ -7,6 +7,10 @@
 #   bash benchmarks/gpu_check.sh bench-float16         #   these three calls there, on the same warm machine (Triton's
 #   bash benchmarks/gpu_check.sh decode bench-bfloat16 #   compile and autotune caches carry over between them)
 #
+# check: every regime at 11008x4096 with the autotuned configs (autotuning them all is slow); bench-* also checks every
+# output it times against the reference (full size, every shape, "rel err" column), so a short session can skip it.
+# sanitize: pinned configs (64-row decode and 32-row prefill tiles, the fp16 half-precision paths included) at
+# 1000x1152 under compute-sanitizer memcheck, one process per format.
 # mix: the decode loops' instruction mix as the GPU's own triton compiles them (tests/kernels/instruction_mix.py);
 # decode: end-to-end tokens/s of Llama-2-7B shapes, eager and CUDA-graph replay (benchmarks/decode.py).
 # BENCH_FORMATS=int4,sparse24_int4 bash benchmarks/gpu_check.sh bench-float16   # a subset per call, should the first

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from llmprune.settings import cache_dir
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # this script's sibling modules, however it is loaded
 from kernel_inputs import nbytes, random_packed  # noqa: E402
 from kernel_report import summary, tuned_config  # noqa: E402
+from kernel_timing import Timer, try_time, copy_bandwidth  # noqa: E402
 
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (14336, 4096), (4096, 14336), (28672, 8192)]  # (out, in)
 BATCHES = [1, 4, 16, 64, 512, 4096]
@@ -38,44 +38,6 @@ FORMATS = ["int4", "sparse24", "sparse24_int4", "group_sparse_int4", "spqr"]
 CHECK_CASES = [(1, "gemv"), (2, "gemv"), (4, "gemv"), (16, "gemv"), (16, "gemm"), (64, "gemm"), (512, "gemm"),
                (512, "dense"), (512, "chunked"), (37, None)]  # (tokens, regime); None: kernels/select.py's choice
 CHECK_BOUND = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # ||y - ref||_F / ||ref||_F
-
-
-class Timer:
-    """Median GPU time (µs) of a CUDA-graph replay, the L2 flushed before each repetition."""
-
-    def __init__(self):
-        self.flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
-
-    def __call__(self, fn, reps: int = 50) -> tuple[float, bool]:
-        fn()  # compile + autotune outside the graph
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph, run = torch.cuda.CUDAGraph(), fn
-        try:
-            with torch.cuda.graph(graph):
-                fn()
-            run = graph.replay
-        except RuntimeError:
-            torch.cuda.synchronize()
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-        for start, end in events:
-            self.flush.zero_()
-            start.record()
-            run()
-            end.record()
-        torch.cuda.synchronize()
-        return statistics.median(s.elapsed_time(e) * 1e3 for s, e in events), run is not fn
-
-
-def copy_bandwidth(timer: Timer) -> float:
-    """Device-to-device copy GB/s (read + write bytes) of a 512 MB buffer: the bandwidth roofline."""
-    src = torch.randint(0, 255, (512 << 20,), dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    us, _ = timer(lambda: dst.copy_(src), reps=20)
-    return 2 * src.numel() / us / 1e3
 
 
 def check(formats, dtypes, shape=(11008, 4096), device="cuda", cases=CHECK_CASES) -> list[str]:
@@ -108,29 +70,35 @@ def check(formats, dtypes, shape=(11008, 4096), device="cuda", cases=CHECK_CASES
     return rows
 
 
-def bench_shape(fmt, n, k, dtype, batches, timer, copy_gbs, emit, records):
+def bench_shape(fmt, n, k, dtype, batches, timer, copy_gbs, emit, records, device="cuda"):
     """Time the automatic regime (and, for select.py's crossovers, gemv and gemm at 2-16 tokens, gemm, dense and
-    chunked from 64) against cuBLAS."""
+    chunked from 64) against cuBLAS, and check every timed output against ``formats.<fmt>.matmul_ref`` (relative
+    Frobenius error within CHECK_BOUND; the output is NaN-filled before each regime): the full-size correctness of
+    the autotuned configs, for free. ``device="cpu"`` with a stand-in timer is the CPU dry run."""
+    import importlib
+
     from torch.nn.functional import linear
 
     from llmprune.kernels import matmul_fn
 
-    packed = random_packed(fmt, n, k, dtype)
-    dense_w = (torch.randn(n, k, device="cuda") * 0.02).to(dtype)
+    packed = random_packed(fmt, n, k, dtype, device=device)
+    dense_w = (torch.randn(n, k, device=device) * 0.02).to(dtype)
     semi = None
-    if fmt.startswith("sparse24"):
+    if fmt.startswith("sparse24") and device == "cuda":
         from llmprune.kernels.sparse24 import semi_structured_weight
 
         semi = semi_structured_weight(random_packed("sparse24", n, k, dtype))
     ratio = n * k * 2 / nbytes(packed.values())
-    fn = matmul_fn(fmt)
+    fn, ref_fn = matmul_fn(fmt), importlib.import_module(f"llmprune.formats.{fmt}").matmul_ref
     for m in batches:
-        x = torch.randn(m, k, device="cuda").to(dtype)
-        out = torch.empty(m, n, dtype=dtype, device="cuda")
+        x = torch.randn(m, k, device=device).to(dtype)
+        out = torch.empty(m, n, dtype=dtype, device=device)
+        ref = ref_fn(x, packed).float()
         t_dense, _ = timer(lambda: linear(x, dense_w))
-        t_semi = _try_time(timer, lambda: linear(x, semi)) if semi is not None else None
+        t_semi = try_time(timer, lambda: linear(x, semi)) if semi is not None else None
         regimes = [None] + (["gemv", "gemm"] if 1 < m <= 16 else []) + (["gemm", "dense", "chunked"] if m >= 64 else [])
         for regime in regimes:
+            out.fill_(float("nan"))
             try:
                 t, graphed = timer(lambda: fn(x, packed, out=out, regime=regime))
             except RuntimeError as exc:  # a forced regime that fails costs its row only (GPU time is scarce)
@@ -139,13 +107,16 @@ def bench_shape(fmt, n, k, dtype, batches, timer, copy_gbs, emit, records):
                 why = str(exc).splitlines()[0][:80]
                 emit(f"| {n}x{k} | {m} | {str(dtype)[6:]} | {fmt} | {regime} | failed: {why} |")
                 continue
+            err = float((out.float() - ref).norm() / ref.norm())
+            ok = bool(torch.isfinite(out).all()) and err <= CHECK_BOUND[dtype]
             gbs = (nbytes(packed.values()) + nbytes([x, out])) / t / 1e3
             records.append({"fmt": fmt, "n": n, "k": k, "m": m, "dtype": str(dtype)[6:], "regime": regime, "t": t,
-                            "dense": t_dense, "bw": gbs / copy_gbs})
+                            "dense": t_dense, "bw": gbs / copy_gbs, "err": err, "ok": ok})
             semi_txt = f"{t_semi / t:.2f}x" if t_semi else "-"
             emit(f"| {n}x{k} | {m} | {str(dtype)[6:]} | {fmt} | {regime or 'auto'} | {t:.1f} | {t_dense:.1f} | "
                  f"{t_dense / t:.2f}x | {semi_txt} | {gbs:.0f} | {100 * gbs / copy_gbs:.0f}% | {ratio:.2f} | "
-                 f"{'graph' if graphed else 'eager'} | {tuned_config(fmt, regime, m, x.device)} |")
+                 f"{'graph' if graphed else 'eager'} | {tuned_config(fmt, regime, m, x.device)} | "
+                 f"{err:.1e}{'' if ok else ' FAIL'} |")
 
 
 def host_cost(formats, dtype, shape=(4096, 4096), device="cuda", calls: int = 300) -> list[str]:
@@ -190,14 +161,6 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def _try_time(timer, fn):
-    try:
-        return timer(fn)[0]
-    except (RuntimeError, NotImplementedError) as exc:
-        print(f"semi-structured path unavailable: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return None
 
 
 def versions() -> str:
@@ -256,7 +219,7 @@ def main(argv=None) -> int:
         copy_gbs = copy_bandwidth(timer)
         lines += [f"Copy bandwidth (512 MB device-to-device, read + write): {copy_gbs:.0f} GB/s", "",
                   "| shape (out x in) | batch | dtype | format | regime | µs | dense µs | vs dense | vs semi 2:4 | "
-                  "GB/s | % copy BW | byte ratio | launch | tuned config |", "|" + "---|" * 14]
+                  "GB/s | % copy BW | byte ratio | launch | tuned config | rel err |", "|" + "---|" * 15]
         partial = Path(args.results) / f"{name}.md.partial"
         partial.parent.mkdir(parents=True, exist_ok=True)
         with partial.open("w") as log:
@@ -271,7 +234,10 @@ def main(argv=None) -> int:
                     for dtype in dtypes:
                         bench_shape(fmt, n, k, dtype, batches, timer, copy_gbs, emit, records)
         partial.unlink()
-        lines += ["", *summary(records)]
+        wrong = [r for r in records if not r["ok"]]
+        failed = failed or bool(wrong)
+        lines += ["", f"Outputs checked against the references: {len(records) - len(wrong)} of {len(records)} within "
+                  "bounds" + (f"; FAILED: {len(wrong)} (rows marked FAIL)" if wrong else ""), "", *summary(records)]
         lines += ["", f"Host µs per batch-1 call, {shapes[0][0]}x{shapes[0][1]}, {dtypes[0]} (eager launches, no sync; "
                   "eager decode pays this per Linear and token):", "", "| path | launcher µs | PackedLinear µs |",
                   "|---|---|---|", *host_cost(formats, dtypes[0], shapes[0])]

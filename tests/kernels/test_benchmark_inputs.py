@@ -168,3 +168,26 @@ def test_host_cost_rows_time_launcher_and_module(bench):
     assert rows[0].startswith("| dense F.linear |") and [r.split(" | ")[0] for r in rows[1:]] == [
         f"| {fmt}" for fmt in formats]
     assert all(float(r.split(" | ")[1]) > 0 and float(r.split(" | ")[2].rstrip(" |")) > 0 for r in rows[1:])
+
+
+def _stand_in_timer(fn, reps: int = 50):
+    fn()
+    return 1.0, False
+
+
+@pytest.mark.parametrize("fmt", ["int4", "group_sparse_int4"])
+def test_bench_checks_every_timed_output_against_the_reference(bench, fmt, monkeypatch):
+    """The CPU dry run of the timing loop: every timed regime's output is compared with the torch reference (rows
+    end with the error); a kernel that writes a wrong result is marked FAIL in its row and record."""
+    rows, records = [], []
+    bench.bench_shape(fmt, 20, 256, torch.float16, [1, 4], _stand_in_timer, 1.0, rows.append, records, device="cpu")
+    assert [r["regime"] for r in records] == [None, None, "gemv", "gemm"]
+    assert all(r["ok"] and r["err"] < 2e-3 for r in records) and not any("FAIL" in row for row in rows)
+
+    import llmprune.kernels
+
+    good = llmprune.kernels.matmul_fn(fmt)
+    monkeypatch.setattr(llmprune.kernels, "matmul_fn", lambda name: lambda x, p, **kw: good(x, p, **kw).mul_(1.01))
+    rows, records = [], []
+    bench.bench_shape(fmt, 20, 256, torch.float16, [1], _stand_in_timer, 1.0, rows.append, records, device="cpu")
+    assert not records[0]["ok"] and rows[0].endswith("FAIL |")
