@@ -40,6 +40,13 @@ CHECK_CASES = [(1, "gemv"), (2, "gemv"), (4, "gemv"), (16, "gemv"), (16, "gemm")
 CHECK_BOUND = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # ||y - ref||_F / ||ref||_F
 
 
+def checked(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> tuple[float, bool]:
+    """(relative Frobenius error of ``out`` against the float32 ``ref``, whether it is finite and within
+    ``CHECK_BOUND`` for ``dtype``)."""
+    err = float((out.float() - ref).norm() / ref.norm())
+    return err, bool(torch.isfinite(out).all()) and err <= CHECK_BOUND[dtype]
+
+
 def check(formats, dtypes, shape=(11008, 4096), device="cuda", cases=CHECK_CASES) -> list[str]:
     """Every regime of every kernel against ``formats.<fmt>.matmul_ref`` at full size; returns markdown rows
     (``device="cpu"`` under TRITON_INTERPRET=1 is the CPU dry run of this function)."""
@@ -62,8 +69,7 @@ def check(formats, dtypes, shape=(11008, 4096), device="cuda", cases=CHECK_CASES
                     print(rows[-1], flush=True)
                     continue
                 ref = ref_fn(x, packed).float()
-                err = float((out.float() - ref).norm() / ref.norm())
-                ok = bool(torch.isfinite(out).all()) and err <= CHECK_BOUND[dtype]
+                err, ok = checked(out, ref, dtype)
                 rows.append(f"| {fmt} | {str(dtype)[6:]} | {m} | {regime or 'auto'} | {err:.2e} | "
                             f"{'ok' if ok else 'FAIL'} |")
                 print(rows[-1], flush=True)
@@ -107,8 +113,7 @@ def bench_shape(fmt, n, k, dtype, batches, timer, copy_gbs, emit, records, devic
                 why = str(exc).splitlines()[0][:80]
                 emit(f"| {n}x{k} | {m} | {str(dtype)[6:]} | {fmt} | {regime} | failed: {why} |")
                 continue
-            err = float((out.float() - ref).norm() / ref.norm())
-            ok = bool(torch.isfinite(out).all()) and err <= CHECK_BOUND[dtype]
+            err, ok = checked(out, ref, dtype)
             gbs = (nbytes(packed.values()) + nbytes([x, out])) / t / 1e3
             records.append({"fmt": fmt, "n": n, "k": k, "m": m, "dtype": str(dtype)[6:], "regime": regime, "t": t,
                             "dense": t_dense, "bw": gbs / copy_gbs, "err": err, "ok": ok})
