@@ -9,7 +9,7 @@
 #
 # check: every regime at 11008x4096 with the autotuned configs (autotuning them all is slow); bench-* also checks every
 # output it times against the reference (full size, every shape, "rel err" column), so a short session can skip it.
-# sanitize: pinned configs (64-row decode and 32-row prefill tiles, the fp16 half-precision paths included) at
+# sanitize: pinned configs (64x64 decode and 32-row prefill tiles, the fp16 half-precision paths included) at
 # 1000x1152 under compute-sanitizer memcheck, one process per format.
 # mix: the decode loops' instruction mix as the GPU's own triton compiles them (tests/kernels/instruction_mix.py);
 # decode: end-to-end tokens/s of Llama-2-7B shapes, eager and CUDA-graph replay (benchmarks/decode.py).
