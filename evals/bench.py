@@ -148,16 +148,17 @@ def run_bench(model: str, formats: list[str], batches: list[int], *, new_tokens:
 
 
 def _versions() -> dict[str, str]:
-    """The packages the numbers depend on (transformers decides how the static KV cache and masks are built)."""
+    """The manifest's package versions (``pipeline.versions``: transformers decides how the static KV cache and the
+    masks are built) and triton's, which runs the kernels."""
     from importlib.metadata import PackageNotFoundError, version
 
-    found = {}
-    for name in ("torch", "transformers", "triton"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "absent"
-    return found
+    from llmprune.pipeline import versions
+
+    try:
+        triton = version("triton")
+    except PackageNotFoundError:
+        triton = "absent"
+    return {**versions(), "triton": triton}
 
 
 def _measure(net, prompt, new_tokens, device, variant, runs) -> tuple[float, float | None, str | None]:

@@ -162,9 +162,17 @@ def half_tile(words, s_ptr, z_ptr, rn, w0, NG, N, unit, GROUP: tl.constexpr, W: 
     ``half_pairs``, then (1024 + q) - (1024 + z) (exact) times the fp16 scale, two weights per HADD2/HMUL2 and no
     conversion from float32: exactly the reference's (q - z) * s rounded once to fp16."""
     scale, zero = word_scale_zero(s_ptr, z_ptr, rn, w0, NG, N, GROUP, W)
+    s, z = half_stats(scale, zero, GROUP, W)
+    return tl.reshape((half_pairs(words, unit) - z) * s, (rn.shape[0], 8 * W))
+
+
+@triton.jit
+def half_stats(scale, zero, GROUP: tl.constexpr, W: tl.constexpr):
+    """``word_scale_zero``'s statistics as ``half_pairs`` operands, [BLOCK_N, W, 1, 1] fp16 (exact): the scale, and
+    1024 + zero to subtract from 1024 + q."""
     s = expand_groups(scale.to(tl.float16), GROUP // 8, W)[:, :, None, None]
     z = expand_groups((zero + 1024.0).to(tl.float16), GROUP // 8, W)[:, :, None, None]
-    return tl.reshape((half_pairs(words, unit) - z) * s, (rn.shape[0], 8 * W))
+    return s, z
 
 
 @triton.jit

@@ -17,6 +17,12 @@ def batch_block(m: int) -> int:
     return 16
 
 
+def token_blocks(dot: bool) -> tuple:
+    """The decode kernel's token blocks (BLOCK_B): the FMA blocks 1, 2 and 4, and the padded tl.dot block 16 for
+    formats that have that path (``KernelPair.dot_decode``)."""
+    return (1, 2, 4, 16) if dot else (1, 2, 4)
+
+
 def decode_blocks(bucket: int, dot: bool) -> set:
     """BLOCK_B candidates of an autotuned decode launch of ``bucket`` (``m_bucket``) tokens: the FMA block that holds
     them and, for 2-4 tokens of formats with a tl.dot decode path, also the padded block 16: the autotuner times

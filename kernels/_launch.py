@@ -21,7 +21,7 @@ from llmprune.errors import UserInputError
 
 from ._configs import (
     GEMM_KEY, GEMV_FIXED, GEMM_FIXED, GEMV_KEY, GPU_PINNED, batch_block, gemm_configs, gemv_configs, m_bucket,
-    prune_gemm, prune_gemv, quick_bench, split_k_configs,
+    prune_gemm, prune_gemv, quick_bench, split_k_configs, token_blocks,
 )
 from .chunked import chunked_matmul
 from .select import REGIMES, Rules, device_rules
@@ -120,7 +120,8 @@ class KernelPair:
         self.dot_decode = dot_decode  # False: no padded tl.dot decode block (group_sparse_int4)
         self.prune_gemv = functools.partial(prune_gemv, cols_per_acc=cols_per_acc, dot=dot_decode)
         tune = {"cache_results": True, "do_bench": quick_bench}  # tuned configs persist in Triton's cache dir
-        configs = gemv_configs((1, 2, 4, 16) if dot_decode else (1, 2, 4)) + split_k_configs(tuple(self.split_k))
+        self.max_block = token_blocks(dot_decode)[-1]  # most tokens one decode program takes
+        configs = gemv_configs(token_blocks(dot_decode)) + split_k_configs(tuple(self.split_k))
         self.gemv_tuned = triton.autotune(configs=configs, key=GEMV_KEY,
                                           prune_configs_by={"early_config_prune": self.prune_gemv}, **tune)(gemv)
         self.gemm_tuned = triton.autotune(configs=gemm_configs(), key=GEMM_KEY,
@@ -159,11 +160,10 @@ class KernelPair:
 
     def run(self, args: tuple, m: int, n: int, consts: dict, regime: str, decode_max: int) -> None:
         """Launch over ``[m, n]`` outputs; ``args`` hold (..., M, N, K, stride_xm, stride_om, extra ints); a decode
-        program takes at most ``decode_max`` tokens, and at most the largest block its kernel has (16 on the padded
-        tl.dot path, 4 for formats without one): a dispatch table may send more tokens to the decode kernel, which
-        then runs several token blocks."""
+        program takes at most ``decode_max`` tokens, and at most its kernel's largest block (``max_block``): a
+        dispatch table may send more tokens to the decode kernel, which then runs several token blocks."""
         if regime == "gemv":
-            tokens = min(m, decode_max, 16 if self.dot_decode else 4)
+            tokens = min(m, decode_max, self.max_block)
             fixed = self._fixed(0)
 
             def grid(meta):

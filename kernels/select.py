@@ -135,7 +135,8 @@ def _gpu_name(index: int) -> str:
 
 
 def decode_max(fmt: str, device: torch.device | None = None) -> int:
-    """Most tokens one decode (GEMV) program handles; more tokens take batch blocks of this size (or fewer)."""
+    """Most tokens the dispatch table sends to the decode (GEMV) kernel (``gemv_up_to``); each of its programs
+    takes at most its largest token block (``KernelPair.max_block``)."""
     return device_rules(device).gemv_up_to[fmt]
 
 

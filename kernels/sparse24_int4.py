@@ -31,8 +31,8 @@ from llmprune.errors import UserInputError
 from llmprune.formats.sparse24_int4 import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
 from ._codes import (
-    UNIT, code_float, code_unit, column_phases, half_pairs, offset_zero, unit_codes, unit_dot, word_dot,
-    word_scale_zero, word_stats, word_units,
+    UNIT, code_float, code_unit, column_phases, half_pairs, half_stats, offset_zero, unit_codes, unit_dot,
+    word_dot, word_scale_zero, word_stats, word_units,
 )
 from ._configs import launched
 from ._launch import (  # noqa: F401 (supports: dispatch hook)
@@ -146,15 +146,12 @@ def _sparse24_int4_half_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, unit, GRO
     to fp16, with no float placement by selects (``_sparse24_int4_place``)."""
     W: tl.constexpr = BLOCK_K // 16
     words, meta = _sparse24_int4_code_words(q_ptr, m_ptr, rn, k0, N, K, BLOCK_K)
-    ok = rn < N
-    z8 = expand_groups(per_group(z_ptr, rn, ok, k0 // 16, K // GROUP, 0, GROUP // 16, W).to(tl.int32), GROUP // 16,
-                       W) * 0x11111111
+    scale, zero = word_scale_zero(s_ptr, z_ptr, rn, k0 // 16, K // GROUP, N, GROUP // 2, W)  # 16 columns a word
+    z8 = expand_groups(zero.to(tl.int32), GROUP // 16, W) * 0x11111111
     wz = words ^ z8
     lo = z8 ^ _sparse24_int4_kept_at(wz, meta, 0, 0) ^ _sparse24_int4_kept_at(wz, meta, 1, 16)
     hi = z8 ^ _sparse24_int4_kept_at(wz, meta, 2, 0) ^ _sparse24_int4_kept_at(wz, meta, 3, 16)
-    scale, zero = word_scale_zero(s_ptr, z_ptr, rn, k0 // 16, K // GROUP, N, GROUP // 2, W)
-    s = expand_groups(scale.to(tl.float16), GROUP // 16, W)[:, :, None, None]
-    z = expand_groups((zero + 1024.0).to(tl.float16), GROUP // 16, W)[:, :, None, None]
+    s, z = half_stats(scale, zero, GROUP // 2, W)
     t = tl.join((half_pairs(lo, unit, True) - z) * s, (half_pairs(hi, unit, True) - z) * s)  # [BN, W, 4, 2, 2]
     return tl.reshape(t, (rn.shape[0], BLOCK_K))
 

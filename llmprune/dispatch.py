@@ -59,6 +59,14 @@ def _find_launcher(kernel: str) -> tuple[Callable | None, Callable | None, str]:
     return launcher, getattr(module, "supports", None), "kernel available"
 
 
+def constant_while_tracing(fn: Callable) -> Callable:
+    """``torch.compiler.assume_constant_result(fn)`` without importing ``torch._dynamo`` (and triton with it) when
+    this module is imported: the public decorator only sets this flag (torch 2.13); a test compares the two."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@constant_while_tracing  # run once while tracing: a constant of the compiled graph
 def path_for(fmt_name: str, device_type: str, dtype: torch.dtype) -> tuple[str, str]:
     """``(path, reason)``, path ``"triton"`` or ``"reference"``, for activations of ``dtype`` on ``device_type``
     under the current ``LLMPRUNE_KERNEL``; one-line ``UserInputError`` for a bad mode or an unmet ``triton``."""
@@ -98,16 +106,6 @@ def _kernel_reason(fmt: Format, device_type: str, dtype: torch.dtype) -> str:
     return reason
 
 
-def constant_while_tracing(fn: Callable) -> Callable:
-    """``torch.compiler.assume_constant_result(fn)`` without importing ``torch._dynamo`` (and triton with it) when
-    this module is imported: the public decorator only sets this flag (torch 2.13); a test compares the two."""
-    fn._dynamo_marked_constant = True
-    return fn
-
-
-_constant_path = constant_while_tracing(lambda *key: path_for(*key))  # run once while tracing, a graph constant
-
-
 @torch.library.custom_op("llmprune::packed_matmul", mutates_args=())
 def packed_matmul(x: Tensor, tensors: list[Tensor], kernel: str, names: str, out_features: int) -> Tensor:
     """``<kernel>_matmul(x, packed)`` as one opaque graph node; ``names`` are the packed tensors' names, joined by
@@ -124,17 +122,16 @@ def matmul(x: Tensor, module: nn.Module) -> Tensor:
     """``x @ W.T + bias`` for a ``PackedLinear``; records the path taken on the module (eager calls)."""
     fmt = get_format(module.format)
     packed = module.packed()
-    if torch.compiler.is_compiling():
-        path, _ = _constant_path(fmt.name, x.device.type, x.dtype)
-        if path == "triton":
-            y = packed_matmul(x, list(packed.values()), fmt.kernel, ",".join(packed), module.out_features)
-        else:
-            y = fmt.matmul_ref(x, packed)
+    path, reason = path_for(fmt.name, x.device.type, x.dtype)
+    compiling = torch.compiler.is_compiling()
+    if not compiling and (module.kernel_path, module.kernel_reason) != (path, reason):  # __setattr__ costs ~3 us
+        module.kernel_path, module.kernel_reason = path, reason
+    if path != "triton":
+        y = fmt.matmul_ref(x, packed)
+    elif compiling:
+        y = packed_matmul(x, list(packed.values()), fmt.kernel, ",".join(packed), module.out_features)
     else:
-        path, reason = path_for(fmt.name, x.device.type, x.dtype)
-        if (module.kernel_path, module.kernel_reason) != (path, reason):  # nn.Module.__setattr__ costs ~3 us a call
-            module.kernel_path, module.kernel_reason = path, reason
-        y = _launcher(fmt.kernel)[0](x, packed) if path == "triton" else fmt.matmul_ref(x, packed)
+        y = _launcher(fmt.kernel)[0](x, packed)
     return y if module.bias is None else y + module.bias.to(y.dtype)
 
 
