@@ -92,7 +92,34 @@ def word_stats(s_ptr, z_ptr, rn, w0, NG, N, GROUP: tl.constexpr, W: tl.constexpr
     slope * sum_j v_j x_j - offset * sum_j x_j: one FMA per weight. The subtraction cancels at most ~3 bits of
     float32 (|v| < 2, z < 16)."""
     scale, zero = word_scale_zero(s_ptr, z_ptr, rn, w0, NG, N, GROUP, W)
+    return slope_offset(scale, zero, GROUP, W)
+
+
+@triton.jit
+def slope_offset(scale, zero, GROUP: tl.constexpr, W: tl.constexpr):
+    """``word_stats`` from statistics already loaded (float32, ``per_group``'s compact form)."""
     return expand_groups(16.0 * scale, GROUP // 8, W), expand_groups((16.0 + zero) * scale, GROUP // 8, W)
+
+
+@triton.jit
+def word_tile(words, slope, offset, unit, BLOCK_K: tl.constexpr):
+    """Dequantized weights [BLOCK_N, BLOCK_K] in float32, column order, of code words [BLOCK_N, BLOCK_K/8] for
+    tl.dot: each column phase is ``code_unit`` times the word's slope minus its offset (``word_stats``, one FFMA per
+    weight), the eight phases interleaved back into column order by joins. Not bit-identical to the reference's
+    (q - z) * s: the offset is rounded to float32 before the subtraction, an error below 2**-19 of the scale, far
+    under the tile's fp16 rounding."""
+    p0 = code_unit(words, 0, unit) * slope - offset
+    p1 = code_unit(words, 1, unit) * slope - offset
+    p2 = code_unit(words, 2, unit) * slope - offset
+    p3 = code_unit(words, 3, unit) * slope - offset
+    p4 = code_unit(words, 4, unit) * slope - offset
+    p5 = code_unit(words, 5, unit) * slope - offset
+    p6 = code_unit(words, 6, unit) * slope - offset
+    p7 = code_unit(words, 7, unit) * slope - offset
+    # join appends a minor axis: the first joins pair phases 4 apart, so t[n, w, c, b, a] = p[4c + 2b + a] and the
+    # row-major reshape puts phase j of word w at column 8w + j
+    t = tl.join(tl.join(tl.join(p0, p4), tl.join(p2, p6)), tl.join(tl.join(p1, p5), tl.join(p3, p7)))
+    return tl.reshape(t, (words.shape[0], BLOCK_K))
 
 
 @triton.jit
@@ -162,8 +189,14 @@ def half_tile(words, s_ptr, z_ptr, rn, w0, NG, N, unit, GROUP: tl.constexpr, W: 
     ``half_pairs``, then (1024 + q) - (1024 + z) (exact) times the fp16 scale, two weights per HADD2/HMUL2 and no
     conversion from float32: exactly the reference's (q - z) * s rounded once to fp16."""
     scale, zero = word_scale_zero(s_ptr, z_ptr, rn, w0, NG, N, GROUP, W)
+    return half_weights(words, scale, zero, unit, GROUP, W)
+
+
+@triton.jit
+def half_weights(words, scale, zero, unit, GROUP: tl.constexpr, W: tl.constexpr):
+    """``half_tile`` from statistics already loaded (float32, ``per_group``'s compact form)."""
     s, z = half_stats(scale, zero, GROUP, W)
-    return tl.reshape((half_pairs(words, unit) - z) * s, (rn.shape[0], 8 * W))
+    return tl.reshape((half_pairs(words, unit) - z) * s, (words.shape[0], 8 * W))
 
 
 @triton.jit

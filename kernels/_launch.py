@@ -116,7 +116,7 @@ class KernelPair:
     def __init__(self, fmt: str, gemv, gemm, dequant, cols_per_acc: int = 1, split_k: dict | None = None,
                  dot_decode: bool = True):
         self.fmt, self.gemv, self.gemm, self.dequant = fmt, gemv, gemm, dequant
-        self.split_k = split_k or {}  # {BLOCK_B: d}: that token block's decode path splits K when GROUP % d == 0
+        self.split_k = split_k or {}  # {BLOCK_B: d}: that block's decode path splits K when GROUP % d == 0 (or d(GROUP))
         self.dot_decode = dot_decode  # False: no padded tl.dot decode block (group_sparse_int4)
         self.prune_gemv = functools.partial(prune_gemv, cols_per_acc=cols_per_acc, dot=dot_decode)
         tune = {"cache_results": True, "do_bench": quick_bench}  # tuned configs persist in Triton's cache dir
@@ -141,7 +141,9 @@ class KernelPair:
         hold the partials or tickets of an ``[m, n]`` launch (the kernels read the split count from the grid)."""
         split = meta.get("SPLIT_K", 1)
         bb = meta["BLOCK_B"]
-        path = bb in self.split_k and meta.get("GROUP", 0) % self.split_k[bb] == 0
+        rule = self.split_k.get(bb)
+        group = meta.get("GROUP", 0)
+        path = rule is not None and (rule(group) if callable(rule) else group % rule == 0)
         tiles = triton.cdiv(m, meta["BLOCK_B"]) * triton.cdiv(n, meta["BLOCK_N"])
         fits = split * m * n <= SPLIT_K_PARTIALS and tiles <= SPLIT_K_TILES
         return split if path and fits else 1
@@ -158,12 +160,13 @@ class KernelPair:
             raise UserInputError(f"regime '{regime}' is unknown; use one of {', '.join(REGIMES)} or None (auto)")
         return regime
 
-    def run(self, args: tuple, m: int, n: int, consts: dict, regime: str, decode_max: int) -> None:
+    def run(self, args: tuple, m: int, n: int, consts: dict, regime: str) -> None:
         """Launch over ``[m, n]`` outputs; ``args`` hold (..., M, N, K, stride_xm, stride_om, extra ints); a decode
-        program takes at most ``decode_max`` tokens, and at most its kernel's largest block (``max_block``): a
-        dispatch table may send more tokens to the decode kernel, which then runs several token blocks."""
+        program takes at most its kernel's largest token block (``max_block``): more tokens sent to the decode kernel
+        run as several blocks. The dispatch table decides whether decode runs, not its block: a forced ``gemv`` (the
+        benchmark measuring the decode limit) gets the block best for its token count."""
         if regime == "gemv":
-            tokens = min(m, decode_max, self.max_block)
+            tokens = min(m, self.max_block)
             fixed = self._fixed(0)
 
             def grid(meta):
@@ -197,14 +200,15 @@ class KernelPair:
             chunked_matmul(x2, call.n, call.k, call.dequantize_rows, y.view(m, call.n))
         else:
             args = (x2, *call.tensors, y, m, call.n, call.k, x2.stride(0), call.n, *call.extra)
-            self.run(args, m, call.n, {**call.consts, "DOT_F32": dot_f32(x, self.interpret)}, regime,
-                     rules.gemv_up_to[self.fmt])
+            self.run(args, m, call.n, {**call.consts, "DOT_F32": dot_f32(x, self.interpret)}, regime)
         return y
 
-    def run_dequant(self, args: tuple, n: int, cols: int, consts: dict) -> None:
-        """Launch the dequantize kernel over an ``[n, cols]`` grid of tiles (cols: dense or kept columns)."""
+    def run_dequant(self, args: tuple, n: int, cols: int, consts: dict, kernel=None) -> None:
+        """Launch the dequantize kernel (or another ``kernel`` of the same grid) over an ``[n, cols]`` grid of tiles
+        (cols: dense or kept columns)."""
         bn, bk = (8, 32) if self.interpret else (32, 128)
-        self.dequant[(triton.cdiv(n, bn), triton.cdiv(cols, bk))](*args, **consts, BLOCK_N=bn, BLOCK_K=bk)
+        kernel = kernel or self.dequant
+        kernel[(triton.cdiv(n, bn), triton.cdiv(cols, bk))](*args, **consts, BLOCK_N=bn, BLOCK_K=bk)
 
 
 SPLIT_K_PARTIALS = 1 << 22  # float32 partials in the workspace (16 MB): 8 splits x 16 tokens x 28672 outputs

@@ -6,17 +6,23 @@ nibble-packed codes of the kept groups in ``group_idx`` order; ``scales: [N, KG]
 Worked example (g = 4, 3 groups, keep 1): group_idx row [2] with codes [1, 2, 3, 4] → qweight row [0x21, 0x43]
 covering columns 8..11.
 
-Decode streams only the kept groups (the byte ratio is the speed limit). With g % 8 == 0 it reads the codes as 32-bit
-words like int4's decode (bit-op conversion; one token folds the statistics into per-word sums, 2-4 tokens subtract
-the zero point from each code once and share it) and loads each word's 8 activations with one vector load (x is
-small and stays in L1/L2); other groups gather x per code. Prefill walks
-the dense groups in order with one cursor per row into ``group_idx`` (a merge of sorted lists): at dense group G a
-row contributes its next kept group if that is G, else zeros, so every tl.dot tile shares its K columns across rows.
-Packed bytes of dropped groups are never read.
+Decode (1-4 tokens) streams only the kept groups (the byte ratio is the speed limit). With g % 8 == 0 it reads the
+codes as 32-bit words like int4's decode (bit-op conversion; one token folds the statistics into per-word sums, 2-4
+tokens subtract the zero point from each code once and share it) and loads each word's 8 activations with one vector
+load (x is small and stays in L1/L2); other groups gather x per code.
 
-Deviation: the paper's kernel is a GEMV in CUDA; the prefill walk is ours. It spends tensor-core FLOPs on dropped
-groups, so at large batch it is no faster than dense (kernels/select.py falls back), and it needs g >= 16 (tl.dot's
-minimum K); smaller groups use the decode kernel over batch blocks.
+Prefill, the 5-16 token tl.dot decode block and the dequantize kernel walk the dense columns instead, so that every
+tl.dot tile shares its K columns across rows: a per-row bitmap of kept groups with running counts
+(kernels/_kept_map.py, derived from ``group_idx`` once per weight) gives each dense group's packed slot, or says the
+row dropped it (zero weights). No step's loads depend on another's, so Triton pipelines them; the walk replaced a
+cursor per row advanced through ``group_idx``, whose serial chain of load latencies took ~390 us for 4096x4096 on
+the H100 at any batch (benchmarks/results/gpu/2026-11-23-H100-bench-fp16.md), and a dequantize kernel that scattered
+2-byte stores into a zeroed buffer (12x int4's time). Packed bytes of dropped groups are never read.
+
+Deviation: the paper's kernel is a GEMV in CUDA; the dense walk is ours. It spends tensor-core FLOPs and
+dequantization instructions on dropped groups (~11 loop instructions per dense weight at 16 tokens on sm_90, twice
+int4's), and it needs g a power of two >= 16 (tl.dot tiles, one bitmap word per tile); other groups use the decode
+kernel's gather paths at every batch (16 tokens in four sub-blocks of 4) and a scatter dequantize kernel.
 """
 from __future__ import annotations
 
@@ -29,15 +35,17 @@ from llmprune.errors import UserInputError
 from llmprune.formats.group_sparse_int4 import matmul_ref as reference  # noqa: F401  (the tests' oracle)
 
 from ._codes import (
-    UNIT, code_float, column_phases, offset_zero, unit_codes, unit_dot, word_dot, word_stats, word_units,
+    UNIT, code_float, column_phases, half_order, half_weights, offset_zero, slope_offset, unit_codes, unit_dot,
+    word_dot, word_stats, word_tile, word_units,
 )
 from ._configs import launched
+from ._kept_map import kept_map, kept_slots
 from ._launch import (  # noqa: F401 (supports: dispatch hook)
     Call, check_packed, dense_buffer, expect_shape, KernelPair, row_slice, split_k_buffers, supports,
 )
 from ._tiles import (
     dot_acc, expand_groups, grouped_pid, load_rows, load_x, matvec_finish, matvec_init, nibbles, per_column,
-    per_group, split_k_range, split_k_store, store_out, store_token_sums,
+    per_group, split_k_range, split_k_store, split_k_store_tile, store_out, store_tile, store_token_sums, weight_dot,
 )
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -55,6 +63,54 @@ def _group_sparse_int4_kept(gi_ptr, q_ptr, s_ptr, z_ptr, rn, i0, N, KG, GROUP: t
     scale = per_column(s_ptr, rn, ok, i0, KG, 0.0, GROUP, BLOCK_K).to(tl.float32)
     zero = expand_groups(offset_zero(per_group(z_ptr, rn, ok, i0, KG, 0, GROUP, BLOCK_K)), GROUP, BLOCK_K)
     return (code_float(nibbles(byte)) - zero) * scale, col, ok[:, None] & (ri[None, :] < kept_cols)
+
+
+@triton.jit
+def _group_sparse_int4_dense_words(map_ptr, q_ptr, s_ptr, z_ptr, rn, k0, N, K, KG, GROUP: tl.constexpr,
+                                   BLOCK_K: tl.constexpr):
+    """Dense columns k0 .. k0+BLOCK_K of rows ``rn`` as (code words int32 [BLOCK_N, BLOCK_K/8], scale in its storage
+    dtype and zero point in float32 (exact, by ``code_float``: no I2F), [BLOCK_N, NG] each, ``per_group``'s compact
+    form), found through the kept map (``kept_slots``): a dropped group reads as zero words with zero scale and zero
+    point, so its weights come out exactly 0. GROUP is a power of two >= 16 (a word sits in one group; the tile's
+    groups share a bitmap word)."""
+    slot, kept = kept_slots(map_ptr, rn, k0, N, K, GROUP, BLOCK_K)
+    WG: tl.constexpr = (GROUP if GROUP < BLOCK_K else BLOCK_K) // 8  # words per group within the tile
+    first = slot * (GROUP // 8) + (k0 % GROUP) // 8
+    row = (rn * (KG * GROUP // 8))[:, None, None]
+    words = tl.load(q_ptr.to(tl.pointer_type(tl.int32)) + row + first[:, :, None] + tl.arange(0, WG)[None, None, :],
+                    mask=kept[:, :, None], other=0)
+    scale = tl.load(s_ptr + rn[:, None] * KG + slot, mask=kept, other=0.0)  # storage dtype: fp16 tiles keep it
+    zero = code_float(tl.load(z_ptr + rn[:, None] * KG + slot, mask=kept, other=0).to(tl.int32)) - 8388608.0
+    return tl.reshape(words, (rn.shape[0], BLOCK_K // 8)), scale, zero
+
+
+@triton.jit
+def _group_sparse_int4_dense_tile(x, map_ptr, q_ptr, s_ptr, z_ptr, rn, k0, N, K, KG, unit, HALF: tl.constexpr,
+                                  GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(W[rn, k0 : k0+BLOCK_K], x) for tl.dot: the tile in fp16 with x permuted to its pair order when HALF (fp16
+    activations and scales: ``half_weights``, the reference's weights rounded once), else float32 in column order
+    (``word_tile``)."""
+    words, scale, zero = _group_sparse_int4_dense_words(map_ptr, q_ptr, s_ptr, z_ptr, rn, k0, N, K, KG, GROUP,
+                                                        BLOCK_K)
+    if HALF:  # one return statement: compiled Triton wants every return of a function to have the same types
+        w = half_weights(words, scale, zero, unit, GROUP, BLOCK_K // 8)
+        x = half_order(x, BLOCK_K)
+    else:
+        slope, offset = slope_offset(scale.to(tl.float32), zero, GROUP, BLOCK_K // 8)
+        w = word_tile(words, slope, offset, unit, BLOCK_K)
+    return w, x
+
+
+@triton.jit
+def _group_sparse_int4_dense_exact(map_ptr, q_ptr, s_ptr, z_ptr, rn, k0, N, K, KG, GROUP: tl.constexpr,
+                                   BLOCK_K: tl.constexpr):
+    """W[rn, k0 : k0+BLOCK_K] in float32, bit-identical to the reference's (q - z) * s (``code_float``), zeros in
+    dropped groups: the dequantize kernel's tile (nibble j of code word w is column 8w + j)."""
+    words, scale, zero = _group_sparse_int4_dense_words(map_ptr, q_ptr, s_ptr, z_ptr, rn, k0, N, K, KG, GROUP,
+                                                        BLOCK_K)
+    codes = tl.reshape((words[:, :, None] >> (4 * tl.arange(0, 8))[None, None, :]) & 0xF, (rn.shape[0], BLOCK_K))
+    scale = expand_groups(scale.to(tl.float32), GROUP, BLOCK_K)
+    return (code_float(codes) - expand_groups(offset_zero(zero), GROUP, BLOCK_K)) * scale
 
 
 @triton.jit
@@ -86,29 +142,40 @@ def _group_sparse_int4_word_x(x_ptr, row, first, live, M, stride_xm):
 
 @launched
 def _group_sparse_int4_gemv_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om,
-                                   KG, UNIT, ws_ptr, tk_ptr, M_BUCKET, GROUP: tl.constexpr, DOT_F32: tl.constexpr,
-                                   BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                                   SPLIT_K: tl.constexpr = 1):
-    """Decode: BLOCK_N rows per program walk their KG*g kept codes; x is gathered at each code's column. One token
-    may split the kept codes among SPLIT_K programs (``split_k_store``)."""
+                                   KG, UNIT, map_ptr, ws_ptr, tk_ptr, M_BUCKET, GROUP: tl.constexpr,
+                                   DOT_F32: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+                                   BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr = 1):
+    """Decode: 1-4 tokens per program walk their rows' KG*g kept codes, x gathered at each code's column (one token
+    may split the kept codes among SPLIT_K programs, ``split_k_store``); 5-16 tokens walk the dense columns through
+    the kept map for one tl.dot per step, the weight as the left operand, K split the same way."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    if GROUP % 8 == 0:  # the code-word path: one FFMA per code and token, no int-to-float conversion
-        W: tl.constexpr = BLOCK_K // 8
-        b0 = tl.program_id(1) * BLOCK_B
-        if BLOCK_B == 1:
-            i_lo, i_hi = split_k_range(KG * GROUP, BLOCK_K, SPLIT_K)
-            acc1 = tl.zeros((1, BLOCK_N, W), tl.float32)
-            for i0 in range(i_lo, i_hi, BLOCK_K):  # scale and zero point folded into per-word sums (``word_stats``)
-                words, first, live = _group_sparse_int4_word_slots(gi_ptr, q_ptr, rn, i0, N, KG, GROUP, BLOCK_K)
-                slope, offset = word_stats(s_ptr, z_ptr, rn, i0 // 8, KG, N, GROUP, W)
-                p, xsum = word_dot(words[None, :, :], _group_sparse_int4_word_x(x_ptr, b0, first, live, M, stride_xm),
-                                   UNIT)
-                acc1 = (acc1 + p * slope[None, :, :]) - offset[None, :, :] * xsum  # two FFMAs
-            part = tl.reshape(tl.sum(acc1, axis=2), (BLOCK_N,))
-            split_k_store(out_ptr, ws_ptr, tk_ptr, part, b0, rn, M, N, stride_om, SPLIT_K)
-            return
-        c0 = tl.zeros((1, BLOCK_N, W), tl.float32)  # 2-4 tokens: one accumulator per token
+    b0 = tl.program_id(1) * BLOCK_B
+    W: tl.constexpr = BLOCK_K // 8
+    if (BLOCK_B == 16) & (GROUP >= 16) & ((GROUP & (GROUP - 1)) == 0):  # ``dense_walk``
+        rb = b0 + tl.arange(0, BLOCK_B)
+        k_lo, k_hi = split_k_range(K, BLOCK_K, SPLIT_K)
+        acc_t = tl.zeros((BLOCK_N, BLOCK_B), tl.float32)
+        HALF: tl.constexpr = (BLOCK_N >= 64) & (x_ptr.dtype.element_ty == tl.float16) & (
+            s_ptr.dtype.element_ty == tl.float16)  # as int4: wgmma tiles take the half-precision path
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            x = load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm)
+            w, x = _group_sparse_int4_dense_tile(x, map_ptr, q_ptr, s_ptr, z_ptr, rn, k0, N, K, KG, UNIT, HALF,
+                                                 GROUP, BLOCK_K)
+            acc_t = weight_dot(w, x, acc_t, DOT_F32)
+        split_k_store_tile(out_ptr, ws_ptr, tk_ptr, tl.trans(acc_t), rb, rn, M, N, stride_om, SPLIT_K)
+    elif (GROUP % 8 == 0) & (BLOCK_B == 1):  # code words: one FFMA per code, no int-to-float conversion
+        i_lo, i_hi = split_k_range(KG * GROUP, BLOCK_K, SPLIT_K)
+        acc1 = tl.zeros((1, BLOCK_N, W), tl.float32)
+        for i0 in range(i_lo, i_hi, BLOCK_K):  # scale and zero point folded into per-word sums (``word_stats``)
+            words, first, live = _group_sparse_int4_word_slots(gi_ptr, q_ptr, rn, i0, N, KG, GROUP, BLOCK_K)
+            slope, offset = word_stats(s_ptr, z_ptr, rn, i0 // 8, KG, N, GROUP, W)
+            p, xsum = word_dot(words[None, :, :], _group_sparse_int4_word_x(x_ptr, b0, first, live, M, stride_xm),
+                               UNIT)
+            acc1 = (acc1 + p * slope[None, :, :]) - offset[None, :, :] * xsum  # two FFMAs
+        part = tl.reshape(tl.sum(acc1, axis=2), (BLOCK_N,))
+        split_k_store(out_ptr, ws_ptr, tk_ptr, part, b0, rn, M, N, stride_om, SPLIT_K)
+    elif (GROUP % 8 == 0) & (BLOCK_B <= 4):  # 2-4 tokens: one accumulator per token
+        c0 = tl.zeros((1, BLOCK_N, W), tl.float32)
         c1 = tl.zeros((1, BLOCK_N, W), tl.float32)
         c2 = tl.zeros((1, BLOCK_N, W), tl.float32)
         c3 = tl.zeros((1, BLOCK_N, W), tl.float32)
@@ -125,25 +192,38 @@ def _group_sparse_int4_gemv_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, 
         store_token_sums(out_ptr, ws_ptr, tk_ptr, tl.reshape(tl.sum(c0, axis=2), (BLOCK_N,)),
                          tl.reshape(tl.sum(c1, axis=2), (BLOCK_N,)), tl.reshape(tl.sum(c2, axis=2), (BLOCK_N,)),
                          tl.reshape(tl.sum(c3, axis=2), (BLOCK_N,)), b0, rn, M, N, stride_om, BLOCK_B, SPLIT_K)
-        return
-    acc = matvec_init(BLOCK_B, BLOCK_N, BLOCK_K)
-    for i0 in range(0, KG * GROUP, BLOCK_K):
-        w, col, mask = _group_sparse_int4_kept(gi_ptr, q_ptr, s_ptr, z_ptr, rn, i0, N, KG, GROUP, BLOCK_K)
-        if BLOCK_B == 1:  # one token: x gathered as [BLOCK_N, BLOCK_K], reduced after the loop
-            row = tl.program_id(1)  # BLOCK_B = 1: the program's one token (the grid has exactly M of them)
-            x = tl.load(x_ptr + row * stride_xm + col, mask=mask, other=0.0)
-            acc += x.to(tl.float32) * w
-        else:  # matvec_init's [BLOCK_B, BLOCK_N, BLOCK_K] partials, reduced once after the loop
-            xmask = (rb[:, None, None] < M) & mask[None, :, :]
-            x = tl.load(x_ptr + rb[:, None, None] * stride_xm + col[None, :, :], mask=xmask, other=0.0)
-            acc += x.to(tl.float32) * w[None, :, :]
-    store_out(out_ptr, matvec_finish(acc, BLOCK_B), rb, rn, M, N, stride_om)
+    else:  # other groups: x gathered per code, token sub-blocks of at most 4 (16 tokens: four of them)
+        SUB: tl.constexpr = BLOCK_B if BLOCK_B <= 4 else 4
+        for t0 in tl.static_range(0, BLOCK_B, SUB):
+            rs = b0 + t0 + tl.arange(0, SUB)
+            acc = matvec_init(SUB, BLOCK_N, BLOCK_K)
+            for i0 in range(0, KG * GROUP, BLOCK_K):
+                w, col, mask = _group_sparse_int4_kept(gi_ptr, q_ptr, s_ptr, z_ptr, rn, i0, N, KG, GROUP, BLOCK_K)
+                if SUB == 1:  # one token (the grid has exactly M): x gathered as [BLOCK_N, BLOCK_K]
+                    x = tl.load(x_ptr + b0 * stride_xm + col, mask=mask, other=0.0)
+                    acc += x.to(tl.float32) * w
+                else:  # matvec_init's [SUB, BLOCK_N, BLOCK_K] partials, reduced once after the loop
+                    xmask = (rs[:, None, None] < M) & mask[None, :, :]
+                    x = tl.load(x_ptr + rs[:, None, None] * stride_xm + col[None, :, :], mask=xmask, other=0.0)
+                    acc += x.to(tl.float32) * w[None, :, :]
+            store_out(out_ptr, matvec_finish(acc, SUB), rs, rn, M, N, stride_om)
 
 
 @triton.jit
-def _group_sparse_int4_dequant_kernel(w_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, N, K, KG, GROUP: tl.constexpr,
+def _group_sparse_int4_dequant_kernel(w_ptr, map_ptr, q_ptr, s_ptr, z_ptr, N, K, KG, GROUP: tl.constexpr,
                                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Scatter the kept groups into a zero-filled dense ``[N, K]`` buffer (the large-batch ``dense`` regime)."""
+    """The dense weight tile by tile, dropped groups as zeros, in contiguous stores (the large-batch ``dense``
+    regime; GROUP a power of two >= 16)."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    k0 = tl.program_id(1) * BLOCK_K
+    w = _group_sparse_int4_dense_exact(map_ptr, q_ptr, s_ptr, z_ptr, rn, k0, N, K, KG, GROUP, BLOCK_K)
+    store_tile(w_ptr, w, rn, k0 + tl.arange(0, BLOCK_K), N, K)
+
+
+@triton.jit
+def _group_sparse_int4_scatter_kernel(w_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, N, K, KG, GROUP: tl.constexpr,
+                                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Other groups: scatter the kept groups into a zero-filled dense ``[N, K]`` buffer."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     i0 = tl.program_id(1) * BLOCK_K
     w, col, mask = _group_sparse_int4_kept(gi_ptr, q_ptr, s_ptr, z_ptr, rn, i0, N, KG, GROUP, BLOCK_K)
@@ -152,33 +232,32 @@ def _group_sparse_int4_dequant_kernel(w_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, N, K, 
 
 @launched
 def _group_sparse_int4_gemm_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om,
-                                   KG, UNIT, ws_ptr, tk_ptr, M_BUCKET, GROUP: tl.constexpr, DOT_F32: tl.constexpr,
-                                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Prefill: walk dense groups G = 0..K/g-1; each row's cursor t advances when its next kept group is G."""
+                                   KG, UNIT, map_ptr, ws_ptr, tk_ptr, M_BUCKET, GROUP: tl.constexpr,
+                                   DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                                   BLOCK_K: tl.constexpr):
+    """Prefill: walk the dense columns; each step's tile comes from the kept map (dropped groups are zeros), so the
+    steps' loads are independent of each other and pipelined (GROUP a power of two >= 16)."""
     pid_m, pid_n = grouped_pid(M, N, BLOCK_M, BLOCK_N, 8)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, GROUP)
-    n_ok = rn < N
-    t = tl.zeros((BLOCK_N,), tl.int32)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    for G in range(0, K // GROUP):
-        live = n_ok & (t < KG)
-        nxt = tl.load(gi_ptr + rn * KG + t, mask=live, other=-1).to(tl.int32)
-        hit = live & (nxt == G)
-        pos = t[None, :] * GROUP + rk[:, None]
-        byte = tl.load(q_ptr + rn[None, :] * (KG * GROUP // 2) + pos // 2, mask=hit[None, :], other=0).to(tl.int32)
-        code = (byte >> ((pos % 2) * 4)) & 0xF
-        scale = tl.load(s_ptr + rn * KG + t, mask=hit, other=0.0).to(tl.float32)
-        zero = tl.load(z_ptr + rn * KG + t, mask=hit, other=0).to(tl.float32)
-        w_t = tl.where(hit[None, :], (code.to(tl.float32) - zero[None, :]) * scale[None, :], 0.0)
-        acc = dot_acc(load_x(x_ptr, rm, G * GROUP + rk, M, K, stride_xm), w_t, acc, DOT_F32)
-        t += hit.to(tl.int32)
+    HALF: tl.constexpr = (BLOCK_M < 64) & (x_ptr.dtype.element_ty == tl.float16) & (
+        s_ptr.dtype.element_ty == tl.float16)  # as int4: mma.sync tiles take the half-precision path
+    for k0 in range(0, K, BLOCK_K):
+        x = load_x(x_ptr, rm, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm)
+        w, x = _group_sparse_int4_dense_tile(x, map_ptr, q_ptr, s_ptr, z_ptr, rn, k0, N, K, KG, UNIT, HALF, GROUP,
+                                             BLOCK_K)
+        acc = dot_acc(x, tl.trans(w), acc, DOT_F32)
     store_out(out_ptr, acc, rm, rn, M, N, stride_om)
 
 
+def dense_walk(group: int) -> bool:
+    """Whether the kept-map kernels (prefill, 5-16 token decode, dequantize) take this group size."""
+    return group >= 16 and group & (group - 1) == 0
+
+
 KERNELS = KernelPair("group_sparse_int4", _group_sparse_int4_gemv_kernel, _group_sparse_int4_gemm_kernel,
-                     _group_sparse_int4_dequant_kernel, cols_per_acc=8, split_k={1: 8}, dot_decode=False)
+                     _group_sparse_int4_dequant_kernel, cols_per_acc=8, split_k={1: 8, 16: dense_walk})
 
 
 def _checked(packed: dict, device: torch.device, k: int) -> tuple[int, int, int]:
@@ -212,8 +291,22 @@ def group_sparse_int4_dequantize(packed: dict, dtype: torch.dtype, in_features: 
     written into ``out`` when given."""
     gi = packed["group_idx"]
     n, kg, group = _checked(packed, gi.device, in_features)
-    w = dense_buffer(out, n, in_features, dtype, gi.device).zero_()
-    KERNELS.run_dequant((w, *_tensors(packed), n, in_features, kg), n, kg * group, {"GROUP": group})
+    kmap = kept_map(gi, in_features // group) if dense_walk(group) else None
+    return _dequantize(packed, kmap, dtype, in_features, out)
+
+
+def _dequantize(packed: dict, kmap: Tensor | None, dtype: torch.dtype, k: int, out: Tensor | None) -> Tensor:
+    """Dense walk (every column written, contiguously) when the group size allows a kept map, else a scatter of
+    the kept groups into a zeroed buffer."""
+    n, kg = packed["group_idx"].shape
+    group = packed["qweight"].shape[1] * 2 // kg
+    w = dense_buffer(out, n, k, dtype, packed["qweight"].device)
+    if kmap is not None:
+        args = (w, kmap, *_tensors(packed)[1:], n, k, kg)
+        KERNELS.run_dequant(args, n, k, {"GROUP": group})
+    else:
+        KERNELS.run_dequant((w.zero_(), *_tensors(packed), n, k, kg), n, kg * group, {"GROUP": group},
+                            _group_sparse_int4_scatter_kernel)
     return w
 
 
@@ -222,14 +315,23 @@ def group_sparse_int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = No
     """``x @ W.T`` for a ``group_sparse_int4`` packed weight; x ``[..., K]`` fp16/bf16 → ``[..., N]``.
 
     K is x's last dimension (the packed tensors hold only kept groups). ``regime``: None follows kernels/select.py;
-    "gemv", "gemm" or "dense" force one. The GEMM kernel needs g >= 16 and a power of two (tl.dot tiles); other
-    groups run the GEMV kernel over batch blocks instead.
+    "gemv", "gemm" or "dense" force one. The GEMM kernel and the 5-16 token decode path walk the dense columns
+    through the kept map (kernels/_kept_map.py, built once per weight), which needs g >= 16 and a power of two;
+    other groups run the GEMV kernel's gather paths over batch blocks instead.
     """
     k = x.shape[-1]
     n, kg, group = _checked(packed, x.device, k)
-    extra = (kg, UNIT, *split_k_buffers(x.device))  # the GEMM launch appends M_BUCKET
-    call = Call(_tensors(packed), n, k, {"GROUP": group}, lambda dtype: group_sparse_int4_dequantize(packed, dtype, k),
-                extra=extra, gemm_ok=group >= 16 and group & (group - 1) == 0,
-                dequantize_rows=lambda r0, r1, buf: group_sparse_int4_dequantize(
-                    row_slice(packed, NAMES, r0, r1), buf.dtype, k, buf))
+    gi, walk = packed["group_idx"], dense_walk(group)
+
+    def kmap(rows: slice = slice(None)) -> Tensor | None:
+        return kept_map(gi, k // group)[rows] if walk else None
+
+    ws, tickets = split_k_buffers(x.device)
+    one_token = x.numel() == k and regime in (None, "gemv")  # the gather path: skip the map lookup (~1 us a call)
+    # an int32 placeholder (unread) where no path walks the map, so the kernel's signature stays the same
+    walk_map = tickets if one_token or not walk else kmap()
+    extra = (kg, UNIT, walk_map, ws, tickets)  # the GEMM launch appends M_BUCKET
+    call = Call(_tensors(packed), n, k, {"GROUP": group}, lambda dtype: _dequantize(packed, kmap(), dtype, k, None),
+                extra=extra, gemm_ok=walk, dequantize_rows=lambda r0, r1, buf: _dequantize(
+                    row_slice(packed, NAMES, r0, r1), kmap(slice(r0, r1)), buf.dtype, k, buf))
     return KERNELS.matmul(x, call, out, regime)

@@ -36,7 +36,7 @@ from llmprune.errors import UserInputError
 from llmprune.formats.int4 import matmul_ref as reference  # noqa: F401  (the oracle the tests compare against)
 
 from ._codes import (
-    UNIT, code_float, code_unit, column_phases, half_order, half_tile, offset_zero, word_dot, word_stats,
+    UNIT, code_float, column_phases, half_order, half_tile, offset_zero, word_dot, word_stats, word_tile,
 )
 from ._configs import launched
 from ._launch import (  # noqa: F401 (supports: dispatch hook)
@@ -64,28 +64,14 @@ def _int4_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP: tl.constexpr, BLOCK_K: 
 
 @triton.jit
 def _int4_word_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, unit, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Dequantized W[rn, k0 : k0+BLOCK_K] in float32 from 32-bit code words (GROUP % 8 == 0), for tl.dot: each
-    column phase is ``code_unit`` times the word's slope minus its offset (``word_stats``, one FFMA per weight),
-    the eight phases interleaved back into column order by joins. Against ``_int4_tile`` (bytes split into
-    nibbles, code_float, subtract, multiply) the 16-token loop issues ~13 instead of ~20 instructions per byte on
-    sm_90, and its tile reaches shared memory in 128-bit stores instead of 16-bit ones
-    (tests/kernels/instruction_mix.py). Not bit-identical to the reference's (q - z) * s: the offset is rounded
-    to float32 before the subtraction, an error below 2**-19 of the scale, far under the tile's fp16 rounding."""
+    """Dequantized W[rn, k0 : k0+BLOCK_K] in float32 from 32-bit code words (GROUP % 8 == 0, ``word_tile``), for
+    tl.dot. Against ``_int4_tile`` (bytes split into nibbles, code_float, subtract, multiply) the 16-token loop
+    issues ~13 instead of ~20 instructions per byte on sm_90, and its tile reaches shared memory in 128-bit stores
+    instead of 16-bit ones (tests/kernels/instruction_mix.py)."""
     W: tl.constexpr = BLOCK_K // 8
     words = load_rows(q_ptr.to(tl.pointer_type(tl.int32)), rn, N, k0 // 8, K // 8, K // 8, 0, W)
     slope, offset = word_stats(s_ptr, z_ptr, rn, k0 // 8, K // GROUP, N, GROUP, W)
-    p0 = code_unit(words, 0, unit) * slope - offset
-    p1 = code_unit(words, 1, unit) * slope - offset
-    p2 = code_unit(words, 2, unit) * slope - offset
-    p3 = code_unit(words, 3, unit) * slope - offset
-    p4 = code_unit(words, 4, unit) * slope - offset
-    p5 = code_unit(words, 5, unit) * slope - offset
-    p6 = code_unit(words, 6, unit) * slope - offset
-    p7 = code_unit(words, 7, unit) * slope - offset
-    # join appends a minor axis: the first joins pair phases 4 apart, so t[n, w, c, b, a] = p[4c + 2b + a] and the
-    # row-major reshape puts phase j of word w at column 8w + j
-    t = tl.join(tl.join(tl.join(p0, p4), tl.join(p2, p6)), tl.join(tl.join(p1, p5), tl.join(p3, p7)))
-    return tl.reshape(t, (rn.shape[0], BLOCK_K))
+    return word_tile(words, slope, offset, unit, BLOCK_K)
 
 
 @triton.jit

@@ -8,7 +8,8 @@ Regimes, per call of ``<fmt>_matmul(x, packed)`` with M = tokens (rows of x):
 - ``dense`` — dequantize the whole weight once per call with the format's Triton dequantize kernel into a temporary
   ``[N, K]`` buffer, then the library GEMM (cuBLAS). At large M the GEMM's O(M·N·K) work dwarfs the O(N·K)
   dequantization, and cuBLAS beats a Triton GEMM that also dequantizes. Measured on H100: 0.86-0.97x of dense at
-  4096 tokens (group_sparse_int4 0.52-0.64x: its scatter dequantization is slow), but only 0.53-0.60x at 512, where
+  4096 tokens (group_sparse_int4 0.52-0.64x: its dequantization then scattered 2-byte stores; it now writes
+  dense tiles, unmeasured), but only 0.53-0.60x at 512, where
   writing the dense temporary (~45 us for 11008x4096) costs as much as the GEMM itself — issue 6's "within 10% of
   dense from 512 tokens" is not met; a fused GEMM with Marlin-style pre-shuffled codes would be needed.
 - ``chunked`` — ``dense`` in L2-sized slices, each slice's dequantization overlapping the previous slice's GEMM on a
@@ -18,7 +19,7 @@ Regimes, per call of ``<fmt>_matmul(x, packed)`` with M = tokens (rows of x):
   takes it from ``SEMI_FROM`` tokens (default 512: ~1.7-2x over dense only on large GEMMs, ~0.1x at batch 1).
 
 Measured on an H100 (benchmarks/results/gpu/, 2026-11-23): gemv up to 16 tokens (4 for group_sparse_int4, whose
-decode kernel gathers x per row), gemm below 64, dense from 64 — at 64 tokens dequantize + cuBLAS already beats our
+decode kernel then had no tl.dot block), gemm below 64, dense from 64 — at 64 tokens dequantize + cuBLAS already beats our
 Triton GEMM for every format (median gemm/dense time 1.10 int4, 1.10 sparse24, 1.71 sparse24_int4, 1.52
 group_sparse_int4), and the gap grows with the batch. spqr goes to dense from 17 tokens: its GEMM kernel then rebuilt
 six statistics and a 3-bit stream code by code and spilled registers in every config on sm_90; measured 25x slower
@@ -132,12 +133,6 @@ def device_rules(device: torch.device | None) -> Rules:
 @functools.lru_cache(maxsize=None)
 def _gpu_name(index: int) -> str:
     return torch.cuda.get_device_name(index)
-
-
-def decode_max(fmt: str, device: torch.device | None = None) -> int:
-    """Most tokens the dispatch table sends to the decode (GEMV) kernel (``gemv_up_to``); each of its programs
-    takes at most its largest token block (``KernelPair.max_block``)."""
-    return device_rules(device).gemv_up_to[fmt]
 
 
 def choose(fmt: str, tokens: int, device: torch.device | None = None) -> str:

@@ -20,7 +20,7 @@ from triton.compiler import ASTSource
 
 ACT = {"float16": "*fp16", "bfloat16": "*bf16"}
 PTRS = {"q_ptr": "*u8", "z_ptr": "*u8", "m_ptr": "*u8", "gi_ptr": "*i16", "sc_ptr": "*u8", "zc_ptr": "*u8",
-        "rp_ptr": "*i32", "oc_ptr": "*i16", "ws_ptr": "*fp32", "tk_ptr": "*i32"}
+        "rp_ptr": "*i32", "oc_ptr": "*i16", "ws_ptr": "*fp32", "tk_ptr": "*i32", "map_ptr": "*i32"}
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}  # bytes per block (CUDA occupancy tables)
 GROUPS = {"int4": 128, "sparse24_int4": 128, "group_sparse_int4": 16, "spqr": 16}
 EXTRA_CONSTS = {"spqr": {"BITS": 3, "STAT_GROUP": 16}}  # SpQR w3 g16, second-level blocks of 16 rows
@@ -45,7 +45,7 @@ def cases(fmt: str, full: bool):
     base = {"GROUP": GROUPS.get(fmt)} if fmt in GROUPS else {}
     base.update(EXTRA_CONSTS.get(fmt, {}))
     kernels = importlib.import_module(f"llmprune.kernels.{fmt}").KERNELS
-    blocks = (1, 2, 4) if fmt == "group_sparse_int4" else (1, 4, 16)
+    blocks = (1, 4, 16)
     if full:  # the autotuner's own list (split-K configs included) as it prunes it for 1, 4 and 16 tokens
         gemv = list({id(cfg): cfg for bucket in blocks
                      for cfg in kernels.prune_gemv(kernels.gemv_tuned.configs, {"M_BUCKET": bucket})}.values())

@@ -39,11 +39,16 @@ SLOW = {"I2F": "I2F", "SHFL": "SHFL", "BAR": "BAR"}
 MAX_I2F = 4  # per loop: the uint8 zero points of the tile's groups (one or two per row), never one per code
 
 
-def weight_bytes(fmt: str, block_n: int, block_k: int) -> float:
-    """Packed weight bytes one program streams per K step (codes, 2:4 metadata; statistics left out)."""
+GQSA_DENSITY = 0.5  # group_sparse_int4's kept fraction on the dense-walk paths (W4S50, the benchmark's)
+
+
+def weight_bytes(fmt: str, block_n: int, block_k: int, dense_walk: bool = False) -> float:
+    """Packed weight bytes one program streams per K step (codes, 2:4 metadata; statistics left out). GQSA's K step
+    counts kept columns on its gather paths (1-4 tokens) and dense columns on its dense walk (prefill, 16 tokens),
+    which then reads GQSA_DENSITY of them."""
     per_row = {"int4": block_k / 2, "group_sparse_int4": block_k / 2, "sparse24_int4": block_k / 4 + block_k / 8,
                "sparse24": block_k + block_k / 8, "spqr": block_k * EXTRA_CONSTS["spqr"]["BITS"] / 8}[fmt]
-    return block_n * per_row
+    return block_n * per_row * (GQSA_DENSITY if dense_walk and fmt == "group_sparse_int4" else 1)
 
 
 def sass(kernel) -> str:
@@ -94,7 +99,7 @@ def gemm_mix(fmt: str, config) -> dict:
     kernel = compile_one(fn, fmt, "float16", consts, {"num_warps": config.num_warps,
                                                         "num_stages": config.num_stages}, 90)
     ops = loop_opcodes(sass(kernel))
-    per_thread = weight_bytes(fmt, config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"]) / (32 * config.num_warps)
+    per_thread = weight_bytes(fmt, config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"], True) / (32 * config.num_warps)
     tile = "x".join(str(config.kwargs[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
     return {"format": fmt, "block_b": "prefill", "config": f"{tile} ({config.num_warps} warps)",
             "instructions": sum(ops.values()), "bytes_per_thread": per_thread,
@@ -115,7 +120,7 @@ def mix(fmt: str, block_b: int, dtype: str = "float16", config: dict | None = No
     ops = loop_opcodes(sass(kernel))
     spill = resources(kernel).split()[1]
     threads = 32 * config["num_warps"]
-    per_thread = weight_bytes(fmt, config["BLOCK_N"], config["BLOCK_K"]) / threads
+    per_thread = weight_bytes(fmt, config["BLOCK_N"], config["BLOCK_K"], block_b == 16) / threads
     total = sum(ops.values())
     slow = {name: sum(n for op, n in ops.items() if op.startswith(prefix)) for name, prefix in SLOW.items()}
     loads = {op: n for op, n in ops.items() if op.startswith("LDG")}
@@ -158,7 +163,7 @@ def main(argv=None) -> int:
                     "shuffles between lanes or spills (the regressions this table exposed)")
     args = ap.parse_args(argv)
     pairs = [(fmt, int(b)) for fmt in args.formats.split(",") for b in args.blocks.split(",")
-             if int(b) <= 4 or kernel_pair(fmt).dot_decode]  # no padded tl.dot block: 1-4 tokens only (GQSA)
+             if int(b) <= 4 or kernel_pair(fmt).dot_decode]  # no padded tl.dot block: 1-4 tokens only
     if args.gemm:
         rows = [gemm_mix(fmt, c) for fmt in args.formats.split(",") for c in gemm_configs()]
     elif args.wide:

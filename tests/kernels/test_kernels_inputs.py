@@ -69,7 +69,6 @@ def test_a_users_crossover_table_overrides_the_shipped_one_and_a_broken_one_is_a
                 "dense_from": {**shipped.dense_from, "int4": None}, "chunked_from": {}}
         (folder / f"{select.DEFAULT_GPU}.json").write_text(json.dumps(mine))
         assert [select.choose("int4", m) for m in (8, 9, 100000)] == ["gemv", "gemm", "gemm"]
-        assert select.decode_max("int4", torch.device("cpu")) == 8
         for broken in ("{", json.dumps({**mine, "dense_from": {"int4": 64}}),
                        json.dumps({**mine, "gemv_up_to": {**mine["gemv_up_to"], "int4": "8"}})):
             (folder / f"{select.DEFAULT_GPU}.json").write_text(broken)
@@ -142,6 +141,8 @@ def test_only_the_word_and_select_paths_split_k():
     assert sparse24_int4.KERNELS.splits({"BLOCK_B": 16, "BLOCK_N": 64, "GROUP": 128, "SPLIT_K": 4}, 16, 64) == 4
     assert sparse24_int4.KERNELS.splits({"BLOCK_B": 16, "BLOCK_N": 64, "GROUP": 8, "SPLIT_K": 4}, 16, 64) == 1
     assert group_sparse_int4.KERNELS.splits({"BLOCK_B": 1, "BLOCK_N": 16, "GROUP": 4, "SPLIT_K": 4}, 1, 64) == 1
+    gqsa16 = {"BLOCK_B": 16, "BLOCK_N": 64, "SPLIT_K": 4}  # the kept-map walk splits; the gather path (g 48) not
+    assert [group_sparse_int4.KERNELS.splits({**gqsa16, "GROUP": g}, 16, 64) for g in (16, 128, 48, 8)] == [4, 4, 1, 1]
     assert sparse24.KERNELS.splits({"BLOCK_B": 1, "BLOCK_N": 16, "SPLIT_K": 4}, 1, 64) == 1  # no split-K kernel
     kept = int4.KERNELS.prune_gemv(int4.KERNELS.gemv_tuned.configs, {"M_BUCKET": 4})
     assert {c.kwargs.get("SPLIT_K", 1) for c in kept if c.kwargs["BLOCK_B"] == 4} == {1}  # the FMA path never splits
@@ -150,7 +151,8 @@ def test_only_the_word_and_select_paths_split_k():
 
 @pytest.mark.parametrize("fmt,bucket,blocks", [("int4", 1, {1}), ("int4", 2, {2, 16}), ("int4", 4, {4, 16}),
                                                ("int4", 8, {16}), ("int4", 16, {16}), ("sparse24", 4, {4, 16}),
-                                               ("group_sparse_int4", 4, {4}), ("group_sparse_int4", 2, {2})])
+                                               ("group_sparse_int4", 4, {4, 16}), ("group_sparse_int4", 2, {2, 16}),
+                                               ("group_sparse_int4", 16, {16})])
 def test_autotuner_times_fma_and_padded_dot_blocks_for_2_to_4_tokens(fmt, bucket, blocks):
     """The autotuned decode launch keeps, for its token bucket, the FMA block that holds the tokens and (2-4 tokens,
     formats with a tl.dot decode path) the padded block 16, so the GPU's timings choose; every kept FMA config's
