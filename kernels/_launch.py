@@ -116,7 +116,7 @@ class KernelPair:
     def __init__(self, fmt: str, gemv, gemm, dequant, cols_per_acc: int = 1, split_k: dict | None = None,
                  dot_decode: bool = True):
         self.fmt, self.gemv, self.gemm, self.dequant = fmt, gemv, gemm, dequant
-        self.split_k = split_k or {}  # {BLOCK_B: d}: that block's decode path splits K when GROUP % d == 0 (or d(GROUP))
+        self.split_k = split_k or {}  # {BLOCK_B: d}: that block's decode splits K when GROUP % d == 0 (or d(GROUP))
         self.dot_decode = dot_decode  # False: no padded tl.dot decode block (group_sparse_int4)
         self.prune_gemv = functools.partial(prune_gemv, cols_per_acc=cols_per_acc, dot=dot_decode)
         tune = {"cache_results": True, "do_bench": quick_bench}  # tuned configs persist in Triton's cache dir

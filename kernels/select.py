@@ -19,8 +19,8 @@ Regimes, per call of ``<fmt>_matmul(x, packed)`` with M = tokens (rows of x):
   takes it from ``SEMI_FROM`` tokens (default 512: ~1.7-2x over dense only on large GEMMs, ~0.1x at batch 1).
 
 Measured on an H100 (benchmarks/results/gpu/, 2026-11-23): gemv up to 16 tokens (4 for group_sparse_int4, whose
-decode kernel then had no tl.dot block), gemm below 64, dense from 64 — at 64 tokens dequantize + cuBLAS already beats our
-Triton GEMM for every format (median gemm/dense time 1.10 int4, 1.10 sparse24, 1.71 sparse24_int4, 1.52
+decode kernel then had no tl.dot block), gemm below 64, dense from 64 — at 64 tokens dequantize + cuBLAS already beats
+our Triton GEMM for every format (median gemm/dense time 1.10 int4, 1.10 sparse24, 1.71 sparse24_int4, 1.52
 group_sparse_int4), and the gap grows with the batch. spqr goes to dense from 17 tokens: its GEMM kernel then rebuilt
 six statistics and a 3-bit stream code by code and spilled registers in every config on sm_90; measured 25x slower
 than dense at 512 tokens. It now builds tiles from whole-word code blocks (``spqr._spqr_word_tile``, no spills in the

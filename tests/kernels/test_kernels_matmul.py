@@ -126,7 +126,8 @@ def test_split_k_sums_partials_once_and_resets_tickets(fmt, split, k, monkeypatc
 
 @pytest.mark.parametrize("fmt,tokens,split,k,group", [("int4", 5, 1, 96, 16), ("int4", 16, 2, 128, 32),
                                                       ("int4", 7, 1, 72, 8), ("sparse24_int4", 5, 1, 96, 16),
-                                                      ("sparse24_int4", 16, 2, 128, 32), ("sparse24_int4", 9, 1, 80, 16)])
+                                                      ("sparse24_int4", 16, 2, 128, 32),
+                                                      ("sparse24_int4", 9, 1, 80, 16)])
 def test_fp16_tiles_of_64_rows_dequantize_in_half_precision(fmt, tokens, split, k, group, monkeypatch):
     """Tiles of >= 64 rows with fp16 activations and scales dequantize in half precision (int4: ``_int4_half_tile``;
     sparse24_int4: kept codes placed into dense int4 words by integer operations, ``_sparse24_int4_half_tile``),
