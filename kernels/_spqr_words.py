@@ -77,13 +77,15 @@ def _spqr_halves(v, T: tl.constexpr, ROWS_FIRST: tl.constexpr):
 
 @triton.jit
 def _spqr_word_block(q_ptr, st_ptrs, rn, k0, N, WORDS, G, BITS: tl.constexpr, GROUP: tl.constexpr,
-                     STAT_GROUP: tl.constexpr, BLOCK_K: tl.constexpr, ROWS_FIRST: tl.constexpr = False):
+                     STAT_GROUP: tl.constexpr, BLOCK_K: tl.constexpr, ROWS_FIRST: tl.constexpr = False,
+                     EXACT: tl.constexpr = False):
     """The step's code words and per-half statistics, shared by the tokens (GROUP % 16 == 0): each 32-code block
     of a row is BITS whole words, so every code sits at a constant bit offset (``_spqr_unit``); the bilevel
     statistics are rebuilt once per 16-column half and folded, as int4 does (``_codes.word_stats``), into
     w = s (q - z) = slope v - offset with v = 1 + q/2**BITS, slope = 2**BITS s, offset = (2**BITS + z) s.
     All [BLOCK_K/32, BLOCK_N] (blocks by rows: a thread's rows then share their activations), or [BLOCK_N,
-    BLOCK_K/32] if ROWS_FIRST (the tl.dot tile's orientation)."""
+    BLOCK_K/32] if ROWS_FIRST (the tl.dot tile's orientation). EXACT: the statistics unfolded, (scale, zero) per
+    half, for ``_spqr_w``'s bit-exact form."""
     T: tl.constexpr = BLOCK_K // 32
     blk = k0 // 32 + tl.arange(0, T)
     words = (_spqr_word(q_ptr, rn, blk, N, WORDS, 0, BITS, ROWS_FIRST),
@@ -97,44 +99,54 @@ def _spqr_word_block(q_ptr, st_ptrs, rn, k0, N, WORDS, G, BITS: tl.constexpr, GR
     ok = rn < N
     scale, zero = _spqr_scale_zero(st_ptrs, rn, ok, k0 // 16, G, GROUP // 16, STAT_GROUP, 2 * T)
     unit_scale: tl.constexpr = 1 << BITS
-    slope = tl.broadcast_to(expand_groups(unit_scale * scale, GROUP // 16, 2 * T), (rn.shape[0], 2 * T))
-    offset = tl.broadcast_to(expand_groups((unit_scale + zero) * scale, GROUP // 16, 2 * T), (rn.shape[0], 2 * T))
+    if EXACT:  # (scale, zero) in the slots of (slope, offset)
+        slope = tl.broadcast_to(expand_groups(scale, GROUP // 16, 2 * T), (rn.shape[0], 2 * T))
+        offset = tl.broadcast_to(expand_groups(zero, GROUP // 16, 2 * T), (rn.shape[0], 2 * T))
+    else:
+        slope = tl.broadcast_to(expand_groups(unit_scale * scale, GROUP // 16, 2 * T), (rn.shape[0], 2 * T))
+        offset = tl.broadcast_to(expand_groups((unit_scale + zero) * scale, GROUP // 16, 2 * T), (rn.shape[0], 2 * T))
     slope_a, slope_b = _spqr_halves(slope, T, ROWS_FIRST)
     offset_a, offset_b = _spqr_halves(offset, T, ROWS_FIRST)
     return words, (slope_a, offset_a, slope_b, offset_b)
 
 
 @triton.jit
-def _spqr_w(words, stats, J: tl.constexpr, BITS: tl.constexpr, unit):
-    """Weight J of each 32-code block (``_spqr_word_block`` with ROWS_FIRST): one FFMA on the code's unit value."""
-    if J < 16:
-        return _spqr_unit(words, J, BITS, unit) * stats[0] - stats[1]
+def _spqr_w(words, stats, J: tl.constexpr, BITS: tl.constexpr, unit, EXACT: tl.constexpr = False):
+    """Weight J of each 32-code block (``_spqr_word_block`` with ROWS_FIRST): one FFMA on the code's unit value, or,
+    EXACT, (q - z) * s with q = (v - 1) * 2**BITS (exact), the reference's own rounding."""
+    H: tl.constexpr = 0 if J < 16 else 2
+    if EXACT:
+        q = (_spqr_unit(words, J, BITS, unit) - 1.0) * (1 << BITS)
+        w = (q - stats[H + 1]) * stats[H]
     else:
-        return _spqr_unit(words, J, BITS, unit) * stats[2] - stats[3]
+        w = _spqr_unit(words, J, BITS, unit) * stats[H] - stats[H + 1]
+    return w
 
 
 @triton.jit
-def _spqr_pairs(words, stats, R: tl.constexpr, BITS: tl.constexpr, unit):
+def _spqr_pairs(words, stats, R: tl.constexpr, BITS: tl.constexpr, unit, EXACT: tl.constexpr):
     """Weights R and R + 16 of each block joined on a new minor axis (the join tree's first level)."""
-    return tl.join(_spqr_w(words, stats, R, BITS, unit), _spqr_w(words, stats, R + 16, BITS, unit))
+    return tl.join(_spqr_w(words, stats, R, BITS, unit, EXACT), _spqr_w(words, stats, R + 16, BITS, unit, EXACT))
 
 
 @triton.jit
 def _spqr_word_tile(q_ptr, st_ptrs, rn, k0, N, WORDS, G, unit, BITS: tl.constexpr, GROUP: tl.constexpr,
-                    STAT_GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+                    STAT_GROUP: tl.constexpr, BLOCK_K: tl.constexpr, EXACT: tl.constexpr = False):
     """Dense base W[rn, k0 : k0+BLOCK_K] in float32 for tl.dot (GROUP % 16 == 0), from whole-word code blocks: one
-    FFMA per weight instead of per-code loads and I2F (``_spqr_block``). Joins interleave the 32 weights of each
+    FFMA per weight instead of per-code loads and I2F (``_spqr_block``); EXACT (the dequantize kernel): bit-identical
+    to the reference, a subtract and a multiply per weight. Joins interleave the 32 weights of each
     block back into column order: pairing weights 16 apart first, then 8, 4, 2, 1 makes the minor axes
     (c4, c3, c2, c1, c0) of column 32t + 16c4 + 8c3 + 4c2 + 2c1 + c0, the order a row-major reshape reads."""
-    words, stats = _spqr_word_block(q_ptr, st_ptrs, rn, k0, N, WORDS, G, BITS, GROUP, STAT_GROUP, BLOCK_K, True)
-    l0 = tl.join(_spqr_pairs(words, stats, 0, BITS, unit), _spqr_pairs(words, stats, 8, BITS, unit))
-    l1 = tl.join(_spqr_pairs(words, stats, 1, BITS, unit), _spqr_pairs(words, stats, 9, BITS, unit))
-    l2 = tl.join(_spqr_pairs(words, stats, 2, BITS, unit), _spqr_pairs(words, stats, 10, BITS, unit))
-    l3 = tl.join(_spqr_pairs(words, stats, 3, BITS, unit), _spqr_pairs(words, stats, 11, BITS, unit))
-    l4 = tl.join(_spqr_pairs(words, stats, 4, BITS, unit), _spqr_pairs(words, stats, 12, BITS, unit))
-    l5 = tl.join(_spqr_pairs(words, stats, 5, BITS, unit), _spqr_pairs(words, stats, 13, BITS, unit))
-    l6 = tl.join(_spqr_pairs(words, stats, 6, BITS, unit), _spqr_pairs(words, stats, 14, BITS, unit))
-    l7 = tl.join(_spqr_pairs(words, stats, 7, BITS, unit), _spqr_pairs(words, stats, 15, BITS, unit))
+    words, stats = _spqr_word_block(q_ptr, st_ptrs, rn, k0, N, WORDS, G, BITS, GROUP, STAT_GROUP, BLOCK_K, True,
+                                    EXACT)
+    l0 = tl.join(_spqr_pairs(words, stats, 0, BITS, unit, EXACT), _spqr_pairs(words, stats, 8, BITS, unit, EXACT))
+    l1 = tl.join(_spqr_pairs(words, stats, 1, BITS, unit, EXACT), _spqr_pairs(words, stats, 9, BITS, unit, EXACT))
+    l2 = tl.join(_spqr_pairs(words, stats, 2, BITS, unit, EXACT), _spqr_pairs(words, stats, 10, BITS, unit, EXACT))
+    l3 = tl.join(_spqr_pairs(words, stats, 3, BITS, unit, EXACT), _spqr_pairs(words, stats, 11, BITS, unit, EXACT))
+    l4 = tl.join(_spqr_pairs(words, stats, 4, BITS, unit, EXACT), _spqr_pairs(words, stats, 12, BITS, unit, EXACT))
+    l5 = tl.join(_spqr_pairs(words, stats, 5, BITS, unit, EXACT), _spqr_pairs(words, stats, 13, BITS, unit, EXACT))
+    l6 = tl.join(_spqr_pairs(words, stats, 6, BITS, unit, EXACT), _spqr_pairs(words, stats, 14, BITS, unit, EXACT))
+    l7 = tl.join(_spqr_pairs(words, stats, 7, BITS, unit, EXACT), _spqr_pairs(words, stats, 15, BITS, unit, EXACT))
     t = tl.join(tl.join(tl.join(l0, l4), tl.join(l2, l6)), tl.join(tl.join(l1, l5), tl.join(l3, l7)))
     return tl.reshape(t, (rn.shape[0], BLOCK_K))
 

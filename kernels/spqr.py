@@ -9,13 +9,15 @@ outlier_col [nnz] int16, outlier_val [nnz]`` overwrite their positions. Worked e
 [5, 1, 7, 2] → word 0x5CD; code 10 of a row starts at bit 30 and takes 2 bits of word 0 and 1 bit of word 1.
 
 The base pass rebuilds W from the bit stream and the bilevel statistics in registers (no first-level statistics
-tensor is ever written); each program then walks its rows' outliers one slot at a time and adds
-(value - base weight) * x[:, column], so the result equals x @ W.T with W exactly as ``unpack`` defines it. With
-~1% outliers this second, sparse pass is a few dozen gathered FMAs per row. Decode of 1-4 tokens with g1 % 16 == 0
+tensor is ever written); each program then walks its rows' outliers, several CSR slots per step on decode tiles
+(independent loads: a few memory latencies per tile, not one per outlier), and adds (value - base weight) *
+x[:, column], so the result equals x @ W.T with W exactly as ``unpack`` defines it. With ~1% outliers this second,
+sparse pass is a few dozen gathered FMAs per row. Decode of 1-4 tokens with g1 % 16 == 0
 reads each 32-code block as BITS whole words, so every code sits at a constant bit offset and becomes a float by
 shifts and bit operations, one FFMA per code and token, statistics folded per 16-column half (``_spqr_word_block``;
 one token may split K, the first split adding the outliers); 5-16 tokens and prefill build their tl.dot tiles
-from the same words (``_spqr_word_tile``). Other groups rebuild the tile code by code (``_spqr_block``).
+from the same words (``_spqr_word_tile``), and so does the dequantize kernel, bit-exact. Other groups rebuild the
+tile code by code (``_spqr_block``).
 
 Deviation: the SpQR reference kernel stores the outliers with their row-block order for warp-level parallelism;
 ours keeps the plain CSR of the format and loops over slots, which is simpler and adequate at ~1% density.
@@ -88,19 +90,36 @@ def _spqr_block(q_ptr, st_ptrs, rn, k0, N, K, WORDS, G,
 @triton.jit
 def _spqr_outliers(acc, x_ptr, rows, rn, M, N, stride_xm, q_ptr, st_ptrs, o_ptrs, WORDS, G,
                    BITS: tl.constexpr, GROUP: tl.constexpr, STAT_GROUP: tl.constexpr):
-    """acc[b, n] += (val - base[n, col]) * x[b, col] over row n's outliers, one CSR slot per step for all rows."""
+    """acc[b, n] += (val - base[n, col]) * x[b, col] over row n's outliers. Decode tiles take SLOTS CSR slots per
+    step for all rows (their loads are independent, so a row's ~K/100 outliers cost a few memory latencies instead
+    of one each: a slot per step left ~40 dependent steps after the K loop); tiles of more than 512 outputs
+    (prefill) keep one slot per step, the gathered activations [tokens, rows, slots] being capped at ~1024 values
+    (more spilled registers on sm_90, tests/kernels/instruction_mix.py --wide)."""
     rp_ptr, oc_ptr, ov_ptr = o_ptrs
+    P: tl.constexpr = acc.shape[0] * acc.shape[1]
+    SLOTS: tl.constexpr = 32 if P <= 32 else (8 if P <= 128 else (2 if P <= 512 else 1))
     n_ok = rn < N
     start = tl.load(rp_ptr + rn, mask=n_ok, other=0)
     count = tl.load(rp_ptr + rn + 1, mask=n_ok, other=0) - start
-    for s in range(0, tl.max(count, axis=0)):
-        live = s < count
-        col = tl.load(oc_ptr + start + s, mask=live, other=0).to(tl.int32)
-        val = tl.load(ov_ptr + start + s, mask=live, other=0.0).to(tl.float32)
-        base = _spqr_tile(q_ptr, st_ptrs, rn, col, live, WORDS, G, BITS, GROUP, STAT_GROUP)
-        xmask = (rows[:, None] < M) & live[None, :]
-        xg = tl.load(x_ptr + rows[:, None] * stride_xm + col[None, :], mask=xmask, other=0.0).to(tl.float32)
-        acc += xg * tl.where(live, val - base, 0.0)[None, :]
+    if SLOTS == 1:
+        for s in range(0, tl.max(count, axis=0)):
+            live = s < count
+            col = tl.load(oc_ptr + start + s, mask=live, other=0).to(tl.int32)
+            val = tl.load(ov_ptr + start + s, mask=live, other=0.0).to(tl.float32)
+            base = _spqr_tile(q_ptr, st_ptrs, rn, col, live, WORDS, G, BITS, GROUP, STAT_GROUP)
+            xmask = (rows[:, None] < M) & live[None, :]
+            xg = tl.load(x_ptr + rows[:, None] * stride_xm + col[None, :], mask=xmask, other=0.0).to(tl.float32)
+            acc += xg * tl.where(live, val - base, 0.0)[None, :]
+    else:
+        for s0 in range(0, tl.max(count, axis=0), SLOTS):
+            s = s0 + tl.arange(0, SLOTS)
+            live = s[None, :] < count[:, None]  # [rows, slots]
+            col = tl.load(oc_ptr + start[:, None] + s[None, :], mask=live, other=0).to(tl.int32)
+            val = tl.load(ov_ptr + start[:, None] + s[None, :], mask=live, other=0.0).to(tl.float32)
+            base = _spqr_tile(q_ptr, st_ptrs, rn[:, None], col, live, WORDS, G, BITS, GROUP, STAT_GROUP)
+            xmask = (rows[:, None, None] < M) & live[None, :, :]
+            xg = tl.load(x_ptr + rows[:, None, None] * stride_xm + col[None, :, :], mask=xmask, other=0.0)
+            acc += tl.sum(xg.to(tl.float32) * tl.where(live, val - base, 0.0)[None, :, :], axis=2)
     return acc
 
 
@@ -182,28 +201,34 @@ def _spqr_gemm_kernel(x_ptr, q_ptr, sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_p
 
 
 @triton.jit
-def _spqr_dequant_kernel(w_ptr, q_ptr, sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr, N, K, WORDS, G,
+def _spqr_dequant_kernel(w_ptr, q_ptr, sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr, N, K, WORDS, G, UNIT,
                          BITS: tl.constexpr, GROUP: tl.constexpr, STAT_GROUP: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The base weight tile by tile; ``_spqr_outlier_store_kernel`` then overwrites the outlier positions."""
+    """The base weight tile by tile, bit-identical to the reference (from whole-word code blocks when GROUP % 16
+    == 0: 3 word loads per 32 codes instead of one or two per code); ``_spqr_outlier_store_kernel`` then
+    overwrites the outlier positions."""
+    st_ptrs = (sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr)
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k0 = tl.program_id(1) * BLOCK_K
-    w = _spqr_block(q_ptr, (sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr), rn, k0, N, K, WORDS, G,
-                    BITS, GROUP, STAT_GROUP, BLOCK_K)
+    if GROUP % 16 == 0:
+        w = _spqr_word_tile(q_ptr, st_ptrs, rn, k0, N, WORDS, G, UNIT, BITS, GROUP, STAT_GROUP, BLOCK_K, True)
+    else:
+        w = _spqr_block(q_ptr, st_ptrs, rn, k0, N, K, WORDS, G, BITS, GROUP, STAT_GROUP, BLOCK_K)
     store_tile(w_ptr, w, rn, k0 + tl.arange(0, BLOCK_K), N, K)
 
 
 @triton.jit
-def _spqr_outlier_store_kernel(w_ptr, rp_ptr, oc_ptr, ov_ptr, N, K, BLOCK_N: tl.constexpr):
-    """W[n, col] = value for every CSR outlier of BLOCK_N rows (one slot per step)."""
+def _spqr_outlier_store_kernel(w_ptr, rp_ptr, oc_ptr, ov_ptr, N, K, BLOCK_N: tl.constexpr, SLOTS: tl.constexpr):
+    """W[n, col] = value for every CSR outlier of BLOCK_N rows, SLOTS slots per step (independent loads)."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     start = tl.load(rp_ptr + rn, mask=rn < N, other=0)
     count = tl.load(rp_ptr + rn + 1, mask=rn < N, other=0) - start
-    for s in range(0, tl.max(count, axis=0)):
-        live = s < count
-        col = tl.load(oc_ptr + start + s, mask=live, other=0).to(tl.int32)
-        val = tl.load(ov_ptr + start + s, mask=live, other=0.0)
-        tl.store(w_ptr + rn * K + col, val.to(w_ptr.dtype.element_ty), mask=live)
+    for s0 in range(0, tl.max(count, axis=0), SLOTS):
+        s = s0 + tl.arange(0, SLOTS)
+        live = s[None, :] < count[:, None]
+        col = tl.load(oc_ptr + start[:, None] + s[None, :], mask=live, other=0).to(tl.int32)
+        val = tl.load(ov_ptr + start[:, None] + s[None, :], mask=live, other=0.0)
+        tl.store(w_ptr + rn[:, None] * K + col, val.to(w_ptr.dtype.element_ty), mask=live)
 
 
 KERNELS = KernelPair("spqr", _spqr_gemv_kernel, _spqr_gemm_kernel, _spqr_dequant_kernel, cols_per_acc=32,
@@ -253,9 +278,10 @@ def spqr_dequantize(packed: dict, dtype: torch.dtype, in_features: int) -> Tenso
     consts = _checked(packed, q.device, in_features)
     n, g = packed["scale_codes"].shape
     w = torch.empty(n, in_features, dtype=dtype, device=q.device)
-    KERNELS.run_dequant((w, *_base(packed), n, in_features, q.shape[1], g), n, in_features, consts)
-    block = 8 if KERNELS.interpret else 64
-    _spqr_outlier_store_kernel[(triton.cdiv(n, block),)](w, *_outliers(packed), n, in_features, BLOCK_N=block)
+    KERNELS.run_dequant((w, *_base(packed), n, in_features, q.shape[1], g, UNIT), n, in_features, consts)
+    block, slots = (8, 4) if KERNELS.interpret else (64, 32)
+    _spqr_outlier_store_kernel[(triton.cdiv(n, block),)](w, *_outliers(packed), n, in_features, BLOCK_N=block,
+                                                         SLOTS=slots)
     return w
 
 

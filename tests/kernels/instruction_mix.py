@@ -10,7 +10,7 @@ memory-bound, and int-to-float conversions (I2F, 16/cycle/SM), warp shuffles (SH
 than their count says. This is the CPU-side proxy we can iterate on between GPU sessions; timings still decide.
 
 Method: compile one config per (format, BLOCK_B) with the run-time specialization (``compile_check.compile_one``),
-disassemble with Triton's cuobjdump, take the longest backward branch as the K loop, count its instructions by
+disassemble with Triton's cuobjdump, take the first outermost backward branch as the K loop, count its instructions by
 opcode, and divide by the packed weight bytes one thread streams per iteration.
 """
 from __future__ import annotations
@@ -60,20 +60,23 @@ def sass(kernel) -> str:
 
 
 def loop_opcodes(text: str) -> Counter:
-    """Opcodes (predicates stripped) of the longest backward branch's body."""
+    """Opcodes (predicates stripped) of the K loop's body: the first loop in program order that no other loop
+    contains (spqr's outlier loop follows its K loop and can be the longer one)."""
     code = []
     for line in text.splitlines():
         m = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
         if m:
             code.append((int(m.group(1), 16), re.sub(r"^@!?U?P\w+\s+", "", m.group(2).strip())))
-    best = None
+    loops = []
     for addr, ins in code:
         t = re.match(r"BRA\s+(?:\S+\s+)?0x([0-9a-f]+)", ins)
-        if t and int(t.group(1), 16) < addr and (best is None or addr - int(t.group(1), 16) > best[1] - best[0]):
-            best = (int(t.group(1), 16), addr)
-    if best is None:
+        if t and int(t.group(1), 16) < addr:
+            loops.append((int(t.group(1), 16), addr))
+    outer = [lp for lp in loops if not any(o != lp and o[0] <= lp[0] and lp[1] <= o[1] for o in loops)]
+    if not outer:
         return Counter()
-    return Counter(ins.split()[0] for addr, ins in code if best[0] <= addr <= best[1])
+    first = min(outer)
+    return Counter(ins.split()[0] for addr, ins in code if first[0] <= addr <= first[1])
 
 
 def config_for(fmt: str, block_b: int) -> dict:

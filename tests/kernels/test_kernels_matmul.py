@@ -274,3 +274,18 @@ def test_spqr_word_path_decodes_every_code_width(bits, tokens, k, group, regime)
     spqr_matmul(x, packed, out=out, regime=regime)
     oracle = x.to(torch.float64) @ qw.dequantize(torch.float32).to(torch.float64).T
     assert rel_err(out, oracle) <= TOLERANCE[torch.float32]
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+def test_spqr_word_dequantize_is_bit_exact_at_every_code_width(bits, dtype):
+    """With g1 % 16 == 0 the dequantize kernel rebuilds the base weight from whole-word code blocks ((v - 1) * 2**bits
+    is the code exactly, then the reference's (q - z) * s): equal to ``formats.spqr.unpack`` after rounding, outliers
+    included (row 1 keeps every third column: several outlier steps per row), K = 80 ending on half a block."""
+    from llmprune.formats import spqr as spqr_format
+    from llmprune.kernels.spqr import spqr_dequantize
+
+    qw = random_spqr_qw(N, 80, torch.float32, seed=bits, bits=bits, group=16)
+    packed = spqr_format.pack(qw, dtype=str(dtype).removeprefix("torch."))
+    w = spqr_dequantize(packed, dtype, 80)
+    assert torch.equal(w, spqr_format.unpack(packed, 80).to(dtype))
