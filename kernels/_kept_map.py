@@ -66,6 +66,7 @@ def kept_slots(map_ptr, rn, k0, N, K, GROUP: tl.constexpr, BLOCK_K: tl.constexpr
     are not kept). GROUP and BLOCK_K are powers of two and k0 a multiple of BLOCK_K, so the tile's groups share
     one bitmap word: one 64-bit load per row."""
     NG: tl.constexpr = BLOCK_K // GROUP if BLOCK_K >= GROUP else 1
+    tl.static_assert(NG <= 32, "a K step may span at most one bitmap word (32 groups)")
     words = (K // GROUP + 31) // 32
     g0 = k0 // GROUP
     entry = tl.load(map_ptr + ((rn * words + g0 // 32) * 2)[:, None] + tl.arange(0, 2)[None, :],
