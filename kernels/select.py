@@ -15,8 +15,10 @@ Regimes, per call of ``<fmt>_matmul(x, packed)`` with M = tokens (rows of x):
 - ``chunked`` — ``dense`` in L2-sized slices, each slice's dequantization overlapping the previous slice's GEMM on a
   second stream (kernels/chunked.py). Not chosen automatically until a GPU run measures it against ``dense``.
 - ``semi_structured`` — for ``sparse24`` only, PyTorch's sparse tensor cores (kernels/sparse24.py); it needs the
-  weight converted once and kept by the caller (``packed["semi_structured"]``); when present, ``sparse24_matmul``
-  takes it from ``SEMI_FROM`` tokens (default 512: ~1.7-2x over dense only on large GEMMs, ~0.1x at batch 1).
+  weight converted once and kept by the caller (``packed["semi_structured"]``: it takes as much memory again as the
+  packed weight, so it is opt-in); when present, ``sparse24_matmul`` takes it from the table's ``semi_from`` tokens.
+  Measured on the H100 (median over six shapes of its time / sparse24's own path): 1.13 at batch 1, 0.68 at 4,
+  0.48 at 16, 0.55 at 64 and 512, 0.65 at 4096, so the shipped table says 4 (tables without the entry: 512).
 
 Measured on an H100 (benchmarks/results/gpu/, 2026-11-23): gemv up to 16 tokens (4 for group_sparse_int4, whose
 decode kernel then had no tl.dot block), gemm below 64, dense from 64 — at 64 tokens dequantize + cuBLAS already beats
@@ -50,7 +52,7 @@ from llmprune.kernels import FORMATS_WITH_KERNELS
 from llmprune.settings import cache_dir
 
 REGIMES = ("gemv", "gemm", "dense", "chunked")
-SEMI_FROM = 512
+SEMI_FROM = 512  # tables written before semi_from was measured: the old a-priori threshold
 DEFAULT_GPU = "NVIDIA-H100-80GB-HBM3"
 SHIPPED = Path(__file__).with_name("crossovers")
 
@@ -58,13 +60,15 @@ SHIPPED = Path(__file__).with_name("crossovers")
 @dataclass(frozen=True)
 class Rules:
     """One GPU's crossovers, per format: decode kernel up to ``gemv_up_to`` tokens, prefill kernel below
-    ``dense_from``, then dequantize + cuBLAS, in slices (``chunked``) from ``chunked_from`` where that was faster."""
+    ``dense_from``, then dequantize + cuBLAS, in slices (``chunked``) from ``chunked_from`` where that was faster;
+    for ``sparse24`` given a semi-structured weight, that weight from ``semi_from`` tokens (None: never)."""
 
     gpu: str
     source: str  # the file the numbers came from
     gemv_up_to: dict[str, int]
     dense_from: dict[str, int | None]  # None: the prefill kernel won at every measured batch
     chunked_from: dict[str, int | None]  # None: whole-weight dequantization was never slower
+    semi_from: int | None = SEMI_FROM
 
     def choose(self, fmt: str, tokens: int) -> str:
         if tokens <= self.gemv_up_to[fmt]:
@@ -82,11 +86,12 @@ class Rules:
             dense, chunked = self.dense_from[fmt], self.chunked_from.get(fmt)
             large = f" < {dense} <= dense" + (f" < {chunked} <= chunked" if chunked else "") if dense else ""
             lines.append(f"- {fmt}: gemv <= {gemv} < gemm{large}")
-        return lines
+        return lines + [f"- sparse24 with a semi-structured weight: that weight from {self.semi_from} tokens"
+                        if self.semi_from else "- sparse24: the semi-structured weight never won"]
 
     def to_json(self) -> str:
         body = {"gpu": self.gpu, "gemv_up_to": self.gemv_up_to, "dense_from": self.dense_from,
-                "chunked_from": self.chunked_from}
+                "chunked_from": self.chunked_from, "semi_from": self.semi_from}
         return json.dumps(body, indent=1, sort_keys=True) + "\n"
 
 
@@ -99,13 +104,13 @@ def read_rules(path: Path) -> Rules:
     try:
         body = json.loads(path.read_text())
         gemv, dense = body["gemv_up_to"], body["dense_from"]
-        chunked = body.get("chunked_from", {})
-        counts = (*gemv.values(), *(v for v in (*dense.values(), *chunked.values()) if v is not None))
+        chunked, semi = body.get("chunked_from", {}), body.get("semi_from", SEMI_FROM)
+        counts = (*gemv.values(), *(v for v in (*dense.values(), *chunked.values(), semi) if v is not None))
         if not set(gemv) == set(dense) == set(FORMATS_WITH_KERNELS):
             raise ValueError(f"gemv_up_to and dense_from must name exactly {', '.join(FORMATS_WITH_KERNELS)}")
         if not all(isinstance(v, int) and v > 0 for v in counts):
             raise ValueError("crossovers must be positive token counts (or null)")
-        return Rules(str(body["gpu"]), str(path), gemv, dense, {f: chunked.get(f) for f in gemv})
+        return Rules(str(body["gpu"]), str(path), gemv, dense, {f: chunked.get(f) for f in gemv}, semi)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserInputError(f"crossover table {path} is unreadable ({type(exc).__name__}: {exc}); delete it or "
                              "rewrite it with `python benchmarks/kernels.py --bench --install`") from None
@@ -176,11 +181,14 @@ def measured_rules(records: list[dict], base, gpu: str | None = None):
     """kernels/select.py's table for this GPU from the timings: the decode kernel up to the batch where it stops
     beating the prefill kernel (``decode_limit``, from forced gemv / gemm timings at 4 and 16 tokens), dense
     (dequantize + cuBLAS) from the first batch where it beats the prefill kernel for good, chunked from the first
-    where it beats whole-weight dequantization for good. ``base`` (the table in effect) supplies what the run did
+    where it beats whole-weight dequantization for good, sparse24's semi-structured weight from the first batch
+    where it beats sparse24's automatic regime for good. ``base`` (the table in effect) supplies what the run did
     not measure: unmeasured formats and batches, and a lower dense threshold when dense already wins at the
     smallest measured batch (below it nothing was timed). ``gpu``: the measured GPU's name (default: the base
     table's)."""
     decode, dense, chunked = dict(base.gemv_up_to), dict(base.dense_from), dict(base.chunked_from)
+    semi_vs_ours = semi_ratios(records)  # < 1: the semi-structured weight is faster than sparse24's own path
+    semi = wins_from(semi_vs_ours) if semi_vs_ours else base.semi_from
     for fmt in {r["fmt"] for r in records}:
         gemv_vs_gemm = regime_ratios(records, fmt, "gemv", "gemm")  # < 1: the decode kernel is faster
         if gemv_vs_gemm:
@@ -193,7 +201,7 @@ def measured_rules(records: list[dict], base, gpu: str | None = None):
         chunk_vs_dense = regime_ratios(records, fmt, "chunked", "dense")
         if chunk_vs_dense:
             chunked[fmt] = wins_from(chunk_vs_dense)
-    return Rules(gpu or base.gpu, "benchmarks/kernels.py", decode, dense, chunked)
+    return Rules(gpu or base.gpu, "benchmarks/kernels.py", decode, dense, chunked, semi)
 
 
 def regime_ratios(records: list[dict], fmt: str, regime: str, baseline: str) -> dict[int, float]:
@@ -204,4 +212,14 @@ def regime_ratios(records: list[dict], fmt: str, regime: str, baseline: str) -> 
     for (m, n, k, dt, reg), t in times.items():
         if reg == regime and (m, n, k, dt, baseline) in times:
             ratios.setdefault(m, []).append(t / times[(m, n, k, dt, baseline)])
+    return {m: statistics.median(ratios[m]) for m in sorted(ratios)}
+
+
+def semi_ratios(records: list[dict]) -> dict[int, float]:
+    """{batch: median over shapes and dtypes of the semi-structured weight's time / sparse24's automatic regime's}
+    (records of the automatic regime carry the semi-structured time as ``semi``)."""
+    ratios: dict[int, list[float]] = {}
+    for r in records:
+        if r["fmt"] == "sparse24" and r["regime"] is None and r.get("semi"):
+            ratios.setdefault(r["m"], []).append(r["semi"] / r["t"])
     return {m: statistics.median(ratios[m]) for m in sorted(ratios)}

@@ -28,7 +28,7 @@ from ._tiles import (
     dot_acc, grouped_pid, load_rows, load_x, matvec_finish, matvec_init, matvec_step, nibbles, store_out, store_tile,
     two_four_expand,
 )
-from .select import SEMI_FROM
+from .select import device_rules
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -105,12 +105,14 @@ def sparse24_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regim
 
     ``regime``: None follows kernels/select.py; "gemv", "gemm", "dense" or "semi_structured" force one.
     ``out``: optional output. When ``packed`` also holds ``"semi_structured"`` (``semi_structured_weight(packed)``,
-    kept by the caller), batches of ``select.SEMI_FROM`` tokens and more take PyTorch's sparse tensor cores.
+    kept by the caller), batches of the dispatch table's ``semi_from`` tokens and more (kernels/select.py, measured
+    per GPU) take PyTorch's sparse tensor cores.
     """
     n, k = _checked(packed, x.device)
     semi = packed.get("semi_structured")
     tokens = x.numel() // max(k, 1)
-    if regime == "semi_structured" or (regime is None and semi is not None and tokens >= SEMI_FROM):
+    semi_from = device_rules(x.device).semi_from if regime is None and semi is not None else None
+    if regime == "semi_structured" or (semi_from is not None and tokens >= semi_from):
         if semi is None:
             raise UserInputError("regime 'semi_structured' needs packed['semi_structured'] = "
                                  "semi_structured_weight(packed); build it once next to the layer")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -93,6 +94,28 @@ def test_measured_crossovers_become_this_gpus_dispatch_table(bench, tmp_path, mo
         assert select.rules("Other GPU").source == base.source  # no table: the default GPU's
     finally:
         select.rules.cache_clear()
+
+
+def test_semi_structured_crossover_is_measured_against_sparse24s_own_path(bench, tmp_path, monkeypatch):
+    """The semi-structured weight (time carried on sparse24's automatic-regime records) loses at 1 token and wins
+    from 4 on for good: semi_from 4, written to and read back from the GPU's table; a table without the entry (older
+    runs) keeps the a-priori 512, and a run that never timed it keeps the table's value."""
+    from llmprune.kernels import select
+
+    records = [{**r, "semi": {1: 12.0, 4: 6.0, 16: 9.0}[r["m"]]}
+               for r in timings("sparse24", {1: {None: 10.0}, 4: {None: 10.0}, 16: {None: 10.0}})]
+    base = select.rules(None)
+    measured = select.measured_rules(records, base)
+    assert measured.semi_from == 4 and "from 4 tokens" in measured.describe()[-1]
+    assert select.measured_rules(timings("int4", {1: {None: 1.0}}), base).semi_from == base.semi_from
+    table = tmp_path / "t.json"
+    bench.write_atomic(table, measured.to_json())
+    assert select.read_rules(table).semi_from == 4
+    old = json.loads(measured.to_json())
+    del old["semi_from"]
+    table.write_text(json.dumps(old))
+    assert select.read_rules(table).semi_from == select.SEMI_FROM == 512
+    assert select.rules(None).semi_from == 4  # the shipped H100 table
 
 
 @pytest.mark.parametrize("ratios,base,want", [

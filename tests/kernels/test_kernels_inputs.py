@@ -213,14 +213,15 @@ def test_decode_loops_have_no_int_to_float_conversions_shuffles_or_spills():
 
 
 def test_sparse24_routes_large_batches_to_a_given_semi_structured_weight():
-    """With packed['semi_structured'] present, SEMI_FROM tokens and more use it (a dense stand-in here, since
-    to_sparse_semi_structured needs CUDA); fewer tokens stay on the Triton kernels; forcing it without one fails."""
+    """With packed['semi_structured'] present, the table's semi_from tokens and more use it (a dense stand-in here,
+    since to_sparse_semi_structured needs CUDA); fewer tokens stay on the Triton kernels; forcing it without one
+    fails."""
     from llmprune.formats.sparse24 import pack, unpack
     from llmprune.kernels.sparse24 import sparse24_matmul
 
     packed = pack(random_qw(20, 64, 16, torch.float32, seed=4, pattern="2:4"), dtype="float32")
     marker = {**packed, "semi_structured": 2 * unpack(packed)}  # twice the weight: shows which path ran
-    big, small = torch.randn(select.SEMI_FROM, 64), torch.randn(3, 64)
+    big, small = torch.randn(select.rules(None).semi_from, 64), torch.randn(3, 64)
     assert torch.allclose(sparse24_matmul(big, marker), 2 * big @ unpack(packed).T, rtol=1e-4, atol=1e-4)
     assert torch.allclose(sparse24_matmul(small, marker), small @ unpack(packed).T, rtol=1e-4, atol=1e-4)
     with pytest.raises(UserInputError, match="semi_structured_weight"):
