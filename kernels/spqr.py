@@ -92,12 +92,12 @@ def _spqr_outliers(acc, x_ptr, rows, rn, M, N, stride_xm, q_ptr, st_ptrs, o_ptrs
                    BITS: tl.constexpr, GROUP: tl.constexpr, STAT_GROUP: tl.constexpr):
     """acc[b, n] += (val - base[n, col]) * x[b, col] over row n's outliers. Decode tiles take SLOTS CSR slots per
     step for all rows (their loads are independent, so a row's ~K/100 outliers cost a few memory latencies instead
-    of one each: a slot per step left ~40 dependent steps after the K loop); tiles of more than 512 outputs
-    (prefill) keep one slot per step, the gathered activations [tokens, rows, slots] being capped at ~1024 values
-    (more spilled registers on sm_90, tests/kernels/instruction_mix.py --wide)."""
+    of one each: a slot per step left ~40 dependent steps after the K loop); tiles of more than 1024 outputs
+    (prefill) keep one slot per step. The slot counts keep every decode config free of spills on sm_90
+    (tests/kernels/compile_check.py --full --resources; 32 slots on 64-row one-token tiles spilled 192 B)."""
     rp_ptr, oc_ptr, ov_ptr = o_ptrs
     P: tl.constexpr = acc.shape[0] * acc.shape[1]
-    SLOTS: tl.constexpr = 32 if P <= 32 else (8 if P <= 128 else (2 if P <= 512 else 1))
+    SLOTS: tl.constexpr = 32 if P <= 32 else (8 if P <= 128 else (4 if P <= 1024 else 1))
     n_ok = rn < N
     start = tl.load(rp_ptr + rn, mask=n_ok, other=0)
     count = tl.load(rp_ptr + rn + 1, mask=n_ok, other=0) - start
