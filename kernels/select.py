@@ -20,15 +20,16 @@ Regimes, per call of ``<fmt>_matmul(x, packed)`` with M = tokens (rows of x):
   Measured on the H100 (median over six shapes of its time / sparse24's own path): 1.13 at batch 1, 0.68 at 4,
   0.48 at 16, 0.55 at 64 and 512, 0.65 at 4096, so the shipped table says 4 (tables without the entry: 512).
 
-Measured on an H100 (benchmarks/results/gpu/, 2026-11-23): gemv up to 16 tokens (4 for group_sparse_int4, whose
-decode kernel then had no tl.dot block), gemm below 64, dense from 64 — at 64 tokens dequantize + cuBLAS already beats
+Measured on an H100 (benchmarks/results/gpu/, 2026-11-23): gemv up to 16 tokens, gemm below 64, dense from 64 — at 64 tokens dequantize + cuBLAS already beats
 our Triton GEMM for every format (median gemm/dense time 1.10 int4, 1.10 sparse24, 1.71 sparse24_int4, 1.52
 group_sparse_int4), and the gap grows with the batch. spqr goes to dense from 17 tokens: its GEMM kernel then rebuilt
 six statistics and a 3-bit stream code by code and spilled registers in every config on sm_90; measured 25x slower
 than dense at 512 tokens. It now builds tiles from whole-word code blocks (``spqr._spqr_word_tile``, no spills in the
 16-32 row configs), unmeasured: the threshold stays until a GPU run moves it.
 These crossovers predate the decode rework measured only statically so far (benchmarks/results/instruction_mix/:
-fewer instructions per byte at 1-4 tokens); re-measure them on the next GPU run.
+fewer instructions per byte at 1-4 tokens); re-measure them on the next GPU run. One entry is not a measurement:
+group_sparse_int4's decode limit was 4 because its decode kernel then had no tl.dot block for 5-16 tokens; it now
+has int4's (split-K, wide rows), whose measured limit of 16 it takes until a run times it.
 
 Per device: the crossovers live in JSON tables named after the GPU (``torch.cuda.get_device_name`` with spaces as
 dashes). ``benchmarks/kernels.py --bench`` measures all three (decode vs prefill kernel from forced timings at 4 and

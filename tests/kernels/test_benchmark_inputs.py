@@ -133,16 +133,18 @@ def test_decode_limit_from_gemv_over_gemm_timings(ratios, base, want):
 
 
 def test_measured_decode_limits_enter_the_table():
-    """GQSA's decode kernel beats its group-walking GEMM at 4 and 16 tokens, int4's loses at 16: the measured table
-    sends GQSA's 5-16 tokens to decode and keeps int4's decode to 4 (its other limits from the base table)."""
+    """GQSA's decode kernel beats its prefill kernel at 4 tokens and loses at 16, int4's wins at both: the measured
+    table keeps GQSA's decode to 4 and int4's to 16 (below a table limit of 2, the wins would raise it)."""
     from llmprune.kernels import select
 
-    records = timings("group_sparse_int4", {4: {"gemv": 5.0, "gemm": 40.0}, 16: {"gemv": 20.0, "gemm": 60.0}})
-    records += timings("int4", {4: {"gemv": 5.0, "gemm": 9.0}, 16: {"gemv": 12.0, "gemm": 10.0}})
+    records = timings("group_sparse_int4", {4: {"gemv": 5.0, "gemm": 40.0}, 16: {"gemv": 60.0, "gemm": 20.0}})
+    records += timings("int4", {4: {"gemv": 5.0, "gemm": 9.0}, 16: {"gemv": 10.0, "gemm": 12.0}})
     base = select.rules(None)
     measured = select.measured_rules(records, base)
-    assert measured.gemv_up_to == {**base.gemv_up_to, "group_sparse_int4": 16, "int4": 4}
-    assert [measured.choose("group_sparse_int4", m) for m in (16, 17)] == ["gemv", "gemm"]
+    assert measured.gemv_up_to == {**base.gemv_up_to, "group_sparse_int4": 4, "int4": 16}
+    assert [measured.choose("group_sparse_int4", m) for m in (4, 5)] == ["gemv", "gemm"]
+    low = select.Rules("t", "t", {**base.gemv_up_to, "int4": 2}, base.dense_from, base.chunked_from)
+    assert select.measured_rules(records, low).gemv_up_to["int4"] == 16
 
 
 def test_decode_past_its_largest_block_runs_several_token_blocks(bench, monkeypatch):

@@ -53,7 +53,7 @@ def test_matmul_of_no_tokens_is_empty(packed):
 def test_select_table_follows_the_measured_crossovers():
     assert [select.choose("int4", m) for m in (1, 16, 17, 63, 64, 4096)] == \
         ["gemv", "gemv", "gemm", "gemm", "dense", "dense"]
-    assert [select.choose("group_sparse_int4", m) for m in (4, 5)] == ["gemv", "gemm"]
+    assert [select.choose("group_sparse_int4", m) for m in (16, 17, 64)] == ["gemv", "gemm", "dense"]
     assert [select.choose("spqr", m) for m in (16, 17)] == ["gemv", "dense"]
 
 
