@@ -241,12 +241,13 @@ def main(argv=None) -> int:
         partial.unlink()
         wrong = [r for r in records if not r["ok"]]
         failed = failed or bool(wrong)
+        summary_lines = summary(records)
         lines += ["", f"Outputs checked against the references: {len(records) - len(wrong)} of {len(records)} within "
-                  "bounds" + (f"; FAILED: {len(wrong)} (rows marked FAIL)" if wrong else ""), "", *summary(records)]
+                  "bounds" + (f"; FAILED: {len(wrong)} (rows marked FAIL)" if wrong else ""), "", *summary_lines]
         lines += ["", f"Host µs per batch-1 call, {shapes[0][0]}x{shapes[0][1]}, {dtypes[0]} (eager launches, no sync; "
                   "eager decode pays this per Linear and token):", "", "| path | launcher µs | PackedLinear µs |",
                   "|---|---|---|", *host_cost(formats, dtypes[0], shapes[0])]
-        print("\n".join(summary(records)))
+        print("\n".join(summary_lines))
         from llmprune.kernels import select
 
         measured = measured_rules(records, select.rules(gpu_name), gpu_name)

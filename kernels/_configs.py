@@ -17,20 +17,17 @@ def batch_block(m: int) -> int:
     return 16
 
 
-def token_blocks(dot: bool) -> tuple:
-    """The decode kernel's token blocks (BLOCK_B): the FMA blocks 1, 2 and 4, and the padded tl.dot block 16 for
-    formats that have that path (``KernelPair.dot_decode``)."""
-    return (1, 2, 4, 16) if dot else (1, 2, 4)
+TOKEN_BLOCKS = (1, 2, 4, 16)  # the decode kernel's BLOCK_B: FMA blocks 1, 2 and 4, the padded tl.dot block 16
 
 
-def decode_blocks(bucket: int, dot: bool) -> set:
+def decode_blocks(bucket: int) -> set:
     """BLOCK_B candidates of an autotuned decode launch of ``bucket`` (``m_bucket``) tokens: the FMA block that holds
-    them and, for 2-4 tokens of formats with a tl.dot decode path, also the padded block 16: the autotuner times
-    both. Statically the tl.dot path issues fewer instructions per weight byte from 2 tokens (int4 12.4 vs 17.7-23.4,
-    tests/kernels/instruction_mix.py) but adds shared-memory round trips and barriers, so timings decide. One token
-    stays on the FMA paths (8.5 vs 12.4); 5 or more take 16."""
+    them and, for 2-4 tokens, also the padded block 16: the autotuner times both. Statically the tl.dot path issues
+    fewer instructions per weight byte from 2 tokens (int4 12.4 vs 17.7-23.4, tests/kernels/instruction_mix.py) but
+    adds shared-memory round trips and barriers, so timings decide. One token stays on the FMA paths (8.5 vs 12.4);
+    5 or more take 16."""
     fma = batch_block(bucket)
-    return {fma, 16} if dot and 1 < fma < 16 else {fma}
+    return {fma, 16} if 1 < fma < 16 else {fma}
 
 
 def m_bucket(m: int) -> int:
@@ -39,7 +36,7 @@ def m_bucket(m: int) -> int:
     return 1 << (max(int(m), 1) - 1).bit_length()
 
 
-def gemv_configs(blocks=(1, 2, 4, 16)) -> list:
+def gemv_configs(blocks=TOKEN_BLOCKS) -> list:
     """Row-block configs for decode, one set per token block: small BLOCK_N gives enough programs to fill the SMs at
     N = 4096 for one token; the padded tl.dot path (16 tokens) wants wide BLOCK_N, since every program re-reads its
     [16, K] slice of x (``prune_gemv`` keeps those that suit the launch)."""
@@ -78,12 +75,12 @@ def gemm_configs() -> list:
 ACC_PER_THREAD = 32  # fp32 accumulator registers per thread for 2-4 tokens; more spilled on sm_90 (instruction_mix)
 
 
-def prune_gemv(configs, named_args, cols_per_acc: int = 1, dot: bool = True, **kwargs) -> list:
+def prune_gemv(configs, named_args, cols_per_acc: int = 1, **kwargs) -> list:
     """The configs of the launch's token blocks (``decode_blocks`` of its M_BUCKET). The padded tl.dot decode path
     (BLOCK_B = 16) needs BLOCK_N >= 16 (tl.dot's minimum tile); the 2-4 token FMA path keeps a
     [BLOCK_B, BLOCK_N, BLOCK_K / cols_per_acc] accumulator (int4's code-word path sums 8 columns per entry), so drop
     tiles that would not fit in registers."""
-    blocks = decode_blocks(named_args.get("M_BUCKET", 1), dot)
+    blocks = decode_blocks(named_args.get("M_BUCKET", 1))
 
     def keep(c) -> bool:
         bb, bn = c.kwargs["BLOCK_B"], c.kwargs["BLOCK_N"]

@@ -21,7 +21,7 @@ from llmprune.errors import UserInputError
 
 from ._configs import (
     GEMM_KEY, GEMV_FIXED, GEMM_FIXED, GEMV_KEY, GPU_PINNED, batch_block, gemm_configs, gemv_configs, m_bucket,
-    prune_gemm, prune_gemv, quick_bench, split_k_configs, token_blocks,
+    prune_gemm, prune_gemv, quick_bench, split_k_configs, TOKEN_BLOCKS,
 )
 from .chunked import chunked_matmul
 from .select import REGIMES, Rules, device_rules
@@ -113,15 +113,13 @@ class Call:
 class KernelPair:
     """The decode (GEMV), prefill (GEMM) and dequantize kernels of one format, with autotuned twins for CUDA."""
 
-    def __init__(self, fmt: str, gemv, gemm, dequant, cols_per_acc: int = 1, split_k: dict | None = None,
-                 dot_decode: bool = True):
+    def __init__(self, fmt: str, gemv, gemm, dequant, cols_per_acc: int = 1, split_k: dict | None = None):
         self.fmt, self.gemv, self.gemm, self.dequant = fmt, gemv, gemm, dequant
         self.split_k = split_k or {}  # {BLOCK_B: d}: that block's decode splits K when GROUP % d == 0 (or d(GROUP))
-        self.dot_decode = dot_decode  # False: no padded tl.dot decode block (group_sparse_int4)
-        self.prune_gemv = functools.partial(prune_gemv, cols_per_acc=cols_per_acc, dot=dot_decode)
+        self.prune_gemv = functools.partial(prune_gemv, cols_per_acc=cols_per_acc)
         tune = {"cache_results": True, "do_bench": quick_bench}  # tuned configs persist in Triton's cache dir
-        self.max_block = token_blocks(dot_decode)[-1]  # most tokens one decode program takes
-        configs = gemv_configs(token_blocks(dot_decode)) + split_k_configs(tuple(self.split_k))
+        self.max_block = TOKEN_BLOCKS[-1]  # most tokens one decode program takes
+        configs = gemv_configs() + split_k_configs(tuple(self.split_k))
         self.gemv_tuned = triton.autotune(configs=configs, key=GEMV_KEY,
                                           prune_configs_by={"early_config_prune": self.prune_gemv}, **tune)(gemv)
         self.gemm_tuned = triton.autotune(configs=gemm_configs(), key=GEMM_KEY,

@@ -292,14 +292,14 @@ def group_sparse_int4_dequantize(packed: dict, dtype: torch.dtype, in_features: 
     gi = packed["group_idx"]
     n, kg, group = _checked(packed, gi.device, in_features)
     kmap = kept_map(gi, in_features // group) if dense_walk(group) else None
-    return _dequantize(packed, kmap, dtype, in_features, out)
+    return _dequantize(packed, kmap, group, dtype, in_features, out)
 
 
-def _dequantize(packed: dict, kmap: Tensor | None, dtype: torch.dtype, k: int, out: Tensor | None) -> Tensor:
+def _dequantize(packed: dict, kmap: Tensor | None, group: int, dtype: torch.dtype, k: int,
+                out: Tensor | None) -> Tensor:
     """Dense walk (every column written, contiguously) when the group size allows a kept map, else a scatter of
     the kept groups into a zeroed buffer."""
     n, kg = packed["group_idx"].shape
-    group = packed["qweight"].shape[1] * 2 // kg
     w = dense_buffer(out, n, k, dtype, packed["qweight"].device)
     if kmap is not None:
         args = (w, kmap, *_tensors(packed)[1:], n, k, kg)
@@ -331,7 +331,10 @@ def group_sparse_int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = No
     # an int32 placeholder (unread) where no path walks the map, so the kernel's signature stays the same
     walk_map = tickets if one_token or not walk else kmap()
     extra = (kg, UNIT, walk_map, ws, tickets)  # the GEMM launch appends M_BUCKET
-    call = Call(_tensors(packed), n, k, {"GROUP": group}, lambda dtype: _dequantize(packed, kmap(), dtype, k, None),
-                extra=extra, gemm_ok=walk, dequantize_rows=lambda r0, r1, buf: _dequantize(
-                    row_slice(packed, NAMES, r0, r1), kmap(slice(r0, r1)), buf.dtype, k, buf))
+
+    def rows(r0: int, r1: int, buf: Tensor) -> Tensor:
+        return _dequantize(row_slice(packed, NAMES, r0, r1), kmap(slice(r0, r1)), group, buf.dtype, k, buf)
+
+    call = Call(_tensors(packed), n, k, {"GROUP": group}, lambda dtype: _dequantize(packed, kmap(), group, dtype, k,
+                None), extra=extra, gemm_ok=walk, dequantize_rows=rows)
     return KERNELS.matmul(x, call, out, regime)

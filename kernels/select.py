@@ -9,9 +9,9 @@ Regimes, per call of ``<fmt>_matmul(x, packed)`` with M = tokens (rows of x):
   ``[N, K]`` buffer, then the library GEMM (cuBLAS). At large M the GEMM's O(M·N·K) work dwarfs the O(N·K)
   dequantization, and cuBLAS beats a Triton GEMM that also dequantizes. Measured on H100: 0.86-0.97x of dense at
   4096 tokens (group_sparse_int4 0.52-0.64x: its dequantization then scattered 2-byte stores; it now writes
-  dense tiles, unmeasured), but only 0.53-0.60x at 512, where
-  writing the dense temporary (~45 us for 11008x4096) costs as much as the GEMM itself — issue 6's "within 10% of
-  dense from 512 tokens" is not met; a fused GEMM with Marlin-style pre-shuffled codes would be needed.
+  dense tiles, unmeasured), but only 0.53-0.60x at 512, where writing the dense temporary (~45 us for 11008x4096)
+  costs as much as the GEMM itself — issue 6's "within 10% of dense from 512 tokens" is not met; a fused GEMM with
+  Marlin-style pre-shuffled codes would be needed.
 - ``chunked`` — ``dense`` in L2-sized slices, each slice's dequantization overlapping the previous slice's GEMM on a
   second stream (kernels/chunked.py). Not chosen automatically until a GPU run measures it against ``dense``.
 - ``semi_structured`` — for ``sparse24`` only, PyTorch's sparse tensor cores (kernels/sparse24.py); it needs the
@@ -20,12 +20,13 @@ Regimes, per call of ``<fmt>_matmul(x, packed)`` with M = tokens (rows of x):
   Measured on the H100 (median over six shapes of its time / sparse24's own path): 1.13 at batch 1, 0.68 at 4,
   0.48 at 16, 0.55 at 64 and 512, 0.65 at 4096, so the shipped table says 4 (tables without the entry: 512).
 
-Measured on an H100 (benchmarks/results/gpu/, 2026-11-23): gemv up to 16 tokens, gemm below 64, dense from 64 — at 64 tokens dequantize + cuBLAS already beats
-our Triton GEMM for every format (median gemm/dense time 1.10 int4, 1.10 sparse24, 1.71 sparse24_int4, 1.52
-group_sparse_int4), and the gap grows with the batch. spqr goes to dense from 17 tokens: its GEMM kernel then rebuilt
-six statistics and a 3-bit stream code by code and spilled registers in every config on sm_90; measured 25x slower
-than dense at 512 tokens. It now builds tiles from whole-word code blocks (``spqr._spqr_word_tile``, no spills in the
-16-32 row configs), unmeasured: the threshold stays until a GPU run moves it.
+Measured on an H100 (benchmarks/results/gpu/, 2026-11-23): gemv up to 16 tokens, gemm below 64, dense from 64 — at
+64 tokens dequantize + cuBLAS already beats our Triton GEMM for every format (median gemm/dense time 1.10 int4, 1.10
+sparse24, 1.71 sparse24_int4, 1.52 group_sparse_int4), and the gap grows with the batch. spqr goes to dense from
+17 tokens: its GEMM kernel then rebuilt six statistics and a 3-bit stream code by code and spilled registers in every
+config on sm_90; measured 25x slower than dense at 512 tokens. It now builds tiles from whole-word code blocks
+(``spqr._spqr_word_tile``, no spills in the 16-32 row configs), unmeasured: the threshold stays until a GPU run moves
+it.
 These crossovers predate the decode rework measured only statically so far (benchmarks/results/instruction_mix/:
 fewer instructions per byte at 1-4 tokens); re-measure them on the next GPU run. One entry is not a measurement:
 group_sparse_int4's decode limit was 4 because its decode kernel then had no tl.dot block for 5-16 tokens; it now
@@ -209,18 +210,20 @@ def regime_ratios(records: list[dict], fmt: str, regime: str, baseline: str) -> 
     """{batch: median over shapes and dtypes of the time of ``regime`` / the time of ``baseline``} for one format
     (batches where a forced regime failed on every shape are left out)."""
     times = {(r["m"], r["n"], r["k"], r.get("dtype"), r["regime"]): r["t"] for r in records if r["fmt"] == fmt}
-    ratios: dict[int, list[float]] = {}
-    for (m, n, k, dt, reg), t in times.items():
-        if reg == regime and (m, n, k, dt, baseline) in times:
-            ratios.setdefault(m, []).append(t / times[(m, n, k, dt, baseline)])
-    return {m: statistics.median(ratios[m]) for m in sorted(ratios)}
+    return _batch_medians((m, t / times[(m, n, k, dt, baseline)]) for (m, n, k, dt, reg), t in times.items()
+                          if reg == regime and (m, n, k, dt, baseline) in times)
 
 
 def semi_ratios(records: list[dict]) -> dict[int, float]:
     """{batch: median over shapes and dtypes of the semi-structured weight's time / sparse24's automatic regime's}
     (records of the automatic regime carry the semi-structured time as ``semi``)."""
-    ratios: dict[int, list[float]] = {}
-    for r in records:
-        if r["fmt"] == "sparse24" and r["regime"] is None and r.get("semi"):
-            ratios.setdefault(r["m"], []).append(r["semi"] / r["t"])
-    return {m: statistics.median(ratios[m]) for m in sorted(ratios)}
+    return _batch_medians((r["m"], r["semi"] / r["t"]) for r in records
+                          if r["fmt"] == "sparse24" and r["regime"] is None and r.get("semi"))
+
+
+def _batch_medians(pairs) -> dict[int, float]:
+    """{batch: median of its ratios} from (batch, ratio) pairs, batches ascending."""
+    by_batch: dict[int, list[float]] = {}
+    for m, ratio in pairs:
+        by_batch.setdefault(m, []).append(ratio)
+    return {m: statistics.median(by_batch[m]) for m in sorted(by_batch)}

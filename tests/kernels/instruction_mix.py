@@ -165,8 +165,7 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="exit 1 if a decode loop converts codes with I2F, "
                     "shuffles between lanes or spills (the regressions this table exposed)")
     args = ap.parse_args(argv)
-    pairs = [(fmt, int(b)) for fmt in args.formats.split(",") for b in args.blocks.split(",")
-             if int(b) <= 4 or kernel_pair(fmt).dot_decode]  # no padded tl.dot block: 1-4 tokens only
+    pairs = [(fmt, int(b)) for fmt in args.formats.split(",") for b in args.blocks.split(",")]
     if args.gemm:
         rows = [gemm_mix(fmt, c) for fmt in args.formats.split(",") for c in gemm_configs()]
     elif args.wide:
