@@ -18,7 +18,7 @@ def tuned_config(fmt: str, regime: str | None, m: int, device) -> str:
     best = getattr(tuned, "best_config", None)
     if best is None:
         return "-"
-    short = {"BLOCK_B": "B", "BLOCK_M": "M", "BLOCK_N": "N", "BLOCK_K": "K", "SPLIT_K": "split"}
+    short = {"BLOCK_B": "B", "BLOCK_M": "M", "BLOCK_N": "N", "BLOCK_K": "K", "SPLIT_K": "split", "STAGES": "stages"}
     return " ".join(f"{short.get(k, k)}{v}" for k, v in best.kwargs.items()) + f" w{best.num_warps}"
 
 
@@ -42,6 +42,10 @@ def summary(records: list[dict]) -> list[str]:
             worst = min(r["dense"] / r["t"] for r in big)
             out.append(f"- {fmt}: batch >= 512: worst {worst:.2f}x of dense ({'ok' if worst >= 0.9 else 'SLOWER'} "
                        "against the 10% bound)")
+    fma = [r for r in records if r["m"] <= 4 and r.get("config", "").startswith(("B1 ", "B2 ", "B4 "))]
+    if fma:  # the autotuner's verdict on _configs.pipelining
+        piped = sum("stages" in r["config"] for r in fma)
+        out.append(f"- 1-4 token FMA decode launches that chose a pipelined loop (STAGES): {piped} of {len(fma)}")
     for title, regime, baseline in (
             ("Decode vs prefill kernel (median over shapes of gemv time / gemm time; < 1: decode wins)", "gemv",
              "gemm"),

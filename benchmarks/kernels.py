@@ -115,12 +115,14 @@ def bench_shape(fmt, n, k, dtype, batches, timer, copy_gbs, emit, records, devic
                 continue
             err, ok = checked(out, ref, dtype)
             gbs = (nbytes(packed.values()) + nbytes([x, out])) / t / 1e3
+            config = tuned_config(fmt, regime, m, x.device)
             records.append({"fmt": fmt, "n": n, "k": k, "m": m, "dtype": str(dtype)[6:], "regime": regime, "t": t,
-                            "dense": t_dense, "bw": gbs / copy_gbs, "err": err, "ok": ok, "semi": t_semi})
+                            "dense": t_dense, "bw": gbs / copy_gbs, "err": err, "ok": ok, "semi": t_semi,
+                            "config": config})
             semi_txt = f"{t_semi / t:.2f}x" if t_semi else "-"
             emit(f"| {n}x{k} | {m} | {str(dtype)[6:]} | {fmt} | {regime or 'auto'} | {t:.1f} | {t_dense:.1f} | "
                  f"{t_dense / t:.2f}x | {semi_txt} | {gbs:.0f} | {100 * gbs / copy_gbs:.0f}% | {ratio:.2f} | "
-                 f"{'graph' if graphed else 'eager'} | {tuned_config(fmt, regime, m, x.device)} | "
+                 f"{'graph' if graphed else 'eager'} | {config} | "
                  f"{err:.1e}{'' if ok else ' FAIL'} |")
 
 

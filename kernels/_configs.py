@@ -43,8 +43,24 @@ def gemv_configs(blocks=TOKEN_BLOCKS) -> list:
     shapes = [(4, 512, 2), (8, 256, 4), (8, 512, 4), (16, 256, 4), (16, 128, 4), (32, 128, 8), (64, 64, 8),
               (64, 128, 4), (64, 256, 8), (128, 64, 4), (128, 128, 8),  # wide rows: fewer re-reads of x at 16 tokens
               (8, 128, 4), (16, 64, 4), (32, 64, 8)]  # small tiles whose 2-4 token accumulators fit in registers
-    return [triton.Config({"BLOCK_B": b, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=2)
-            for b in blocks for bn, bk, w in shapes]
+    return [triton.Config({"BLOCK_B": b, "BLOCK_N": bn, "BLOCK_K": bk, **stages}, num_warps=w, num_stages=2)
+            for b in blocks for bn, bk, w in shapes for stages in pipelining(b)]
+
+
+PIPELINE_STAGES = 4  # steps of an FMA decode loop in flight per program when pipelined (tl.range's num_stages)
+
+
+def pipelining(block: int) -> tuple[dict, ...]:
+    """The ``STAGES`` variants of a decode config of token block ``block``. Triton's ``num_stages`` (the config's)
+    pipelines only loads that feed a tl.dot, which the 16-token block has and the 1-4 token FMA loops do not: those
+    issued each step's loads and waited for them, one step in flight per warp (no load before the loop in their
+    sm_90 SASS; the H100 measured int4 at 25% of copy bandwidth for 4096x4096, one token, eded9f2). Their loops take
+    ``tl.range(..., num_stages=STAGES)``: with STAGES = 4, three further steps' codes, statistics and x stream into
+    shared memory (cp.async) or registers while one is computed, for 2-25% more loop instructions and 3-32 KB more
+    shared memory at 16x256 (tests/kernels/instruction_mix.py --pipelined; 3 stages made ptxas spill in spqr's
+    2-token loop on triton 3.9). Whether that wins depends on occupancy (tile, split, shape), so the FMA blocks offer
+    both and the autotuner times them."""
+    return ({}, {"STAGES": PIPELINE_STAGES}) if block < 16 else ({},)
 
 
 SPLIT_K = (2, 4, 8)
@@ -56,8 +72,9 @@ def split_k_configs(blocks) -> list:
     """Configs for the token blocks whose decode path splits K (int4, sparse24_int4, group_sparse_int4): wide tiles
     (fewer loop instructions per byte, tests/kernels/instruction_mix.py) are too few programs for N = 4096 on 132 SMs
     unless K is split among SPLIT_K programs as well."""
-    return [triton.Config({"BLOCK_B": b, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": s}, num_warps=w, num_stages=2)
-            for b in blocks for bn, bk, w in BIG_TILES for s in (1, *SPLIT_K)]
+    return [triton.Config({"BLOCK_B": b, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": s, **stages}, num_warps=w,
+                          num_stages=2)
+            for b in blocks for bn, bk, w in BIG_TILES for s in (1, *SPLIT_K) for stages in pipelining(b)]
 
 
 def gemm_configs() -> list:
@@ -118,5 +135,6 @@ GEMV_FIXED = {"BLOCK_N": 16, "BLOCK_K": 32}  # interpreter: one small config (va
 GEMM_FIXED = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32}
 # compute-sanitizer runs and compile_check's default: 64-row decode tiles and 32-row prefill tiles, so the fp16
 # half-precision tile paths (int4, sparse24_int4: decode tiles of >= 64 rows, int4 prefill tiles of < 64) are
-# covered; a 64-column K step keeps every format's 2-4 token accumulators in registers (256 spilled up to 5.7 KB)
+# covered; a 64-column K step keeps every format's 2-4 token accumulators in registers (256 spilled up to 5.7 KB).
+# Pinned and interpreted 1-4 token launches take the pipelined loop (``pipelining``), the one with async copies.
 GPU_PINNED = ({"BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4}, {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 64})

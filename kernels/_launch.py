@@ -21,7 +21,7 @@ from llmprune.errors import UserInputError
 
 from ._configs import (
     GEMM_KEY, GEMV_FIXED, GEMM_FIXED, GEMV_KEY, GPU_PINNED, batch_block, gemm_configs, gemv_configs, m_bucket,
-    prune_gemm, prune_gemv, quick_bench, split_k_configs, TOKEN_BLOCKS,
+    pipelining, prune_gemm, prune_gemv, quick_bench, split_k_configs, TOKEN_BLOCKS,
 )
 from .chunked import chunked_matmul
 from .select import REGIMES, Rules, device_rules
@@ -166,12 +166,13 @@ class KernelPair:
         if regime == "gemv":
             tokens = min(m, self.max_block)
             fixed = self._fixed(0)
+            block = batch_block(tokens)
 
             def grid(meta):
                 return (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_B"]), self.splits(meta, m, n))
 
             launch(self.gemv, self.gemv_tuned, grid, (*args, m_bucket(tokens)), consts,
-                   None if fixed is None else {**fixed, "BLOCK_B": batch_block(tokens)})
+                   None if fixed is None else {**fixed, "BLOCK_B": block, **pipelining(block)[-1]})
         else:
 
             def grid(meta):

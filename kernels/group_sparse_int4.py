@@ -144,10 +144,12 @@ def _group_sparse_int4_word_x(x_ptr, row, first, live, M, stride_xm):
 def _group_sparse_int4_gemv_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om,
                                    KG, UNIT, map_ptr, ws_ptr, tk_ptr, M_BUCKET, GROUP: tl.constexpr,
                                    DOT_F32: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
-                                   BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr = 1):
+                                   BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr = 1,
+                                   STAGES: tl.constexpr = None):
     """Decode: 1-4 tokens per program walk their rows' KG*g kept codes, x gathered at each code's column (one token
     may split the kept codes among SPLIT_K programs, ``split_k_store``); 5-16 tokens walk the dense columns through
-    the kept map for one tl.dot per step, the weight as the left operand, K split the same way."""
+    the kept map for one tl.dot per step, the weight as the left operand, K split the same way. STAGES pipelines the
+    1-4 token loops (``_configs``)."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     b0 = tl.program_id(1) * BLOCK_B
     W: tl.constexpr = BLOCK_K // 8
@@ -166,7 +168,8 @@ def _group_sparse_int4_gemv_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, 
     elif (GROUP % 8 == 0) & (BLOCK_B == 1):  # code words: one FFMA per code, no int-to-float conversion
         i_lo, i_hi = split_k_range(KG * GROUP, BLOCK_K, SPLIT_K)
         acc1 = tl.zeros((1, BLOCK_N, W), tl.float32)
-        for i0 in range(i_lo, i_hi, BLOCK_K):  # scale and zero point folded into per-word sums (``word_stats``)
+        # scale and zero point folded into per-word sums (``word_stats``)
+        for i0 in tl.range(i_lo, i_hi, BLOCK_K, num_stages=STAGES):
             words, first, live = _group_sparse_int4_word_slots(gi_ptr, q_ptr, rn, i0, N, KG, GROUP, BLOCK_K)
             slope, offset = word_stats(s_ptr, z_ptr, rn, i0 // 8, KG, N, GROUP, W)
             p, xsum = word_dot(words[None, :, :], _group_sparse_int4_word_x(x_ptr, b0, first, live, M, stride_xm),
@@ -179,7 +182,8 @@ def _group_sparse_int4_gemv_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, 
         c1 = tl.zeros((1, BLOCK_N, W), tl.float32)
         c2 = tl.zeros((1, BLOCK_N, W), tl.float32)
         c3 = tl.zeros((1, BLOCK_N, W), tl.float32)
-        for i0 in range(0, KG * GROUP, BLOCK_K):  # codes minus unit zeros once for all tokens (``word_units``)
+        # codes minus unit zeros once for all tokens (``word_units``)
+        for i0 in tl.range(0, KG * GROUP, BLOCK_K, num_stages=STAGES):
             words, first, live = _group_sparse_int4_word_slots(gi_ptr, q_ptr, rn, i0, N, KG, GROUP, BLOCK_K)
             slope, zc = word_units(s_ptr, z_ptr, rn, i0 // 8, KG, N, GROUP, W)
             u = unit_codes(words[None, :, :], zc[None, :, :], UNIT)
@@ -197,7 +201,7 @@ def _group_sparse_int4_gemv_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, 
         for t0 in tl.static_range(0, BLOCK_B, SUB):
             rs = b0 + t0 + tl.arange(0, SUB)
             acc = matvec_init(SUB, BLOCK_N, BLOCK_K)
-            for i0 in range(0, KG * GROUP, BLOCK_K):
+            for i0 in tl.range(0, KG * GROUP, BLOCK_K, num_stages=STAGES):
                 w, col, mask = _group_sparse_int4_kept(gi_ptr, q_ptr, s_ptr, z_ptr, rn, i0, N, KG, GROUP, BLOCK_K)
                 if SUB == 1:  # one token (the grid has exactly M): x gathered as [BLOCK_N, BLOCK_K]
                     x = tl.load(x_ptr + b0 * stride_xm + col, mask=mask, other=0.0)

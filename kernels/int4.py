@@ -123,22 +123,23 @@ def _int4_few_tokens(acc, x_ptr, q_ptr, s_ptr, z_ptr, rn, rb, k0, M, N, K, strid
 @launched
 def _int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, UNIT, ws_ptr, tk_ptr,
                       M_BUCKET, GROUP: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_B: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr = 1):
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr = 1,
+                      STAGES: tl.constexpr = None):
     """Decode: one program per BLOCK_N output rows (and BLOCK_B tokens), streaming K in BLOCK_K steps; one token
-    may split K among SPLIT_K programs (``split_k_store``)."""
+    may split K among SPLIT_K programs (``split_k_store``); STAGES pipelines the 1-4 token loops (``_configs``)."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     if BLOCK_B * (GROUP % 8 + 1) == 1:  # one token, groups a multiple of 8 (K too): the code-word path
         k_lo, k_hi = split_k_range(K, BLOCK_K, SPLIT_K)
         acc1 = tl.zeros((BLOCK_N, BLOCK_K // 8), tl.float32)
-        for k0 in range(k_lo, k_hi, BLOCK_K):
+        for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
             acc1 = _int4_one_token(acc1, x_ptr, q_ptr, s_ptr, z_ptr, rn, tl.program_id(1), k0, N, K, stride_xm, UNIT,
                                     GROUP, BLOCK_K)
         split_k_store(out_ptr, ws_ptr, tk_ptr, tl.sum(acc1, axis=1), tl.program_id(1), rn, M, N, stride_om,
                       SPLIT_K)
     elif BLOCK_B <= 4 and GROUP % 8 == 0:  # 2-4 tokens: the same code words, one accumulator per token
         acc3 = tl.zeros((BLOCK_B, BLOCK_N, BLOCK_K // 8), tl.float32)
-        for k0 in range(0, K, BLOCK_K):
+        for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
             acc3 = _int4_few_tokens(acc3, x_ptr, q_ptr, s_ptr, z_ptr, rn, rb, k0, M, N, K, stride_xm, UNIT, GROUP,
                                      BLOCK_B, BLOCK_K)
         store_out(out_ptr, tl.sum(acc3, axis=2), rb, rn, M, N, stride_om)
@@ -157,7 +158,7 @@ def _int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, s
         split_k_store_tile(out_ptr, ws_ptr, tk_ptr, tl.trans(acc_t), rb, rn, M, N, stride_om, SPLIT_K)
     else:
         acc = matvec_init(BLOCK_B, BLOCK_N, BLOCK_K)
-        for k0 in range(0, K, BLOCK_K):
+        for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
             w = _int4_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP, BLOCK_K)
             x = load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm)
             acc = matvec_step(acc, x, w, BLOCK_B, DOT_F32)

@@ -44,12 +44,14 @@ def _sparse24_tile(v_ptr, m_ptr, rn, k0, N, K, BLOCK_K: tl.constexpr):
 
 @launched
 def _sparse24_gemv_kernel(x_ptr, v_ptr, m_ptr, out_ptr, M, N, K, stride_xm, stride_om, M_BUCKET,
-                          DOT_F32: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Decode: BLOCK_N rows per program streaming values and meta; the skipped half of W is never read."""
+                          DOT_F32: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                          STAGES: tl.constexpr = None):
+    """Decode: BLOCK_N rows per program streaming values and meta; the skipped half of W is never read. STAGES
+    pipelines the 1-4 token loop (``_configs``)."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     acc = matvec_init(BLOCK_B, BLOCK_N, BLOCK_K)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
         w = _sparse24_tile(v_ptr, m_ptr, rn, k0, N, K, BLOCK_K)
         acc = matvec_step(acc, load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm), w, BLOCK_B, DOT_F32)
     store_out(out_ptr, matvec_finish(acc, BLOCK_B), rb, rn, M, N, stride_om)

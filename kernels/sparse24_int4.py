@@ -218,9 +218,10 @@ def _sparse24_int4_picked(x_ptr, row, k0, M, K, stride_xm, meta, BLOCK_K: tl.con
 def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, UNIT,
                                ws_ptr, tk_ptr, M_BUCKET, GROUP: tl.constexpr, DOT_F32: tl.constexpr,
                                BLOCK_B: tl.constexpr,
-                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr = 1):
+                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr = 1,
+                               STAGES: tl.constexpr = None):
     """Decode: BLOCK_N rows per program, K streamed in BLOCK_K dense columns (BLOCK_K/4 packed bytes per row); one
-    token may split K among SPLIT_K programs (``split_k_store``)."""
+    token may split K among SPLIT_K programs (``split_k_store``); STAGES pipelines the 1-4 token loops."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     if BLOCK_B <= 4 and GROUP % 16 == 0:  # 1-4 tokens: code words, x picked per token by selects
@@ -231,7 +232,7 @@ def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N,
         c2 = tl.zeros((BLOCK_N, W), tl.float32)
         c3 = tl.zeros((BLOCK_N, W), tl.float32)
         k_lo, k_hi = split_k_range(K, BLOCK_K, SPLIT_K)  # the whole of K unless this launch splits (one token)
-        for k0 in range(k_lo, k_hi, BLOCK_K):
+        for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
             words, meta = _sparse24_int4_code_words(q_ptr, m_ptr, rn, k0, N, K, BLOCK_K)
             if BLOCK_B == 1:  # scale and zero point folded into per-word sums (``word_stats``): fewer instructions
                 slope, offset = word_stats(s_ptr, z_ptr, rn, k0 // 16, K // GROUP, N, GROUP // 2, W)
@@ -256,7 +257,7 @@ def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N,
         a2 = tl.zeros((BLOCK_N, BLOCK_K // 4), tl.float32)
         a3 = tl.zeros((BLOCK_N, BLOCK_K // 4), tl.float32)
         k_lo, k_hi = split_k_range(K, BLOCK_K, SPLIT_K)  # the whole of K unless this launch splits (one token)
-        for k0 in range(k_lo, k_hi, BLOCK_K):
+        for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
             wa, wb, nib = _sparse24_int4_kept(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP, BLOCK_K)
             p0, p1 = nib & 3, nib >> 2
             a0 = _sparse24_int4_select_dot(a0, x_ptr, b0, k0, M, K, stride_xm, wa, wb, p0, p1, BLOCK_K)
@@ -282,7 +283,7 @@ def _sparse24_int4_gemv_kernel(x_ptr, q_ptr, m_ptr, s_ptr, z_ptr, out_ptr, M, N,
         split_k_store_tile(out_ptr, ws_ptr, tk_ptr, tl.trans(acc_t), rb, rn, M, N, stride_om, SPLIT_K)
     else:
         acc = matvec_init(BLOCK_B, BLOCK_N, BLOCK_K)
-        for k0 in range(0, K, BLOCK_K):
+        for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
             w = _sparse24_int4_tile(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP, BLOCK_K)
             x = load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm)
             acc = matvec_step(acc, x, w, BLOCK_B, DOT_F32)

@@ -128,8 +128,9 @@ def _spqr_gemv_kernel(x_ptr, q_ptr, sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_p
                       M, N, K, stride_xm, stride_om, WORDS, G, UNIT, ws_ptr, tk_ptr, M_BUCKET,
                       BITS: tl.constexpr, GROUP: tl.constexpr, STAT_GROUP: tl.constexpr, DOT_F32: tl.constexpr,
                       BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                      SPLIT_K: tl.constexpr = 1):
-    """Decode: BLOCK_N rows per program stream the bit-packed codes, then add their outlier corrections."""
+                      SPLIT_K: tl.constexpr = 1, STAGES: tl.constexpr = None):
+    """Decode: BLOCK_N rows per program stream the bit-packed codes, then add their outlier corrections; STAGES
+    pipelines the 1-4 token loops (``_configs``)."""
     st_ptrs = (sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_ptr)
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -141,7 +142,7 @@ def _spqr_gemv_kernel(x_ptr, q_ptr, sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_p
         c1 = tl.zeros((BLOCK_K // 32, BLOCK_N), tl.float32)
         c2 = tl.zeros((BLOCK_K // 32, BLOCK_N), tl.float32)
         c3 = tl.zeros((BLOCK_K // 32, BLOCK_N), tl.float32)
-        for k0 in range(k_lo, k_hi, BLOCK_K):
+        for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
             words, stats = _spqr_word_block(q_ptr, st_ptrs, rn, k0, N, WORDS, G, BITS, GROUP, STAT_GROUP, BLOCK_K)
             c0 = _spqr_word_dot(c0, x_ptr, b0, k0, M, K, stride_xm, words, stats, UNIT, BITS, BLOCK_K)
             if BLOCK_B >= 2:
@@ -169,7 +170,7 @@ def _spqr_gemv_kernel(x_ptr, q_ptr, sc_ptr, zc_ptr, ss_ptr, sz_ptr, zs_ptr, zz_p
         store_out(out_ptr, acc, rb, rn, M, N, stride_om)
     else:
         acc = matvec_init(BLOCK_B, BLOCK_N, BLOCK_K)
-        for k0 in range(0, K, BLOCK_K):
+        for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
             w = _spqr_block(q_ptr, st_ptrs, rn, k0, N, K, WORDS, G, BITS, GROUP, STAT_GROUP, BLOCK_K)
             x = load_x(x_ptr, rb, k0 + tl.arange(0, BLOCK_K), M, K, stride_xm)
             acc = matvec_step(acc, x, w, BLOCK_B, DOT_F32)

@@ -51,7 +51,8 @@ def cases(fmt: str, full: bool):
                      for cfg in kernels.prune_gemv(kernels.gemv_tuned.configs, {"M_BUCKET": bucket})}.values())
     else:  # the pinned tile on the FMA path (1) and the widest block (tl.dot for 16), and one split-K config
         split = [cfg for cfg in kernels.gemv_tuned.configs if cfg.kwargs.get("SPLIT_K", 1) > 1][-1:]
-        gemv = [triton.Config({**c.GPU_PINNED[0], "BLOCK_B": bb}) for bb in blocks[::2]] + split
+        gemv = [triton.Config({**c.GPU_PINNED[0], "BLOCK_B": bb, **c.pipelining(bb)[-1]}) for bb in blocks[::2]]
+        gemv += split
     gemm = c.gemm_configs() if full else [triton.Config(c.GPU_PINNED[1])]
     for cfg in gemv:
         yield "gemv", {**base, "DOT_F32": False, **cfg.kwargs}, _options(cfg)

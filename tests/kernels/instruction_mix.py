@@ -1,7 +1,8 @@
 """Static instruction mix of the decode kernels' K loop on sm_90, from the SASS that Triton's bundled ptxas emits on
 a machine without a GPU.
 
-    python tests/kernels/instruction_mix.py [--formats int4,...] [--blocks 1,2,4,16] [--wide | --gemm] [--out FILE.md]
+    python tests/kernels/instruction_mix.py [--formats int4,...] [--blocks 1,2,4,16] [--wide | --gemm] [--pipelined]
+                                            [--out FILE.md]
 
 Why: a batch-1 GEMV streams each weight byte once, so it reaches the memory bandwidth only if the SM issues few
 enough instructions per byte. An H100 SM issues 128 thread-instructions per cycle and must consume ~14.5 bytes per
@@ -30,7 +31,7 @@ import triton
 sys.path.insert(0, str(Path(__file__).parent))
 from compile_check import EXTRA_CONSTS, GROUPS, compile_one, resources  # noqa: E402
 
-from llmprune.kernels._configs import BIG_TILES, gemm_configs  # noqa: E402
+from llmprune.kernels._configs import BIG_TILES, gemm_configs, pipelining  # noqa: E402
 
 PREFERRED = [(16, 256, 4), (16, 128, 4), (16, 64, 4)]  # (BLOCK_N, BLOCK_K, warps): the longest K step that
 # prune_gemv keeps for the token block (the autotuner's candidates; GPU_PINNED's rows)
@@ -86,11 +87,11 @@ def config_for(fmt: str, block_b: int) -> dict:
     return {**best.kwargs, "num_warps": best.num_warps}
 
 
-def wide_mix(fmt: str, block_b: int) -> dict:
+def wide_mix(fmt: str, block_b: int, pipelined: bool = False) -> dict:
     """The lowest-count row among the autotuner's wide tiles (``_configs.BIG_TILES``: 64 B of int4 codes per thread
     per step), which the split-K paths exist for."""
     configs = [{"BLOCK_N": n, "BLOCK_K": k, "num_warps": w} for n, k, w in BIG_TILES]
-    return min((mix(fmt, block_b, config=c) for c in configs), key=lambda r: r["per_byte"])
+    return min((mix(fmt, block_b, config=c, pipelined=pipelined) for c in configs), key=lambda r: r["per_byte"])
 
 
 def gemm_mix(fmt: str, config) -> dict:
@@ -112,13 +113,15 @@ def gemm_mix(fmt: str, config) -> dict:
             "spill": resources(kernel).split()[1]}
 
 
-def mix(fmt: str, block_b: int, dtype: str = "float16", config: dict | None = None) -> dict:
-    config = config or config_for(fmt, block_b)
+def mix(fmt: str, block_b: int, dtype: str = "float16", config: dict | None = None, pipelined: bool = False) -> dict:
+    """One decode loop's row; ``pipelined``: the config's STAGES twin (``_configs.pipelining``; the 1-4 token blocks
+    only), whose K loop follows a prologue that loads the first steps."""
+    config = {**(config or config_for(fmt, block_b)), **(pipelining(block_b)[-1] if pipelined else {})}
     module = importlib.import_module(f"llmprune.kernels.{fmt}")
     fn = getattr(module, f"_{fmt}_gemv_kernel")
     consts = {"GROUP": GROUPS.get(fmt), "DOT_F32": False, "BLOCK_B": block_b, "BLOCK_N": config["BLOCK_N"],
-              "BLOCK_K": config["BLOCK_K"], **EXTRA_CONSTS.get(fmt, {})}
-    consts = {k: v for k, v in consts.items() if k in fn.arg_names}
+              "BLOCK_K": config["BLOCK_K"], "STAGES": config.get("STAGES"), **EXTRA_CONSTS.get(fmt, {})}
+    consts = {k: v for k, v in consts.items() if k in fn.arg_names and v is not None}
     kernel = compile_one(fn, fmt, dtype, consts, {"num_warps": config["num_warps"], "num_stages": 2}, 90)
     ops = loop_opcodes(sass(kernel))
     spill = resources(kernel).split()[1]
@@ -128,7 +131,8 @@ def mix(fmt: str, block_b: int, dtype: str = "float16", config: dict | None = No
     slow = {name: sum(n for op, n in ops.items() if op.startswith(prefix)) for name, prefix in SLOW.items()}
     loads = {op: n for op, n in ops.items() if op.startswith("LDG")}
     return {"format": fmt, "block_b": block_b, "config": f"{config['BLOCK_N']}x{config['BLOCK_K']}"
-            + (f" ({config['num_warps']} warps)" if config["num_warps"] != 4 else ""),
+            + (f" ({config['num_warps']} warps)" if config["num_warps"] != 4 else "")
+            + (f", {config['STAGES']} stages" if "STAGES" in config else ""),
             "instructions": total, "bytes_per_thread": per_thread, "per_byte": total / per_thread, **slow,
             "loads": loads, "spill": spill}
 
@@ -161,17 +165,20 @@ def main(argv=None) -> int:
     ap.add_argument("--wide", action="store_true", help="the best of the wide split-K tiles instead of 16x256 "
                     "(one token, and 16 for int4)")
     ap.add_argument("--gemm", action="store_true", help="the prefill kernels at each tile of gemm_configs()")
+    ap.add_argument("--pipelined", action="store_true", help="the 1-4 token blocks' STAGES twins (_configs.pipelining)")
     ap.add_argument("--out", help="also write the table (markdown) here")
-    ap.add_argument("--check", action="store_true", help="exit 1 if a decode loop converts codes with I2F, "
-                    "shuffles between lanes or spills (the regressions this table exposed)")
+    ap.add_argument("--check", action="store_true", help="exit 1 if a decode loop, pipelined or not, "
+                    "converts codes with I2F, shuffles between lanes or spills (the regressions this table exposed)")
     args = ap.parse_args(argv)
     pairs = [(fmt, int(b)) for fmt in args.formats.split(",") for b in args.blocks.split(",")]
     if args.gemm:
         rows = [gemm_mix(fmt, c) for fmt in args.formats.split(",") for c in gemm_configs()]
     elif args.wide:
-        rows = [wide_mix(fmt, b) for fmt, b in pairs if b in splitting_blocks(fmt)]
+        rows = [wide_mix(fmt, b, args.pipelined) for fmt, b in pairs if b in splitting_blocks(fmt)]
     else:
-        rows = [mix(fmt, b) for fmt, b in pairs]
+        rows = [mix(fmt, b, pipelined=args.pipelined) for fmt, b in pairs]
+    if args.check:  # both variants of the FMA blocks
+        rows += [mix(fmt, b, pipelined=not args.pipelined) for fmt, b in pairs if len(pipelining(b)) > 1]
     if args.check:
         bad = [f"{r['format']} BLOCK_B={r['block_b']}: I2F {r['I2F']}, SHFL {r['SHFL']}, {r['spill']}" for r in rows
                if r["I2F"] > MAX_I2F or r["SHFL"] or r["spill"] != "STACK:0"]

@@ -59,6 +59,15 @@ def test_benchmark_summary_flags_goals_and_reports_crossover_ratios(bench):
     assert "- int4: batch 64: 0.40, batch 512: 1.50" in text
 
 
+def test_benchmark_summary_counts_pipelined_decode_choices(bench):
+    """How often the autotuner chose a pipelined 1-4 token loop (_configs.pipelining) is read off the recorded
+    configs; the padded tl.dot block and larger batches do not count."""
+    rows = [dict(fmt="int4", n=4096, k=4096, m=m, regime=None, t=1.0, dense=1.0, bw=0.5, config=config)
+            for m, config in ((1, "B1 N64 K256 split4 stages3 w4"), (2, "B2 N16 K64 w4"), (4, "B16 N64 K128 w4"),
+                              (16, "B16 N64 K128 w4"), (4, "B4 N16 K64 stages3 w4"))]
+    assert "pipelined loop (STAGES): 2 of 3" in "\n".join(bench.summary(rows))
+
+
 def timings(fmt, per_batch):
     """Records of two shapes and both dtypes with the same times: {batch: {regime: microseconds}}."""
     return [dict(fmt=fmt, n=n, k=4096, m=m, dtype=dt, regime=r, t=t, dense=1.0, bw=0.5)

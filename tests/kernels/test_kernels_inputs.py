@@ -117,6 +117,10 @@ def test_autotune_pruning_keeps_tl_dot_tiles_legal():
     dot_tiles = c.prune_gemv(c.gemv_configs(), {"M_BUCKET": 16})
     assert dot_tiles and all(cfg.kwargs["BLOCK_N"] >= 16 and cfg.kwargs["BLOCK_B"] == 16 for cfg in dot_tiles)
     assert len(c.prune_gemv(c.gemv_configs(), {"M_BUCKET": 1})) == len(c.gemv_configs((1,)))
+    # the FMA blocks come with and without a pipelined loop; the tl.dot block only as Triton pipelines it
+    assert {cfg.kwargs.get("STAGES") for cfg in c.gemv_configs((1, 2, 4)) + c.split_k_configs((1,))} == {
+        None, c.PIPELINE_STAGES}
+    assert all("STAGES" not in cfg.kwargs for cfg in c.gemv_configs((16,)) + c.split_k_configs((16,)))
     assert {cfg.kwargs["BLOCK_M"] for cfg in c.prune_gemm(c.gemm_configs(), {"M_BUCKET": 32})} <= {16, 32}
 
 
