@@ -92,20 +92,28 @@ def gemm_configs() -> list:
 ACC_PER_THREAD = 32  # fp32 accumulator registers per thread for 2-4 tokens; more spilled on sm_90 (instruction_mix)
 
 
-def prune_gemv(configs, named_args, cols_per_acc: int = 1, **kwargs) -> list:
+GATHERED_X_STAGE = 64 * 256  # activations per step (BLOCK_B x BLOCK_N x BLOCK_K) a pipelined loop may stage when
+# it gathers x per row (GQSA): 4 stages of them then take 138 KB of shared memory on sm_90; twice as many exceed 227 KB
+
+
+def prune_gemv(configs, named_args, cols_per_acc: int = 1, gathers_x: bool = False, **kwargs) -> list:
     """The configs of the launch's token blocks (``decode_blocks`` of its M_BUCKET). The padded tl.dot decode path
     (BLOCK_B = 16) needs BLOCK_N >= 16 (tl.dot's minimum tile); the 2-4 token FMA path keeps a
     [BLOCK_B, BLOCK_N, BLOCK_K / cols_per_acc] accumulator (int4's code-word path sums 8 columns per entry), so drop
-    tiles that would not fit in registers."""
+    tiles that would not fit in registers; a format whose FMA loops gather x per row (``gathers_x``) stages a
+    [BLOCK_B, BLOCK_N, BLOCK_K] block of x per pipelined step, so drop pipelined tiles that would not fit in shared
+    memory."""
     blocks = decode_blocks(named_args.get("M_BUCKET", 1))
 
     def keep(c) -> bool:
-        bb, bn = c.kwargs["BLOCK_B"], c.kwargs["BLOCK_N"]
+        bb, bn, bk = c.kwargs["BLOCK_B"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
         if bb not in blocks:
             return False
         if bb >= 16:
             return bn >= 16
-        return bb == 1 or bb * bn * c.kwargs["BLOCK_K"] // cols_per_acc <= ACC_PER_THREAD * 32 * c.num_warps
+        if gathers_x and "STAGES" in c.kwargs and bb * bn * bk > GATHERED_X_STAGE:
+            return False
+        return bb == 1 or bb * bn * bk // cols_per_acc <= ACC_PER_THREAD * 32 * c.num_warps
 
     return [c for c in configs if keep(c)]
 

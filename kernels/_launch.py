@@ -113,10 +113,11 @@ class Call:
 class KernelPair:
     """The decode (GEMV), prefill (GEMM) and dequantize kernels of one format, with autotuned twins for CUDA."""
 
-    def __init__(self, fmt: str, gemv, gemm, dequant, cols_per_acc: int = 1, split_k: dict | None = None):
+    def __init__(self, fmt: str, gemv, gemm, dequant, cols_per_acc: int = 1, split_k: dict | None = None,
+                 gathers_x: bool = False):
         self.fmt, self.gemv, self.gemm, self.dequant = fmt, gemv, gemm, dequant
         self.split_k = split_k or {}  # {BLOCK_B: d}: that block's decode splits K when GROUP % d == 0 (or d(GROUP))
-        self.prune_gemv = functools.partial(prune_gemv, cols_per_acc=cols_per_acc)
+        self.prune_gemv = functools.partial(prune_gemv, cols_per_acc=cols_per_acc, gathers_x=gathers_x)
         tune = {"cache_results": True, "do_bench": quick_bench}  # tuned configs persist in Triton's cache dir
         self.max_block = TOKEN_BLOCKS[-1]  # most tokens one decode program takes
         configs = gemv_configs() + split_k_configs(tuple(self.split_k))

@@ -261,7 +261,8 @@ def dense_walk(group: int) -> bool:
 
 
 KERNELS = KernelPair("group_sparse_int4", _group_sparse_int4_gemv_kernel, _group_sparse_int4_gemm_kernel,
-                     _group_sparse_int4_dequant_kernel, cols_per_acc=8, split_k={1: 8, 16: dense_walk})
+                     _group_sparse_int4_dequant_kernel, cols_per_acc=8, split_k={1: 8, 16: dense_walk},
+                     gathers_x=True)  # x at each kept code's column, per row
 
 
 def _checked(packed: dict, device: torch.device, k: int) -> tuple[int, int, int]:

@@ -106,7 +106,8 @@ def compile_all(formats, dtypes, archs, full=False, report=False) -> list[str]:
                     try:
                         kernel = compile_one(fn, fmt, dtype, consts, options, arch)
                         if report:
-                            blocks = {k: v for k, v in consts.items() if k.startswith("BLOCK")}
+                            blocks = {k: v for k, v in consts.items()
+                                      if k.startswith("BLOCK") or k in ("SPLIT_K", "STAGES")}
                             print(f"{fmt} {regime} {dtype} sm_{arch} {blocks} {options} {resources(kernel)}")
                         if kernel.metadata.shared > SHARED_LIMIT[arch]:
                             failures.append(f"{fmt} {regime} {dtype} sm_{arch} {consts}: needs "

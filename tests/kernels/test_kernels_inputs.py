@@ -124,6 +124,22 @@ def test_autotune_pruning_keeps_tl_dot_tiles_legal():
     assert {cfg.kwargs["BLOCK_M"] for cfg in c.prune_gemm(c.gemm_configs(), {"M_BUCKET": 32})} <= {16, 32}
 
 
+def test_pipelined_tiles_that_stage_gathered_x_beyond_shared_memory_are_pruned():
+    """GQSA gathers x per row, so a pipelined step stages BLOCK_B x BLOCK_N x BLOCK_K activations: its 256x128
+    one-token tile (276 KB on sm_90, compile_check --full) is pruned pipelined but kept plain; int4 keeps both."""
+    from llmprune.kernels import group_sparse_int4, int4
+
+    def tiles(kernels, bucket):
+        kept = kernels.prune_gemv(kernels.gemv_tuned.configs, {"M_BUCKET": bucket})
+        return {(cfg.kwargs["BLOCK_B"], cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"], "STAGES" in cfg.kwargs)
+                for cfg in kept}
+
+    gqsa, plain = tiles(group_sparse_int4.KERNELS, 1), tiles(int4.KERNELS, 1)
+    assert (1, 256, 128, False) in gqsa and (1, 256, 128, True) not in gqsa and (1, 64, 256, True) in gqsa
+    assert {(1, 256, 128, False), (1, 256, 128, True)} <= plain
+    assert all(b * n * k <= 64 * 256 for b, n, k, piped in tiles(group_sparse_int4.KERNELS, 4) if piped and b < 16)
+
+
 def test_kernels_compile_for_hopper_without_a_gpu():
     """Triton's bundled ptxas builds every kernel (one config each, fp16 and bf16) for sm_90 on this CPU machine."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
