@@ -177,11 +177,10 @@ def main(argv=None) -> int:
         rows = [wide_mix(fmt, b, args.pipelined) for fmt, b in pairs if b in splitting_blocks(fmt)]
     else:
         rows = [mix(fmt, b, pipelined=args.pipelined) for fmt, b in pairs]
-    if args.check:  # both variants of the FMA blocks
-        rows += [mix(fmt, b, pipelined=not args.pipelined) for fmt, b in pairs if len(pipelining(b)) > 1]
     if args.check:
-        bad = [f"{r['format']} BLOCK_B={r['block_b']}: I2F {r['I2F']}, SHFL {r['SHFL']}, {r['spill']}" for r in rows
-               if r["I2F"] > MAX_I2F or r["SHFL"] or r["spill"] != "STACK:0"]
+        rows += [mix(fmt, b, pipelined=not args.pipelined) for fmt, b in pairs if len(pipelining(b)) > 1]  # both
+        bad = [f"{r['format']} BLOCK_B={r['block_b']} {r['config']}: I2F {r['I2F']}, SHFL {r['SHFL']}, {r['spill']}"
+               for r in rows if r["I2F"] > MAX_I2F or r["SHFL"] or r["spill"] != "STACK:0"]
         print("\n".join(bad) or "decode loops: no code conversions by I2F, no shuffles, no spills")
         return 1 if bad else 0
     tiles = "prefill kernels" if args.gemm else "the best wide tile" if args.wide else "4 warps"
