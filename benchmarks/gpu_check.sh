@@ -11,7 +11,8 @@
 # output it times against the reference (full size, every shape, "rel err" column), so a short session can skip it.
 # sanitize: pinned configs (64x64 decode and 32-row prefill tiles, the fp16 half-precision paths included) at
 # 1000x1152 under compute-sanitizer memcheck, one process per format.
-# mix: the decode loops' instruction mix as the GPU's own triton compiles them (tests/kernels/instruction_mix.py);
+# mix: the decode loops' instruction mix as the GPU's own triton compiles them (tests/kernels/instruction_mix.py), the
+# 1-4 token loops also pipelined (--pipelined);
 # decode: end-to-end tokens/s of Llama-2-7B shapes, eager and CUDA-graph replay (benchmarks/decode.py).
 # BENCH_FORMATS=int4,sparse24_int4 bash benchmarks/gpu_check.sh bench-float16   # a subset per call, should the first
 #   autotuning of all five formats not fit in one 10-minute call
@@ -63,7 +64,9 @@ for stage in "${STAGES[@]}"; do
         done
       fi ;;
     mix)
-      python tests/kernels/instruction_mix.py --out "$OUT/instruction_mix.md" 2>&1 | tee "$OUT/mix.log" || status=1 ;;
+      { python tests/kernels/instruction_mix.py --out "$OUT/instruction_mix.md" &&
+        python tests/kernels/instruction_mix.py --blocks 1,2,4 --pipelined --out "$OUT/instruction_mix-pipelined.md"; } \
+        2>&1 | tee "$OUT/mix.log" || status=1 ;;
     decode)
       python benchmarks/decode.py llama-7b --formats sparse24_int4,int4,group_sparse_int4 --batch 1,16 \
         --new-tokens 64 --runs 3 --results "$OUT" 2>&1 | tee "$OUT/decode.log" || status=1 ;;
