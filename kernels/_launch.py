@@ -116,10 +116,11 @@ class KernelPair:
     def __init__(self, fmt: str, gemv, gemm, dequant, cols_per_acc: int = 1, split_k: dict | None = None,
                  gathers_x: bool = False):
         self.fmt, self.gemv, self.gemm, self.dequant = fmt, gemv, gemm, dequant
-        self.split_k = split_k or {}  # {BLOCK_B: d}: that block's decode splits K when GROUP % d == 0 (or d(GROUP))
+        # {BLOCK_B: whether that block's decode path splits K for a GROUP}, given as a divisor d of GROUP or a predicate
+        self.split_k = {b: rule if callable(rule) else functools.partial(_divides, rule)
+                        for b, rule in (split_k or {}).items()}
         self.prune_gemv = functools.partial(prune_gemv, cols_per_acc=cols_per_acc, gathers_x=gathers_x)
         tune = {"cache_results": True, "do_bench": quick_bench}  # tuned configs persist in Triton's cache dir
-        self.max_block = TOKEN_BLOCKS[-1]  # most tokens one decode program takes
         configs = gemv_configs() + split_k_configs(tuple(self.split_k))
         self.gemv_tuned = triton.autotune(configs=configs, key=GEMV_KEY,
                                           prune_configs_by={"early_config_prune": self.prune_gemv}, **tune)(gemv)
@@ -141,9 +142,8 @@ class KernelPair:
         split = meta.get("SPLIT_K", 1)
         bb = meta["BLOCK_B"]
         rule = self.split_k.get(bb)
-        group = meta.get("GROUP", 0)
-        path = rule is not None and (rule(group) if callable(rule) else group % rule == 0)
-        tiles = triton.cdiv(m, meta["BLOCK_B"]) * triton.cdiv(n, meta["BLOCK_N"])
+        path = rule is not None and rule(meta.get("GROUP", 0))
+        tiles = triton.cdiv(m, bb) * triton.cdiv(n, meta["BLOCK_N"])
         fits = split * m * n <= SPLIT_K_PARTIALS and tiles <= SPLIT_K_TILES
         return split if path and fits else 1
 
@@ -161,19 +161,20 @@ class KernelPair:
 
     def run(self, args: tuple, m: int, n: int, consts: dict, regime: str) -> None:
         """Launch over ``[m, n]`` outputs; ``args`` hold (..., M, N, K, stride_xm, stride_om, extra ints); a decode
-        program takes at most its kernel's largest token block (``max_block``): more tokens sent to the decode kernel
+        program takes at most the largest token block (``TOKEN_BLOCKS``): more tokens sent to the decode kernel
         run as several blocks. The dispatch table decides whether decode runs, not its block: a forced ``gemv`` (the
         benchmark measuring the decode limit) gets the block best for its token count."""
         if regime == "gemv":
-            tokens = min(m, self.max_block)
+            tokens = min(m, TOKEN_BLOCKS[-1])
             fixed = self._fixed(0)
-            block = batch_block(tokens)
+            if fixed is not None:  # the interpreter's or a pinned tile, at the token block (pipelined when FMA)
+                block = batch_block(tokens)
+                fixed = {**fixed, "BLOCK_B": block, **pipelining(block)[-1]}
 
             def grid(meta):
                 return (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_B"]), self.splits(meta, m, n))
 
-            launch(self.gemv, self.gemv_tuned, grid, (*args, m_bucket(tokens)), consts,
-                   None if fixed is None else {**fixed, "BLOCK_B": block, **pipelining(block)[-1]})
+            launch(self.gemv, self.gemv_tuned, grid, (*args, m_bucket(tokens)), consts, fixed)
         else:
 
             def grid(meta):
@@ -209,6 +210,10 @@ class KernelPair:
         bn, bk = (8, 32) if self.interpret else (32, 128)
         kernel = kernel or self.dequant
         kernel[(triton.cdiv(n, bn), triton.cdiv(cols, bk))](*args, **consts, BLOCK_N=bn, BLOCK_K=bk)
+
+
+def _divides(d: int, group: int) -> bool:
+    return group % d == 0
 
 
 SPLIT_K_PARTIALS = 1 << 22  # float32 partials in the workspace (16 MB): 8 splits x 16 tokens x 28672 outputs

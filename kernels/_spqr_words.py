@@ -100,11 +100,11 @@ def _spqr_word_block(q_ptr, st_ptrs, rn, k0, N, WORDS, G, BITS: tl.constexpr, GR
     scale, zero = _spqr_scale_zero(st_ptrs, rn, ok, k0 // 16, G, GROUP // 16, STAT_GROUP, 2 * T)
     unit_scale: tl.constexpr = 1 << BITS
     if EXACT:  # (scale, zero) in the slots of (slope, offset)
-        slope = tl.broadcast_to(expand_groups(scale, GROUP // 16, 2 * T), (rn.shape[0], 2 * T))
-        offset = tl.broadcast_to(expand_groups(zero, GROUP // 16, 2 * T), (rn.shape[0], 2 * T))
+        a, b = scale, zero
     else:
-        slope = tl.broadcast_to(expand_groups(unit_scale * scale, GROUP // 16, 2 * T), (rn.shape[0], 2 * T))
-        offset = tl.broadcast_to(expand_groups((unit_scale + zero) * scale, GROUP // 16, 2 * T), (rn.shape[0], 2 * T))
+        a, b = unit_scale * scale, (unit_scale + zero) * scale
+    slope = tl.broadcast_to(expand_groups(a, GROUP // 16, 2 * T), (rn.shape[0], 2 * T))
+    offset = tl.broadcast_to(expand_groups(b, GROUP // 16, 2 * T), (rn.shape[0], 2 * T))
     slope_a, slope_b = _spqr_halves(slope, T, ROWS_FIRST)
     offset_a, offset_b = _spqr_halves(offset, T, ROWS_FIRST)
     return words, (slope_a, offset_a, slope_b, offset_b)

@@ -296,8 +296,12 @@ def group_sparse_int4_dequantize(packed: dict, dtype: torch.dtype, in_features: 
     written into ``out`` when given."""
     gi = packed["group_idx"]
     n, kg, group = _checked(packed, gi.device, in_features)
-    kmap = kept_map(gi, in_features // group) if dense_walk(group) else None
-    return _dequantize(packed, kmap, group, dtype, in_features, out)
+    return _dequantize(packed, _walk_map(gi, in_features, group), group, dtype, in_features, out)
+
+
+def _walk_map(group_idx: Tensor, k: int, group: int) -> Tensor | None:
+    """The kept map the dense-walk kernels read (cached per weight), or None for groups they cannot take."""
+    return kept_map(group_idx, k // group) if dense_walk(group) else None
 
 
 def _dequantize(packed: dict, kmap: Tensor | None, group: int, dtype: torch.dtype, k: int,
@@ -327,19 +331,18 @@ def group_sparse_int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = No
     k = x.shape[-1]
     n, kg, group = _checked(packed, x.device, k)
     gi, walk = packed["group_idx"], dense_walk(group)
-
-    def kmap(rows: slice = slice(None)) -> Tensor | None:
-        return kept_map(gi, k // group)[rows] if walk else None
-
     ws, tickets = split_k_buffers(x.device)
     one_token = x.numel() == k and regime in (None, "gemv")  # the gather path: skip the map lookup (~1 us a call)
     # an int32 placeholder (unread) where no path walks the map, so the kernel's signature stays the same
-    walk_map = tickets if one_token or not walk else kmap()
+    walk_map = tickets if one_token or not walk else kept_map(gi, k // group)
     extra = (kg, UNIT, walk_map, ws, tickets)  # the GEMM launch appends M_BUCKET
 
     def rows(r0: int, r1: int, buf: Tensor) -> Tensor:
-        return _dequantize(row_slice(packed, NAMES, r0, r1), kmap(slice(r0, r1)), group, buf.dtype, k, buf)
+        kmap = _walk_map(gi, k, group)
+        return _dequantize(row_slice(packed, NAMES, r0, r1), None if kmap is None else kmap[r0:r1], group, buf.dtype,
+                           k, buf)
 
-    call = Call(_tensors(packed), n, k, {"GROUP": group}, lambda dtype: _dequantize(packed, kmap(), group, dtype, k,
-                None), extra=extra, gemm_ok=walk, dequantize_rows=rows)
+    call = Call(_tensors(packed), n, k, {"GROUP": group},
+                lambda dtype: _dequantize(packed, _walk_map(gi, k, group), group, dtype, k, None), extra=extra,
+                gemm_ok=walk, dequantize_rows=rows)
     return KERNELS.matmul(x, call, out, regime)
