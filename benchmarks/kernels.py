@@ -29,6 +29,7 @@ from llmprune.settings import cache_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # this script's sibling modules, however it is loaded
 from kernel_inputs import nbytes, random_packed  # noqa: E402
+from kernel_plan import COMPILE_S, TIMED_S, plan_rows, precompile, timed_regimes  # noqa: E402
 from kernel_report import summary, tuned_config  # noqa: E402
 from kernel_timing import Timer, try_time, copy_bandwidth  # noqa: E402
 
@@ -37,6 +38,7 @@ BATCHES = [1, 4, 16, 64, 512, 4096]
 FORMATS = ["int4", "sparse24", "sparse24_int4", "group_sparse_int4", "spqr"]
 CHECK_CASES = [(1, "gemv"), (2, "gemv"), (4, "gemv"), (16, "gemv"), (16, "gemm"), (64, "gemm"), (512, "gemm"),
                (512, "dense"), (512, "chunked"), (37, None)]  # (tokens, regime); None: kernels/select.py's choice
+CHECK_SHAPE = (11008, 4096)
 CHECK_BOUND = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # ||y - ref||_F / ||ref||_F
 
 
@@ -47,7 +49,7 @@ def checked(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> tuple[f
     return err, bool(torch.isfinite(out).all()) and err <= CHECK_BOUND[dtype]
 
 
-def check(formats, dtypes, shape=(11008, 4096), device="cuda", cases=CHECK_CASES) -> list[str]:
+def check(formats, dtypes, shape=CHECK_SHAPE, device="cuda", cases=CHECK_CASES) -> list[str]:
     """Every regime of every kernel against ``formats.<fmt>.matmul_ref`` at full size; returns markdown rows
     (``device="cpu"`` under TRITON_INTERPRET=1 is the CPU dry run of this function)."""
     import importlib
@@ -102,8 +104,7 @@ def bench_shape(fmt, n, k, dtype, batches, timer, copy_gbs, emit, records, devic
         ref = ref_fn(x, packed).float()
         t_dense, _ = timer(lambda: linear(x, dense_w))
         t_semi = try_time(timer, lambda: linear(x, semi)) if semi is not None else None
-        regimes = [None] + (["gemv", "gemm"] if 1 < m <= 16 else []) + (["gemm", "dense", "chunked"] if m >= 64 else [])
-        for regime in regimes:
+        for regime in timed_regimes(m):
             out.fill_(float("nan"))
             try:
                 t, graphed = timer(lambda: fn(x, packed, out=out, regime=regime))
@@ -178,6 +179,32 @@ def versions() -> str:
             f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
 
 
+def plan(args) -> int:
+    """Print the autotuning a --bench run of one dtype starts with (kernel_plan.py): whether a stage fits the GPU
+    machine's 10-minute call, or which BENCH_FORMATS split does."""
+    from llmprune.kernels import select
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else select.DEFAULT_GPU
+    shapes, batches = ([(11008, 4096)], [1, 4, 16, 512]) if args.quick else (SHAPES, BATCHES)
+    print(f"Autotuning of a first --bench run, one dtype, {len(shapes)} shapes x batches {batches}, dispatch of {gpu}:")
+    print("\n| format | configs compiled | configs timed | minutes |\n|---|---|---|---|")
+    print("\n".join(plan_rows(args.formats.split(","), shapes, batches, select.rules(gpu))))
+    print(f"\nMinutes at {COMPILE_S} s per compile and {TIMED_S * 1e3:.0f} ms per timed config; shapes whose per-row "
+          "counts are not multiples of 16 compile again (kernel_plan.py). --bench compiles them first on every CPU "
+          "core (--precompile).")
+    return 0
+
+
+def precompile_in_child(argv) -> None:
+    """Run ``--precompile`` for this run's selection in a child process: its compiles land in Triton's on-disk
+    cache, where this process's autotuning finds them; should it fail (or crash), the autotuner compiles as usual."""
+    import subprocess
+
+    run = subprocess.run([sys.executable, __file__, *(sys.argv[1:] if argv is None else argv), "--precompile"])
+    if run.returncode != 0:
+        print(f"precompile exited with {run.returncode}; the autotuner compiles each config itself", flush=True)
+
+
 def parse(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="full-size correctness against the torch references")
@@ -186,17 +213,24 @@ def parse(argv):
     ap.add_argument("--dtypes", default="float16,bfloat16")
     ap.add_argument("--quick", action="store_true", help="one shape, batches 1/4/16/512 (smoke run)")
     ap.add_argument("--pinned", action="store_true", help="no autotuning: fixed configs (compute-sanitizer runs)")
+    ap.add_argument("--plan", action="store_true",
+                    help="count the autotuning --bench starts with, per format (no GPU needed), and exit")
+    ap.add_argument("--precompile", action="store_true",
+                    help="only compile, on every CPU core, the autotune configs the --check/--bench run times "
+                         "(those runs do it first, in a child process)")
     ap.add_argument("--install", action="store_true",
                     help="make this GPU's dispatch follow the measured crossovers ($LLMPRUNE_CACHE_DIR/crossovers/)")
     ap.add_argument("--results", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args(argv)
-    if not (args.check or args.bench):
+    if not (args.check or args.bench or args.plan):
         args.check = args.bench = True
     return args
 
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.plan:
+        return plan(args)
     if not torch.cuda.is_available():
         print("benchmarks/kernels.py: no CUDA GPU visible; nothing measured. Run it on a GPU machine "
               "(benchmarks/gpu_check.sh does the whole check).")
@@ -205,6 +239,13 @@ def main(argv=None) -> int:
     for fmt in formats if args.pinned else []:
         __import__(f"llmprune.kernels.{fmt}", fromlist=["KERNELS"]).KERNELS.pinned = True
     shapes, batches = ([(11008, 4096)], [1, 4, 16, 512]) if args.quick else (SHAPES, BATCHES)
+    if args.precompile:  # what this selection's --check and --bench time (a child of the run, see below)
+        precompile(formats, dtypes, {*(shapes if args.bench else []), *([CHECK_SHAPE] if args.check else [])},
+                   sorted({*(batches if args.bench else []), *(m for m, _ in CHECK_CASES if args.check)}),
+                   os.cpu_count() or 1)
+        return 0
+    if not args.pinned:
+        precompile_in_child(argv)
     from llmprune.kernels.select import device_slug
 
     gpu_name = torch.cuda.get_device_name(0)
@@ -217,7 +258,7 @@ def main(argv=None) -> int:
     lines = [f"# Kernel benchmark, {gpu}", "", versions(), ""]
     failed = False
     if args.check:
-        rows = check(formats, dtypes, (1000, 1152) if args.pinned else (11008, 4096))
+        rows = check(formats, dtypes, (1000, 1152) if args.pinned else CHECK_SHAPE)
         failed = any("FAIL" in r for r in rows)
         lines += ["## Correctness (rel. Frobenius error vs formats.<fmt>.matmul_ref)", "",
                   "| format | dtype | batch | regime | rel err | |", "|---|---|---|---|---|---|", *rows, ""]

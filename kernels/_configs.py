@@ -130,10 +130,14 @@ def quick_bench(fn, quantiles=None):
 
 
 def launched(fn):
-    """``triton.jit`` for the kernels a ``KernelPair`` launches. M_BUCKET is only the autotuner's key (the bodies
-    never read it), so it is not specialized: Triton would otherwise compile ints equal to 1 or divisible by 16
-    separately, and every config three times over the decode buckets 1, 2-8 and 16."""
-    return triton.jit(fn, do_not_specialize=["M_BUCKET"])
+    """``triton.jit`` for the kernels a ``KernelPair`` launches, with the token counts not specialized: Triton would
+    otherwise compile ints equal to 1 or divisible by 16 separately. M_BUCKET is only the autotuner's key (the bodies
+    never read it): specialized, every config would compile three times over the decode buckets 1, 2-8 and 16. M
+    only masks token rows (no vector access runs along it): specialized, the 16-token decode configs would compile
+    for 2-15 tokens and again for 16, and the benchmark's first autotuning would compile 611 kernels per dtype
+    instead of 508; unspecialized, the launch runs the very code that tests/kernels/instruction_mix.py and
+    compile_check.py analyze (they compile M as a plain int)."""
+    return triton.jit(fn, do_not_specialize=["M_BUCKET", "M"])
 
 
 GEMV_KEY = ["N", "K", "M_BUCKET"]

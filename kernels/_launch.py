@@ -127,6 +127,7 @@ class KernelPair:
         self.gemm_tuned = triton.autotune(configs=gemm_configs(), key=GEMM_KEY,
                                           prune_configs_by={"early_config_prune": prune_gemm}, **tune)(gemm)
         self.pinned = False  # True: skip autotuning on CUDA, use GPU_PINNED (compute-sanitizer runs)
+        self.compile_for: tuple | None = None  # token counts: launches compile their autotune configs, run nothing
 
     def _fixed(self, which: int) -> dict | None:
         if self.interpret:
@@ -164,7 +165,9 @@ class KernelPair:
         program takes at most the largest token block (``TOKEN_BLOCKS``): more tokens sent to the decode kernel
         run as several blocks. The dispatch table decides whether decode runs, not its block: a forced ``gemv`` (the
         benchmark measuring the decode limit) gets the block best for its token count."""
-        if regime == "gemv":
+        if self.compile_for is not None:
+            self.compile_configs(regime, (*args, 1), consts)
+        elif regime == "gemv":
             tokens = min(m, TOKEN_BLOCKS[-1])
             fixed = self._fixed(0)
             if fixed is not None:  # the interpreter's or a pinned tile, at the token block (pipelined when FMA)
@@ -181,6 +184,30 @@ class KernelPair:
                 return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
 
             launch(self.gemm, self.gemm_tuned, grid, (*args, m_bucket(m)), consts, self._fixed(1))
+
+    def tuned_configs(self, regime: str, tokens) -> list:
+        """The configs the autotuner times for ``regime`` ('gemv' or 'gemm') launches of each token count in
+        ``tokens``, each once (a decode launch is keyed by the tokens of one block, ``run``)."""
+        if regime == "gemv":
+            tuned, prune = self.gemv_tuned, self.prune_gemv
+            buckets = {m_bucket(min(m, TOKEN_BLOCKS[-1])) for m in tokens}
+        else:
+            tuned, prune = self.gemm_tuned, prune_gemm
+            buckets = {m_bucket(m) for m in tokens}
+        return list({str(c): c for b in sorted(buckets) for c in prune(tuned.configs, {"M_BUCKET": b})}.values())
+
+    def compile_configs(self, regime: str, args: tuple, consts: dict) -> int:
+        """Compile, without launching, every config the autotuner would time for ``regime`` at the token counts
+        of ``compile_for``, with the very arguments and meta-parameters its timing launches pass (so Triton's cache
+        key is theirs); returns how many. benchmarks/kernels.py --precompile runs this under Triton's
+        ``AsyncCompileMode`` to compile on every CPU core before a first autotuning, which compiles one config at a
+        time. The key ignores the token counts (not specialized, ``_configs.launched``), so one launch per regime
+        and shape serves every count."""
+        kernel = self.gemv if regime == "gemv" else self.gemm
+        configs = self.tuned_configs(regime, self.compile_for)
+        for config in configs:
+            kernel.warmup(*args, grid=(1,), **consts, **config.all_kwargs())
+        return len(configs)
 
     def matmul(self, x: Tensor, call: Call, out: Tensor | None, regime: str | None) -> Tensor:
         """The launcher body every format shares: flatten x, allocate y, pick the regime, launch."""

@@ -229,3 +229,72 @@ def test_bench_checks_every_timed_output_against_the_reference(bench, fmt, monke
     rows, records = [], []
     bench.bench_shape(fmt, 20, 256, torch.float16, [1], _stand_in_timer, 1.0, rows.append, records, device="cpu")
     assert not records[0]["ok"] and rows[0].endswith("FAIL |")
+
+
+def test_autotune_plan_counts_compiles_once_per_config_and_timings_once_per_key(bench):
+    """int4's one-token decode has 14 plain tiles and 4 split-K tiles x 4 split counts, each plain and pipelined:
+    60 configs, compiled once for any number of shapes but timed once per shape; from 64 tokens the H100 table
+    runs dequantize + cuBLAS, so only the forced prefill kernel is tuned, with its 5 tiles of <= 64 rows."""
+    import kernel_plan
+
+    from llmprune.kernels import select
+
+    h100 = select.rules("NVIDIA H100 80GB HBM3")
+    one, two = [(4096, 4096)], [(4096, 4096), (11008, 4096)]
+    assert kernel_plan.autotune_work("int4", one, [1], h100) == (60, 60)
+    assert kernel_plan.autotune_work("int4", two, [1], h100) == (60, 120)
+    assert kernel_plan.autotune_work("int4", two, [64], h100) == (5, 10)
+    rows = kernel_plan.plan_rows(["int4", "sparse24"], one, [1, 64], h100)
+    assert [r.split(" | ")[0] for r in rows] == ["| int4", "| sparse24", "| **all**"]
+    assert rows[-1].split(" | ")[1:3] == [str(sum(int(r.split(" | ")[i]) for r in rows[:2])) for i in (1, 2)]
+
+
+def test_precompile_launch_compiles_every_tuned_config_and_runs_nothing(bench, monkeypatch):
+    """With ``compile_for`` set, a launch hands each config the autotuner would time for those token counts to
+    Triton's ``warmup`` (compile, no launch) once, with the launch's constexprs and the config's meta-parameters,
+    as the autotuner's timing launch passes them (so Triton's cache key is the one it then finds); the output is
+    left as it was. int4, one token: 60 configs (test above); 1-16 tokens add the 4- and 16-token blocks."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from llmprune.kernels import int4
+
+    calls = []
+    monkeypatch.setattr(InterpretedFunction, "warmup", lambda self, *args, grid, **kw: calls.append((self, args, kw)),
+                        raising=False)
+    packed = bench.random_packed("int4", 32, 256, torch.float16, device="cpu")
+    out = torch.full((1, 32), float("nan"), dtype=torch.float16)
+    monkeypatch.setattr(int4.KERNELS, "compile_for", (1,))
+    int4.int4_matmul(torch.randn(1, 256).half(), packed, out=out, regime="gemv")
+    assert torch.isnan(out).all() and len(calls) == 60
+    configs = int4.KERNELS.tuned_configs("gemv", (1,))
+    for (kernel, args, kw), config in zip(calls, configs):
+        assert kernel is int4.KERNELS.gemv and kw == {"GROUP": 128, "DOT_F32": False, **config.all_kwargs()}
+        unset = set(kernel.arg_names[len(args):]) - set(kw)
+        assert unset <= {"SPLIT_K", "STAGES"} - set(config.kwargs)  # defaults only where the config leaves them
+    calls.clear()
+    monkeypatch.setattr(int4.KERNELS, "compile_for", (1, 4, 16))
+    int4.int4_matmul(torch.randn(16, 256).half(), packed, regime="gemv")
+    int4.int4_matmul(torch.randn(16, 256).half(), packed, regime="gemm")
+    wide = int4.KERNELS.tuned_configs("gemv", (4, 16))
+    assert len({str(kw) for k, _, kw in calls if k is int4.KERNELS.gemv}) == len(calls) - 1 == 60 + len(wide)
+    assert [kw["BLOCK_M"] for k, _, kw in calls if k is int4.KERNELS.gemm] == [16]  # prefill tiles <= 16 tokens
+
+
+def test_precompile_dry_run_warms_both_regimes_of_each_format_per_shape_and_dtype(bench, monkeypatch):
+    """benchmarks/kernels.py --precompile on CPU (interpreter, warmup recorded): per format, dtype and shape one
+    decode and one prefill launch compile their configs, then ``compile_for`` is cleared so later calls run."""
+    import kernel_plan
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from llmprune.kernels import int4, sparse24
+
+    seen = []
+    monkeypatch.setattr(InterpretedFunction, "warmup", lambda self, *a, grid, **kw: seen.append(self), raising=False)
+    lines = kernel_plan.precompile(["int4", "sparse24"], [torch.float16, torch.bfloat16], [(32, 256), (16, 512)],
+                                   [1, 16], workers=2, device="cpu")
+    assert [line.split(":")[0] for line in lines] == ["precompiled int4", "precompiled sparse24"]
+    for kernels in (int4.KERNELS, sparse24.KERNELS):
+        per_launch = {k: len(kernels.tuned_configs(r, [1, 16])) for k, r in ((kernels.gemv, "gemv"),
+                                                                             (kernels.gemm, "gemm"))}
+        assert {k: seen.count(k) for k in per_launch} == {k: 4 * n for k, n in per_launch.items()}  # 2 dtypes x 2
+        assert kernels.compile_for is None
