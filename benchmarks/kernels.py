@@ -239,6 +239,9 @@ def main(argv=None) -> int:
     for fmt in formats if args.pinned else []:
         __import__(f"llmprune.kernels.{fmt}", fromlist=["KERNELS"]).KERNELS.pinned = True
     shapes, batches = ([(11008, 4096)], [1, 4, 16, 512]) if args.quick else (SHAPES, BATCHES)
+    if args.precompile and args.pinned:
+        print("--pinned runs fixed configs, nothing is autotuned: nothing to precompile")
+        return 0
     if args.precompile:  # what this selection's --check and --bench time (a child of the run, see below)
         precompile(formats, dtypes, {*(shapes if args.bench else []), *([CHECK_SHAPE] if args.check else [])},
                    sorted({*(batches if args.bench else []), *(m for m, _ in CHECK_CASES if args.check)}),
