@@ -30,12 +30,11 @@ def autotune_work(fmt: str, shapes, batches, rules) -> tuple[int, int]:
     automatic regime resolved by ``rules`` (kernels/select.py's table of the GPU)."""
     kernels = importlib.import_module(f"llmprune.kernels.{fmt}").KERNELS
     compiled, timed = set(), 0
-    for n, k in shapes:
-        for m in batches:
-            for regime in {r or rules.choose(fmt, m) for r in timed_regimes(m)} & {"gemv", "gemm"}:
-                kept = kernels.tuned_configs(regime, [m])  # dense and chunked: one fixed dequantize config
-                compiled.update((regime, str(c)) for c in kept)
-                timed += len(kept)
+    for m in batches:  # the same configs at every shape: compiled once, timed per shape
+        for regime in {r or rules.choose(fmt, m) for r in timed_regimes(m)} & {"gemv", "gemm"}:
+            kept = kernels.tuned_configs(regime, [m])  # dense and chunked: one fixed dequantize config
+            compiled.update((regime, str(c)) for c in kept)
+            timed += len(kept) * len(shapes)
     return len(compiled), timed
 
 

@@ -49,6 +49,11 @@ def checked(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> tuple[f
     return err, bool(torch.isfinite(out).all()) and err <= CHECK_BOUND[dtype]
 
 
+def selection(quick: bool) -> tuple[list, list]:
+    """(shapes, batches) of a --bench run: the table's, or --quick's smoke run."""
+    return ([(11008, 4096)], [1, 4, 16, 512]) if quick else (SHAPES, BATCHES)
+
+
 def check(formats, dtypes, shape=CHECK_SHAPE, device="cuda", cases=CHECK_CASES) -> list[str]:
     """Every regime of every kernel against ``formats.<fmt>.matmul_ref`` at full size; returns markdown rows
     (``device="cpu"`` under TRITON_INTERPRET=1 is the CPU dry run of this function)."""
@@ -185,7 +190,7 @@ def plan(args) -> int:
     from llmprune.kernels import select
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else select.DEFAULT_GPU
-    shapes, batches = ([(11008, 4096)], [1, 4, 16, 512]) if args.quick else (SHAPES, BATCHES)
+    shapes, batches = selection(args.quick)
     print(f"Autotuning of a first --bench run, one dtype, {len(shapes)} shapes x batches {batches}, dispatch of {gpu}:")
     print("\n| format | configs compiled | configs timed | minutes |\n|---|---|---|---|")
     print("\n".join(plan_rows(args.formats.split(","), shapes, batches, select.rules(gpu))))
@@ -238,7 +243,7 @@ def main(argv=None) -> int:
     formats, dtypes = args.formats.split(","), [getattr(torch, d) for d in args.dtypes.split(",")]
     for fmt in formats if args.pinned else []:
         __import__(f"llmprune.kernels.{fmt}", fromlist=["KERNELS"]).KERNELS.pinned = True
-    shapes, batches = ([(11008, 4096)], [1, 4, 16, 512]) if args.quick else (SHAPES, BATCHES)
+    shapes, batches = selection(args.quick)
     if args.precompile and args.pinned:
         print("--pinned runs fixed configs, nothing is autotuned: nothing to precompile")
         return 0

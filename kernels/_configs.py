@@ -8,16 +8,20 @@ from __future__ import annotations
 import triton
 
 
+TOKEN_BLOCKS = (1, 2, 4, 16)  # the decode kernel's BLOCK_B: FMA blocks 1, 2 and 4, the padded tl.dot block 16
+DOT_BLOCK = TOKEN_BLOCKS[-1]
+
+
+def block_tokens(m: int) -> int:
+    """Tokens one decode program takes of an ``m``-token launch: at most the largest token block (more run as
+    several blocks). A decode launch is keyed by this count (its ``m_bucket``)."""
+    return min(m, DOT_BLOCK)
+
+
 def batch_block(m: int) -> int:
     """BLOCK_B for the decode kernel's fixed configs: 1, 2 or 4 use CUDA-core FMAs; 16 pads the batch for one
     tl.dot. The autotuned launch also tries 16 for 2-4 tokens (``decode_blocks``)."""
-    for b in (1, 2, 4):
-        if m <= b:
-            return b
-    return 16
-
-
-TOKEN_BLOCKS = (1, 2, 4, 16)  # the decode kernel's BLOCK_B: FMA blocks 1, 2 and 4, the padded tl.dot block 16
+    return next((b for b in TOKEN_BLOCKS if m <= b), DOT_BLOCK)
 
 
 def decode_blocks(bucket: int) -> set:
@@ -27,7 +31,7 @@ def decode_blocks(bucket: int) -> set:
     adds shared-memory round trips and barriers, so timings decide. One token stays on the FMA paths (8.5 vs 12.4);
     5 or more take 16."""
     fma = batch_block(bucket)
-    return {fma, 16} if 1 < fma < 16 else {fma}
+    return {fma, DOT_BLOCK} if 1 < fma < DOT_BLOCK else {fma}
 
 
 def m_bucket(m: int) -> int:
@@ -60,7 +64,7 @@ def pipelining(block: int) -> tuple[dict, ...]:
     shared memory at 16x256 (tests/kernels/instruction_mix.py --pipelined; 3 stages made ptxas spill in spqr's
     2-token loop on triton 3.9). Whether that wins depends on occupancy (tile, split, shape), so the FMA blocks offer
     both and the autotuner times them."""
-    return ({}, {"STAGES": PIPELINE_STAGES}) if block < 16 else ({},)
+    return ({}, {"STAGES": PIPELINE_STAGES}) if block < DOT_BLOCK else ({},)
 
 
 SPLIT_K = (2, 4, 8)
@@ -109,7 +113,7 @@ def prune_gemv(configs, named_args, cols_per_acc: int = 1, gathers_x: bool = Fal
         bb, bn, bk = c.kwargs["BLOCK_B"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
         if bb not in blocks:
             return False
-        if bb >= 16:
+        if bb == DOT_BLOCK:
             return bn >= 16
         if gathers_x and "STAGES" in c.kwargs and bb * bn * bk > GATHERED_X_STAGE:
             return False

@@ -21,7 +21,7 @@ from llmprune.errors import UserInputError
 
 from ._configs import (
     GEMM_KEY, GEMV_FIXED, GEMM_FIXED, GEMV_KEY, GPU_PINNED, batch_block, gemm_configs, gemv_configs, m_bucket,
-    pipelining, prune_gemm, prune_gemv, quick_bench, split_k_configs, TOKEN_BLOCKS,
+    block_tokens, pipelining, prune_gemm, prune_gemv, quick_bench, split_k_configs,
 )
 from .chunked import chunked_matmul
 from .select import REGIMES, Rules, device_rules
@@ -162,13 +162,13 @@ class KernelPair:
 
     def run(self, args: tuple, m: int, n: int, consts: dict, regime: str) -> None:
         """Launch over ``[m, n]`` outputs; ``args`` hold (..., M, N, K, stride_xm, stride_om, extra ints); a decode
-        program takes at most the largest token block (``TOKEN_BLOCKS``): more tokens sent to the decode kernel
+        program takes at most the largest token block (``block_tokens``): more tokens sent to the decode kernel
         run as several blocks. The dispatch table decides whether decode runs, not its block: a forced ``gemv`` (the
         benchmark measuring the decode limit) gets the block best for its token count."""
         if self.compile_for is not None:
             self.compile_configs(regime, (*args, 1), consts)
         elif regime == "gemv":
-            tokens = min(m, TOKEN_BLOCKS[-1])
+            tokens = block_tokens(m)
             fixed = self._fixed(0)
             if fixed is not None:  # the interpreter's or a pinned tile, at the token block (pipelined when FMA)
                 block = batch_block(tokens)
@@ -187,27 +187,25 @@ class KernelPair:
 
     def tuned_configs(self, regime: str, tokens) -> list:
         """The configs the autotuner times for ``regime`` ('gemv' or 'gemm') launches of each token count in
-        ``tokens``, each once (a decode launch is keyed by the tokens of one block, ``run``)."""
+        ``tokens``, each once (a decode launch is keyed by the tokens of one block)."""
         if regime == "gemv":
             tuned, prune = self.gemv_tuned, self.prune_gemv
-            buckets = {m_bucket(min(m, TOKEN_BLOCKS[-1])) for m in tokens}
+            buckets = {m_bucket(block_tokens(m)) for m in tokens}
         else:
             tuned, prune = self.gemm_tuned, prune_gemm
             buckets = {m_bucket(m) for m in tokens}
         return list({str(c): c for b in sorted(buckets) for c in prune(tuned.configs, {"M_BUCKET": b})}.values())
 
-    def compile_configs(self, regime: str, args: tuple, consts: dict) -> int:
+    def compile_configs(self, regime: str, args: tuple, consts: dict) -> None:
         """Compile, without launching, every config the autotuner would time for ``regime`` at the token counts
         of ``compile_for``, with the very arguments and meta-parameters its timing launches pass (so Triton's cache
-        key is theirs); returns how many. benchmarks/kernels.py --precompile runs this under Triton's
+        key is theirs). benchmarks/kernels.py --precompile runs this under Triton's
         ``AsyncCompileMode`` to compile on every CPU core before a first autotuning, which compiles one config at a
         time. The key ignores the token counts (not specialized, ``_configs.launched``), so one launch per regime
         and shape serves every count."""
         kernel = self.gemv if regime == "gemv" else self.gemm
-        configs = self.tuned_configs(regime, self.compile_for)
-        for config in configs:
+        for config in self.tuned_configs(regime, self.compile_for):
             kernel.warmup(*args, grid=(1,), **consts, **config.all_kwargs())
-        return len(configs)
 
     def matmul(self, x: Tensor, call: Call, out: Tensor | None, regime: str | None) -> Tensor:
         """The launcher body every format shares: flatten x, allocate y, pick the regime, launch."""

@@ -333,8 +333,9 @@ def group_sparse_int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = No
     gi, walk = packed["group_idx"], dense_walk(group)
     ws, tickets = split_k_buffers(x.device)
     one_token = x.numel() == k and regime in (None, "gemv")  # the gather path: skip the map lookup (~1 us a call)
+    kmap = None if one_token else _walk_map(gi, k, group)
     # an int32 placeholder (unread) where no path walks the map, so the kernel's signature stays the same
-    walk_map = tickets if one_token or not walk else kept_map(gi, k // group)
+    walk_map = tickets if kmap is None else kmap
     extra = (kg, UNIT, walk_map, ws, tickets)  # the GEMM launch appends M_BUCKET
 
     def rows(r0: int, r1: int, buf: Tensor) -> Tensor:

@@ -137,12 +137,8 @@ def mix(fmt: str, block_b: int, dtype: str = "float16", config: dict | None = No
             "loads": loads, "spill": spill}
 
 
-def kernel_pair(fmt: str):
-    return importlib.import_module(f"llmprune.kernels.{fmt}").KERNELS
-
-
 def splitting_blocks(fmt: str) -> tuple:
-    return tuple(kernel_pair(fmt).split_k)
+    return tuple(importlib.import_module(f"llmprune.kernels.{fmt}").KERNELS.split_k)
 
 
 def table(rows: list[dict]) -> str:
