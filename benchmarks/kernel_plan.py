@@ -7,8 +7,9 @@ follows the autotuners' own config lists and pruning (``KernelPair.tuned_configs
 config compiles once per kernel, dtype and specialization and is timed once per autotune key (N, K, token bucket).
 The token counts are not specialized (``_configs.launched``), and N, K and the strides are multiples of 16 in every
 benchmark shape; per-row counts of the packed tensors that the launchers pass as ints are not always:
-group_sparse_int4's kept groups (KG = 344) and spqr's code words (1032) at K = 11008 compile those two formats' configs
-a second time for 4096x11008 (read from the launchers' arguments under the interpreter). The count leaves that out.
+group_sparse_int4's kept groups (KG = 344, passed with KG_ALIGN = 8) and spqr's code words (1032) at K = 11008 compile
+those two formats' configs a second time for 4096x11008 (read from the launchers' arguments under the interpreter).
+The count leaves that out.
 """
 from __future__ import annotations
 

@@ -179,6 +179,16 @@ def nibbles(byte):
 
 
 @triton.jit
+def aligned(n, ALIGN: tl.constexpr):
+    """``n``, a multiple of ALIGN (the launcher's guarantee), written (n // ALIGN) * ALIGN so that the compiler knows
+    it: Triton specializes int arguments only for multiples of 16, and a row stride it cannot prove a multiple of 8
+    turns the per-row vector loads at ``row * n`` into one load per element."""
+    if ALIGN > 1:
+        n = (n // ALIGN) * ALIGN
+    return n
+
+
+@triton.jit
 def per_group(ptr, rows, ok, k0, NG, other, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
     """Per-group values ``ptr[rows, g]`` (row stride NG, g = column // GROUP) for the groups that columns
     k0 .. k0+BLOCK_K touch, in compact form for ``expand_groups``: [BLOCK_N, 1] when the tile sits in one group,

@@ -26,6 +26,8 @@ kernel's gather paths at every batch (16 tokens in four sub-blocks of 4) and a s
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -44,7 +46,7 @@ from ._launch import (  # noqa: F401 (supports: dispatch hook)
     Call, check_packed, dense_buffer, expect_shape, KernelPair, row_slice, split_k_buffers, supports,
 )
 from ._tiles import (
-    dot_acc, expand_groups, grouped_pid, load_rows, load_x, matvec_finish, matvec_init, nibbles, per_column,
+    aligned, dot_acc, expand_groups, grouped_pid, load_rows, load_x, matvec_finish, matvec_init, nibbles, per_column,
     per_group, split_k_range, split_k_store, split_k_store_tile, store_out, store_tile, store_token_sums, weight_dot,
 )
 
@@ -145,11 +147,12 @@ def _group_sparse_int4_gemv_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, 
                                    KG, UNIT, map_ptr, ws_ptr, tk_ptr, M_BUCKET, GROUP: tl.constexpr,
                                    DOT_F32: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
                                    BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr = 1,
-                                   STAGES: tl.constexpr = None):
+                                   STAGES: tl.constexpr = None, KG_ALIGN: tl.constexpr = 1):
     """Decode: 1-4 tokens per program walk their rows' KG*g kept codes, x gathered at each code's column (one token
     may split the kept codes among SPLIT_K programs, ``split_k_store``); 5-16 tokens walk the dense columns through
     the kept map for one tl.dot per step, the weight as the left operand, K split the same way. STAGES pipelines the
-    1-4 token loops (``_configs``)."""
+    1-4 token loops (``_configs``). KG_ALIGN: a power of two dividing KG (``kg_align``)."""
+    KG = aligned(KG, KG_ALIGN)
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     b0 = tl.program_id(1) * BLOCK_B
     W: tl.constexpr = BLOCK_K // 8
@@ -238,9 +241,10 @@ def _group_sparse_int4_scatter_kernel(w_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, N, K, 
 def _group_sparse_int4_gemm_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om,
                                    KG, UNIT, map_ptr, ws_ptr, tk_ptr, M_BUCKET, GROUP: tl.constexpr,
                                    DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                                   BLOCK_K: tl.constexpr):
+                                   BLOCK_K: tl.constexpr, KG_ALIGN: tl.constexpr = 1):
     """Prefill: walk the dense columns; each step's tile comes from the kept map (dropped groups are zeros), so the
     steps' loads are independent of each other and pipelined (GROUP a power of two >= 16)."""
+    KG = aligned(KG, KG_ALIGN)
     pid_m, pid_n = grouped_pid(M, N, BLOCK_M, BLOCK_N, 8)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -253,6 +257,12 @@ def _group_sparse_int4_gemm_kernel(x_ptr, gi_ptr, q_ptr, s_ptr, z_ptr, out_ptr, 
                                              BLOCK_K)
         acc = dot_acc(x, tl.trans(w), acc, DOT_F32)
     store_out(out_ptr, acc, rm, rn, M, N, stride_om)
+
+
+def kg_align(kg: int) -> int:
+    """The largest power of two up to 16 dividing KG, for the kernels' ``aligned``: KG = 344 (W4S50 g16 at
+    K = 11008) is no multiple of 16, and without it the decode loops load the per-row statistics one by one."""
+    return math.gcd(kg, 16)
 
 
 def dense_walk(group: int) -> bool:
@@ -343,7 +353,7 @@ def group_sparse_int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = No
         return _dequantize(row_slice(packed, NAMES, r0, r1), None if kmap is None else kmap[r0:r1], group, buf.dtype,
                            k, buf)
 
-    call = Call(_tensors(packed), n, k, {"GROUP": group},
+    call = Call(_tensors(packed), n, k, {"GROUP": group, "KG_ALIGN": kg_align(kg)},
                 lambda dtype: _dequantize(packed, _walk_map(gi, k, group), group, dtype, k, None), extra=extra,
                 gemm_ok=walk, dequantize_rows=rows)
     return KERNELS.matmul(x, call, out, regime)

@@ -83,13 +83,14 @@ def resources(kernel) -> str:
 DIVISIBLE = {"N", "K", "KG", "stride_xm", "stride_om", "UNIT"}  # multiples of 16 in every benchmark shape
 
 
-def compile_one(fn, fmt: str, dtype: str, consts: dict, options: dict, arch: int):
+def compile_one(fn, fmt: str, dtype: str, consts: dict, options: dict, arch: int, divisible=DIVISIBLE):
     """One kernel for sm_``arch``, specialized as Triton's launcher specializes it at run time for the benchmark
-    shapes: pointers 16-byte aligned, sizes and strides multiples of 16 (this decides vectorized loads)."""
+    shapes: pointers 16-byte aligned, sizes and strides multiples of 16 (this decides vectorized loads), except
+    the int arguments left out of ``divisible``."""
     consts = {**{q.name: q.default for q in fn.params if q.is_constexpr and q.has_default}, **consts}  # as at launch
     sig = signature(fn, fmt, dtype, consts)
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
-             if sig.get(name, "constexpr") != "constexpr" and (name.endswith("_ptr") or name in DIVISIBLE)}
+             if sig.get(name, "constexpr") != "constexpr" and (name.endswith("_ptr") or name in divisible)}
     src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 

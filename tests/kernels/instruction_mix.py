@@ -29,7 +29,7 @@ from pathlib import Path
 import triton
 
 sys.path.insert(0, str(Path(__file__).parent))
-from compile_check import EXTRA_CONSTS, GROUPS, compile_one, resources  # noqa: E402
+from compile_check import DIVISIBLE, EXTRA_CONSTS, GROUPS, compile_one, resources  # noqa: E402
 
 from llmprune.kernels._configs import BIG_TILES, gemm_configs, pipelining  # noqa: E402
 
@@ -113,16 +113,22 @@ def gemm_mix(fmt: str, config) -> dict:
             "spill": resources(kernel).split()[1]}
 
 
-def mix(fmt: str, block_b: int, dtype: str = "float16", config: dict | None = None, pipelined: bool = False) -> dict:
+def mix(fmt: str, block_b: int, dtype: str = "float16", config: dict | None = None, pipelined: bool = False,
+        kept_groups: int | None = None) -> dict:
     """One decode loop's row; ``pipelined``: the config's STAGES twin (``_configs.pipelining``; the 1-4 token blocks
-    only), whose K loop follows a prologue that loads the first steps."""
+    only), whose K loop follows a prologue that loads the first steps. ``kept_groups``: group_sparse_int4's KG as
+    its launcher passes it (no multiple of 16: unspecialized, with ``kg_align``'s KG_ALIGN)."""
     config = {**(config or config_for(fmt, block_b)), **(pipelining(block_b)[-1] if pipelined else {})}
     module = importlib.import_module(f"llmprune.kernels.{fmt}")
     fn = getattr(module, f"_{fmt}_gemv_kernel")
     consts = {"GROUP": GROUPS.get(fmt), "DOT_F32": False, "BLOCK_B": block_b, "BLOCK_N": config["BLOCK_N"],
               "BLOCK_K": config["BLOCK_K"], "STAGES": config.get("STAGES"), **EXTRA_CONSTS.get(fmt, {})}
+    divisible = DIVISIBLE
+    if kept_groups is not None and fmt == "group_sparse_int4":
+        consts["KG_ALIGN"] = module.kg_align(kept_groups)
+        divisible = DIVISIBLE - ({"KG"} if kept_groups % 16 else set())
     consts = {k: v for k, v in consts.items() if k in fn.arg_names and v is not None}
-    kernel = compile_one(fn, fmt, dtype, consts, {"num_warps": config["num_warps"], "num_stages": 2}, 90)
+    kernel = compile_one(fn, fmt, dtype, consts, {"num_warps": config["num_warps"], "num_stages": 2}, 90, divisible)
     ops = loop_opcodes(sass(kernel))
     spill = resources(kernel).split()[1]
     threads = 32 * config["num_warps"]
@@ -132,7 +138,8 @@ def mix(fmt: str, block_b: int, dtype: str = "float16", config: dict | None = No
     loads = {op: n for op, n in ops.items() if op.startswith("LDG")}
     return {"format": fmt, "block_b": block_b, "config": f"{config['BLOCK_N']}x{config['BLOCK_K']}"
             + (f" ({config['num_warps']} warps)" if config["num_warps"] != 4 else "")
-            + (f", {config['STAGES']} stages" if "STAGES" in config else ""),
+            + (f", {config['STAGES']} stages" if "STAGES" in config else "")
+            + (f", KG {kept_groups} (KG_ALIGN {consts['KG_ALIGN']})" if "KG_ALIGN" in consts else ""),
             "instructions": total, "bytes_per_thread": per_thread, "per_byte": total / per_thread, **slow,
             "loads": loads, "spill": spill}
 
@@ -162,6 +169,8 @@ def main(argv=None) -> int:
                     "(one token, and 16 for int4)")
     ap.add_argument("--gemm", action="store_true", help="the prefill kernels at each tile of gemm_configs()")
     ap.add_argument("--pipelined", action="store_true", help="the 1-4 token blocks' STAGES twins (_configs.pipelining)")
+    ap.add_argument("--kept-groups", type=int, help="group_sparse_int4's kept groups per row as launched (e.g. 344, "
+                    "W4S50 g16 at K = 11008; default: a multiple of 16, as at K = 4096)")
     ap.add_argument("--out", help="also write the table (markdown) here")
     ap.add_argument("--check", action="store_true", help="exit 1 if a decode loop, pipelined or not, "
                     "converts codes with I2F, shuffles between lanes or spills (the regressions this table exposed)")
@@ -172,7 +181,7 @@ def main(argv=None) -> int:
     elif args.wide:
         rows = [wide_mix(fmt, b, args.pipelined) for fmt, b in pairs if b in splitting_blocks(fmt)]
     else:
-        rows = [mix(fmt, b, pipelined=args.pipelined) for fmt, b in pairs]
+        rows = [mix(fmt, b, pipelined=args.pipelined, kept_groups=args.kept_groups) for fmt, b in pairs]
     if args.check:
         rows += [mix(fmt, b, pipelined=not args.pipelined) for fmt, b in pairs if len(pipelining(b)) > 1]  # both
         bad = [f"{r['format']} BLOCK_B={r['block_b']} {r['config']}: I2F {r['I2F']}, SHFL {r['SHFL']}, {r['spill']}"

@@ -120,3 +120,22 @@ def test_groups_off_the_walk_take_16_tokens_in_gathered_sub_blocks(k, group, mon
     group_sparse_int4_matmul(x, packed, out=out, regime="gemv")
     oracle = x.to(torch.float64) @ qw.dequantize(torch.float32).to(torch.float64).T
     assert not torch.isnan(out).any() and rel_err(out, oracle) <= TOLERANCE[torch.float32]
+
+
+@pytest.mark.parametrize("kept,align", [(24, 8), (12, 4), (7, 1)])  # like KG = 344 = 8 x 43 at K = 11008
+@pytest.mark.parametrize("tokens", [1, 2, 4, 16])
+def test_kept_groups_not_a_multiple_of_16_reach_the_kernels_with_their_alignment(kept, align, tokens, monkeypatch):
+    """KG off the multiples of 16 (which Triton specializes) is passed with KG_ALIGN, the largest power of two up
+    to 16 dividing it, and every path (1-4 token loops, prefill) reads all KG kept groups: an alignment larger than
+    the true one would cut each row's kept stream short in the kernels' (KG // KG_ALIGN) * KG_ALIGN."""
+    from llmprune.kernels.group_sparse_int4 import KERNELS, group_sparse_int4_matmul
+
+    seen, run = [], KERNELS.run
+    monkeypatch.setattr(KERNELS, "run", lambda *a: (seen.append(a[3]["KG_ALIGN"]), run(*a))[1])
+    qw, packed = packed_weight(32 * kept, 16, torch.float32, seed=kept)
+    assert packed["group_idx"].shape[1] == kept
+    x = torch.randn(tokens, 32 * kept, generator=torch.Generator().manual_seed(tokens))
+    out = torch.full((tokens, N), float("nan"))
+    group_sparse_int4_matmul(x, packed, out=out)
+    oracle = x.to(torch.float64) @ qw.dequantize(torch.float32).to(torch.float64).T
+    assert seen == [align] and not torch.isnan(out).any() and rel_err(out, oracle) <= TOLERANCE[torch.float32]
