@@ -183,7 +183,8 @@ def main(argv=None) -> int:
     else:
         rows = [mix(fmt, b, pipelined=args.pipelined, kept_groups=args.kept_groups) for fmt, b in pairs]
     if args.check:
-        rows += [mix(fmt, b, pipelined=not args.pipelined) for fmt, b in pairs if len(pipelining(b)) > 1]  # both
+        rows += [mix(fmt, b, pipelined=not args.pipelined, kept_groups=args.kept_groups)  # both variants
+                 for fmt, b in pairs if len(pipelining(b)) > 1]
         bad = [f"{r['format']} BLOCK_B={r['block_b']} {r['config']}: I2F {r['I2F']}, SHFL {r['SHFL']}, {r['spill']}"
                for r in rows if r["I2F"] > MAX_I2F or r["SHFL"] or r["spill"] != "STACK:0"]
         print("\n".join(bad) or "decode loops: no code conversions by I2F, no shuffles, no spills")
