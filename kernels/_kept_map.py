@@ -20,6 +20,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
+from llmprune.tensor_state import version
+
 _maps = WeakIdKeyDictionary()  # group_idx tensor -> (its version, groups, map)
 
 
@@ -28,11 +30,11 @@ def kept_map(group_idx: Tensor, groups: int) -> Tensor:
     Not cached while a CUDA graph is being captured (its kernels only run at replay, so the cached map would be
     unwritten until then): such graphs rebuild it at each replay."""
     hit = _maps.get(group_idx)
-    if hit is not None and hit[:2] == (group_idx._version, groups):
+    if hit is not None and hit[:2] == (version(group_idx), groups):
         return hit[2]
     built = _build(group_idx, groups)
     if not (group_idx.is_cuda and torch.cuda.is_current_stream_capturing()):
-        _maps[group_idx] = (group_idx._version, groups, built)
+        _maps[group_idx] = (version(group_idx), groups, built)
     return built
 
 

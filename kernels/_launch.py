@@ -126,6 +126,7 @@ class KernelPair:
                                           prune_configs_by={"early_config_prune": self.prune_gemv}, **tune)(gemv)
         self.gemm_tuned = triton.autotune(configs=gemm_configs(), key=GEMM_KEY,
                                           prune_configs_by={"early_config_prune": prune_gemm}, **tune)(gemm)
+        self.interpret = interpreting(gemv)  # read once: every launch asks, and Triton fixes it at import
         self.pinned = False  # True: skip autotuning on CUDA, use GPU_PINNED (compute-sanitizer runs)
         self.compile_for: tuple | None = None  # token counts: launches compile their autotune configs, run nothing
 
@@ -147,10 +148,6 @@ class KernelPair:
         tiles = triton.cdiv(m, bb) * triton.cdiv(n, meta["BLOCK_N"])
         fits = split * m * n <= SPLIT_K_PARTIALS and tiles <= SPLIT_K_TILES
         return split if path and fits else 1
-
-    @property
-    def interpret(self) -> bool:
-        return interpreting(self.gemv)
 
     def regime(self, m: int, regime: str | None, rules: Rules) -> str:
         """The caller's regime, or the choice of ``rules`` (kernels/select.py, the GPU's table) for ``m`` tokens."""

@@ -338,22 +338,23 @@ def group_sparse_int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = No
     through the kept map (kernels/_kept_map.py, built once per weight), which needs g >= 16 and a power of two;
     other groups run the GEMV kernel's gather paths over batch blocks instead.
     """
-    k = x.shape[-1]
-    n, kg, group = _checked(packed, x.device, k)
-    gi, walk = packed["group_idx"], dense_walk(group)
-    ws, tickets = split_k_buffers(x.device)
-    one_token = x.numel() == k and regime in (None, "gemv")  # the gather path: skip the map lookup (~1 us a call)
-    kmap = None if one_token else _walk_map(gi, k, group)
+    return KERNELS.matmul(x, prepare(packed, x.device, x.shape[-1]), out, regime)
+
+
+def prepare(packed: dict, device: torch.device, k: int) -> Call:
+    """The checked launch for ``k`` input features on ``device`` (K is not stored: the caller's input width, checked
+    against the packed shapes) with its kept map, built once per ``PackedLinear`` (see ``int4.prepare``)."""
+    n, kg, group = _checked(packed, device, k)
+    gi = packed["group_idx"]
+    ws, tickets = split_k_buffers(device)
+    kmap = _walk_map(gi, k, group)
     # an int32 placeholder (unread) where no path walks the map, so the kernel's signature stays the same
-    walk_map = tickets if kmap is None else kmap
-    extra = (kg, UNIT, walk_map, ws, tickets)  # the GEMM launch appends M_BUCKET
+    extra = (kg, UNIT, tickets if kmap is None else kmap, ws, tickets)  # the GEMM launch appends M_BUCKET
 
     def rows(r0: int, r1: int, buf: Tensor) -> Tensor:
-        kmap = _walk_map(gi, k, group)
         return _dequantize(row_slice(packed, NAMES, r0, r1), None if kmap is None else kmap[r0:r1], group, buf.dtype,
                            k, buf)
 
-    call = Call(_tensors(packed), n, k, {"GROUP": group, "KG_ALIGN": kg_align(kg)},
-                lambda dtype: _dequantize(packed, _walk_map(gi, k, group), group, dtype, k, None), extra=extra,
-                gemm_ok=walk, dequantize_rows=rows)
-    return KERNELS.matmul(x, call, out, regime)
+    return Call(_tensors(packed), n, k, {"GROUP": group, "KG_ALIGN": kg_align(kg)},
+                lambda dtype: _dequantize(packed, kmap, group, dtype, k, None), extra=extra,
+                gemm_ok=dense_walk(group), dequantize_rows=rows)

@@ -226,16 +226,22 @@ def int4_dequantize(packed: dict, dtype: torch.dtype, out: Tensor | None = None)
     return w
 
 
+def prepare(packed: dict, device: torch.device, k: int) -> Call:
+    """The checked launch of an int4 packed weight on ``device``, independent of the activations, so a
+    ``PackedLinear`` builds it once (llmprune/dispatch.py) rather than on every call. K is stored (``k``, the
+    input features, is checked against it per call by ``flatten_input``)."""
+    n, k, group = _checked(packed, device)
+    q = word_aligned(packed["qweight"])
+    extra = (UNIT, *split_k_buffers(device))  # UNIT: see _codes.code_unit
+    return Call((q, packed["scales"], packed["zeros"]), n, k, {"GROUP": group},
+                lambda dtype: int4_dequantize(packed, dtype), extra=extra,
+                dequantize_rows=lambda r0, r1, buf: int4_dequantize(row_slice(packed, NAMES, r0, r1), buf.dtype, buf))
+
+
 def int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regime: str | None = None) -> Tensor:
     """``x @ W.T`` for an ``int4`` packed weight; x is ``[..., K]`` fp16/bf16, the result ``[..., N]`` in x's dtype.
 
     ``regime``: None follows kernels/select.py (gemv for few tokens, gemm, dense from 64); "gemv", "gemm" or
     "dense" force one (tests, benchmarks). ``out``: an optional preallocated output (fully overwritten).
     """
-    n, k, group = _checked(packed, x.device)
-    q = word_aligned(packed["qweight"])
-    extra = (UNIT, *split_k_buffers(x.device))  # UNIT: see _codes.code_unit
-    call = Call((q, packed["scales"], packed["zeros"]), n, k, {"GROUP": group},
-                lambda dtype: int4_dequantize(packed, dtype), extra=extra,
-                dequantize_rows=lambda r0, r1, buf: int4_dequantize(row_slice(packed, NAMES, r0, r1), buf.dtype, buf))
-    return KERNELS.matmul(x, call, out, regime)
+    return KERNELS.matmul(x, prepare(packed, x.device, x.shape[-1]), out, regime)

@@ -110,9 +110,9 @@ def sparse24_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regim
     kept by the caller), batches of the dispatch table's ``semi_from`` tokens and more (kernels/select.py, measured
     per GPU) take PyTorch's sparse tensor cores.
     """
-    n, k = _checked(packed, x.device)
+    call = prepare(packed, x.device, x.shape[-1])
     semi = packed.get("semi_structured")
-    tokens = x.numel() // max(k, 1)
+    tokens = x.numel() // max(call.k, 1)
     semi_from = device_rules(x.device).semi_from if regime is None and semi is not None else None
     if regime == "semi_structured" or (semi_from is not None and tokens >= semi_from):
         if semi is None:
@@ -120,10 +120,15 @@ def sparse24_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regim
                                  "semi_structured_weight(packed); build it once next to the layer")
         y = semi_structured_matmul(x, semi)
         return y if out is None else out.copy_(y)
-    call = Call((packed["values"], packed["meta"]), n, k, {}, lambda dtype: sparse24_dequantize(packed, dtype),
+    return KERNELS.matmul(x, call, out, regime)
+
+
+def prepare(packed: dict, device: torch.device, k: int) -> Call:
+    """The checked launch on ``device``, built once per ``PackedLinear`` (see ``int4.prepare``; K is stored)."""
+    n, k = _checked(packed, device)
+    return Call((packed["values"], packed["meta"]), n, k, {}, lambda dtype: sparse24_dequantize(packed, dtype),
                 dequantize_rows=lambda r0, r1, buf: sparse24_dequantize(row_slice(packed, ("values", "meta"), r0, r1),
                                                                         buf.dtype, buf))
-    return KERNELS.matmul(x, call, out, regime)
 
 
 def semi_structured_weight(packed: dict) -> Tensor:

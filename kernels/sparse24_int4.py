@@ -362,16 +362,20 @@ def sparse24_int4_dequantize(packed: dict, dtype: torch.dtype, out: Tensor | Non
     return w
 
 
+def prepare(packed: dict, device: torch.device, k: int) -> Call:
+    """The checked launch on ``device``, built once per ``PackedLinear`` (see ``int4.prepare``; K is stored)."""
+    n, k, group = _checked(packed, device)
+    q, meta, scales, zeros = _tensors(packed)
+    return Call((word_aligned(q), word_aligned(meta), scales, zeros), n, k, {"GROUP": group},
+                lambda dtype: sparse24_int4_dequantize(packed, dtype),
+                extra=(UNIT, *split_k_buffers(device)),  # UNIT: see _codes.code_unit
+                dequantize_rows=lambda r0, r1, buf: sparse24_int4_dequantize(row_slice(packed, NAMES, r0, r1),
+                                                                             buf.dtype, buf))
+
+
 def sparse24_int4_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regime: str | None = None) -> Tensor:
     """``x @ W.T`` for a ``sparse24_int4`` packed weight; x ``[..., K]`` fp16/bf16 → ``[..., N]`` in x's dtype.
 
     ``regime``: None follows kernels/select.py; "gemv", "gemm" or "dense" force one. ``out``: optional output.
     """
-    n, k, group = _checked(packed, x.device)
-    q, meta, scales, zeros = _tensors(packed)
-    call = Call((word_aligned(q), word_aligned(meta), scales, zeros), n, k, {"GROUP": group},
-                lambda dtype: sparse24_int4_dequantize(packed, dtype),
-                extra=(UNIT, *split_k_buffers(x.device)),  # UNIT: see _codes.code_unit
-                dequantize_rows=lambda r0, r1, buf: sparse24_int4_dequantize(row_slice(packed, NAMES, r0, r1),
-                                                                             buf.dtype, buf))
-    return KERNELS.matmul(x, call, out, regime)
+    return KERNELS.matmul(x, prepare(packed, x.device, x.shape[-1]), out, regime)

@@ -291,9 +291,13 @@ def spqr_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regime: s
 
     ``regime``: None follows kernels/select.py; "gemv", "gemm" or "dense" force one. ``out``: optional output.
     """
-    k = x.shape[-1]
-    consts = _checked(packed, x.device, k)
+    return KERNELS.matmul(x, prepare(packed, x.device, x.shape[-1]), out, regime)
+
+
+def prepare(packed: dict, device: torch.device, k: int) -> Call:
+    """The checked launch for ``k`` input features on ``device`` (K is not stored: the caller's input width, checked
+    against the packed shapes), built once per ``PackedLinear`` (see ``int4.prepare``)."""
+    consts = _checked(packed, device, k)
     n, g = packed["scale_codes"].shape
-    call = Call((*_base(packed), *_outliers(packed)), n, k, consts, lambda dtype: spqr_dequantize(packed, dtype, k),
-                extra=(packed["qweight"].shape[1], g, UNIT, *split_k_buffers(x.device)))  # UNIT: _spqr_words
-    return KERNELS.matmul(x, call, out, regime)
+    return Call((*_base(packed), *_outliers(packed)), n, k, consts, lambda dtype: spqr_dequantize(packed, dtype, k),
+                extra=(packed["qweight"].shape[1], g, UNIT, *split_k_buffers(device)))  # UNIT: _spqr_words

@@ -17,9 +17,10 @@ is not updated inside a compiled graph.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import warnings
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -27,36 +28,61 @@ from torch import Tensor, nn
 from .errors import UserInputError
 from .formats import Format, get_format
 from .settings import kernel_mode
+from .tensor_state import fingerprint
 
 MODES = ("auto", "reference", "triton")
 _warned: set[tuple[str, str]] = set()
 _paths: dict[tuple, tuple[str, str]] = {}
-_launchers: dict[str, tuple[Callable | None, Callable | None, str]] = {}
 
 
-def _launcher(kernel: str) -> tuple[Callable | None, Callable | None, str]:
-    """(``<kernel>_matmul``, its ``supports`` pre-check, reason), looked up once per process: an eager decode step
-    dispatches every Linear, and the import machinery costs microseconds each time."""
+class Launcher(NamedTuple):
+    """A format's kernel entry points (``llmprune.kernels.<kernel>``), or why there are none (``matmul`` None)."""
+
+    matmul: Callable | None  # <kernel>_matmul(x, packed): checks the packed tensors on every call
+    supports: Callable | None  # supports(dtype): the activation dtypes it takes (optional)
+    reason: str
+    prepare: Callable | None = None  # prepare(packed, device, k) -> the checked launch, built once per module
+    run: Callable | None = None  # run(x, prepared) -> y
+
+
+_launchers: dict[str, Launcher] = {}
+
+
+def _launcher(kernel: str) -> Launcher:
+    """The kernel's entry points, looked up once per process: an eager decode step dispatches every Linear, and the
+    import machinery costs microseconds each time."""
     if kernel not in _launchers:
         _launchers[kernel] = _find_launcher(kernel)
     return _launchers[kernel]
 
 
-def _find_launcher(kernel: str) -> tuple[Callable | None, Callable | None, str]:
+def _find_launcher(kernel: str) -> Launcher:
     from . import kernels  # imports no triton (kernels/__init__.py)
 
     if not kernels.available():
-        return None, None, "triton or CUDA not usable"
+        return Launcher(None, None, "triton or CUDA not usable")
+    return import_launcher(kernel)
+
+
+def import_launcher(kernel: str) -> Launcher:
+    """``llmprune.kernels.<kernel>``'s entry points (imports triton; tests use it to run the kernels on CPU under
+    Triton's interpreter)."""
     try:
         module = importlib.import_module(f"llmprune.kernels.{kernel}")
     except ModuleNotFoundError as exc:
         if exc.name != f"llmprune.kernels.{kernel}":
             raise
-        return None, None, f"no kernel module llmprune.kernels.{kernel}"
+        return Launcher(None, None, f"no kernel module llmprune.kernels.{kernel}")
     launcher = getattr(module, f"{kernel}_matmul", None)
     if launcher is None:
-        return None, None, f"llmprune.kernels.{kernel} has no {kernel}_matmul"
-    return launcher, getattr(module, "supports", None), "kernel available"
+        return Launcher(None, None, f"llmprune.kernels.{kernel} has no {kernel}_matmul")
+    prepare, pair = getattr(module, "prepare", None), getattr(module, "KERNELS", None)
+    run = None if prepare is None or pair is None else functools.partial(_run_prepared, pair)
+    return Launcher(launcher, getattr(module, "supports", None), "kernel available", prepare, run)
+
+
+def _run_prepared(pair, x: Tensor, call) -> Tensor:
+    return pair.matmul(x, call, None, None)
 
 
 def constant_while_tracing(fn: Callable) -> Callable:
@@ -100,7 +126,7 @@ def _kernel_reason(fmt: Format, device_type: str, dtype: torch.dtype) -> str:
         return f"format {fmt.name} has no kernel"
     if device_type != "cuda":
         return f"input on {device_type}"
-    launcher, supports, reason = _launcher(fmt.kernel)
+    launcher, supports, reason = _launcher(fmt.kernel)[:3]
     if launcher is not None and supports is not None and not supports(dtype):
         return f"{fmt.kernel} kernel does not support {dtype} activations"
     return reason
@@ -110,7 +136,7 @@ def _kernel_reason(fmt: Format, device_type: str, dtype: torch.dtype) -> str:
 def packed_matmul(x: Tensor, tensors: list[Tensor], kernel: str, names: str, out_features: int) -> Tensor:
     """``<kernel>_matmul(x, packed)`` as one opaque graph node; ``names`` are the packed tensors' names, joined by
     commas (custom-op schemas take no list of strings)."""
-    return _launcher(kernel)[0](x, dict(zip(names.split(","), tensors)))
+    return _launcher(kernel).matmul(x, dict(zip(names.split(","), tensors)))
 
 
 @packed_matmul.register_fake
@@ -121,18 +147,56 @@ def _packed_matmul_shape(x, tensors, kernel, names, out_features):
 def matmul(x: Tensor, module: nn.Module) -> Tensor:
     """``x @ W.T + bias`` for a ``PackedLinear``; records the path taken on the module (eager calls)."""
     fmt = get_format(module.format)
-    packed = module.packed()
     path, reason = path_for(fmt.name, x.device.type, x.dtype)
     compiling = torch.compiler.is_compiling()
     if not compiling and (module.kernel_path, module.kernel_reason) != (path, reason):  # __setattr__ costs ~3 us
         module.kernel_path, module.kernel_reason = path, reason
+    if path == "triton" and not compiling:
+        return _plan(module, x, fmt.kernel).forward(x)
+    packed = module.packed()
     if path != "triton":
         y = fmt.matmul_ref(x, packed)
-    elif compiling:
-        y = packed_matmul(x, list(packed.values()), fmt.kernel, ",".join(packed), module.out_features)
     else:
-        y = _launcher(fmt.kernel)[0](x, packed)
+        y = packed_matmul(x, list(packed.values()), fmt.kernel, ",".join(packed), module.out_features)
     return y if module.bias is None else y + module.bias.to(y.dtype)
+
+
+class Plan(NamedTuple):
+    """An eager kernel call of one ``PackedLinear`` for one input device and dtype: the launch its packed tensors
+    make (checked once), and the bias in the activations' dtype. Valid while ``key`` holds."""
+
+    key: tuple
+    tensors: tuple  # the fingerprinted tensors, held so that their ids stay unique while the key is compared
+    run: Callable
+    prepared: object
+    bias: Tensor | None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.run(x, self.prepared)
+        return y if self.bias is None else y.add_(self.bias)
+
+
+def _plan(module: nn.Module, x: Tensor, kernel: str) -> Plan:
+    """The module's cached ``Plan``, rebuilt when the input's device or dtype changes or a buffer or the bias was
+    replaced or written in place (``tensor_state.fingerprint``): checking the packed tensors and building the launch
+    cost tens of microseconds per call otherwise, paid by every Linear of every decode step. Not cached while a CUDA
+    graph is being captured (tensors made then, e.g. a kept map, are written only at replay); ``PackedLinear._apply``
+    (``.to``, ``.half``) drops it, so no plan keeps a moved module's old tensors alive."""
+    tensors = (*module._buffers.values(), module._parameters.get("bias"))
+    key = (x.device, x.dtype, fingerprint(tensors))
+    plan = module.__dict__.get("_kernel_plan")
+    if plan is not None and plan.key == key:
+        return plan
+    launcher, packed = _launcher(kernel), module.packed()
+    if launcher.prepare is None:  # a kernel module without ``prepare``: its launcher checks on every call
+        run, prepared = launcher.matmul, packed
+    else:
+        run, prepared = launcher.run, launcher.prepare(packed, x.device, module.in_features)
+    bias = tensors[-1]
+    plan = Plan(key, tensors, run, prepared, None if bias is None else bias.detach().to(x.dtype))
+    if not (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+        module.__dict__["_kernel_plan"] = plan
+    return plan
 
 
 def kernel_paths(model: nn.Module) -> dict[str, str]:

@@ -82,6 +82,12 @@ class PackedLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return dispatch.matmul(x, self)
 
+    def _apply(self, fn, recurse=True):
+        """``.to``, ``.cuda``, ``.half`` ... replace the buffers: drop the kernel launch built for the old ones
+        (``dispatch._plan``), which would keep them alive until the next forward."""
+        self.__dict__.pop("_kernel_plan", None)
+        return super()._apply(fn, recurse)
+
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, format={self.format}, "
                 f"params={self.params}, bias={self.bias is not None}, path={self.kernel_path}")

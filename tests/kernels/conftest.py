@@ -16,3 +16,20 @@ if os.environ.get("TRITON_INTERPRET") != "1":
         "(and `--ignore=tests/kernels` in the main run)",
         returncode=4,
     )
+
+
+@pytest.fixture
+def cpu_kernels(monkeypatch):
+    """Dispatch as on a GPU: every format with a kernel takes it, here through the interpreter."""
+    import torch
+
+    from llmprune import dispatch
+    from llmprune.kernels import FORMATS_WITH_KERNELS
+
+    monkeypatch.setattr(dispatch, "_paths", {})
+    monkeypatch.setattr(dispatch, "_kernel_reason", lambda fmt, device, dtype: "kernel available")
+    for fmt in FORMATS_WITH_KERNELS:
+        monkeypatch.setitem(dispatch._launchers, fmt, dispatch.import_launcher(fmt))
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()

@@ -8,23 +8,9 @@ import pytest
 import torch
 
 from llmprune import dispatch
-from llmprune.kernels import FORMATS_WITH_KERNELS, matmul_fn
-from llmprune.kernels._launch import supports
 from llmprune.packed_linear import PackedLinear
 
 OP = torch.ops.llmprune.packed_matmul.default
-
-
-@pytest.fixture
-def cpu_kernels(monkeypatch):
-    """Dispatch as on a GPU: every format with a kernel takes it, here through the interpreter."""
-    monkeypatch.setattr(dispatch, "_paths", {})
-    monkeypatch.setattr(dispatch, "_kernel_reason", lambda fmt, device, dtype: "kernel available")
-    for fmt in FORMATS_WITH_KERNELS:
-        monkeypatch.setitem(dispatch._launchers, fmt, (matmul_fn(fmt), supports, "kernel available"))
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
 
 
 def graphs_of(fn, *args):

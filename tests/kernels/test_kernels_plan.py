@@ -1,0 +1,110 @@
+"""A ``PackedLinear``'s eager kernel call is checked and built once (``dispatch._plan``), then reused: these tests
+make sure a reused launch never goes stale. The oracle is a fresh launcher call on the module's current tensors
+(``<fmt>_matmul``, which checks and builds everything per call; its agreement with the torch reference is
+test_kernels_matmul's job), so any state a plan kept from before a change shows up as a different output."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmprune import dispatch
+from llmprune.errors import UserInputError
+from llmprune.kernels import FORMATS_WITH_KERNELS, matmul_fn
+from llmprune.packed_linear import PackedLinear
+
+
+def module_of(fmt: str, seed: int, out_f: int = 48, in_f: int = 256) -> PackedLinear:
+    from llmprune.evals.random_models import random_qweight
+
+    source = random_qweight(fmt, out_f, in_f, "cpu", torch.Generator().manual_seed(seed))
+    bias = torch.randn(out_f, generator=torch.Generator().manual_seed(seed + 1))
+    if fmt == "sparse24":
+        return PackedLinear.from_dense(source.half(), fmt, dtype="float16", bias=bias)
+    return PackedLinear.from_quantized(source, fmt, dtype="float16", bias=bias)
+
+
+def fresh(module: PackedLinear, x: torch.Tensor) -> torch.Tensor:
+    """The module's output computed from scratch: every check and derived tensor rebuilt from its tensors now."""
+    return matmul_fn(module.format)(x, module.packed()) + module.bias.to(x.dtype)
+
+
+def tokens(n: int, k: int = 256, dtype=torch.float16, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, k, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+@pytest.fixture
+def prepares(cpu_kernels, monkeypatch):
+    """Counts, per format, how often dispatch builds a launch (``prepare``)."""
+    counts = dict.fromkeys(FORMATS_WITH_KERNELS, 0)
+    for fmt in FORMATS_WITH_KERNELS:
+        launcher = dispatch._launchers[fmt]
+
+        def counting(*args, fmt=fmt, prepare=launcher.prepare):
+            counts[fmt] += 1
+            return prepare(*args)
+
+        monkeypatch.setitem(dispatch._launchers, fmt, launcher._replace(prepare=counting))
+    return counts
+
+
+@pytest.mark.parametrize("fmt", FORMATS_WITH_KERNELS)
+def test_repeated_calls_build_the_launch_once_and_match_a_fresh_launch(prepares, fmt):
+    module = module_of(fmt, seed=1)
+    for n in (1, 3, 1, 6):  # decode and the 16-token block alike reuse the launch
+        x = tokens(n, seed=n)
+        torch.testing.assert_close(module(x), fresh(module, x), rtol=0, atol=0)
+    assert prepares[fmt] == 1 and module.kernel_path == "triton"
+
+
+def test_a_replaced_buffer_is_checked_and_used(prepares):
+    module, other = module_of("int4", seed=2), module_of("int4", seed=3)
+    x = tokens(2)
+    module(x)
+    module.qweight = other.qweight.clone()
+    torch.testing.assert_close(module(x), fresh(module, x), rtol=0, atol=0)
+    assert prepares["int4"] == 2
+    module.zeros = module.zeros.int()  # a dtype the kernel does not take: the rebuilt launch refuses it
+    with pytest.raises(UserInputError, match="'zeros' is torch.int32"):
+        module(x)
+
+
+def test_in_place_writes_rebuild_what_the_launch_derived(prepares):
+    """The bias is kept converted to the activations' dtype and GQSA's kept map is derived from ``group_idx``:
+    in-place writes to either must reach the output."""
+    module = module_of("group_sparse_int4", seed=4)
+    x = tokens(6)  # 5-16 tokens: the tl.dot block, which walks the kept map
+    before = module(x)
+    with torch.no_grad():
+        module.bias.add_(1.0)
+    torch.testing.assert_close(module(x), fresh(module, x), rtol=0, atol=0)
+    assert not torch.equal(module(x), before)
+    gi = module.group_idx
+    groups = module.in_features // module.params["group"]
+    moved = torch.stack([torch.randperm(groups, generator=torch.Generator().manual_seed(r))[: gi.shape[1]].sort().values
+                         for r in range(gi.shape[0])]).to(gi.dtype)
+    assert not torch.equal(moved, gi)
+    gi.copy_(moved)
+    torch.testing.assert_close(module(x), fresh(module, x), rtol=0, atol=0)
+    assert prepares["group_sparse_int4"] == 3
+
+
+def test_dtype_change_and_module_moves_rebuild_the_launch(prepares):
+    module = module_of("sparse24_int4", seed=5)
+    module(tokens(1))
+    y = module(tokens(1, dtype=torch.bfloat16))  # the bias follows the activations' dtype
+    assert y.dtype == torch.bfloat16 and prepares["sparse24_int4"] == 2
+    torch.testing.assert_close(y, fresh(module, tokens(1, dtype=torch.bfloat16)), rtol=0, atol=0)
+    module.half()  # Module.to / .half / .cuda replace the buffers through _apply
+    assert "_kernel_plan" not in module.__dict__
+    torch.testing.assert_close(module(tokens(1)), fresh(module, tokens(1)), rtol=0, atol=0)
+    assert prepares["sparse24_int4"] == 3
+
+
+def test_modules_built_under_inference_mode_run(prepares):
+    """Inference tensors keep no version counter; the plan and GQSA's kept map must still work with them."""
+    with torch.inference_mode():
+        module = module_of("group_sparse_int4", seed=6)
+        x = tokens(6)
+        torch.testing.assert_close(module(x), fresh(module, x), rtol=0, atol=0)
+        module(x)
+    assert prepares["group_sparse_int4"] == 1
