@@ -2,16 +2,18 @@
 
 Eager decode runs every Linear's launcher once per token; when the host work of a call exceeds the kernel's GPU time
 (a few microseconds at batch 1), the GPU idles between launches. The GPU bench (``benchmarks/kernels.py``, host-cost
-table) times the whole call there, Triton's own launch included. This script times the part that is ours — input
-checks, packed-tensor checks, building the launch, regime choice, output allocation — on the CPU, with Triton's
-interpreter build of the launchers and the final kernel launch replaced by a no-op:
+table) times the whole call there. This script times all of it but Triton's JIT launch itself — input checks,
+packed-tensor checks, building the launch, regime choice, output allocation, and Triton's autotuner where a call goes
+through it — on the CPU: the launchers take the autotuned path as on a GPU (a stand-in timer picks a config the first
+time), and the JIT kernel's ``run`` is a no-op.
 
-    python benchmarks/host_overhead.py [--calls 2000] [--repeats 15] [--out benchmarks/results/host_overhead.md]
+    python benchmarks/host_overhead.py [--calls 300] [--repeats 60] [--out benchmarks/results/host_overhead.md]
 
-Columns: the functional launcher ``<fmt>_matmul(x, packed)`` (checks everything per call) and a ``PackedLinear``
-forward (dispatch included; its launch is checked once and reused, ``llmprune/dispatch.py``). ``torch.empty`` of
-the output is the floor every call pays. Thread CPU time, min over repeats (on this project's shared 2-core VM the
-wall clock wanders by 2x between runs).
+Columns: the functional launcher ``<fmt>_matmul(x, packed)`` (checks the packed tensors and asks the autotuner on
+every call); a ``PackedLinear`` forward as it runs now (dispatch included; its launch checked once and the autotuner's
+choice reused, ``llmprune/dispatch.py`` and ``kernels/_launch.launch``); the same with the autotuner asked on every
+call. ``torch.empty`` of the output is the floor every call pays. Thread CPU time, min over repeats (on this project's
+shared 2-core VM the wall clock wanders by 2x between runs).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: the launchers take CPU tensors
+os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: kernels that need no GPU to exist
 
 import torch  # noqa: E402
 
@@ -48,26 +50,54 @@ def per_call(fn, calls: int, repeats: int) -> float:
     return best
 
 
+class Forgetful(dict):
+    """A ``Call.chosen`` memo that keeps nothing: every launch asks the autotuner (the third column)."""
+
+    def __setitem__(self, key, value):
+        pass
+
+
+def as_on_a_gpu(pairs) -> None:
+    """Launches take the autotuned twins, the first autotuning of a key picks the first config without timing it,
+    and the JIT kernels run nothing (what remains is the host work before Triton's own launch)."""
+    from llmprune.kernels import _launch
+
+    flatten = _launch.flatten_input
+    _launch.flatten_input = lambda x, k, fmt, interpret: flatten(x, k, fmt, True)  # CPU inputs accepted
+    for pair in pairs:
+        pair.interpret = False
+        for kernel, tuned in ((pair.gemv, pair.gemv_tuned), (pair.gemm, pair.gemm_tuned)):
+            kernel.run = lambda *args, grid, warmup, **kwargs: None
+            tuned.cache_results = False
+            tuned._bench = lambda *args, config, **kwargs: [1.0, 1.0, 1.0]
+
+
 def rows(calls: int, repeats: int) -> list[str]:
+    import dataclasses
+    import importlib
+
     from llmprune import dispatch
-    from llmprune.kernels import FORMATS_WITH_KERNELS, _launch, matmul_fn
+    from llmprune.kernels import FORMATS_WITH_KERNELS, matmul_fn
     from llmprune.packed_linear import PackedLinear
 
-    _launch.launch = lambda *args, **kwargs: None  # everything up to Triton's launch, not the interpreted kernel
+    as_on_a_gpu([importlib.import_module(f"llmprune.kernels.{fmt}").KERNELS for fmt in FORMATS_WITH_KERNELS])
     dispatch._kernel_reason = lambda fmt, device, dtype: "kernel available"  # CPU inputs take the kernel path
     dispatch._launchers.update({fmt: dispatch.import_launcher(fmt) for fmt in FORMATS_WITH_KERNELS})
     n, k = SHAPE
     x = torch.randn(1, 1, k).half()  # transformers' decode shape: [batch, 1 token, features]
     floor = per_call(lambda: torch.empty(1, 1, n, dtype=x.dtype), calls, repeats)
-    out = [f"| torch.empty (the output, the floor) | {floor:.1f} | - |"]
+    out = [f"| torch.empty (the output, the floor) | {floor:.1f} | - | - |"]
     for fmt in FORMATS_WITH_KERNELS:
         packed = random_packed(fmt, n, k, torch.float16, device="cpu")
-        module = PackedLinear.from_packed(packed, fmt, k)
+        module, asking = PackedLinear.from_packed(packed, fmt, k), PackedLinear.from_packed(packed, fmt, k)
+        asking(x)
+        plan = asking._kernel_plan
+        asking._kernel_plan = plan._replace(prepared=dataclasses.replace(plan.prepared, chosen=Forgetful()))
         launcher = matmul_fn(fmt)
-        launch_us = per_call(lambda: launcher(x, packed), calls, repeats)
-        module_us = per_call(lambda: module(x), calls, repeats)
-        assert module.kernel_path == "triton", module.kernel_reason
-        out.append(f"| {fmt} | {launch_us:.1f} | {module_us:.1f} |")
+        times = [per_call(fn, calls, repeats) for fn in (lambda: launcher(x, packed), lambda: module(x),
+                                                         lambda: asking(x))]
+        assert module.kernel_path == "triton" and module._kernel_plan.prepared.chosen, module.kernel_reason
+        out.append(f"| {fmt} | " + " | ".join(f"{t:.1f}" for t in times) + " |")
     return out
 
 
@@ -80,7 +110,8 @@ def main(argv=None) -> int:
     header = [f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
               f"{platform.python_version()}, torch {torch.__version__}; {SHAPE[0]}x{SHAPE[1]}, one fp16 token, "
               f"min of {args.repeats} x {args.calls} calls", "",
-              "| format | launcher µs/call | PackedLinear µs/call |", "|---|---:|---:|"]
+              "| format | launcher µs/call | PackedLinear µs/call | PackedLinear, autotuner every call |",
+              "|---|---:|---:|---:|"]
     text = "\n".join(header + rows(args.calls, args.repeats)) + "\n"
     print(text, end="")
     if args.out:

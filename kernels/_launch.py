@@ -10,7 +10,7 @@ search space lives in ``_configs.py``, the Triton building blocks the kernels sh
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -86,13 +86,22 @@ def dot_f32(x: Tensor, interpret: bool) -> bool:
     return x.dtype == torch.float32 or (interpret and x.dtype == torch.bfloat16)
 
 
-def launch(kernel, tuned, grid, args: tuple, consts: dict, fixed: dict | None) -> None:
-    """Run ``kernel`` with ``fixed`` meta-parameters (the interpreter, or a pinned config), else the autotuned twin."""
+def launch(kernel, tuned, grid, args: tuple, consts: dict, fixed: dict | None, chosen: dict | None = None,
+           key: tuple = ()) -> None:
+    """Run ``kernel`` with ``fixed`` meta-parameters (the interpreter, or a pinned config), else with the config the
+    autotuned twin chose for ``key`` when ``chosen`` (a ``Call``'s memo) holds it, else through the autotuner, whose
+    choice ``chosen`` then keeps. Why: Triton's ``Autotuner.run`` rebuilds its key from every argument on every call
+    (~16 us of host Python per launch on this project's CPU, more than our launcher's own work); ``key`` must be as
+    fine as the autotuner's (its key args and tensor dtypes), which ``KernelPair.run`` ensures per ``Call``."""
+    if fixed is None and chosen is not None:
+        fixed = chosen.get(key)
     if fixed is not None:
         meta = {**consts, **fixed}
         kernel[grid(meta)](*args, **meta)
-    else:
-        tuned[grid](*args, **consts)
+        return
+    tuned[grid](*args, **consts)
+    if chosen is not None:
+        chosen[key] = tuned.best_config.all_kwargs()
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,9 @@ class Call:
     extra: tuple = ()
     gemm_ok: bool = True  # False: the GEMM kernel cannot take this layout (GQSA groups < 16), use GEMV blocks
     dequantize_rows: Callable[[int, int, Tensor], None] | None = None  # W[r0:r1] into a buffer (``chunked``)
+    # the autotuner's config per (regime, M_BUCKET, activation dtype), once chosen: a Call that lives across
+    # launches (a PackedLinear's, llmprune/dispatch.py) launches its kernels directly after the first (``launch``)
+    chosen: dict = field(default_factory=dict, compare=False)
 
 
 class KernelPair:
@@ -145,7 +157,7 @@ class KernelPair:
         bb = meta["BLOCK_B"]
         rule = self.split_k.get(bb)
         path = rule is not None and rule(meta.get("GROUP", 0))
-        tiles = triton.cdiv(m, bb) * triton.cdiv(n, meta["BLOCK_N"])
+        tiles = cdiv(m, bb) * cdiv(n, meta["BLOCK_N"])
         fits = split * m * n <= SPLIT_K_PARTIALS and tiles <= SPLIT_K_TILES
         return split if path and fits else 1
 
@@ -157,7 +169,8 @@ class KernelPair:
             raise UserInputError(f"regime '{regime}' is unknown; use one of {', '.join(REGIMES)} or None (auto)")
         return regime
 
-    def run(self, args: tuple, m: int, n: int, consts: dict, regime: str) -> None:
+    def run(self, args: tuple, m: int, n: int, consts: dict, regime: str, chosen: dict | None = None,
+            dtype: torch.dtype | None = None) -> None:
         """Launch over ``[m, n]`` outputs; ``args`` hold (..., M, N, K, stride_xm, stride_om, extra ints); a decode
         program takes at most the largest token block (``block_tokens``): more tokens sent to the decode kernel
         run as several blocks. The dispatch table decides whether decode runs, not its block: a forced ``gemv`` (the
@@ -172,15 +185,18 @@ class KernelPair:
                 fixed = {**fixed, "BLOCK_B": block, **pipelining(block)[-1]}
 
             def grid(meta):
-                return (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_B"]), self.splits(meta, m, n))
+                return (cdiv(n, meta["BLOCK_N"]), cdiv(m, meta["BLOCK_B"]), self.splits(meta, m, n))
 
-            launch(self.gemv, self.gemv_tuned, grid, (*args, m_bucket(tokens)), consts, fixed)
+            bucket = m_bucket(tokens)
+            launch(self.gemv, self.gemv_tuned, grid, (*args, bucket), consts, fixed, chosen, ("gemv", bucket, dtype))
         else:
 
             def grid(meta):
-                return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+                return (cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"]),)
 
-            launch(self.gemm, self.gemm_tuned, grid, (*args, m_bucket(m)), consts, self._fixed(1))
+            bucket = m_bucket(m)
+            launch(self.gemm, self.gemm_tuned, grid, (*args, bucket), consts, self._fixed(1), chosen,
+                   ("gemm", bucket, dtype))
 
     def tuned_configs(self, regime: str, tokens) -> list:
         """The configs the autotuner times for ``regime`` ('gemv' or 'gemm') launches of each token count in
@@ -223,7 +239,8 @@ class KernelPair:
             chunked_matmul(x2, call.n, call.k, call.dequantize_rows, y.view(m, call.n))
         else:
             args = (x2, *call.tensors, y, m, call.n, call.k, x2.stride(0), call.n, *call.extra)
-            self.run(args, m, call.n, {**call.consts, "DOT_F32": dot_f32(x, self.interpret)}, regime)
+            self.run(args, m, call.n, {**call.consts, "DOT_F32": dot_f32(x, self.interpret)}, regime, call.chosen,
+                     x.dtype)
         return y
 
     def run_dequant(self, args: tuple, n: int, cols: int, consts: dict, kernel=None) -> None:
@@ -231,7 +248,13 @@ class KernelPair:
         (cols: dense or kept columns)."""
         bn, bk = (8, 32) if self.interpret else (32, 128)
         kernel = kernel or self.dequant
-        kernel[(triton.cdiv(n, bn), triton.cdiv(cols, bk))](*args, **consts, BLOCK_N=bn, BLOCK_K=bk)
+        kernel[(cdiv(n, bn), cdiv(cols, bk))](*args, **consts, BLOCK_N=bn, BLOCK_K=bk)
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division in plain Python for host code: ``triton.cdiv`` is a JIT helper whose call costs ~2-3 us on
+    the host (4 per decode launch: the grid and the split-K check), more than the rest of the grid's work."""
+    return -(-a // b)
 
 
 def _divides(d: int, group: int) -> bool:

@@ -34,7 +34,7 @@ from llmprune.formats.spqr import matmul_ref as reference  # noqa: F401  (the or
 
 from ._codes import UNIT
 from ._configs import launched
-from ._launch import Call, check_packed, expect_shape, KernelPair, split_k_buffers, supports  # noqa: F401 (hook)
+from ._launch import Call, cdiv, check_packed, expect_shape, KernelPair, split_k_buffers, supports  # noqa: F401 (hook)
 from ._spqr_words import _spqr_scale_zero, _spqr_word_block, _spqr_word_dot, _spqr_word_tile
 from ._tiles import (
     dot_acc, expand_groups, grouped_pid, load_x, matvec_finish, matvec_init, matvec_step, split_k_range,
@@ -281,7 +281,7 @@ def spqr_dequantize(packed: dict, dtype: torch.dtype, in_features: int) -> Tenso
     w = torch.empty(n, in_features, dtype=dtype, device=q.device)
     KERNELS.run_dequant((w, *_base(packed), n, in_features, q.shape[1], g, UNIT), n, in_features, consts)
     block, slots = (8, 4) if KERNELS.interpret else (64, 32)
-    _spqr_outlier_store_kernel[(triton.cdiv(n, block),)](w, *_outliers(packed), n, in_features, BLOCK_N=block,
+    _spqr_outlier_store_kernel[(cdiv(n, block),)](w, *_outliers(packed), n, in_features, BLOCK_N=block,
                                                          SLOTS=slots)
     return w
 

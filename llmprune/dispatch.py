@@ -12,8 +12,9 @@ Kernels are imported lazily and only for CUDA inputs, so CPU runs never import t
 Under ``torch.compile`` the choice is made while tracing (a constant of the graph: changing ``LLMPRUNE_KERNEL``
 afterwards needs a recompile) and a kernel call enters the graph as the custom op ``llmprune::packed_matmul``, which
 the compiler treats as opaque: the launchers (autotuner, pointer checks) are Python it cannot trace, and without the
-op every Linear would break the graph. Eager calls skip the op's dispatcher overhead. The module's ``kernel_path``
-is not updated inside a compiled graph.
+op every Linear would break the graph. Eager calls skip the op's dispatcher overhead, and a module's eager kernel
+call reuses a launch checked and built once (``_plan``: tens of microseconds of host Python per call otherwise, paid
+by every Linear of every decode step). The module's ``kernel_path`` is not updated inside a compiled graph.
 """
 from __future__ import annotations
 

@@ -166,8 +166,8 @@ def test_decode_past_its_largest_block_runs_several_token_blocks(bench, monkeypa
                         table.chunked_from)
     monkeypatch.setattr("llmprune.kernels._launch.device_rules", lambda device: wide)
     grids, launch = [], _launch.launch
-    monkeypatch.setattr(_launch, "launch", lambda k, t, grid, args, consts, fixed: (
-        grids.append((fixed["BLOCK_B"], grid({**consts, **fixed})[1])), launch(k, t, grid, args, consts, fixed)))
+    monkeypatch.setattr(_launch, "launch", lambda k, t, grid, args, consts, fixed, *memo: (
+        grids.append((fixed["BLOCK_B"], grid({**consts, **fixed})[1])), launch(k, t, grid, args, consts, fixed, *memo)))
     packed = bench.random_packed("group_sparse_int4", 20, 256, torch.float16, device="cpu")
     x = torch.randn(20, 256, generator=torch.Generator().manual_seed(9)).to(torch.float16)
     out = torch.full((20, 20), float("nan"), dtype=torch.float16)

@@ -242,8 +242,8 @@ def test_two_to_four_tokens_on_the_padded_tl_dot_block(fmt, split, monkeypatch):
     monkeypatch.setattr(_launch, "batch_block", lambda m: 16)
     monkeypatch.setattr(_launch, "GEMV_FIXED", {**_launch.GEMV_FIXED, "SPLIT_K": split})
     blocks, launch = [], _launch.launch
-    monkeypatch.setattr(_launch, "launch", lambda k, t, grid, args, consts, fixed: (
-        blocks.append((fixed["BLOCK_B"], grid({**consts, **fixed}))), launch(k, t, grid, args, consts, fixed)))
+    monkeypatch.setattr(_launch, "launch", lambda k, t, grid, args, consts, fixed, *memo: (
+        blocks.append((fixed["BLOCK_B"], grid({**consts, **fixed}))), launch(k, t, grid, args, consts, fixed, *memo)))
     kernel = importlib.import_module(f"llmprune.kernels.{fmt}")
     qw, packed = make(fmt, 128, 16, torch.float32, seed=21)
     x = torch.randn(3, 128, generator=torch.Generator().manual_seed(5))

@@ -108,3 +108,56 @@ def test_modules_built_under_inference_mode_run(prepares):
         torch.testing.assert_close(module(x), fresh(module, x), rtol=0, atol=0)
         module(x)
     assert prepares["group_sparse_int4"] == 1
+
+
+@pytest.fixture
+def autotuned_int4(prepares, monkeypatch):
+    """int4's launches as on a GPU (the autotuned twin, not the interpreter's fixed config), with a stand-in timer
+    that runs nothing and makes the widest-BLOCK_N config win; counts the autotuner's runs."""
+    from llmprune.kernels import _launch, int4
+
+    pair = int4.KERNELS
+    runs = {"gemv": 0, "gemm": 0, "timed": {}}
+    monkeypatch.setattr(pair, "interpret", False)
+    flatten = _launch.flatten_input
+    monkeypatch.setattr(_launch, "flatten_input", lambda x, k, fmt, interpret: flatten(x, k, fmt, True))
+    for regime, tuned in (("gemv", pair.gemv_tuned), ("gemm", pair.gemm_tuned)):
+        monkeypatch.setattr(tuned, "cache_results", False)
+        monkeypatch.setattr(tuned, "cache", {})
+        timed = runs["timed"]
+
+        def bench(*args, config, tuned=tuned, timed=timed, **kwargs):
+            timed[config] = 1.0 / config.kwargs["BLOCK_N"] + 1e-6 * config.kwargs["BLOCK_K"] + 1e-9 * len(timed)
+            return [timed[config]] * 3
+
+        monkeypatch.setattr(tuned, "_bench", bench)
+        real_run = tuned.run
+
+        def counted(*args, regime=regime, real_run=real_run, **kwargs):
+            runs[regime] += 1
+            return real_run(*args, **kwargs)
+
+        monkeypatch.setattr(tuned, "run", counted)
+    return runs
+
+
+def test_a_plan_launches_the_autotuners_choice_directly_after_the_first_call(autotuned_int4):
+    """Triton's Autotuner.run costs more host time per call than our launcher: a PackedLinear's launch goes through
+    it once per (regime, token bucket, dtype), then to the JIT kernel with the config it chose."""
+    module = module_of("int4", seed=7)
+    first = module(tokens(1))
+    chosen = module._kernel_plan.prepared.chosen
+    timed = autotuned_int4.pop("timed")
+    assert autotuned_int4 == {"gemv": 1, "gemm": 0} and list(chosen) == [("gemv", 1, torch.float16)]
+    winner = min(timed, key=timed.get)
+    assert len(timed) > 1 and chosen[("gemv", 1, torch.float16)] == winner.all_kwargs()  # the stand-in timer's pick
+    timed.clear()
+    again = module(tokens(1))
+    assert autotuned_int4 == {"gemv": 1, "gemm": 0} and not timed
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    module(tokens(3))  # another token bucket: tuned once, then reused
+    module(tokens(3))
+    module(tokens(1, dtype=torch.bfloat16))  # another dtype: its own plan, tuned again
+    assert autotuned_int4 == {"gemv": 3, "gemm": 0}
+    x = tokens(1)
+    torch.testing.assert_close(module(x), fresh(module, x), rtol=0, atol=0)
