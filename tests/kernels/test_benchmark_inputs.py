@@ -298,3 +298,17 @@ def test_precompile_dry_run_warms_both_regimes_of_each_format_per_shape_and_dtyp
                                                                              (kernels.gemm, "gemm"))}
         assert {k: seen.count(k) for k in per_launch} == {k: 4 * n for k, n in per_launch.items()}  # 2 dtypes x 2
         assert kernels.compile_for is None
+
+
+def test_host_overhead_script_times_every_format_on_the_autotuned_path(tmp_path):
+    """benchmarks/host_overhead.py runs on CPU (in its own process: it rewires the launchers as on a GPU) and writes
+    one row per format with three positive timings; its own assertion checks that the module kept a config."""
+    out = tmp_path / "host.md"
+    script = BENCH.parent / "host_overhead.py"
+    done = subprocess.run([sys.executable, str(script), "--calls", "2", "--repeats", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| ") and " - |" not in line]
+    assert [r[0] for r in rows[1:]] == [f"| {fmt}" for fmt in ("int4", "sparse24", "sparse24_int4",
+                                                               "group_sparse_int4", "spqr")]
+    assert all(float(v.strip(" |")) > 0 for r in rows[1:] for v in r[1:])
