@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import importlib
 import warnings
+import weakref
 from typing import Callable, NamedTuple
 
 import torch
@@ -133,15 +134,36 @@ def _kernel_reason(fmt: Format, device_type: str, dtype: torch.dtype) -> str:
     return reason
 
 
+_modules: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> PackedLinear, for the op below
+
+
+def register(module: nn.Module) -> None:
+    """Let compiled graphs find ``module``'s plan from its id (held weakly; ``PackedLinear`` registers itself when
+    built or copied: registering while tracing would be a side effect the compiler cannot replay)."""
+    _modules[id(module)] = module
+
+
 @torch.library.custom_op("llmprune::packed_matmul", mutates_args=())
-def packed_matmul(x: Tensor, tensors: list[Tensor], kernel: str, names: str, out_features: int) -> Tensor:
+def packed_matmul(x: Tensor, tensors: list[Tensor], kernel: str, names: str, out_features: int,
+                  owner: int = 0) -> Tensor:
     """``<kernel>_matmul(x, packed)`` as one opaque graph node; ``names`` are the packed tensors' names, joined by
-    commas (custom-op schemas take no list of strings)."""
+    commas (custom-op schemas take no list of strings). ``owner``: the id of the ``PackedLinear`` traced (a graph
+    constant): when that module still holds exactly these tensors, its plan runs (checked once, the autotuner's
+    choice kept), else the launcher checks everything per call."""
+    module = _modules.get(owner)
+    if module is not None and _holds(module, tensors):
+        plan = _plan(module, x, kernel)
+        return plan.run(x, plan.prepared)
     return _launcher(kernel).matmul(x, dict(zip(names.split(","), tensors)))
 
 
+def _holds(module: nn.Module, tensors: list[Tensor]) -> bool:
+    buffers = module._buffers.values()
+    return len(buffers) == len(tensors) and all(a is b for a, b in zip(buffers, tensors))
+
+
 @packed_matmul.register_fake
-def _packed_matmul_shape(x, tensors, kernel, names, out_features):
+def _packed_matmul_shape(x, tensors, kernel, names, out_features, owner=0):
     return x.new_empty((*x.shape[:-1], out_features))
 
 
@@ -158,7 +180,7 @@ def matmul(x: Tensor, module: nn.Module) -> Tensor:
     if path != "triton":
         y = fmt.matmul_ref(x, packed)
     else:
-        y = packed_matmul(x, list(packed.values()), fmt.kernel, ",".join(packed), module.out_features)
+        y = packed_matmul(x, list(packed.values()), fmt.kernel, ",".join(packed), module.out_features, id(module))
     return y if module.bias is None else y + module.bias.to(y.dtype)
 
 

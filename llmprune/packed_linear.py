@@ -29,6 +29,16 @@ class PackedLinear(nn.Module):
             self.register_buffer(name, torch.empty(spec.shape, dtype=spec.dtype, device=device))
         self.bias = nn.Parameter(torch.empty(out_features, dtype=bias_dtype, device=device),
                                  requires_grad=False) if bias else None
+        dispatch.register(self)
+
+    def __getstate__(self):  # deepcopy, pickle: the kernel launch is rebuilt for the copy's own tensors
+        state = super().__getstate__()
+        state.pop("_kernel_plan", None)
+        return state
+
+    def __setstate__(self, state):  # copies skip __init__: compiled graphs must find them too
+        super().__setstate__(state)
+        dispatch.register(self)
 
     @classmethod
     def from_packed(cls, packed: dict[str, Tensor], format: str, in_features: int, bias: Tensor | None = None):

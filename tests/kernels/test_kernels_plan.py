@@ -161,3 +161,33 @@ def test_a_plan_launches_the_autotuners_choice_directly_after_the_first_call(aut
     assert autotuned_int4 == {"gemv": 3, "gemm": 0}
     x = tokens(1)
     torch.testing.assert_close(module(x), fresh(module, x), rtol=0, atol=0)
+
+
+def test_compiled_graphs_run_the_modules_plan(prepares):
+    """Under torch.compile a kernel call is the custom op; it finds the traced module by id and runs its plan (one
+    launch built for many calls) as long as the module holds the tensors the graph passes."""
+    module = module_of("int4", seed=8)
+    compiled = torch.compile(module, backend="aot_eager", fullgraph=True)
+    x = tokens(2)
+    want = fresh(module, x)
+    for _ in range(3):
+        torch.testing.assert_close(compiled(x), want, rtol=0, atol=0)
+    assert prepares["int4"] == 1 and "_kernel_plan" in module.__dict__
+
+
+def test_copies_get_their_own_launch_and_pickle_without_it(prepares):
+    import copy
+    import io
+
+    module = module_of("sparse24", seed=9)
+    x = tokens(1)
+    want = module(x)
+    twin = copy.deepcopy(module)
+    assert "_kernel_plan" not in twin.__dict__ and dispatch._modules[id(twin)] is twin
+    torch.testing.assert_close(twin(x), want, rtol=0, atol=0)
+    assert twin._kernel_plan.prepared.tensors[0] is twin.values and prepares["sparse24"] == 2
+    buffer = io.BytesIO()
+    torch.save(module, buffer)  # the plan holds Triton kernels, which do not pickle
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    torch.testing.assert_close(loaded(x), want, rtol=0, atol=0)
