@@ -27,6 +27,7 @@ from .chunked import chunked_matmul
 from .select import REGIMES, Rules, device_rules
 
 ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+FLOATS = (torch.float16, torch.bfloat16, torch.float32)  # dtypes of stored values and statistics
 
 
 def interpreting(kernel) -> bool:

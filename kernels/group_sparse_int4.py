@@ -43,14 +43,13 @@ from ._codes import (
 from ._configs import launched
 from ._kept_map import kept_map, kept_slots
 from ._launch import (  # noqa: F401 (supports: dispatch hook)
-    Call, check_packed, dense_buffer, expect_shape, KernelPair, row_slice, split_k_buffers, supports,
+    FLOATS, Call, check_packed, dense_buffer, expect_shape, KernelPair, row_slice, split_k_buffers, supports,
 )
 from ._tiles import (
     aligned, dot_acc, expand_groups, grouped_pid, load_rows, load_x, matvec_finish, matvec_init, nibbles, per_column,
     per_group, split_k_range, split_k_store, split_k_store_tile, store_out, store_tile, store_token_sums, weight_dot,
 )
 
-FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit

@@ -40,14 +40,14 @@ from ._codes import (
 )
 from ._configs import launched
 from ._launch import (  # noqa: F401 (supports: dispatch hook)
-    Call, check_packed, dense_buffer, expect_shape, KernelPair, row_slice, split_k_buffers, supports, word_aligned,
+    FLOATS, Call, check_packed, dense_buffer, expect_shape, KernelPair, row_slice, split_k_buffers, supports,
+    word_aligned,
 )
 from ._tiles import (
     dot_acc, expand_groups, grouped_pid, load_rows, load_x, matvec_finish, matvec_init, matvec_step, nibbles,
     per_column, per_group, split_k_range, split_k_store, split_k_store_tile, store_out, store_tile, weight_dot,
 )
 
-FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 NAMES = ("qweight", "scales", "zeros")
 
 

@@ -22,7 +22,7 @@ from llmprune.formats.sparse24 import matmul_ref as reference  # noqa: F401  (th
 
 from ._configs import launched
 from ._launch import (  # noqa: F401 (supports: dispatch hook)
-    Call, check_packed, dense_buffer, expect_shape, KernelPair, row_slice, supports,
+    FLOATS, Call, check_packed, dense_buffer, expect_shape, KernelPair, row_slice, supports,
 )
 from ._tiles import (
     dot_acc, grouped_pid, load_rows, load_x, matvec_finish, matvec_init, matvec_step, nibbles, store_out, store_tile,
@@ -30,7 +30,6 @@ from ._tiles import (
 )
 from .select import device_rules
 
-FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit

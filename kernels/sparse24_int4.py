@@ -36,7 +36,8 @@ from ._codes import (
 )
 from ._configs import launched
 from ._launch import (  # noqa: F401 (supports: dispatch hook)
-    Call, check_packed, dense_buffer, expect_shape, KernelPair, row_slice, split_k_buffers, supports, word_aligned,
+    FLOATS, Call, check_packed, dense_buffer, expect_shape, KernelPair, row_slice, split_k_buffers, supports,
+    word_aligned,
 )
 from ._tiles import (
     dot_acc, expand_groups, grouped_pid, load_rows, load_x, matvec_finish, matvec_init, matvec_step, nibbles,
@@ -44,7 +45,6 @@ from ._tiles import (
     two_four_expand, weight_dot,
 )
 
-FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit

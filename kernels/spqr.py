@@ -34,14 +34,13 @@ from llmprune.formats.spqr import matmul_ref as reference  # noqa: F401  (the or
 
 from ._codes import UNIT
 from ._configs import launched
-from ._launch import Call, cdiv, check_packed, expect_shape, KernelPair, split_k_buffers, supports  # noqa: F401 (hook)
+from ._launch import FLOATS, Call, cdiv, check_packed, expect_shape, KernelPair, split_k_buffers, supports  # noqa: F401 (hook)
 from ._spqr_words import _spqr_scale_zero, _spqr_word_block, _spqr_word_dot, _spqr_word_tile
 from ._tiles import (
     dot_acc, expand_groups, grouped_pid, load_x, matvec_finish, matvec_init, matvec_step, split_k_range,
     split_k_store, store_out, store_tile, weight_dot,
 )
 
-FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 _STATS = ("scale_codes", "zero_codes", "scale_scale", "scale_zero", "zero_scale", "zero_zero")
 
 
