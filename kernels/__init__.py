@@ -2,7 +2,9 @@
 
 Importing this package imports no triton and touches no GPU: the format modules (``llmprune.kernels.int4`` ...)
 import triton and their torch oracle (``llmprune.formats.<fmt>.matmul_ref``) when the dispatcher first needs them.
-Each exposes ``<fmt>_matmul(x, packed, *, out=None, regime=None) -> Tensor``.
+Each exposes ``<fmt>_matmul(x, packed, *, out=None, regime=None) -> Tensor`` (checks everything per call), and
+``prepare(packed, device, k)`` with ``KERNELS``, the checked launch a ``PackedLinear`` builds once and reuses
+(llmprune/dispatch.py); ``supports(dtype)`` is optional.
 """
 from __future__ import annotations
 
