@@ -51,7 +51,6 @@ from ._tiles import (
 )
 
 
-
 @triton.jit
 def _group_sparse_int4_kept(gi_ptr, q_ptr, s_ptr, z_ptr, rn, i0, N, KG, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
     """Kept weights i0 .. i0+BLOCK_K of rows rn's kept streams: (w float32, dense column, mask), each

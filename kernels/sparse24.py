@@ -31,7 +31,6 @@ from ._tiles import (
 from .select import device_rules
 
 
-
 @triton.jit
 def _sparse24_tile(v_ptr, m_ptr, rn, k0, N, K, BLOCK_K: tl.constexpr):
     """Dense W[rn, k0 : k0+BLOCK_K] in float32, zero at pruned columns (values and meta loaded contiguously)."""

@@ -46,7 +46,6 @@ from ._tiles import (
 )
 
 
-
 @triton.jit
 def _sparse24_int4_kept(q_ptr, m_ptr, s_ptr, z_ptr, rn, k0, N, K, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
     """(wa, wb, nib), each [BLOCK_N, BLOCK_K/4]: the two kept weights of every column group of 4, dequantized to
