@@ -9,8 +9,8 @@ Why: the prefill kernel used to advance one cursor per row through ``group_idx``
 every step's loads waited on the previous step's — a chain of global-memory latencies (~1.5 us per group on the
 H100: 390 us for 4096x4096 at any batch, benchmarks/results/gpu/2026-11-23-H100-bench-fp16.md). From the map, a
 step's loads depend on its columns only and Triton pipelines them. The map is derived from ``group_idx`` on its
-device once per weight and cached with the tensor (weakly; rebuilt if the tensor is modified in place): 8 bytes per
-32 groups and row, ~3% of a 50%-dense W4 g16 weight.
+device once per weight and cached with the tensor (weakly; rebuilt if the tensor is modified in place or its
+storage swapped): 8 bytes per 32 groups and row, ~3% of a 50%-dense W4 g16 weight.
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ import triton.language as tl
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
-from llmprune.tensor_state import version
+from llmprune.tensor_state import state
 
-_maps = WeakIdKeyDictionary()  # group_idx tensor -> (its version, groups, map)
+_maps = WeakIdKeyDictionary()  # group_idx tensor -> ((its version, data pointer), groups, map)
 
 
 def kept_map(group_idx: Tensor, groups: int) -> Tensor:
@@ -30,11 +30,11 @@ def kept_map(group_idx: Tensor, groups: int) -> Tensor:
     Not cached while a CUDA graph is being captured (its kernels only run at replay, so the cached map would be
     unwritten until then): such graphs rebuild it at each replay."""
     hit = _maps.get(group_idx)
-    if hit is not None and hit[:2] == (version(group_idx), groups):
+    if hit is not None and hit[:2] == (state(group_idx), groups):
         return hit[2]
     built = _build(group_idx, groups)
     if not (group_idx.is_cuda and torch.cuda.is_current_stream_capturing()):
-        _maps[group_idx] = (version(group_idx), groups, built)
+        _maps[group_idx] = (state(group_idx), groups, built)
     return built
 
 

@@ -17,6 +17,8 @@ def test_fingerprint_sees_in_place_writes_and_replacement_but_not_reads():
     assert fingerprint((a, b)) != first
     second = fingerprint((a, b))
     assert fingerprint((a, b.clone())) != second  # equal values, another tensor
+    b.data = torch.full((4,), 2.0)  # a storage swap counts no version
+    assert fingerprint((a, b)) != second
 
 
 def test_inference_tensors_are_fingerprinted_by_identity():
@@ -24,4 +26,4 @@ def test_inference_tensors_are_fingerprinted_by_identity():
         t = torch.zeros(3)
     plain = torch.zeros(3)
     assert version(t) == -1 and version(plain) == 0
-    assert fingerprint((plain, t)) == ((id(plain), 0), (id(t), -1))
+    assert fingerprint((plain, t)) == ((id(plain), 0, plain.data_ptr()), (id(t), -1, t.data_ptr()))
