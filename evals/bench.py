@@ -33,6 +33,9 @@ from llmprune.errors import UserInputError
 from .random_models import DTYPES, SHAPES, build_random, replace_linears_
 
 FORMATS = ("dense", "sparse24", "int4", "sparse24_int4", "group_sparse_int4", "spqr")
+# sparse24 layers told to use PyTorch's semi-structured 2:4 weight from the GPU table's semi_from tokens
+# (dispatch.use_semi_structured: as much memory again as the packed weight), measured as a format of its own
+SEMI = "sparse24+semi"
 VARIANTS = ("eager", "static+cudagraphs", "static+compile")
 STATIC_MODES = {"static+cudagraphs": "graph", "static+compile": "compile"}
 COMPILE_BACKEND = "inductor"  # torch.compile backend of static+compile (tests use "eager": no C++ toolchain needed)
@@ -47,8 +50,8 @@ def check_inputs(model: str, formats: list[str], batches: list[int], device: str
         raise UserInputError(f"unknown model or shape {model!r}; give a shape ({', '.join(SHAPES)}), an alias or a "
                              "path")
     for fmt in formats:
-        if fmt not in FORMATS:
-            raise UserInputError(f"unknown --format {fmt!r}; choose from {', '.join(FORMATS)}")
+        if fmt not in (*FORMATS, SEMI):
+            raise UserInputError(f"unknown --format {fmt!r}; choose from {', '.join((*FORMATS, SEMI))}")
     if not batches or any(b < 1 for b in batches):
         raise UserInputError(f"--batch {batches}: every batch size must be >= 1 (e.g. --batch 1,16)")
     if device not in ("cpu", "cuda"):
@@ -174,6 +177,17 @@ def _measure(net, prompt, new_tokens, device, variant, runs) -> tuple[float, flo
 
 
 def _build(model: str, fmt: str, device: str, dtype: str, seed: int) -> nn.Module:
+    """``_build_format``, and for ``SEMI`` a sparse24 model whose layers use the semi-structured weight."""
+    if fmt != SEMI:
+        return _build_format(model, fmt, device, dtype, seed)
+    from llmprune.dispatch import use_semi_structured
+
+    net = _build_format(model, "sparse24", device, dtype, seed)
+    use_semi_structured(net)
+    return net
+
+
+def _build_format(model: str, fmt: str, device: str, dtype: str, seed: int) -> nn.Module:
     """A random shape, an llmprune checkpoint (as stored, ``fmt`` ignored) or a real model whose decoder Linears
     get random ``fmt`` patterns of the same shapes."""
     if model in SHAPES:

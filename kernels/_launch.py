@@ -121,6 +121,9 @@ class Call:
     # the autotuner's config per (regime, M_BUCKET, activation dtype), once chosen: a Call that lives across
     # launches (a PackedLinear's, llmprune/dispatch.py) launches its kernels directly after the first (``launch``)
     chosen: dict = field(default_factory=dict, compare=False)
+    # (from tokens, fn(x2) -> y2): a library path the dispatch table says beats the kernels from that batch on
+    # (sparse24's semi-structured weight); taken when the caller forces no regime
+    library: tuple[int, Callable[[Tensor], Tensor]] | None = None
 
 
 class KernelPair:
@@ -224,8 +227,11 @@ class KernelPair:
     def matmul(self, x: Tensor, call: Call, out: Tensor | None, regime: str | None) -> Tensor:
         """The launcher body every format shares: flatten x, allocate y, pick the regime, launch."""
         x2 = flatten_input(x, call.k, self.fmt, self.interpret)
-        y = alloc_out(x, x2, call.n, out, self.fmt)
         m = x2.shape[0]
+        if regime is None and call.library is not None and m >= call.library[0]:
+            y = call.library[1](x2).view(*x.shape[:-1], call.n)
+            return y if out is None else out.copy_(y)
+        y = alloc_out(x, x2, call.n, out, self.fmt)
         if m == 0:
             return y
         rules = device_rules(x2.device)

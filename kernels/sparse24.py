@@ -12,6 +12,8 @@ takes it for large batches); ``semi_structured_matmul`` runs it; kernels/select.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -109,10 +111,8 @@ def sparse24_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regim
     per GPU) take PyTorch's sparse tensor cores.
     """
     call = prepare(packed, x.device, x.shape[-1])
-    semi = packed.get("semi_structured")
-    tokens = x.numel() // max(call.k, 1)
-    semi_from = device_rules(x.device).semi_from if regime is None and semi is not None else None
-    if regime == "semi_structured" or (semi_from is not None and tokens >= semi_from):
+    if regime == "semi_structured":
+        semi = packed.get("semi_structured")
         if semi is None:
             raise UserInputError("regime 'semi_structured' needs packed['semi_structured'] = "
                                  "semi_structured_weight(packed); build it once next to the layer")
@@ -121,12 +121,19 @@ def sparse24_matmul(x: Tensor, packed: dict, *, out: Tensor | None = None, regim
     return KERNELS.matmul(x, call, out, regime)
 
 
-def prepare(packed: dict, device: torch.device, k: int) -> Call:
-    """The checked launch on ``device``, built once per ``PackedLinear`` (see ``int4.prepare``; K is stored)."""
+def prepare(packed: dict, device: torch.device, k: int, semi_structured: bool = False) -> Call:
+    """The checked launch on ``device``, built once per ``PackedLinear`` (see ``int4.prepare``; K is stored).
+    ``semi_structured``: build PyTorch's semi-structured weight here (what ``dispatch.use_semi_structured`` asks of a
+    layer) unless ``packed`` carries one; with one, batches from the table's ``semi_from`` tokens use it."""
     n, k = _checked(packed, device)
+    semi = packed.get("semi_structured")
+    if semi is None and semi_structured:
+        semi = semi_structured_weight(packed)
+    start = None if semi is None else device_rules(device).semi_from
+    library = None if start is None else (start, functools.partial(semi_structured_matmul, weight_ss=semi))
     return Call((packed["values"], packed["meta"]), n, k, {}, lambda dtype: sparse24_dequantize(packed, dtype),
                 dequantize_rows=lambda r0, r1, buf: sparse24_dequantize(row_slice(packed, ("values", "meta"), r0, r1),
-                                                                        buf.dtype, buf))
+                                                                        buf.dtype, buf), library=library)
 
 
 def semi_structured_weight(packed: dict) -> Tensor:

@@ -214,12 +214,25 @@ def _plan(module: nn.Module, x: Tensor, kernel: str) -> Plan:
     if launcher.prepare is None:  # a kernel module without ``prepare``: its launcher checks on every call
         run, prepared = launcher.matmul, packed
     else:
-        run, prepared = launcher.run, launcher.prepare(packed, x.device, module.in_features)
+        run, prepared = launcher.run, launcher.prepare(packed, x.device, module.in_features, **module.kernel_options)
     bias = tensors[-1]
     plan = Plan(key, tensors, run, prepared, None if bias is None else bias.detach().to(x.dtype))
     if not (x.is_cuda and torch.cuda.is_current_stream_capturing()):
         module.__dict__["_kernel_plan"] = plan
     return plan
+
+
+def use_semi_structured(model: nn.Module, enabled: bool = True) -> int:
+    """Let the ``sparse24`` layers of ``model`` run batches from the GPU table's ``semi_from`` tokens on PyTorch's
+    semi-structured 2:4 weight (cuSPARSELt/CUTLASS; the H100 timed it at 0.48-0.68x of our kernels' time from 4
+    tokens, 1.13x at one). It is built from the packed weight at a layer's first CUDA forward (fp16/bf16 only) and
+    held by the layer's plan: as much memory again as the packed weight, not counted by ``packed_bytes``. Returns
+    the number of layers changed."""
+    layers = [m for m in model.modules() if getattr(m, "format", None) == "sparse24" and hasattr(m, "kernel_options")]
+    for module in layers:
+        module.kernel_options = {"semi_structured": True} if enabled else {}
+        module.__dict__.pop("_kernel_plan", None)
+    return len(layers)
 
 
 def kernel_paths(model: nn.Module) -> dict[str, str]:

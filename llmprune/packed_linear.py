@@ -25,6 +25,7 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features, self.format, self.params = in_features, out_features, format, dict(params)
         self.kernel_path, self.kernel_reason = "unused", "no forward yet"
+        self.kernel_options: dict = {}  # keyword options of the kernel's prepare (dispatch.use_semi_structured)
         for name, spec in get_format(format).tensor_specs(out_features, in_features, **params).items():
             self.register_buffer(name, torch.empty(spec.shape, dtype=spec.dtype, device=device))
         self.bias = nn.Parameter(torch.empty(out_features, dtype=bias_dtype, device=device),
@@ -38,6 +39,7 @@ class PackedLinear(nn.Module):
 
     def __setstate__(self, state):  # copies skip __init__: compiled graphs must find them too
         super().__setstate__(state)
+        self.__dict__.setdefault("kernel_options", {})  # modules pickled before the attribute existed
         dispatch.register(self)
 
     @classmethod

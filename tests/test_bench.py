@@ -130,3 +130,22 @@ def test_cli_bad_batch(capsys):
     code = main(["bench", "tiny", "--batch", "1,x", "--device", "cpu"])  # through the real `llmprune` entry point
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: --batch") and len(err.splitlines()) == 1
+
+
+def test_semi_structured_variant_is_sparse24_with_its_layers_opted_in(monkeypatch):
+    """``sparse24+semi`` measures sparse24 layers told to use the semi-structured weight (on CPU they take the
+    reference matmul, so only the plumbing is checked: the rows, and every layer's option)."""
+    built = []
+    real = bench._build
+
+    def spy(*args):
+        built.append(real(*args))
+        return built[-1]
+
+    monkeypatch.setattr(bench, "_build", spy)
+    result = bench.run_bench("tiny", [bench.SEMI], [1], new_tokens=3, prompt_len=4, device="cpu", dtype="float32",
+                             runs=1)
+    assert [r["format"] for r in result["rows"]] == ["dense", bench.SEMI]
+    layers = [m for m in built[-1].modules() if isinstance(m, PackedLinear)]
+    assert len(layers) == 14 and all(m.format == "sparse24" for m in layers)
+    assert all(m.kernel_options == {"semi_structured": True} for m in layers)

@@ -39,9 +39,9 @@ def prepares(cpu_kernels, monkeypatch):
     for fmt in FORMATS_WITH_KERNELS:
         launcher = dispatch._launchers[fmt]
 
-        def counting(*args, fmt=fmt, prepare=launcher.prepare):
+        def counting(*args, fmt=fmt, prepare=launcher.prepare, **options):
             counts[fmt] += 1
-            return prepare(*args)
+            return prepare(*args, **options)
 
         monkeypatch.setitem(dispatch._launchers, fmt, launcher._replace(prepare=counting))
     return counts
@@ -193,3 +193,34 @@ def test_copies_get_their_own_launch_and_pickle_without_it(prepares):
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=False)
     torch.testing.assert_close(loaded(x), want, rtol=0, atol=0)
+
+
+def test_sparse24_layers_opted_in_take_the_semi_structured_weight_from_the_tables_batch(prepares, monkeypatch):
+    """``use_semi_structured``: the plan builds the weight once and batches from the table's ``semi_from`` tokens use
+    it; fewer tokens stay on the kernels; turning it off goes back to them. to_sparse_semi_structured needs CUDA, so a
+    stand-in of twice the dense weight shows which path ran."""
+    from torch.nn.functional import linear
+
+    from llmprune.formats.sparse24 import unpack
+    from llmprune.kernels import select, sparse24
+
+    built = []
+
+    def stand_in(packed):
+        built.append(packed["values"])
+        return (2 * unpack(packed)).to(packed["values"].dtype)
+
+    monkeypatch.setattr(sparse24, "semi_structured_weight", stand_in)
+    module = module_of("sparse24", seed=10)
+    model = torch.nn.Sequential(module, module_of("int4", seed=11))
+    assert dispatch.use_semi_structured(model) == 1
+    start = select.rules(None).semi_from
+    big, small = tokens(start, seed=1), tokens(start - 1, seed=2)
+    twice = (2 * unpack(module.packed())).half()
+    for _ in range(2):
+        torch.testing.assert_close(module(big), linear(big, twice) + module.bias.half(), rtol=0, atol=0)
+        torch.testing.assert_close(module(small), fresh(module, small), rtol=0, atol=0)
+    assert len(built) == 1 and built[0] is module.values and prepares["sparse24"] == 1
+    dispatch.use_semi_structured(model, enabled=False)
+    torch.testing.assert_close(module(big), fresh(module, big), rtol=0, atol=0)
+    assert len(built) == 1
