@@ -201,10 +201,11 @@ class Plan(NamedTuple):
 
 def _plan(module: nn.Module, x: Tensor, kernel: str) -> Plan:
     """The module's cached ``Plan``, rebuilt when the input's device or dtype changes or a buffer or the bias was
-    replaced or written in place (``tensor_state.fingerprint``): checking the packed tensors and building the launch
-    cost tens of microseconds per call otherwise, paid by every Linear of every decode step. Not cached while a CUDA
-    graph is being captured (tensors made then, e.g. a kept map, are written only at replay); ``PackedLinear._apply``
-    (``.to``, ``.half``) drops it, so no plan keeps a moved module's old tensors alive."""
+    replaced, written in place or given another storage (``tensor_state.fingerprint``): checking the packed tensors
+    and building the launch cost tens of microseconds per call otherwise, paid by every Linear of every decode step.
+    Not cached while a CUDA graph is being captured (tensors made then, e.g. a kept map, are written only at replay);
+    ``PackedLinear._apply`` (``.to``, ``.half``) drops it, so no plan keeps a moved module's old tensors alive, and so
+    does ``use_semi_structured`` (the module's ``kernel_options`` are the prepare step's)."""
     tensors = (*module._buffers.values(), module._parameters.get("bias"))
     key = (x.device, x.dtype, fingerprint(tensors))
     plan = module.__dict__.get("_kernel_plan")
