@@ -119,7 +119,15 @@ def autotuned_int4(prepares, monkeypatch):
     from llmprune.kernels import _launch, int4
 
     pair = int4.KERNELS
-    runs = {"gemv": 0, "gemm": 0, "timed": {}}
+    runs = {"gemv": 0, "gemm": 0, "timed": {}, "launched": []}
+    kernel_run, launches = pair.gemv.run, runs["launched"]
+
+    def launched(*args, grid, warmup, **kwargs):  # what reaches the JIT kernel: arguments, grid, meta-parameters
+        named = {**dict(zip(pair.gemv.arg_names, args)), **kwargs}
+        launches.append((len(args), grid(named) if callable(grid) else grid, kwargs))
+        return kernel_run(*args, grid=grid, warmup=warmup, **kwargs)
+
+    monkeypatch.setattr(pair.gemv, "run", launched)
     monkeypatch.setattr(pair, "interpret", False)
     flatten = _launch.flatten_input
     monkeypatch.setattr(_launch, "flatten_input", lambda x, k, fmt, interpret: flatten(x, k, fmt, True))
@@ -149,7 +157,7 @@ def test_a_plan_launches_the_autotuners_choice_directly_after_the_first_call(aut
     module = module_of("int4", seed=7)
     first = module(tokens(1))
     chosen = module._kernel_plan.prepared.chosen
-    timed = autotuned_int4.pop("timed")
+    timed, launched = autotuned_int4.pop("timed"), autotuned_int4.pop("launched")
     assert autotuned_int4 == {"gemv": 1, "gemm": 0} and list(chosen) == [("gemv", 1, torch.float16)]
     winner = min(timed, key=timed.get)
     assert len(timed) > 1 and chosen[("gemv", 1, torch.float16)] == winner.all_kwargs()  # the stand-in timer's pick
@@ -157,6 +165,7 @@ def test_a_plan_launches_the_autotuners_choice_directly_after_the_first_call(aut
     again = module(tokens(1))
     assert autotuned_int4 == {"gemv": 1, "gemm": 0} and not timed
     torch.testing.assert_close(again, first, rtol=0, atol=0)
+    assert len(launched) == 2 and launched[1] == launched[0]  # the very launch the autotuner made
     module(tokens(3))  # another token bucket: tuned once, then reused
     module(tokens(3))
     module(tokens(1, dtype=torch.bfloat16))  # another dtype: its own plan, tuned again
