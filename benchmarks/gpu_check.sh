@@ -16,7 +16,8 @@
 # sanitize: pinned configs (64x64 decode and 32-row prefill tiles, the fp16 half-precision paths included) at
 # 1000x1152 under compute-sanitizer memcheck, one process per format.
 # mix: the decode loops' instruction mix as the GPU's own triton compiles them (tests/kernels/instruction_mix.py), the
-# 1-4 token loops also pipelined (--pipelined);
+# 1-4 token loops also pipelined (--pipelined); and whether a PackedLinear's direct launch equals the autotuner's under
+# this machine's triton (tests/kernels/direct_launch_check.py);
 # decode: end-to-end tokens/s of Llama-2-7B shapes, eager and CUDA-graph replay (benchmarks/decode.py).
 # BENCH_FORMATS=int4,sparse24_int4 bash benchmarks/gpu_check.sh bench-float16   # a subset per call, should the first
 #   autotuning of all five formats not fit in one 10-minute call (`python benchmarks/kernels.py --plan` counts it)
@@ -79,7 +80,8 @@ for stage in "${STAGES[@]}"; do
       fi ;;
     mix)
       { python tests/kernels/instruction_mix.py --out "$RESULTS/instruction_mix.md" &&
-        python tests/kernels/instruction_mix.py --blocks 1,2,4 --pipelined --out "$RESULTS/instruction_mix-pipelined.md"; } \
+        python tests/kernels/instruction_mix.py --blocks 1,2,4 --pipelined --out "$RESULTS/instruction_mix-pipelined.md" &&
+        python tests/kernels/direct_launch_check.py; } \
         2>&1 | tee $(logs mix) || status=1 ;;
     decode)
       python benchmarks/decode.py llama-7b --formats sparse24_int4,int4,group_sparse_int4 --batch 1,16 \
