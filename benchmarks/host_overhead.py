@@ -57,9 +57,10 @@ class Forgetful(dict):
         pass
 
 
-def as_on_a_gpu(pairs) -> None:
+def as_on_a_gpu(pairs, run=None) -> None:
     """Launches take the autotuned twins, the first autotuning of a key picks the first config without timing it,
-    and the JIT kernels run nothing (what remains is the host work before Triton's own launch)."""
+    and the JIT kernels run nothing, or ``run(*args, grid, warmup, **kwargs)`` in place of Triton's ``run`` (what
+    remains is the host work before Triton's own launch). Also tests/kernels/direct_launch_check.py's setting."""
     from llmprune.kernels import _launch
 
     flatten = _launch.flatten_input
@@ -67,7 +68,7 @@ def as_on_a_gpu(pairs) -> None:
     for pair in pairs:
         pair.interpret = False
         for kernel, tuned in ((pair.gemv, pair.gemv_tuned), (pair.gemm, pair.gemm_tuned)):
-            kernel.run = lambda *args, grid, warmup, **kwargs: None
+            kernel.run = run or (lambda *args, grid, warmup, **kwargs: None)
             tuned.cache_results = False
             tuned._bench = lambda *args, config, **kwargs: [1.0, 1.0, 1.0]
 

@@ -49,9 +49,10 @@ def check_inputs(model: str, formats: list[str], batches: list[int], device: str
     if model not in SHAPES and model not in ALIASES and not Path(model).expanduser().exists():
         raise UserInputError(f"unknown model or shape {model!r}; give a shape ({', '.join(SHAPES)}), an alias or a "
                              "path")
+    choices = (*FORMATS, SEMI)
     for fmt in formats:
-        if fmt not in (*FORMATS, SEMI):
-            raise UserInputError(f"unknown --format {fmt!r}; choose from {', '.join((*FORMATS, SEMI))}")
+        if fmt not in choices:
+            raise UserInputError(f"unknown --format {fmt!r}; choose from {', '.join(choices)}")
     if not batches or any(b < 1 for b in batches):
         raise UserInputError(f"--batch {batches}: every batch size must be >= 1 (e.g. --batch 1,16)")
     if device not in ("cpu", "cuda"):

@@ -29,12 +29,12 @@ def kept_map(group_idx: Tensor, groups: int) -> Tensor:
     """The bitmap and running counts of ``group_idx`` ([N, KG], ascending indices < ``groups``), cached per tensor.
     Not cached while a CUDA graph is being captured (its kernels only run at replay, so the cached map would be
     unwritten until then): such graphs rebuild it at each replay."""
-    hit = _maps.get(group_idx)
-    if hit is not None and hit[:2] == (state(group_idx), groups):
+    hit, now = _maps.get(group_idx), state(group_idx)
+    if hit is not None and hit[:2] == (now, groups):
         return hit[2]
     built = _build(group_idx, groups)
     if not (group_idx.is_cuda and torch.cuda.is_current_stream_capturing()):
-        _maps[group_idx] = (state(group_idx), groups, built)
+        _maps[group_idx] = (now, groups, built)
     return built
 
 

@@ -128,10 +128,10 @@ def _kernel_reason(fmt: Format, device_type: str, dtype: torch.dtype) -> str:
         return f"format {fmt.name} has no kernel"
     if device_type != "cuda":
         return f"input on {device_type}"
-    launcher, supports, reason = _launcher(fmt.kernel)[:3]
-    if launcher is not None and supports is not None and not supports(dtype):
+    launcher = _launcher(fmt.kernel)
+    if launcher.matmul is not None and launcher.supports is not None and not launcher.supports(dtype):
         return f"{fmt.kernel} kernel does not support {dtype} activations"
-    return reason
+    return launcher.reason
 
 
 _modules: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> PackedLinear, for the op below
@@ -199,6 +199,14 @@ class Plan(NamedTuple):
         return y if self.bias is None else y.add_(self.bias)
 
 
+PLAN = "_kernel_plan"  # where a module keeps its Plan (in its __dict__: nn.Module.__setattr__ costs ~3 us)
+
+
+def drop_plan(module: nn.Module) -> None:
+    """Forget ``module``'s plan (its tensors were moved, or its kernel options changed); the next call rebuilds it."""
+    module.__dict__.pop(PLAN, None)
+
+
 def _plan(module: nn.Module, x: Tensor, kernel: str) -> Plan:
     """The module's cached ``Plan``, rebuilt when the input's device or dtype changes or a buffer or the bias was
     replaced, written in place or given another storage (``tensor_state.fingerprint``): checking the packed tensors
@@ -208,7 +216,7 @@ def _plan(module: nn.Module, x: Tensor, kernel: str) -> Plan:
     does ``use_semi_structured`` (the module's ``kernel_options`` are the prepare step's)."""
     tensors = (*module._buffers.values(), module._parameters.get("bias"))
     key = (x.device, x.dtype, fingerprint(tensors))
-    plan = module.__dict__.get("_kernel_plan")
+    plan = module.__dict__.get(PLAN)
     if plan is not None and plan.key == key:
         return plan
     launcher, packed = _launcher(kernel), module.packed()
@@ -219,7 +227,7 @@ def _plan(module: nn.Module, x: Tensor, kernel: str) -> Plan:
     bias = tensors[-1]
     plan = Plan(key, tensors, run, prepared, None if bias is None else bias.detach().to(x.dtype))
     if not (x.is_cuda and torch.cuda.is_current_stream_capturing()):
-        module.__dict__["_kernel_plan"] = plan
+        module.__dict__[PLAN] = plan
     return plan
 
 
@@ -232,7 +240,7 @@ def use_semi_structured(model: nn.Module, enabled: bool = True) -> int:
     layers = [m for m in model.modules() if getattr(m, "format", None) == "sparse24" and hasattr(m, "kernel_options")]
     for module in layers:
         module.kernel_options = {"semi_structured": True} if enabled else {}
-        module.__dict__.pop("_kernel_plan", None)
+        drop_plan(module)
     return len(layers)
 
 

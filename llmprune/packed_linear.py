@@ -34,7 +34,7 @@ class PackedLinear(nn.Module):
 
     def __getstate__(self):  # deepcopy, pickle: the kernel launch is rebuilt for the copy's own tensors
         state = super().__getstate__()
-        state.pop("_kernel_plan", None)
+        state.pop(dispatch.PLAN, None)
         return state
 
     def __setstate__(self, state):  # copies skip __init__: compiled graphs must find them too
@@ -97,7 +97,7 @@ class PackedLinear(nn.Module):
     def _apply(self, fn, recurse=True):
         """``.to``, ``.cuda``, ``.half`` ... replace the buffers: drop the kernel launch built for the old ones
         (``dispatch._plan``), which would keep them alive until the next forward."""
-        self.__dict__.pop("_kernel_plan", None)
+        dispatch.drop_plan(self)
         return super()._apply(fn, recurse)
 
     def extra_repr(self) -> str:

@@ -24,23 +24,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 
 def main() -> int:
+    from host_overhead import as_on_a_gpu
     from kernel_inputs import random_packed
 
-    from llmprune.kernels import _launch, int4
+    from llmprune.kernels import int4
 
-    pair = int4.KERNELS
-    pair.interpret = False  # the autotuned path, as on a GPU
-    flatten = _launch.flatten_input
-    _launch.flatten_input = lambda x, k, fmt, interpret: flatten(x, k, fmt, True)  # CPU inputs accepted
-    calls = []
+    pair, calls = int4.KERNELS, []
 
     def record(*args, grid, warmup, **kwargs):
         named = {**dict(zip(pair.gemv.arg_names, args)), **kwargs}
         calls.append((len(args), grid(named) if callable(grid) else grid, kwargs))
 
-    pair.gemv.run = record
-    pair.gemv_tuned.cache_results = False
-    pair.gemv_tuned._bench = lambda *args, config, **kwargs: [1.0 / config.kwargs["BLOCK_N"]] * 3
+    as_on_a_gpu([pair], run=record)  # the autotuned path as on a GPU, the kernel's run recorded
     call = int4.prepare(random_packed("int4", 4096, 4096, torch.float16, device="cpu"), torch.device("cpu"), 4096)
     x = torch.randn(1, 4096).half()
     for _ in range(2):
