@@ -36,6 +36,13 @@ def load(path, **kwargs):
     return run(path, **kwargs)
 
 
+def merge_projections(model, **kwargs):
+    """Run sibling q/k/v and gate/up projections as one matmul each at inference (``llmprune.merge_projections``)."""
+    from .merge_projections import merge_projections as run
+
+    return run(model, **kwargs)
+
+
 def calibration_windows(tokenizer, calibration, **kwargs):
     from .data.calibration import calibration_windows as run
 
@@ -54,6 +61,6 @@ def formats() -> list[str]:
     return FORMATS.names()
 
 
-__all__ = ["__version__", "compress_", "resolve", "load", "calibration_windows", "methods", "formats", "Recipe",
+__all__ = ["__version__", "compress_", "resolve", "load", "calibration_windows", "merge_projections", "methods", "formats", "Recipe",
            "Calibration", "NM", "Groups", "Unstructured", "QuantSpec", "parse_sparsity", "parse_quant",
            "LlmpruneError", "UserInputError"]

@@ -50,6 +50,9 @@ class Format:
     kernel: str | None = None
     quantized: bool = True  # pack takes a QuantizedWeight (False: a dense/pruned weight)
     spec_params: Callable | None = None  # (QuantSpec | None, in_features) -> the params ``check`` takes
+    # (packed list, in_features) -> one packed weight of their rows in order, for formats whose tensors do not all
+    # simply concatenate along rows (``stack_rows`` below; merged projections, llmprune/merge_projections.py)
+    stack_rows: Callable | None = None
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -63,6 +66,27 @@ def float_dtype(name) -> torch.dtype:
     if name not in FLOAT_DTYPES:
         raise UserInputError(f"storage dtype '{name}' is not supported; choose one of {', '.join(FLOAT_DTYPES)}")
     return DTYPES[name]
+
+
+def stack_rows(format: str, packeds: list[dict[str, torch.Tensor]], in_features: int) -> dict[str, torch.Tensor]:
+    """One packed weight whose output rows are those of ``packeds``, in order: ``W = cat(W_i)``. Every tensor of a
+    row-major layout (docs/FORMATS.md) concatenates along its first dimension, unless the format brings its own
+    ``stack_rows`` (spqr: shared code widths, a shifted outlier CSR). One-line ``UserInputError`` when the parts were
+    packed with different parameters (group size, kept groups, storage dtype), which no single layout holds."""
+    fmt = get_format(format)
+    if fmt.stack_rows is not None:
+        return fmt.stack_rows(packeds, in_features)
+    same_params(fmt, packeds, in_features)
+    return {name: torch.cat([p[name] for p in packeds]) for name in packeds[0]}
+
+
+def same_params(fmt: Format, packeds: list[dict], in_features: int, ignore: tuple[str, ...] = ()) -> None:
+    """``UserInputError`` unless every packed weight of ``packeds`` has the same ``params`` (keys in ``ignore`` aside)."""
+    params = [{k: v for k, v in fmt.params(p, in_features).items() if k not in ignore} for p in packeds]
+    for other in params[1:]:
+        if other != params[0]:
+            raise UserInputError(f"{fmt.name} layers packed with {params[0]} and {other} cannot share one weight; "
+                                 "compress them with the same recipe")
 
 
 def get_format(name: str) -> Format:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import FORMATS, Format, Spec, dtype_name, float_dtype, shape_error
+from . import FORMATS, Format, Spec, dtype_name, float_dtype, same_params, shape_error
 from ..errors import UserInputError
 from ..types import QuantizedWeight
 from ._quant import check_group, dequantize, group_of, linear_ref
@@ -143,6 +143,23 @@ def params(packed: dict[str, Tensor], in_features: int) -> dict:
             "stat_bits": int(packed["stat_bits"][0]), "dtype": dtype_name(packed["outlier_val"].dtype)}
 
 
+def stack_rows(packeds: list[dict[str, Tensor]], in_features: int) -> dict[str, Tensor]:
+    """``formats.stack_rows`` for spqr: one pair of code widths; each part's outlier row pointers shifted by the
+    outliers before it. The second-level statistics stack like the rest (same ``stat_group``, which divides each
+    part's rows, so no block of rows straddles two parts)."""
+    same_params(FORMAT, packeds, in_features, ignore=("nnz",))
+    starts = [0]
+    for p in packeds:
+        starts.append(starts[-1] + p["outlier_val"].numel())
+    row_ptr = torch.cat([p["outlier_row_ptr"][:-1] + start for p, start in zip(packeds, starts)]
+                        + [packeds[0]["outlier_row_ptr"].new_tensor([starts[-1]])])
+    shared = {"bits", "stat_bits"}
+    stacked = {name: packeds[0][name] if name in shared else torch.cat([p[name] for p in packeds])
+               for name in packeds[0] if name != "outlier_row_ptr"}
+    stacked["outlier_row_ptr"] = row_ptr
+    return stacked
+
+
 def spec_params(quant, in_features: int) -> dict:
     """Parameters ``check`` takes for a recipe's ``QuantSpec`` (defaults as quant/spqr.py: g1 = 16, g2 = 16)."""
     options = dict(quant.options)
@@ -150,4 +167,4 @@ def spec_params(quant, in_features: int) -> dict:
             "stat_bits": int(options.get("stat_bits", 3))}
 
 FORMAT = FORMATS.add("spqr", Format("spqr", tensor_specs, pack, unpack, matmul_ref, check, params, kernel="spqr",
-                                    spec_params=spec_params))
+                                    spec_params=spec_params, stack_rows=stack_rows))
