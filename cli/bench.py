@@ -20,8 +20,9 @@ def bench_command(
     model: str = typer.Argument("tiny", help="Shape (tiny, llama-7b, llama3-8b), alias, HF folder or llmprune "
                                              "checkpoint."),
     format: str = typer.Option("sparse24_int4", "--format", help="Packed format(s), comma-separated: sparse24_int4, "
-                               "group_sparse_int4, int4, spqr, sparse24, sparse24+semi (sparse24 on PyTorch's "
-                               "semi-structured weight from the GPU table's batch), dense (always measured)."),
+                               "group_sparse_int4, int4, spqr, sparse24, dense (always measured); +merged: q/k/v and "
+                               "gate/up as one matmul each (int4+merged, dense+merged); sparse24+semi: on PyTorch's "
+                               "semi-structured weight from the GPU table's batch."),
     batch: str = typer.Option("1,16", help="Batch sizes, comma-separated."),
     new_tokens: int = typer.Option(128, help="Greedy decode steps per run."),
     prompt_len: int = typer.Option(32, help="Random prompt length (prefill)."),

@@ -33,8 +33,11 @@ from llmprune.errors import UserInputError
 from .random_models import DTYPES, SHAPES, build_random, replace_linears_
 
 FORMATS = ("dense", "sparse24", "int4", "sparse24_int4", "group_sparse_int4", "spqr")
-# sparse24 layers told to use PyTorch's semi-structured 2:4 weight from the GPU table's semi_from tokens
-# (dispatch.use_semi_structured: as much memory again as the packed weight), measured as a format of its own
+# Modifiers, measured as formats of their own (``int4+merged``, ``sparse24+semi+merged``): ``semi`` has sparse24
+# layers use PyTorch's semi-structured 2:4 weight from the GPU table's semi_from tokens (dispatch.use_semi_structured:
+# as much memory again as the packed weight); ``merged`` runs q/k/v and gate/up as one matmul each
+# (llmprune/merge_projections.py; ``dense+merged`` is the dense model merged alike)
+MODIFIERS = {"semi": ("sparse24",), "merged": FORMATS}  # modifier: the formats it applies to
 SEMI = "sparse24+semi"
 VARIANTS = ("eager", "static+cudagraphs", "static+compile")
 STATIC_MODES = {"static+cudagraphs": "graph", "static+compile": "compile"}
@@ -49,10 +52,15 @@ def check_inputs(model: str, formats: list[str], batches: list[int], device: str
     if model not in SHAPES and model not in ALIASES and not Path(model).expanduser().exists():
         raise UserInputError(f"unknown model or shape {model!r}; give a shape ({', '.join(SHAPES)}), an alias or a "
                              "path")
-    choices = (*FORMATS, SEMI)
     for fmt in formats:
-        if fmt not in choices:
-            raise UserInputError(f"unknown --format {fmt!r}; choose from {', '.join(choices)}")
+        base, *modifiers = fmt.split("+")
+        if base not in FORMATS:
+            raise UserInputError(f"unknown --format {fmt!r}; choose from {', '.join(FORMATS)}, each optionally with "
+                                 f"{' '.join('+' + m for m in MODIFIERS)} (e.g. int4+merged, {SEMI})")
+        for modifier in modifiers:
+            if base not in MODIFIERS.get(modifier, ()) or modifiers.count(modifier) > 1:
+                raise UserInputError(f"--format {fmt!r}: +{modifier} is not a modifier of {base}; "
+                                     + "; ".join(f"+{m} applies to {', '.join(f)}" for m, f in MODIFIERS.items()))
     if not batches or any(b < 1 for b in batches):
         raise UserInputError(f"--batch {batches}: every batch size must be >= 1 (e.g. --batch 1,16)")
     if device not in ("cpu", "cuda"):
@@ -130,7 +138,7 @@ def run_bench(model: str, formats: list[str], batches: list[int], *, new_tokens:
     if new_tokens < 2 or prompt_len < 1:
         raise UserInputError("--new-tokens must be >= 2 and --prompt-len >= 1")
     rows, dense_rate = [], {}
-    for fmt in ["dense"] + [f for f in formats if f != "dense"]:
+    for fmt in ["dense"] + [f for f in dict.fromkeys(formats) if f != "dense"]:
         net = _build(model, fmt, device, dtype, seed)
         vocab = net.config.vocab_size
         for variant in variants:
@@ -178,13 +186,16 @@ def _measure(net, prompt, new_tokens, device, variant, runs) -> tuple[float, flo
 
 
 def _build(model: str, fmt: str, device: str, dtype: str, seed: int) -> nn.Module:
-    """``_build_format``, and for ``SEMI`` a sparse24 model whose layers use the semi-structured weight."""
-    if fmt != SEMI:
-        return _build_format(model, fmt, device, dtype, seed)
+    """``_build_format`` of the base format, then its ``MODIFIERS`` applied."""
     from llmprune.dispatch import use_semi_structured
+    from llmprune.merge_projections import merge_projections
 
-    net = _build_format(model, "sparse24", device, dtype, seed)
-    use_semi_structured(net)
+    base, *modifiers = fmt.split("+")
+    net = _build_format(model, base, device, dtype, seed)
+    if "semi" in modifiers:
+        use_semi_structured(net)
+    if "merged" in modifiers:
+        merge_projections(net)
     return net
 
 

@@ -3,8 +3,8 @@
 Why: a decode step calls every Linear once per token, and at batch 1 each kernel runs for microseconds, so the host
 work of each call and each launch (tens of microseconds, ``benchmarks/host_overhead.py``) sets the speed of eager
 decoding; merging a Llama block's seven Linears into four cuts that by three sevenths. One launch over all output rows
-also fills a large GPU better than a small launch each: Llama-3-8B's k and v projections have 1024 rows, a few dozen
-programs at decode tiles for 132 SMs. Serving engines merge them the same way (vLLM's QKV and gate/up layers); there
+also fills a large GPU better than a small launch each: Llama-3-8B's k and v projections have 1024 rows, 64 programs at
+16-row decode tiles for 132 SMs unless K is split. Serving engines merge them the same way (vLLM's QKV and gate/up layers); there
 the model code calls the merged layer, here transformers' attention and MLP code still call ``q_proj``, ``k_proj``
 and ``v_proj`` one by one, so each becomes a ``ProjectionSlice`` of one shared result: the first slice called with an
 input computes the merged layer, its siblings called with the same tensor (same object, unchanged since) take their
@@ -44,6 +44,8 @@ class SharedResult:
         self.taken: set[int] = set()
 
     def part(self, x: Tensor, index: int) -> Tensor:
+        """Columns ``index`` of the merged output for ``x``: computed when ``x`` is not the input held, or was written
+        since, or this slice took its part already (the caller may have written into it)."""
         stamp = 0 if torch.compiler.is_compiling() else version(x)
         if self.input is not x or self.input_version != stamp or index in self.taken:
             self.input, self.input_version, self.taken = x, stamp, set()

@@ -233,3 +233,24 @@ def test_sparse24_layers_opted_in_take_the_semi_structured_weight_from_the_table
     dispatch.use_semi_structured(model, enabled=False)
     torch.testing.assert_close(module(big), fresh(module, big), rtol=0, atol=0)
     assert len(built) == 1
+
+
+@pytest.mark.parametrize("fmt", FORMATS_WITH_KERNELS)
+def test_merged_projections_run_the_kernels_on_the_stacked_weight(prepares, fmt):
+    """q/k/v of unequal widths merged (llmprune/merge_projections.py): one launch over the stacked packed weight
+    gives each part what its own launch gives, at decode and prefill token counts."""
+    from torch import nn
+
+    from llmprune.merge_projections import merge_projections
+
+    parent = nn.Module()
+    parent.q_proj, parent.k_proj, parent.v_proj = (module_of(fmt, seed, out_f, in_f=128) for seed, out_f in
+                                                   ((0, 48), (2, 16), (4, 32)))
+    parts = [parent.q_proj, parent.k_proj, parent.v_proj]
+    assert merge_projections(parent) == ["q_proj_k_proj_v_proj"]
+    for m in (1, 20):
+        x = tokens(m, k=128, seed=m)
+        got = [parent.q_proj(x), parent.k_proj(x), parent.v_proj(x)]
+        for g, part in zip(got, parts):
+            torch.testing.assert_close(g, fresh(part, x), rtol=2e-3, atol=2e-3)
+    assert parent.q_proj_k_proj_v_proj.kernel_path == "triton" and prepares[fmt] == 1
