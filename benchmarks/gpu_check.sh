@@ -18,7 +18,8 @@
 # mix: the decode loops' instruction mix as the GPU's own triton compiles them (tests/kernels/instruction_mix.py), the
 # 1-4 token loops also pipelined (--pipelined); and whether a PackedLinear's direct launch equals the autotuner's under
 # this machine's triton (tests/kernels/direct_launch_check.py);
-# decode: end-to-end tokens/s of Llama-2-7B shapes, eager and CUDA-graph replay (benchmarks/decode.py).
+# decode: end-to-end tokens/s of Llama-2-7B shapes, eager and CUDA-graph replay (benchmarks/decode.py), also with
+# q/k/v and gate/up merged (+merged: four launches per block instead of seven; dense+merged for a fair comparison).
 # BENCH_FORMATS=int4,sparse24_int4 bash benchmarks/gpu_check.sh bench-float16   # a subset per call, should the first
 #   autotuning of all five formats not fit in one 10-minute call (`python benchmarks/kernels.py --plan` counts it)
 # bench-*: also $RESULTS/<report>.crossovers.json, the dispatch table measured here: copy it (fp16's, or the stricter of
@@ -84,7 +85,8 @@ for stage in "${STAGES[@]}"; do
         python tests/kernels/direct_launch_check.py; } \
         2>&1 | tee $(logs mix) || status=1 ;;
     decode)
-      python benchmarks/decode.py llama-7b --formats sparse24_int4,int4,group_sparse_int4 --batch 1,16 \
+      python benchmarks/decode.py llama-7b --batch 1,16 \
+        --formats sparse24_int4,int4,group_sparse_int4,sparse24_int4+merged,dense+merged \
         --new-tokens 64 --runs 3 --results "$RESULTS" 2>&1 | tee $(logs decode) || status=1 ;;
     bench-float16|bench-bfloat16)
       python benchmarks/kernels.py --bench --dtypes "${stage#bench-}" --results "$RESULTS" \

@@ -9,6 +9,10 @@ time), and the JIT kernel's ``run`` is a no-op.
 
     python benchmarks/host_overhead.py [--calls 300] [--repeats 60] [--out benchmarks/results/host_overhead.md]
 
+A second table times the seven Linears of one Llama-2-7B decoder block at one token, as transformers calls them, and
+the same block with q/k/v and gate/up merged (``llmprune.merge_projections``: four launches, three slices that take
+their columns of a shared result).
+
 Columns: the functional launcher ``<fmt>_matmul(x, packed)`` (checks the packed tensors and asks the autotuner on
 every call); a ``PackedLinear`` forward as it runs now (dispatch included; its launch checked once and the autotuner's
 choice reused, ``llmprune/dispatch.py`` and ``kernels/_launch.launch``); the same with the autotuner asked on every
@@ -102,6 +106,44 @@ def rows(calls: int, repeats: int) -> list[str]:
     return out
 
 
+BLOCK = {"self_attn": {"q_proj": (4096, 4096), "k_proj": (4096, 4096), "v_proj": (4096, 4096),
+                       "o_proj": (4096, 4096)},
+         "mlp": {"gate_proj": (11008, 4096), "up_proj": (11008, 4096), "down_proj": (4096, 11008)}}  # Llama-2-7B
+
+
+def block_rows(calls: int, repeats: int) -> list[str]:
+    """Per format: µs for one token through the block's seven Linears (as LlamaAttention and LlamaMLP call them:
+    the q/k/v input shared, gate/up likewise), unmerged and merged. Run after ``rows`` (the GPU-path setting)."""
+    from torch import nn
+
+    from llmprune.kernels import FORMATS_WITH_KERNELS
+    from llmprune.merge_projections import merge_projections
+    from llmprune.packed_linear import PackedLinear
+
+    out = []
+    x, h = torch.randn(1, 1, 4096).half(), torch.randn(1, 1, 11008).half()
+    for fmt in FORMATS_WITH_KERNELS:
+        block = nn.Module()
+        for part, shapes in BLOCK.items():
+            block.add_module(part, nn.Module())
+            for i, (name, (n, k)) in enumerate(shapes.items()):
+                packed = random_packed(fmt, n, k, torch.float16, seed=i, device="cpu")
+                getattr(block, part).add_module(name, PackedLinear.from_packed(packed, fmt, k))
+
+        def step():
+            attn, mlp = block.self_attn, block.mlp
+            attn.q_proj(x), attn.k_proj(x), attn.v_proj(x), attn.o_proj(x)
+            mlp.gate_proj(x), mlp.up_proj(x), mlp.down_proj(h)
+
+        before = per_call(step, calls, repeats)
+        merged = merge_projections(block)
+        after = per_call(step, calls, repeats)
+        assert merged == ["self_attn.q_proj_k_proj_v_proj", "mlp.gate_proj_up_proj"], merged
+        assert all(block.get_submodule(name).kernel_path == "triton" for name in merged)
+        out.append(f"| {fmt} | {before:.1f} | {after:.1f} | {before / after:.2f}x |")
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=2000)
@@ -113,7 +155,10 @@ def main(argv=None) -> int:
               f"min of {args.repeats} x {args.calls} calls", "",
               "| format | launcher µs/call | PackedLinear µs/call | PackedLinear, autotuner every call |",
               "|---|---:|---:|---:|"]
-    text = "\n".join(header + rows(args.calls, args.repeats)) + "\n"
+    block = ["", "One Llama-2-7B decoder block's seven Linears, one fp16 token (µs per block):", "",
+             "| format | unmerged (7 launches) | q/k/v and gate/up merged (4 launches) | ratio |", "|---|---:|---:|---:|"]
+    text = "\n".join(header + rows(args.calls, args.repeats) + block + block_rows(args.calls // 4 or 1,
+                                                                                  args.repeats)) + "\n"
     print(text, end="")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

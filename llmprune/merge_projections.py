@@ -49,7 +49,7 @@ class SharedResult:
         stamp = 0 if torch.compiler.is_compiling() else version(x)
         if self.input is not x or self.input_version != stamp or index in self.taken:
             self.input, self.input_version, self.taken = x, stamp, set()
-            self.parts = self.linear(x).split(self.sizes, dim=-1)
+            self.parts = self.linear(x).split_with_sizes(self.sizes, -1)  # Tensor.split: ~5 us more Python
         part = self.parts[index]
         self.taken.add(index)
         if len(self.taken) == len(self.sizes):  # let go of the input and the output

@@ -302,13 +302,16 @@ def test_precompile_dry_run_warms_both_regimes_of_each_format_per_shape_and_dtyp
 
 def test_host_overhead_script_times_every_format_on_the_autotuned_path(tmp_path):
     """benchmarks/host_overhead.py runs on CPU (in its own process: it rewires the launchers as on a GPU) and writes
-    one row per format with three positive timings; its own assertion checks that the module kept a config."""
+    one row per format with three positive timings, then one per format for a Llama block unmerged and merged; its
+    own assertions check that the module kept a config and that the merged layers took the kernel path."""
     out = tmp_path / "host.md"
     script = BENCH.parent / "host_overhead.py"
     done = subprocess.run([sys.executable, str(script), "--calls", "2", "--repeats", "1", "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| ") and " - |" not in line]
-    assert [r[0] for r in rows[1:]] == [f"| {fmt}" for fmt in ("int4", "sparse24", "sparse24_int4",
-                                                               "group_sparse_int4", "spqr")]
-    assert all(float(v.strip(" |")) > 0 for r in rows[1:] for v in r[1:])
+    calls, block = out.read_text().split("decoder block")
+    for text in (calls, block):
+        rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ") and " - |" not in line]
+        assert [r[0] for r in rows[1:]] == [f"| {fmt}" for fmt in ("int4", "sparse24", "sparse24_int4",
+                                                                   "group_sparse_int4", "spqr")]
+        assert all(len(r) == 4 and float(v.strip(" |x")) > 0 for r in rows[1:] for v in r[1:])
