@@ -156,7 +156,8 @@ def main(argv=None) -> int:
               "| format | launcher µs/call | PackedLinear µs/call | PackedLinear, autotuner every call |",
               "|---|---:|---:|---:|"]
     block = ["", "One Llama-2-7B decoder block's seven Linears, one fp16 token (µs per block):", "",
-             "| format | unmerged (7 launches) | q/k/v and gate/up merged (4 launches) | ratio |", "|---|---:|---:|---:|"]
+             "| format | unmerged (7 launches) | q/k/v and gate/up merged (4 launches) | ratio |",
+             "|---|---:|---:|---:|"]
     text = "\n".join(header + rows(args.calls, args.repeats) + block + block_rows(args.calls // 4 or 1,
                                                                                   args.repeats)) + "\n"
     print(text, end="")

@@ -4,7 +4,8 @@ Public API (nothing heavy is imported until used)::
 
     import llmprune
     loaded = llmprune.resolve("smollm2-135m")
-    report = llmprune.compress_(loaded.model, llmprune.Recipe(method="wanda", sparsity=llmprune.parse_sparsity("2:4")), calib)
+    recipe = llmprune.Recipe(method="wanda", sparsity=llmprune.parse_sparsity("2:4"))
+    report = llmprune.compress_(loaded.model, recipe, calib)
     model, tokenizer, manifest = llmprune.load("out/dir")
 """
 from __future__ import annotations
@@ -61,6 +62,6 @@ def formats() -> list[str]:
     return FORMATS.names()
 
 
-__all__ = ["__version__", "compress_", "resolve", "load", "calibration_windows", "merge_projections", "methods", "formats", "Recipe",
-           "Calibration", "NM", "Groups", "Unstructured", "QuantSpec", "parse_sparsity", "parse_quant",
-           "LlmpruneError", "UserInputError"]
+__all__ = ["__version__", "compress_", "resolve", "load", "calibration_windows", "merge_projections", "methods",
+           "formats", "Recipe", "Calibration", "NM", "Groups", "Unstructured", "QuantSpec", "parse_sparsity",
+           "parse_quant", "LlmpruneError", "UserInputError"]

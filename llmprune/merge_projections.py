@@ -3,15 +3,15 @@
 Why: a decode step calls every Linear once per token, and at batch 1 each kernel runs for microseconds, so the host
 work of each call and each launch (tens of microseconds, ``benchmarks/host_overhead.py``) sets the speed of eager
 decoding; merging a Llama block's seven Linears into four cuts that by three sevenths. One launch over all output rows
-also fills a large GPU better than a small launch each: Llama-3-8B's k and v projections have 1024 rows, 64 programs at
-16-row decode tiles for 132 SMs unless K is split. Serving engines merge them the same way (vLLM's QKV and gate/up layers); there
-the model code calls the merged layer, here transformers' attention and MLP code still call ``q_proj``, ``k_proj``
-and ``v_proj`` one by one, so each becomes a ``ProjectionSlice`` of one shared result: the first slice called with an
-input computes the merged layer, its siblings called with the same tensor (same object, unchanged since) take their
-columns of that output, and the result is let go once every slice has taken its part. A slice called with another
-input computes the merged layer again (correct, not faster). ``torch.compile`` traces the same logic (Dynamo tracks
-the shared object's attributes; the compiled graph has one matmul per merged layer, tested), without the
-version check, which it cannot trace (no supported model writes a projection's input between its siblings' calls).
+also fills a large GPU better than a small launch each: Llama-3-8B's k and v projections have 1024 rows, 64 programs
+at 16-row decode tiles for 132 SMs unless K is split. Serving engines merge them the same way (vLLM's QKV and gate/up
+layers); there the model code calls the merged layer, here transformers' attention and MLP code still call ``q_proj``,
+``k_proj`` and ``v_proj`` one by one, so each becomes a ``ProjectionSlice`` of one shared result: the first slice
+called with an input computes the merged layer, its siblings called with the same tensor (same object, unchanged
+since) take their columns of that output, and the result is let go once every slice has taken its part. A slice called
+with another input computes the merged layer again (correct, not faster). ``torch.compile`` traces the same logic
+(Dynamo tracks the shared object's attributes; the compiled graph has one matmul per merged layer, tested), without
+the version check, which it cannot trace (no supported model writes a projection's input between its siblings' calls).
 
 The merged layer is a ``PackedLinear`` of the stacked packed weight (``formats.stack_rows``) or an ``nn.Linear`` of the
 stacked dense weight (dense models merge the same way, for a like-for-like comparison), registered on the parent
@@ -85,7 +85,7 @@ def merge_projections(model: nn.Module, groups=GROUPS) -> list[str]:
                 continue
             where = f"{parent_name}.{'/'.join(names)}" if parent_name else "/".join(names)
             try:
-                linear = _stacked(layers)
+                linear = _merged_layer(layers)
             except UserInputError as exc:
                 warnings.warn(f"{where} not merged: {exc}", stacklevel=2)
                 continue
@@ -99,36 +99,38 @@ def is_merged(model: nn.Module) -> bool:
     return any(isinstance(m, ProjectionSlice) for m in model.modules())
 
 
-def _stacked(layers: list[nn.Module]) -> nn.Module:
+def _merged_layer(layers: list[nn.Module]) -> nn.Module:
     first = layers[0]
     if any(layer.in_features != first.in_features for layer in layers):
         raise UserInputError("the layers read inputs of different widths")
     if all(type(layer) is nn.Linear for layer in layers):
-        return _stacked_dense(layers)
+        return _merged_dense(layers)
     if not all(isinstance(layer, PackedLinear) for layer in layers):
-        raise UserInputError("dense and packed layers cannot share one weight")
+        kinds = sorted({type(layer).__name__ for layer in layers})
+        raise UserInputError(f"layers of kinds {', '.join(kinds)} cannot share one weight")
     formats = {layer.format for layer in layers}
     if len(formats) > 1:
         raise UserInputError(f"formats {', '.join(sorted(formats))} cannot share one weight")
     if any(layer.kernel_options != first.kernel_options for layer in layers):
         raise UserInputError("the layers have different kernel options")
     packed = stack_rows(first.format, [layer.packed() for layer in layers], first.in_features)
-    linear = PackedLinear.from_packed(packed, first.format, first.in_features, _stacked_bias(layers))
+    linear = PackedLinear.from_packed(packed, first.format, first.in_features, _merged_bias(layers))
     linear.kernel_options = dict(first.kernel_options)
     return linear
 
 
-def _stacked_dense(layers: list[nn.Linear]) -> nn.Linear:
+def _merged_dense(layers: list[nn.Linear]) -> nn.Linear:
     weight = torch.cat([layer.weight.detach() for layer in layers])
-    bias = _stacked_bias(layers)
+    bias = _merged_bias(layers)
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
-    linear.weight = nn.Parameter(weight, requires_grad=layers[0].weight.requires_grad)
+    trainable = layers[0].weight.requires_grad
+    linear.weight = nn.Parameter(weight, requires_grad=trainable)
     if bias is not None:
-        linear.bias = nn.Parameter(bias.to(weight.dtype), requires_grad=False)
+        linear.bias = nn.Parameter(bias.to(weight.dtype), requires_grad=trainable)
     return linear
 
 
-def _stacked_bias(layers: list[nn.Module]) -> Tensor | None:
+def _merged_bias(layers: list[nn.Module]) -> Tensor | None:
     """The biases end to end, zeros for layers without one (Qwen2 biases q/k/v), or None when none has one."""
     biases = [layer.bias for layer in layers]
     if all(b is None for b in biases):

@@ -81,7 +81,7 @@ def stack_rows(format: str, packeds: list[dict[str, torch.Tensor]], in_features:
 
 
 def same_params(fmt: Format, packeds: list[dict], in_features: int, ignore: tuple[str, ...] = ()) -> None:
-    """``UserInputError`` unless every packed weight of ``packeds`` has the same ``params`` (keys in ``ignore`` aside)."""
+    """``UserInputError`` unless all of ``packeds`` have the same ``params`` (keys in ``ignore`` aside)."""
     params = [{k: v for k, v in fmt.params(p, in_features).items() if k not in ignore} for p in packeds]
     for other in params[1:]:
         if other != params[0]:
