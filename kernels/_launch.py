@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import triton
@@ -87,22 +87,36 @@ def dot_f32(x: Tensor, interpret: bool) -> bool:
     return x.dtype == torch.float32 or (interpret and x.dtype == torch.bfloat16)
 
 
+class Replay(NamedTuple):
+    """A launch as the autotuner's kept choice made it: the JIT kernel, its grid, its meta-parameters and the
+    M_BUCKET argument. For a given token count and dtype nothing else varies between calls (``Call.replays``)."""
+
+    kernel: object
+    grid: tuple
+    meta: dict
+    bucket: int
+
+
 def launch(kernel, tuned, grid, args: tuple, consts: dict, fixed: dict | None, chosen: dict | None = None,
-           key: tuple = ()) -> None:
+           key: tuple = ()) -> tuple | None:
     """Run ``kernel`` with ``fixed`` meta-parameters (the interpreter, or a pinned config), else with the config the
     autotuned twin chose for ``key`` when ``chosen`` (a ``Call``'s memo) holds it, else through the autotuner, whose
     choice ``chosen`` then keeps. Why: Triton's ``Autotuner.run`` rebuilds its key from every argument on every call
     (~16 us of host Python per launch on this project's CPU, more than our launcher's own work); ``key`` must be as
-    fine as the autotuner's (its key args and tensor dtypes), which ``KernelPair.run`` ensures per ``Call``."""
-    if fixed is None and chosen is not None:
-        fixed = chosen.get(key)
+    fine as the autotuner's (its key args and tensor dtypes), which ``KernelPair.run`` ensures per ``Call``. Returns
+    ``(kernel, grid, meta)`` of a launch made with a kept choice (what ``Replay`` keeps), else None."""
+    kept = fixed is None and chosen is not None and key in chosen
+    if kept:
+        fixed = chosen[key]
     if fixed is not None:
         meta = {**consts, **fixed}
-        kernel[grid(meta)](*args, **meta)
-        return
+        sizes = grid(meta)
+        kernel[sizes](*args, **meta)
+        return (kernel, sizes, meta) if kept else None
     tuned[grid](*args, **consts)
     if chosen is not None:
         chosen[key] = tuned.best_config.all_kwargs()
+    return None
 
 
 @dataclass(frozen=True)
@@ -124,6 +138,9 @@ class Call:
     # (from tokens, fn(x2) -> y2): a library path the dispatch table says beats the kernels from that batch on
     # (sparse24's semi-structured weight); taken when the caller forces no regime
     library: tuple[int, Callable[[Tensor], Tensor]] | None = None
+    # (tokens, activation dtype) -> Replay, once a launch of that many tokens ran with a kept choice: later calls go
+    # straight to the JIT kernel, skipping the regime choice, the grid and the meta-parameters (``KernelPair.matmul``)
+    replays: dict = field(default_factory=dict, compare=False)
 
 
 class KernelPair:
@@ -174,14 +191,16 @@ class KernelPair:
         return regime
 
     def run(self, args: tuple, m: int, n: int, consts: dict, regime: str, chosen: dict | None = None,
-            dtype: torch.dtype | None = None) -> None:
+            dtype: torch.dtype | None = None) -> Replay | None:
         """Launch over ``[m, n]`` outputs; ``args`` hold (..., M, N, K, stride_xm, stride_om, extra ints); a decode
         program takes at most the largest token block (``block_tokens``): more tokens sent to the decode kernel
         run as several blocks. The dispatch table decides whether decode runs, not its block: a forced ``gemv`` (the
-        benchmark measuring the decode limit) gets the block best for its token count."""
+        benchmark measuring the decode limit) gets the block best for its token count. Returns the launch as a
+        ``Replay`` when it ran with a kept choice of ``chosen``."""
         if self.compile_for is not None:
             self.compile_configs(regime, (*args, 1), consts)
-        elif regime == "gemv":
+            return None
+        if regime == "gemv":
             tokens = block_tokens(m)
             fixed = self._fixed(0)
             if fixed is not None:  # the interpreter's or a pinned tile, at the token block (pipelined when FMA)
@@ -192,15 +211,17 @@ class KernelPair:
                 return (cdiv(n, meta["BLOCK_N"]), cdiv(m, meta["BLOCK_B"]), self.splits(meta, m, n))
 
             bucket = m_bucket(tokens)
-            launch(self.gemv, self.gemv_tuned, grid, (*args, bucket), consts, fixed, chosen, ("gemv", bucket, dtype))
+            made = launch(self.gemv, self.gemv_tuned, grid, (*args, bucket), consts, fixed, chosen,
+                          ("gemv", bucket, dtype))
         else:
 
             def grid(meta):
                 return (cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"]),)
 
             bucket = m_bucket(m)
-            launch(self.gemm, self.gemm_tuned, grid, (*args, bucket), consts, self._fixed(1), chosen,
-                   ("gemm", bucket, dtype))
+            made = launch(self.gemm, self.gemm_tuned, grid, (*args, bucket), consts, self._fixed(1), chosen,
+                          ("gemm", bucket, dtype))
+        return None if made is None else Replay(*made, bucket)
 
     def tuned_configs(self, regime: str, tokens) -> list:
         """The configs the autotuner times for ``regime`` ('gemv' or 'gemm') launches of each token count in
@@ -225,9 +246,18 @@ class KernelPair:
             kernel.warmup(*args, grid=(1,), **consts, **config.all_kwargs())
 
     def matmul(self, x: Tensor, call: Call, out: Tensor | None, regime: str | None) -> Tensor:
-        """The launcher body every format shares: flatten x, allocate y, pick the regime, launch."""
+        """The launcher body every format shares: flatten x, allocate y, pick the regime, launch. A launch of the
+        dispatch table's choice made with a kept config is replayed for later calls of as many tokens and the same
+        dtype (``Call.replays``: ~8 us less host Python per call here, ``benchmarks/host_overhead.py``)."""
         x2 = flatten_input(x, call.k, self.fmt, self.interpret)
         m = x2.shape[0]
+        auto = out is None and regime is None
+        replay = call.replays.get((m, x.dtype)) if auto else None
+        if replay is not None and not self.pinned and self.compile_for is None:
+            y = torch.empty((*x.shape[:-1], call.n), dtype=x.dtype, device=x.device)
+            replay.kernel[replay.grid](x2, *call.tensors, y, m, call.n, call.k, x2.stride(0), call.n, *call.extra,
+                                       replay.bucket, **replay.meta)
+            return y
         if regime is None and call.library is not None and m >= call.library[0]:
             y = call.library[1](x2).view(*x.shape[:-1], call.n)
             return y if out is None else out.copy_(y)
@@ -246,8 +276,10 @@ class KernelPair:
             chunked_matmul(x2, call.n, call.k, call.dequantize_rows, y.view(m, call.n))
         else:
             args = (x2, *call.tensors, y, m, call.n, call.k, x2.stride(0), call.n, *call.extra)
-            self.run(args, m, call.n, {**call.consts, "DOT_F32": dot_f32(x, self.interpret)}, regime, call.chosen,
-                     x.dtype)
+            made = self.run(args, m, call.n, {**call.consts, "DOT_F32": dot_f32(x, self.interpret)}, regime,
+                            call.chosen, x.dtype)
+            if made is not None and auto:
+                call.replays[(m, x.dtype)] = made
         return y
 
     def run_dequant(self, args: tuple, n: int, cols: int, consts: dict, kernel=None) -> None:

@@ -151,9 +151,12 @@ def autotuned_int4(prepares, monkeypatch):
     return runs
 
 
-def test_a_plan_launches_the_autotuners_choice_directly_after_the_first_call(autotuned_int4):
+def test_a_plan_launches_the_autotuners_choice_directly_after_the_first_call(autotuned_int4, monkeypatch):
     """Triton's Autotuner.run costs more host time per call than our launcher: a PackedLinear's launch goes through
-    it once per (regime, token bucket, dtype), then to the JIT kernel with the config it chose."""
+    it once per (regime, token bucket, dtype), then to the JIT kernel with the config it chose, and from the third
+    call of as many tokens the whole launch is replayed (``Call.replays``)."""
+    from llmprune.kernels import _launch
+
     module = module_of("int4", seed=7)
     first = module(tokens(1))
     chosen = module._kernel_plan.prepared.chosen
@@ -166,6 +169,12 @@ def test_a_plan_launches_the_autotuners_choice_directly_after_the_first_call(aut
     assert autotuned_int4 == {"gemv": 1, "gemm": 0} and not timed
     torch.testing.assert_close(again, first, rtol=0, atol=0)
     assert len(launched) == 2 and launched[1] == launched[0]  # the very launch the autotuner made
+    assert list(module._kernel_plan.prepared.replays) == [(1, torch.float16)]
+    rules, real_rules = [], _launch.device_rules
+    monkeypatch.setattr(_launch, "device_rules", lambda device: rules.append(device))  # no regime choice in a replay
+    torch.testing.assert_close(module(tokens(1)), first, rtol=0, atol=0)
+    assert len(launched) == 3 and launched[2] == launched[0] and not rules
+    monkeypatch.setattr(_launch, "device_rules", real_rules)
     module(tokens(3))  # another token bucket: tuned once, then reused
     module(tokens(3))
     module(tokens(1, dtype=torch.bfloat16))  # another dtype: its own plan, tuned again
