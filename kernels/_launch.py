@@ -138,8 +138,8 @@ class Call:
     # (from tokens, fn(x2) -> y2): a library path the dispatch table says beats the kernels from that batch on
     # (sparse24's semi-structured weight); taken when the caller forces no regime
     library: tuple[int, Callable[[Tensor], Tensor]] | None = None
-    # (tokens, activation dtype) -> Replay, once a launch of that many tokens ran with a kept choice: later calls go
-    # straight to the JIT kernel, skipping the regime choice, the grid and the meta-parameters (``KernelPair.matmul``)
+    # (tokens, activation dtype) -> Replay, once a decode launch of that many tokens ran with a kept choice: later
+    # calls go straight to the JIT kernel, skipping the regime choice, grid and meta-parameters (``KernelPair.matmul``)
     replays: dict = field(default_factory=dict, compare=False)
 
 
@@ -246,9 +246,10 @@ class KernelPair:
             kernel.warmup(*args, grid=(1,), **consts, **config.all_kwargs())
 
     def matmul(self, x: Tensor, call: Call, out: Tensor | None, regime: str | None) -> Tensor:
-        """The launcher body every format shares: flatten x, allocate y, pick the regime, launch. A launch of the
-        dispatch table's choice made with a kept config is replayed for later calls of as many tokens and the same
-        dtype (``Call.replays``: ~8 us less host Python per call here, ``benchmarks/host_overhead.py``)."""
+        """The launcher body every format shares: flatten x, allocate y, pick the regime, launch. A decode launch of
+        the dispatch table's choice made with a kept config is replayed for later calls of as many tokens and the
+        same dtype (``Call.replays``: ~8 us less host Python per call here, ``benchmarks/host_overhead.py``); prefill
+        launches are not kept (one per prompt length would pile up, and their GPU time dwarfs the host's)."""
         x2 = flatten_input(x, call.k, self.fmt, self.interpret)
         m = x2.shape[0]
         auto = out is None and regime is None
@@ -278,7 +279,7 @@ class KernelPair:
             args = (x2, *call.tensors, y, m, call.n, call.k, x2.stride(0), call.n, *call.extra)
             made = self.run(args, m, call.n, {**call.consts, "DOT_F32": dot_f32(x, self.interpret)}, regime,
                             call.chosen, x.dtype)
-            if made is not None and auto:
+            if made is not None and auto and regime == "gemv":  # decode: a few token counts, called per token
                 call.replays[(m, x.dtype)] = made
         return y
 

@@ -33,3 +33,18 @@ def cpu_kernels(monkeypatch):
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
+
+
+@pytest.fixture
+def launch_grids(monkeypatch):
+    """(BLOCK_B, grid) of every launch made with a fixed config (``kernels/_launch.launch``), which still runs."""
+    from llmprune.kernels import _launch
+
+    grids, launch = [], _launch.launch
+
+    def spied(kernel, tuned, grid, args, consts, fixed, *memo):
+        grids.append((fixed["BLOCK_B"], grid({**consts, **fixed})))
+        return launch(kernel, tuned, grid, args, consts, fixed, *memo)
+
+    monkeypatch.setattr(_launch, "launch", spied)
+    return grids

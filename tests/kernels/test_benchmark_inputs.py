@@ -156,23 +156,20 @@ def test_measured_decode_limits_enter_the_table():
     assert select.measured_rules(records, low).gemv_up_to["int4"] == 16
 
 
-def test_decode_past_its_largest_block_runs_several_token_blocks(bench, monkeypatch):
+def test_decode_past_its_largest_block_runs_several_token_blocks(bench, monkeypatch, launch_grids):
     """A table that sends 20 tokens to GQSA's decode kernel (whose largest block is 16 tokens) launches two token
     blocks, the second partly masked, and stays exact."""
-    from llmprune.kernels import _launch, group_sparse_int4, select
+    from llmprune.kernels import group_sparse_int4, select
 
     table = select.rules(None)
     wide = select.Rules("test", "test", {**table.gemv_up_to, "group_sparse_int4": 32}, table.dense_from,
                         table.chunked_from)
     monkeypatch.setattr("llmprune.kernels._launch.device_rules", lambda device: wide)
-    grids, launch = [], _launch.launch
-    monkeypatch.setattr(_launch, "launch", lambda k, t, grid, args, consts, fixed, *memo: (
-        grids.append((fixed["BLOCK_B"], grid({**consts, **fixed})[1])), launch(k, t, grid, args, consts, fixed, *memo)))
     packed = bench.random_packed("group_sparse_int4", 20, 256, torch.float16, device="cpu")
     x = torch.randn(20, 256, generator=torch.Generator().manual_seed(9)).to(torch.float16)
     out = torch.full((20, 20), float("nan"), dtype=torch.float16)
     group_sparse_int4.group_sparse_int4_matmul(x, packed, out=out)
-    assert grids == [(16, 2)]
+    assert [(b, grid[1]) for b, grid in launch_grids] == [(16, 2)]
     ref = importlib.import_module("llmprune.formats.group_sparse_int4").matmul_ref(x, packed).double()
     assert float((out.double() - ref).norm() / ref.norm()) <= 2e-3
 

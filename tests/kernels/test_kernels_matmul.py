@@ -233,7 +233,7 @@ def test_spqr_bit_stream_straddles_words():
 
 @pytest.mark.parametrize("fmt", ["int4", "sparse24", "sparse24_int4", "group_sparse_int4", "spqr"])
 @pytest.mark.parametrize("split", [1, 2])
-def test_two_to_four_tokens_on_the_padded_tl_dot_block(fmt, split, monkeypatch):
+def test_two_to_four_tokens_on_the_padded_tl_dot_block(fmt, split, monkeypatch, launch_grids):
     """On a GPU the autotuner may run 2-4 tokens on the padded tl.dot block (BLOCK_B = 16, rows 3-15 masked) instead
     of the FMA block; the interpreter's fixed config is forced onto it here (with K split for the formats whose
     tl.dot path splits), and the result equals the float64 oracle."""
@@ -241,9 +241,6 @@ def test_two_to_four_tokens_on_the_padded_tl_dot_block(fmt, split, monkeypatch):
 
     monkeypatch.setattr(_launch, "batch_block", lambda m: 16)
     monkeypatch.setattr(_launch, "GEMV_FIXED", {**_launch.GEMV_FIXED, "SPLIT_K": split})
-    blocks, launch = [], _launch.launch
-    monkeypatch.setattr(_launch, "launch", lambda k, t, grid, args, consts, fixed, *memo: (
-        blocks.append((fixed["BLOCK_B"], grid({**consts, **fixed}))), launch(k, t, grid, args, consts, fixed, *memo)))
     kernel = importlib.import_module(f"llmprune.kernels.{fmt}")
     qw, packed = make(fmt, 128, 16, torch.float32, seed=21)
     x = torch.randn(3, 128, generator=torch.Generator().manual_seed(5))
@@ -254,7 +251,7 @@ def test_two_to_four_tokens_on_the_padded_tl_dot_block(fmt, split, monkeypatch):
         oracle = dense_oracle(x, qw, torch.float32)
     assert rel_err(out, oracle) <= TOLERANCE[torch.float32]
     splits = split if fmt in ("int4", "sparse24_int4", "group_sparse_int4") else 1
-    assert [(b, grid[1:]) for b, grid in blocks] == [(16, (1, splits))]
+    assert [(b, grid[1:]) for b, grid in launch_grids] == [(16, (1, splits))]
 
 
 @pytest.mark.parametrize("bits", range(1, 9))

@@ -177,8 +177,11 @@ def test_a_plan_launches_the_autotuners_choice_directly_after_the_first_call(aut
     monkeypatch.setattr(_launch, "device_rules", real_rules)
     module(tokens(3))  # another token bucket: tuned once, then reused
     module(tokens(3))
+    for _ in range(3):
+        module(tokens(20))  # prefill: tuned once, its launch not kept for replays
+    assert set(module._kernel_plan.prepared.replays) == {(1, torch.float16), (3, torch.float16)}
     module(tokens(1, dtype=torch.bfloat16))  # another dtype: its own plan, tuned again
-    assert autotuned_int4 == {"gemv": 3, "gemm": 0}
+    assert autotuned_int4 == {"gemv": 3, "gemm": 1}
     x = tokens(1)
     torch.testing.assert_close(module(x), fresh(module, x), rtol=0, atol=0)
 
