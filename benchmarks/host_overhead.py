@@ -119,7 +119,7 @@ def block_rows(calls: int, repeats: int) -> list[str]:
     from torch import nn
 
     from llmprune.kernels import FORMATS_WITH_KERNELS
-    from llmprune.merge_projections import merge_projections
+    from llmprune.merged_projections import merge_projections
     from llmprune.packed_linear import PackedLinear
 
     out = []

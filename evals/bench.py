@@ -36,7 +36,7 @@ FORMATS = ("dense", "sparse24", "int4", "sparse24_int4", "group_sparse_int4", "s
 # Modifiers, measured as formats of their own (``int4+merged``, ``sparse24+semi+merged``): ``semi`` has sparse24
 # layers use PyTorch's semi-structured 2:4 weight from the GPU table's semi_from tokens (dispatch.use_semi_structured:
 # as much memory again as the packed weight); ``merged`` runs q/k/v and gate/up as one matmul each
-# (llmprune/merge_projections.py; ``dense+merged`` is the dense model merged alike)
+# (llmprune/merged_projections.py; ``dense+merged`` is the dense model merged alike)
 MODIFIERS = {"semi": ("sparse24",), "merged": FORMATS}  # modifier: the formats it applies to
 SEMI = "sparse24+semi"
 VARIANTS = ("eager", "static+cudagraphs", "static+compile")
@@ -188,7 +188,7 @@ def _measure(net, prompt, new_tokens, device, variant, runs) -> tuple[float, flo
 def _build(model: str, fmt: str, device: str, dtype: str, seed: int) -> nn.Module:
     """``_build_format`` of the base format, then its ``MODIFIERS`` applied."""
     from llmprune.dispatch import use_semi_structured
-    from llmprune.merge_projections import merge_projections
+    from llmprune.merged_projections import merge_projections
 
     base, *modifiers = fmt.split("+")
     net = _build_format(model, base, device, dtype, seed)

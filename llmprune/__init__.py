@@ -38,8 +38,8 @@ def load(path, **kwargs):
 
 
 def merge_projections(model, **kwargs):
-    """Run sibling q/k/v and gate/up projections as one matmul each at inference (``llmprune.merge_projections``)."""
-    from .merge_projections import merge_projections as run
+    """Run sibling q/k/v and gate/up projections as one matmul each at inference (``llmprune.merged_projections``)."""
+    from .merged_projections import merge_projections as run
 
     return run(model, **kwargs)
 
@@ -50,18 +50,18 @@ def calibration_windows(tokenizer, calibration, **kwargs):
     return run(tokenizer, calibration, **kwargs)
 
 
-def methods() -> list[str]:
+def method_names() -> list[str]:
     from .prune import METHODS
 
     return METHODS.names()
 
 
-def formats() -> list[str]:
+def format_names() -> list[str]:
     from .formats import FORMATS
 
     return FORMATS.names()
 
 
-__all__ = ["__version__", "compress_", "resolve", "load", "calibration_windows", "merge_projections", "methods",
-           "formats", "Recipe", "Calibration", "NM", "Groups", "Unstructured", "QuantSpec", "parse_sparsity",
-           "parse_quant", "LlmpruneError", "UserInputError"]
+__all__ = ["__version__", "compress_", "resolve", "load", "calibration_windows", "merge_projections",
+           "method_names", "format_names", "Recipe", "Calibration", "NM", "Groups", "Unstructured", "QuantSpec",
+           "parse_sparsity", "parse_quant", "LlmpruneError", "UserInputError"]

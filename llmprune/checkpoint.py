@@ -19,7 +19,7 @@ from torch import nn
 
 from . import manifest as mf
 from .errors import CorruptCheckpoint, UserInputError
-from .merge_projections import is_merged
+from .merged_projections import is_merged
 from .model.layers import get_weight
 from .packed_linear import PackedLinear, set_module_
 

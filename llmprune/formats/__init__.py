@@ -51,7 +51,7 @@ class Format:
     quantized: bool = True  # pack takes a QuantizedWeight (False: a dense/pruned weight)
     spec_params: Callable | None = None  # (QuantSpec | None, in_features) -> the params ``check`` takes
     # (packed list, in_features) -> one packed weight of their rows in order, for formats whose tensors do not all
-    # simply concatenate along rows (``stack_rows`` below; merged projections, llmprune/merge_projections.py)
+    # simply concatenate along rows (``stack_rows`` below; merged projections, llmprune/merged_projections.py)
     stack_rows: Callable | None = None
 
 

@@ -249,11 +249,11 @@ def test_sparse24_layers_opted_in_take_the_semi_structured_weight_from_the_table
 
 @pytest.mark.parametrize("fmt", FORMATS_WITH_KERNELS)
 def test_merged_projections_run_the_kernels_on_the_stacked_weight(prepares, fmt):
-    """q/k/v of unequal widths merged (llmprune/merge_projections.py): one launch over the stacked packed weight
+    """q/k/v of unequal widths merged (llmprune/merged_projections.py): one launch over the stacked packed weight
     gives each part what its own launch gives, at decode and prefill token counts."""
     from torch import nn
 
-    from llmprune.merge_projections import merge_projections
+    from llmprune.merged_projections import merge_projections
 
     parent = nn.Module()
     parent.q_proj, parent.k_proj, parent.v_proj = (module_of(fmt, seed, out_f, in_f=128) for seed, out_f in

@@ -1,4 +1,4 @@
-"""Merged projections (llmprune/merge_projections.py): a stacked packed weight holds exactly its parts' rows (each
+"""Merged projections (llmprune/merged_projections.py): a stacked packed weight holds exactly its parts' rows (each
 format's own ``unpack`` is the oracle), a merged model computes what the unmerged one did with one call of each
 merged layer per forward, slices never serve a stale result, and merged models copy, move, compile and refuse to be
 saved."""
@@ -10,14 +10,16 @@ import pytest
 import torch
 from torch import nn
 
+import llmprune
 from llmprune import checkpoint
 from llmprune.errors import UserInputError
 from llmprune.evals import bench, random_models
 from llmprune.evals.random_models import random_qweight
 from llmprune.formats import get_format, stack_rows
-from llmprune.merge_projections import ProjectionSlice, merge_projections
+from llmprune.merged_projections import ProjectionSlice, merge_projections
 from llmprune.packed_linear import PackedLinear
 
+from .packed_fixtures import pack_model_
 from .tiny_models import tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -142,6 +144,20 @@ def test_compiled_graph_has_one_matmul_per_merged_layer():
     torch._dynamo.reset()
     torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-6)
     assert graphs and graphs[0].code.count("aten.mm.default") == 2  # gate/up merged, then down
+
+
+@pytest.mark.parametrize("fmt", ["sparse24_int4", "spqr"])
+def test_a_loaded_checkpoint_merges(tmp_path, fmt):
+    """Checkpoints load as meta skeletons filled from the shards; merging one computes what the dense weights that
+    were packed compute (Qwen2: q/k/v biases)."""
+    model, _ = tiny_model("qwen2")
+    layers = pack_model_(model, fmt)  # the model's weights set to what the format stores
+    checkpoint.save(model, tmp_path / "ckpt", layers=layers)
+    loaded, _, _ = llmprune.load(tmp_path / "ckpt")
+    assert len(llmprune.merge_projections(loaded)) == 4
+    prompt = torch.randint(2, 100, (2, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(prompt).logits, model(prompt).logits, rtol=1e-4, atol=1e-4)
 
 
 def test_a_merged_model_is_not_saved(tmp_path):
