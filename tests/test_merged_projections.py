@@ -75,7 +75,8 @@ def test_merged_models_compute_what_they_computed_with_one_call_per_merged_layer
     assert torch.equal(bench.greedy(merged, prompt, 5), bench.greedy(model, prompt, 5))
 
 
-@pytest.mark.parametrize("arch, merged_per_layer", [("qwen2", 2), ("opt", 1), ("phi3", 0), ("gpt2", 0)])
+@pytest.mark.parametrize("arch, merged_per_layer", [("qwen2", 2), ("mistral", 2), ("gemma3", 2), ("opt", 1), ("phi3", 0),
+                                                    ("gpt2", 0)])
 def test_architectures_merge_their_named_siblings_biases_included(arch, merged_per_layer):
     """Qwen2 biases q/k/v, OPT names q/k/v alike but not its MLP, Phi-3 and GPT-2 come merged already."""
     model, _ = tiny_model(arch)
@@ -188,3 +189,11 @@ def test_bench_measures_merged_formats_and_refuses_bad_modifiers(monkeypatch):
     for bad in ("int4+semi", "int5+merged", "int4+merged+merged", "int4+fused"):
         with pytest.raises(UserInputError, match="--format"):
             bench.check_inputs("tiny", [bad], [1], "cpu", "float32", ["eager"])
+
+
+def test_modifiers_combine():
+    """``sparse24+semi+merged``: the merged layers keep the semi-structured option their parts had."""
+    net = bench._build("tiny", "sparse24+semi+merged", "cpu", "float32", 0)
+    layers = [m for m in net.modules() if isinstance(m, PackedLinear)]
+    assert len(layers) == 8 and sum(m.out_features > 64 for m in layers) == 4
+    assert all(m.format == "sparse24" and m.kernel_options == {"semi_structured": True} for m in layers)
