@@ -75,10 +75,11 @@ def test_merged_models_compute_what_they_computed_with_one_call_per_merged_layer
     assert torch.equal(bench.greedy(merged, prompt, 5), bench.greedy(model, prompt, 5))
 
 
-@pytest.mark.parametrize("arch, merged_per_layer", [("qwen2", 2), ("mistral", 2), ("gemma3", 2), ("opt", 1), ("phi3", 0),
-                                                    ("gpt2", 0)])
+@pytest.mark.parametrize("arch, merged_per_layer",
+                         [("qwen2", 2), ("mistral", 2), ("gemma3", 2), ("opt", 1), ("phi3", 0), ("gpt2", 0)])
 def test_architectures_merge_their_named_siblings_biases_included(arch, merged_per_layer):
-    """Qwen2 biases q/k/v, OPT names q/k/v alike but not its MLP, Phi-3 and GPT-2 come merged already."""
+    """Qwen2 biases q/k/v, Gemma3 normalizes q and k after projecting them, OPT names q/k/v alike but not its MLP,
+    Phi-3 and GPT-2 come merged already."""
     model, _ = tiny_model(arch)
     merged = copy.deepcopy(model)
     assert len(merge_projections(merged)) == 2 * merged_per_layer
