@@ -73,6 +73,7 @@ def test_merged_models_compute_what_they_computed_with_one_call_per_merged_layer
     slices = [m for m in merged.modules() if isinstance(m, ProjectionSlice)]
     assert len(slices) == 10 and all(s.shared.input is None for s in slices)  # results let go after the last part
     assert torch.equal(bench.greedy(merged, prompt, 5), bench.greedy(model, prompt, 5))
+    assert merge_projections(merged) == []  # slices are not merged again
 
 
 @pytest.mark.parametrize("arch, merged_per_layer",
