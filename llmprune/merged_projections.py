@@ -103,6 +103,9 @@ def _merged_layer(layers: list[nn.Module]) -> nn.Module:
     first = layers[0]
     if any(layer.in_features != first.in_features for layer in layers):
         raise UserInputError("the layers read inputs of different widths")
+    devices = {t.device for layer in layers for t in (*layer.parameters(), *layer.buffers())}
+    if len(devices) > 1:
+        raise UserInputError(f"the layers sit on different devices ({', '.join(sorted(map(str, devices)))})")
     if all(type(layer) is nn.Linear for layer in layers):
         return _merged_dense(layers)
     if not all(isinstance(layer, PackedLinear) for layer in layers):

@@ -178,6 +178,11 @@ def test_groups_that_cannot_share_a_weight_are_left_with_a_warning():
     with pytest.warns(UserWarning, match="self_attn.q_proj/k_proj/v_proj not merged: formats int4, sparse24"):
         names = merge_projections(model)
     assert len(names) == 3 and isinstance(attn.k_proj, PackedLinear)
+    mlp = model.model.layers[0].mlp
+    mlp.gate_proj, mlp.up_proj = nn.Linear(64, 128), nn.Linear(64, 128, device="meta")
+    with pytest.warns(UserWarning) as caught:  # q/k/v warn again
+        assert merge_projections(model) == []
+    assert any("gate_proj/up_proj not merged: the layers sit on different devices" in str(w.message) for w in caught)
 
 
 def test_bench_measures_merged_formats_and_refuses_bad_modifiers(monkeypatch):
