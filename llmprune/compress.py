@@ -247,6 +247,11 @@ def compress_(model, recipe: Recipe, calib=None, *, device: str = "cpu", batch_s
     ``engine.sequential.run_sequential_``). Returns the Report (per-layer records, quantized codes, timings)."""
     from .engine.sequential import run_sequential_, run_without_calibration_
 
+    from .merged_projections import is_merged
+
+    if is_merged(model):
+        raise UserInputError("the model's projections are merged (merge_projections, for inference); compress the "
+                             "model before merging them")
     start = time.perf_counter()
     plan = build_plan(model, recipe)
     plan.calib_seqlen = None if calib is None else int(calib.ids.shape[1])

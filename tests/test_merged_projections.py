@@ -163,9 +163,12 @@ def test_a_loaded_checkpoint_merges(tmp_path, fmt):
         torch.testing.assert_close(loaded(prompt).logits, model(prompt).logits, rtol=1e-4, atol=1e-4)
 
 
-def test_a_merged_model_is_not_saved(tmp_path):
-    model = random_models.build_random("tiny", "int4", "cpu", "float32", seed=1)
+def test_a_merged_model_is_neither_compressed_nor_saved(tmp_path):
+    model = random_models.build_random("tiny", "dense", "cpu", "float32", seed=1)
     merge_projections(model)
+    recipe = llmprune.Recipe(method="magnitude", sparsity=llmprune.parse_sparsity("0.5"))
+    with pytest.raises(UserInputError, match="compress the model before merging"):
+        llmprune.compress_(model, recipe)
     with pytest.raises(UserInputError, match="save the model before merging"):
         checkpoint.save(model, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
