@@ -15,8 +15,8 @@ the version check, which it cannot trace (no supported model writes a projection
 
 The merged layer is a ``PackedLinear`` of the stacked packed weight (``formats.stack_rows``) or an ``nn.Linear`` of the
 stacked dense weight (dense models merge the same way, for a like-for-like comparison), registered on the parent
-module under the joined names (``self_attn.q_proj_k_proj_v_proj``). It is an inference-time transform: checkpoints
-are saved from unmerged models (``checkpoint.save`` refuses a merged one).
+module under the joined names (``self_attn.q_proj_k_proj_v_proj``). It is an inference-time transform: models are
+compressed and saved unmerged (``compress_`` and ``checkpoint.save`` refuse a merged one).
 """
 from __future__ import annotations
 
