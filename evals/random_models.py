@@ -126,10 +126,17 @@ def replace_linears_(model: nn.Module, fmt: str, device, dtype: str, gen: torch.
                 with torch.no_grad():
                     new.weight.normal_(0.0, 0.02, generator=gen)
             else:
-                source = random_qweight(fmt, out_f, in_f, device, gen)
-                new = (PackedLinear.from_dense(source.to(td), fmt, dtype=dtype) if isinstance(source, torch.Tensor)
-                       else PackedLinear.from_quantized(source, fmt, dtype=dtype))
+                new = random_packed_linear(fmt, out_f, in_f, device, gen, dtype)
             set_module_(model, f"{path}.{i}.{rel}", new)
+
+
+def random_packed_linear(fmt: str, out_f: int, in_f: int, device, gen: torch.Generator, dtype: str = "float16",
+                         bias: torch.Tensor | None = None) -> PackedLinear:
+    """A ``PackedLinear`` of ``random_qweight``'s pattern for ``fmt``, values and scales stored in ``dtype``."""
+    source = random_qweight(fmt, out_f, in_f, device, gen)
+    if isinstance(source, torch.Tensor):  # sparse24 stores a masked dense weight
+        return PackedLinear.from_dense(source.to(DTYPES[dtype]), fmt, dtype=dtype, bias=bias)
+    return PackedLinear.from_quantized(source, fmt, dtype=dtype, bias=bias)
 
 
 def _materialize_rest_(model: nn.Module, device, td, gen) -> None:

@@ -142,6 +142,11 @@ class Call:
     # calls go straight to the JIT kernel, skipping the regime choice, grid and meta-parameters (``KernelPair.matmul``)
     replays: dict = field(default_factory=dict, compare=False)
 
+    def args(self, x2: Tensor, y: Tensor) -> tuple:
+        """The decode and prefill kernels' arguments before M_BUCKET: x, the packed tensors, y, M, N, K, the row
+        strides of x and y, ``extra``."""
+        return (x2, *self.tensors, y, x2.shape[0], self.n, self.k, x2.stride(0), self.n, *self.extra)
+
 
 class KernelPair:
     """The decode (GEMV), prefill (GEMM) and dequantize kernels of one format, with autotuned twins for CUDA."""
@@ -255,9 +260,8 @@ class KernelPair:
         auto = out is None and regime is None
         replay = call.replays.get((m, x.dtype)) if auto else None
         if replay is not None and not self.pinned and self.compile_for is None:
-            y = torch.empty((*x.shape[:-1], call.n), dtype=x.dtype, device=x.device)
-            replay.kernel[replay.grid](x2, *call.tensors, y, m, call.n, call.k, x2.stride(0), call.n, *call.extra,
-                                       replay.bucket, **replay.meta)
+            y = alloc_out(x, x2, call.n, None, self.fmt)
+            replay.kernel[replay.grid](*call.args(x2, y), replay.bucket, **replay.meta)
             return y
         if regime is None and call.library is not None and m >= call.library[0]:
             y = call.library[1](x2).view(*x.shape[:-1], call.n)
@@ -276,8 +280,7 @@ class KernelPair:
         elif regime == "chunked":
             chunked_matmul(x2, call.n, call.k, call.dequantize_rows, y.view(m, call.n))
         else:
-            args = (x2, *call.tensors, y, m, call.n, call.k, x2.stride(0), call.n, *call.extra)
-            made = self.run(args, m, call.n, {**call.consts, "DOT_F32": dot_f32(x, self.interpret)}, regime,
+            made = self.run(call.args(x2, y), m, call.n, {**call.consts, "DOT_F32": dot_f32(x, self.interpret)}, regime,
                             call.chosen, x.dtype)
             if made is not None and auto and regime == "gemv":  # decode: a few token counts, called per token
                 call.replays[(m, x.dtype)] = made

@@ -19,7 +19,7 @@ from torch import nn
 
 from . import manifest as mf
 from .errors import CorruptCheckpoint, UserInputError
-from .merged_projections import is_merged
+from .merged_projections import refuse_merged
 from .model.layers import get_weight
 from .packed_linear import PackedLinear, set_module_
 
@@ -118,9 +118,7 @@ def save(model: nn.Module, out_dir, *, layers: dict | None = None, manifest_extr
     plain Hugging Face checkpoint. ``manifest_extra`` (recipe, calibration, report, timings, versions) is merged
     into ``llmprune.json``; when it holds a recipe, a model card (README.md) is rendered from it. Returns the path.
     """
-    if is_merged(model):
-        raise UserInputError("the model's projections are merged (merge_projections, an inference-time transform); "
-                             "save the model before merging them")
+    refuse_merged(model, "save")
     table = _layer_table(model, layers)
     formats = {fmt for fmt, _, _ in table.values()}
     overall = "dense" if formats <= {"dense"} and not any(isinstance(m, PackedLinear) for m in model.modules()) \

@@ -16,6 +16,7 @@ from torch import Tensor
 from .errors import UserInputError
 from .layer_records import weighted_mean
 from .masks import check_shape, verify_pattern
+from .merged_projections import refuse_merged
 from .recipe import Groups, Recipe, Sparsity, Unstructured
 from .types import Pruned, QuantizedWeight, Stats
 
@@ -247,11 +248,7 @@ def compress_(model, recipe: Recipe, calib=None, *, device: str = "cpu", batch_s
     ``engine.sequential.run_sequential_``). Returns the Report (per-layer records, quantized codes, timings)."""
     from .engine.sequential import run_sequential_, run_without_calibration_
 
-    from .merged_projections import is_merged
-
-    if is_merged(model):
-        raise UserInputError("the model's projections are merged (merge_projections, for inference); compress the "
-                             "model before merging them")
+    refuse_merged(model, "compress")
     start = time.perf_counter()
     plan = build_plan(model, recipe)
     plan.calib_seqlen = None if calib is None else int(calib.ids.shape[1])

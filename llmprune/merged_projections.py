@@ -95,8 +95,12 @@ def merge_projections(model: nn.Module, groups=GROUPS) -> list[str]:
     return merged
 
 
-def is_merged(model: nn.Module) -> bool:
-    return any(isinstance(m, ProjectionSlice) for m in model.modules())
+def refuse_merged(model: nn.Module, action: str) -> None:
+    """One-line ``UserInputError`` when ``model``'s projections are merged: ``action`` (compress, save) needs the
+    model's own Linears."""
+    if any(isinstance(m, ProjectionSlice) for m in model.modules()):
+        raise UserInputError("the model's projections are merged (merge_projections, an inference-time transform); "
+                             f"{action} the model before merging them")
 
 
 def _merged_layer(layers: list[nn.Module]) -> nn.Module:

@@ -14,7 +14,7 @@ import llmprune
 from llmprune import checkpoint
 from llmprune.errors import UserInputError
 from llmprune.evals import bench, random_models
-from llmprune.evals.random_models import random_qweight
+from llmprune.evals.random_models import random_packed_linear
 from llmprune.formats import get_format, stack_rows
 from llmprune.merged_projections import ProjectionSlice, merge_projections
 from llmprune.packed_linear import PackedLinear
@@ -29,10 +29,7 @@ ROWS = (48, 16, 32)  # q, k, v of a GQA block: unequal parts, each a multiple of
 
 
 def packed_layer(fmt: str, out_f: int, in_f: int = 64, seed: int = 0, dtype: str = "float32") -> PackedLinear:
-    source = random_qweight(fmt, out_f, in_f, "cpu", torch.Generator().manual_seed(seed))
-    if fmt == "sparse24":
-        return PackedLinear.from_dense(source, fmt, dtype=dtype)
-    return PackedLinear.from_quantized(source, fmt, dtype=dtype)
+    return random_packed_linear(fmt, out_f, in_f, "cpu", torch.Generator().manual_seed(seed), dtype)
 
 
 @pytest.mark.parametrize("fmt", PACKED)

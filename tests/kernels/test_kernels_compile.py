@@ -30,12 +30,9 @@ def ops_in(graphs) -> int:
 
 @pytest.mark.parametrize("fmt", ["int4", "sparse24_int4", "group_sparse_int4", "spqr", "sparse24"])
 def test_compiled_packed_linear_is_one_graph_with_the_kernel_op(cpu_kernels, fmt):
-    from llmprune.evals.random_models import random_qweight
+    from llmprune.evals.random_models import random_packed_linear
 
-    source = random_qweight(fmt, 48, 256, "cpu", torch.Generator().manual_seed(1))
-    module = (PackedLinear.from_dense(source.half(), fmt, dtype="float16", bias=torch.randn(48))
-              if fmt == "sparse24" else
-              PackedLinear.from_quantized(source, fmt, dtype="float16", bias=torch.randn(48)))
+    module = random_packed_linear(fmt, 48, 256, "cpu", torch.Generator().manual_seed(1), bias=torch.randn(48))
     x = torch.randn(3, 256).half()
     want = module(x)
     assert module.kernel_path == "triton"

@@ -14,13 +14,10 @@ from llmprune.packed_linear import PackedLinear
 
 
 def module_of(fmt: str, seed: int, out_f: int = 48, in_f: int = 256) -> PackedLinear:
-    from llmprune.evals.random_models import random_qweight
+    from llmprune.evals.random_models import random_packed_linear
 
-    source = random_qweight(fmt, out_f, in_f, "cpu", torch.Generator().manual_seed(seed))
     bias = torch.randn(out_f, generator=torch.Generator().manual_seed(seed + 1))
-    if fmt == "sparse24":
-        return PackedLinear.from_dense(source.half(), fmt, dtype="float16", bias=bias)
-    return PackedLinear.from_quantized(source, fmt, dtype="float16", bias=bias)
+    return random_packed_linear(fmt, out_f, in_f, "cpu", torch.Generator().manual_seed(seed), bias=bias)
 
 
 def fresh(module: PackedLinear, x: torch.Tensor) -> torch.Tensor:
