@@ -86,32 +86,53 @@ def sweep(
 ) -> SweepResult:
     """Blocked lazy OBS sweep over the columns of ``W`` (modified in place and returned).
 
-    Mask choice, as in SparseGPT: ``block_mask`` is asked once per block (adaptive mask selection across all rows),
-    ``nm=(n, m)`` chooses n kept of every m at the start of each m-group on the already-updated weights, or a fixed
-    ``mask`` is given. Without any of them nothing is pruned (pure GPTQ). ``group`` (a quantization group size) makes
-    the block a multiple of it, so a group never straddles a lazy update.
+    Mask choice, as in SparseGPT: ``block_mask`` is asked every ``block`` columns (adaptive mask selection across all
+    rows), ``nm=(n, m)`` chooses n kept of every m at the start of each m-group, both on the already-updated weights;
+    or a fixed ``mask`` is given. Without any of them nothing is pruned (pure GPTQ). ``group`` (a quantization group
+    size) makes the lazy-update block a multiple of it, so a group never straddles a lazy update; with a
+    ``block_mask`` the lazy block is also a multiple of ``block`` (e.g. 384 columns for groups of 96), so each mask
+    block still spans exactly ``block`` columns, as in the reference, whatever the group size.
     """
     rows, cols = W.shape
     unit = math.lcm(nm[1] if nm else 1, group or 1)
-    block = max(unit, (block // unit) * unit)
+    if block_mask is not None:
+        unit = math.lcm(unit, block)
+    lazy = max(unit, (block // unit) * unit)
+    choose = _mask_chooser(block_mask, block, nm)
     keep = torch.ones_like(W, dtype=torch.bool) if mask is None else mask.clone()
     losses = torch.zeros(rows, dtype=W.dtype, device=W.device)
-    for i1 in range(0, cols, block):
-        i2 = min(i1 + block, cols)
+    for i1 in range(0, cols, lazy):
+        i2 = min(i1 + lazy, cols)
         W1 = W[:, i1:i2].clone()
         Hinv1 = Hinv[i1:i2, i1:i2]
         d = torch.diag(Hinv1)
-        if block_mask is not None:
-            keep[:, i1:i2] = block_mask(W1, d)
         K1 = keep[:, i1:i2]
         if quantize is None:
-            Err1 = _prune_block_(W1, Hinv1, d, K1, nm)
+            Err1 = _prune_block_(W1, Hinv1, d, K1, choose)
         else:
-            Err1 = _quantize_block_(W1, Hinv1, d, K1, nm, quantize, i1)
+            Err1 = _quantize_block_(W1, Hinv1, d, K1, choose, quantize, i1)
         losses += (Err1**2).sum(1) / 2
         W[:, i1:i2] = W1
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
     return SweepResult(W, keep, losses)
+
+
+Chooser = Callable[[Tensor, Tensor, Tensor, int], None]  # (K1, W1, d, i): set K1's columns that start at i
+
+
+def _mask_chooser(block_mask: BlockMask | None, block: int, nm: tuple[int, int] | None) -> Chooser | None:
+    """What to do before column ``i`` of a lazy block (whose start is a multiple of ``block`` and of ``m``)."""
+    if block_mask is not None:
+        def choose_block(K1: Tensor, W1: Tensor, d: Tensor, i: int) -> None:
+            if i % block == 0:
+                K1[:, i : i + block] = block_mask(W1[:, i : i + block], d[i : i + block])
+        return choose_block
+    if nm is not None:
+        def choose_nm(K1: Tensor, W1: Tensor, d: Tensor, i: int) -> None:
+            if i % nm[1] == 0:
+                _choose_nm_(K1, W1, d, i, nm)
+        return choose_nm
+    return None
 
 
 def _choose_nm_(K1: Tensor, W1: Tensor, d: Tensor, i: int, nm: tuple[int, int]) -> None:
@@ -122,15 +143,15 @@ def _choose_nm_(K1: Tensor, W1: Tensor, d: Tensor, i: int, nm: tuple[int, int]) 
     K1[:, i : i + m] = torch.ones_like(tmp, dtype=torch.bool).scatter_(1, order, False)
 
 
-def _prune_block_(W1: Tensor, Hinv1: Tensor, d: Tensor, K1: Tensor, nm) -> Tensor:
+def _prune_block_(W1: Tensor, Hinv1: Tensor, d: Tensor, K1: Tensor, choose: Chooser | None) -> Tensor:
     """Pruning only: err_j = w_j·[pruned]/U_jj, rank-1 update of the rest of the block. Returns the scaled errors.
 
     After its own update a pruned column is w - (w/U_jj)·U_jj = 0 up to rounding; it is zeroed exactly at the end.
     """
     Err1 = torch.zeros_like(W1)
     for i in range(W1.shape[1]):
-        if nm is not None and i % nm[1] == 0:
-            _choose_nm_(K1, W1, d, i, nm)
+        if choose is not None:
+            choose(K1, W1, d, i)
         err = W1[:, i].masked_fill(K1[:, i], 0) / d[i]
         W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1)
         Err1[:, i] = err
@@ -138,13 +159,13 @@ def _prune_block_(W1: Tensor, Hinv1: Tensor, d: Tensor, K1: Tensor, nm) -> Tenso
     return Err1
 
 
-def _quantize_block_(W1: Tensor, Hinv1: Tensor, d: Tensor, K1: Tensor, nm, quantize: ColumnQuantizer,
+def _quantize_block_(W1: Tensor, Hinv1: Tensor, d: Tensor, K1: Tensor, choose: Chooser | None, quantize: ColumnQuantizer,
                      i1: int) -> Tensor:
     """Pruning and/or quantization: q_j = Q(w_j·keep_j)·keep_j, err_j = (w_j - q_j)/U_jj (SparseGPT Alg. 1, GPTQ)."""
     Err1 = torch.zeros_like(W1)
     for i in range(W1.shape[1]):
-        if nm is not None and i % nm[1] == 0:
-            _choose_nm_(K1, W1, d, i, nm)
+        if choose is not None:
+            choose(K1, W1, d, i)
         w = W1[:, i]
         keep = K1[:, i]
         q = quantize(i1 + i, w * keep, W1[:, i:] * K1[:, i:]) * keep

@@ -143,3 +143,13 @@ def test_sparsegpt_quant_refuses_group_sparsity_and_gptq_needs_hessian():
         _gptq(W, Stats(), QuantSpec(4, 8))
     with pytest.raises(UserInputError, match="larger than the input"):
         _gptq(W, stats, QuantSpec(4, 64), name="x")
+
+
+def test_sparsegpt_quant_keeps_mask_blocks_when_the_group_does_not_divide_them():
+    """Groups of 12 with mask blocks of 16: masks are still chosen per 16 columns (the lazy block grows to 48)."""
+    W, X, stats = _case(rows=8, cols=48, seed=14)
+    qw, _ = sparsegpt_quant(W, stats, Unstructured(0.5), QuantSpec(4, 12), block=16)
+    ref_w, ref_codes, ref_keep = gptq_unblocked(W, stats.hessian, bits=4, group=12, fraction=0.5, block=16)
+    verify_pattern(qw.mask, Unstructured(0.5), compare="block", block=16)
+    assert torch.equal(qw.mask, ref_keep) and torch.equal(qw.codes.double(), ref_codes)
+    assert torch.allclose(qw.dequantize().double(), ref_w, atol=1e-6)
