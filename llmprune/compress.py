@@ -116,6 +116,12 @@ class Plan:
         """Fail before calibration when a layer cannot hold its pattern, its quantization or (given ``format``)
         its packed storage; the error names the layer. ``shape(module)`` gives (out_features, in_features)."""
         from .formats import check_layer
+
+        if self.quantizer is not None and not self.quantizer.meta.get("takes_mask", True):
+            pruned = next((name for name, sparsity in self.targets.items() if sparsity is not None), None)
+            if pruned is not None:
+                raise UserInputError(f"{pruned}: --quantizer {self.recipe.quant.method} quantizes dense weights and "
+                                     f"takes no sparsity; drop --sparsity or use --quantizer gptq or rtn")
         from .quant.uniform import check_quant_shape
 
         for name, sparsity in self.targets.items():

@@ -29,8 +29,9 @@ def per_row(scores: Tensor, fraction: float) -> Tensor:
 def per_layer(scores: Tensor, fraction: float) -> Tensor:
     """Prune ``int(numel · fraction)`` weights of the whole matrix (magnitude pruning's comparison group).
 
-    Deviation: the Wanda repo's magnitude baseline prunes ``score <= threshold`` and so prunes every tie of the
-    threshold; we prune exactly ``int(numel · fraction)`` (ties broken by index).
+    Deviation: the Wanda repo's magnitude baseline prunes ``score <= threshold``, the threshold being the
+    ``int(numel · fraction)``-th smallest score (0-based): one weight more than the fraction, more with ties; we
+    prune exactly ``int(numel · fraction)`` (ties broken by index).
     """
     flat = _prune_lowest(scores.reshape(1, -1), int(scores.numel() * fraction))
     return flat.reshape(scores.shape)

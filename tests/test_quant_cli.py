@@ -58,6 +58,7 @@ def test_cli_compress_with_quant_records_bits_and_grid_values(flags, bits, tiny_
     (["--quant", "w3g16", "--quantizer", "spqr", "--option", "stat_group=7"], "stat_group=7"),
     (["--quant", "w3g16", "--quantizer", "spqr", "--option", "stat_bits=0"], "stat_bits=0"),
     (["--quant", "w4g16", "--quantizer", "gtpq"], "did you mean 'gptq'"),
+    (["--sparsity", "0.5", "--quant", "w3g16", "--quantizer", "spqr"], "takes no sparsity"),  # before calibration
 ])
 def test_cli_bad_quant_is_one_line_and_writes_nothing(flags, words, tiny_llama, tmp_path, capsys):
     out = tmp_path / "out"

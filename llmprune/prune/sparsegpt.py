@@ -18,7 +18,8 @@ def sparsegpt(weight: Tensor, stats: Stats, sparsity: Sparsity, *, damp: float =
     ``block`` columns with lazy updates. Unstructured masks are chosen once per block across all rows by
     w²/[H⁻¹]_jj² (adaptive mask selection); N:M masks per M-group on the already-updated weights.
 
-    Deviation: the reference prunes ``score <= threshold`` (every tie of the threshold); we prune exactly
+    Deviation: the reference prunes ``score <= threshold`` with the threshold the int(block_numel · fraction)-th
+    smallest score (0-based): one weight more per block than the fraction, more with ties; we prune exactly
     int(block_numel · fraction) per block, ties broken by index, so the achieved sparsity is exact.
     """
     if isinstance(sparsity, Groups):

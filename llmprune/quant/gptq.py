@@ -123,8 +123,19 @@ def gptq(weight: Tensor, stats: Stats, spec: QuantSpec, *, mask: Tensor | None =
     """GPTQ as its reference code does it: H = 2XXᵀ/T, dead inputs zeroed, damping ``damp`` × mean(diag H), groups'
     grids fitted at their first column on the compensated weights, lazy blocks of ``block`` columns.
 
-    With a fixed keep-``mask`` (from magnitude/Wanda/GQSA) the pruned weights are held at 0 (their codes are the
-    zero point) and their pruning error is compensated together with the quantization error of the kept ones.
+    With a fixed keep-``mask`` the pruned weights are held at 0 (their codes are the zero point) and the sweep
+    compensates the error of each weight it is given: ``compress_`` gives the weight as the pruning method left it
+    (magnitude and Wanda set pruned weights to 0 and update nothing, as their papers define them), so only the kept
+    weights' quantization error is compensated: prune, then quantize. A dense weight with a mask would compensate
+    the pruning error too (lower reconstruction error, but no longer Wanda's weights); SparseGPT + GPTQ does that in
+    one sweep (``sparsegpt_quant``).
+
+    Deviations from the reference: (1) a group's grid is fitted on its weights as compensated so far, including
+    the updates from earlier columns of the same lazy block; the reference fits groups that start inside a block
+    on weights that miss those updates (the same only when the group is a multiple of ``block``; with groups of
+    16-64 this gives other codes, at a lower measured reconstruction error). (2) A per-row grid (no groups) is
+    fitted after dead inputs' weights are zeroed, the reference fits it before (the same unless an input is dead:
+    those weights are zeroed either way and no longer widen the grid here).
     ``act_order`` follows GPTQ's ``--act-order`` with groups kept contiguous (see ``act_order_perm``).
     """
     return quantized_sweep(weight, stats, spec, damp=damp, block=block, name=name, act_order=_flag(act_order),

@@ -34,7 +34,10 @@ equal values is stored exactly (scale 1, zero = -value) instead of on the refere
 group whose range is below ``1 / MIN_RANGE_RATIO`` of its largest magnitude (nearly constant, typically after its
 likely outliers were replaced by the mean) gets the scale ``amax / MIN_RANGE_RATIO``: without a floor its unclamped
 zero point ``-min / scale`` runs into the millions, overflows the float16 second-level statistics and turns the
-layer into NaN (seen on SmolLM2's o_proj at 2 bits); the reference has no floor.
+layer into NaN (seen on SmolLM2's o_proj at 2 bits); the reference has no floor. An outlier's error passed on to
+the columns to the right is that of its stored float16 value (the reference passes on none: it keeps the exact value
+during the sweep and rounds it only when saving). Damping is added after dead inputs' diagonal entries are set to 1
+(the reference damps first; the same unless an input is dead, and then within 1e-6 in a measured case).
 """
 from __future__ import annotations
 
@@ -164,7 +167,7 @@ def _settings(spec: QuantSpec, rows: int, cols: int, given: dict, name: str) -> 
     return opts
 
 
-@QUANTIZERS.register("spqr", needs=frozenset({"hessian"}))
+@QUANTIZERS.register("spqr", needs=frozenset({"hessian"}), takes_mask=False)
 def spqr(weight: Tensor, stats: Stats, spec: QuantSpec, *, mask: Tensor | None = None, block: int = 128,
          outlier_threshold: float = 0.2, stat_bits: int = 3, stat_group: int = 16, spqr_damp: float = 1.0,
          act_order: bool = True, name: str = "") -> tuple[QuantizedWeight, dict]:

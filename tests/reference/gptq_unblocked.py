@@ -4,7 +4,9 @@ No Cholesky factor and no lazy blocks: before quantizing column j the damped Hes
 processed, F = {j, ..., n-1}, is inverted, and the OBS update is written directly:
     δw_F = -(w_j - q_j) / [H_F⁻¹]_00 · [H_F⁻¹]_{0, :}.
 Grids are min-max grids written out here (not imported from llmprune). A group's grid is fitted when its first
-column comes up, on the current (updated, masked) weights of the group, which is what GPTQ does.
+column comes up, on the current (updated, masked) weights of the group: what GPTQ's reference does when its block
+is a multiple of the group (with smaller groups it fits those starting inside a block on weights that miss that
+block's earlier updates; llmprune's documented deviation).
 """
 from __future__ import annotations
 
