@@ -159,8 +159,8 @@ def _prune_block_(W1: Tensor, Hinv1: Tensor, d: Tensor, K1: Tensor, choose: Choo
     return Err1
 
 
-def _quantize_block_(W1: Tensor, Hinv1: Tensor, d: Tensor, K1: Tensor, choose: Chooser | None, quantize: ColumnQuantizer,
-                     i1: int) -> Tensor:
+def _quantize_block_(W1: Tensor, Hinv1: Tensor, d: Tensor, K1: Tensor, choose: Chooser | None,
+                     quantize: ColumnQuantizer, i1: int) -> Tensor:
     """Pruning and/or quantization: q_j = Q(w_j·keep_j)·keep_j, err_j = (w_j - q_j)/U_jj (SparseGPT Alg. 1, GPTQ)."""
     Err1 = torch.zeros_like(W1)
     for i in range(W1.shape[1]):
