@@ -19,6 +19,7 @@ from torch import nn
 
 from . import manifest as mf
 from .errors import CorruptCheckpoint, UserInputError
+from .formats import get_format
 from .merged_projections import refuse_merged
 from .model.layers import get_weight
 from .packed_linear import PackedLinear, set_module_
@@ -63,6 +64,17 @@ def _layer_table(model: nn.Module, layers: dict | None) -> dict:
     table = {name: (m.format, m.packed(), m.params) for name, m in model.named_modules() if isinstance(m, PackedLinear)}
     table.update(layers or {})
     return table
+
+
+def _check_storable(records: dict) -> None:
+    """One-line error before anything is written for a packed layer that a load could not rebuild (e.g. float64
+    scales after ``model.double()``)."""
+    for name, rec in records.items():
+        try:
+            get_format(rec["format"]).tensor_specs(rec["out_features"], rec["in_features"], **rec["params"])
+        except UserInputError as exc:
+            raise UserInputError(f"{name}: cannot be saved: {exc} (cast the model with .float() or .half() "
+                                 f"first)") from None
 
 
 def _layer_record(model: nn.Module, name: str, fmt: str, params: dict) -> dict:
@@ -127,6 +139,8 @@ def save(model: nn.Module, out_dir, *, layers: dict | None = None, manifest_extr
     clash = set(extra) & set(mf.REQUIRED)
     if clash:
         raise ValueError(f"manifest_extra may not set {sorted(clash)}")
+    records = {name: _layer_record(model, name, fmt, params) for name, (fmt, _, params) in table.items()}
+    _check_storable(records)
     with atomic_dir(out_dir, force) as tmp:
         if overall == "dense":
             model.save_pretrained(tmp, max_shard_size=SHARD_BYTES)
@@ -139,7 +153,6 @@ def save(model: nn.Module, out_dir, *, layers: dict | None = None, manifest_extr
                 model.generation_config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        records = {name: _layer_record(model, name, fmt, params) for name, (fmt, _, params) in table.items()}
         mf.write(tmp, {"format_version": mf.FORMAT_VERSION, "format": overall, "layers": records, "shards": shards,
                        "tensors": mf.tensors_of(tmp, shards), "tied": tied, **extra})
         if "recipe" in extra:  # a compression run: every output folder gets its model card (README.md)

@@ -96,9 +96,13 @@ class PackedLinear(nn.Module):
 
     def _apply(self, fn, recurse=True):
         """``.to``, ``.cuda``, ``.half`` ... replace the buffers: drop the kernel launch built for the old ones
-        (``dispatch._plan``), which would keep them alive until the next forward."""
+        (``dispatch._plan``), which would keep them alive until the next forward. A dtype cast converts the packed
+        floating tensors (scales, 16-bit values) as it would a dense weight (``.to(torch.bfloat16)`` rounds float16
+        scales to bfloat16); ``params`` then follow the tensors, so a save writes what a load expects."""
         dispatch.drop_plan(self)
-        return super()._apply(fn, recurse)
+        result = super()._apply(fn, recurse)
+        self.params = dict(get_format(self.format).params(self.packed(), self.in_features))
+        return result
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, format={self.format}, "

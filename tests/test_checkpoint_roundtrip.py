@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from llmprune import checkpoint
+from llmprune.errors import UserInputError
 from llmprune.formats import FORMATS
 from llmprune.packed_linear import PackedLinear
 from tests.packed_fixtures import pack_model_, swap_in_
@@ -99,3 +100,24 @@ def test_checkpoint_load_casts_dense_tensors(tmp_path):
     assert model.model.embed_tokens.weight.dtype == torch.bfloat16
     assert model.model.layers[0].mlp.up_proj.scales.dtype == torch.float32  # packed tensors stay as stored
     assert model(IDS).logits.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("fmt", [f for f in FORMATS.names() if f != "dense"])
+def test_checkpoint_resave_after_a_dtype_cast(tmp_path, fmt):
+    """``model.to(bfloat16)`` converts the packed scales/values: the saved folder says so and loads back."""
+    dense, packed, layers = _packed_tiny("llama", fmt)
+    cast = packed.to(torch.bfloat16)
+    module = cast.get_submodule(next(iter(layers)))
+    floats = {t.dtype for t in module.packed().values() if t.is_floating_point()}
+    assert floats == {torch.bfloat16} and module.params.get("dtype", "bfloat16") == "bfloat16"
+    model, _, manifest = checkpoint.load(checkpoint.save(cast, tmp_path / "b"))
+    saved, loaded = cast.state_dict(), model.state_dict()  # (logits differ: the cast also rounds RoPE's inv_freq)
+    assert manifest["format"] == fmt and saved.keys() == loaded.keys()
+    assert all(saved[k].dtype == loaded[k].dtype and torch.equal(saved[k], loaded[k]) for k in saved)
+
+
+def test_checkpoint_refuses_float64_packed_layers_before_writing(tmp_path):
+    _, packed, layers = _packed_tiny("llama", "int4")
+    with pytest.raises(UserInputError, match=r"cannot be saved: storage dtype 'float64'.*\.float\(\)"):
+        checkpoint.save(packed.double(), tmp_path / "d")
+    assert not (tmp_path / "d").exists() and not list(tmp_path.iterdir())
