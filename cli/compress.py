@@ -11,6 +11,9 @@ from llmprune.errors import UserInputError
 from llmprune.recipe import Calibration, Recipe, parse_quant, parse_sparsity
 
 
+MANIFEST_FREE = {"model", "output", "force", "device", "quiet", "from_manifest"}  # options --from-manifest takes
+
+
 def parse_options(values: list[str]) -> tuple[tuple[str, object], ...]:
     """--option key=value pairs; values parsed as int, float, bool or kept as text."""
     parsed = {}
@@ -77,7 +80,9 @@ def build_recipe(method, sparsity, quant, quantizer, refine, damp, block, ignore
 
 
 def compress_command(
-    model: str = typer.Argument(..., help="HF folder, .gguf file, Hub id (online), or alias 'smollm2-135m'."),
+    ctx: typer.Context,
+    model: Optional[str] = typer.Argument(None, help="HF folder, .gguf file, Hub id (online), or alias "
+                                          "'smollm2-135m'; with --from-manifest: the recorded model if left out."),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder (written atomically)."),
     method: str = typer.Option("wanda", help="Pruning method: magnitude, wanda, sparsegpt, gqsa."),
     sparsity: Optional[str] = typer.Option(None, help="Fraction (0.5), N:M (2:4 keeps 2 of every 4), or 0.5@g16."),
@@ -104,7 +109,8 @@ def compress_command(
         None, help="Run the calibration forwards in this dtype (e.g. bfloat16: ~2x faster matmuls on CPU, as the "
                    "reference runs float16 on GPU); statistics and weights stay float32."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
-    from_manifest: Optional[Path] = typer.Option(None, help="Re-run exactly the recipe recorded in an llmprune.json."),
+    from_manifest: Optional[Path] = typer.Option(None, help="Re-run exactly the run recorded in an llmprune.json "
+                                                 "(recipe, calibration, format, dtype; on MODEL if given)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Prune (and optionally quantize) MODEL layer by layer and save it to OUTPUT."""
@@ -113,8 +119,17 @@ def compress_command(
     if from_manifest is not None:
         from llmprune.pipeline import job_from_manifest
 
-        job = job_from_manifest(from_manifest, output=output, force=force, device=device, quiet=quiet)
+        given = [name for name in ctx.params if name not in MANIFEST_FREE and
+                 getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"]  # typer vendors its own click
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise UserInputError(f"{flag}: --from-manifest re-runs the recorded recipe; drop {flag} (or drop "
+                                 f"--from-manifest and give the whole recipe)")
+        job = job_from_manifest(from_manifest, output=output, force=force, device=device, quiet=quiet, model=model)
     else:
+        if model is None:
+            raise UserInputError("give MODEL (an HF folder, a .gguf file, a Hub id or smollm2-135m), or "
+                                 "--from-manifest llmprune.json to re-run a recorded run")
         recipe = build_recipe(method, sparsity, quant, quantizer, refine, damp, block, ignore, override, option,
                               include_lm_head)
         calibration = Calibration(source=calib, nsamples=nsamples, seqlen=seqlen, seed=seed)

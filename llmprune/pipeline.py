@@ -35,6 +35,7 @@ class CompressJob:
     force: bool = False
     progress: bool = True
     argv: tuple[str, ...] = ()
+    revision: str | None = None  # a Hub model's commit (``--from-manifest`` pins the one recorded)
 
 
 def versions() -> dict:
@@ -93,7 +94,7 @@ def _run_compress(job: CompressJob) -> str:
     if job.export:
         check_output_dir(export_dir(job.output), force=job.force)
     t0 = time.perf_counter()
-    loaded = resolve(job.model, dtype=DTYPES[job.dtype])
+    loaded = resolve(job.model, dtype=DTYPES[job.dtype], revision=job.revision)
     plan = build_plan(loaded.model, job.recipe, job.format)  # every shape check, before any calibration
     calib = None
     if any(plan.needs(name) for name in plan.targets):
@@ -154,8 +155,19 @@ def _save(job: CompressJob, loaded, report, manifest: dict) -> None:
         raise
 
 
-def job_from_manifest(path: Path, *, output: Path, force: bool, device: str, quiet: bool) -> CompressJob:
-    """Rebuild the job recorded in an ``llmprune.json`` (the manifest alone reproduces the run)."""
+def recorded_model(source: dict) -> tuple[str, str | None]:
+    """``(model, revision)`` to load the model a manifest recorded from any working directory: the resolved path
+    of a folder or .gguf file (not the spec as typed, which may be relative), the alias, or the Hub id at the
+    commit loaded."""
+    if source.get("kind") in ("folder", "gguf"):
+        return source["path"], None
+    return source["spec"], source.get("revision") if source.get("kind") == "hub" else None
+
+
+def job_from_manifest(path: Path, *, output: Path, force: bool, device: str, quiet: bool,
+                      model: str | None = None) -> CompressJob:
+    """Rebuild the job recorded in an ``llmprune.json`` (the manifest alone reproduces the run). ``model``, when
+    given, runs the recorded recipe on another model instead of the recorded one."""
     path = Path(path)
     if path.is_dir():
         path = path / "llmprune.json"
@@ -165,12 +177,15 @@ def job_from_manifest(path: Path, *, output: Path, force: bool, device: str, qui
         calib = Calibration(**{k: data["calibration"][k] for k in ("source", "nsamples", "seqlen", "seed")}) \
             if data.get("calibration") else Calibration()
         job = data["job"]
-        model = data["model"]["spec"]
+        recorded, revision = recorded_model(data["model"])
     except FileNotFoundError:
         raise UserInputError(f"--from-manifest {path}: file not found") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptCheckpoint(f"{path}: not a valid llmprune manifest ({exc}); give the llmprune.json of a run") from None
-    return CompressJob(model=model, output=output, recipe=recipe, calibration=calib, format=job["format"],
+    if model is not None:
+        recorded, revision = model, None
+    return CompressJob(model=recorded, output=output, recipe=recipe, calibration=calib, format=job["format"],
                        export=job.get("export"), device=device, dtype=job["dtype"], batch_size=job["batch_size"],
                        forward_dtype=job.get("forward_dtype"), force=force, progress=not quiet,
-                       argv=("--from-manifest", str(path)))
+                       argv=("compress", *(() if model is None else (model,)), "--from-manifest", str(path)),
+                       revision=revision)

@@ -56,17 +56,51 @@ def test_cli_compress_methods(method, sparsity, tiny_llama, tmp_path, capsys):
         assert manifest["calibration"] is None  # no calibration pass when no method needs data
 
 
-def test_cli_from_manifest_reproduces_the_weights(tiny_llama, tmp_path, capsys):
+def test_cli_from_manifest_reproduces_the_weights(tiny_llama, tmp_path, capsys, monkeypatch):
+    """The model card's rerun command (no MODEL) from another working directory than the first run's, which gave
+    the model by a relative path."""
     from safetensors.torch import load_file
 
-    first, second = tmp_path / "a", tmp_path / "b"
-    assert run_cli(["compress", tiny_llama, "--method", "sparsegpt", "--sparsity", "2:4", "-o", first, *CALIB],
-                   capsys)[0] == 0
-    code, _, stderr = run_cli(["compress", "unused", "-o", second, "--from-manifest", first / "llmprune.json",
+    first, second, elsewhere = tmp_path / "a", tmp_path / "b", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(tiny_llama.parent)
+    assert run_cli(["compress", tiny_llama.name, "--method", "sparsegpt", "--sparsity", "2:4", "-o", first,
+                    *CALIB], capsys)[0] == 0
+    monkeypatch.chdir(elsewhere)
+    code, _, stderr = run_cli(["compress", "--from-manifest", first / "llmprune.json", "--output", second,
                                "--quiet"], capsys)
     assert code == 0, stderr
     a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    manifest = json.loads((second / "llmprune.json").read_text())
+    assert manifest["model"]["path"] == str(tiny_llama.resolve()) and manifest["recipe"]["sparsity"] == "2:4"
+
+
+def test_cli_from_manifest_runs_the_recipe_on_another_model(tiny_llama, tmp_path, capsys):
+    other = save_tiny(tmp_path / "other", "qwen2")
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert run_cli(["compress", tiny_llama, "--method", "wanda", "--sparsity", "0.5", "-o", first, *CALIB],
+                   capsys)[0] == 0
+    code, _, stderr = run_cli(["compress", other, "--from-manifest", first, "-o", second, "--quiet"], capsys)
+    assert code == 0, stderr
+    manifest = json.loads((second / "llmprune.json").read_text())
+    assert manifest["model"]["path"] == str(other.resolve()) and manifest["recipe"]["method"] == "wanda"
+    assert manifest["command"][-3:] == [str(other), "--from-manifest", str(first / "llmprune.json")]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--sparsity", "0.7"], "--sparsity: --from-manifest re-runs the recorded recipe; drop --sparsity"),
+    (["--nsamples", "8"], "drop --nsamples"),
+])
+def test_cli_from_manifest_refuses_recipe_flags(args, words, tmp_path, capsys):
+    code, _, stderr = run_cli(["compress", "--from-manifest", tmp_path / "llmprune.json", "-o", tmp_path / "o",
+                               *args], capsys)
+    assert code == 2 and words in stderr and len(stderr.splitlines()) == 1, stderr
+
+
+def test_cli_compress_without_model_or_manifest(tmp_path, capsys):
+    code, _, stderr = run_cli(["compress", "-o", tmp_path / "o", "--sparsity", "0.5"], capsys)
+    assert code == 2 and "give MODEL" in stderr and len(stderr.splitlines()) == 1, stderr
 
 
 @pytest.mark.parametrize("flags, words", [

@@ -146,3 +146,25 @@ def test_resolve_gguf_file_goes_through_the_gguf_loader(tmp_path, monkeypatch):
     loaded = resolve(str(gguf), dtype=torch.bfloat16)
     assert seen == [(gguf, torch.bfloat16)]
     assert loaded.source == {"spec": str(gguf), "kind": "gguf", "path": str(gguf.resolve())}
+
+
+def test_hub_model_records_its_commit_and_a_manifest_rerun_pins_it(monkeypatch):
+    """A Hub id moves; the manifest keeps the commit loaded and ``--from-manifest`` asks for that commit."""
+    from types import SimpleNamespace
+
+    from llmprune.pipeline import recorded_model
+
+    calls = []
+
+    def fake_pretrained(location, dtype, **kwargs):  # the local HF cache holding the model
+        calls.append(kwargs)
+        return SimpleNamespace(config=SimpleNamespace(_commit_hash=kwargs.get("revision", "abc123"))), "tok"
+
+    monkeypatch.setattr(load, "_load_pretrained", fake_pretrained)
+    loaded = load.resolve("org/model")
+    assert loaded.source == {"spec": "org/model", "kind": "hub", "path": "org/model", "revision": "abc123"}
+    assert recorded_model(loaded.source) == ("org/model", "abc123")
+    load.resolve(*recorded_model(loaded.source)[:1], revision=recorded_model(loaded.source)[1])
+    assert calls[-1] == {"local_files_only": True, "revision": "abc123"}
+    assert recorded_model({"spec": "rel/dir/", "kind": "folder", "path": "/abs/rel/dir"}) == ("/abs/rel/dir", None)
+    assert recorded_model({"spec": "smollm2-135m", "kind": "alias", "path": "/c/x"}) == ("smollm2-135m", None)

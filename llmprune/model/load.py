@@ -97,16 +97,17 @@ def _causes(exc: BaseException):
         exc = exc.__cause__ or exc.__context__
 
 
-def _load_hub(spec: str, dtype):
+def _load_hub(spec: str, dtype, revision: str | None = None):
+    pin = {} if revision is None else {"revision": revision}
     try:  # the local HF cache first: a downloaded model works offline
-        return _load_pretrained(spec, dtype, local_files_only=True)
+        return _load_pretrained(spec, dtype, local_files_only=True, **pin)
     except (OSError, ValueError):
         pass
     if settings.hub_offline() or not _hub_reachable():
         why = "HF_HUB_OFFLINE is set" if settings.hub_offline() else "the Hugging Face Hub is unreachable"
         raise ModelNotFound(f"model '{spec}' not found locally and {why} ({ACCEPTED})")
     try:
-        return _load_pretrained(spec, dtype)
+        return _load_pretrained(spec, dtype, **pin)
     except (OSError, ValueError) as exc:
         from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
@@ -124,8 +125,9 @@ def _looks_like_path(spec: str) -> bool:
             or "\\" in spec or spec.endswith("/"))
 
 
-def resolve(spec, *, dtype=torch.float32) -> LoadedModel:
-    """Load the model named by ``spec`` (alias | HF folder | .gguf file | Hub id) on CPU, in eval mode."""
+def resolve(spec, *, dtype=torch.float32, revision: str | None = None) -> LoadedModel:
+    """Load the model named by ``spec`` (alias | HF folder | .gguf file | Hub id) on CPU, in eval mode.
+    ``revision`` pins a Hub model's commit (``source["revision"]`` records the one loaded)."""
     text = str(spec).strip()
     if not text:
         raise ModelNotFound(f"no model given ({ACCEPTED})")
@@ -147,5 +149,6 @@ def resolve(spec, *, dtype=torch.float32) -> LoadedModel:
         raise ModelNotFound(f"folder '{text}' holds no HF checkpoint (config.json and *.safetensors); {ACCEPTED}")
     if _looks_like_path(text):
         raise ModelNotFound(f"model path '{text}' does not exist ({ACCEPTED})")
-    model, tokenizer = _load_hub(text, dtype)
-    return LoadedModel(model, tokenizer, {"spec": text, "kind": "hub", "path": text})
+    model, tokenizer = _load_hub(text, dtype, revision)
+    commit = getattr(model.config, "_commit_hash", None) or revision
+    return LoadedModel(model, tokenizer, {"spec": text, "kind": "hub", "path": text, "revision": commit})
