@@ -68,6 +68,7 @@ class Plan:
 
         self.recipe = recipe
         self.calib_seqlen: int | None = None  # DSnoT scales its threshold by the calibration sequence length
+        self.scale_dtype: torch.dtype | None = None  # quantization scales rounded as stored (build_plan sets it)
         self.method = METHODS.get(recipe.method)
         self.refiner = self._refiner(recipe)
         self.quantizer = self._quantizer(recipe)
@@ -155,6 +156,7 @@ class Plan:
 
     def options(self, name: str) -> dict:
         extra = {} if self.calib_seqlen is None else {"calib_seqlen": self.calib_seqlen}
+        extra["scale_dtype"] = self.scale_dtype
         return {"damp": self.recipe.damp, "block": self.recipe.block, "name": name, **extra, **dict(self.recipe.options)}
 
     def __call__(self, name: str, weight: Tensor, stats: Stats) -> Tensor:
@@ -229,7 +231,9 @@ def needs_calibration(model, recipe: Recipe) -> bool:
 def build_plan(model, recipe: Recipe, format: str | None = None) -> Plan:
     """The modules to compress and their sparsity; every shape check (and, given ``format``, the packed format's)
     runs here, before any calibration."""
+    from .formats import float_dtype
     from .model.layers import decoder_layers, linears, get_weight
+    from .packing import storage_dtype
 
     layers, path = decoder_layers(model)
     modules = {}
@@ -242,6 +246,7 @@ def build_plan(model, recipe: Recipe, format: str | None = None) -> Plan:
         name, head = head_name(model)
         modules[name] = head
     plan = Plan(resolve_sparsity_for_method(recipe), modules)
+    plan.scale_dtype = float_dtype(storage_dtype(model))  # one model whatever the format: see uniform.stored_scale
     plan.check_shapes(modules, lambda m: tuple(get_weight(m).shape), format)
     return plan
 

@@ -12,7 +12,8 @@ from .model.layers import get_weight
 
 
 def storage_dtype(model) -> str:
-    """Packed values and scales are 16-bit: bfloat16 for a bfloat16 model, float16 otherwise."""
+    """Packed values and scales are 16-bit: bfloat16 for a bfloat16 model, float16 otherwise (also the dtype the
+    quantizers round their scales to while compressing, ``compress.build_plan``)."""
     return "bfloat16" if next(model.parameters()).dtype == torch.bfloat16 else "float16"
 
 

@@ -67,3 +67,19 @@ def test_cli_bad_quant_is_one_line_and_writes_nothing(flags, words, tiny_llama, 
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], stderr
     assert not out.exists() and not list(tmp_path.glob(".*out*"))
+
+
+@pytest.mark.parametrize("quantizer", ["rtn", "gptq"])
+def test_every_format_of_one_float32_run_holds_the_same_weights(quantizer, tiny_llama, tmp_path, capsys):
+    """int4 stores float16 scales: the quantizer fits them as stored, so --format dense (float32 weights) of the
+    same recipe is the very model the int4 checkpoint holds, not one 1e-4 away."""
+    from llmprune import checkpoint
+
+    flags = ["--quant", "w4g16", "--quantizer", quantizer, *CALIB]
+    assert run_cli(["compress", tiny_llama, "-o", tmp_path / "int4", "--format", "int4", *flags], capsys)[0] == 0
+    assert run_cli(["compress", tiny_llama, "-o", tmp_path / "dense", *flags], capsys)[0] == 0
+    packed, _, manifest = checkpoint.load(tmp_path / "int4")
+    dense, _, _ = checkpoint.load(tmp_path / "dense")
+    for name in manifest["layers"]:
+        assert packed.get_submodule(name).scales.dtype == torch.float16
+        assert torch.equal(packed.get_submodule(name).dequantize(), dense.get_submodule(name).weight)

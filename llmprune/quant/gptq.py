@@ -17,7 +17,8 @@ from ..recipe import NM, Groups, QuantSpec, Sparsity
 from ..types import QuantizedWeight, Stats
 from . import QUANTIZERS
 from .bits_per_param import bits_per_param
-from .uniform import check_quant_shape, dequantize, effective_group, expand, find_params, quantize_codes
+from .uniform import (check_quant_shape, dequantize, effective_group, expand, find_params, quantize_codes,
+                      stored_scale)
 
 
 class GroupQuantizer:
@@ -25,23 +26,26 @@ class GroupQuantizer:
     (the current, already-compensated and masked weights, as GPTQ's reference does) and records codes and grids.
 
     ``static=(scale, zero)`` fixes one grid per row up front (per-channel quantization: GPTQ fits it on the whole W
-    before the sweep).
+    before the sweep). ``scale_dtype``: each grid's scale is rounded as it will be stored (``uniform.stored_scale``)
+    before any code is chosen on it, so the compensated error is that of the stored weights.
     """
 
-    def __init__(self, W: Tensor, bits: int, group: int, symmetric: bool, static: tuple[Tensor, Tensor] | None):
+    def __init__(self, W: Tensor, bits: int, group: int, symmetric: bool, static: tuple[Tensor, Tensor] | None,
+                 scale_dtype: torch.dtype | None = None):
         rows, cols = W.shape
-        self.bits, self.group, self.symmetric = bits, group, symmetric
+        self.bits, self.group, self.symmetric, self.scale_dtype = bits, group, symmetric, scale_dtype
         self.codes = torch.zeros_like(W)
         self.scales = W.new_zeros(rows, -(-cols // group))
         self.zeros = W.new_zeros(rows, -(-cols // group))
         self.static = static is not None
         if static is not None:
-            self.scales[:, 0], self.zeros[:, 0] = static
+            self.scales[:, 0], self.zeros[:, 0] = stored_scale(static[0], scale_dtype), static[1]
 
     def __call__(self, j: int, w: Tensor, ahead: Tensor) -> Tensor:
         k = j // self.group
         if not self.static and j % self.group == 0:
-            self.scales[:, k], self.zeros[:, k] = find_params(ahead[:, : self.group], self.bits, self.symmetric)
+            scale, self.zeros[:, k] = find_params(ahead[:, : self.group], self.bits, self.symmetric)
+            self.scales[:, k] = stored_scale(scale, self.scale_dtype)
         scale, zero = self.scales[:, k], self.zeros[:, k]
         codes = quantize_codes(w, scale, zero, self.bits)
         self.codes[:, j] = codes
@@ -83,7 +87,8 @@ def _flag(value) -> bool:
 
 
 def quantized_sweep(weight: Tensor, stats: Stats, spec: QuantSpec, *, damp: float, block: int, name: str,
-                    act_order: bool = False, **pattern) -> tuple[QuantizedWeight, dict]:
+                    act_order: bool = False, scale_dtype: torch.dtype | None = None,
+                    **pattern) -> tuple[QuantizedWeight, dict]:
     """Shared body of ``gptq`` and ``sparsegpt_quant``: ``pattern`` is what ``obs.sweep`` takes to choose or keep a
     mask (``mask=``, ``nm=`` or ``block_mask=``); without one the weight stays dense."""
     if stats is None or stats.hessian is None:
@@ -102,7 +107,7 @@ def quantized_sweep(weight: Tensor, stats: Stats, spec: QuantSpec, *, damp: floa
     pattern = {k: v for k, v in pattern.items() if v is not None and k != "mask"}
     Hinv, damp_used = obs.damped_inverse_cholesky(H, damp, name=name)
     static = find_params(W if mask is None else W * mask, spec.bits, spec.symmetric) if group == cols else None
-    quantizer = GroupQuantizer(W, spec.bits, group, spec.symmetric, static)
+    quantizer = GroupQuantizer(W, spec.bits, group, spec.symmetric, static, scale_dtype)
     result = obs.sweep(W, Hinv, block=block, quantize=quantizer, mask=mask, group=0 if static else group,
                        **pattern)
     codes = torch.where(result.mask, quantizer.codes, expand(quantizer.zeros, group, cols))
@@ -119,7 +124,8 @@ def quantized_sweep(weight: Tensor, stats: Stats, spec: QuantSpec, *, damp: floa
 
 @QUANTIZERS.register("gptq", needs=frozenset({"hessian"}))
 def gptq(weight: Tensor, stats: Stats, spec: QuantSpec, *, mask: Tensor | None = None, damp: float = 0.01,
-         block: int = 128, act_order: bool = False, name: str = "") -> tuple[QuantizedWeight, dict]:
+         block: int = 128, act_order: bool = False, scale_dtype: torch.dtype | None = None,
+         name: str = "") -> tuple[QuantizedWeight, dict]:
     """GPTQ as its reference code does it: H = 2XXᵀ/T, dead inputs zeroed, damping ``damp`` × mean(diag H), groups'
     grids fitted at their first column on the compensated weights, lazy blocks of ``block`` columns.
 
@@ -139,11 +145,12 @@ def gptq(weight: Tensor, stats: Stats, spec: QuantSpec, *, mask: Tensor | None =
     ``act_order`` follows GPTQ's ``--act-order`` with groups kept contiguous (see ``act_order_perm``).
     """
     return quantized_sweep(weight, stats, spec, damp=damp, block=block, name=name, act_order=_flag(act_order),
-                           mask=mask)
+                           scale_dtype=scale_dtype, mask=mask)
 
 
 def sparsegpt_quant(weight: Tensor, stats: Stats, sparsity: Sparsity, spec: QuantSpec, *, damp: float = 0.01,
-                    block: int = 128, name: str = "") -> tuple[QuantizedWeight, dict]:
+                    block: int = 128, scale_dtype: torch.dtype | None = None,
+                    name: str = "") -> tuple[QuantizedWeight, dict]:
     """Joint SparseGPT + GPTQ in one sweep (SparseGPT, Frantar & Alistarh 2023, Sec. 3.5 "Joint
     Sparsification & Quantization"): the mask is chosen inside the sweep as SparseGPT does (per block across rows by
     w²/[H⁻¹]²_jj, or per N:M group on the updated weights), each kept weight is quantized, and the error of both is
@@ -156,9 +163,11 @@ def sparsegpt_quant(weight: Tensor, stats: Stats, sparsity: Sparsity, spec: Quan
     if isinstance(sparsity, Groups):
         raise UserInputError("sparsegpt does not choose group masks; use --method gqsa for group sparsity")
     if isinstance(sparsity, NM):
-        return quantized_sweep(weight, stats, spec, damp=damp, block=block, name=name, nm=(sparsity.n, sparsity.m))
+        return quantized_sweep(weight, stats, spec, damp=damp, block=block, name=name, scale_dtype=scale_dtype,
+                               nm=(sparsity.n, sparsity.m))
 
     def block_mask(W1: Tensor, d: Tensor) -> Tensor:
         return per_layer(W1**2 / d.reshape(1, -1) ** 2, sparsity.fraction)
 
-    return quantized_sweep(weight, stats, spec, damp=damp, block=block, name=name, block_mask=block_mask)
+    return quantized_sweep(weight, stats, spec, damp=damp, block=block, name=name, scale_dtype=scale_dtype,
+                           block_mask=block_mask)

@@ -100,6 +100,17 @@ def check_quant_shape(in_features: int, spec: QuantSpec, name: str = "", out_fea
                              f"--quant {spec}; choose a group that divides it or exclude the layer with --ignore")
 
 
+def stored_scale(scale: Tensor, dtype: torch.dtype | None) -> Tensor:
+    """``scale`` as a checkpoint will hold it (``dtype``: the 16-bit storage of the packed formats and the export;
+    None keeps it exact), back in float32, kept positive (a float16 underflow becomes its smallest subnormal).
+    Quantizers round a grid's scale before choosing codes on it, so the codes, the error GPTQ compensates, the report
+    and every saved format all describe one and the same weight."""
+    if dtype is None:
+        return scale
+    smallest = 2.0**-24 if dtype == torch.float16 else torch.finfo(dtype).tiny
+    return scale.to(dtype).to(scale.dtype).clamp_min(smallest)
+
+
 def group_params(W: Tensor, bits: int, group: int, symmetric: bool) -> tuple[Tensor, Tensor]:
     """Per-group ``scale, zero [rows, ceil(in/group)]`` of ``W [rows, in]`` (GPTQ grid), e.g. for round-to-nearest."""
     params = [find_params(W[:, start : start + group], bits, symmetric) for start in range(0, W.shape[1], group)]
