@@ -170,7 +170,16 @@ def _skeleton(directory: Path, manifest: dict):
     config = AutoConfig.from_pretrained(directory)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config)
+    where = directory / mf.FILENAME
     for name, rec in manifest["layers"].items():
+        try:
+            shape = tuple(get_weight(model.get_submodule(name)).shape)
+        except AttributeError:
+            raise CorruptCheckpoint(f"{where}: layer '{name}' is not a Linear of the model in config.json; re-save "
+                                    f"the checkpoint") from None
+        if shape != (rec["out_features"], rec["in_features"]):
+            raise CorruptCheckpoint(f"{where}: layer '{name}' is {rec['out_features']}x{rec['in_features']} in the "
+                                    f"manifest but {shape[0]}x{shape[1]} in config.json; re-save the checkpoint")
         set_module_(model, name, PackedLinear(rec["in_features"], rec["out_features"], rec["format"], rec["params"],
                                               bias=rec["bias"], device="meta"))
     return model
@@ -200,7 +209,15 @@ def _assign(model: nn.Module, state: dict, manifest: dict, where: Path) -> None:
     for alias, target in manifest["tied"].items():
         owner, _, attr = alias.rpartition(".")
         src_owner, _, src_attr = target.rpartition(".")
-        setattr(model.get_submodule(owner), attr, getattr(model.get_submodule(src_owner), src_attr))
+        try:
+            module, source = model.get_submodule(owner), getattr(model.get_submodule(src_owner), src_attr)
+        except AttributeError:
+            raise CorruptCheckpoint(f"{where}: tied entry '{alias}' -> '{target}' names no tensor of the model; "
+                                    f"re-save the checkpoint") from None
+        if alias not in missing:
+            raise CorruptCheckpoint(f"{where}: tied entry '{alias}' names no tensor of the model; re-save the "
+                                    f"checkpoint")
+        setattr(module, attr, source)
     left = [k for k in missing if k not in manifest["tied"]]
     left += [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta and n not in left]
     if left:

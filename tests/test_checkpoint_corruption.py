@@ -139,3 +139,17 @@ def test_failure_mid_save_leaves_no_partial_output(tmp_path, monkeypatch, force)
     assert left == (["out"] if force else [])
     if force:
         assert [p.name for p in target.iterdir()] == ["previous.txt"]
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (lambda d: d["layers"]["model.layers.0.mlp.up_proj"].update(in_features=128), "in the manifest but"),
+    (lambda d: d["tied"].update({"lm_head.weight": "model.embed_tokenz.weight"}), "names no tensor of the model"),
+    (lambda d: d["tied"].update({"lm_headd.weight": "model.embed_tokens.weight"}), "names no tensor of the model"),
+])
+def test_corruption_manifest_edits_that_no_shape_check_sees(tmp_path, change, fragment):
+    """Edits the tensor table cannot catch (group_sparse_int4's tensors do not imply in_features): layer shapes
+    against config.json, layer names, tied aliases."""
+    model, _ = tiny_model("llama")
+    directory = checkpoint.save(model, tmp_path / "gqsa", layers=pack_model_(model, "group_sparse_int4"))
+    _edit_manifest(directory, change)
+    _fails(directory, fragment, "llmprune.json")
