@@ -72,7 +72,7 @@ class QuantizedWeight:
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
         out_f, in_f = self.codes.shape
-        g = torch.arange(in_f, device=self.codes.device) // self.group
+        g = torch.arange(in_f, device=self.codes.device) // (self.group or in_f)  # 0: one group per row
         w = (self.codes.to(torch.float32) - self.zeros[:, g]) * self.scales[:, g]
         if self.mask is not None:
             w = w * self.mask
