@@ -47,7 +47,10 @@ _register()
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (used by tests and ``python -m llmprune``)."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # without standalone mode an Exit(n) comes back as n
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        return 130
     except LlmpruneError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
@@ -61,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
             exc.show()
             return exc.exit_code
         raise
-    return 0
+    if code == 130:  # Ctrl-C, as typer reports it
+        typer.echo("error: interrupted", err=True)
+    return code if isinstance(code, int) else 0
 
 
 def _usage_errors() -> tuple[type, ...]:

@@ -244,3 +244,31 @@ def test_batch_cli_end_to_end_tiny_model(tmp_path, capsys):
     assert "2 cells ok, 0 failed" in capsys.readouterr().out
     assert (tmp_path / "out" / "plots").is_dir()
     assert "perplexity: seqlen 32, first 2 windows" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_batch_cli_exits_1_when_a_cell_failed(tmp_path, capsys):
+    """Scripts and CI read the exit code: failed cells are a failure even though the run goes on."""
+    from llmprune.cli.main import main
+    from tests.tiny_models import _SENTENCES, save_tiny
+
+    folder = save_tiny(tmp_path / "tiny", "llama")
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(" ".join(_SENTENCES * 3))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"models: [{folder}]\ncalibration: {{source: {tmp_path / 'missing.txt'}, nsamples: 2, "
+                    f"seqlen: 16}}\nrecipes:\n  - {{method: wanda, sparsity: 0.5}}\ndense: false\n"
+                    f"evaluations:\n  perplexity: [{text_file}]\n  seqlen: 32\n  max_windows: 1\n")
+    assert main(["batch", str(spec), "-o", str(tmp_path / "out"), "--quiet"]) == 1
+    assert "0 cells ok, 1 failed" in capsys.readouterr().out
+
+
+def test_cli_interrupt_is_exit_130_with_one_line(monkeypatch, capsys):
+    from llmprune import pipeline
+    from llmprune.cli.main import main
+
+    def interrupted(job):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run_compress", interrupted)
+    assert main(["compress", "m", "-o", "out", "--sparsity", "0.5", "--quiet"]) == 130
+    assert capsys.readouterr().err.strip() == "error: interrupted"
