@@ -64,6 +64,15 @@ def eval_command(
         raise UserInputError("nothing to evaluate: give --ppl wikitext2 and/or --tasks arc_easy,...")
     if seqlen is not None and seqlen < 2:
         raise UserInputError(f"--seqlen {seqlen}: must be at least 2")
+    if batch_size < 1:
+        raise UserInputError(f"--batch-size {batch_size}: must be at least 1")
+    if limit is not None and not limit > 0:
+        raise UserInputError(f"--limit {limit:g}: give a positive number of examples per task (or a fraction < 1)")
+    if ppl is not None and not [n for n in ppl.split(",") if n.strip()]:
+        raise UserInputError(f"--ppl {ppl!r}: name a set, e.g. --ppl wikitext2")
+    from llmprune.pipeline import check_device
+
+    check_device(device)
     task_names = None
     if tasks:
         from .eval_zeroshot import check_tasks

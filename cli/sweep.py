@@ -99,10 +99,10 @@ def _check(config, nsamples: int, seqlen: int, ppl_seqlen: Optional[int]) -> Non
         raise UserInputError("--nsamples must be >= 1 and --seqlen >= 2")
     if ppl_seqlen is not None and ppl_seqlen < 2:
         raise UserInputError(f"--ppl-seqlen {ppl_seqlen}: must be at least 2")
+    if config.batch_size < 1:
+        raise UserInputError(f"--batch-size {config.batch_size}: must be at least 1")
     if not 0 < config.knee_margin:
         raise UserInputError(f"--knee-margin {config.knee_margin}: must be a positive fraction, e.g. 0.1 for 10%")
-    if config.device.startswith("cuda"):
-        import torch
+    from llmprune.pipeline import check_device
 
-        if not torch.cuda.is_available():
-            raise UserInputError(f"--device {config.device}: CUDA is not available here; use --device cpu")
+    check_device(config.device)

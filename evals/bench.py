@@ -137,6 +137,8 @@ def run_bench(model: str, formats: list[str], batches: list[int], *, new_tokens:
     check_inputs(model, formats, batches, device, dtype, list(variants))
     if new_tokens < 2 or prompt_len < 1:
         raise UserInputError("--new-tokens must be >= 2 and --prompt-len >= 1")
+    if runs < 1:
+        raise UserInputError(f"--runs {runs}: must be at least 1 (the median of the timed runs is reported)")
     rows, dense_rate = [], {}
     for fmt in ["dense"] + [f for f in dict.fromkeys(formats) if f != "dense"]:
         net = _build(model, fmt, device, dtype, seed)

@@ -157,6 +157,9 @@ def _validate_recipe(recipe: dict, where: KeyLines, key: str) -> dict:
     _checked(where, f"{key}.format", FORMATS.get, recipe["format"])
     if recipe.get("sparsity") is None and recipe.get("quant") is None:
         raise where.error(key, "nothing to do: give sparsity and/or quant")
+    if not isinstance(recipe.get("options") or {}, dict):
+        raise where.error(f"{key}.options", "a mapping of option names to values, e.g. {max_cycles: 50}")
+    _checked(where, key, recipe_from_dict, recipe)  # damp, block, ignore patterns: the Recipe's own checks
     return recipe
 
 
@@ -219,6 +222,11 @@ def _calibration(data, where: KeyLines) -> dict:
     return dict(data)
 
 
+def _patterns(value) -> tuple:
+    """``ignore:`` as a list of patterns, or one pattern written bare (not split into its characters)."""
+    return (value,) if isinstance(value, str) else tuple(value or ())
+
+
 def recipe_from_dict(recipe: dict):
     """The ``Recipe`` a spec variant describes (spec.py validated every field already)."""
     from llmprune.recipe import Recipe, parse_quant, parse_sparsity
@@ -226,7 +234,7 @@ def recipe_from_dict(recipe: dict):
     quant = parse_quant(recipe["quant"], method=recipe.get("quantizer") or "gptq") if recipe.get("quant") else None
     extra = {k: recipe[k] for k in ("damp", "block") if recipe.get(k) is not None}
     return Recipe(method=recipe["method"], sparsity=parse_sparsity(recipe["sparsity"]) if recipe.get("sparsity")
-                  else None, quant=quant, refine=recipe.get("refine"), ignore=tuple(recipe.get("ignore") or ()),
+                  else None, quant=quant, refine=recipe.get("refine"), ignore=_patterns(recipe.get("ignore")),
                   options=tuple(sorted((recipe.get("options") or {}).items())), **extra)
 
 

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
+from llmprune.errors import UserInputError
 from llmprune.recipe import NM, Calibration, Recipe, Sparsity
 
 from .sweep_levels import parse_variant
@@ -51,12 +52,17 @@ class SweepConfig:
 
     def recipes(self) -> list[tuple[str, Recipe]]:
         """(variant label, recipe) for every variant × level, parsed and checked before any work."""
-        out = []
+        from llmprune.compress import INTERNAL_OPTIONS, accepted_options
+
+        out, used = [], set()
         for text in self.variants:
             method, refine = parse_variant(text, self.refine)
             label = method + (f"+{refine}" if refine else "")
+            accepted = accepted_options(Recipe(method=method, refine=refine)) | INTERNAL_OPTIONS
+            options = tuple((k, v) for k, v in self.options if k in accepted)  # each variant takes its own
+            used |= {k for k, _ in options}
             for level in self.levels:
-                recipe = Recipe(method=method, sparsity=level, refine=refine, options=self.options)
+                recipe = Recipe(method=method, sparsity=level, refine=refine, options=options)
                 if refine:
                     from llmprune.refine import REFINERS
 
@@ -64,6 +70,9 @@ class SweepConfig:
                     if check is not None:
                         check(recipe)
                 out.append((label, recipe))
+        unused = sorted({k for k, _ in self.options} - used)
+        if unused:
+            raise UserInputError(f"--option {unused[0]}: no variant of this sweep takes it; check the name")
         return out
 
 

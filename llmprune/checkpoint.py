@@ -10,7 +10,9 @@ the manifest first (``manifest.validate``), then builds the model skeleton with 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -34,7 +36,22 @@ def check_output_dir(out_dir, force: bool = False) -> Path:
         raise UserInputError(f"--output {out}: a file with that name exists; choose a folder path")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UserInputError(f"--output {out}: folder is not empty; pass --force to replace it or choose another path")
+    _check_writable(out)
     return out
+
+
+def _check_writable(out: Path) -> None:
+    """The output's temp dir goes beside it: find out now, not after the compression, that it cannot."""
+    existing = out.absolute().parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserInputError(f"--output {out}: {existing} is a file, not a folder; choose another path")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".llmprune-probe-", dir=existing))
+    except OSError as exc:
+        raise UserInputError(f"--output {out}: cannot write in {existing} ({exc.strerror}); choose another "
+                             f"path") from None
 
 
 @contextlib.contextmanager
@@ -51,7 +68,12 @@ def atomic_dir(out_dir, force: bool = False):
         if out.exists():
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             out.rename(old)
-        tmp.rename(out)
+        try:
+            tmp.rename(out)
+        except BaseException:
+            if old is not None:  # put the previous output back: a failed save must not lose it
+                old.rename(out)
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

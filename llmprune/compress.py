@@ -17,7 +17,7 @@ from .errors import UserInputError
 from .layer_records import weighted_mean
 from .masks import check_shape, verify_pattern
 from .merged_projections import refuse_merged
-from .recipe import Groups, Recipe, Sparsity, Unstructured
+from .recipe import NM, Groups, Recipe, Sparsity, Unstructured
 from .types import Pruned, QuantizedWeight, Stats
 
 
@@ -57,6 +57,28 @@ def _call_with_options(fn, *args, options: dict):
     return fn(*args, **{k: v for k, v in options.items() if k in params})
 
 
+INTERNAL_OPTIONS = {"name", "mask", "calib_seqlen", "scale_dtype", "damp", "block"}  # set by the plan or the recipe
+
+
+def accepted_options(recipe: Recipe) -> set[str]:
+    """The ``--option`` names the steps of ``recipe`` read: keyword-only parameters of its method, refiner and
+    quantizer functions (and of the joint SparseGPT + GPTQ sweep), plus those a registry entry names in ``options``;
+    the plan's own arguments aside."""
+    from .prune import METHODS
+    from .refine import REFINERS
+
+    refiner = None if recipe.refine is None else REFINERS.get(recipe.refine)
+    entries = [METHODS.get(recipe.method), refiner, Plan._quantizer(recipe)]
+    fns = [e.fn for e in entries if e is not None]
+    if recipe.quant is not None and recipe.method == "sparsegpt" and recipe.quant.method == "gptq":
+        from .quant.gptq import sparsegpt_quant
+
+        fns.append(sparsegpt_quant)
+    accepted = {p.name for fn in fns for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY}
+    accepted |= {o for e in entries if e is not None for o in e.meta.get("options", ())}
+    return accepted - INTERNAL_OPTIONS
+
+
 class Plan:
     """The recipe resolved per module: which Linears are compressed, with which pattern, and what they need.
 
@@ -72,6 +94,7 @@ class Plan:
         self.method = METHODS.get(recipe.method)
         self.refiner = self._refiner(recipe)
         self.quantizer = self._quantizer(recipe)
+        self._check_options()
         self.report = Report()
         self.targets: dict[str, Sparsity | None] = {}
         for name, module in modules.items():
@@ -80,6 +103,15 @@ class Plan:
                 self.report.skipped[name] = reason
                 continue
             self.targets[name] = self._sparsity_for(name)
+
+    def _check_options(self) -> None:
+        """An ``--option`` no step of this recipe reads would be recorded in the manifest and silently do nothing:
+        refuse it, naming those that apply."""
+        accepted = accepted_options(self.recipe)
+        unknown = sorted(set(dict(self.recipe.options)) - accepted - INTERNAL_OPTIONS)
+        if unknown:
+            raise UserInputError(f"--option {unknown[0]}: not an option of this recipe; choose one of "
+                                 f"{', '.join(sorted(accepted)) or '(none)'}")
 
     @staticmethod
     def _refiner(recipe: Recipe):
@@ -214,10 +246,21 @@ class Plan:
 
 def resolve_sparsity_for_method(recipe: Recipe, group: int = 16) -> Recipe:
     """GQSA prunes whole groups: a plain fraction becomes ``Groups(g, fraction)`` with g from the quant spec (or 16)."""
-    if recipe.method == "gqsa" and isinstance(recipe.sparsity, Unstructured):
+    for pattern, sparsity in recipe.overrides:
+        if recipe.method != "gqsa" and isinstance(sparsity, Groups):
+            raise UserInputError(f"--override {pattern}={sparsity}: group sparsity needs --method gqsa")
+        if recipe.method == "gqsa" and isinstance(sparsity, NM):
+            raise UserInputError(f"--override {pattern}={sparsity}: --method gqsa prunes groups; give a fraction "
+                                 f"(e.g. 0.3) or FRACTION@gSIZE")
+    if recipe.method == "gqsa":
         size = recipe.quant.group if recipe.quant is not None and recipe.quant.group else group
-        return recipe.with_(sparsity=Groups(size, recipe.sparsity.fraction))
-    if recipe.method != "gqsa" and isinstance(recipe.sparsity, Groups):
+
+        def grouped(sparsity):
+            return Groups(size, sparsity.fraction) if isinstance(sparsity, Unstructured) else sparsity
+
+        return recipe.with_(sparsity=None if recipe.sparsity is None else grouped(recipe.sparsity),
+                            overrides=tuple((p, grouped(sp)) for p, sp in recipe.overrides))
+    if isinstance(recipe.sparsity, Groups):
         raise UserInputError(f"--sparsity {recipe.sparsity}: group sparsity needs --method gqsa")
     return recipe
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -47,13 +48,25 @@ def versions() -> dict:
             "python": platform.python_version()}
 
 
+def check_device(device: str) -> None:
+    """``cpu``, ``cuda`` or ``cuda:N`` on a machine that has it; one line otherwise (torch's own error is a
+    traceback, after the model was loaded)."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", str(device)):
+        raise UserInputError(f"--device {device}: choose cpu or cuda (cuda:N for another GPU)")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserInputError(f"--device {device}: CUDA is not available here; use --device cpu")
+    if ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise UserInputError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+
+
 def _check_job(job: CompressJob) -> None:
     if job.dtype not in DTYPES:
         raise UserInputError(f"--dtype {job.dtype}: choose one of {', '.join(DTYPES)}")
     if job.forward_dtype not in (None, *DTYPES):
         raise UserInputError(f"--forward-dtype {job.forward_dtype}: choose one of {', '.join(DTYPES)}")
-    if job.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserInputError(f"--device {job.device}: CUDA is not available here; use --device cpu")
+    check_device(job.device)
+    if isinstance(job.batch_size, bool) or not isinstance(job.batch_size, int) or job.batch_size < 1:
+        raise UserInputError(f"--batch-size {job.batch_size!r}: must be a whole number >= 1")
     if job.recipe.sparsity is None and job.recipe.quant is None:
         raise UserInputError("nothing to do: give --sparsity and/or --quant")
     from .formats import FORMATS

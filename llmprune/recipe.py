@@ -128,6 +128,13 @@ class Calibration:
     seqlen: int = 2048
     seed: int = 0
 
+    def __post_init__(self):  # every way in (flags, a manifest, a batch spec, the API) gets the same checks
+        for name, low in (("nsamples", 1), ("seqlen", 2), ("seed", None)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+                least = "a whole number" if low is None else f"a whole number >= {low}"
+                raise UserInputError(f"--{name} {value!r}: must be {least}")
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -143,6 +150,20 @@ class Recipe:
     overrides: tuple[tuple[str, Sparsity], ...] = ()  # (regex, sparsity) pairs; the first match wins
     include_lm_head: bool = False
     options: tuple[tuple[str, object], ...] = ()  # method/refiner-specific settings
+
+    def __post_init__(self):  # every way in (flags, a manifest, a batch spec, the API) gets the same checks
+        if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not self.damp > 0:
+            raise UserInputError(f"--damp {self.damp!r}: must be a positive number (the reference uses 0.01)")
+        if isinstance(self.block, bool) or not isinstance(self.block, int) or self.block < 1:
+            raise UserInputError(f"--block {self.block!r}: must be a positive number of columns (default 128)")
+        if isinstance(self.ignore, str):
+            raise UserInputError(f"ignore {self.ignore!r}: give a list of patterns, e.g. [{self.ignore!r}]")
+        for flag, pattern in [("--ignore", p) for p in self.ignore] + [("--override", p) for p, _ in self.overrides]:
+            try:
+                re.compile(pattern)
+            except (re.error, TypeError) as exc:
+                raise UserInputError(f"{flag} {pattern!r}: not a regular expression ({exc}); escape special "
+                                     f"characters, e.g. 'mlp\\.down_proj'") from None
 
     def with_(self, **changes) -> "Recipe":
         return replace(self, **changes)
@@ -170,7 +191,8 @@ class Recipe:
             quant["options"] = tuple(sorted(dict(quant.get("options") or {}).items()))
             data["quant"] = QuantSpec(**quant)
         data["overrides"] = tuple((p, parse_sparsity(s)) for p, s in data.get("overrides", ()))
-        data["ignore"] = tuple(data.get("ignore", ()))
+        ignore = data.get("ignore", ())
+        data["ignore"] = (ignore,) if isinstance(ignore, str) else tuple(ignore)  # one pattern written bare
         data["options"] = tuple(sorted(dict(data.get("options") or {}).items()))
         return cls(**data)
 

@@ -191,6 +191,13 @@ BAD_SPECS = [
      r"spec.yaml:1: models: give a name or a non-empty list"),
     ("models: [m]\nrecipes:\n  - {method: wanda, sparsity: 0.5, format: sparse42}\n"
      "evaluations: {perplexity: [wikitext2]}\n", r"spec.yaml:3: recipes\[0\].format: unknown format 'sparse42'"),
+    # the Recipe's own checks, at load time rather than when the cell runs
+    ("models: [m]\nrecipes:\n  - {method: wanda, sparsity: 0.5, damp: x}\nevaluations: {perplexity: [wikitext2]}\n",
+     r"spec.yaml:3: recipes\[0\]: --damp 'x': must be a positive number"),
+    ("models: [m]\nrecipes:\n  - {method: wanda, sparsity: 0.5, ignore: ['[']}\n"
+     "evaluations: {perplexity: [wikitext2]}\n", r"spec.yaml:3: recipes\[0\]: --ignore '\[': not a regular expression"),
+    ("models: [m]\nrecipes:\n  - {method: wanda, sparsity: 0.5, options: [a]}\n"
+     "evaluations: {perplexity: [wikitext2]}\n", r"spec.yaml:3: recipes\[0\].options: a mapping"),
 ]
 
 
@@ -272,3 +279,9 @@ def test_cli_interrupt_is_exit_130_with_one_line(monkeypatch, capsys):
     monkeypatch.setattr(pipeline, "run_compress", interrupted)
     assert main(["compress", "m", "-o", "out", "--sparsity", "0.5", "--quiet"]) == 130
     assert capsys.readouterr().err.strip() == "error: interrupted"
+
+
+def test_batch_spec_ignore_written_bare_is_one_pattern(tmp_path):
+    from llmprune.evals.spec import recipe_from_dict
+
+    assert recipe_from_dict({"method": "wanda", "sparsity": "0.5", "ignore": "mlp"}).ignore == ("mlp",)

@@ -153,3 +153,37 @@ def test_corruption_manifest_edits_that_no_shape_check_sees(tmp_path, change, fr
     directory = checkpoint.save(model, tmp_path / "gqsa", layers=pack_model_(model, "group_sparse_int4"))
     _edit_manifest(directory, change)
     _fails(directory, fragment, "llmprune.json")
+
+
+def test_failed_final_rename_puts_the_previous_output_back(tmp_path, monkeypatch):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "previous.txt").write_text("previous run")
+    real_rename = type(target).rename
+
+    def rename(self, dest):
+        if self.name.startswith(".out.tmp-"):
+            raise OSError("cross-device link")
+        return real_rename(self, dest)
+
+    monkeypatch.setattr(type(target), "rename", rename)
+    with pytest.raises(OSError, match="cross-device"):
+        with checkpoint.atomic_dir(target, force=True) as tmp:
+            (tmp / "new.txt").write_text("new run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert [p.name for p in target.iterdir()] == ["previous.txt"]
+
+
+@pytest.mark.parametrize("where, words", [("file/out", "is a file, not a folder"),
+                                          ("file/deeper/out", "is a file, not a folder")])
+def test_output_under_a_file_fails_before_any_work(tmp_path, where, words):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserInputError, match=words):
+        checkpoint.check_output_dir(tmp_path / where)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # the write probe left nothing
+
+
+def test_output_where_nothing_can_be_written_fails_before_any_work():
+    """/proc takes no new folders, even from root (a chmod-ed folder would not stop root)."""
+    with pytest.raises(UserInputError, match="cannot write in /proc"):
+        checkpoint.check_output_dir("/proc/llmprune-test-out")

@@ -114,6 +114,13 @@ def test_cli_compress_without_model_or_manifest(tmp_path, capsys):
     # the packed format's shape rule is checked before calibration, not after minutes of work at pack time
     (["--sparsity", "0.5", "--quant", "w4g48", "--quantizer", "rtn", "--format", "int4", "--calib", "nowhere.txt"],
      "group size 48 does not divide in_features 64"),
+    (["--sparsity", "0.5", "--ignore", "["], "--ignore '[': not a regular expression"),
+    (["--sparsity", "0.5", "--override", "[=0.3"], "--override '[': not a regular expression"),
+    (["--sparsity", "0.5", "--override", "mlp=0.3@g16"], "group sparsity needs --method gqsa"),
+    (["--sparsity", "0.5", "--option", "max_cycle=5"], "--option max_cycle: not an option of this recipe"),
+    (["--sparsity", "0.5", "--refine", "dsnot", "--option", "max_cycle=5"], "choose one of dsnot_skip_mlp, max_cycles"),
+    (["--sparsity", "0.5", "--batch-size", "0"], "--batch-size 0: must be"),
+    (["--sparsity", "0.5", "--device", "foo"], "--device foo: choose cpu or cuda"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(flags, words, tiny_llama, tmp_path, capsys):
     out = tmp_path / "out"

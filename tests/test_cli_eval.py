@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
 
 from llmprune.cli.main import main
@@ -37,3 +38,17 @@ def test_cli_eval_needs_something_to_do(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(src)]) == 2
     assert capsys.readouterr().err.startswith("error: nothing to evaluate")
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--ppl", "wikitext2", "--device", "mps"], "--device mps: choose cpu or cuda"),
+    (["--tasks", "arc_easy", "--limit", "0"], "--limit 0: give a positive number"),
+    (["--tasks", "arc_easy", "--limit", "-1"], "--limit -1: give a positive number"),
+    (["--ppl", ","], "--ppl ',': name a set"),
+    (["--ppl", "wikitext2", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
+])
+def test_cli_eval_bad_flags_are_one_line_before_loading(flags, words, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "never-loaded"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and words in err and len(err.splitlines()) == 1, err

@@ -250,3 +250,14 @@ def test_sweep_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
     assert data["protocol"] == {"dataset": text.name, "seqlen": 64, "max_windows": None}
     assert "essential sparsity" in stdout or "no level stays" in stdout
     assert sorted(p.name for p in out.iterdir()) == ["sweep.csv", "sweep.json", "sweep.png"]
+
+
+def test_sweep_options_go_to_the_variants_that_read_them():
+    config = SweepConfig(variants=("wanda", "wanda+dsnot"), levels=(Unstructured(0.5),),
+                         options=(("dsnot_skip_mlp", False), ("max_cycles", 5)))
+    recipes = dict(config.recipes())
+    assert recipes["wanda"].options == () and dict(recipes["wanda+dsnot"].options) == {"dsnot_skip_mlp": False,
+                                                                                      "max_cycles": 5}
+    with pytest.raises(UserInputError, match="--option max_cycle: no variant of this sweep takes it"):
+        SweepConfig(variants=("wanda", "wanda+dsnot"), levels=(Unstructured(0.5),),
+                    options=(("max_cycle", 5),)).recipes()
