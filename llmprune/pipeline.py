@@ -9,8 +9,9 @@ import json
 import platform
 import re
 import time
+import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -37,6 +38,7 @@ class CompressJob:
     progress: bool = True
     argv: tuple[str, ...] = ()
     revision: str | None = None  # a Hub model's commit (``--from-manifest`` pins the one recorded)
+    recorded_calibration: str | None = None  # ``--from-manifest``: the sha256 of the windows the recorded run used
 
 
 def versions() -> dict:
@@ -114,6 +116,10 @@ def _run_compress(job: CompressJob) -> str:
         from .data.calibration import calibration_windows
 
         calib = calibration_windows(loaded.tokenizer, job.calibration, model=loaded.model)
+        if job.recorded_calibration not in (None, calib.sha256):
+            warnings.warn(f"the calibration windows differ from the recorded run's (sha256 {calib.sha256[:12]} "
+                          f"vs {job.recorded_calibration[:12]}): the data or the tokenizer changed, so the weights "
+                          f"will differ from the recorded ones", stacklevel=2)
     t_load = time.perf_counter() - t0
     report = compress_(loaded.model, job.recipe, calib, device=job.device, batch_size=job.batch_size,
                        progress=job.progress,
@@ -187,18 +193,22 @@ def job_from_manifest(path: Path, *, output: Path, force: bool, device: str, qui
     try:
         data = json.loads(path.read_text())
         recipe = Recipe.from_dict(data["recipe"])
-        calib = Calibration(**{k: data["calibration"][k] for k in ("source", "nsamples", "seqlen", "seed")}) \
-            if data.get("calibration") else Calibration()
-        job = data["job"]
+        recorded_calib = data.get("calibration")
+        calib = Calibration(**{k: recorded_calib[k] for k in ("source", "nsamples", "seqlen", "seed")}) \
+            if recorded_calib else Calibration()
         recorded, revision = recorded_model(data["model"])
+        job = CompressJob(
+            model=recorded, output=output, recipe=recipe, calibration=calib, format=data["job"]["format"],
+            export=data["job"].get("export"), device=device, dtype=data["job"]["dtype"],
+            batch_size=data["job"]["batch_size"], forward_dtype=data["job"].get("forward_dtype"), force=force,
+            progress=not quiet, argv=("compress", *(() if model is None else (model,)), "--from-manifest", str(path)),
+            revision=revision, recorded_calibration=recorded_calib.get("sha256") if recorded_calib else None)
     except FileNotFoundError:
         raise UserInputError(f"--from-manifest {path}: file not found") from None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CorruptCheckpoint(f"{path}: not a valid llmprune manifest ({exc}); give the llmprune.json of a run") from None
-    if model is not None:
-        recorded, revision = model, None
-    return CompressJob(model=recorded, output=output, recipe=recipe, calibration=calib, format=job["format"],
-                       export=job.get("export"), device=device, dtype=job["dtype"], batch_size=job["batch_size"],
-                       forward_dtype=job.get("forward_dtype"), force=force, progress=not quiet,
-                       argv=("compress", *(() if model is None else (model,)), "--from-manifest", str(path)),
-                       revision=revision)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CorruptCheckpoint(f"{path}: not a valid llmprune manifest ({type(exc).__name__}: {exc}); give the "
+                                f"llmprune.json of a run") from None
+    if model is not None:  # another model: its own revision and its own calibration windows
+        job = replace(job, model=model, revision=None, recorded_calibration=None)
+    _check_job(job)
+    return job

@@ -56,7 +56,7 @@ def test_cli_compress_methods(method, sparsity, tiny_llama, tmp_path, capsys):
         assert manifest["calibration"] is None  # no calibration pass when no method needs data
 
 
-def test_cli_from_manifest_reproduces_the_weights(tiny_llama, tmp_path, capsys, monkeypatch):
+def test_cli_from_manifest_reproduces_the_weights(tiny_llama, tmp_path, capsys, monkeypatch, recwarn):
     """The model card's rerun command (no MODEL) from another working directory than the first run's, which gave
     the model by a relative path."""
     from safetensors.torch import load_file
@@ -74,6 +74,7 @@ def test_cli_from_manifest_reproduces_the_weights(tiny_llama, tmp_path, capsys, 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     manifest = json.loads((second / "llmprune.json").read_text())
     assert manifest["model"]["path"] == str(tiny_llama.resolve()) and manifest["recipe"]["sparsity"] == "2:4"
+    assert not [w for w in recwarn if "calibration windows differ" in str(w.message)]
 
 
 def test_cli_from_manifest_runs_the_recipe_on_another_model(tiny_llama, tmp_path, capsys):
@@ -182,3 +183,43 @@ def test_cli_lm_head_only_when_asked_and_untied(method, tmp_path, capsys):
     assert int((head == 0).sum()) >= head.numel() // 2  # (the padding row of the embedding is zero already)
     assert torch.equal(pruned.get_input_embeddings().weight, original.get_input_embeddings().weight)
     assert json.loads((with_head / "llmprune.json").read_text())["report"]["layers"]["lm_head"]["sparsity"] == 0.5
+
+
+def _manifest_run(tiny_llama, tmp_path, capsys, calib_file):
+    first = tmp_path / "a"
+    assert run_cli(["compress", tiny_llama, "--method", "wanda", "--sparsity", "0.5", "-o", first, "--calib",
+                    calib_file, "--nsamples", "2", "--seqlen", "16", "--quiet"], capsys)[0] == 0
+    return first / "llmprune.json"
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda d: d["job"].pop("format"), "not a valid llmprune manifest (KeyError: 'format')"),
+    (lambda d: d["recipe"].update(damp="x"), "--damp 'x': must be a positive number"),
+    (lambda d: d["recipe"].update(block=0), "--block 0: must be a positive number"),
+    (lambda d: d["job"].update(batch_size=0), "--batch-size 0: must be a whole number >= 1"),
+    (lambda d: d["calibration"].update(nsamples="2"), "--nsamples '2': must be a whole number >= 1"),
+    (lambda d: d["recipe"].update(ignore=["["]), "--ignore '[': not a regular expression"),
+])
+def test_cli_from_manifest_checks_an_edited_manifest(edit, words, tiny_llama, tmp_path, capsys):
+    from tests.tiny_models import _SENTENCES
+
+    text = tmp_path / "calib.txt"
+    text.write_text(" ".join(_SENTENCES * 4))
+    path = _manifest_run(tiny_llama, tmp_path, capsys, text)
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    code, _, stderr = run_cli(["compress", "--from-manifest", path, "-o", tmp_path / "b", "--quiet"], capsys)
+    assert code == 2 and words in stderr and len(stderr.splitlines()) == 1, stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_cli_from_manifest_warns_when_the_calibration_data_changed(tiny_llama, tmp_path, capsys):
+    from tests.tiny_models import _SENTENCES
+
+    text = tmp_path / "calib.txt"
+    text.write_text(" ".join(_SENTENCES * 4))
+    path = _manifest_run(tiny_llama, tmp_path, capsys, text)
+    text.write_text(" ".join(reversed(_SENTENCES * 4)))
+    with pytest.warns(UserWarning, match="calibration windows differ from the recorded run's"):
+        assert run_cli(["compress", "--from-manifest", path, "-o", tmp_path / "b", "--quiet"], capsys)[0] == 0
