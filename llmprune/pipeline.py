@@ -115,7 +115,7 @@ def _run_compress(job: CompressJob) -> str:
     if any(plan.needs(name) for name in plan.targets):
         from .data.calibration import calibration_windows
 
-        calib = calibration_windows(loaded.tokenizer, job.calibration, model=loaded.model)
+        calib = calibration_windows(loaded.tokenizer, job.calibration, model=loaded.model, progress=job.progress)
         if job.recorded_calibration not in (None, calib.sha256):
             warnings.warn(f"the calibration windows differ from the recorded run's (sha256 {calib.sha256[:12]} "
                           f"vs {job.recorded_calibration[:12]}): the data or the tokenizer changed, so the weights "

@@ -91,3 +91,16 @@ def test_no_bos_anywhere_is_an_error():
     model = SimpleNamespace(config=nothing, generation_config=nothing)
     with pytest.raises(UserInputError, match="self:start=random"):
         start_token(model, nothing)
+
+
+def test_self_generation_shows_its_progress_unless_quiet(capsys):
+    from llmprune.data.selfgen import self_generated_windows
+    from llmprune.recipe import Calibration
+    from tests.tiny_models import tiny_model, tiny_tokenizer
+
+    model, _ = tiny_model("llama")
+    calibration = Calibration("self", nsamples=2, seqlen=8)
+    shown, _ = self_generated_windows(model, tiny_tokenizer(), calibration)
+    assert "generating calibration text" in capsys.readouterr().err
+    quiet, _ = self_generated_windows(model, tiny_tokenizer(), calibration, progress=False)
+    assert capsys.readouterr().err == "" and torch.equal(shown, quiet)

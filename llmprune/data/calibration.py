@@ -55,8 +55,9 @@ def encode(tokenizer, text: str) -> Tensor:
     return ids[0].to(torch.int64)
 
 
-def calibration_windows(tokenizer, calibration: Calibration, *, model=None) -> CalibrationSet:
-    """Draw ``calibration.nsamples`` windows of ``calibration.seqlen`` tokens from ``calibration.source``."""
+def calibration_windows(tokenizer, calibration: Calibration, *, model=None, progress: bool = True) -> CalibrationSet:
+    """Draw ``calibration.nsamples`` windows of ``calibration.seqlen`` tokens from ``calibration.source``
+    (``progress``: a bar while the model generates them, for ``self``)."""
     _check_sizes(calibration)
     spec = str(calibration.source).strip()
     if spec == "self" or spec.startswith("self:"):
@@ -64,7 +65,7 @@ def calibration_windows(tokenizer, calibration: Calibration, *, model=None) -> C
             raise UserInputError("--calib self needs the model to generate its own calibration text")
         from .selfgen import self_generated_windows
 
-        ids, description = self_generated_windows(model, tokenizer, calibration)
+        ids, description = self_generated_windows(model, tokenizer, calibration, progress=progress)
     else:
         ids, description = _windows_from_text(tokenizer, spec, calibration)
     description.update(nsamples=calibration.nsamples, seqlen=calibration.seqlen, seed=calibration.seed)

@@ -64,20 +64,28 @@ def start_token(model, tokenizer) -> int:
     raise UserInputError("--calib self: the model has no BOS token; use --calib self:start=random")
 
 
-def self_generated_windows(model, tokenizer, calibration: Calibration) -> tuple[Tensor, dict]:
-    """[nsamples, seqlen] int64 windows sampled from ``model``, and the settings that reproduce them."""
+def self_generated_windows(model, tokenizer, calibration: Calibration, *,
+                           progress: bool = True) -> tuple[Tensor, dict]:
+    """[nsamples, seqlen] int64 windows sampled from ``model``, and the settings that reproduce them (a progress bar
+    counts the generated tokens: 32 windows of 512 take minutes on a CPU)."""
+    from tqdm.auto import tqdm
+
     settings = parse_self_spec(calibration.source)
     vocab = min(len(tokenizer), int(model.config.vocab_size))  # no padding rows the tokenizer never emits
     generator = torch.Generator().manual_seed(int(calibration.seed))
     bos = start_token(model, tokenizer) if settings["start"] == "bos" else None
     batches = []
+    bar = tqdm(total=calibration.nsamples * (calibration.seqlen - 1), desc="generating calibration text",
+               unit="tok", disable=not progress, leave=False)
     for first in range(0, calibration.nsamples, settings["batch"]):
         count = min(settings["batch"], calibration.nsamples - first)
         if bos is None:
             starts = torch.randint(0, vocab, (count, 1), generator=generator)
         else:
             starts = torch.full((count, 1), bos, dtype=torch.int64)
-        batches.append(sample(model, starts, calibration.seqlen, settings["temperature"], generator))
+        batches.append(sample(model, starts, calibration.seqlen, settings["temperature"], generator,
+                              on_step=bar.update))
+    bar.close()
     ids = torch.cat(batches)
     description = {"source": "self", "split": "generated", "origin": "model", **settings, "start_token": bos,
                    "sampling": "multinomial over the full softmax of logits/temperature, KV cache, torch.Generator",
@@ -86,9 +94,10 @@ def self_generated_windows(model, tokenizer, calibration: Calibration) -> tuple[
 
 
 @torch.no_grad()
-def sample(model, starts: Tensor, length: int, temperature: float, generator: torch.Generator) -> Tensor:
+def sample(model, starts: Tensor, length: int, temperature: float, generator: torch.Generator,
+           on_step=None) -> Tensor:
     """Extend ``starts`` [batch, 1] to ``length`` tokens by sampling; the draws come from ``generator`` on the CPU so
-    that a seed means the same tokens whatever the model's device."""
+    that a seed means the same tokens whatever the model's device. ``on_step(n)``: n tokens were just drawn."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -103,6 +112,8 @@ def sample(model, starts: Tensor, length: int, temperature: float, generator: to
             token = torch.multinomial(probs, 1, generator=generator)
             ids = torch.cat([ids, token], dim=1)
             step_input = token.to(device)
+            if on_step is not None:
+                on_step(token.shape[0])
     finally:
         model.train(was_training)
     return ids
