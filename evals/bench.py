@@ -74,6 +74,22 @@ def check_inputs(model: str, formats: list[str], batches: list[int], device: str
             raise UserInputError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     if "static+cudagraphs" in variants and device != "cuda":
         raise UserInputError("--cuda-graphs needs --device cuda; add --no-cuda-graphs for CPU runs")
+    stored = _stored_format(model)
+    for fmt in formats:
+        if stored is not None and fmt.split("+")[0] not in (stored, "dense"):
+            raise UserInputError(f"--format {fmt}: {model} is an llmprune checkpoint measured as stored ({stored}, "
+                                 f"against its own weights unpacked as dense); give --format {stored} (or "
+                                 f"{stored}+merged)")
+
+
+def _stored_format(model: str) -> str | None:
+    """The packed format of an llmprune checkpoint (None for anything else)."""
+    manifest = Path(model).expanduser() / "llmprune.json"
+    if not manifest.is_file():
+        return None
+    import json
+
+    return str(json.loads(manifest.read_text()).get("format"))
 
 
 def greedy(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
@@ -202,14 +218,17 @@ def _build(model: str, fmt: str, device: str, dtype: str, seed: int) -> nn.Modul
 
 
 def _build_format(model: str, fmt: str, device: str, dtype: str, seed: int) -> nn.Module:
-    """A random shape, an llmprune checkpoint (as stored, ``fmt`` ignored) or a real model whose decoder Linears
-    get random ``fmt`` patterns of the same shapes."""
+    """A random shape, an llmprune checkpoint (as stored; ``dense``: the same weights unpacked into plain Linears,
+    the baseline its speedups are over) or a real model whose decoder Linears get random ``fmt`` patterns of the
+    same shapes."""
     if model in SHAPES:
         return build_random(model, fmt, device, dtype, seed)
-    if (Path(model).expanduser() / "llmprune.json").is_file():
+    if _stored_format(model) is not None:
         import llmprune
 
         net, _, _ = llmprune.load(model, device=device, dtype=DTYPES[dtype])
+        if fmt == "dense":
+            _unpack_(net, DTYPES[dtype])
         return net.eval()
     from llmprune.model import resolve
 
@@ -217,6 +236,22 @@ def _build_format(model: str, fmt: str, device: str, dtype: str, seed: int) -> n
     if fmt != "dense":
         replace_linears_(net, fmt, device, dtype, torch.Generator(device=device).manual_seed(seed))
     return net.eval()
+
+
+def _unpack_(net: nn.Module, dtype: torch.dtype) -> None:
+    """Every ``PackedLinear`` replaced by an ``nn.Linear`` holding its exact dense weight."""
+    from llmprune.packed_linear import PackedLinear, set_module_
+
+    for name, module in list(net.named_modules()):
+        if isinstance(module, PackedLinear):
+            weight = module.dequantize()
+            linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                               device=weight.device, dtype=dtype)
+            with torch.no_grad():
+                linear.weight.copy_(weight)
+                if module.bias is not None:
+                    linear.bias.copy_(module.bias)
+            set_module_(net, name, linear)
 
 
 def format_table(result: dict) -> str:

@@ -149,3 +149,26 @@ def test_semi_structured_variant_is_sparse24_with_its_layers_opted_in(monkeypatc
     layers = [m for m in built[-1].modules() if isinstance(m, PackedLinear)]
     assert len(layers) == 14 and all(m.format == "sparse24" for m in layers)
     assert all(m.kernel_options == {"semi_structured": True} for m in layers)
+
+
+def test_bench_of_a_checkpoint_compares_it_with_its_own_weights_unpacked(tmp_path):
+    """A saved int4 model against the same weights as plain Linears: same greedy tokens, the rows labelled by the
+    stored format; another --format is refused (it used to be ignored, and the rows labelled with it)."""
+    from llmprune import checkpoint
+    from tests.packed_fixtures import pack_model_
+    from tests.tiny_models import tiny_model
+
+    model, _ = tiny_model("llama")
+    saved = checkpoint.save(model, tmp_path / "int4", layers=pack_model_(model, "int4"))
+    with pytest.raises(UserInputError, match=r"measured as stored \(int4.*give --format int4"):
+        bench.run_bench(str(saved), ["sparse24_int4"], [1], new_tokens=3, prompt_len=4, device="cpu",
+                        dtype="float32", runs=1)
+    dense = bench._build(str(saved), "dense", "cpu", "float32", 0)
+    packed = bench._build(str(saved), "int4", "cpu", "float32", 0)
+    assert not any(isinstance(m, PackedLinear) for m in dense.modules())
+    assert sum(isinstance(m, PackedLinear) for m in packed.modules()) == 7 * model.config.num_hidden_layers
+    prompt = torch.tensor([[1, 5, 9, 2]])
+    assert torch.equal(bench.greedy(dense, prompt, 4), bench.greedy(packed, prompt, 4))
+    result = bench.run_bench(str(saved), ["int4"], [1], new_tokens=3, prompt_len=4, device="cpu", dtype="float32",
+                             runs=1)
+    assert [r["format"] for r in result["rows"]] == ["dense", "int4"]
