@@ -78,7 +78,10 @@ def eval_command(
         from .eval_zeroshot import check_tasks
 
         task_names = check_tasks(tasks)  # unknown names / missing data fail before the model loads
-    loaded_model, tokenizer = load_for_eval(model, device=device, dtype=dtype)
+    from llmprune.pipeline import library_progress
+
+    with library_progress(not quiet):  # transformers' "Loading weights" bar too
+        loaded_model, tokenizer = load_for_eval(model, device=device, dtype=dtype)
     results: dict = {"model": model}
     if ppl:
         names = [n.strip() for n in ppl.split(",") if n.strip()]

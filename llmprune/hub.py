@@ -127,8 +127,9 @@ def push(directory, repo_id: str, *, private: bool = False, revision: str | None
          api=None) -> PushPlan:
     """Push ``directory`` to ``repo_id`` (``create_repo`` + ``upload_folder``); with ``dry_run`` only plan it.
 
-    A generated card is written to ``directory/README.md`` first (the folder then matches what is on the Hub); one
-    that compress wrote is re-rendered with ``repo_id`` in its usage snippet, one without the generated mark is kept.
+    A generated card is written to ``directory/README.md`` before the upload, once the repo exists (the folder then
+    matches what is on the Hub): one that compress wrote is re-rendered with ``repo_id`` in its usage snippet, one
+    without the generated mark is kept.
     ``revision`` names a branch, created from main when missing. ``api`` is an ``HfApi`` (tests pass a mock).
     """
     plan = plan_push(directory, repo_id, private=private, revision=revision)
@@ -138,13 +139,13 @@ def push(directory, repo_id: str, *, private: bool = False, revision: str | None
         from huggingface_hub import HfApi
 
         api = HfApi()
-    if not plan.card_exists:
-        from .model_cards.render import write_text_atomic
-
-        write_text_atomic(plan.directory / CARD, plan.card)
     url = _hub_call("create_repo", api.create_repo, plan.repo_id, private=private, exist_ok=True)
     if revision:
         _hub_call("create_branch", api.create_branch, plan.repo_id, branch=revision, exist_ok=True)
+    if not plan.card_exists:  # once the Hub has answered: an offline push leaves the folder as it was
+        from .model_cards.render import write_text_atomic
+
+        write_text_atomic(plan.directory / CARD, plan.card)
     _hub_call("upload_folder", api.upload_folder, repo_id=plan.repo_id, folder_path=str(plan.directory),
               revision=revision, ignore_patterns=IGNORE,
               commit_message=f"Upload {plan.directory.name} with llmprune")

@@ -123,6 +123,8 @@ def test_push_auth_and_network_errors_are_one_line(folder):
         response = httpx2.Response(status, request=httpx2.Request("POST", "https://huggingface.co/api/repos/create"))
         return HfHubHTTPError(f"{status} error", response=response)
 
+    card = folder / "README.md"
+    before = card.read_text() if card.exists() else None
     api = mock.Mock()
     api.create_repo.side_effect = refused(401)
     with pytest.raises(UserInputError, match=r"refused the token \(HTTP 401\)"):
@@ -134,3 +136,4 @@ def test_push_auth_and_network_errors_are_one_line(folder):
     with pytest.raises(PushFailed, match="unreachable"):
         push(folder, "alice/tiny", api=api)
     api.upload_folder.assert_not_called()
+    assert (card.read_text() if card.exists() else None) == before  # a failed push leaves the folder as it was

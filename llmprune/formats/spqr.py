@@ -72,7 +72,7 @@ def _extra(qw: QuantizedWeight) -> dict:
     missing = [k for k in ("scale_codes", "zero_codes", *_SECOND, "stat_bits", "stat_group") if k not in qw.extra]
     if missing:
         raise UserInputError(f"--format spqr needs SpQR's bilevel statistics (missing {', '.join(missing)}); "
-                             f"quantize with the spqr quantizer (--quant spqr:w3g16)")
+                             f"quantize with the spqr quantizer (--quant w3g16 --quantizer spqr)")
     return qw.extra
 
 
@@ -90,7 +90,7 @@ def _csr(qw: QuantizedWeight, dtype: torch.dtype) -> dict[str, Tensor]:
 def pack(qw: QuantizedWeight, dtype: str = "float16") -> dict[str, Tensor]:
     """Bit-pack the codes and store the bilevel statistics and the outlier CSR of an SpQR ``QuantizedWeight``."""
     if not isinstance(qw, QuantizedWeight):
-        raise UserInputError("--format spqr stores SpQR-quantized weights; add --quant spqr:w3g16")
+        raise UserInputError("--format spqr stores SpQR-quantized weights; add --quant w3g16 --quantizer spqr")
     extra = _extra(qw)
     out_features, in_features = qw.shape
     nnz = 0 if qw.outliers is None else int(qw.outliers[2].numel())

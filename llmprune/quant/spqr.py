@@ -153,7 +153,7 @@ def _settings(spec: QuantSpec, rows: int, cols: int, given: dict, name: str) -> 
     opts["stat_bits"], opts["stat_group"] = int(opts["stat_bits"]), int(opts["stat_group"])
     opts["spqr_damp"], opts["act_order"] = float(opts["spqr_damp"]), _flag(opts["act_order"])
     if spec.symmetric:
-        raise UserInputError(f"{where}--quant {spec}: SpQR grids are asymmetric; drop the 's' (e.g. spqr:w3g16)")
+        raise UserInputError(f"{where}--quant {spec}: SpQR grids are asymmetric; drop the 's' (e.g. --quant w3g16)")
     if not 1 <= opts["stat_bits"] <= 8:
         raise UserInputError(f"{where}SpQR stat_bits={opts['stat_bits']} must be between 1 and 8 (the paper uses 3)")
     if opts["stat_group"] < 1 or rows % opts["stat_group"]:
