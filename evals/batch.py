@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from llmprune.errors import UserInputError
+from llmprune.errors import LlmpruneError, UserInputError
 
 from .fingerprints import content_hash, data_fingerprint, model_fingerprint
 from .spec import BatchSpec, Cell, Evaluations, recipe_from_dict
@@ -253,6 +253,27 @@ class Quiet:
     def finish(self, result: CellResult) -> None: ...
 
 
+def check_data(spec: BatchSpec) -> None:
+    """Every data set the spec names resolves (calibration source, perplexity texts, zero-shot tasks), before the
+    first cell: a misspelled name would otherwise fail every cell, the evaluations only after each compression."""
+    from llmprune.cli.eval_zeroshot import check_tasks
+    from llmprune.data.calibration import calibration_source
+
+    from .perplexity import load_eval_text
+
+    source = str(spec.calibration.get("source", "c4"))
+    checks = [] if source == "self" or source.startswith("self:") else [("calibration.source", calibration_source,
+                                                                          source)]
+    checks += [("evaluations.perplexity", load_eval_text, name) for name in spec.evaluations.perplexity]
+    if spec.evaluations.zeroshot:
+        checks.append(("evaluations.zeroshot", check_tasks, ",".join(spec.evaluations.zeroshot)))
+    for key, check, value in checks:
+        try:
+            check(value)
+        except LlmpruneError as exc:  # unknown names, missing files (DataNotFound)
+            raise type(exc)(f"{spec.path}: {key}: {exc}") from None
+
+
 def run_batch(spec: BatchSpec, output=None, *, shard=None, progress=None, device: str | None = None,
               keep_models: bool = True) -> tuple[list[CellResult], list[Path]]:
     """Run ``spec`` and (unless sharded) write the report; returns the results and the files written.
@@ -260,6 +281,7 @@ def run_batch(spec: BatchSpec, output=None, *, shard=None, progress=None, device
     ``progress`` is a factory ``progress(n_cells)`` returning a context manager with skip/start/stage/finish
     (``cli.batch.RichProgress``); None runs silently.
     """
+    check_data(spec)
     out = Path(output or spec.output or Path(spec.path).with_suffix(""))
     runner = BatchRunner(spec, out, device=device, keep_models=keep_models)
     results = runner.run(parse_shard(shard) if isinstance(shard, str) else shard, progress=progress)

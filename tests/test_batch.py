@@ -262,11 +262,28 @@ def test_batch_cli_exits_1_when_a_cell_failed(tmp_path, capsys):
     text_file = tmp_path / "text.txt"
     text_file.write_text(" ".join(_SENTENCES * 3))
     spec = tmp_path / "spec.yaml"
-    spec.write_text(f"models: [{folder}]\ncalibration: {{source: {tmp_path / 'missing.txt'}, nsamples: 2, "
-                    f"seqlen: 16}}\nrecipes:\n  - {{method: wanda, sparsity: 0.5}}\ndense: false\n"
+    # groups of 48 do not divide the tiny model's 64 inputs: only the model tells, so the cell fails when it runs
+    spec.write_text(f"models: [{folder}]\nrecipes:\n  - {{method: magnitude, sparsity: 0.5, quant: w4g48, "
+                    f"quantizer: rtn, format: int4}}\ndense: false\n"
                     f"evaluations:\n  perplexity: [{text_file}]\n  seqlen: 32\n  max_windows: 1\n")
     assert main(["batch", str(spec), "-o", str(tmp_path / "out"), "--quiet"]) == 1
     assert "0 cells ok, 1 failed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("line, words", [
+    ("calibration: {source: missing.txt}\n", "calibration.source: "),
+    ("evaluations: {perplexity: [wikitxet2]}\n", "evaluations.perplexity: --ppl wikitxet2: unknown dataset"),
+])
+def test_batch_cli_checks_data_names_before_the_first_cell(line, words, tmp_path, capsys):
+    from llmprune.cli.main import main
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("models: [never-loaded]\nrecipes:\n  - {method: wanda, sparsity: 0.5}\n" + line
+                    + ("" if "evaluations" in line else "evaluations: {perplexity: [wikitext2]}\n"))
+    assert main(["batch", str(spec), "-o", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {spec}: ") and words in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_interrupt_is_exit_130_with_one_line(monkeypatch, capsys):
