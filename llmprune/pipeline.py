@@ -151,27 +151,25 @@ def export_dir(output: Path) -> Path:
 
 
 def _save(job: CompressJob, loaded, report, manifest: dict) -> None:
-    """Export first (its own atomic folder), then the llmprune folder; a failure removes the export again."""
-    import shutil
-
-    from .checkpoint import save
+    """The export is written into a staging folder that takes its place only after the llmprune folder is saved: a
+    failure anywhere leaves both previous outputs (``--force``) as they were."""
+    from .checkpoint import atomic_dir, save
     from .packing import pack_layers
 
     layers = pack_layers(loaded.model, report, job.format)
-    exported = None
-    if job.export == "compressed-tensors":
-        from .export_ct import export_compressed_tensors
-
-        exported = export_compressed_tensors(loaded.model, report, export_dir(job.output), recipe=job.recipe,
-                                             tokenizer=loaded.tokenizer, force=job.force)
-        manifest["export"] = {"format": "compressed-tensors", "path": str(exported)}
-    try:
+    if job.export != "compressed-tensors":
         save(loaded.model, job.output, layers=layers, manifest_extra=manifest, tokenizer=loaded.tokenizer,
              force=job.force)
-    except BaseException:
-        if exported is not None:
-            shutil.rmtree(exported, ignore_errors=True)
-        raise
+        return
+    from .export_ct import export_compressed_tensors
+
+    final = export_dir(job.output)
+    with atomic_dir(final, job.force) as staged:
+        export_compressed_tensors(loaded.model, report, staged, recipe=job.recipe, tokenizer=loaded.tokenizer,
+                                  force=True)
+        manifest["export"] = {"format": "compressed-tensors", "path": str(final.absolute())}
+        save(loaded.model, job.output, layers=layers, manifest_extra=manifest, tokenizer=loaded.tokenizer,
+             force=job.force)
 
 
 def recorded_model(source: dict) -> tuple[str, str | None]:

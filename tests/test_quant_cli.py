@@ -83,3 +83,26 @@ def test_every_format_of_one_float32_run_holds_the_same_weights(quantizer, tiny_
     for name in manifest["layers"]:
         assert packed.get_submodule(name).scales.dtype == torch.float16
         assert torch.equal(packed.get_submodule(name).dequantize(), dense.get_submodule(name).weight)
+
+
+def test_cli_export_and_a_failed_forced_rerun_keeps_both_previous_outputs(tiny_llama, tmp_path, capsys,
+                                                                          monkeypatch):
+    from llmprune import checkpoint
+
+    out = tmp_path / "q4"
+    flags = ["compress", tiny_llama, "-o", out, "--quant", "w4g16", "--quantizer", "rtn", "--format", "int4",
+             "--export", "compressed-tensors", "--quiet"]
+    assert run_cli(flags, capsys)[0] == 0
+    export = tmp_path / "q4.compressed-tensors"
+    manifest = json.loads((out / "llmprune.json").read_text())
+    assert manifest["export"]["path"] == str(export.absolute()) and (export / "config.json").is_file()
+    before = {p: p.read_bytes() for p in [*out.iterdir(), *export.iterdir()] if p.is_file()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint, "save", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        run_cli([*flags, "--force"], capsys)
+    after = {p: p.read_bytes() for p in [*out.iterdir(), *export.iterdir()] if p.is_file()}
+    assert after == before and sorted(p.name for p in tmp_path.iterdir()) == ["q4", "q4.compressed-tensors"]
