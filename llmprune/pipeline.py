@@ -114,6 +114,9 @@ def _run_compress(job: CompressJob) -> str:
     calib = None
     if any(plan.needs(name) for name in plan.targets):
         from .data.calibration import calibration_windows
+        from .evals.perplexity import check_seqlen
+
+        check_seqlen(loaded.model, job.calibration.seqlen, "--seqlen")
 
         calib = calibration_windows(loaded.tokenizer, job.calibration, model=loaded.model, progress=job.progress)
         if job.recorded_calibration not in (None, calib.sha256):

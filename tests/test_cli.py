@@ -122,6 +122,7 @@ def test_cli_compress_without_model_or_manifest(tmp_path, capsys):
     (["--sparsity", "0.5", "--refine", "dsnot", "--option", "max_cycle=5"], "choose one of dsnot_skip_mlp, max_cycles"),
     (["--sparsity", "0.5", "--batch-size", "0"], "--batch-size 0: must be"),
     (["--sparsity", "0.5", "--device", "foo"], "--device foo: choose cpu or cuda"),
+    (["--sparsity", "0.5", "--seqlen", "100000"], "--seqlen 100000: the model takes at most"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(flags, words, tiny_llama, tmp_path, capsys):
     out = tmp_path / "out"

@@ -52,3 +52,13 @@ def test_cli_eval_bad_flags_are_one_line_before_loading(flags, words, tmp_path, 
     assert main(["eval", str(tmp_path / "never-loaded"), *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and words in err and len(err.splitlines()) == 1, err
+
+
+def test_cli_eval_window_longer_than_the_model_context_is_one_line(tmp_path, capsys):
+    src = save_tiny(tmp_path / "src", "gpt2")  # learned absolute positions: an index error otherwise
+    text_file = tmp_path / "eval.txt"
+    text_file.write_text("Sparse models keep accuracy. " * 50)
+    capsys.readouterr()
+    assert main(["eval", str(src), "--ppl", str(text_file), "--seqlen", "100000", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--seqlen 100000: the model takes at most" in err and len(err.splitlines()) == 1, err

@@ -112,9 +112,12 @@ def test_c4_seqlen_longer_than_every_document_is_an_error(offline_empty_data_dir
 def test_bad_sizes_and_sources_are_one_line_errors(offline_empty_data_dir, tokenizer, tmp_path):
     text_file = tmp_path / "small.txt"
     text_file.write_text("only a handful of tokens")
-    cases = [(Calibration("c4", nsamples=0), UserInputError, "--nsamples 0"),
-             (Calibration("c4", seqlen=1), UserInputError, "--seqlen 1"),
-             (Calibration("wikitxt2"), UserInputError, "unknown source"),
+    for sizes, fragment in [({"nsamples": 0}, "--nsamples 0"), ({"seqlen": 1}, "--seqlen 1"),
+                            ({"nsamples": "8"}, "--nsamples '8'")]:
+        with pytest.raises(UserInputError, match=fragment) as info:
+            Calibration("c4", **sizes)  # refused when made, whatever made it (flags, a manifest, a spec)
+        assert "\n" not in str(info.value)
+    cases = [(Calibration("wikitxt2"), UserInputError, "unknown source"),
              (Calibration(str(text_file), nsamples=2, seqlen=512), UserInputError, "not more than --seqlen 512"),
              (Calibration("c4", nsamples=2, seqlen=8), DataNotFound, "LLMPRUNE_DATA_DIR"),
              (Calibration("self", nsamples=2, seqlen=8), UserInputError, "needs the model")]
