@@ -316,7 +316,10 @@ def split_k_buffers(device: torch.device) -> tuple[Tensor, Tensor]:
     as launches on one stream run in order: float32 partial sums (splits x tokens x outputs; ``KernelPair.splits``
     does not split a launch they would overflow), and the int32 counters the programs of one output tile take
     tickets from. The last program of a tile sums the partials and puts its counter back to zero, so the counters
-    stay zero between calls and CUDA-graph replays, and a captured graph keeps valid addresses."""
+    stay zero between calls and CUDA-graph replays, and a captured graph keeps valid addresses.
+
+    Limitation: packed layers running at the same time on two CUDA streams of one device would share these buffers
+    (split-K decode launches only: 1-16 tokens); run concurrent models on separate devices or one stream."""
     buffers = _split_k.get(device)
     if buffers is None:
         buffers = _split_k[device] = (torch.empty(SPLIT_K_PARTIALS, dtype=torch.float32, device=device),
