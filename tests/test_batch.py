@@ -229,16 +229,23 @@ def _direct_ppl(folder: Path, text: str, seqlen: int, max_windows: int) -> tuple
     return math.exp(nll / (windows * (seqlen - 1))), zeros
 
 
-def test_batch_cli_end_to_end_tiny_model(tmp_path, capsys):
-    from llmprune.cli.main import main
+def _tiny_spec(tmp_path, recipes: str, max_windows: int) -> tuple[Path, Path, Path]:
+    """(spec, model folder, text file) of a one-model batch on a tiny Llama, scored on a local text."""
     from tests.tiny_models import _SENTENCES, save_tiny
 
     folder = save_tiny(tmp_path / "tiny", "llama")
     text_file = tmp_path / "text.txt"
     text_file.write_text(" ".join(_SENTENCES * 3))
     spec = tmp_path / "spec.yaml"
-    spec.write_text(f"models: [{folder}]\nrecipes:\n  - {{method: magnitude, sparsity: 0.5}}\n"
-                    f"evaluations:\n  perplexity: [{text_file}]\n  seqlen: 32\n  max_windows: 2\n")
+    spec.write_text(f"models: [{folder}]\nrecipes:\n{recipes}evaluations:\n  perplexity: [{text_file}]\n"
+                    f"  seqlen: 32\n  max_windows: {max_windows}\n")
+    return spec, folder, text_file
+
+
+def test_batch_cli_end_to_end_tiny_model(tmp_path, capsys):
+    from llmprune.cli.main import main
+
+    spec, folder, text_file = _tiny_spec(tmp_path, "  - {method: magnitude, sparsity: 0.5}\n", 2)
     assert main(["batch", str(spec), "-o", str(tmp_path / "out"), "--quiet"]) == 0
     rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert [(r["label"], r["status"]) for r in rows] == [("dense", "ok"), ("magnitude 0.5", "ok")]
@@ -256,16 +263,10 @@ def test_batch_cli_end_to_end_tiny_model(tmp_path, capsys):
 def test_batch_cli_exits_1_when_a_cell_failed(tmp_path, capsys):
     """Scripts and CI read the exit code: failed cells are a failure even though the run goes on."""
     from llmprune.cli.main import main
-    from tests.tiny_models import _SENTENCES, save_tiny
 
-    folder = save_tiny(tmp_path / "tiny", "llama")
-    text_file = tmp_path / "text.txt"
-    text_file.write_text(" ".join(_SENTENCES * 3))
-    spec = tmp_path / "spec.yaml"
     # groups of 48 do not divide the tiny model's 64 inputs: only the model tells, so the cell fails when it runs
-    spec.write_text(f"models: [{folder}]\nrecipes:\n  - {{method: magnitude, sparsity: 0.5, quant: w4g48, "
-                    f"quantizer: rtn, format: int4}}\ndense: false\n"
-                    f"evaluations:\n  perplexity: [{text_file}]\n  seqlen: 32\n  max_windows: 1\n")
+    spec, _, _ = _tiny_spec(tmp_path, "  - {method: magnitude, sparsity: 0.5, quant: w4g48, quantizer: rtn, "
+                                      "format: int4}\ndense: false\n", 1)
     assert main(["batch", str(spec), "-o", str(tmp_path / "out"), "--quiet"]) == 1
     assert "0 cells ok, 1 failed" in capsys.readouterr().out
 
