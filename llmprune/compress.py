@@ -108,7 +108,10 @@ class Plan:
         """An ``--option`` no step of this recipe reads would be recorded in the manifest and silently do nothing:
         refuse it, naming those that apply."""
         accepted = accepted_options(self.recipe)
-        unknown = sorted(set(dict(self.recipe.options)) - accepted - INTERNAL_OPTIONS)
+        given = set(dict(self.recipe.options))
+        for name in sorted(given & {"damp", "block"}):
+            raise UserInputError(f"--option {name}: set it with --{name} (a recipe field)")
+        unknown = sorted(given - accepted - {"calib_seqlen"})  # the sweep passes the calibration window length
         if unknown:
             raise UserInputError(f"--option {unknown[0]}: not an option of this recipe; choose one of "
                                  f"{', '.join(sorted(accepted)) or '(none)'}")
@@ -189,7 +192,9 @@ class Plan:
     def options(self, name: str) -> dict:
         extra = {} if self.calib_seqlen is None else {"calib_seqlen": self.calib_seqlen}
         extra["scale_dtype"] = self.scale_dtype
-        return {"damp": self.recipe.damp, "block": self.recipe.block, "name": name, **extra, **dict(self.recipe.options)}
+        # the plan's own values last: an --option may not replace them (INTERNAL_OPTIONS)
+        return {**dict(self.recipe.options), "damp": self.recipe.damp, "block": self.recipe.block, "name": name,
+                **extra}
 
     def __call__(self, name: str, weight: Tensor, stats: Stats) -> Tensor:
         if name not in self.targets:

@@ -120,6 +120,8 @@ def test_cli_compress_without_model_or_manifest(tmp_path, capsys):
     (["--sparsity", "0.5", "--override", "mlp=0.3@g16"], "group sparsity needs --method gqsa"),
     (["--sparsity", "0.5", "--option", "max_cycle=5"], "--option max_cycle: not an option of this recipe"),
     (["--sparsity", "0.5", "--refine", "dsnot", "--option", "max_cycle=5"], "choose one of dsnot_skip_mlp, max_cycles"),
+    (["--sparsity", "0.5", "--option", "damp=0.1"], "--option damp: set it with --damp"),
+    (["--sparsity", "0.5", "--option", "scale_dtype=x"], "--option scale_dtype: not an option of this recipe"),
     (["--sparsity", "0.5", "--batch-size", "0"], "--batch-size 0: must be"),
     (["--sparsity", "0.5", "--device", "foo"], "--device foo: choose cpu or cuda"),
     (["--sparsity", "0.5", "--seqlen", "100000"], "--seqlen 100000: the model takes at most"),
