@@ -49,10 +49,6 @@ def _overrides(values: list[str]) -> tuple:
 def build_recipe(method, sparsity, quant, quantizer, refine, damp, block, ignore, override, option,
                  include_lm_head: bool = False) -> Recipe:
     """Parse every flag at the boundary; the engine receives typed values only."""
-    if damp <= 0:
-        raise UserInputError(f"--damp {damp}: must be positive (the reference uses 0.01)")
-    if block < 1:
-        raise UserInputError(f"--block {block}: must be a positive number of columns (default 128)")
     from llmprune.prune import METHODS
 
     METHODS.get(method)
@@ -133,8 +129,6 @@ def compress_command(
         recipe = build_recipe(method, sparsity, quant, quantizer, refine, damp, block, ignore, override, option,
                               include_lm_head)
         calibration = Calibration(source=calib, nsamples=nsamples, seqlen=seqlen, seed=seed)
-        if nsamples < 1 or seqlen < 2:
-            raise UserInputError("--nsamples must be >= 1 and --seqlen >= 2")
         job = CompressJob(model=model, output=output, recipe=recipe, calibration=calibration, format=format,
                           export=export, device=device, dtype=dtype, batch_size=batch_size,
                           forward_dtype=forward_dtype, force=force,

@@ -31,7 +31,8 @@ def load_for_eval(spec: str, *, device: str, dtype: str):
 
 
 def _ppl_rows(model, tokenizer, names: list[str], *, seqlen, max_seqlen, device, batch_size, progress):
-    from llmprune.evals.perplexity import check_seqlen, default_seqlen, load_eval_text, perplexity
+    from llmprune.evals.perplexity import default_seqlen, load_eval_text, perplexity
+    from llmprune.model.layers import check_seqlen
 
     window = seqlen or default_seqlen(model, cap=max_seqlen)
     check_seqlen(model, window, "--seqlen")

@@ -48,9 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (used by tests and ``python -m llmprune``)."""
     try:
         code = app(args=argv, standalone_mode=False)  # without standalone mode an Exit(n) comes back as n
-    except KeyboardInterrupt:
-        typer.echo("error: interrupted", err=True)
-        return 130
     except LlmpruneError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
@@ -64,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             exc.show()
             return exc.exit_code
         raise
-    if code == 130:  # Ctrl-C, as typer reports it
+    if code == 130:  # Ctrl-C: click catches the KeyboardInterrupt and returns 130
         typer.echo("error: interrupted", err=True)
     return code if isinstance(code, int) else 0
 

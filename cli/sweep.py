@@ -44,7 +44,7 @@ def sweep_command(
                          calibration=Calibration(source=calib, nsamples=nsamples, seqlen=seqlen, seed=seed),
                          eval_dataset=ppl, eval_seqlen=ppl_seqlen, eval_max_windows=ppl_max_windows, knee_margin=knee_margin, device=device,
                          batch_size=batch_size)
-    _check(config, nsamples, seqlen, ppl_seqlen)
+    _check(config, ppl_seqlen)
     if ppl_max_windows is not None and ppl_max_windows < 1:
         raise UserInputError(f"--ppl-max-windows {ppl_max_windows}: must be at least 1")
     config.recipes()  # unknown methods/refiners and patterns a refiner cannot keep fail here, before loading
@@ -92,11 +92,9 @@ def _with_seqlen(options: tuple, seqlen: int) -> tuple:
     return tuple(sorted(values.items()))
 
 
-def _check(config, nsamples: int, seqlen: int, ppl_seqlen: Optional[int]) -> None:
+def _check(config, ppl_seqlen: Optional[int]) -> None:
     if not config.variants:
         raise UserInputError("give at least one --method, e.g. --method magnitude")
-    if nsamples < 1 or seqlen < 2:
-        raise UserInputError("--nsamples must be >= 1 and --seqlen >= 2")
     if ppl_seqlen is not None and ppl_seqlen < 2:
         raise UserInputError(f"--ppl-seqlen {ppl_seqlen}: must be at least 2")
     if config.batch_size < 1:

@@ -225,10 +225,11 @@ def _build_format(model: str, fmt: str, device: str, dtype: str, seed: int) -> n
         return build_random(model, fmt, device, dtype, seed)
     if _stored_format(model) is not None:
         import llmprune
+        from llmprune.packed_linear import unpack_linears_
 
         net, _, _ = llmprune.load(model, device=device, dtype=DTYPES[dtype])
         if fmt == "dense":
-            _unpack_(net, DTYPES[dtype])
+            unpack_linears_(net, DTYPES[dtype])
         return net.eval()
     from llmprune.model import resolve
 
@@ -236,22 +237,6 @@ def _build_format(model: str, fmt: str, device: str, dtype: str, seed: int) -> n
     if fmt != "dense":
         replace_linears_(net, fmt, device, dtype, torch.Generator(device=device).manual_seed(seed))
     return net.eval()
-
-
-def _unpack_(net: nn.Module, dtype: torch.dtype) -> None:
-    """Every ``PackedLinear`` replaced by an ``nn.Linear`` holding its exact dense weight."""
-    from llmprune.packed_linear import PackedLinear, set_module_
-
-    for name, module in list(net.named_modules()):
-        if isinstance(module, PackedLinear):
-            weight = module.dequantize()
-            linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                               device=weight.device, dtype=dtype)
-            with torch.no_grad():
-                linear.weight.copy_(weight)
-                if module.bias is not None:
-                    linear.bias.copy_(module.bias)
-            set_module_(net, name, linear)
 
 
 def format_table(result: dict) -> str:

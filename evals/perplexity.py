@@ -29,6 +29,7 @@ import torch
 from llmprune.data import sources
 from llmprune.data.calibration import encode
 from llmprune.errors import NumericalError, UserInputError
+from llmprune.model.layers import context_length
 
 C4_DOCUMENTS = 1100
 C4_MAX_WINDOWS = 256
@@ -84,26 +85,10 @@ def load_eval_text(name_or_path: str) -> EvalText:
     raise UserInputError(f"--ppl {spec}: unknown dataset; {hint}choose wikitext2, ptb, c4 or a .txt/.jsonl/.parquet file")
 
 
-def context_length(model) -> int | None:
-    """The model's context length (``max_position_embeddings``, or GPT-2's ``n_positions``), if its config says."""
-    config = model.config
-    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    return int(limit) if limit else None
-
-
 def default_seqlen(model, cap: int = 2048) -> int:
     """The model's context length, capped at ``cap``."""
     limit = context_length(model)
     return min(limit, int(cap)) if limit else int(cap)
-
-
-def check_seqlen(model, seqlen: int, flag: str) -> None:
-    """Windows longer than the model's context are out of its training range (and an index error for learned
-    absolute positions, GPT-2's and OPT's): one line instead."""
-    limit = context_length(model)
-    if limit is not None and seqlen > limit:
-        raise UserInputError(f"{flag} {seqlen}: the model takes at most {limit} positions; give {flag} {limit} or "
-                             f"less")
 
 
 def perplexity(model, tokenizer, text: str, *, seqlen: int, device: str = "cpu", batch_size: int = 1,

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from llmprune.errors import UserInputError
-from llmprune.packed_linear import PackedLinear, set_module_
+from llmprune.packed_linear import PackedLinear, set_module_, unpack_linears_
 
 SHAPES = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -155,15 +155,4 @@ def _materialize_rest_(model: nn.Module, device, td, gen) -> None:
 def dense_twin(model: nn.Module) -> nn.Module:
     """A copy of ``model`` whose PackedLinears are ``nn.Linear`` with the dequantized weight: the exactness oracle."""
     twin = __import__("copy").deepcopy(model)
-    for name, module in list(twin.named_modules()):
-        if isinstance(module, PackedLinear):
-            weight = module.dequantize()
-            dtype = twin.get_input_embeddings().weight.dtype
-            lin = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                            device=weight.device, dtype=dtype)
-            with torch.no_grad():
-                lin.weight.copy_(weight.to(dtype))
-                if module.bias is not None:
-                    lin.bias.copy_(module.bias)
-            set_module_(twin, name, lin)
-    return twin
+    return unpack_linears_(twin, twin.get_input_embeddings().weight.dtype)

@@ -222,11 +222,6 @@ def _calibration(data, where: KeyLines) -> dict:
     return dict(data)
 
 
-def _patterns(value) -> tuple:
-    """``ignore:`` as a list of patterns, or one pattern written bare (not split into its characters)."""
-    return (value,) if isinstance(value, str) else tuple(value or ())
-
-
 def recipe_from_dict(recipe: dict):
     """The ``Recipe`` a spec variant describes (spec.py validated every field already)."""
     from llmprune.recipe import Recipe, parse_quant, parse_sparsity
@@ -234,7 +229,7 @@ def recipe_from_dict(recipe: dict):
     quant = parse_quant(recipe["quant"], method=recipe.get("quantizer") or "gptq") if recipe.get("quant") else None
     extra = {k: recipe[k] for k in ("damp", "block") if recipe.get(k) is not None}
     return Recipe(method=recipe["method"], sparsity=parse_sparsity(recipe["sparsity"]) if recipe.get("sparsity")
-                  else None, quant=quant, refine=recipe.get("refine"), ignore=_patterns(recipe.get("ignore")),
+                  else None, quant=quant, refine=recipe.get("refine"), ignore=recipe.get("ignore") or (),
                   options=tuple(sorted((recipe.get("options") or {}).items())), **extra)
 
 

@@ -30,13 +30,18 @@ SHARD_BYTES = 2 * 1024**3
 
 
 def check_output_dir(out_dir, force: bool = False) -> Path:
-    """Fail early (before any model is loaded) when ``out_dir`` exists and is not an empty folder, unless ``force``."""
-    out = Path(out_dir)
+    """Fail early (before any model is loaded) when ``out_dir`` exists and is not an empty folder, unless ``force``,
+    or when nothing can be written where it goes."""
+    out = _check_target(Path(out_dir), force)
+    _check_writable(out)
+    return out
+
+
+def _check_target(out: Path, force: bool) -> Path:
     if out.exists() and not out.is_dir():
         raise UserInputError(f"--output {out}: a file with that name exists; choose a folder path")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UserInputError(f"--output {out}: folder is not empty; pass --force to replace it or choose another path")
-    _check_writable(out)
     return out
 
 
@@ -63,7 +68,7 @@ def atomic_dir(out_dir, force: bool = False):
     tmp.mkdir()
     try:
         yield tmp
-        check_output_dir(out, force)
+        _check_target(out, force)  # the target may have appeared meanwhile; writability is proven by tmp
         old = None
         if out.exists():
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"

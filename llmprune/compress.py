@@ -109,8 +109,9 @@ class Plan:
         refuse it, naming those that apply."""
         accepted = accepted_options(self.recipe)
         given = set(dict(self.recipe.options))
-        for name in sorted(given & {"damp", "block"}):
-            raise UserInputError(f"--option {name}: set it with --{name} (a recipe field)")
+        fields = sorted(given & {"damp", "block"})
+        if fields:
+            raise UserInputError(f"--option {fields[0]}: set it with --{fields[0]} (a recipe field)")
         unknown = sorted(given - accepted - {"calib_seqlen"})  # the sweep passes the calibration window length
         if unknown:
             raise UserInputError(f"--option {unknown[0]}: not an option of this recipe; choose one of "

@@ -27,7 +27,7 @@ from torch import nn
 
 from .checkpoint import atomic_dir
 from .errors import UserInputError, require
-from .packed_linear import PackedLinear, set_module_
+from .packed_linear import PackedLinear, unpack_linears_
 from .types import QuantizedWeight
 
 
@@ -61,19 +61,6 @@ def _config(quantized: dict[str, QuantizedWeight]):
                                    strategy="group" if group else "channel", group_size=group)
         config_groups[f"group_{i}"] = ct.QuantizationScheme(targets=names, weights=args)
     return ct.QuantizationConfig(config_groups=config_groups, quantization_status="frozen")
-
-
-def _dense_linears_(model: nn.Module) -> None:
-    """Replace PackedLinear modules with nn.Linear holding their exact dense weight (export works on nn.Linear)."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, PackedLinear):
-            dtype = module.bias.dtype if module.bias is not None else torch.float32
-            linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, dtype=dtype)
-            with torch.no_grad():
-                linear.weight.copy_(module.dequantize())
-                if module.bias is not None:
-                    linear.bias.copy_(module.bias)
-            set_module_(model, name, linear)
 
 
 @torch.no_grad()
@@ -114,7 +101,7 @@ def export_compressed_tensors(model: nn.Module, report, out_dir, *, recipe=None,
     for name, qw in quantized.items():
         _check(name, qw, model.get_submodule(name))
     model = copy.deepcopy(model)
-    _dense_linears_(model)
+    unpack_linears_(model)  # export works on nn.Linear
     apply_quantization_config(model, _config(quantized), show_progress=False)
     for name, qw in quantized.items():
         _set_qparams_(model.get_submodule(name), qw)

@@ -119,6 +119,24 @@ def packed_bytes(module: nn.Module) -> int:
     return total
 
 
+def unpack_linears_(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """Replace every ``PackedLinear`` in ``model`` by an ``nn.Linear`` holding its exact dense weight, in ``dtype``
+    (None: the bias's dtype, float32 without one), on the packed tensors' device: the dense twin that exports and
+    speed baselines compare with. Returns ``model``."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, PackedLinear):
+            weight = module.dequantize()
+            linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                               device=weight.device,
+                               dtype=dtype or (module.bias.dtype if module.bias is not None else torch.float32))
+            with torch.no_grad():
+                linear.weight.copy_(weight)
+                if module.bias is not None:
+                    linear.bias.copy_(module.bias)
+            set_module_(model, name, linear)
+    return model
+
+
 def set_module_(model: nn.Module, name: str, module: nn.Module) -> None:
     """Replace the submodule at qualified ``name`` (e.g. ``model.layers.0.mlp.up_proj``) with ``module``."""
     parent_name, _, child = name.rpartition(".")

@@ -114,7 +114,7 @@ def _run_compress(job: CompressJob) -> str:
     calib = None
     if any(plan.needs(name) for name in plan.targets):
         from .data.calibration import calibration_windows
-        from .evals.perplexity import check_seqlen
+        from .model.layers import check_seqlen
 
         check_seqlen(loaded.model, job.calibration.seqlen, "--seqlen")
 

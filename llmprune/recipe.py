@@ -156,8 +156,8 @@ class Recipe:
             raise UserInputError(f"--damp {self.damp!r}: must be a positive number (the reference uses 0.01)")
         if isinstance(self.block, bool) or not isinstance(self.block, int) or self.block < 1:
             raise UserInputError(f"--block {self.block!r}: must be a positive number of columns (default 128)")
-        if isinstance(self.ignore, str):
-            raise UserInputError(f"ignore {self.ignore!r}: give a list of patterns, e.g. [{self.ignore!r}]")
+        bare = isinstance(self.ignore, str)  # one pattern written bare, not split into its characters
+        object.__setattr__(self, "ignore", (self.ignore,) if bare else tuple(self.ignore))
         for flag, pattern in [("--ignore", p) for p in self.ignore] + [("--override", p) for p, _ in self.overrides]:
             try:
                 re.compile(pattern)
@@ -191,8 +191,7 @@ class Recipe:
             quant["options"] = tuple(sorted(dict(quant.get("options") or {}).items()))
             data["quant"] = QuantSpec(**quant)
         data["overrides"] = tuple((p, parse_sparsity(s)) for p, s in data.get("overrides", ()))
-        ignore = data.get("ignore", ())
-        data["ignore"] = (ignore,) if isinstance(ignore, str) else tuple(ignore)  # one pattern written bare
+        data["ignore"] = data.get("ignore", ())
         data["options"] = tuple(sorted(dict(data.get("options") or {}).items()))
         return cls(**data)
 

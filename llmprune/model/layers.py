@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..errors import UnsupportedArchitecture
+from ..errors import UnsupportedArchitecture, UserInputError
 
 _LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 
@@ -107,3 +107,19 @@ def set_weight_(module: nn.Module, weight: Tensor) -> None:
 
 def in_features(module: nn.Module) -> int:
     return get_weight(module).shape[1]
+
+
+def context_length(model) -> int | None:
+    """The model's context length (``max_position_embeddings``, or GPT-2's ``n_positions``), if its config says."""
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return int(limit) if limit else None
+
+
+def check_seqlen(model, seqlen: int, flag: str) -> None:
+    """Windows longer than the model's context are out of its training range (and an index error for learned
+    absolute positions, GPT-2's and OPT's): one line instead."""
+    limit = context_length(model)
+    if limit is not None and seqlen > limit:
+        raise UserInputError(f"{flag} {seqlen}: the model takes at most {limit} positions; give {flag} {limit} or "
+                             f"less")
