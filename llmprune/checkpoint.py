@@ -23,6 +23,7 @@ from . import manifest as mf
 from .errors import CorruptCheckpoint, UserInputError
 from .formats import get_format
 from .merged_projections import refuse_merged
+from .model.experts import fused_experts, unfuse_experts_
 from .model.layers import get_weight
 from .packed_linear import PackedLinear, set_module_
 
@@ -170,7 +171,8 @@ def save(model: nn.Module, out_dir, *, layers: dict | None = None, manifest_extr
     _check_storable(records)
     with atomic_dir(out_dir, force) as tmp:
         if overall == "dense":
-            model.save_pretrained(tmp, max_shard_size=SHARD_BYTES)
+            with fused_experts(model):  # a plain HF folder holds MoE experts in transformers' own layout
+                model.save_pretrained(tmp, max_shard_size=SHARD_BYTES)
             shards, tied = [mf.shard_record(p) for p in sorted(tmp.glob("*.safetensors"))], {}
         else:
             state, tied = _state(model, table)
@@ -197,6 +199,7 @@ def _skeleton(directory: Path, manifest: dict):
     config = AutoConfig.from_pretrained(directory)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config)
+    unfuse_experts_(model)  # a packed MoE checkpoint stores its experts as the Linears that were compressed
     where = directory / mf.FILENAME
     for name, rec in manifest["layers"].items():
         try:

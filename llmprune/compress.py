@@ -35,6 +35,10 @@ class Report:
         total = sum(r["numel"] for r in self.records.values())
         return zeros / total if total else 0.0
 
+    def uncalibrated(self) -> list[str]:
+        """Linears that needed statistics but saw no calibration token (experts the router never chose)."""
+        return [name for name, r in self.records.items() if r.get("uncalibrated")]
+
     def bits_per_param(self) -> float | None:
         """Average bits/parameter of the quantized Linears by the quantizers' accounting (``quant/bits_per_param``):
         what the quantized representation needs, whatever ``--format`` stores; None without ``--quant``."""
@@ -55,6 +59,15 @@ def _call_with_options(fn, *args, options: dict):
     """Pass the options ``fn`` declares as keyword arguments (damp, block, name, ...), nothing else."""
     params = inspect.signature(fn).parameters
     return fn(*args, **{k: v for k, v in options.items() if k in params})
+
+
+ROUTERS = ("gate", "router", "shared_expert_gate")  # MoE routing Linears (not gate_proj)
+
+
+def _router_reason(name: str) -> str | None:
+    """MoE routers stay dense, as in llm-compressor's MoE recipes (``re:.*mlp.gate$``): they are a sliver of the
+    weights, and an error in them sends tokens to the wrong experts."""
+    return "MoE router (kept dense)" if name.rpartition(".")[2] in ROUTERS else None
 
 
 INTERNAL_OPTIONS = {"name", "mask", "calib_seqlen", "scale_dtype", "damp", "block"}  # set by the plan or the recipe
@@ -97,8 +110,9 @@ class Plan:
         self._check_options()
         self.report = Report()
         self.targets: dict[str, Sparsity | None] = {}
+        moe = any(".experts." in name for name in modules)
         for name, module in modules.items():
-            reason = self._ignored(name)
+            reason = (moe and _router_reason(name)) or self._ignored(name)
             if reason:
                 self.report.skipped[name] = reason
                 continue
@@ -218,6 +232,8 @@ class Plan:
         if sparsity is not None:
             record["sparsity"] = verify_pattern(mask, sparsity, compare=self._compare(name), name=name,
                                                 block=self.recipe.block)
+        if stats.tokens == 0 and self.needs(name):
+            record["uncalibrated"] = True  # no token reached it (an unrouted expert): identity statistics
         zeros = int((W == 0).sum())
         record.update({"zeros": zeros, "numel": W.numel(), "seconds": round(time.perf_counter() - start, 4)})
         self.report.records[name] = record
@@ -279,11 +295,14 @@ def needs_calibration(model, recipe: Recipe) -> bool:
 
 def build_plan(model, recipe: Recipe, format: str | None = None) -> Plan:
     """The modules to compress and their sparsity; every shape check (and, given ``format``, the packed format's)
-    runs here, before any calibration."""
+    runs here, before any calibration. Fused MoE experts are split into Linears here (``model.experts``: the same
+    function, checked), the one change made to ``model``."""
     from .formats import float_dtype
+    from .model.experts import unfuse_experts_
     from .model.layers import decoder_layers, linears, get_weight
     from .packing import storage_dtype
 
+    unfuse_experts_(model)  # fused MoE experts become Linears first, or they would be left dense
     layers, path = decoder_layers(model)
     modules = {}
     for index, layer in enumerate(layers):

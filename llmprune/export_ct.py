@@ -87,6 +87,16 @@ def _verify_codes(module: nn.Module, qw: QuantizedWeight, name: str) -> None:
         raise RuntimeError(f"compressed-tensors re-quantized {name} to different codes; export aborted")
 
 
+def refuse_moe(model: nn.Module) -> None:
+    """transformers and vLLM read MoE experts of compressed-tensors checkpoints in per-model layouts (fused 3-D
+    weights, or per-expert names that differ between models) that this export does not write."""
+    from .model.experts import has_routed_experts
+
+    if has_routed_experts(model):
+        raise UserInputError("--export compressed-tensors: MoE experts cannot be exported in that format yet; drop "
+                             "--export (the llmprune folder and --format dense hold the model)")
+
+
 def export_compressed_tensors(model: nn.Module, report, out_dir, *, recipe=None, tokenizer=None,
                               force: bool = False) -> Path:
     """Write ``model`` with the ``QuantizedWeight``s of ``report.quantized`` (or a ``{name: qw}`` dict) as a
@@ -95,6 +105,7 @@ def export_compressed_tensors(model: nn.Module, report, out_dir, *, recipe=None,
     from compressed_tensors.compressors.model_compressors.model_compressor import ModelCompressor
     from compressed_tensors.quantization import apply_quantization_config
 
+    refuse_moe(model)
     quantized = dict(getattr(report, "quantized", report))
     if not quantized:
         raise UserInputError("--export compressed-tensors needs quantized layers; add --quant (e.g. --quant w4g128)")

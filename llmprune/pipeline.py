@@ -111,6 +111,10 @@ def _run_compress(job: CompressJob) -> str:
     t0 = time.perf_counter()
     loaded = resolve(job.model, dtype=DTYPES[job.dtype], revision=job.revision)
     plan = build_plan(loaded.model, job.recipe, job.format)  # every shape check, before any calibration
+    if job.export:
+        from .export_ct import refuse_moe
+
+        refuse_moe(loaded.model)
     calib = None
     if any(plan.needs(name) for name in plan.targets):
         from .data.calibration import calibration_windows
@@ -140,6 +144,11 @@ def _run_compress(job: CompressJob) -> str:
         "command": list(job.argv),
     }
     _save(job, loaded, report, manifest)
+    unrouted = report.uncalibrated()
+    if unrouted:
+        warnings.warn(f"{len(unrouted)} Linear layers (e.g. {unrouted[0]}) saw no calibration token, as the router "
+                      f"chose none of their experts; they were compressed from weights alone (identity statistics); "
+                      f"more calibration data (--nsamples) reaches more experts", stacklevel=2)
     bits, outliers = report.bits_per_param(), report.outlier_fraction()
     quant = "" if bits is None else f", {bits:.3f} bits/param"
     quant += "" if outliers is None else f" ({100 * outliers:.2f}% outliers)"

@@ -25,6 +25,8 @@ MAX_POSITIONS = 128
 SLIDING_WINDOW = 4
 
 ARCHS = ["llama", "mistral", "qwen2", "gemma2", "gemma3", "opt", "gpt2", "phi3"]
+MOE_ARCHS = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3"]  # 4 experts, 2 per token
+EXPERTS = 4
 
 _SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -71,7 +73,23 @@ def _config(arch: str):
         return config, tf.GPT2LMHeadModel
     if arch == "phi3":
         return tf.Phi3Config(**_common(), **gqa), tf.Phi3ForCausalLM
-    raise ValueError(f"unknown tiny architecture {arch!r}; choose one of {ARCHS}")
+    moe = dict(num_experts_per_tok=2, moe_intermediate_size=INTERMEDIATE // 2)
+    if arch == "mixtral":
+        return tf.MixtralConfig(**_common(), **gqa, num_local_experts=EXPERTS, num_experts_per_tok=2), \
+            tf.MixtralForCausalLM
+    if arch == "qwen2_moe":  # with a shared expert and its gate
+        return tf.Qwen2MoeConfig(**_common(), **gqa, **moe, num_experts=EXPERTS,
+                                 shared_expert_intermediate_size=INTERMEDIATE), tf.Qwen2MoeForCausalLM
+    if arch == "qwen3_moe":
+        return tf.Qwen3MoeConfig(**_common(), **gqa, **moe, num_experts=EXPERTS), tf.Qwen3MoeForCausalLM
+    if arch == "olmoe":
+        return tf.OlmoeConfig(**_common(), **gqa, num_experts=EXPERTS, num_experts_per_tok=2), tf.OlmoeForCausalLM
+    if arch == "deepseek_v3":  # layer 0 dense, layer 1 MoE; multi-head latent attention
+        config = tf.DeepseekV3Config(**_common(), **gqa, **moe, n_routed_experts=EXPERTS, first_k_dense_replace=1,
+                                     n_group=1, topk_group=1, q_lora_rank=None, kv_lora_rank=16, qk_rope_head_dim=8,
+                                     qk_nope_head_dim=8, v_head_dim=16)
+        return config, tf.DeepseekV3ForCausalLM
+    raise ValueError(f"unknown tiny architecture {arch!r}; choose one of {ARCHS + MOE_ARCHS}")
 
 
 def tiny_model(arch: str, seed: int = 0):

@@ -23,6 +23,7 @@ import time
 import torch
 from torch import Tensor, nn
 
+from ..model.experts import has_routed_experts
 from ..model.layers import decoder_layers, get_weight, linears, set_weight_
 from ..types import Stats
 from .capture import Captured, LayerCall, capture_inputs, model_device
@@ -149,8 +150,8 @@ def _run_layer_(task, layer: nn.Module, index: int, prefix: str, captured: Captu
     fwd = _forward_copy(layer, forward_dtype if any(needs.values()) else None)
     collector = StatsCollector({name: (fwd.get_submodule(name[len(prefix) + 1:]), needs[name]) for name in targets})
     t0 = time.perf_counter()
-    if collector.active:
-        with collector.hooks(stop_early=True):
+    if collector.active:  # experts run in routed order: no Linear is reliably the last one
+        with collector.hooks(stop_early=not has_routed_experts(layer)):
             _forward_all(fwd, captured, index, collector, keep=False)
     t1 = time.perf_counter()
     _compress_linears_(task, targets, collector)

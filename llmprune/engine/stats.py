@@ -27,6 +27,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from ..model.layers import get_weight
 from ..types import Stats
 
 STAT_NAMES = frozenset({"input_sq_norms", "hessian", "input_mean", "input_var"})
@@ -50,6 +51,19 @@ def mirror_upper(H: Tensor, block: int = TRIANGLE_BLOCK) -> Tensor:
         return H.clone()
     upper = H.triu()
     return upper + upper.triu(1).t()
+
+
+def uninformed(dim: int, needs: frozenset[str], device) -> Stats:
+    """Statistics for a Linear that no calibration token reached (an expert the router never chose): unit second
+    moments and an identity Hessian, under which Wanda is magnitude pruning per row, SparseGPT prunes by magnitude
+    without updates and GPTQ rounds to nearest. ``tokens=0`` marks them; the report lists such Linears.
+
+    Deviation: the papers define nothing for a layer without data; this is their data-free limit."""
+    ones = torch.ones(dim, dtype=torch.float32, device=device)
+    return Stats(input_sq_norms=ones if "input_sq_norms" in needs else None,
+                 hessian=torch.diag(2 * ones) if "hessian" in needs else None,
+                 input_mean=torch.zeros_like(ones) if "input_mean" in needs else None,
+                 input_var=ones.clone() if "input_var" in needs else None, tokens=0)
 
 
 class StopLayer(Exception):
@@ -168,9 +182,16 @@ class StatsCollector:
             self._acc[key].update(x)
 
     def stats(self, name: str) -> Stats:
-        """The statistics of ``name``'s input (shared with the Linears that read the same tensor); empty if none."""
+        """The statistics of ``name``'s input (shared with the Linears that read the same tensor); empty if it needs
+        none; ``uninformed`` ones if it needs some but no token reached it."""
         key = self._group_of.get(name)
-        return self._acc[key].to_stats() if key is not None else Stats()
+        if key is not None:
+            return self._acc[key].to_stats()
+        if name in self.modules:
+            module, needs = self.modules[name]
+            weight = get_weight(module)
+            return uninformed(weight.shape[1], needs, weight.device)
+        return Stats()
 
     def groups(self) -> list[tuple[str, ...]]:
         return list(self._acc)

@@ -1,0 +1,185 @@
+"""Mixture-of-experts models: fused experts split into Linears that compute the same function, pruned from the tokens
+routed to them, saved and loaded in every form (llmprune folder, plain HF folder), and refused where unsupported."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from llmprune import Recipe
+from llmprune.compress import compress_
+from llmprune.data.calibration import CalibrationSet
+from llmprune.errors import UnsupportedArchitecture
+from llmprune.model.experts import RoutedExperts, fused_experts, unfuse_experts_
+from llmprune.recipe import parse_sparsity
+from tests.tiny_models import EXPERTS, MOE_ARCHS, save_tiny, tiny_model
+
+
+def _ids(n=2, seqlen=24, seed=0):
+    return torch.randint(2, 300, (n, seqlen), generator=torch.Generator().manual_seed(seed))
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(ids, use_cache=False).logits
+
+
+@pytest.mark.parametrize("arch", MOE_ARCHS)
+def test_split_experts_compute_what_the_fused_ones_did_and_hold_every_expert_weight(arch):
+    model, _ = tiny_model(arch)
+    fused = sum(p.numel() for n, p in model.named_parameters() if p.ndim == 3)
+    want = _logits(model, _ids())
+    assert unfuse_experts_(model) == sum(isinstance(m, RoutedExperts) for m in model.modules()) > 0
+    split = sum(m.weight.numel() for n, m in model.named_modules() if ".experts." in n and isinstance(m, nn.Linear))
+    assert split == fused and not any(p.ndim == 3 for p in model.parameters())
+    torch.testing.assert_close(_logits(model, _ids()), want, rtol=0, atol=1e-5)
+    assert unfuse_experts_(model) == 0  # idempotent
+
+
+def test_unsupported_expert_layouts_are_refused_in_one_line():
+    import transformers as tf
+
+    config = tf.GptOssConfig(vocab_size=320, hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+                             num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=4,
+                             num_experts_per_tok=2)
+    with pytest.raises(UnsupportedArchitecture, match=r"is_transposed=True.*not supported") as info:
+        unfuse_experts_(tf.GptOssForCausalLM(config))
+    assert "\n" not in str(info.value)
+
+
+def test_an_experts_class_whose_forward_differs_is_refused(monkeypatch):
+    model, _ = tiny_model("mixtral")
+    experts = model.model.layers[0].mlp.experts
+    original = type(experts).forward.__wrapped__
+    monkeypatch.setattr(type(experts).forward, "__wrapped__", lambda self, *a: 2 * original(self, *a))
+    with pytest.raises(UnsupportedArchitecture, match="not the standard routed-experts computation"):
+        unfuse_experts_(model)
+
+
+def _route_alternately_(model):
+    """Layer 0's router sends every token to experts {0, 1} on odd calls and {1, 3} on even ones (weights 1/2): expert
+    2 sees no token, expert 3 only from the second batch, after expert 1 in the same forward."""
+    router = model.model.layers[0].mlp.gate
+    calls = []
+
+    def forward(hidden):
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        index = torch.tensor([[0, 1], [1, 3]][len(calls) % 2]).expand(hidden.shape[0], 2)
+        calls.append(1)
+        return torch.zeros(hidden.shape[0], EXPERTS), torch.full((hidden.shape[0], 2), 0.5), index
+
+    router.forward = forward
+
+
+def _routed_inputs(model, ids) -> dict[str, torch.Tensor]:
+    """The inputs each layer-0 expert Linear receives when the dense model runs the windows one by one."""
+    seen: dict[str, list] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a, n=n: seen.setdefault(n, []).append(a[0]))
+             for n, m in model.model.layers[0].mlp.experts.named_modules() if isinstance(m, nn.Linear)]
+    for row in ids:
+        _logits(model, row[None])
+    for h in hooks:
+        h.remove()
+    return {n: torch.cat(xs).double() for n, xs in seen.items()}
+
+
+def _wanda_mask(weight, inputs=None):
+    """Keep the larger half of |W|·‖X_j‖₂ in each row (all-ones norms without inputs: magnitude)."""
+    norms = torch.ones(weight.shape[1], dtype=torch.float64) if inputs is None else inputs.norm(dim=0)
+    score = weight.double().abs() * norms
+    keep = torch.zeros_like(score, dtype=torch.bool)
+    keep.scatter_(1, score.topk(weight.shape[1] // 2, dim=1).indices, True)
+    return keep
+
+
+def test_each_expert_is_pruned_from_the_tokens_routed_to_it_and_an_unrouted_one_by_magnitude():
+    model, _ = tiny_model("mixtral")
+    unfuse_experts_(model)
+    _route_alternately_(model)
+    reference = copy.deepcopy(model)
+    _route_alternately_(reference)
+    ids = _ids()
+    inputs = _routed_inputs(reference, ids)
+    assert set(inputs) == {f"{e}.{p}" for e in (0, 1, 3) for p in ("gate_proj", "up_proj", "down_proj")}
+    report = compress_(model, Recipe(method="wanda", sparsity=parse_sparsity("0.5")), CalibrationSet(ids, ""),
+                       batch_size=1, progress=False)
+    layer0 = "model.layers.0.mlp.experts"
+    assert sorted(report.uncalibrated()) == [f"{layer0}.2.{p}" for p in ("down_proj", "gate_proj", "up_proj")]
+    for name, linear in model.model.layers[0].mlp.experts.named_modules():
+        if isinstance(linear, nn.Linear):
+            dense = reference.get_submodule(f"model.layers.0.mlp.experts.{name}").weight
+            want = _wanda_mask(dense, inputs.get(name))
+            assert torch.equal(linear.weight != 0, want), name
+
+
+def _cli(args, capsys):
+    from llmprune.cli.main import main
+
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+CALIB = ["--calib", "c4", "--nsamples", "4", "--seqlen", "16"]
+
+
+def test_a_sparsegpt_24_moe_checkpoint_loads_as_it_was_saved(tmp_path, capsys):
+    from llmprune.checkpoint import load
+
+    source = save_tiny(tmp_path / "qwen2_moe", "qwen2_moe")
+    out = tmp_path / "out"
+    code, output = _cli(["compress", source, "--method", "sparsegpt", "--sparsity", "2:4", "--quant", "w4g16",
+                         "--format", "sparse24_int4", *CALIB, "-o", out, "--quiet"], capsys)
+    assert code == 0, output
+    model, _, manifest = load(out)
+    experts = [n for n in manifest["layers"] if ".experts." in n]
+    assert len(experts) == 2 * EXPERTS * 3 and all(manifest["layers"][n]["format"] == "sparse24_int4"
+                                                   for n in experts)
+    assert manifest["report"]["skipped"] == {f"model.layers.{i}.mlp.shared_expert_gate": "MoE router (kept dense)"
+                                             for i in range(2)}
+    from evals.random_models import dense_twin
+
+    torch.testing.assert_close(_logits(model, _ids()), _logits(dense_twin(model), _ids()), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "deepseek_v3"])
+def test_a_dense_format_moe_folder_is_a_plain_transformers_checkpoint(tmp_path, arch):
+    from transformers import AutoModelForCausalLM
+
+    from llmprune.checkpoint import save
+
+    model, _ = tiny_model(arch)
+    compress_(model, Recipe(method="wanda", sparsity=parse_sparsity("0.5")), CalibrationSet(_ids(), ""),
+              progress=False)
+    save(model, tmp_path / "out")
+    assert any(isinstance(m, RoutedExperts) for m in model.modules())  # the model is given back split
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert any(p.ndim == 3 for p in plain.parameters())
+    torch.testing.assert_close(_logits(plain, _ids()), _logits(model, _ids()), rtol=0, atol=1e-6)
+    experts = [p for n, p in plain.named_parameters() if p.ndim == 3]
+    assert all(0.49 < float((p == 0).float().mean()) < 0.51 for p in experts)
+
+
+def test_fused_experts_puts_the_split_model_back_even_after_an_error():
+    model, _ = tiny_model("olmoe")
+    unfuse_experts_(model)
+    with pytest.raises(RuntimeError), fused_experts(model):
+        assert not any(isinstance(m, RoutedExperts) for m in model.modules())
+        raise RuntimeError
+    assert sum(isinstance(m, RoutedExperts) for m in model.modules()) == 2
+    assert not any(p.is_meta for p in model.parameters())
+
+
+def test_compressed_tensors_export_of_experts_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    import llmprune.data.calibration as calibration
+
+    monkeypatch.setattr(calibration, "calibration_windows", lambda *a, **k: pytest.fail("calibration started"))
+    source = save_tiny(tmp_path / "mixtral", "mixtral")
+    code, output = _cli(["compress", source, "--method", "sparsegpt", "--sparsity", "2:4", "--quant", "w4g16",
+                         "--export", "compressed-tensors", *CALIB, "-o", tmp_path / "out"], capsys)
+    assert code == 2 or code == 1
+    assert "error: --export compressed-tensors: MoE experts cannot be exported" in output
+    assert "Traceback" not in output
+    assert not (tmp_path / "out").exists()
