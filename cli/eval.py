@@ -1,4 +1,5 @@
-"""``llmprune eval``: perplexity (the papers' protocol) and zero-shot tasks (lm-eval) on a model as llmprune loads it."""
+"""``llmprune eval``: perplexity (the papers' protocol) and zero-shot tasks (lm-eval) on a model as llmprune
+loads it."""
 from __future__ import annotations
 
 import json
@@ -93,7 +94,7 @@ def eval_command(
         from .eval_zeroshot import run_zeroshot
 
         zs = run_zeroshot(loaded_model, tokenizer, task_names, batch_size=batch_size, limit=limit,
-                          num_fewshot=num_fewshot, device=device)
+                          num_fewshot=num_fewshot, device=device, progress=not quiet)
         results["zeroshot"] = zs.to_dict()
     if as_json:
         typer.echo(json.dumps(results, indent=2))

@@ -23,10 +23,11 @@ def check_tasks(tasks) -> list[str]:
 
 
 def run_zeroshot(loaded_model, tokenizer, tasks, *, batch_size: int = 1, limit: float | None = None,
-                 num_fewshot: int | None = None, device: str = "cpu"):
+                 num_fewshot: int | None = None, device: str = "cpu", progress: bool = True):
     """Run the tasks on ``loaded_model`` (packed modules included) and return the ``ZeroShotResult``
-    (``.table()`` for the markdown table, ``.to_dict()`` for JSON)."""
+    (``.table()`` for the markdown table, ``.to_dict()`` for JSON); ``progress=False`` (``--quiet``) hides
+    lm-eval's progress bars and log lines."""
     from llmprune.evals.zeroshot import run_zeroshot as run
 
     return run(loaded_model, tokenizer, parse_tasks(tasks), batch_size=batch_size, limit=limit,
-               num_fewshot=num_fewshot, device=device)
+               num_fewshot=num_fewshot, device=device, progress=progress)

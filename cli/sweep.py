@@ -42,16 +42,18 @@ def sweep_command(
     config = SweepConfig(variants=tuple(method), levels=parse_levels(sparsity), refine=refine,
                          options=_with_seqlen(parse_options(option), seqlen),
                          calibration=Calibration(source=calib, nsamples=nsamples, seqlen=seqlen, seed=seed),
-                         eval_dataset=ppl, eval_seqlen=ppl_seqlen, eval_max_windows=ppl_max_windows, knee_margin=knee_margin, device=device,
-                         batch_size=batch_size)
+                         eval_dataset=ppl, eval_seqlen=ppl_seqlen, eval_max_windows=ppl_max_windows,
+                         knee_margin=knee_margin, device=device, batch_size=batch_size)
     _check(config, ppl_seqlen)
     if ppl_max_windows is not None and ppl_max_windows < 1:
         raise UserInputError(f"--ppl-max-windows {ppl_max_windows}: must be at least 1")
     config.recipes()  # unknown methods/refiners and patterns a refiner cannot keep fail here, before loading
     check_output_dir(output, force=force)
     from llmprune.model import resolve
+    from llmprune.pipeline import library_progress
 
-    loaded = resolve(model)
+    with library_progress(not quiet):  # transformers' "Loading weights" bar too
+        loaded = resolve(model)
     log = lambda line: typer.echo(line, err=True)  # noqa: E731  (one line per level, even with --quiet: no bars)
     result = run_sweep(loaded.model, loaded.tokenizer, config, model_name=model, progress=not quiet,
                        hooks=SweepHooks(log=log))

@@ -43,6 +43,26 @@ class CellResult:
     model_dir: str | None = None
 
 
+def compress_argv(model_spec: str, recipe_dict: dict, out_dir, calibration, *, dtype: str = "float32") -> list[str]:
+    """The ``llmprune compress`` command line that makes the same checkpoint as this cell; recorded in the manifest,
+    shown (``shlex.join``) in the model card. Every recipe field a spec can set is there, ``--ignore`` and
+    ``--option KEY=VALUE`` once per pattern and option, so that the compress CLI parses it back to the same Recipe."""
+    recipe = recipe_from_dict(recipe_dict)
+    argv = ["llmprune", "compress", model_spec, "--output", str(out_dir), "--method", recipe.method,
+            "--format", recipe_dict.get("format", "dense"), "--calib", calibration.source, "--nsamples",
+            str(calibration.nsamples), "--seqlen", str(calibration.seqlen), "--seed", str(calibration.seed)]
+    for key in ("sparsity", "quant", "quantizer", "refine", "damp", "block"):
+        if recipe_dict.get(key) is not None:
+            argv += [f"--{key}", str(recipe_dict[key])]
+    for pattern in recipe.ignore:
+        argv += ["--ignore", pattern]
+    for key, value in recipe.options:  # parse_options reads true/false, ints and floats back from their text
+        argv += ["--option", f"{key}={str(value).lower() if isinstance(value, bool) else value}"]
+    if dtype != "float32":
+        argv += ["--dtype", dtype]
+    return argv
+
+
 def compress_cell(model_spec: str, recipe_dict: dict, out_dir, *, calibration: dict | None = None,
                   device: str = "cpu", dtype: str = "float32") -> Path:
     """Compress ``model_spec`` with ``recipe_dict`` into ``out_dir`` (the only place that knows the compress API)."""
@@ -50,12 +70,7 @@ def compress_cell(model_spec: str, recipe_dict: dict, out_dir, *, calibration: d
     from llmprune.recipe import Calibration
 
     calib = Calibration(**(calibration or {}))
-    argv = ["llmprune", "compress", model_spec, "--output", str(out_dir), "--method", recipe_dict["method"],
-            "--format", recipe_dict.get("format", "dense"), "--calib", calib.source, "--nsamples",
-            str(calib.nsamples), "--seqlen", str(calib.seqlen), "--seed", str(calib.seed)]
-    for key in ("sparsity", "quant", "quantizer", "refine", "damp", "block"):
-        if recipe_dict.get(key) is not None:
-            argv += [f"--{key}", str(recipe_dict[key])]
+    argv = compress_argv(model_spec, recipe_dict, out_dir, calib, dtype=dtype)
     job = CompressJob(model=model_spec, output=Path(out_dir), recipe=recipe_from_dict(recipe_dict),
                       calibration=calib, format=recipe_dict.get("format", "dense"), device=device, dtype=dtype,
                       progress=False, argv=tuple(argv))
@@ -101,7 +116,7 @@ def evaluate_cell(model, tokenizer, evals: Evaluations, *, device: str, on_stage
 
         on_stage and on_stage("zero-shot " + ",".join(evals.zeroshot))
         zs = run_zeroshot(model, tokenizer, list(evals.zeroshot), batch_size=evals.batch_size, limit=evals.limit,
-                          num_fewshot=evals.num_fewshot, device=device)
+                          num_fewshot=evals.num_fewshot, device=device, progress=False)  # the batch draws its own
         for score in zs.scores:
             metrics[f"acc:{score.task}"] = score.acc
             if score.acc_norm is not None:

@@ -25,6 +25,7 @@ import inspect
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 
 import torch
 
@@ -163,10 +164,11 @@ def _evaluator(tokenizer, config: SweepConfig):
     return evaluate, text.name
 
 
-def _windows(model, tokenizer, config: SweepConfig):
+def _windows(model, tokenizer, config: SweepConfig, *, progress: bool = True):
+    """The default ``calibrate`` hook; ``progress``: the bar while ``--calib self`` generates its windows."""
     from llmprune.data.calibration import calibration_windows
 
-    return calibration_windows(tokenizer, config.calibration, model=model)
+    return calibration_windows(tokenizer, config.calibration, model=model, progress=progress)
 
 
 def _capture_kwargs(compress, model, calib, config: SweepConfig) -> dict:
@@ -195,7 +197,8 @@ def run_sweep(model, tokenizer, config: SweepConfig, *, model_name: str, progres
     log(f"dense: ppl {dense_ppl:.4f}")
     calib = None
     if any(needs_calibration(model, recipe) for _, recipe in recipes):  # magnitude alone draws nothing
-        calib = (hooks.calibrate or _windows)(model, tokenizer, config)
+        calibrate = hooks.calibrate or partial(_windows, progress=progress)  # --quiet: no self-generation bar
+        calib = calibrate(model, tokenizer, config)
     extra = _capture_kwargs(compress, model, calib, config)
     name = model_name + (f" ({config.eval_max_windows} ppl windows)" if config.eval_max_windows else "")
     result = SweepResult(name, dataset, dense_ppl, config.knee_margin,

@@ -21,6 +21,8 @@ import difflib
 import json
 import logging
 import math
+import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -178,14 +180,59 @@ def _evaluate(lm, choices: list[TaskChoice], manager, options: dict) -> dict:
                            f"go online or set LLMPRUNE_DATA_DIR to a folder with the offline copies") from None
 
 
+QUIET_LOGGERS = ("lm_eval", "transformers", "datasets")
+
+
+@contextmanager
+def library_output(enabled: bool):
+    """``enabled=False`` (``--quiet``): while the block runs, no tqdm bar at all (lm-eval's per-task request
+    building, "Tokenizing inputs", "Running loglikelihood requests"; datasets' bars), no lm-eval, transformers or
+    datasets log line below ERROR, and no Python warning; everything is restored afterwards.
+
+    lm-eval 0.4.13 offers no switch for its bars (``simple_evaluate`` hands no ``disable_tqdm`` to the model, and
+    ``Task.build_all_requests`` has none; ``TQDM_DISABLE`` is read once, when tqdm is imported), so the block makes
+    every ``tqdm`` disabled by wrapping the class's ``__init__``."""
+    if enabled:
+        yield
+        return
+    from tqdm import std
+
+    init = vars(std.tqdm)["__init__"]
+
+    def silent_init(self, *args, **kwargs):
+        kwargs["disable"] = True
+        init.__get__(self, type(self))(*args, **kwargs)
+
+    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    std.tqdm.__init__ = silent_init
+    try:
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        std.tqdm.__init__ = init
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
 def run_zeroshot(model, tokenizer, tasks: list[str], *, batch_size: int = 1, limit: float | None = None,
-                 num_fewshot: int | None = None, device: str = "cpu", include_path=None) -> ZeroShotResult:
+                 num_fewshot: int | None = None, device: str = "cpu", include_path=None,
+                 progress: bool = True) -> ZeroShotResult:
     """Run lm-eval ``tasks`` on ``model`` (any causal LM module, packed layers included) and return the scores.
 
     ``limit`` caps examples per task (a fraction when < 1), ``num_fewshot`` defaults to each task's own (0 here),
     ``include_path`` adds folders of user task YAMLs. The model is moved to ``device`` if it is elsewhere.
+    ``progress=False`` silences lm-eval's bars and library log lines (``library_output``).
     """
     require("lm_eval", "eval")
+    with library_output(progress):
+        return _run(model, tokenizer, tasks, batch_size=batch_size, limit=limit, num_fewshot=num_fewshot,
+                    device=device, include_path=include_path)
+
+
+def _run(model, tokenizer, tasks: list[str], *, batch_size, limit, num_fewshot, device, include_path) -> ZeroShotResult:
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 

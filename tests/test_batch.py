@@ -303,3 +303,43 @@ def test_batch_spec_ignore_written_bare_is_one_pattern(tmp_path):
     from llmprune.evals.spec import recipe_from_dict
 
     assert recipe_from_dict({"method": "wanda", "sparsity": "0.5", "ignore": "mlp"}).ignore == ("mlp",)
+
+
+def test_batch_cell_command_carries_ignore_and_options_back_to_the_same_recipe(tmp_path, monkeypatch):
+    """The command a cell records (manifest, model card) holds every --ignore pattern and --option, quoted for the
+    shell; the compress CLI's own parser reads it back to the recipe the cell ran."""
+    import shlex
+
+    from llmprune import pipeline
+    from llmprune.cli.main import main
+    from llmprune.evals.batch import compress_cell
+    from llmprune.evals.spec import recipe_from_dict
+    from llmprune.recipe import Calibration, Recipe
+    from tests.tiny_models import save_tiny
+
+    folder = save_tiny(tmp_path / "tiny model", "llama")  # a space in the path: the card's command must quote it
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(
+        f"models: ['{folder}']\ncalibration: {{source: c4, nsamples: 2, seqlen: 16, seed: 3}}\nrecipes:\n"
+        "  - {method: wanda, sparsity: 0.5, refine: dsnot, ignore: ['mlp\\.down_proj', 'layers\\.0\\..*(q|k)_proj'],\n"
+        "     options: {max_cycles: 7, update_threshold: 0.25, dsnot_skip_mlp: false}}\n"
+        "evaluations: {perplexity: [wikitext2]}\n")
+    spec = load_spec(spec_path)
+    recipe = spec.variants[0].recipe
+    out = compress_cell(str(folder), recipe, tmp_path / "cell", calibration=spec.calibration)
+    manifest = json.loads((out / "llmprune.json").read_text())
+    shown = [line for line in (out / "README.md").read_text().splitlines() if line.startswith("llmprune compress ")
+             and "--from-manifest" not in line]
+    assert len(shown) == 1 and shlex.split(shown[0]) == manifest["command"]
+    argv = manifest["command"]
+    pairs = list(zip(argv, argv[1:]))
+    assert [v for k, v in pairs if k == "--ignore"] == ["mlp\\.down_proj", "layers\\.0\\..*(q|k)_proj"]
+    assert [v for k, v in pairs if k == "--option"] == ["dsnot_skip_mlp=false", "max_cycles=7", "update_threshold=0.25"]
+    jobs = []
+    monkeypatch.setattr(pipeline, "run_compress", lambda job: jobs.append(job) or "done")
+    assert main(argv[1:]) == 0
+    (job,) = jobs
+    assert job.recipe == recipe_from_dict(recipe) == Recipe.from_dict(manifest["recipe"])
+    assert job.recipe.ignore and dict(job.recipe.options)["dsnot_skip_mlp"] is False
+    assert (job.model, job.output, job.format, job.dtype) == (str(folder), out, "dense", "float32")
+    assert job.calibration == Calibration(source="c4", nsamples=2, seqlen=16, seed=3)

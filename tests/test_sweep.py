@@ -252,6 +252,44 @@ def test_sweep_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["sweep.csv", "sweep.json", "sweep.png"]
 
 
+@pytest.mark.parametrize("progress", [False, True])
+def test_sweep_default_calibrate_hook_shows_selfgen_bar_only_with_progress(progress, tiny, capfd):
+    """The default ``calibrate`` hook draws --calib self windows with the sweep's ``progress`` (--quiet: no bar)."""
+    from llmprune.recipe import Calibration
+    from tests.tiny_models import tiny_tokenizer
+
+    config = SweepConfig(variants=("wanda",), levels=(Unstructured(0.5),),
+                         calibration=Calibration(source="self", nsamples=2, seqlen=8, seed=0))
+    drawn = []
+
+    def compress(m, recipe, calib, **kw):
+        drawn.append(calib.ids.shape)
+        return SimpleNamespace(achieved_sparsity=lambda: 0.5)
+
+    capfd.readouterr()
+    run_sweep(tiny, tiny_tokenizer(), config, model_name="tiny", progress=progress,
+              hooks=SweepHooks(compress=compress, evaluate=lambda m: 1.0, log=lambda line: None))
+    err = capfd.readouterr().err
+    assert drawn == [(2, 8)]  # the hook did generate the windows
+    assert ("generating calibration text" in err) == progress, err
+
+
+def test_sweep_cli_quiet_self_calibration_prints_only_its_lines(tmp_path, capfd):
+    from tests.tiny_models import save_tiny
+
+    src = save_tiny(tmp_path / "src", "llama")
+    text = tmp_path / "eval.txt"
+    text.write_text(" ".join(["Sparse models keep only their largest weights, and a sweep shows how many."] * 30))
+    capfd.readouterr()
+    code = main(["sweep", str(src), "--method", "wanda", "--sparsity", "0.5", "--calib", "self", "--nsamples", "2",
+                 "--seqlen", "8", "--ppl", str(text), "--ppl-seqlen", "64", "-o", str(tmp_path / "out"), "--quiet"])
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    lines = err.splitlines()  # the sweep's own log lines, one per level, and no bar (selfgen, "Loading weights")
+    assert len(lines) == 2 and lines[0].startswith("dense: ppl ") and lines[1].startswith("wanda 0.5: ppl "), err
+    assert "wrote " in out
+
+
 def test_sweep_options_go_to_the_variants_that_read_them():
     config = SweepConfig(variants=("wanda", "wanda+dsnot"), levels=(Unstructured(0.5),),
                          options=(("dsnot_skip_mlp", False), ("max_cycles", 5)))

@@ -90,7 +90,8 @@ def _standard_yaml(relative: str) -> dict:
 PROMPT_KEYS = ("output_type", "doc_to_text", "doc_to_target", "doc_to_choice")
 
 
-@pytest.mark.parametrize("name, standard", [("arc_easy", "arc/arc_easy.yaml"), ("arc_challenge", "arc/arc_challenge.yaml"),
+@pytest.mark.parametrize("name, standard", [("arc_easy", "arc/arc_easy.yaml"),
+                                            ("arc_challenge", "arc/arc_challenge.yaml"),
                                             ("piqa", "piqa/piqa.yaml"), ("boolq", "super_glue/boolq/default.yaml"),
                                             ("hellaswag", "hellaswag/hellaswag.yaml")])
 def test_offline_task_prompts_and_metrics_equal_lm_eval_standard(name, standard):
@@ -133,7 +134,8 @@ def test_offline_boolq_piqa_hellaswag_label_counts_match_sources_md(shared_data)
     counts = [sum(d["label"] == k for d in hella) for k in range(4)]
     assert len(hella) == 10042 and counts == [2515, 2485, 2584, 2458]
     assert task.doc_to_text(hella[0]) == "Roof shingle removal: A man is sitting on a roof. he"
-    assert task.doc_to_choice(hella[0])[3] == "starts pulling up roofing on a roof." and task.doc_to_target(hella[0]) == 3
+    assert task.doc_to_choice(hella[0])[3] == "starts pulling up roofing on a roof."
+    assert task.doc_to_target(hella[0]) == 3
 
 
 def test_zeroshot_task_rule_local_then_hub(monkeypatch, tmp_path, shared_data):
@@ -168,6 +170,33 @@ def test_eval_cli_unknown_task_is_one_line_exit_2(tmp_path, capsys):
     assert main(["eval", str(folder), "--tasks", "hellaswga"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert err == ["error: unknown zero-shot task 'hellaswga'; did you mean 'hellaswag'?"]
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_eval_cli_quiet_hides_lm_eval_bars_and_logs(quiet, tmp_path, capfd, shared_data):
+    """--quiet: stdout holds the table and stderr nothing (lm-eval's "Running loglikelihood requests" bar and the
+    library log lines included); without it the bars are there, so the check below can see them."""
+    import logging
+
+    from tqdm import tqdm
+
+    from llmprune.cli.main import main
+    from tests.tiny_models import save_tiny
+
+    folder = save_tiny(tmp_path / "tiny", "llama")
+    init = vars(tqdm)["__init__"]
+    levels = {name: logging.getLogger(name).level for name in ("transformers", "datasets")}
+    capfd.readouterr()
+    code = main(["eval", str(folder), "--tasks", "arc_easy", "--limit", "2"] + (["--quiet"] if quiet else []))
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    assert "| arc_easy | local | 2 |" in out
+    if quiet:
+        assert err.strip() == "", err
+        assert vars(tqdm)["__init__"] is init  # tqdm and the log levels are themselves again after the run
+        assert {name: logging.getLogger(name).level for name in levels} == levels
+    else:
+        assert "Running loglikelihood requests" in err and "it/s" in err
 
 
 def test_zeroshot_module_imports_no_lm_eval():
