@@ -152,8 +152,10 @@ def _run_compress(job: CompressJob) -> str:
     bits, outliers = report.bits_per_param(), report.outlier_fraction()
     quant = "" if bits is None else f", {bits:.3f} bits/param"
     quant += "" if outliers is None else f" ({100 * outliers:.2f}% outliers)"
-    return (f"saved {job.output} — {job.recipe.method} {job.recipe.sparsity or ''} "
-            f"{job.recipe.quant or ''}: achieved sparsity {report.achieved_sparsity():.4f}{quant} over "
+    recipe = job.recipe
+    what = " ".join(str(part) for part in (recipe.sparsity and f"{recipe.method} {recipe.sparsity}", recipe.quant)
+                    if part)  # a quant-only run names no pruning method
+    return (f"saved {job.output} — {what}: achieved sparsity {report.achieved_sparsity():.4f}{quant} over "
             f"{len(report.records)} Linear layers in {report.timings.get('compress_seconds', 0):.1f} s")
 
 

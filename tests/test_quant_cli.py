@@ -27,6 +27,10 @@ def test_cli_compress_with_quant_records_bits_and_grid_values(flags, bits, tiny_
     weighted = sum(r["bits_per_param"] * r["numel"] for r in layers.values()) / sum(r["numel"] for r in layers.values())
     assert report["bits_per_param"] == pytest.approx(weighted)
     assert f"{weighted:.3f} bits/param" in stdout
+    named = stdout.split(" — ")[1].split(": achieved")[0]  # the recipe's steps, no unused method
+    assert named == {"w4g16": "w4g16", "spqr": "spqr:w3g16", "gqsa": "gqsa 0.5 w4g16",
+                     "sparsegpt": "sparsegpt 2:4 w4g32"}[next(f for f in flags if f in ("w4g16", "spqr", "gqsa",
+                                                                                      "sparsegpt"))], stdout
     if "spqr" in flags:
         fraction = sum(r["outlier_fraction"] * r["numel"] for r in layers.values()) / sum(
             r["numel"] for r in layers.values())
