@@ -31,7 +31,8 @@ def load_for_eval(spec: str, *, device: str, dtype: str):
     return loaded.model.to(torch.device(device)), loaded.tokenizer
 
 
-def _ppl_rows(model, tokenizer, names: list[str], *, seqlen, max_seqlen, device, batch_size, progress):
+def _ppl_rows(model, tokenizer, names: list[str], *, seqlen, max_seqlen, device, batch_size, progress,
+              max_windows=None):
     from llmprune.evals.perplexity import default_seqlen, load_eval_text, perplexity
     from llmprune.model.layers import check_seqlen
 
@@ -41,7 +42,8 @@ def _ppl_rows(model, tokenizer, names: list[str], *, seqlen, max_seqlen, device,
     for name in names:
         text = load_eval_text(name)
         result = perplexity(model, tokenizer, text.text, seqlen=window, device=device, batch_size=batch_size,
-                            progress=progress, dataset=text.name, max_windows=text.max_windows)
+                            progress=progress, dataset=text.name,
+                            max_windows=min(filter(None, (text.max_windows, max_windows)), default=None))
         typer.echo(f"{text.name}: ppl {result.ppl:.4f}  [{result.protocol()}]", err=True)
         rows.append({"dataset": text.name, "ppl": result.ppl, "nll": result.nll_mean, "seqlen": result.seqlen,
                      "windows": result.windows, "tokens": result.tokens})
@@ -54,6 +56,8 @@ def eval_command(
     tasks: Optional[str] = typer.Option(None, help="Zero-shot lm-eval tasks, e.g. arc_easy,hellaswag,piqa,boolq."),
     seqlen: Optional[int] = typer.Option(None, help="Perplexity window (default: the model's max positions, capped)."),
     max_seqlen: int = typer.Option(2048, help="Cap on the default perplexity window."),
+    ppl_max_windows: Optional[int] = typer.Option(None, help="Score only the first N perplexity windows (a quick "
+                                                  "check; the papers' protocol scores them all)."),
     batch_size: int = typer.Option(1, help="Windows (or lm-eval requests) per forward pass."),
     limit: Optional[float] = typer.Option(None, help="lm-eval: examples per task (or a fraction)."),
     num_fewshot: Optional[int] = typer.Option(None, help="lm-eval: few-shot examples."),
@@ -69,6 +73,8 @@ def eval_command(
         raise UserInputError(f"--seqlen {seqlen}: must be at least 2")
     if batch_size < 1:
         raise UserInputError(f"--batch-size {batch_size}: must be at least 1")
+    if ppl_max_windows is not None and ppl_max_windows < 1:
+        raise UserInputError(f"--ppl-max-windows {ppl_max_windows}: must be at least 1")
     if limit is not None and not limit > 0:
         raise UserInputError(f"--limit {limit:g}: give a positive number of examples per task (or a fraction < 1)")
     if ppl is not None and not [n for n in ppl.split(",") if n.strip()]:
@@ -89,7 +95,8 @@ def eval_command(
     if ppl:
         names = [n.strip() for n in ppl.split(",") if n.strip()]
         results["perplexity"] = _ppl_rows(loaded_model, tokenizer, names, seqlen=seqlen, max_seqlen=max_seqlen,
-                                          device=device, batch_size=batch_size, progress=not quiet)
+                                          device=device, batch_size=batch_size, progress=not quiet,
+                                          max_windows=ppl_max_windows)
     if task_names:
         from .eval_zeroshot import run_zeroshot
 

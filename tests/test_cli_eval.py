@@ -31,6 +31,13 @@ def test_cli_eval_ppl_matches_direct_loss_and_prints_protocol(tmp_path, capsys):
         losses = [model(input_ids=w[None], labels=w[None]).loss.item() for w in windows]
     assert row["windows"] == len(losses)
     assert math.isclose(row["ppl"], math.exp(sum(losses) / len(losses)), rel_tol=1e-4)
+    # a quick check scores the first windows only, and says so
+    assert main(["eval", str(src), "--ppl", str(text_file), "--seqlen", "32", "--ppl-max-windows", "3", "--json",
+                 "--quiet"]) == 0
+    captured = capsys.readouterr()
+    row = json.loads(captured.out)["perplexity"][0]
+    assert row["windows"] == 3 and "3 non-overlapping windows" in captured.err
+    assert math.isclose(row["ppl"], math.exp(sum(losses[:3]) / 3), rel_tol=1e-4)
 
 
 def test_cli_eval_needs_something_to_do(tmp_path, capsys):
@@ -46,6 +53,7 @@ def test_cli_eval_needs_something_to_do(tmp_path, capsys):
     (["--tasks", "arc_easy", "--limit", "-1"], "--limit -1: give a positive number"),
     (["--ppl", ","], "--ppl ',': name a set"),
     (["--ppl", "wikitext2", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
+    (["--ppl", "wikitext2", "--ppl-max-windows", "0"], "--ppl-max-windows 0: must be at least 1"),
 ])
 def test_cli_eval_bad_flags_are_one_line_before_loading(flags, words, tmp_path, capsys):
     capsys.readouterr()
