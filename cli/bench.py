@@ -19,7 +19,8 @@ def _ints(text: str, flag: str) -> list[int]:
 def bench_command(
     model: str = typer.Argument("tiny", help="Shape (tiny, llama-7b, llama3-8b), alias, HF folder or llmprune "
                                              "checkpoint."),
-    format: str = typer.Option("sparse24_int4", "--format", help="Packed format(s), comma-separated: sparse24_int4, "
+    format: Optional[str] = typer.Option(None, "--format", help="Packed format(s), comma-separated (default: an "
+                               "llmprune checkpoint's own, else sparse24_int4): sparse24_int4, "
                                "group_sparse_int4, int4, spqr, sparse24, dense (always measured); +merged: q/k/v and "
                                "gate/up as one matmul each (int4+merged, dense+merged); sparse24+semi: on PyTorch's "
                                "semi-structured weight from the GPU table's batch."),
@@ -41,6 +42,11 @@ def bench_command(
 
     graphs = device == "cuda" if cuda_graphs is None else cuda_graphs
     variants = ["eager"] + (["static+compile"] if compile else []) + (["static+cudagraphs"] if graphs else [])
+    if format is None:  # a checkpoint is measured as stored
+        from llmprune.evals.bench import _stored_format
+
+        stored = _stored_format(model)
+        format = stored or "sparse24_int4"
     formats = [f.strip() for f in format.split(",") if f.strip()]
     result = run_bench(model, formats, _ints(batch, "--batch"), new_tokens=new_tokens, prompt_len=prompt_len,
                        device=device, dtype=dtype, variants=variants, runs=runs)

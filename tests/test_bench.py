@@ -172,3 +172,17 @@ def test_bench_of_a_checkpoint_compares_it_with_its_own_weights_unpacked(tmp_pat
     result = bench.run_bench(str(saved), ["int4"], [1], new_tokens=3, prompt_len=4, device="cpu", dtype="float32",
                              runs=1)
     assert [r["format"] for r in result["rows"]] == ["dense", "int4"]
+
+
+def test_cli_bench_of_a_checkpoint_defaults_to_its_stored_format(tmp_path):
+    """Without --format a checkpoint is measured as stored (the default sparse24_int4 used to be refused for it)."""
+    from llmprune import checkpoint
+    from tests.packed_fixtures import pack_model_
+    from tests.tiny_models import tiny_model
+
+    model, _ = tiny_model("llama")
+    saved = checkpoint.save(model, tmp_path / "int4", layers=pack_model_(model, "int4"))
+    res = CliRunner().invoke(_app(), [str(saved), "--batch", "1", "--new-tokens", "2", "--prompt-len", "2",
+                                      "--device", "cpu", "--dtype", "float32", "--runs", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert [r["format"] for r in json.loads(res.output)["rows"]] == ["dense", "int4"]
