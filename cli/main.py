@@ -6,6 +6,8 @@ exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import sys
+import warnings
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -46,6 +48,33 @@ _register()
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (used by tests and ``python -m llmprune``)."""
+    before, warnings.formatwarning = warnings.formatwarning, _format_warning
+    try:
+        return _main(argv)
+    finally:
+        warnings.formatwarning = before
+
+
+def _our_code() -> tuple[str, ...]:
+    import llmprune
+    import llmprune.cli
+    import llmprune.evals
+
+    return tuple(str(Path(pkg.__file__).parent) for pkg in (llmprune, llmprune.cli, llmprune.evals))
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """llmprune's own warnings as one ``warning: ...`` line (they are messages to the user, not code locations);
+    libraries' warnings keep Python's format."""
+    if str(Path(filename).resolve()).startswith(_our_code()):
+        return f"warning: {message}\n"
+    return _PYTHON_FORMAT(message, category, filename, lineno, line)
+
+
+_PYTHON_FORMAT = warnings.formatwarning  # the original (catch_warnings does not save formatwarning)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         code = app(args=argv, standalone_mode=False)  # without standalone mode an Exit(n) comes back as n
     except LlmpruneError as exc:

@@ -189,30 +189,20 @@ def library_output(enabled: bool):
     building, "Tokenizing inputs", "Running loglikelihood requests"; datasets' bars), no lm-eval, transformers or
     datasets log line below ERROR, and no Python warning; everything is restored afterwards.
 
-    lm-eval 0.4.13 offers no switch for its bars (``simple_evaluate`` hands no ``disable_tqdm`` to the model, and
-    ``Task.build_all_requests`` has none; ``TQDM_DISABLE`` is read once, when tqdm is imported), so the block makes
-    every ``tqdm`` disabled by wrapping the class's ``__init__``."""
+    lm-eval 0.4.13 offers no switch for its bars, hence ``llmprune.quiet.no_progress_bars``."""
     if enabled:
         yield
         return
-    from tqdm import std
-
-    init = vars(std.tqdm)["__init__"]
-
-    def silent_init(self, *args, **kwargs):
-        kwargs["disable"] = True
-        init.__get__(self, type(self))(*args, **kwargs)
+    from llmprune.quiet import no_progress_bars
 
     levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
-    std.tqdm.__init__ = silent_init
     try:
         for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.ERROR)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), no_progress_bars():
             warnings.simplefilter("ignore")
             yield
     finally:
-        std.tqdm.__init__ = init
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
 

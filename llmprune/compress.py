@@ -299,7 +299,7 @@ def build_plan(model, recipe: Recipe, format: str | None = None) -> Plan:
     function, checked), the one change made to ``model``."""
     from .formats import float_dtype
     from .model.experts import unfuse_experts_
-    from .model.layers import decoder_layers, linears, get_weight
+    from .model.layers import decoder_layers, get_weight, linears, other_weights
     from .packing import storage_dtype
 
     unfuse_experts_(model)  # fused MoE experts become Linears first, or they would be left dense
@@ -314,6 +314,9 @@ def build_plan(model, recipe: Recipe, format: str | None = None) -> Plan:
         name, head = head_name(model)
         modules[name] = head
     plan = Plan(resolve_sparsity_for_method(recipe), modules)
+    for index, layer in enumerate(layers):
+        for weight, owner in other_weights(layer).items():
+            plan.report.skipped[f"{path}.{index}.{weight}"] = _router_reason(owner) or "not a Linear (kept dense)"
     plan.scale_dtype = float_dtype(storage_dtype(model))  # one model whatever the format: see uniform.stored_scale
     plan.check_shapes(modules, lambda m: tuple(get_weight(m).shape), format)
     return plan

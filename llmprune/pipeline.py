@@ -10,7 +10,7 @@ import platform
 import re
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -80,14 +80,18 @@ def _check_job(job: CompressJob) -> None:
 
 @contextmanager
 def library_progress(enabled: bool):
-    """Silence transformers' own progress bars ("Loading weights") when the user asked for --quiet."""
+    """Silence the libraries' own progress bars (transformers' "Loading weights", compressed-tensors' "Compressing
+    model") when the user asked for --quiet."""
     from transformers.utils import logging as hf_logging
+
+    from .quiet import no_progress_bars
 
     was_enabled = hf_logging.is_progress_bar_enabled()
     if not enabled:
         hf_logging.disable_progress_bar()
     try:
-        yield
+        with (no_progress_bars() if not enabled else nullcontext()):
+            yield
     finally:
         if was_enabled and not enabled:
             hf_logging.enable_progress_bar()

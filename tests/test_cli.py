@@ -226,3 +226,25 @@ def test_cli_from_manifest_warns_when_the_calibration_data_changed(tiny_llama, t
     text.write_text(" ".join(reversed(_SENTENCES * 4)))
     with pytest.warns(UserWarning, match="calibration windows differ from the recorded run's"):
         assert run_cli(["compress", "--from-manifest", path, "-o", tmp_path / "b", "--quiet"], capsys)[0] == 0
+
+
+def test_cli_shows_its_own_warnings_as_one_line():
+    """While the CLI runs, a warning raised in llmprune's code is formatted as ``warning: ...`` (not a file:line and
+    a code line); a library's warning keeps Python's format; the format is restored afterwards."""
+    import warnings
+
+    import llmprune.cli.main as cli_main
+    from llmprune import pipeline
+
+    seen = []
+    original = cli_main.app
+    cli_main.app = lambda args, standalone_mode: seen.append(warnings.formatwarning) or 0
+    try:
+        assert cli_main.main(["compress"]) == 0
+    finally:
+        cli_main.app = original
+    fmt = seen[0]
+    assert fmt("the calibration windows differ", UserWarning, pipeline.__file__, 12) == \
+        "warning: the calibration windows differ\n"
+    assert "DeprecationWarning: old" in fmt("old", DeprecationWarning, warnings.__file__, 3)
+    assert warnings.formatwarning is not fmt

@@ -93,6 +93,34 @@ def test_export_ct_asymmetric_loads_with_transformers(tmp_path):
     _load_with_transformers(tmp_path, symmetric=False)
 
 
+def _falcon():
+    import transformers as tf
+
+    config = tf.FalconConfig(vocab_size=320, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             ffn_hidden_size=128, use_cache=False)
+    torch.manual_seed(0)
+    return tf.FalconForCausalLM(config).eval()
+
+
+def test_export_ct_of_a_model_transformers_cannot_reload_warns(tmp_path):
+    model = _falcon()
+    with pytest.warns(UserWarning, match="transformers cannot load a compressed-tensors falcon"):
+        export_compressed_tensors(model, _quantize_(model, group=16, symmetric=True), tmp_path / "ct")
+
+
+@pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
+    "upstream: Falcon's (and GPTBigCode's) _init_weights reads .weight of Linears that compressed-tensors replaced "
+    "by weight_packed. Strict: passes once fixed upstream (then drop the export's warning)."))
+def test_export_ct_falcon_loads_with_transformers(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = _falcon()
+    out = export_compressed_tensors(model, _quantize_(model, group=16, symmetric=True), tmp_path / "ct")
+    loaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(IDS).logits, model(IDS).logits, rtol=1e-5, atol=1e-5)
+
+
 def test_export_ct_leaves_model_untouched_and_refuses_existing_folder(tmp_path):
     model, _ = tiny_model("llama")
     quantized = _quantize_(model, group=16, symmetric=True)

@@ -127,3 +127,23 @@ def test_decoder_stack_preferred_over_inner_lists_by_layer_count():
     model.blocks = nn.ModuleList([Block(), Block()])
     layers, path = decoder_layers(model)
     assert path == "blocks" and layers is model.blocks
+
+
+def test_weights_no_linear_holds_are_listed_as_kept_dense():
+    """A hybrid model's depthwise conv kernel is nothing llmprune compresses: the report says so (it used to be left
+    dense without a word)."""
+    import transformers as tf
+
+    from llmprune import Recipe
+    from llmprune.compress import compress_
+    from llmprune.recipe import parse_sparsity
+
+    config = tf.Lfm2Config(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, layer_types=["conv", "full_attention"],
+                           block_auto_adjust_ff_dim=False)
+    model = tf.Lfm2ForCausalLM(config).eval()
+    report = compress_(model, Recipe(method="magnitude", sparsity=parse_sparsity("0.5")), progress=False)
+    conv = {name: p for name, p in model.named_parameters() if p.ndim >= 2 and "conv.conv" in name}
+    assert conv and {name: report.skipped.get(name) for name in conv} == dict.fromkeys(conv,
+                                                                                       "not a Linear (kept dense)")
+    assert not any(name.endswith("proj.weight") for name in report.skipped)

@@ -84,6 +84,14 @@ def linears(layer: nn.Module) -> dict[str, nn.Module]:
     return found
 
 
+def other_weights(layer: nn.Module) -> dict[str, str]:
+    """Weight matrices of a block that no Linear holds (MoE routers, hybrid models' depthwise conv kernels), by name
+    relative to the block (``mlp.gate.weight``) -> the owning module's name. Nothing compresses them; the report
+    lists them so that a run never leaves weights dense without saying so."""
+    return {f"{name}.{key}" if name else key: name for name, module in layer.named_modules() if not is_linear(module)
+            for key, param in module.named_parameters(recurse=False) if param.ndim >= 2}
+
+
 def get_weight(module: nn.Module) -> Tensor:
     """The weight as ``[out_features, in_features]`` (a view: Conv1D's ``[in, out]`` storage is transposed)."""
     if isinstance(module, nn.Linear):
