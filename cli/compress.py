@@ -47,7 +47,7 @@ def _overrides(values: list[str]) -> tuple:
 
 
 def build_recipe(method, sparsity, quant, quantizer, refine, damp, block, ignore, override, option,
-                 include_lm_head: bool = False) -> Recipe:
+                 include_lm_head: bool = False, experts: str = "routed") -> Recipe:
     """Parse every flag at the boundary; the engine receives typed values only."""
     from llmprune.prune import METHODS
 
@@ -72,6 +72,7 @@ def build_recipe(method, sparsity, quant, quantizer, refine, damp, block, ignore
         overrides=_overrides(override),
         options=parse_options(option),
         include_lm_head=include_lm_head,
+        experts=experts,
     )
 
 
@@ -96,6 +97,9 @@ def compress_command(
     override: List[str] = typer.Option([], help="REGEX=SPARSITY per-module override (repeatable; first match wins)."),
     option: List[str] = typer.Option([], help="KEY=VALUE method/refiner option (repeatable)."),
     include_lm_head: bool = typer.Option(False, "--include-lm-head", help="Also compress lm_head (untied first)."),
+    calib_experts: str = typer.Option("routed", help="MoE models: calibrate each expert on the tokens routed to it "
+                                      "(routed) or on every token (all, llm-compressor's default); the outputs "
+                                      "follow the routing either way."),
     format: str = typer.Option("dense", "--format", help="Storage: dense, int4, sparse24, sparse24_int4, group_sparse_int4, spqr."),
     export: Optional[str] = typer.Option(None, help="Also export, e.g. compressed-tensors."),
     device: str = typer.Option("cpu", help="Compute device for the layer being compressed: cpu or cuda."),
@@ -127,7 +131,7 @@ def compress_command(
             raise UserInputError("give MODEL (an HF folder, a .gguf file, a Hub id or smollm2-135m), or "
                                  "--from-manifest llmprune.json to re-run a recorded run")
         recipe = build_recipe(method, sparsity, quant, quantizer, refine, damp, block, ignore, override, option,
-                              include_lm_head)
+                              include_lm_head, calib_experts)
         calibration = Calibration(source=calib, nsamples=nsamples, seqlen=seqlen, seed=seed)
         job = CompressJob(model=model, output=output, recipe=recipe, calibration=calibration, format=format,
                           export=export, device=device, dtype=dtype, batch_size=batch_size,

@@ -58,6 +58,8 @@ def compress_argv(model_spec: str, recipe_dict: dict, out_dir, calibration, *, d
         argv += ["--ignore", pattern]
     for key, value in recipe.options:  # parse_options reads true/false, ints and floats back from their text
         argv += ["--option", f"{key}={str(value).lower() if isinstance(value, bool) else value}"]
+    if recipe.experts != "routed":
+        argv += ["--calib-experts", recipe.experts]
     if dtype != "float32":
         argv += ["--dtype", dtype]
     return argv

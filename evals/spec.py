@@ -34,7 +34,8 @@ from llmprune.errors import UserInputError
 from .spec_yaml import KeyLines, read_spec
 
 TOP_KEYS = ("name", "models", "calibration", "recipes", "evaluations", "dense", "device", "dtype", "output", "cache")
-RECIPE_KEYS = ("method", "sparsity", "refine", "quant", "quantizer", "format", "damp", "block", "ignore", "options")
+RECIPE_KEYS = ("method", "sparsity", "refine", "quant", "quantizer", "format", "damp", "block", "ignore", "options",
+               "experts")
 GRID_KEYS = ("method", "sparsity", "refine", "quant", "format")
 EVAL_KEYS = ("perplexity", "seqlen", "max_windows", "zeroshot", "limit", "num_fewshot", "batch_size")
 CALIB_KEYS = ("source", "nsamples", "seqlen", "seed")
@@ -227,7 +228,7 @@ def recipe_from_dict(recipe: dict):
     from llmprune.recipe import Recipe, parse_quant, parse_sparsity
 
     quant = parse_quant(recipe["quant"], method=recipe.get("quantizer") or "gptq") if recipe.get("quant") else None
-    extra = {k: recipe[k] for k in ("damp", "block") if recipe.get(k) is not None}
+    extra = {k: recipe[k] for k in ("damp", "block", "experts") if recipe.get(k) is not None}
     return Recipe(method=recipe["method"], sparsity=parse_sparsity(recipe["sparsity"]) if recipe.get("sparsity")
                   else None, quant=quant, refine=recipe.get("refine"), ignore=recipe.get("ignore") or (),
                   options=tuple(sorted((recipe.get("options") or {}).items())), **extra)

@@ -339,9 +339,12 @@ def compress_(model, recipe: Recipe, calib=None, *, device: str = "cpu", batch_s
     if any(plan.needs(name) for name in plan.targets):
         if calib is None:
             raise UserInputError(f"--method {recipe.method} needs calibration data; give --calib")
+        from .model.experts import calibrating_all_experts
+
         start_from = calib.ids if captured is None else captured
-        engine_info = run_sequential_(model, start_from, plan, device=device, batch_size=batch_size,
-                                      progress=progress, forward_dtype=forward_dtype)
+        with calibrating_all_experts(model, recipe.experts == "all"):
+            engine_info = run_sequential_(model, start_from, plan, device=device, batch_size=batch_size,
+                                          progress=progress, forward_dtype=forward_dtype)
     else:
         engine_info = run_without_calibration_(model, plan, device=device, progress=progress)
     if recipe.include_lm_head:

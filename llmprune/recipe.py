@@ -136,6 +136,9 @@ class Calibration:
                 raise UserInputError(f"--{name} {value!r}: must be {least}")
 
 
+EXPERT_CALIBRATION = ("routed", "all")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Everything that decides what a compression run does; with the model and the data it reproduces the run."""
@@ -150,12 +153,15 @@ class Recipe:
     overrides: tuple[tuple[str, Sparsity], ...] = ()  # (regex, sparsity) pairs; the first match wins
     include_lm_head: bool = False
     options: tuple[tuple[str, object], ...] = ()  # method/refiner-specific settings
+    experts: str = "routed"  # MoE experts' statistics: from the tokens routed to them | from every token
 
     def __post_init__(self):  # every way in (flags, a manifest, a batch spec, the API) gets the same checks
         if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not self.damp > 0:
             raise UserInputError(f"--damp {self.damp!r}: must be a positive number (the reference uses 0.01)")
         if isinstance(self.block, bool) or not isinstance(self.block, int) or self.block < 1:
             raise UserInputError(f"--block {self.block!r}: must be a positive number of columns (default 128)")
+        if self.experts not in EXPERT_CALIBRATION:
+            raise UserInputError(f"--calib-experts {self.experts!r}: choose {' or '.join(EXPERT_CALIBRATION)}")
         bare = isinstance(self.ignore, str)  # one pattern written bare, not split into its characters
         object.__setattr__(self, "ignore", (self.ignore,) if bare else tuple(self.ignore))
         for flag, pattern in [("--ignore", p) for p in self.ignore] + [("--override", p) for p, _ in self.overrides]:

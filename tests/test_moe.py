@@ -183,3 +183,62 @@ def test_compressed_tensors_export_of_experts_is_refused_before_any_work(tmp_pat
     assert "error: --export compressed-tensors: MoE experts cannot be exported" in output
     assert "Traceback" not in output
     assert not (tmp_path / "out").exists()
+
+
+def test_with_calib_experts_all_every_expert_is_pruned_from_every_token():
+    """llm-compressor's calibrate-all-experts mode: each expert's statistics come from all the tokens reaching the
+    MoE block (its down_proj from its own activations of them), while the block's output still follows the routing."""
+    model, _ = tiny_model("mixtral")
+    unfuse_experts_(model)
+    _route_alternately_(model)
+    reference = copy.deepcopy(model)
+    _route_alternately_(reference)
+    ids = _ids()
+    seen = []
+    experts = reference.model.layers[0].mlp.experts
+    hook = experts.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    for row in ids:
+        _logits(reference, row[None])
+    hook.remove()
+    x = torch.cat(seen).double()
+    report = compress_(model, Recipe(method="wanda", sparsity=parse_sparsity("0.5"), experts="all"),
+                       CalibrationSet(ids, ""), batch_size=1, progress=False)
+    assert report.uncalibrated() == []  # expert 2, never routed, is calibrated too
+    pruned = model.model.layers[0].mlp.experts
+    assert not pruned.calibrate_all  # switched off after the run
+    for e, expert in enumerate(experts):
+        gate, up, down = (getattr(expert, p).weight.double() for p in ("gate_proj", "up_proj", "down_proj"))
+        hidden = torch.nn.functional.silu(x @ gate.t()) * (x @ up.t())
+        for proj, inputs in (("gate_proj", x), ("up_proj", x), ("down_proj", hidden)):
+            dense = getattr(expert, proj).weight
+            got = getattr(pruned[e], proj).weight != 0
+            assert torch.equal(got, _wanda_mask(dense, inputs)), (e, proj)
+
+
+def test_calibrating_all_experts_leaves_the_block_output_unchanged():
+    from llmprune.model.experts import calibrating_all_experts
+
+    model, _ = tiny_model("qwen3_moe")
+    unfuse_experts_(model)
+    want = _logits(model, _ids())
+    with calibrating_all_experts(model):
+        torch.testing.assert_close(_logits(model, _ids()), want, rtol=0, atol=1e-6)
+
+
+def test_calib_experts_must_be_routed_or_all():
+    from llmprune.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="--calib-experts 'some': choose routed or all"):
+        Recipe(experts="some")
+
+
+def test_a_batch_recipe_carries_calib_experts_into_the_cell_command():
+    from evals.batch import compress_argv
+    from evals.spec import recipe_from_dict
+    from llmprune.recipe import Calibration
+
+    recipe = {"method": "wanda", "sparsity": "0.5", "experts": "all"}
+    assert recipe_from_dict(recipe).experts == "all"
+    argv = compress_argv("m", recipe, "out", Calibration())
+    assert argv[argv.index("--calib-experts") + 1] == "all"
+    assert "--calib-experts" not in compress_argv("m", {"method": "wanda", "sparsity": "0.5"}, "out", Calibration())

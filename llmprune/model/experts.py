@@ -81,16 +81,18 @@ class RoutedExperts(nn.ModuleList):
     def __init__(self, template: nn.Module, experts: list[ExpertMLP]):
         super().__init__(experts)
         object.__setattr__(self, "template", template)  # not a submodule: no parameters, not in the state dict
+        self.calibrate_all = False  # see ``calibrating_all_experts``
 
     def forward(self, hidden_states: Tensor, top_k_index: Tensor, top_k_weights: Tensor) -> Tensor:
         out = torch.zeros_like(hidden_states)
         for e, expert in enumerate(self):
             token, slot = torch.where(top_k_index == e)
-            if token.numel() == 0:
+            if token.numel() == 0 and not self.calibrate_all:
                 continue
-            x = hidden_states[token]
+            x = hidden_states if self.calibrate_all else hidden_states[token]
             gated = self.template._apply_gate(torch.cat([expert.gate_proj(x), expert.up_proj(x)], dim=-1))
-            y = expert.down_proj(gated) * top_k_weights[token, slot, None]
+            y = expert.down_proj(gated)
+            y = (y[token] if self.calibrate_all else y) * top_k_weights[token, slot, None]
             out.index_add_(0, token, y.to(out.dtype))
         return out
 
@@ -156,6 +158,21 @@ def unfuse_experts_(model: nn.Module) -> int:
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, routed)
     return len(fused)
+
+
+@contextlib.contextmanager
+def calibrating_all_experts(model: nn.Module, enabled: bool = True):
+    """Within the block every expert also runs on every token, so that its Linears' statistics cover all of them
+    (llm-compressor's ``calibrate_all_experts``: rare experts get as much data as common ones), while the block's
+    output still combines only the routed experts' results, as the model computes it."""
+    routed = [m for m in model.modules() if isinstance(m, RoutedExperts)] if enabled else []
+    for module in routed:
+        module.calibrate_all = True
+    try:
+        yield
+    finally:
+        for module in routed:
+            module.calibrate_all = False
 
 
 def has_routed_experts(module: nn.Module) -> bool:
