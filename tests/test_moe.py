@@ -242,3 +242,38 @@ def test_a_batch_recipe_carries_calib_experts_into_the_cell_command():
     argv = compress_argv("m", recipe, "out", Calibration())
     assert argv[argv.index("--calib-experts") + 1] == "all"
     assert "--calib-experts" not in compress_argv("m", {"method": "wanda", "sparsity": "0.5"}, "out", Calibration())
+
+
+def _smollm2_layers(smollm2, n: int):
+    """The real SmolLM2-135M cut to its first ``n`` decoder layers (a copy)."""
+    model = copy.deepcopy(smollm2.model)
+    model.model.layers = model.model.layers[:n]
+    model.config.num_hidden_layers = n
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:n]
+    return model.eval()
+
+
+@pytest.mark.parametrize("method, sparsity", [("wanda", "0.5"), ("sparsegpt", "2:4")])
+def test_an_upcycled_real_model_pruned_with_all_expert_calibration_is_the_pruned_dense_model(smollm2, method,
+                                                                                              sparsity):
+    """End to end on real weights: SmolLM2 upcycled into identical experts (top-1, so each token's expert weight is
+    exactly 1) computes what SmolLM2 does, and with ``experts="all"`` every expert sees the dense MLP's inputs, so
+    every expert of every layer must come out as the pruned dense MLP, bit for bit (SparseGPT's updates included)."""
+    from evals.upcycle import upcycle_llama
+
+    dense = _smollm2_layers(smollm2, 2)
+    moe = upcycle_llama(dense, experts=2, top_k=1)
+    text = "Sparse upcycling copies a dense model's MLP into every expert of a mixture-of-experts block. " * 3
+    ids = smollm2.tokenizer(text, return_tensors="pt").input_ids[:, :64].reshape(2, 32)
+    torch.testing.assert_close(_logits(moe, ids), _logits(dense, ids), rtol=0, atol=2e-4)
+    recipe = Recipe(method=method, sparsity=parse_sparsity(sparsity))
+    compress_(dense, recipe, CalibrationSet(ids, ""), progress=False)
+    compress_(moe, recipe.with_(experts="all"), CalibrationSet(ids, ""), progress=False)
+    for i, layer in enumerate(dense.model.layers):
+        assert all(torch.equal(getattr(moe.model.layers[i].self_attn, p).weight, getattr(layer.self_attn, p).weight)
+                   for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
+        for e, expert in enumerate(moe.model.layers[i].mlp.experts):
+            for proj in ("gate_proj", "up_proj", "down_proj"):
+                assert torch.equal(getattr(expert, proj).weight, getattr(layer.mlp, proj).weight), (i, e, proj)
+    torch.testing.assert_close(_logits(moe, ids), _logits(dense, ids), rtol=0, atol=2e-4)
