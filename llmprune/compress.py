@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -66,8 +67,9 @@ ROUTERS = ("gate", "router", "shared_expert_gate")  # MoE routing Linears (not g
 
 def _router_reason(name: str) -> str | None:
     """MoE routers stay dense, as in llm-compressor's MoE recipes (``re:.*mlp.gate$``): they are a sliver of the
-    weights, and an error in them sends tokens to the wrong experts."""
-    return "MoE router (kept dense)" if name.rpartition(".")[2] in ROUTERS else None
+    weights, and an error in them sends tokens to the wrong experts. A router is a module named ``gate``/``router``
+    (not ``gate_proj``) or anything inside one (HunYuan's ``mlp.gate.wg``)."""
+    return "MoE router (kept dense)" if set(name.split(".")) & set(ROUTERS) else None
 
 
 INTERNAL_OPTIONS = {"name", "mask", "calib_seqlen", "scale_dtype", "damp", "block"}  # set by the plan or the recipe
@@ -339,12 +341,16 @@ def compress_(model, recipe: Recipe, calib=None, *, device: str = "cpu", batch_s
     if any(plan.needs(name) for name in plan.targets):
         if calib is None:
             raise UserInputError(f"--method {recipe.method} needs calibration data; give --calib")
-        from .model.experts import calibrating_all_experts
-
         start_from = calib.ids if captured is None else captured
-        with calibrating_all_experts(model, recipe.experts == "all"):
-            engine_info = run_sequential_(model, start_from, plan, device=device, batch_size=batch_size,
-                                          progress=progress, forward_dtype=forward_dtype)
+        engine_info = run_sequential_(model, start_from, plan, device=device, batch_size=batch_size,
+                                      progress=progress, forward_dtype=forward_dtype,
+                                      all_experts=recipe.experts == "all")
+        unrouted = plan.report.uncalibrated()
+        if unrouted:
+            warnings.warn(f"{len(unrouted)} Linear layers (e.g. {unrouted[0]}) saw no calibration token, as the "
+                          f"router chose none of their experts; they were compressed from weights alone (identity "
+                          f"statistics); more calibration data (--nsamples) or --calib-experts all reaches them",
+                          stacklevel=2)
     else:
         engine_info = run_without_calibration_(model, plan, device=device, progress=progress)
     if recipe.include_lm_head:

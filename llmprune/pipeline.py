@@ -148,11 +148,6 @@ def _run_compress(job: CompressJob) -> str:
         "command": list(job.argv),
     }
     _save(job, loaded, report, manifest)
-    unrouted = report.uncalibrated()
-    if unrouted:
-        warnings.warn(f"{len(unrouted)} Linear layers (e.g. {unrouted[0]}) saw no calibration token, as the router "
-                      f"chose none of their experts; they were compressed from weights alone (identity statistics); "
-                      f"more calibration data (--nsamples) reaches more experts", stacklevel=2)
     bits, outliers = report.bits_per_param(), report.outlier_fraction()
     quant = "" if bits is None else f", {bits:.3f} bits/param"
     quant += "" if outliers is None else f" ({100 * outliers:.2f}% outliers)"

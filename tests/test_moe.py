@@ -277,3 +277,48 @@ def test_an_upcycled_real_model_pruned_with_all_expert_calibration_is_the_pruned
             for proj in ("gate_proj", "up_proj", "down_proj"):
                 assert torch.equal(getattr(expert, proj).weight, getattr(layer.mlp, proj).weight), (i, e, proj)
     torch.testing.assert_close(_logits(moe, ids), _logits(dense, ids), rtol=0, atol=2e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_forward_that_differs_by_one_percent_is_refused_in_16_bit_models_too(monkeypatch, dtype):
+    """The split is checked in float32, so a 16-bit model's rounding cannot hide a changed function."""
+    model, _ = tiny_model("mixtral")
+    model.to(dtype)
+    experts = model.model.layers[0].mlp.experts
+    original = type(experts).forward.__wrapped__
+    monkeypatch.setattr(type(experts).forward, "__wrapped__", lambda self, *a: 1.01 * original(self, *a))
+    with pytest.raises(UnsupportedArchitecture, match="not the standard routed-experts computation"):
+        unfuse_experts_(model)
+
+
+def test_a_16_bit_model_splits_and_computes_what_it_did():
+    model, _ = tiny_model("qwen2_moe")
+    model.to(torch.bfloat16)
+    want = _logits(model, _ids())
+    unfuse_experts_(model)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    torch.testing.assert_close(_logits(model, _ids()), want, rtol=0.02, atol=0.02)
+
+
+def test_a_linear_inside_a_router_module_stays_dense():
+    """HunYuan-MoE's router is ``mlp.gate`` holding a Linear ``wg``: it is a router too."""
+    import transformers as tf
+
+    config = tf.HunYuanMoEV1Config(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=4, moe_topk=2,
+                                   num_experts_per_tok=2, moe_intermediate_size=32)
+    model = tf.HunYuanMoEV1ForCausalLM(config).eval()
+    report = compress_(model, Recipe(method="magnitude", sparsity=parse_sparsity("0.5")), progress=False)
+    routers = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.endswith("gate.wg")]
+    assert routers and all(report.skipped.get(n) == "MoE router (kept dense)" for n in routers)
+    assert all(float((model.get_submodule(n).weight == 0).float().mean()) < 0.1 for n in routers)
+    assert any(".experts.0.down_proj" in n for n in report.records)
+
+
+def test_the_library_warns_about_experts_no_token_reached():
+    model, _ = tiny_model("mixtral")
+    unfuse_experts_(model)
+    _route_alternately_(model)
+    with pytest.warns(UserWarning, match=r"3 Linear layers \(e.g. model.layers.0.mlp.experts.2.gate_proj\) saw no"):
+        compress_(model, Recipe(method="wanda", sparsity=parse_sparsity("0.5")), CalibrationSet(_ids(), ""),
+                  batch_size=1, progress=False)

@@ -23,7 +23,7 @@ import time
 import torch
 from torch import Tensor, nn
 
-from ..model.experts import has_routed_experts
+from ..model.experts import calibrating_all_experts, has_routed_experts
 from ..model.layers import decoder_layers, get_weight, linears, set_weight_
 from ..types import Stats
 from .capture import Captured, LayerCall, capture_inputs, model_device
@@ -108,7 +108,8 @@ def cast_captured(captured: Captured, dtype: torch.dtype) -> Captured:
 
 @torch.no_grad()
 def run_sequential_(model: nn.Module, calib_ids: Tensor | Captured, task, *, device="cpu", batch_size: int = 1,
-                    progress: bool = True, forward_dtype: torch.dtype | None = None) -> dict:
+                    progress: bool = True, forward_dtype: torch.dtype | None = None,
+                    all_experts: bool = False) -> dict:
     """Compress ``model`` in place layer by layer with ``task``, calibrating on ``calib_ids`` [n, seqlen].
 
     ``calib_ids`` may instead be a ``Captured`` from ``capture_inputs`` (on ``device``), to reuse one capture across
@@ -117,6 +118,9 @@ def run_sequential_(model: nn.Module, calib_ids: Tensor | Captured, task, *, dev
     ``forward_dtype`` (e.g. bfloat16) runs the two calibration forwards of each layer on a copy of the layer in that
     dtype, as the reference code runs them in float16 on GPU; the statistics still accumulate in float32 and the
     algorithms still see (and write) the model's own float32 weights. None: forwards in the model's dtype.
+
+    ``all_experts``: during each layer's statistics forward, MoE experts also run on every token
+    (``model.experts.calibrating_all_experts``); the forward that makes the next layer's inputs routes as usual.
 
     Returns ``{"capture_seconds", "stats_seconds", "task_seconds", "forward_seconds", "engine_seconds",
     "calibration_tokens", "layers": [per-layer dicts]}``.
@@ -131,7 +135,7 @@ def run_sequential_(model: nn.Module, calib_ids: Tensor | Captured, task, *, dev
             "forward_seconds": 0.0, "calibration_tokens": int(tokens), "layers": []}
     for index, layer in enumerate(_progress(layers, progress, "compressing layers")):
         info["layers"].append(_run_layer_(task, layer, index, f"{path}.{index}", captured, device, info,
-                                          forward_dtype))
+                                          forward_dtype, all_experts))
     info["engine_seconds"] = time.perf_counter() - start
     return info
 
@@ -141,7 +145,7 @@ def _forward_copy(layer: nn.Module, dtype: torch.dtype | None) -> nn.Module:
 
 
 def _run_layer_(task, layer: nn.Module, index: int, prefix: str, captured: Captured, device, info: dict,
-                forward_dtype: torch.dtype | None = None) -> dict:
+                forward_dtype: torch.dtype | None = None, all_experts: bool = False) -> dict:
     """One step of the loop; adds its times to ``info`` and returns the layer's record."""
     home = model_device(layer)
     layer.to(device)
@@ -151,7 +155,7 @@ def _run_layer_(task, layer: nn.Module, index: int, prefix: str, captured: Captu
     collector = StatsCollector({name: (fwd.get_submodule(name[len(prefix) + 1:]), needs[name]) for name in targets})
     t0 = time.perf_counter()
     if collector.active:  # experts run in routed order: no Linear is reliably the last one
-        with collector.hooks(stop_early=not has_routed_experts(layer)):
+        with collector.hooks(stop_early=not has_routed_experts(layer)), calibrating_all_experts(fwd, all_experts):
             _forward_all(fwd, captured, index, collector, keep=False)
     t1 = time.perf_counter()
     _compress_linears_(task, targets, collector)
