@@ -32,7 +32,28 @@ from .packed_linear import PackedLinear, unpack_linears_
 from .types import QuantizedWeight
 
 
-def _check(name: str, qw: QuantizedWeight, module: nn.Module) -> None:
+def check_plan(model: nn.Module, plan) -> None:
+    """Before any calibration: the refusals ``_check`` would make after the compression, from the recipe alone."""
+    from .model.layers import get_weight
+
+    refuse_moe(model)
+    quant = plan.recipe.quant
+    if quant is None:
+        raise UserInputError("--export compressed-tensors needs quantized layers; add --quant (e.g. --quant w4g64)")
+    if quant.method == "spqr":
+        raise UserInputError("--export compressed-tensors: SpQR's outliers and quantized statistics have no "
+                             "compressed-tensors form; use --quantizer gptq or rtn, or drop --export")
+    for name in plan.targets:
+        module = model.get_submodule(name)
+        if not isinstance(module, (nn.Linear, PackedLinear)):
+            _check(name, None, module)
+        n_in = get_weight(module).shape[1]
+        if quant.group and n_in % quant.group:
+            raise UserInputError(f"--export compressed-tensors: {name}: group {quant.group} does not divide "
+                                 f"{n_in}; choose a dividing group (e.g. --quant w{quant.bits}g64)")
+
+
+def _check(name: str, qw: QuantizedWeight | None, module: nn.Module) -> None:
     if not isinstance(module, (nn.Linear, PackedLinear)):
         raise UserInputError(f"--export compressed-tensors: {name} is a {type(module).__name__}, not an nn.Linear "
                              f"(GPT-2 Conv1D layers cannot be exported); drop --export")

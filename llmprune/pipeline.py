@@ -116,9 +116,9 @@ def _run_compress(job: CompressJob) -> str:
     loaded = resolve(job.model, dtype=DTYPES[job.dtype], revision=job.revision)
     plan = build_plan(loaded.model, job.recipe, job.format)  # every shape check, before any calibration
     if job.export:
-        from .export_ct import refuse_moe
+        from .export_ct import check_plan
 
-        refuse_moe(loaded.model)
+        check_plan(loaded.model, plan)
     calib = None
     if any(plan.needs(name) for name in plan.targets):
         from .data.calibration import calibration_windows

@@ -63,8 +63,16 @@ def test_cli_compress_with_quant_records_bits_and_grid_values(flags, bits, tiny_
     (["--quant", "w3g16", "--quantizer", "spqr", "--option", "stat_bits=0"], "stat_bits=0"),
     (["--quant", "w4g16", "--quantizer", "gtpq"], "did you mean 'gptq'"),
     (["--sparsity", "0.5", "--quant", "w3g16", "--quantizer", "spqr"], "takes no sparsity"),  # before calibration
+    # compressed-tensors refusals, before calibration too (they came after the whole compression)
+    (["--sparsity", "0.5", "--quant", "w4g48", "--export", "compressed-tensors"], "group 48 does not divide 64"),
+    (["--quant", "w3g16", "--quantizer", "spqr", "--export", "compressed-tensors"], "SpQR's outliers"),
+    (["--sparsity", "0.5", "--export", "compressed-tensors"], "needs quantized layers"),
 ])
-def test_cli_bad_quant_is_one_line_and_writes_nothing(flags, words, tiny_llama, tmp_path, capsys):
+def test_cli_bad_quant_is_one_line_and_writes_nothing(flags, words, tiny_llama, tmp_path, capsys, monkeypatch):
+    import llmprune.data.calibration as calibration
+
+    if "--export" in flags:
+        monkeypatch.setattr(calibration, "calibration_windows", lambda *a, **k: pytest.fail("calibration started"))
     out = tmp_path / "out"
     code, _, stderr = run_cli(["compress", tiny_llama, "-o", out, "--nsamples", "2", "--seqlen", "16", "--quiet",
                                *flags], capsys)
