@@ -87,12 +87,20 @@ def _main(argv: list[str] | None) -> int:
         return 1
     except Exception as exc:  # click usage errors (unknown option, bad value) carry their own message and exit code
         if isinstance(exc, _usage_errors()):
-            exc.show()
+            typer.echo(f"error: {_usage_line(exc)}", err=True)
             return exc.exit_code
         raise
     if code == 130:  # Ctrl-C: click catches the KeyboardInterrupt and returns 130
         typer.echo("error: interrupted", err=True)
     return code if isinstance(code, int) else 0
+
+
+def _usage_line(exc) -> str:
+    """Click's usage error as one line naming the problem and where help is (click prints a three-line block)."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "llmprune"
+    return f"{message[:1].lower()}{message[1:]} (see '{command} --help')"
 
 
 def _usage_errors() -> tuple[type, ...]:
