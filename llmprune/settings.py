@@ -32,3 +32,28 @@ def hub_offline(datasets: bool = False) -> bool:
     """True when Hugging Face's own offline switches are on; ``datasets=True`` also honours HF_DATASETS_OFFLINE."""
     names = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if datasets else ("HF_HUB_OFFLINE",)
     return any(os.environ.get(var, "0").lower() in {"1", "true", "yes"} for var in names)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A cheap TCP probe of the Hub endpoint, so an unreachable Hub fails in seconds instead of after minutes of
+    retries (transformers' and datasets' own)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def describe_data_dir() -> str:
+    """Where LLMPRUNE_DATA_DIR points, for error messages (unset, missing, or the folder)."""
+    root = data_dir()
+    if root is None:
+        return "LLMPRUNE_DATA_DIR is not set"
+    return f"LLMPRUNE_DATA_DIR={root}" + ("" if root.is_dir() else ", which does not exist")
+

@@ -78,6 +78,18 @@ def test_data_dir_unset_offline_names_the_variable(monkeypatch):
         sources.load_named("c4", "train")
 
 
+def test_unreachable_hub_fails_fast_and_says_the_data_dir_is_missing(monkeypatch, tmp_path):
+    """Not offline by flag but no network: one line in seconds (datasets retried for ~25 s), naming a data dir
+    that does not exist."""
+    monkeypatch.setenv("LLMPRUNE_DATA_DIR", str(tmp_path / "dta"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
+    monkeypatch.setattr(sources, "hub_reachable", lambda: False)
+    monkeypatch.setattr(sources, "_load_hub", hub_forbidden)
+    with pytest.raises(DataNotFound, match=r"dta, which does not exist\) and the Hugging Face Hub is unreachable"):
+        sources.load_named("c4", "train")
+
+
 def test_data_dir_wins_over_hub_when_online(shared_data_dir, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # online, but the local copy must be used (the Hub loader would fail)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
@@ -91,6 +103,7 @@ def test_online_without_local_copy_uses_the_hub(offline_empty_data_dir, monkeypa
     fake = types.SimpleNamespace(load_dataset=lambda *a, **k: calls.append((a, k)) or {"text": ["doc one", None]})
     monkeypatch.setitem(sys.modules, "datasets", fake)
     monkeypatch.setattr(sources, "_load_hub", ORIGINAL_LOAD_HUB)
+    monkeypatch.setattr(sources, "hub_reachable", lambda: True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
     source = sources.load_named("c4", "validation")
@@ -105,6 +118,7 @@ def test_hub_failure_is_one_line_data_not_found(offline_empty_data_dir, monkeypa
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=refuse))
     monkeypatch.setattr(sources, "_load_hub", ORIGINAL_LOAD_HUB)
+    monkeypatch.setattr(sources, "hub_reachable", lambda: True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
     with pytest.raises(DataNotFound, match="could not be loaded from the Hub") as info:

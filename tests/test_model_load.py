@@ -57,7 +57,7 @@ def test_resolve_hub_id_offline_is_a_one_line_error(monkeypatch):
 
 def test_resolve_hub_id_unreachable_hub_fails_fast(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(load, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(load.settings, "hub_reachable", lambda timeout=3.0: False)
     monkeypatch.setattr(load, "_load_pretrained", _no_local_copy)
     message = _one_line_not_found("llmprune-test/no-such-model")
     assert "not found locally and the Hugging Face Hub is unreachable" in message

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataNotFound, UserInputError
-from ..settings import data_dir, hub_offline
+from ..settings import data_dir, describe_data_dir, hub_offline, hub_reachable
 
 NAMES = ("wikitext2", "ptb", "c4")
 FILE_SUFFIXES = (".txt", ".jsonl", ".parquet")
@@ -144,9 +144,11 @@ def load_named(name: str, split: str) -> TextSource:
     if local is not None:
         return local
     if hub_offline(datasets=True):
-        where = f"LLMPRUNE_DATA_DIR={root}" if root is not None else "LLMPRUNE_DATA_DIR is not set"
-        raise DataNotFound(f"dataset '{name}' split '{split}' not found offline ({where}); put it at "
+        raise DataNotFound(f"dataset '{name}' split '{split}' not found offline ({describe_data_dir()}); put it at "
                            f"{layout} or go online (unset HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)")
+    if not hub_reachable():
+        raise DataNotFound(f"dataset '{name}' split '{split}' not found locally ({describe_data_dir()}) and the "
+                           f"Hugging Face Hub is unreachable; put it at {layout}")
     return _load_hub(name, split)
 
 

@@ -9,10 +9,8 @@ the config's ``use_cache`` is left as shipped so that saved checkpoints generate
 """
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
@@ -79,18 +77,6 @@ def _load_folder(path: Path, dtype):
         raise ModelNotFound(f"could not load the model in '{path}' ({first}); {ACCEPTED}") from None
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A cheap TCP probe of the Hub endpoint, so an unreachable Hub fails in seconds instead of after retries."""
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def _causes(exc: BaseException):
     while exc is not None:
         yield exc
@@ -103,7 +89,7 @@ def _load_hub(spec: str, dtype, revision: str | None = None):
         return _load_pretrained(spec, dtype, local_files_only=True, **pin)
     except (OSError, ValueError):
         pass
-    if settings.hub_offline() or not _hub_reachable():
+    if settings.hub_offline() or not settings.hub_reachable():
         why = "HF_HUB_OFFLINE is set" if settings.hub_offline() else "the Hugging Face Hub is unreachable"
         raise ModelNotFound(f"model '{spec}' not found locally and {why} ({ACCEPTED})")
     try:
