@@ -31,16 +31,15 @@ def load_for_eval(spec: str, *, device: str, dtype: str):
     return loaded.model.to(torch.device(device)), loaded.tokenizer
 
 
-def _ppl_rows(model, tokenizer, names: list[str], *, seqlen, max_seqlen, device, batch_size, progress,
+def _ppl_rows(model, tokenizer, texts: list, *, seqlen, max_seqlen, device, batch_size, progress,
               max_windows=None):
-    from llmprune.evals.perplexity import default_seqlen, load_eval_text, perplexity
+    from llmprune.evals.perplexity import default_seqlen, perplexity
     from llmprune.model.layers import check_seqlen
 
     window = seqlen or default_seqlen(model, cap=max_seqlen)
     check_seqlen(model, window, "--seqlen")
     rows = []
-    for name in names:
-        text = load_eval_text(name)
+    for text in texts:
         result = perplexity(model, tokenizer, text.text, seqlen=window, device=device, batch_size=batch_size,
                             progress=progress, dataset=text.name,
                             max_windows=min(filter(None, (text.max_windows, max_windows)), default=None))
@@ -82,6 +81,11 @@ def eval_command(
     from llmprune.pipeline import check_device
 
     check_device(device)
+    texts = []
+    if ppl:  # unknown names and missing data fail before the model loads
+        from llmprune.evals.perplexity import load_eval_text
+
+        texts = [load_eval_text(n.strip()) for n in ppl.split(",") if n.strip()]
     task_names = None
     if tasks:
         from .eval_zeroshot import check_tasks
@@ -92,9 +96,8 @@ def eval_command(
     with library_progress(not quiet):  # transformers' "Loading weights" bar too
         loaded_model, tokenizer = load_for_eval(model, device=device, dtype=dtype)
     results: dict = {"model": model}
-    if ppl:
-        names = [n.strip() for n in ppl.split(",") if n.strip()]
-        results["perplexity"] = _ppl_rows(loaded_model, tokenizer, names, seqlen=seqlen, max_seqlen=max_seqlen,
+    if texts:
+        results["perplexity"] = _ppl_rows(loaded_model, tokenizer, texts, seqlen=seqlen, max_seqlen=max_seqlen,
                                           device=device, batch_size=batch_size, progress=not quiet,
                                           max_windows=ppl_max_windows)
     if task_names:

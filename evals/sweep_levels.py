@@ -46,6 +46,9 @@ def parse_levels(text: str) -> tuple[Sparsity, ...]:
     for item in items:
         if not item:
             raise UserInputError(f"{flag}: empty entry between commas; e.g. 0.5,0.6,2:4")
+        if item.count(":") == 1 and not all(part.strip().isdigit() for part in item.split(":")):
+            raise UserInputError(f"{flag}: '{item}' is neither N:M (two whole numbers, e.g. 2:4) nor a range; write "
+                                 f"a range as START:STOP:STEP, e.g. 0.1:0.9:0.1")
         found = _range(item, flag) if item.count(":") == 2 else [parse_sparsity(item)]
         if any(isinstance(s, Groups) for s in found):
             raise UserInputError(f"{flag}: sweep levels are fractions, ranges or N:M; '{item}' is group sparsity")

@@ -54,6 +54,7 @@ def test_cli_eval_needs_something_to_do(tmp_path, capsys):
     (["--ppl", ","], "--ppl ',': name a set"),
     (["--ppl", "wikitext2", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
     (["--ppl", "wikitext2", "--ppl-max-windows", "0"], "--ppl-max-windows 0: must be at least 1"),
+    (["--ppl", "wikitxt2"], "did you mean 'wikitext2'?"),  # data names are checked before the model loads
 ])
 def test_cli_eval_bad_flags_are_one_line_before_loading(flags, words, tmp_path, capsys):
     capsys.readouterr()

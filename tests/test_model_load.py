@@ -41,6 +41,14 @@ def test_resolve_missing_path_is_a_one_line_error(tmp_path):
     assert "no model given" in _one_line_not_found("  ")
 
 
+def test_a_mistyped_folder_under_a_local_folder_is_a_missing_path_not_a_hub_id(tmp_path, monkeypatch):
+    """``out/sgpt42`` (one slash, like org/name) whose ``out`` exists here is a path that does not exist."""
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(load, "_load_hub", lambda *a, **k: pytest.fail("treated as a Hub id"))
+    assert "model path 'out/sgpt42' does not exist" in _one_line_not_found("out/sgpt42")
+
+
 def test_resolve_folder_without_checkpoint_or_non_gguf_file(tmp_path):
     (tmp_path / "empty").mkdir()
     assert not is_hf_folder(tmp_path / "empty")

@@ -35,7 +35,7 @@ def test_sweep_lists_mix_fractions_nm_and_ranges():
     ("0.1:0.5:0", "step must be positive"), ("0.1:0.5:-0.1", "step must be positive"), ("3:2", "N must be smaller"),
     ("0:4", "at least 1"), ("2:x", "two whole numbers"), ("abc", "not a number"), ("", "no levels"),
     ("0.5,,0.6", "empty entry"), ("1.5", "fraction in (0, 1)"), ("0.5@g16", "group sparsity"),
-    ("a:0.5:0.1", "not a number"), ("1:2:3:4", "two whole numbers"),
+    ("a:0.5:0.1", "not a number"), ("1:2:3:4", "two whole numbers"), ("0.1:0.9", "START:STOP:STEP"),
 ])
 def test_sweep_bad_levels_are_one_line_errors(text, message):
     with pytest.raises(UserInputError) as info:

@@ -106,9 +106,10 @@ def _load_hub(spec: str, dtype, revision: str | None = None):
 
 
 def _looks_like_path(spec: str) -> bool:
-    """Hub ids are ``name`` or ``org/name``; anything else with a separator, ``~`` or ``.gguf`` is a path."""
+    """Hub ids are ``name`` or ``org/name``; anything else with a separator, ``~`` or ``.gguf`` is a path, and so is
+    ``dir/name`` when ``dir`` is a local folder (``out/sgpt42``, a mistyped output folder, is not a Hub id)."""
     return (spec.startswith(("/", ".", "~")) or spec.endswith(".gguf") or spec.count("/") > 1
-            or "\\" in spec or spec.endswith("/"))
+            or "\\" in spec or spec.endswith("/") or ("/" in spec and Path(spec).parent.is_dir()))
 
 
 def resolve(spec, *, dtype=torch.float32, revision: str | None = None) -> LoadedModel:
