@@ -16,7 +16,8 @@ def sweep_command(
                                                      "such as 0.5,2:4,4:8."),
     refine: Optional[str] = typer.Option(None, help="Refinement for every method without its own, e.g. dsnot."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for sweep.json, sweep.csv, sweep.png (atomic)."),
-    calib: str = typer.Option("c4", help="Calibration: c4, wikitext2, self, or a .txt/.jsonl/.parquet file."),
+    calib: str = typer.Option("c4", help="Calibration: c4, wikitext2, ptb (optionally NAME:SPLIT), a .txt/.jsonl/"
+                              ".parquet file, or data-free self[:temperature=T,start=bos|random,batch=B]."),
     nsamples: int = typer.Option(128, help="Number of calibration windows (drawn once for the whole sweep)."),
     seqlen: int = typer.Option(2048, help="Tokens per calibration window."),
     seed: int = typer.Option(0, help="Seed of the calibration sampling."),

@@ -176,6 +176,9 @@ def _with_keys(data: dict | None, keys: str) -> dict:
 def _context(manifest: dict, results: list[dict] | None, model_name: str, repo_id: str) -> dict:
     recipe = _with_keys(manifest.get("recipe"), "method sparsity refine damp block ignore quant")
     quant = _with_keys(recipe["quant"], "method bits group symmetric") if recipe["quant"] else {}
+    # dampening and block only mean something to the OBS-based steps (SparseGPT, GQSA, GPTQ, SpQR)
+    pruned_obs = recipe["sparsity"] not in (None, "dense") and recipe["method"] in ("sparsegpt", "gqsa")
+    recipe["uses_damp"] = pruned_obs or bool(quant) and quant["method"] in ("gptq", "spqr")
     calibration = manifest.get("calibration")
     calibration = _with_keys(calibration, "source nsamples seqlen seed sha256") if calibration else None
     job = manifest.get("job") or {}

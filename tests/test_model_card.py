@@ -86,3 +86,18 @@ def test_rows_from_zeroshot_result():
         {"name": "piqa", "metric": "acc", "value": 0.6, "stderr": 0.07, "samples": 50, "note": "lm-eval, local data"},
         {"name": "piqa", "metric": "acc_norm", "value": 0.62, "stderr": 0.069, "samples": 50,
          "note": "lm-eval, local data"}]
+
+
+@pytest.mark.parametrize("recipe, method_row, damp_row", [
+    ({"method": "magnitude", "sparsity": "0.5", "damp": 0.01, "block": 128,
+      "quant": {"method": "rtn", "bits": 4, "group": 16}}, "| method | magnitude |", False),
+    ({"method": "sparsegpt", "sparsity": "2:4", "damp": 0.01, "block": 128}, "| method | sparsegpt |", True),
+    ({"method": "wanda", "sparsity": None, "damp": 0.01, "block": 128,
+      "quant": {"method": "gptq", "bits": 4, "group": 16}}, "| method | none (no pruning) |", True),
+])
+def test_model_card_shows_only_the_settings_the_recipe_used(recipe, method_row, damp_row):
+    """A quant-only run names no pruning method (the recipe holds the default), and dampening / block appear only
+    for SparseGPT, GQSA, GPTQ and SpQR, which read them."""
+    text = render_card({"format": "dense", "recipe": recipe})
+    assert method_row in text
+    assert ("| dampening / block | 0.01 / 128 |" in text) == damp_row
