@@ -1,11 +1,12 @@
 """A real-weight MoE without a download: a Llama-architecture model sparse-upcycled into a Mixtral.
 
 Sparse upcycling (Komatsuzaki et al., 2022) initialises every expert of a MoE block with the dense model's MLP. With
-identical experts and Mixtral's top-k weights renormalised to sum to one, the upcycled model computes exactly what
-the dense one did, whatever its (random) router chooses. That makes it an end-to-end oracle for the MoE path: with
-``--calib-experts all`` every expert sees the dense MLP's inputs, so pruning the upcycled model must give the dense
-model's masks in every expert; with routed calibration each expert is pruned from its own tokens instead, and the
-perplexity shows what that costs (``benchmarks/moe_upcycled.py``).
+identical experts and Mixtral's top-k weights renormalised to sum to one, the upcycled model computes what the dense
+one did, whatever its (random) router chooses (up to float rounding; bit for bit with top-1, whose weight is exactly
+1). That makes it an end-to-end oracle for the MoE path: with ``--calib-experts all`` every expert sees the dense
+MLP's inputs, so pruning the upcycled top-1 model must give the pruned dense MLP in every expert (tests/test_moe.py);
+with routed calibration each expert is pruned from its own tokens instead, and the perplexity shows what that costs
+(``benchmarks/moe_upcycled.py``).
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def upcycle_llama(model: nn.Module, *, experts: int = 4, top_k: int = 2, seed: i
         state[f"{prefix}.experts.gate_up_proj"] = gate_up.expand(experts, *gate_up.shape).clone()
         down = mlp.down_proj.weight.detach()
         state[f"{prefix}.experts.down_proj"] = down.expand(experts, *down.shape).clone()
-        state[f"{prefix}.gate.weight"] = (0.02 * torch.randn(experts, config.hidden_size, generator=generator)).to(dtype)
+        router = 0.02 * torch.randn(experts, config.hidden_size, generator=generator)
+        state[f"{prefix}.gate.weight"] = router.to(dtype)
     missing, unexpected = moe.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:

@@ -73,6 +73,16 @@ def _route_alternately_(model):
     router.forward = forward
 
 
+def _routed_pair():
+    """A split tiny Mixtral routed by ``_route_alternately_``, and an independent copy routed the same way."""
+    model, _ = tiny_model("mixtral")
+    unfuse_experts_(model)
+    _route_alternately_(model)
+    reference = copy.deepcopy(model)
+    _route_alternately_(reference)
+    return model, reference
+
+
 def _routed_inputs(model, ids) -> dict[str, torch.Tensor]:
     """The inputs each layer-0 expert Linear receives when the dense model runs the windows one by one."""
     seen: dict[str, list] = {}
@@ -95,11 +105,7 @@ def _wanda_mask(weight, inputs=None):
 
 
 def test_each_expert_is_pruned_from_the_tokens_routed_to_it_and_an_unrouted_one_by_magnitude():
-    model, _ = tiny_model("mixtral")
-    unfuse_experts_(model)
-    _route_alternately_(model)
-    reference = copy.deepcopy(model)
-    _route_alternately_(reference)
+    model, reference = _routed_pair()
     ids = _ids()
     inputs = _routed_inputs(reference, ids)
     assert set(inputs) == {f"{e}.{p}" for e in (0, 1, 3) for p in ("gate_proj", "up_proj", "down_proj")}
@@ -188,11 +194,7 @@ def test_compressed_tensors_export_of_experts_is_refused_before_any_work(tmp_pat
 def test_with_calib_experts_all_every_expert_is_pruned_from_every_token():
     """llm-compressor's calibrate-all-experts mode: each expert's statistics come from all the tokens reaching the
     MoE block (its down_proj from its own activations of them), while the block's output still follows the routing."""
-    model, _ = tiny_model("mixtral")
-    unfuse_experts_(model)
-    _route_alternately_(model)
-    reference = copy.deepcopy(model)
-    _route_alternately_(reference)
+    model, reference = _routed_pair()
     ids = _ids()
     seen = []
     experts = reference.model.layers[0].mlp.experts
