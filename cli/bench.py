@@ -38,16 +38,11 @@ def bench_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the table."),
 ) -> None:
     """Decode throughput of packed models vs the dense model, with the dispatch path each layer took."""
-    from llmprune.evals.bench import format_table, run_bench
+    from llmprune.evals.bench import default_formats, format_table, run_bench
 
     graphs = device == "cuda" if cuda_graphs is None else cuda_graphs
     variants = ["eager"] + (["static+compile"] if compile else []) + (["static+cudagraphs"] if graphs else [])
-    if format is None:  # a checkpoint is measured as stored
-        from llmprune.evals.bench import _stored_format
-
-        stored = _stored_format(model)
-        format = stored or "sparse24_int4"
-    formats = [f.strip() for f in format.split(",") if f.strip()]
+    formats = default_formats(model) if format is None else [f.strip() for f in format.split(",") if f.strip()]
     result = run_bench(model, formats, _ints(batch, "--batch"), new_tokens=new_tokens, prompt_len=prompt_len,
                        device=device, dtype=dtype, variants=variants, runs=runs)
     typer.echo(json.dumps(result, indent=2) if as_json else format_table(result))

@@ -82,6 +82,11 @@ def check_inputs(model: str, formats: list[str], batches: list[int], device: str
                                  f"{stored}+merged)")
 
 
+def default_formats(model: str) -> list[str]:
+    """``--format`` left out: an llmprune checkpoint is measured as stored; anything else as sparse24_int4."""
+    return [_stored_format(model) or "sparse24_int4"]
+
+
 def _stored_format(model: str) -> str | None:
     """The packed format of an llmprune checkpoint (None for anything else)."""
     manifest = Path(model).expanduser() / "llmprune.json"

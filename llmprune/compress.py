@@ -306,19 +306,19 @@ def build_plan(model, recipe: Recipe, format: str | None = None) -> Plan:
 
     unfuse_experts_(model)  # fused MoE experts become Linears first, or they would be left dense
     layers, path = decoder_layers(model)
-    modules = {}
+    modules, kept_dense = {}, {}
     for index, layer in enumerate(layers):
         for name, module in linears(layer).items():
             modules[f"{path}.{index}.{name}"] = module
+        for weight, owner in other_weights(layer).items():
+            kept_dense[f"{path}.{index}.{weight}"] = _router_reason(owner) or "not a Linear (kept dense)"
     if recipe.include_lm_head:
         from .engine.lm_head import head_name
 
         name, head = head_name(model)
         modules[name] = head
     plan = Plan(resolve_sparsity_for_method(recipe), modules)
-    for index, layer in enumerate(layers):
-        for weight, owner in other_weights(layer).items():
-            plan.report.skipped[f"{path}.{index}.{weight}"] = _router_reason(owner) or "not a Linear (kept dense)"
+    plan.report.skipped.update(kept_dense)
     plan.scale_dtype = float_dtype(storage_dtype(model))  # one model whatever the format: see uniform.stored_scale
     plan.check_shapes(modules, lambda m: tuple(get_weight(m).shape), format)
     return plan

@@ -32,6 +32,9 @@ from .packed_linear import PackedLinear, unpack_linears_
 from .types import QuantizedWeight
 
 
+NEEDS_QUANT = "--export compressed-tensors needs quantized layers; add --quant (e.g. --quant w4g64)"
+
+
 def check_plan(model: nn.Module, plan) -> None:
     """Before any calibration: the refusals ``_check`` would make after the compression, from the recipe alone."""
     from .model.layers import get_weight
@@ -39,30 +42,34 @@ def check_plan(model: nn.Module, plan) -> None:
     refuse_moe(model)
     quant = plan.recipe.quant
     if quant is None:
-        raise UserInputError("--export compressed-tensors needs quantized layers; add --quant (e.g. --quant w4g64)")
+        raise UserInputError(NEEDS_QUANT)
     if quant.method == "spqr":
         raise UserInputError("--export compressed-tensors: SpQR's outliers and quantized statistics have no "
                              "compressed-tensors form; use --quantizer gptq or rtn, or drop --export")
     for name in plan.targets:
         module = model.get_submodule(name)
-        if not isinstance(module, (nn.Linear, PackedLinear)):
-            _check(name, None, module)
-        n_in = get_weight(module).shape[1]
-        if quant.group and n_in % quant.group:
-            raise UserInputError(f"--export compressed-tensors: {name}: group {quant.group} does not divide "
-                                 f"{n_in}; choose a dividing group (e.g. --quant w{quant.bits}g64)")
+        _check_module(name, module)
+        _check_group(name, quant.group, get_weight(module).shape[1], quant.bits)
 
 
-def _check(name: str, qw: QuantizedWeight | None, module: nn.Module) -> None:
+def _check_module(name: str, module: nn.Module) -> None:
     if not isinstance(module, (nn.Linear, PackedLinear)):
         raise UserInputError(f"--export compressed-tensors: {name} is a {type(module).__name__}, not an nn.Linear "
                              f"(GPT-2 Conv1D layers cannot be exported); drop --export")
+
+
+def _check_group(name: str, group: int, in_features: int, bits: int) -> None:
+    if group and in_features % group:
+        raise UserInputError(f"--export compressed-tensors: {name}: group {group} does not divide {in_features}; "
+                             f"choose a dividing group (e.g. --quant w{bits}g64)")
+
+
+def _check(name: str, qw: QuantizedWeight, module: nn.Module) -> None:
+    _check_module(name, module)
     if qw.outliers is not None or not torch.equal(qw.zeros, qw.zeros.round()):
         raise UserInputError(f"--export compressed-tensors: {name} has SpQR outliers or non-integer zero points; "
-                             f"export uniform quantization (--quant w4g128) or drop --export")
-    if qw.group and qw.shape[1] % qw.group:
-        raise UserInputError(f"--export compressed-tensors: {name}: group {qw.group} does not divide "
-                             f"{qw.shape[1]}; choose a dividing group")
+                             f"export uniform quantization (--quant w4g64) or drop --export")
+    _check_group(name, qw.group, qw.shape[1], qw.bits)
 
 
 def _scheme_key(qw: QuantizedWeight) -> tuple:
@@ -133,7 +140,7 @@ def export_compressed_tensors(model: nn.Module, report, out_dir, *, recipe=None,
     refuse_moe(model)
     quantized = dict(getattr(report, "quantized", report))
     if not quantized:
-        raise UserInputError("--export compressed-tensors needs quantized layers; add --quant (e.g. --quant w4g128)")
+        raise UserInputError(NEEDS_QUANT)
     for name, qw in quantized.items():
         _check(name, qw, model.get_submodule(name))
     model = copy.deepcopy(model)
