@@ -7,6 +7,10 @@ Public API (nothing heavy is imported until used)::
     recipe = llmprune.Recipe(method="wanda", sparsity=llmprune.parse_sparsity("2:4"))
     report = llmprune.compress_(loaded.model, recipe, calib)
     model, tokenizer, manifest = llmprune.load("out/dir")
+    llmprune.save(model, "out/copy")
+
+Importing llmprune also lets ``transformers.AutoModelForCausalLM.from_pretrained`` load packed folders
+(``llmprune.hf_quantizer``).
 """
 from __future__ import annotations
 
@@ -14,6 +18,17 @@ __version__ = "0.1.0"
 
 from .errors import LlmpruneError, UserInputError  # noqa: E402  (cheap, no torch-heavy imports)
 from .recipe import NM, Calibration, Groups, QuantSpec, Recipe, Unstructured, parse_quant, parse_sparsity  # noqa: E402
+from .after_import import call_after_import  # noqa: E402
+
+
+def _teach_transformers():
+    """``AutoModelForCausalLM.from_pretrained(packed folder)`` works once llmprune is imported (``hf_quantizer``)."""
+    from .hf_quantizer import register
+
+    register()
+
+
+call_after_import("transformers.quantizers.auto", _teach_transformers)
 
 
 def compress_(model, recipe, calib=None, **kwargs):
@@ -35,6 +50,13 @@ def load(path, **kwargs):
     from .checkpoint import load as run
 
     return run(path, **kwargs)
+
+
+def save(model, out_dir, **kwargs):
+    """Write ``model`` (packed modules included) with its ``llmprune.json`` manifest (``llmprune.checkpoint.save``)."""
+    from .checkpoint import save as run
+
+    return run(model, out_dir, **kwargs)
 
 
 def merge_projections(model, **kwargs):
@@ -62,6 +84,6 @@ def format_names() -> list[str]:
     return FORMATS.names()
 
 
-__all__ = ["__version__", "compress_", "resolve", "load", "calibration_windows", "merge_projections",
+__all__ = ["__version__", "compress_", "resolve", "load", "save", "calibration_windows", "merge_projections",
            "method_names", "format_names", "Recipe", "Calibration", "NM", "Groups", "Unstructured", "QuantSpec",
            "parse_sparsity", "parse_quant", "LlmpruneError", "UserInputError"]

@@ -177,7 +177,7 @@ def save(model: nn.Module, out_dir, *, layers: dict | None = None, manifest_extr
         else:
             state, tied = _state(model, table)
             shards = _write_shards(tmp, state)
-            model.config.save_pretrained(tmp)
+            _write_config(model, tmp, overall, records)
             if getattr(model, "generation_config", None) is not None:
                 model.generation_config.save_pretrained(tmp)
         if tokenizer is not None:
@@ -191,6 +191,19 @@ def save(model: nn.Module, out_dir, *, layers: dict | None = None, manifest_extr
     return Path(out_dir)
 
 
+def _write_config(model: nn.Module, directory: Path, overall: str, records: dict) -> None:
+    """``config.json`` with ``quantization_config`` naming llmprune and the packed layers: transformers then loads
+    the folder through ``llmprune.hf_quantizer`` (or, without llmprune, warns that it cannot) instead of filling the
+    packed layers with random weights."""
+    import json
+
+    model.config.save_pretrained(directory)
+    path = directory / "config.json"
+    config = json.loads(path.read_text())
+    config["quantization_config"] = {"quant_method": "llmprune", "format": overall, "layers": records}
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def _skeleton(directory: Path, manifest: dict):
     """The model with parameters on the meta device (buffers computed for real) and PackedLinear skeletons."""
     from accelerate import init_empty_weights
@@ -199,9 +212,15 @@ def _skeleton(directory: Path, manifest: dict):
     config = AutoConfig.from_pretrained(directory)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config)
-    unfuse_experts_(model)  # a packed MoE checkpoint stores its experts as the Linears that were compressed
-    where = directory / mf.FILENAME
-    for name, rec in manifest["layers"].items():
+    return swap_in_packed_(model, manifest["layers"], directory / mf.FILENAME)
+
+
+def swap_in_packed_(model: nn.Module, layers: dict, where, *, bias_dtype: torch.dtype | None = None) -> nn.Module:
+    """Replace each Linear named in ``layers`` (manifest records) by a meta-device ``PackedLinear`` of its format,
+    after splitting fused MoE experts (a packed MoE checkpoint stores its experts as the Linears that were
+    compressed). Shared by ``llmprune.load`` and the transformers quantizer; ``where`` names the source in errors."""
+    unfuse_experts_(model)
+    for name, rec in layers.items():
         try:
             shape = tuple(get_weight(model.get_submodule(name)).shape)
         except AttributeError:
@@ -211,7 +230,8 @@ def _skeleton(directory: Path, manifest: dict):
             raise CorruptCheckpoint(f"{where}: layer '{name}' is {rec['out_features']}x{rec['in_features']} in the "
                                     f"manifest but {shape[0]}x{shape[1]} in config.json; re-save the checkpoint")
         set_module_(model, name, PackedLinear(rec["in_features"], rec["out_features"], rec["format"], rec["params"],
-                                              bias=rec["bias"], device="meta"))
+                                              bias=rec["bias"], device="meta",
+                                              bias_dtype=bias_dtype or torch.float32))
     return model
 
 

@@ -1,5 +1,6 @@
 """SmolLM2-135M: pack the Linears of the first and last decoder layers as sparse24_int4 (the rest stays dense, to
-keep the test short), save, load -> identical logits on a short prompt; tied embeddings stored once."""
+keep the test short), save, load -> identical logits on a short prompt (llmprune.load and transformers' from_pretrained); tied
+embeddings stored once."""
 from __future__ import annotations
 
 import copy
@@ -37,3 +38,9 @@ def test_smollm2_sparse24_int4_save_load_identical_logits(tmp_path):
     torch.testing.assert_close(got, dense, rtol=1e-3, atol=1e-3)  # fp16 scales vs the float32 dequantized model
     assert manifest["tied"] == {"lm_head.weight": "model.embed_tokens.weight"}
     assert tok2("The capital").input_ids == tokenizer("The capital").input_ids
+    from transformers import AutoModelForCausalLM  # the same folder through transformers (llmprune.hf_quantizer)
+
+    hf_model = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert hf_model.lm_head.weight is hf_model.model.embed_tokens.weight  # still tied
+    with torch.no_grad():
+        assert torch.equal(hf_model(ids).logits, want)

@@ -69,6 +69,25 @@ def load_gguf(path: Path, dtype=torch.float32):
     return model, tokenizer
 
 
+def refuse_packed(path: Path) -> None:
+    """A packed llmprune folder holds codes, not weights to compress: name the model it came from instead."""
+    import json
+
+    from ..manifest import FILENAME
+
+    try:
+        manifest = json.loads((path / FILENAME).read_text())
+    except (OSError, ValueError):
+        return  # no manifest (a plain HF folder) or an unreadable one (llmprune.load reports that)
+    fmt = manifest.get("format") if isinstance(manifest, dict) else None
+    if fmt in (None, "dense"):
+        return
+    source = manifest.get("model", {}).get("spec") if isinstance(manifest.get("model"), dict) else None
+    origin = f"compress the model it was made from ('{source}')" if source else "compress the original model"
+    raise ModelNotFound(f"'{path}' is an llmprune checkpoint stored packed ({fmt}), already compressed; {origin}, or "
+                        f"save with --format dense to compress further")
+
+
 def _load_folder(path: Path, dtype):
     try:
         return _load_pretrained(str(path), dtype)
@@ -130,6 +149,7 @@ def resolve(spec, *, dtype=torch.float32, revision: str | None = None) -> Loaded
         model, tokenizer = load_gguf(path, dtype)
         return LoadedModel(model, tokenizer, {"spec": text, "kind": "gguf", "path": str(path.resolve())})
     if path.is_dir() and is_hf_folder(path):
+        refuse_packed(path)
         model, tokenizer = _load_folder(path, dtype)
         return LoadedModel(model, tokenizer, {"spec": text, "kind": "folder", "path": str(path.resolve())})
     if path.is_dir():
