@@ -19,7 +19,7 @@ from llmprune.formats import FORMATS
 from llmprune.model import resolve
 from llmprune.packed_linear import PackedLinear
 from tests.packed_fixtures import pack_model_, swap_in_
-from tests.tiny_models import save_tiny, tiny_model
+from tests.tiny_models import ARCHS, save_tiny, tiny_model
 
 IDS = torch.tensor([[0, 5, 17, 42, 99, 7, 250, 3]])
 SELF_CALIB = ["--calib", "self", "--nsamples", "4", "--seqlen", "32", "--quiet"]
@@ -45,8 +45,11 @@ def _from_pretrained(path, **kwargs):
     return AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
 
 
-@pytest.mark.parametrize("fmt", [f for f in FORMATS.names() if f != "dense"])
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
+CASES = [(fmt, arch) for fmt in FORMATS.names() if fmt != "dense" for arch in ("llama", "gpt2")]
+CASES += [("int4", arch) for arch in ARCHS if arch not in ("llama", "gpt2")]
+
+
+@pytest.mark.parametrize("fmt,arch", CASES)
 def test_from_pretrained_loads_packed_modules(tmp_path, fmt, arch):
     out, packed, layers = _save_packed(tmp_path / "out", arch, fmt)
     model = _from_pretrained(out)
