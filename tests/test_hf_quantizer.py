@@ -130,3 +130,22 @@ def test_compress_refuses_a_packed_folder(tmp_path):
     out, _, _ = _save_packed(tmp_path / "out", "llama", "int4")
     with pytest.raises(ModelNotFound, match=r"stored packed \(int4\), already compressed"):
         resolve(out)
+
+
+def test_lm_eval_hf_model_loads_a_packed_folder(tmp_path):
+    """lm-eval's ``hf`` model (``HFLM(pretrained=PATH)``) goes through from_pretrained: packed modules, and the
+    same log-likelihood as lm-eval on the model ``llmprune.load`` returns."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from tests.tiny_models import tiny_tokenizer
+
+    model, _ = tiny_model("llama")
+    layers = pack_model_(model, "sparse24_int4")
+    out = checkpoint.save(model, tmp_path / "out", layers=layers, tokenizer=tiny_tokenizer())
+    request = [Instance(request_type="loglikelihood_rolling", doc={}, arguments=("Sparse matrices store",), idx=0)]
+    by_path = HFLM(pretrained=str(out), device="cpu", batch_size=1)
+    loaded, tokenizer, _ = llmprune.load(out)
+    by_object = HFLM(pretrained=loaded, tokenizer=tokenizer, device="cpu", batch_size=1)
+    assert isinstance(by_path.model.get_submodule(next(iter(layers))), PackedLinear)
+    assert by_path.loglikelihood_rolling(request) == by_object.loglikelihood_rolling(request)
