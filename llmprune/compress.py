@@ -324,6 +324,17 @@ def build_plan(model, recipe: Recipe, format: str | None = None) -> Plan:
     return plan
 
 
+def _refuse_packed(model) -> None:
+    """A model loaded from a packed checkpoint (``llmprune.load``, or transformers with llmprune imported) holds
+    codes, not weights to compress."""
+    from .packed_linear import PackedLinear
+
+    packed = next((name for name, m in model.named_modules() if isinstance(m, PackedLinear)), None)
+    if packed is not None:
+        raise UserInputError(f"the model is already packed ({packed} is a PackedLinear); compress the original model, "
+                             f"or unpack it first (model.dequantize(), llmprune.packed_linear.unpack_linears_)")
+
+
 def compress_(model, recipe: Recipe, calib=None, *, device: str = "cpu", batch_size: int = 8,
               progress: bool = True, forward_dtype: torch.dtype | None = None, captured=None) -> Report:
     """Compress ``model`` in place following ``recipe``. ``calib`` is a ``CalibrationSet`` (or None when no module
@@ -333,6 +344,7 @@ def compress_(model, recipe: Recipe, calib=None, *, device: str = "cpu", batch_s
     from .engine.sequential import run_sequential_, run_without_calibration_
 
     refuse_merged(model, "compress")
+    _refuse_packed(model)
     start = time.perf_counter()
     plan = build_plan(model, recipe)
     plan.calib_seqlen = None if calib is None else int(calib.ids.shape[1])

@@ -126,10 +126,13 @@ def test_import_order_and_without_llmprune(tmp_path):
     assert kind == "Linear" and "Unknown quantization type, got llmprune" in stderr
 
 
-def test_compress_refuses_a_packed_folder(tmp_path):
+def test_compress_refuses_a_packed_folder_or_model(tmp_path):
     out, _, _ = _save_packed(tmp_path / "out", "llama", "int4")
     with pytest.raises(ModelNotFound, match=r"stored packed \(int4\), already compressed"):
-        resolve(out)
+        resolve(out)  # a local folder: refused before loading (a Hub repo is refused by compress_ itself)
+    recipe = llmprune.Recipe(method="magnitude", sparsity=llmprune.parse_sparsity("0.5"))
+    with pytest.raises(llmprune.UserInputError, match="already packed"):
+        llmprune.compress_(_from_pretrained(out), recipe)
 
 
 def test_lm_eval_hf_model_loads_a_packed_folder(tmp_path):
