@@ -17,17 +17,28 @@ def call_after_import(module: str, callback) -> None:
 
 
 class _Finder(importlib.abc.MetaPathFinder):
+    """Wraps the module's real spec; stays on ``sys.meta_path`` until the module is executed (a bare
+    ``importlib.util.find_spec`` imports nothing, so it must not use up the hook)."""
+
     def __init__(self, module: str, callback):
-        self.module, self.callback = module, callback
+        self.module, self.callback, self._busy = module, callback, False
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != self.module:
+        if fullname != self.module or self._busy:
             return None
-        sys.meta_path.remove(self)  # once only; the real finders locate the module
-        spec = importlib.util.find_spec(fullname)
+        self._busy = True  # the real finders locate the module; this one steps aside meanwhile
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._busy = False
         if spec is not None and spec.loader is not None:
-            spec.loader = _Loader(spec.loader, self.callback)
+            spec.loader = _Loader(spec.loader, self._done)
         return spec
+
+    def _done(self):
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        self.callback()
 
 
 class _Loader(importlib.abc.Loader):
