@@ -22,10 +22,11 @@ from .after_import import call_after_import  # noqa: E402
 
 
 def _teach_transformers():
-    """``AutoModelForCausalLM.from_pretrained(packed folder)`` works once llmprune is imported (``hf_quantizer``)."""
-    from .hf_quantizer import register
+    """``AutoModelForCausalLM.from_pretrained(packed folder)`` works once llmprune is imported: importing
+    ``hf_quantizer`` registers it (when that import is what brought transformers in, it finishes registering)."""
+    import importlib
 
-    register()
+    importlib.import_module("llmprune.hf_quantizer")
 
 
 call_after_import("transformers.quantizers.auto", _teach_transformers)

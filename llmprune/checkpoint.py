@@ -201,6 +201,9 @@ def _write_config(model: nn.Module, directory: Path, overall: str, records: dict
     path = directory / "config.json"
     config = json.loads(path.read_text())
     config["quantization_config"] = {"quant_method": "llmprune", "format": overall, "layers": records}
+    floats = [t.dtype for t in model.parameters() if t.is_floating_point()]
+    if floats:  # the dtype the tensors are stored in (save_pretrained does the same), not a stale config value
+        config["dtype"] = str(floats[0]).removeprefix("torch.")
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
@@ -274,6 +277,20 @@ def _assign(model: nn.Module, state: dict, manifest: dict, where: Path) -> None:
         raise CorruptCheckpoint(f"{where}: tensor '{left[0]}' is missing from the checkpoint; re-save it")
 
 
+def _check_config_matches(directory: Path, manifest: dict) -> None:
+    """config.json's packed-layer records (what transformers loads) must be the manifest's (what this loads)."""
+    import json
+
+    try:
+        quant = json.loads((directory / "config.json").read_text()).get("quantization_config")
+    except (OSError, ValueError, AttributeError):
+        return  # transformers' AutoConfig reports an unreadable config.json when the skeleton is built
+    ours = isinstance(quant, dict) and quant.get("quant_method") == "llmprune"
+    if ours and quant.get("layers") != manifest["layers"]:
+        raise CorruptCheckpoint(f"{directory / 'config.json'}: quantization_config's layers differ from "
+                                f"{mf.FILENAME}'s (edited by hand?); re-save the checkpoint")
+
+
 def load(path, *, device="cpu", dtype: torch.dtype | None = None):
     """Validate, then rebuild the model with packed modules: returns ``(model, tokenizer or None, manifest)``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -283,6 +300,7 @@ def load(path, *, device="cpu", dtype: torch.dtype | None = None):
         raise UserInputError(f"{directory}: no {mf.FILENAME} here, so it is not an llmprune checkpoint; give the "
                              f"--output folder of 'llmprune compress'")
     manifest = mf.validate(directory)
+    _check_config_matches(directory, manifest)
     if manifest["format"] == "dense":
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype or "auto")
     else:

@@ -302,6 +302,8 @@ def build_plan(model, recipe: Recipe, format: str | None = None) -> Plan:
     from .formats import float_dtype
     from .model.experts import unfuse_experts_
     from .model.layers import decoder_layers, get_weight, linears, other_weights
+
+    _refuse_packed(model)  # the CLI builds the plan before compress_ does
     from .packing import storage_dtype
 
     unfuse_experts_(model)  # fused MoE experts become Linears first, or they would be left dense
@@ -344,7 +346,6 @@ def compress_(model, recipe: Recipe, calib=None, *, device: str = "cpu", batch_s
     from .engine.sequential import run_sequential_, run_without_calibration_
 
     refuse_merged(model, "compress")
-    _refuse_packed(model)
     start = time.perf_counter()
     plan = build_plan(model, recipe)
     plan.calib_seqlen = None if calib is None else int(calib.ids.shape[1])

@@ -2,23 +2,27 @@
 
 Why: users load checkpoints with transformers (pipelines, lm-eval's ``hf`` model, their own scripts). A packed
 folder's ``config.json`` carries ``quantization_config = {"quant_method": "llmprune", "layers": ...}``; once
-llmprune is imported, transformers builds the model on the meta device, this quantizer swaps the listed Linears for
-``PackedLinear`` skeletons, and transformers' own loader fills their buffers from the shards, so the model runs with
-packed modules (same logits as ``llmprune.load``). Without llmprune imported, transformers warns "Unknown
+llmprune is imported, transformers builds the model on the meta device, this quantizer checks the layer records
+against the shards' tensor headers (a hand-edited config fails in one line instead of loading garbage), swaps the
+listed Linears for ``PackedLinear`` skeletons, and transformers' own loader fills their buffers, so the model runs
+with packed modules (same logits as ``llmprune.load``). Without llmprune imported, transformers warns "Unknown
 quantization type, got llmprune" instead of silently loading random weights for the packed layers.
 
-``llmprune.load`` stays the checked path: it validates the manifest (sizes, checksums, tensor specs) first.
-``model.dequantize()`` swaps the packed modules back to dense ``nn.Linear``; ``save_pretrained`` of a packed model
-is refused (``llmprune.save`` writes it, manifest included).
+``llmprune.load`` additionally checks every shard's size and sha256 against ``llmprune.json``.
+``model.dequantize()`` swaps the packed modules back to dense ``nn.Linear`` (MoE experts re-fused, so that
+``save_pretrained`` then writes a plain folder); ``save_pretrained`` of a packed model is refused
+(``llmprune.save`` writes it, manifest included).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+from torch import nn
 from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
 from transformers.quantizers.base import HfQuantizer
-from transformers.utils import logging
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-logger = logging.get_logger(__name__)
+from .errors import CorruptCheckpoint, UserInputError
 
 QUANT_METHOD = "llmprune"
 
@@ -29,7 +33,7 @@ class LlmpruneConfig(QuantizationConfigMixin):
 
     def __init__(self, layers: dict | None = None, format: str = "mixed", **kwargs):
         self.quant_method = QUANT_METHOD
-        self.layers = dict(layers or {})
+        self.layers = layers if layers is not None else {}
         self.format = format
 
     def to_dict(self) -> dict:
@@ -41,35 +45,71 @@ class LlmpruneHfQuantizer(HfQuantizer):
 
     requires_calibration = True
 
-    def _process_model_before_weight_loading(self, model, **kwargs):
+    def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
+        from . import manifest as mf
         from .checkpoint import swap_in_packed_
 
         layers = self.quantization_config.layers
-        swap_in_packed_(model, layers, "config.json quantization_config", bias_dtype=getattr(model, "dtype", None))
+        files = [f for f in checkpoint_files or [] if str(f).endswith(".safetensors")]
+        where = (Path(files[0]).parent if files else Path(".")) / "config.json"
+        mf.check_layer_records(f"{where} quantization_config", layers)
+        swap_in_packed_(model, layers, f"{where} quantization_config", bias_dtype=getattr(model, "dtype", None))
+        if files:
+            tensors = mf.shard_headers(files)
+            mf.check_layers_against(f"{where} quantization_config", layers, tensors)
+            _check_none_unlisted(model, tensors, where)
         for name in layers:  # e.g. GPT-2's _init_weights(attention) rescales attention.c_proj.weight, which a packed
             # layer does not have; every tensor of the parent is in the checkpoint, so there is nothing to initialize
             model.get_submodule(name.rpartition(".")[0])._is_hf_initialized = True
 
     def _process_model_after_weight_loading(self, model, **kwargs):
+        from .packed_linear import PackedLinear
+
+        for module in model.modules():  # as llmprune.load leaves them: an inference module
+            if isinstance(module, PackedLinear) and module.bias is not None:
+                module.bias.requires_grad_(False)
         return model
 
     def is_serializable(self) -> bool:
-        """Asked by ``save_pretrained`` only; transformers then refuses and points at this warning."""
-        logger.warning("a model with llmprune's packed layers is saved with llmprune.save(model, out_dir), which "
-                       "also writes the llmprune.json manifest that llmprune.load checks")
-        return False
+        """Asked by ``save_pretrained`` only: refuse with the fix rather than transformers' generic message."""
+        raise UserInputError("save_pretrained cannot write llmprune's packed layers; use llmprune.save(model, "
+                             "out_dir) (it also writes the llmprune.json manifest), or model.dequantize() first")
 
     @property
     def is_trainable(self) -> bool:
         return False
 
     def _dequantize(self, model, dtype=None):
+        from .model.experts import fuse_experts_
         from .packed_linear import unpack_linears_
 
-        return unpack_linears_(model, dtype)
+        unpack_linears_(model, dtype)
+        fuse_experts_(model)  # transformers' own layout: save_pretrained then writes what from_pretrained reads
+        return model
+
+
+def _check_none_unlisted(model: nn.Module, tensors: dict, where: Path) -> None:
+    """A Linear whose weight is absent from the shards but whose other tensors are there is a packed layer the
+    config does not list (transformers would initialize it randomly)."""
+    from .packed_linear import PackedLinear
+
+    for key in tensors:
+        prefix = key.rpartition(".")[0]
+        if f"{prefix}.weight" in tensors:
+            continue
+        try:
+            module = model.get_submodule(prefix)
+        except AttributeError:
+            continue
+        if not isinstance(module, PackedLinear) and isinstance(getattr(module, "weight", None), nn.Parameter):
+            raise CorruptCheckpoint(f"{where}: {prefix} is stored packed ({key}) but its quantization_config does "
+                                    f"not list it; re-save the checkpoint")
 
 
 def register() -> None:
     """Make ``quant_method: llmprune`` known to transformers (idempotent)."""
     AUTO_QUANTIZATION_CONFIG_MAPPING.setdefault(QUANT_METHOD, LlmpruneConfig)
     AUTO_QUANTIZER_MAPPING.setdefault(QUANT_METHOD, LlmpruneHfQuantizer)
+
+
+register()  # importing this module registers it, whichever of llmprune and transformers came first

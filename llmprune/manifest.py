@@ -102,6 +102,11 @@ def read(directory: Path) -> dict:
     return manifest
 
 
+def shard_headers(files) -> dict[str, dict]:
+    """``{key: {"shape", "dtype"}}`` over the given safetensors files (headers only)."""
+    return {key: entry for path in files for key, entry in read_headers(Path(path)).items()}
+
+
 def validate(directory: Path) -> dict:
     """Check shards (presence, size, sha256), tensor headers and layer specs; returns the manifest."""
     directory = Path(directory)
@@ -111,6 +116,7 @@ def validate(directory: Path) -> dict:
         headers = {s["name"]: _check_shard(directory, s) for s in manifest["shards"]}
         _check_tensors(directory, manifest, headers)
         if manifest["format"] != "dense":
+            check_layer_records(where, manifest["layers"])
             _check_layers(where, manifest)
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, CorruptCheckpoint):
@@ -151,8 +157,39 @@ def _check_tensors(directory: Path, manifest: dict, headers: dict[str, dict]) ->
                                     f"checkpoint")
 
 
+RECORD_FIELDS = {"format": str, "in_features": int, "out_features": int, "bias": bool, "params": dict}
+
+
+def check_layer_records(where, layers) -> None:
+    """Each packed layer record has its fields with the right types and a known format (a hand-edited
+    ``quantization_config`` in config.json fails here in one line, not deep inside a loader)."""
+    if not isinstance(layers, dict) or not layers:
+        raise CorruptCheckpoint(f"{where}: 'layers' must map each packed layer's name to its record; re-save the "
+                                f"checkpoint")
+    for name, rec in layers.items():
+        if not isinstance(rec, dict) or any(not isinstance(rec.get(k), t) for k, t in RECORD_FIELDS.items()):
+            raise CorruptCheckpoint(f"{where}: layer '{name}' needs {', '.join(RECORD_FIELDS)}; re-save the "
+                                    f"checkpoint")
+        try:
+            get_format(rec["format"])
+        except ValueError:
+            raise CorruptCheckpoint(f"{where}: layer '{name}' has unknown format {rec['format']!r}; re-save the "
+                                    f"checkpoint") from None
+
+
+def check_layers_against(where, layers: dict, tensors: dict[str, dict]) -> None:
+    """``layers`` (records) against the shards' tensor headers ``{key: {"shape", "dtype"}}``: every packed tensor
+    and bias a record implies is there with its shape and dtype, and no other bias."""
+    check_layer_records(where, layers)
+    _check_layers(where, {"layers": layers, "tensors": tensors})
+
+
 def _check_layers(where: Path, manifest: dict) -> None:
     for name, layer in manifest["layers"].items():
+        has_bias = f"{name}.bias" in manifest["tensors"]
+        if bool(layer["bias"]) != has_bias:
+            raise CorruptCheckpoint(f"{where}: layer '{name}' says bias={layer['bias']} but the checkpoint "
+                                    f"{'has' if has_bias else 'has no'} {name}.bias; re-save the checkpoint")
         specs = get_format(layer["format"]).tensor_specs(layer["out_features"], layer["in_features"],
                                                          **layer["params"])
         for tensor, spec in specs.items():

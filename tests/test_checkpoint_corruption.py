@@ -80,7 +80,7 @@ def test_corruption_manifest_edited_shape(ck):
 
 def test_corruption_manifest_unknown_format(ck):
     _edit_manifest(ck, lambda d: d["layers"]["model.layers.0.self_attn.q_proj"].update(format="int5"))
-    _fails(ck, "malformed entry", "llmprune.json")
+    _fails(ck, "unknown format 'int5'", "llmprune.json")
 
 
 def test_corruption_manifest_not_json(ck):
@@ -152,6 +152,9 @@ def test_corruption_manifest_edits_that_no_shape_check_sees(tmp_path, change, fr
     model, _ = tiny_model("llama")
     directory = checkpoint.save(model, tmp_path / "gqsa", layers=pack_model_(model, "group_sparse_int4"))
     _edit_manifest(directory, change)
+    config = json.loads((directory / "config.json").read_text())  # config.json edited alike: only the model can tell
+    config["quantization_config"]["layers"] = json.loads((directory / "llmprune.json").read_text())["layers"]
+    (directory / "config.json").write_text(json.dumps(config))
     _fails(directory, fragment, "llmprune.json")
 
 
@@ -187,3 +190,11 @@ def test_output_where_nothing_can_be_written_fails_before_any_work():
     """/proc takes no new folders, even from root (a chmod-ed folder would not stop root)."""
     with pytest.raises(UserInputError, match="cannot write in /proc"):
         checkpoint.check_output_dir("/proc/llmprune-test-out")
+
+
+def test_corruption_config_layers_differ_from_the_manifest(ck):
+    """config.json's records are what transformers loads; llmprune.load refuses a folder where they differ."""
+    config = json.loads((ck / "config.json").read_text())
+    config["quantization_config"]["layers"].pop("model.layers.0.self_attn.q_proj")
+    (ck / "config.json").write_text(json.dumps(config))
+    _fails(ck, "quantization_config's layers differ from llmprune.json's", "config.json")

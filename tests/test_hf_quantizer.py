@@ -94,8 +94,9 @@ def test_dequantize_and_save(tmp_path):
     model = _from_pretrained(out)
     copy_dir = llmprune.save(model, tmp_path / "copy")  # llmprune's save writes the manifest llmprune.load checks
     assert torch.equal(_logits(llmprune.load(copy_dir)[0]), _logits(packed))
-    with pytest.raises(ValueError, match="not serializable"):
+    with pytest.raises(llmprune.UserInputError, match=r"use llmprune.save\(model, out_dir\)"):
         model.save_pretrained(tmp_path / "refused")
+    assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").iterdir())
     model.dequantize()
     assert type(model.get_submodule(next(iter(layers)))) is nn.Linear
     assert not hasattr(model.config, "quantization_config")
@@ -124,15 +125,80 @@ def test_import_order_and_without_llmprune(tmp_path):
     assert _run("import transformers.modeling_utils\nimport llmprune", out, layer)[0] == "PackedLinear"
     kind, stderr = _run("", out, layer)  # no llmprune: transformers cannot use the packed layers, and says why
     assert kind == "Linear" and "Unknown quantization type, got llmprune" in stderr
+    # importing the quantizer module itself first (it brings transformers in, whose import hook then fires)
+    assert _run("import llmprune.hf_quantizer", out, layer)[0] == "PackedLinear"
 
 
 def test_compress_refuses_a_packed_folder_or_model(tmp_path):
     out, _, _ = _save_packed(tmp_path / "out", "llama", "int4")
     with pytest.raises(ModelNotFound, match=r"stored packed \(int4\), already compressed"):
         resolve(out)  # a local folder: refused before loading (a Hub repo is refused by compress_ itself)
+    (out / "llmprune.json").unlink()  # without its manifest, config.json still says what it is
+    with pytest.raises(ModelNotFound, match=r"stored packed \(int4\)"):
+        resolve(out)
     recipe = llmprune.Recipe(method="magnitude", sparsity=llmprune.parse_sparsity("0.5"))
     with pytest.raises(llmprune.UserInputError, match="already packed"):
         llmprune.compress_(_from_pretrained(out), recipe)
+
+
+def _edit_layers(out, edit) -> None:
+    path = out / "config.json"
+    config = json.loads(path.read_text())
+    edit(config["quantization_config"]["layers"])
+    path.write_text(json.dumps(config))
+
+
+EDITS = {
+    "layer dropped": (lambda layers: layers.pop("model.layers.0.mlp.down_proj"), "does not list it"),
+    "bias claimed": (lambda layers: layers["model.layers.0.mlp.down_proj"].update(bias=True), "says bias=True"),
+    "other format": (lambda layers: layers["model.layers.0.mlp.down_proj"].update(format="sparse24_int4"),
+                     "needs qvalues"),
+    "unknown format": (lambda layers: layers["model.layers.0.mlp.down_proj"].update(format="int5"), "unknown format"),
+    "other group": (lambda layers: layers["model.layers.0.mlp.down_proj"]["params"].update(group=32), "needs scales"),
+    "fields missing": (lambda layers: layers["model.layers.0.mlp.down_proj"].pop("params"), "needs format, "),
+    "emptied": (lambda layers: layers.clear(), "'layers' must map"),
+}
+
+
+@pytest.mark.parametrize("case", list(EDITS))
+def test_hand_edited_quantization_config_fails_in_one_line(tmp_path, case):
+    """Both loaders refuse a config.json whose layer records were edited (transformers would otherwise load random
+    or uninitialized tensors for the affected layers)."""
+    from llmprune.errors import CorruptCheckpoint
+
+    out, _, _ = _save_packed(tmp_path / "out", "llama", "int4")
+    edit, message = EDITS[case]
+    _edit_layers(out, edit)
+    with pytest.raises(CorruptCheckpoint, match=message) as caught:
+        _from_pretrained(out)
+    assert len(str(caught.value).splitlines()) == 1
+    with pytest.raises(CorruptCheckpoint, match="differ from llmprune.json"):
+        llmprune.load(out)
+
+
+def test_saved_config_dtype_follows_the_tensors(tmp_path):
+    out, _, _ = _save_packed(tmp_path / "out", "opt", "int4")
+    model = _from_pretrained(out).to(torch.float16)
+    copy_dir = llmprune.save(model, tmp_path / "copy")
+    assert json.loads((copy_dir / "config.json").read_text())["dtype"] == "float16"
+    assert _from_pretrained(copy_dir, dtype="auto").dtype == llmprune.load(copy_dir)[0].dtype == torch.float16
+    layer = _from_pretrained(copy_dir).model.decoder.layers[0].self_attn.q_proj
+    assert isinstance(layer, PackedLinear) and not layer.bias.requires_grad
+
+
+def test_dequantized_mixtral_saves_a_plain_folder(tmp_path, capsys):
+    """Mixtral's checkpoint keys are converted on load; dequantize() re-fuses the experts so save_pretrained writes
+    transformers' own layout and the folder loads back equal."""
+    src = save_tiny(tmp_path / "src", "mixtral")
+    out = tmp_path / "out"
+    assert main(["compress", str(src), "-o", str(out), "--method", "wanda", "--sparsity", "0.5", "--quant", "w4g16",
+                 "--format", "int4", *SELF_CALIB]) == 0
+    model = _from_pretrained(out)
+    packed_logits = _logits(model)
+    model.dequantize()
+    model.save_pretrained(tmp_path / "plain")
+    assert "quantization_config" not in json.loads((tmp_path / "plain" / "config.json").read_text())
+    assert torch.allclose(_logits(_from_pretrained(tmp_path / "plain")), packed_logits, atol=1e-5)
 
 
 def test_lm_eval_hf_model_loads_a_packed_folder(tmp_path):

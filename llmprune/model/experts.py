@@ -198,6 +198,16 @@ def has_routed_experts(module: nn.Module) -> bool:
     return any(isinstance(m, RoutedExperts) for m in module.modules())
 
 
+def fuse_experts_(model: nn.Module) -> int:
+    """Put every ``RoutedExperts`` (all of whose Linears are dense) back in transformers' fused layout for good,
+    e.g. after a packed model is dequantized; returns how many."""
+    routed = [(name, m) for name, m in model.named_modules() if isinstance(m, RoutedExperts)]
+    for name, module in routed:
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, module.fuse())
+    return len(routed)
+
+
 @contextlib.contextmanager
 def fused_experts(model: nn.Module):
     """Within the block, the model holds its experts in transformers' fused layout (for ``save_pretrained``);

@@ -75,11 +75,17 @@ def refuse_packed(path: Path) -> None:
 
     from ..manifest import FILENAME
 
-    try:
-        manifest = json.loads((path / FILENAME).read_text())
-    except (OSError, ValueError):
-        return  # no manifest (a plain HF folder) or an unreadable one (llmprune.load reports that)
-    fmt = manifest.get("format") if isinstance(manifest, dict) else None
+    def read(name: str) -> dict:
+        try:
+            data = json.loads((path / name).read_text())
+        except (OSError, ValueError):
+            return {}  # absent, or unreadable (the loader reports that)
+        return data if isinstance(data, dict) else {}
+
+    manifest, quant = read(FILENAME), read("config.json").get("quantization_config")
+    fmt = manifest.get("format")
+    if fmt in (None, "dense") and isinstance(quant, dict) and quant.get("quant_method") == "llmprune":
+        fmt = quant.get("format", "packed")  # a packed folder without its manifest (copied, or saved by hand)
     if fmt in (None, "dense"):
         return
     source = manifest.get("model", {}).get("spec") if isinstance(manifest.get("model"), dict) else None
