@@ -134,7 +134,22 @@ def unpack_linears_(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Mo
                 if module.bias is not None:
                     linear.bias.copy_(module.bias)
             set_module_(model, name, linear)
+    _forget_packing_(model)
     return model
+
+
+def _forget_packing_(model: nn.Module) -> None:
+    """No packed layer is left: drop llmprune's quantization marker (``config.quantization_config``, transformers'
+    ``hf_quantizer``), so that a save writes a plain folder rather than one whose config.json promises packed
+    layers."""
+    quant = getattr(getattr(model, "config", None), "quantization_config", None)
+    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    if method != "llmprune":
+        return
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    elif hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def set_module_(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -218,3 +218,19 @@ def test_lm_eval_hf_model_loads_a_packed_folder(tmp_path):
     by_object = HFLM(pretrained=loaded, tokenizer=tokenizer, device="cpu", batch_size=1)
     assert isinstance(by_path.model.get_submodule(next(iter(layers))), PackedLinear)
     assert by_path.loglikelihood_rolling(request) == by_object.loglikelihood_rolling(request)
+
+
+@pytest.mark.parametrize("loader", ["llmprune", "transformers"])
+def test_unpacked_model_saves_a_plain_folder(tmp_path, loader):
+    """After unpack_linears_ no packed layer is left, so the dense save must not keep config.json's promise of
+    packed layers (from_pretrained would then look for packed tensors)."""
+    from llmprune.packed_linear import unpack_linears_
+
+    out, packed, layers = _save_packed(tmp_path / "out", "opt", "sparse24_int4")
+    model = llmprune.load(out)[0] if loader == "llmprune" else _from_pretrained(out)
+    unpack_linears_(model)
+    plain = llmprune.save(model, tmp_path / "plain")
+    assert "quantization_config" not in json.loads((plain / "config.json").read_text())
+    reloaded = _from_pretrained(plain)
+    assert type(reloaded.get_submodule(next(iter(layers)))) is nn.Linear
+    assert torch.allclose(_logits(reloaded), _logits(packed), atol=1e-5)
