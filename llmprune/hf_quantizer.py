@@ -79,6 +79,12 @@ class LlmpruneHfQuantizer(HfQuantizer):
     def is_trainable(self) -> bool:
         return False
 
+    @property
+    def is_compileable(self) -> bool:
+        """``PackedLinear`` runs under torch.compile and CUDA graphs (``llmprune bench``'s static variants), so
+        ``generate`` with a static cache may compile a packed model as it would the dense one."""
+        return True
+
     def _dequantize(self, model, dtype=None):
         from .model.experts import fuse_experts_
         from .packed_linear import unpack_linears_

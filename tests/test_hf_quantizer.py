@@ -234,3 +234,18 @@ def test_unpacked_model_saves_a_plain_folder(tmp_path, loader):
     reloaded = _from_pretrained(plain)
     assert type(reloaded.get_submodule(next(iter(layers)))) is nn.Linear
     assert torch.allclose(_logits(reloaded), _logits(packed), atol=1e-5)
+
+
+def test_generate_may_compile_a_packed_model(tmp_path):
+    """With a static cache, transformers' generate compiles the forward unless the quantizer says it cannot; packed
+    modules run under torch.compile, so a packed model compiles like the dense one (eager backend: no toolchain)."""
+    from transformers import CompileConfig, StaticCache
+
+    out, _, _ = _save_packed(tmp_path / "out", "llama", "int4")
+    model = _from_pretrained(out)
+    plain = model.generate(IDS[:, :5], max_new_tokens=4, do_sample=False)
+    config = CompileConfig(backend="eager")
+    config._compile_all_devices = True  # transformers compiles on CUDA only unless told otherwise
+    compiled = model.generate(IDS[:, :5], max_new_tokens=4, do_sample=False, compile_config=config,
+                              past_key_values=StaticCache(config=model.config, max_cache_len=64))
+    assert getattr(model, "_compiled_call", None) is not None and torch.equal(plain, compiled)
