@@ -291,6 +291,17 @@ def _check_config_matches(directory: Path, manifest: dict) -> None:
                                 f"{mf.FILENAME}'s (edited by hand?); re-save the checkpoint")
 
 
+def _mark_packed(model: nn.Module, manifest: dict) -> None:
+    """What transformers' loader sets through ``hf_quantizer``, so that a model from either loader behaves the same:
+    ``save_pretrained`` refused with the fix, ``dequantize()`` available."""
+    from .hf_quantizer import LlmpruneConfig, LlmpruneHfQuantizer
+
+    config = LlmpruneConfig(manifest["layers"], manifest["format"])
+    model.config.quantization_config = config
+    model.hf_quantizer = LlmpruneHfQuantizer(config)
+    model.is_quantized, model.quantization_method = True, config.quant_method
+
+
 def load(path, *, device="cpu", dtype: torch.dtype | None = None):
     """Validate, then rebuild the model with packed modules: returns ``(model, tokenizer or None, manifest)``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -306,6 +317,7 @@ def load(path, *, device="cpu", dtype: torch.dtype | None = None):
     else:
         model = _skeleton(directory, manifest)
         _assign(model, _read_state(directory, manifest, dtype), manifest, directory / mf.FILENAME)
+        _mark_packed(model, manifest)
     has_tokenizer = any((directory / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
     tokenizer = AutoTokenizer.from_pretrained(directory) if has_tokenizer else None
     return model.to(torch.device(device)).eval(), tokenizer, manifest

@@ -101,6 +101,10 @@ def test_dequantize_and_save(tmp_path):
     assert type(model.get_submodule(next(iter(layers)))) is nn.Linear
     assert not hasattr(model.config, "quantization_config")
     assert torch.allclose(_logits(model), _logits(packed), atol=1e-5)
+    ours = llmprune.load(out)[0]  # llmprune's loader marks its model the same way
+    with pytest.raises(llmprune.UserInputError, match=r"use llmprune.save"):
+        ours.save_pretrained(tmp_path / "refused_too")
+    assert torch.equal(_logits(ours.dequantize()), _logits(model))
 
 
 _SCRIPT = """
