@@ -200,7 +200,7 @@ def _write_config(model: nn.Module, directory: Path, overall: str, records: dict
     model.config.save_pretrained(directory)
     path = directory / "config.json"
     config = json.loads(path.read_text())
-    config["quantization_config"] = {"quant_method": "llmprune", "format": overall, "layers": records}
+    config["quantization_config"] = {"quant_method": mf.QUANT_METHOD, "format": overall, "layers": records}
     floats = [t.dtype for t in model.parameters() if t.is_floating_point()]
     if floats:  # the dtype the tensors are stored in (save_pretrained does the same), not a stale config value
         config["dtype"] = str(floats[0]).removeprefix("torch.")
@@ -279,14 +279,8 @@ def _assign(model: nn.Module, state: dict, manifest: dict, where: Path) -> None:
 
 def _check_config_matches(directory: Path, manifest: dict) -> None:
     """config.json's packed-layer records (what transformers loads) must be the manifest's (what this loads)."""
-    import json
-
-    try:
-        quant = json.loads((directory / "config.json").read_text()).get("quantization_config")
-    except (OSError, ValueError, AttributeError):
-        return  # transformers' AutoConfig reports an unreadable config.json when the skeleton is built
-    ours = isinstance(quant, dict) and quant.get("quant_method") == "llmprune"
-    if ours and quant.get("layers") != manifest["layers"]:
+    marker = mf.config_marker(directory)
+    if marker is not None and marker.get("layers") != manifest["layers"]:
         raise CorruptCheckpoint(f"{directory / 'config.json'}: quantization_config's layers differ from "
                                 f"{mf.FILENAME}'s (edited by hand?); re-save the checkpoint")
 

@@ -302,10 +302,9 @@ def build_plan(model, recipe: Recipe, format: str | None = None) -> Plan:
     from .formats import float_dtype
     from .model.experts import unfuse_experts_
     from .model.layers import decoder_layers, get_weight, linears, other_weights
-
-    _refuse_packed(model)  # the CLI builds the plan before compress_ does
     from .packing import storage_dtype
 
+    _refuse_packed(model)  # the CLI builds the plan before compress_ does
     unfuse_experts_(model)  # fused MoE experts become Linears first, or they would be left dense
     layers, path = decoder_layers(model)
     modules, kept_dense = {}, {}

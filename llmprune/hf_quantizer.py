@@ -23,8 +23,7 @@ from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .errors import CorruptCheckpoint, UserInputError
-
-QUANT_METHOD = "llmprune"
+from .manifest import QUANT_METHOD
 
 
 class LlmpruneConfig(QuantizationConfigMixin):
@@ -51,13 +50,15 @@ class LlmpruneHfQuantizer(HfQuantizer):
 
         layers = self.quantization_config.layers
         files = [f for f in checkpoint_files or [] if str(f).endswith(".safetensors")]
-        where = (Path(files[0]).parent if files else Path(".")) / "config.json"
-        mf.check_layer_records(f"{where} quantization_config", layers)
-        swap_in_packed_(model, layers, f"{where} quantization_config", bias_dtype=getattr(model, "dtype", None))
-        if files:
-            tensors = mf.shard_headers(files)
-            mf.check_layers_against(f"{where} quantization_config", layers, tensors)
-            _check_none_unlisted(model, tensors, where)
+        config_json = (Path(files[0]).parent if files else Path(".")) / "config.json"
+        where = f"{config_json} quantization_config"
+        mf.check_layer_records(where, layers)
+        tensors = mf.shard_headers(files) if files else None
+        if tensors is not None:
+            mf.check_layers(where, layers, tensors)
+        swap_in_packed_(model, layers, where, bias_dtype=getattr(model, "dtype", None))
+        if tensors is not None:
+            _check_none_unlisted(model, tensors, config_json)
         for name in layers:  # e.g. GPT-2's _init_weights(attention) rescales attention.c_proj.weight, which a packed
             # layer does not have; every tensor of the parent is in the checkpoint, so there is nothing to initialize
             model.get_submodule(name.rpartition(".")[0])._is_hf_initialized = True

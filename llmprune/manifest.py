@@ -28,6 +28,7 @@ from .formats import dtype_name, get_format
 
 FORMAT_VERSION = 1
 FILENAME = "llmprune.json"
+QUANT_METHOD = "llmprune"  # config.json's quantization_config.quant_method of a packed folder (llmprune.hf_quantizer)
 REQUIRED = ("format_version", "format", "layers", "shards", "tensors", "tied")
 _ST_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64", "U8": "uint8", "I8": "int8",
               "I16": "int16", "I32": "int32", "I64": "int64", "BOOL": "bool"}
@@ -102,6 +103,24 @@ def read(directory: Path) -> dict:
     return manifest
 
 
+def is_ours(quantization_config) -> bool:
+    """Whether a ``quantization_config`` (config.json's dict, or transformers' config object) is llmprune's."""
+    method = quantization_config.get("quant_method") if isinstance(quantization_config, dict) else \
+        getattr(quantization_config, "quant_method", None)
+    return method == QUANT_METHOD
+
+
+def config_marker(directory: Path) -> dict | None:
+    """config.json's ``quantization_config`` when it is llmprune's (a packed folder), else None (no or unreadable
+    config.json: the loaders report that themselves)."""
+    try:
+        config = json.loads((Path(directory) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    quant = config.get("quantization_config") if isinstance(config, dict) else None
+    return quant if isinstance(quant, dict) and is_ours(quant) else None
+
+
 def shard_headers(files) -> dict[str, dict]:
     """``{key: {"shape", "dtype"}}`` over the given safetensors files (headers only)."""
     return {key: entry for path in files for key, entry in read_headers(Path(path)).items()}
@@ -117,7 +136,7 @@ def validate(directory: Path) -> dict:
         _check_tensors(directory, manifest, headers)
         if manifest["format"] != "dense":
             check_layer_records(where, manifest["layers"])
-            _check_layers(where, manifest)
+            check_layers(where, manifest["layers"], manifest["tensors"])
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, CorruptCheckpoint):
             raise
@@ -177,23 +196,19 @@ def check_layer_records(where, layers) -> None:
                                     f"checkpoint") from None
 
 
-def check_layers_against(where, layers: dict, tensors: dict[str, dict]) -> None:
-    """``layers`` (records) against the shards' tensor headers ``{key: {"shape", "dtype"}}``: every packed tensor
-    and bias a record implies is there with its shape and dtype, and no other bias."""
-    check_layer_records(where, layers)
-    _check_layers(where, {"layers": layers, "tensors": tensors})
-
-
-def _check_layers(where: Path, manifest: dict) -> None:
-    for name, layer in manifest["layers"].items():
-        has_bias = f"{name}.bias" in manifest["tensors"]
+def check_layers(where, layers: dict, tensors: dict[str, dict]) -> None:
+    """Layer records (checked by ``check_layer_records`` first) against the tensor table ``{key: {"shape",
+    "dtype"}}`` (the manifest's, or the shards' headers): every packed tensor a record implies is there with its shape
+    and dtype, and the bias exactly when the record says so."""
+    for name, layer in layers.items():
+        has_bias = f"{name}.bias" in tensors
         if bool(layer["bias"]) != has_bias:
             raise CorruptCheckpoint(f"{where}: layer '{name}' says bias={layer['bias']} but the checkpoint "
                                     f"{'has' if has_bias else 'has no'} {name}.bias; re-save the checkpoint")
         specs = get_format(layer["format"]).tensor_specs(layer["out_features"], layer["in_features"],
                                                          **layer["params"])
         for tensor, spec in specs.items():
-            record = manifest["tensors"].get(f"{name}.{tensor}")
+            record = tensors.get(f"{name}.{tensor}")
             want = spec.to_dict()
             if record is None or list(record["shape"]) != want["shape"] or record["dtype"] != want["dtype"]:
                 raise CorruptCheckpoint(f"{where}: layer '{name}' ({layer['format']} {layer['params']}) needs "

@@ -142,9 +142,9 @@ def _forget_packing_(model: nn.Module) -> None:
     """No packed layer is left: drop llmprune's quantization marker (``config.quantization_config``, transformers'
     ``hf_quantizer``), so that a save writes a plain folder rather than one whose config.json promises packed
     layers."""
-    quant = getattr(getattr(model, "config", None), "quantization_config", None)
-    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
-    if method != "llmprune":
+    from .manifest import is_ours
+
+    if not is_ours(getattr(getattr(model, "config", None), "quantization_config", None)):
         return
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)

@@ -56,4 +56,3 @@ def describe_data_dir() -> str:
     if root is None:
         return "LLMPRUNE_DATA_DIR is not set"
     return f"LLMPRUNE_DATA_DIR={root}" + ("" if root.is_dir() else ", which does not exist")
-

@@ -198,28 +198,29 @@ def has_routed_experts(module: nn.Module) -> bool:
     return any(isinstance(m, RoutedExperts) for m in module.modules())
 
 
+def _fuse_each(model: nn.Module):
+    """Swap each ``RoutedExperts`` for its fused template, yielding ``(owner, attr, routed)`` after each swap."""
+    for name, module in [(n, m) for n, m in model.named_modules() if isinstance(m, RoutedExperts)]:
+        parent, _, attr = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        setattr(owner, attr, module.fuse())
+        yield owner, attr, module
+
+
 def fuse_experts_(model: nn.Module) -> int:
     """Put every ``RoutedExperts`` (all of whose Linears are dense) back in transformers' fused layout for good,
     e.g. after a packed model is dequantized; returns how many."""
-    routed = [(name, m) for name, m in model.named_modules() if isinstance(m, RoutedExperts)]
-    for name, module in routed:
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr, module.fuse())
-    return len(routed)
+    return sum(1 for _ in _fuse_each(model))
 
 
 @contextlib.contextmanager
 def fused_experts(model: nn.Module):
     """Within the block, the model holds its experts in transformers' fused layout (for ``save_pretrained``);
     afterwards they are ``RoutedExperts`` again."""
-    routed = [(name, m) for name, m in model.named_modules() if isinstance(m, RoutedExperts)]
     swapped = []
     try:
-        for name, module in routed:
-            parent, _, attr = name.rpartition(".")
-            owner = model.get_submodule(parent) if parent else model
-            setattr(owner, attr, module.fuse())
-            swapped.append((owner, attr, module))
+        for swap in _fuse_each(model):  # appended one by one: a failing fuse still restores those done
+            swapped.append(swap)
         yield model
     finally:
         for owner, attr, module in swapped:

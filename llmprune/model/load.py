@@ -73,19 +73,17 @@ def refuse_packed(path: Path) -> None:
     """A packed llmprune folder holds codes, not weights to compress: name the model it came from instead."""
     import json
 
-    from ..manifest import FILENAME
+    from .. import manifest as mf
 
-    def read(name: str) -> dict:
-        try:
-            data = json.loads((path / name).read_text())
-        except (OSError, ValueError):
-            return {}  # absent, or unreadable (the loader reports that)
-        return data if isinstance(data, dict) else {}
-
-    manifest, quant = read(FILENAME), read("config.json").get("quantization_config")
+    try:
+        manifest = json.loads((path / mf.FILENAME).read_text())
+    except (OSError, ValueError):
+        manifest = {}  # no manifest (a plain HF folder, or a packed one copied without it) or an unreadable one
+    manifest = manifest if isinstance(manifest, dict) else {}
     fmt = manifest.get("format")
-    if fmt in (None, "dense") and isinstance(quant, dict) and quant.get("quant_method") == "llmprune":
-        fmt = quant.get("format", "packed")  # a packed folder without its manifest (copied, or saved by hand)
+    marker = mf.config_marker(path)
+    if fmt in (None, "dense") and marker is not None:
+        fmt = marker.get("format", "packed")  # a packed folder without its manifest (copied, or saved by hand)
     if fmt in (None, "dense"):
         return
     source = manifest.get("model", {}).get("spec") if isinstance(manifest.get("model"), dict) else None
