@@ -42,7 +42,7 @@ def _overrides(values: list[str]) -> tuple:
         pattern, sep, sparsity = item.rpartition("=")
         if not sep or not pattern:
             raise UserInputError(f"--override {item}: write REGEX=SPARSITY, e.g. --override 'mlp\\.down_proj=0.3'")
-        pairs.append((pattern, parse_sparsity(sparsity)))
+        pairs.append((pattern, parse_sparsity(sparsity, f"--override {item}")))
     return tuple(pairs)
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import typer
 
+from llmprune.atomic import Terminated
 from llmprune.errors import LlmpruneError
 
 app = typer.Typer(
@@ -34,13 +34,18 @@ def _register() -> None:
     app.command("bench")(bench.bench_command)
 
 
-@app.callback()
-def _main(version: Optional[bool] = typer.Option(None, "--version", help="Print the version and exit.")) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from llmprune import __version__
 
         typer.echo(__version__)
         raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                       help="Print the version and exit.")) -> None:
+    """Eager: ``--version`` answers before click asks for a command."""
 
 
 _register()
@@ -85,9 +90,13 @@ def _main(argv: list[str] | None) -> int:
     except typer.Abort:
         typer.echo("error: aborted", err=True)
         return 1
+    except Terminated:
+        typer.echo("error: terminated", err=True)
+        return 143
     except Exception as exc:  # click usage errors (unknown option, bad value) carry their own message and exit code
         if isinstance(exc, _usage_errors()):
-            typer.echo(f"error: {_usage_line(exc)}", err=True)
+            if exc.format_message():  # a bare command prints its help and nothing more
+                typer.echo(f"error: {_usage_line(exc, argv)}", err=True)
             return exc.exit_code
         raise
     if code == 130:  # Ctrl-C: click catches the KeyboardInterrupt and returns 130
@@ -95,11 +104,17 @@ def _main(argv: list[str] | None) -> int:
     return code if isinstance(code, int) else 0
 
 
-def _usage_line(exc) -> str:
-    """Click's usage error as one line naming the problem and where help is (click prints a three-line block)."""
+def _usage_line(exc, argv: list[str] | None) -> str:
+    """Click's usage error as one line naming the problem and where help is (click prints a three-line block).
+    Errors from the option parser carry no context: the sub-command is then the first argument, if it is one."""
     message = " ".join(exc.format_message().split())
     ctx = getattr(exc, "ctx", None)
-    command = ctx.command_path if ctx is not None else "llmprune"
+    if ctx is not None:
+        command = ctx.command_path
+    else:
+        args = sys.argv[1:] if argv is None else argv
+        named = [c.name for c in app.registered_commands]
+        command = "llmprune" + (f" {args[0]}" if args and args[0] in named else "")
     return f"{message[:1].lower()}{message[1:]} (see '{command} --help')"
 
 
@@ -113,7 +128,3 @@ def _usage_errors() -> tuple[type, ...]:
     except ImportError:
         return classes
     return (*classes, ClickException)
-
-
-def run() -> None:
-    sys.exit(main())

@@ -33,7 +33,7 @@ def sweep_command(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Prune MODEL at every level, evaluate perplexity, and recommend the essential sparsity."""
-    from llmprune.checkpoint import check_output_dir
+    from llmprune.atomic import check_output_dir
     from llmprune.evals.sweep import SweepConfig, SweepHooks, run_sweep, write_sweep
     from llmprune.evals.sweep_levels import parse_levels
     from llmprune.recipe import Calibration

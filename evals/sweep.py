@@ -261,7 +261,7 @@ def write_sweep(result: SweepResult, out_dir, *, force: bool = False) -> list[st
     import csv
     import json
 
-    from llmprune.checkpoint import atomic_dir
+    from llmprune.atomic import atomic_dir
 
     from .sweep_plot import plot_sweep
 

@@ -1,3 +1,3 @@
-from llmprune.cli.main import run
+from llmprune.cli import run
 
 run()

@@ -1,8 +1,8 @@
 """Save and load llmprune checkpoints: safetensors shards + config + tokenizer + ``llmprune.json`` (written last).
 
 Save is atomic (safetensors #764 shows why in-place overwrites bite): everything goes into a temp dir beside
-``out_dir``, which is renamed into place; with ``force`` the old folder is moved aside first and deleted only after
-the rename. ``--format dense`` writes a plain Hugging Face folder through ``model.save_pretrained``. Load validates
+``out_dir``, which is renamed into place (``atomic.py``); with ``force`` the old folder is moved aside first and
+deleted only after the rename. ``--format dense`` writes a plain Hugging Face folder through ``model.save_pretrained``. Load validates
 the manifest first (``manifest.validate``), then builds the model skeleton with parameters on the meta device
 (buffers such as rotary frequencies computed for real), swaps in ``PackedLinear`` skeletons, loads the shards with
 ``load_state_dict(assign=True)`` and re-ties shared weights (gpt-fast's loading recipe).
@@ -10,16 +10,13 @@ the manifest first (``manifest.validate``), then builds the model skeleton with 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from . import manifest as mf
+from .atomic import atomic_dir
 from .errors import CorruptCheckpoint, UserInputError
 from .formats import get_format
 from .merged_projections import refuse_merged
@@ -28,63 +25,6 @@ from .model.layers import get_weight
 from .packed_linear import PackedLinear, set_module_
 
 SHARD_BYTES = 2 * 1024**3
-
-
-def check_output_dir(out_dir, force: bool = False) -> Path:
-    """Fail early (before any model is loaded) when ``out_dir`` exists and is not an empty folder, unless ``force``,
-    or when nothing can be written where it goes."""
-    out = _check_target(Path(out_dir), force)
-    _check_writable(out)
-    return out
-
-
-def _check_target(out: Path, force: bool) -> Path:
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"--output {out}: a file with that name exists; choose a folder path")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise UserInputError(f"--output {out}: folder is not empty; pass --force to replace it or choose another path")
-    return out
-
-
-def _check_writable(out: Path) -> None:
-    """The output's temp dir goes beside it: find out now, not after the compression, that it cannot."""
-    existing = out.absolute().parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserInputError(f"--output {out}: {existing} is a file, not a folder; choose another path")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".llmprune-probe-", dir=existing))
-    except OSError as exc:
-        raise UserInputError(f"--output {out}: cannot write in {existing} ({exc.strerror}); choose another "
-                             f"path") from None
-
-
-@contextlib.contextmanager
-def atomic_dir(out_dir, force: bool = False):
-    """Yield a sibling temp dir; on success it replaces ``out_dir``, on any exception it is removed."""
-    out = check_output_dir(out_dir, force).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        _check_target(out, force)  # the target may have appeared meanwhile; writability is proven by tmp
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(old)
-        try:
-            tmp.rename(out)
-        except BaseException:
-            if old is not None:  # put the previous output back: a failed save must not lose it
-                old.rename(out)
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _layer_table(model: nn.Module, layers: dict | None) -> dict:
@@ -152,12 +92,22 @@ def _write_shards(directory: Path, state: dict) -> list[dict]:
 
 def save(model: nn.Module, out_dir, *, layers: dict | None = None, manifest_extra: dict | None = None,
          tokenizer=None, force: bool = False) -> Path:
-    """Write ``model`` to ``out_dir``; ``layers`` maps Linear names to ``(format, packed tensors, params)``.
+    """Write ``model`` to ``out_dir`` (atomically; ``force`` replaces a non-empty folder); ``layers`` maps Linear
+    names to ``(format, packed tensors, params)``.
 
     Layers not in ``layers`` (and every other tensor) are stored dense. When every layer is ``dense`` the folder is a
     plain Hugging Face checkpoint. ``manifest_extra`` (recipe, calibration, report, timings, versions) is merged
     into ``llmprune.json``; when it holds a recipe, a model card (README.md) is rendered from it. Returns the path.
     """
+    with atomic_dir(out_dir, force) as tmp:
+        write_checkpoint(model, tmp, layers=layers, manifest_extra=manifest_extra, tokenizer=tokenizer)
+    return Path(out_dir)
+
+
+def write_checkpoint(model: nn.Module, directory: Path, *, layers: dict | None = None,
+                     manifest_extra: dict | None = None, tokenizer=None) -> None:
+    """``save``'s writing, into an existing empty (staged) folder: callers that commit several outputs together
+    (a compression and its export) stage them with ``atomic.atomic_dirs``."""
     refuse_merged(model, "save")
     table = _layer_table(model, layers)
     formats = {fmt for fmt, _, _ in table.values()}
@@ -169,26 +119,24 @@ def save(model: nn.Module, out_dir, *, layers: dict | None = None, manifest_extr
         raise ValueError(f"manifest_extra may not set {sorted(clash)}")
     records = {name: _layer_record(model, name, fmt, params) for name, (fmt, _, params) in table.items()}
     _check_storable(records)
-    with atomic_dir(out_dir, force) as tmp:
-        if overall == "dense":
-            with fused_experts(model):  # a plain HF folder holds MoE experts in transformers' own layout
-                model.save_pretrained(tmp, max_shard_size=SHARD_BYTES)
-            shards, tied = [mf.shard_record(p) for p in sorted(tmp.glob("*.safetensors"))], {}
-        else:
-            state, tied = _state(model, table)
-            shards = _write_shards(tmp, state)
-            _write_config(model, tmp, overall, records)
-            if getattr(model, "generation_config", None) is not None:
-                model.generation_config.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        mf.write(tmp, {"format_version": mf.FORMAT_VERSION, "format": overall, "layers": records, "shards": shards,
-                       "tensors": mf.tensors_of(tmp, shards), "tied": tied, **extra})
-        if "recipe" in extra:  # a compression run: every output folder gets its model card (README.md)
-            from llmprune.model_cards import write_card
+    if overall == "dense":
+        with fused_experts(model):  # a plain HF folder holds MoE experts in transformers' own layout
+            model.save_pretrained(directory, max_shard_size=SHARD_BYTES)
+        shards, tied = [mf.shard_record(p) for p in sorted(directory.glob("*.safetensors"))], {}
+    else:
+        state, tied = _state(model, table)
+        shards = _write_shards(directory, state)
+        _write_config(model, directory, overall, records)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    mf.write(directory, {"format_version": mf.FORMAT_VERSION, "format": overall, "layers": records, "shards": shards,
+                         "tensors": mf.tensors_of(directory, shards), "tied": tied, **extra})
+    if "recipe" in extra:  # a compression run: every output folder gets its model card (README.md)
+        from llmprune.model_cards import write_card
 
-            write_card(tmp)
-    return Path(out_dir)
+        write_card(directory)
 
 
 def _write_config(model: nn.Module, directory: Path, overall: str, records: dict) -> None:

@@ -119,6 +119,17 @@ class Plan:
                 self.report.skipped[name] = reason
                 continue
             self.targets[name] = self._sparsity_for(name)
+        self._check_patterns_match(modules)
+
+    def _check_patterns_match(self, modules) -> None:
+        """An ``--ignore`` or ``--override`` pattern that names no Linear is a typo that would silently compress
+        everything as the default says: refuse it, naming a layer to write the pattern against."""
+        for flag, pattern in [("--ignore", p) for p in self.recipe.ignore] + \
+                             [("--override", p) for p, _ in self.recipe.overrides]:
+            if not any(re.search(pattern, name) for name in modules):
+                example = next(iter(modules), "")
+                raise UserInputError(f"{flag} {pattern!r}: matches no Linear layer of this model; patterns are "
+                                     f"regular expressions searched in names such as {example!r}")
 
     def _check_options(self) -> None:
         """An ``--option`` no step of this recipe reads would be recorded in the manifest and silently do nothing:
@@ -177,14 +188,22 @@ class Plan:
                                      f"takes no sparsity; drop --sparsity or use --quantizer gptq or rtn")
         from .quant.uniform import check_quant_shape
 
+        short = []
         for name, sparsity in self.targets.items():
             n_out, n_in = shape(modules[name])
             if sparsity is not None:
                 check_shape(n_in, sparsity, name)
+                short += _group_shortfall(name, n_in, sparsity)
             if self.recipe.quant is not None:
                 check_quant_shape(n_in, self.recipe.quant, name, out_features=n_out)
             if format is not None:
                 check_layer(format, name, n_out, n_in, quant=self.recipe.quant, sparsity=sparsity)
+        if short:
+            name, n, dropped, sparsity = min(short, key=lambda item: item[2] / item[1])
+            warnings.warn(f"{len(short)} Linear layers prune fewer weights than --sparsity {sparsity.fraction!r} "
+                          f"asks: a row drops whole groups, int(groups x fraction) of them (e.g. {name}: {dropped} "
+                          f"of {n} groups of {sparsity.size}, sparsity {dropped / n:.3f}); a smaller group comes "
+                          f"closer (--sparsity {sparsity.fraction!r}@g16, or a smaller --quant group)", stacklevel=3)
 
     def refine_applies(self, name: str) -> bool:
         """A refiner may limit itself to some modules (DSnoT's reference refines attention projections only)."""
@@ -266,6 +285,16 @@ class Plan:
         record["quant"] = str(spec)
         self.report.quantized[name] = qw
         return qw.dequantize(), (qw.mask if qw.mask is not None else mask)
+
+
+def _group_shortfall(name: str, in_features: int, sparsity: Sparsity) -> list[tuple[str, int, int, Groups]]:
+    """``[(name, groups per row, groups dropped, sparsity)]`` when dropping whole groups falls short of the fraction
+    by more than a point (e.g. 4 of 9 groups, 0.444 for 0.5); rounding down one weight in a row never does."""
+    if not isinstance(sparsity, Groups):
+        return []
+    n = in_features // sparsity.size
+    dropped = int(n * sparsity.fraction)
+    return [(name, n, dropped, sparsity)] if dropped / n < sparsity.fraction - 0.01 else []
 
 
 def resolve_sparsity_for_method(recipe: Recipe, group: int = 16) -> Recipe:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import atomic_dir
+from .atomic import atomic_dir
 from .errors import UserInputError, require
 from .packed_linear import PackedLinear, unpack_linears_
 from .types import QuantizedWeight
@@ -133,6 +133,13 @@ def export_compressed_tensors(model: nn.Module, report, out_dir, *, recipe=None,
                               force: bool = False) -> Path:
     """Write ``model`` with the ``QuantizedWeight``s of ``report.quantized`` (or a ``{name: qw}`` dict) as a
     compressed-tensors ``pack-quantized`` folder at ``out_dir`` (atomic). The model itself is not modified."""
+    with atomic_dir(out_dir, force) as tmp:
+        write_compressed_tensors(model, report, tmp, recipe=recipe, tokenizer=tokenizer)
+    return Path(out_dir)
+
+
+def write_compressed_tensors(model: nn.Module, report, directory: Path, *, recipe=None, tokenizer=None) -> None:
+    """``export_compressed_tensors``' writing, into an existing empty (staged) folder."""
     require("compressed_tensors", "export")
     from compressed_tensors.compressors.model_compressors.model_compressor import ModelCompressor
     from compressed_tensors.quantization import apply_quantization_config
@@ -152,18 +159,16 @@ def export_compressed_tensors(model: nn.Module, report, out_dir, *, recipe=None,
     compressor.compress_model(model)
     for name, qw in quantized.items():
         _verify_codes(model.get_submodule(name), qw, name)
-    with atomic_dir(out_dir, force) as tmp:
-        model.save_pretrained(tmp)
-        compressor.update_config(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        _provenance(tmp, quantized, recipe)
+    model.save_pretrained(directory)
+    compressor.update_config(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    _provenance(directory, quantized, recipe)
     model_type = getattr(model.config, "model_type", None)
     if model_type in TRANSFORMERS_CANNOT_LOAD:
         warnings.warn(f"transformers cannot load a compressed-tensors {model_type} checkpoint (its _init_weights "
-                      f"reads the replaced .weight); serve {out_dir} with vLLM, or load the llmprune folder",
+                      f"reads the replaced .weight); serve the export with vLLM, or load the llmprune folder",
                       stacklevel=2)
-    return Path(out_dir)
 
 
 def _provenance(directory: Path, quantized: dict[str, QuantizedWeight], recipe) -> None:

@@ -104,14 +104,14 @@ def run_compress(job: CompressJob) -> str:
 
 
 def _run_compress(job: CompressJob) -> str:
-    from .checkpoint import check_output_dir
+    from .atomic import check_output_dir
     from .compress import build_plan, compress_
     from .model import resolve
 
     _check_job(job)
-    check_output_dir(job.output, force=job.force)
+    check_output_dir(job.output, force=job.force, protect=_inputs(job))
     if job.export:
-        check_output_dir(export_dir(job.output), force=job.force)
+        check_output_dir(export_dir(job.output), force=job.force, protect=_inputs(job))
     t0 = time.perf_counter()
     loaded = resolve(job.model, dtype=DTYPES[job.dtype], revision=job.revision)
     plan = build_plan(loaded.model, job.recipe, job.format)  # every shape check, before any calibration
@@ -164,25 +164,26 @@ def export_dir(output: Path) -> Path:
 
 
 def _save(job: CompressJob, loaded, report, manifest: dict) -> None:
-    """The export is written into a staging folder that takes its place only after the llmprune folder is saved: a
-    failure anywhere leaves both previous outputs (``--force``) as they were."""
-    from .checkpoint import atomic_dir, save
+    """The llmprune folder and its export are staged side by side and renamed into place together: a failure or an
+    interrupt anywhere leaves both previous outputs (``--force``) as they were."""
+    from .atomic import atomic_dirs
+    from .checkpoint import write_checkpoint
     from .packing import pack_layers
 
     layers = pack_layers(loaded.model, report, job.format)
-    if job.export != "compressed-tensors":
-        save(loaded.model, job.output, layers=layers, manifest_extra=manifest, tokenizer=loaded.tokenizer,
-             force=job.force)
-        return
-    from .export_ct import export_compressed_tensors
+    targets = [job.output] + ([export_dir(job.output)] if job.export == "compressed-tensors" else [])
+    with atomic_dirs(targets, job.force, protect=_inputs(job)) as staged:
+        if len(staged) == 2:
+            from .export_ct import write_compressed_tensors
 
-    final = export_dir(job.output)
-    with atomic_dir(final, job.force) as staged:
-        export_compressed_tensors(loaded.model, report, staged, recipe=job.recipe, tokenizer=loaded.tokenizer,
-                                  force=True)
-        manifest["export"] = {"format": "compressed-tensors", "path": str(final.absolute())}
-        save(loaded.model, job.output, layers=layers, manifest_extra=manifest, tokenizer=loaded.tokenizer,
-             force=job.force)
+            write_compressed_tensors(loaded.model, report, staged[1], recipe=job.recipe, tokenizer=loaded.tokenizer)
+            manifest["export"] = {"format": "compressed-tensors", "path": str(targets[1].absolute())}
+        write_checkpoint(loaded.model, staged[0], layers=layers, manifest_extra=manifest, tokenizer=loaded.tokenizer)
+
+
+def _inputs(job: CompressJob) -> list[Path]:
+    """Local files the run reads (the model folder or .gguf, a calibration file): ``--force`` must not delete them."""
+    return [Path(p) for p in (job.model, job.calibration.source) if isinstance(p, str) and Path(p).exists()]
 
 
 def recorded_model(source: dict) -> tuple[str, str | None]:

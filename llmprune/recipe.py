@@ -6,6 +6,7 @@ keeps 2 of every 4).
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, replace
 from typing import Union
@@ -20,7 +21,7 @@ class Unstructured:
     fraction: float
 
     def __str__(self) -> str:
-        return f"{self.fraction:g}"
+        return _fraction_text(self.fraction)
 
 
 @dataclass(frozen=True)
@@ -46,19 +47,26 @@ class Groups:
     fraction: float
 
     def __str__(self) -> str:
-        return f"{self.fraction:g}@g{self.size}"
+        return f"{_fraction_text(self.fraction)}@g{self.size}"
+
+
+def _fraction_text(fraction: float) -> str:
+    """The shortest text that parses back to the same float (``:g`` would round 0.1249999 to 0.125, and a manifest
+    holds the recipe as text: ``--from-manifest`` must prune exactly as much)."""
+    return repr(float(fraction))
 
 
 Sparsity = Union[Unstructured, NM, Groups]
 
 
-def parse_sparsity(text: str) -> Sparsity:
-    """'0.5' -> Unstructured(0.5); '2:4' -> NM(2, 4); '0.5@g16' -> Groups(16, 0.5). One message per kind of mistake."""
+def parse_sparsity(text: str, flag: str | None = None) -> Sparsity:
+    """'0.5' -> Unstructured(0.5); '2:4' -> NM(2, 4); '0.5@g16' -> Groups(16, 0.5). One message per kind of mistake,
+    starting with ``flag`` (default ``--sparsity TEXT``; an override names itself)."""
     raw = str(text).strip()
-    flag = f"--sparsity {raw}"
+    flag = flag or f"--sparsity {raw}"
     if "@g" in raw:
         frac_text, _, size_text = raw.partition("@g")
-        frac = parse_sparsity(frac_text)
+        frac = parse_sparsity(frac_text, flag)
         if not isinstance(frac, Unstructured) or not size_text.isdigit() or int(size_text) < 1:
             raise UserInputError(f"{flag}: group sparsity is written FRACTION@gSIZE, e.g. 0.5@g16")
         return Groups(int(size_text), frac.fraction)
@@ -156,8 +164,8 @@ class Recipe:
     experts: str = "routed"  # MoE experts' statistics: from the tokens routed to them | from every token
 
     def __post_init__(self):  # every way in (flags, a manifest, a batch spec, the API) gets the same checks
-        if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not self.damp > 0:
-            raise UserInputError(f"--damp {self.damp!r}: must be a positive number (the reference uses 0.01)")
+        if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not 0 < self.damp < math.inf:
+            raise UserInputError(f"--damp {self.damp!r}: must be a positive finite number (the reference uses 0.01)")
         if isinstance(self.block, bool) or not isinstance(self.block, int) or self.block < 1:
             raise UserInputError(f"--block {self.block!r}: must be a positive number of columns (default 128)")
         if self.experts not in EXPERT_CALIBRATION:

@@ -193,7 +193,7 @@ BAD_SPECS = [
      "evaluations: {perplexity: [wikitext2]}\n", r"spec.yaml:3: recipes\[0\].format: unknown format 'sparse42'"),
     # the Recipe's own checks, at load time rather than when the cell runs
     ("models: [m]\nrecipes:\n  - {method: wanda, sparsity: 0.5, damp: x}\nevaluations: {perplexity: [wikitext2]}\n",
-     r"spec.yaml:3: recipes\[0\]: --damp 'x': must be a positive number"),
+     r"spec.yaml:3: recipes\[0\]: --damp 'x': must be a positive finite number"),
     ("models: [m]\nrecipes:\n  - {method: wanda, sparsity: 0.5, ignore: ['[']}\n"
      "evaluations: {perplexity: [wikitext2]}\n", r"spec.yaml:3: recipes\[0\]: --ignore '\[': not a regular expression"),
     ("models: [m]\nrecipes:\n  - {method: wanda, sparsity: 0.5, options: [a]}\n"

@@ -6,7 +6,7 @@ import json
 import pytest
 from safetensors.torch import load_file, save_file
 
-from llmprune import checkpoint
+from llmprune import atomic, checkpoint
 from llmprune import manifest as mf
 from llmprune.errors import CorruptCheckpoint, UserInputError
 from tests.packed_fixtures import pack_model_
@@ -103,7 +103,7 @@ def test_nonempty_output_without_force_is_untouched(saved, tmp_path):
     target.mkdir()
     (target / "keep.txt").write_text("mine")
     with pytest.raises(UserInputError, match="folder is not empty; pass --force"):
-        checkpoint.check_output_dir(target, force=False)
+        atomic.check_output_dir(target, force=False)
     model, _ = tiny_model("llama")
     with pytest.raises(UserInputError):
         checkpoint.save(model, target, layers=pack_model_(model, "int4"))
@@ -171,7 +171,7 @@ def test_failed_final_rename_puts_the_previous_output_back(tmp_path, monkeypatch
 
     monkeypatch.setattr(type(target), "rename", rename)
     with pytest.raises(OSError, match="cross-device"):
-        with checkpoint.atomic_dir(target, force=True) as tmp:
+        with atomic.atomic_dir(target, force=True) as tmp:
             (tmp / "new.txt").write_text("new run")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert [p.name for p in target.iterdir()] == ["previous.txt"]
@@ -182,14 +182,14 @@ def test_failed_final_rename_puts_the_previous_output_back(tmp_path, monkeypatch
 def test_output_under_a_file_fails_before_any_work(tmp_path, where, words):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserInputError, match=words):
-        checkpoint.check_output_dir(tmp_path / where)
+        atomic.check_output_dir(tmp_path / where)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # the write probe left nothing
 
 
 def test_output_where_nothing_can_be_written_fails_before_any_work():
     """/proc takes no new folders, even from root (a chmod-ed folder would not stop root)."""
     with pytest.raises(UserInputError, match="cannot write in /proc"):
-        checkpoint.check_output_dir("/proc/llmprune-test-out")
+        atomic.check_output_dir("/proc/llmprune-test-out")
 
 
 def test_corruption_config_layers_differ_from_the_manifest(ck):

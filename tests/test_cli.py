@@ -118,6 +118,10 @@ def test_cli_compress_without_model_or_manifest(tmp_path, capsys):
     (["--sparsity", "0.5", "--ignore", "["], "--ignore '[': not a regular expression"),
     (["--sparsity", "0.5", "--override", "[=0.3"], "--override '[': not a regular expression"),
     (["--sparsity", "0.5", "--override", "mlp=0.3@g16"], "group sparsity needs --method gqsa"),
+    (["--sparsity", "0.5", "--override", "mlp=abc"], "--override mlp=abc: not a number"),
+    (["--sparsity", "0.5", "--ignore", "mpl"], "--ignore 'mpl': matches no Linear layer of this model"),
+    (["--sparsity", "0.5", "--override", "down_prj=0.3"], "--override 'down_prj': matches no Linear layer"),
+    (["--sparsity", "0.5", "--method", "sparsegpt", "--damp", "inf"], "--damp inf: must be a positive finite"),
     (["--sparsity", "0.5", "--option", "max_cycle=5"], "--option max_cycle: not an option of this recipe"),
     (["--sparsity", "0.5", "--refine", "dsnot", "--option", "max_cycle=5"], "choose one of dsnot_skip_mlp, max_cycles"),
     (["--sparsity", "0.5", "--option", "damp=0.1"], "--option damp: set it with --damp"),
@@ -189,7 +193,7 @@ def _manifest_run(tiny_llama, tmp_path, capsys, calib_file):
 
 @pytest.mark.parametrize("edit, words", [
     (lambda d: d["job"].pop("format"), "not a valid llmprune manifest (KeyError: 'format')"),
-    (lambda d: d["recipe"].update(damp="x"), "--damp 'x': must be a positive number"),
+    (lambda d: d["recipe"].update(damp="x"), "--damp 'x': must be a positive finite number"),
     (lambda d: d["recipe"].update(block=0), "--block 0: must be a positive number"),
     (lambda d: d["job"].update(batch_size=0), "--batch-size 0: must be a whole number >= 1"),
     (lambda d: d["calibration"].update(nsamples="2"), "--nsamples '2': must be a whole number >= 1"),
@@ -249,6 +253,7 @@ def test_cli_shows_its_own_warnings_as_one_line():
     (["compress", "m", "-o", "x", "--nsamples", "abc"], "invalid value for '--nsamples'"),
     (["batch", "spec.yaml", "--dry-run"], "no such option: --dry-run"),
     (["eval", "dir", "--batch-size", "many"], "invalid value for '--batch-size'"),
+    (["compress", "m", "-o", "x", "--sparsity"], "requires an argument. (see 'llmprune compress --help')"),
 ])
 def test_cli_usage_mistakes_are_one_line(args, words, capsys):
     """Click's usage errors (a three-line Usage/Try/Error block) come out as one ``error:`` line, exit code 2."""
@@ -256,3 +261,14 @@ def test_cli_usage_mistakes_are_one_line(args, words, capsys):
     err = capsys.readouterr().err
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: ") and words in err, err
     assert "--help')" in err
+
+
+def test_cli_version_and_bare_commands(capsys):
+    """``--version`` answers before a command is asked for; a bare command prints its help, no empty error line."""
+    from llmprune import __version__
+
+    assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == __version__
+    for args in ([], ["compress"], ["eval"]):
+        assert main(args) == 2
+        captured = capsys.readouterr()
+        assert "Usage" in captured.out + captured.err and "error:" not in captured.err, captured.err

@@ -72,3 +72,21 @@ def test_gqsa_bad_input_is_one_line():
         _gqsa(torch.randn(4, 32, generator=torch.Generator().manual_seed(105)), stats_of(X), Unstructured(0.5))
     with pytest.raises(UserInputError, match="not divisible by the group size 12"):
         _gqsa(torch.randn(4, 32, generator=torch.Generator().manual_seed(106)), stats_of(X), Groups(12, 0.5), name="q")
+
+
+def test_gqsa_warns_before_calibration_when_whole_groups_fall_short_of_the_fraction():
+    """A 64-wide layer holds one group of 64: int(1 x 0.5) = 0 groups dropped. The plan says so (naming the worst
+    layer and what it reaches) before any work; groups of 16 reach the fraction exactly and say nothing."""
+    import warnings
+
+    from llmprune.compress import build_plan
+    from llmprune.recipe import Recipe
+    from tests.tiny_models import tiny_model
+
+    model, _ = tiny_model("llama")
+    with pytest.warns(UserWarning, match=r"fewer weights than --sparsity 0.5 asks.*0 of 1 groups of 64, sparsity "
+                                         r"0.000.*0.5@g16"):
+        build_plan(model, Recipe(method="gqsa", sparsity=Groups(64, 0.5)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_plan(model, Recipe(method="gqsa", sparsity=Groups(16, 0.5)))

@@ -41,3 +41,12 @@ def test_recipe_round_trips_through_dict():
     recipe = Recipe(method="sparsegpt", sparsity=NM(2, 4), quant=QuantSpec(4, 128), damp=0.02,
                     ignore=("lm_head",), overrides=(("down_proj", Unstructured(0.3)),), options=(("k", 1),))
     assert Recipe.from_dict(recipe.to_dict()) == recipe
+
+
+@pytest.mark.parametrize("text", ["0.1249999", "0.123456789", "1e-05", "0.3@g16", "0.6666666666666666@g8"])
+def test_sparsity_text_parses_back_to_the_same_fraction(text):
+    """The manifest stores the recipe as text; ``--from-manifest`` must prune exactly as much (``:g`` kept 6 digits)."""
+    sparsity = parse_sparsity(text)
+    assert parse_sparsity(str(sparsity)) == sparsity
+    recipe = Recipe(method="wanda", sparsity=sparsity, overrides=(("mlp", sparsity),))
+    assert Recipe.from_dict(recipe.to_dict()) == recipe

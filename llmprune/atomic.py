@@ -1,0 +1,166 @@
+"""Outputs that appear whole or not at all: staged folders beside their targets, renamed into place together.
+
+A run writes each output (the llmprune folder, its compressed-tensors export, a sweep's tables) into a hidden sibling
+``.NAME.tmp-XXXX``. Only when every one is complete are the previous targets moved aside, the staged folders renamed
+into place and the old ones deleted. A failure before that removes the staged folders; a failure during the
+renames puts every previous target back. Ctrl-C or SIGTERM during the renames and the clean-ups is held back until
+they are done (``deferred_signals``): an interrupt never leaves one output new and another old, nor a half-deleted
+folder.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import stat
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+
+from .errors import UserInputError
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt so that staged outputs are cleaned up on the way out."""
+
+
+def raise_on_sigterm() -> None:
+    """Make SIGTERM unwind the stack (``finally`` blocks, staged-folder clean-up) instead of killing the process."""
+    def handler(signum, frame):
+        raise Terminated()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
+@contextlib.contextmanager
+def deferred_signals():
+    """Hold SIGINT and SIGTERM back for the duration; deliver the first one that came afterwards."""
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set in the main thread
+        yield
+        return
+    caught: list[int] = []
+    signals = (signal.SIGINT, signal.SIGTERM)
+    before = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
+def check_output_dir(out_dir, force: bool = False, protect=()) -> Path:
+    """Fail early (before any model is loaded) when ``out_dir`` exists and is not an empty folder, unless ``force``;
+    when replacing it would delete the working directory or one of the run's inputs (``protect``); or when nothing
+    can be written where it goes."""
+    out = _check_target(Path(out_dir), force)
+    _check_protected(out, protect)
+    _check_writable(out)
+    return out
+
+
+def _check_target(out: Path, force: bool) -> Path:
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--output {out}: a file with that name exists; choose a folder path")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserInputError(f"--output {out}: folder is not empty; pass --force to replace it or choose another path")
+    return out
+
+
+def _check_protected(out: Path, protect) -> None:
+    """``--force`` replaces the whole folder: never one that holds the working directory or an input of the run."""
+    target = out.resolve()
+    for what, path in (("the current directory", Path.cwd()), *(("the input " + str(p), Path(p)) for p in protect)):
+        path = path.resolve()
+        if path == target or target in path.parents:
+            raise UserInputError(f"--output {out}: replacing it would delete {what}; choose another output folder")
+
+
+def _check_writable(out: Path) -> None:
+    """The output's temp dir goes beside it: find out now, not after the compression, that it cannot."""
+    existing = out.absolute().parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserInputError(f"--output {out}: {existing} is a file, not a folder; choose another path")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".llmprune-probe-", dir=existing))
+    except OSError as exc:
+        raise UserInputError(f"--output {out}: cannot write in {existing} ({exc.strerror}); choose another "
+                             f"path") from None
+
+
+@contextlib.contextmanager
+def atomic_dirs(out_dirs, force: bool = False, protect=()):
+    """Yield one staged folder per target; on success they replace the targets together, on any exception they are
+    removed and the targets stay as they were."""
+    outs = [check_output_dir(d, force, protect).absolute() for d in out_dirs]
+    staged = []
+    try:
+        for out in outs:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            staged.append(out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+            staged[-1].mkdir()
+        yield list(staged)
+        for out in outs:
+            _check_target(out, force)  # a target may have appeared meanwhile
+        for tmp in staged:
+            _default_modes(tmp)
+    except BaseException:
+        with deferred_signals():
+            for tmp in staged:
+                shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    with deferred_signals():
+        _commit(list(zip(staged, outs)))
+
+
+def atomic_dir(out_dir, force: bool = False, protect=()):
+    """``atomic_dirs`` for one target: yields its staged folder."""
+    @contextlib.contextmanager
+    def one():
+        with atomic_dirs([out_dir], force, protect) as (tmp,):
+            yield tmp
+
+    return one()
+
+
+def _commit(pairs: list[tuple[Path, Path]]) -> None:
+    """Move the previous targets aside, rename the staged folders into place, delete the old ones; if a rename fails,
+    undo the ones done so the previous outputs are back."""
+    aside, placed = [], []
+    try:
+        for _, out in pairs:
+            if out.exists():
+                old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+                out.rename(old)
+                aside.append((old, out))
+        for tmp, out in pairs:
+            tmp.rename(out)
+            placed.append((tmp, out))
+    except BaseException:
+        for tmp, out in placed:
+            out.rename(tmp)
+        for old, out in aside:
+            old.rename(out)
+        for tmp, _ in pairs:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old, _ in aside:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _default_modes(directory: Path) -> None:
+    """Give the files the permissions a plain ``open()`` would (libraries that write through ``mkstemp`` leave
+    ``0600``, which other users and services cannot read)."""
+    probe = directory / f".mode-{uuid.uuid4().hex[:8]}"
+    probe.touch()
+    mode = stat.S_IMODE(probe.stat().st_mode)
+    probe.unlink()
+    for path in directory.rglob("*"):
+        if path.is_file() and not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) != mode:
+            path.chmod(mode)

@@ -1,0 +1,120 @@
+"""Staged outputs (llmprune/atomic.py): several targets committed together, interrupts held back while they are."""
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llmprune import atomic
+from llmprune.errors import UserInputError
+
+
+def _previous(tmp_path, *names):
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "previous.txt").write_text(name)
+    return [tmp_path / name for name in names]
+
+
+def _contents(tmp_path):
+    return {p.name: sorted(c.name for c in p.iterdir()) for p in sorted(tmp_path.iterdir())}
+
+
+def test_deferred_signals_deliver_ctrl_c_after_the_block():
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.deferred_signals():
+            signal.raise_signal(signal.SIGINT)
+            done.append("the block ran to its end")
+    assert done == ["the block ran to its end"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_during_the_renames_still_commits_every_target(tmp_path, monkeypatch):
+    """An interrupt arriving between the renames of the output and of its export: both end up new, nothing old or
+    staged is left, and the KeyboardInterrupt comes afterwards (without deferral: one new, one old, a stray .old)."""
+    out, export = _previous(tmp_path, "out", "out.export")
+    real_rename = Path.rename
+
+    def rename(self, dest):
+        result = real_rename(self, dest)
+        if ".tmp-" in self.name and Path(dest).name == "out":
+            signal.raise_signal(signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.atomic_dirs([out, export], force=True) as (a, b):
+            (a / "new.txt").write_text("new")
+            (b / "new.txt").write_text("new")
+    assert _contents(tmp_path) == {"out": ["new.txt"], "out.export": ["new.txt"]}
+
+
+def test_a_failed_rename_puts_every_previous_target_back(tmp_path, monkeypatch):
+    out, export = _previous(tmp_path, "out", "out.export")
+    real_rename = Path.rename
+
+    def rename(self, dest):
+        if ".tmp-" in self.name and Path(dest).name == "out.export":
+            raise OSError("cross-device link")
+        return real_rename(self, dest)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(OSError, match="cross-device"):
+        with atomic.atomic_dirs([out, export], force=True) as (a, b):
+            (a / "new.txt").write_text("new")
+            (b / "new.txt").write_text("new")
+    assert _contents(tmp_path) == {"out": ["previous.txt"], "out.export": ["previous.txt"]}
+
+
+def test_a_failure_while_staging_leaves_the_targets_and_no_staged_folder(tmp_path):
+    out, export = _previous(tmp_path, "out", "out.export")
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_dirs([out, export], force=True) as (a, _):
+            (a / "half.safetensors").write_bytes(b"x" * 10)
+            raise RuntimeError("disk full")
+    assert _contents(tmp_path) == {"out": ["previous.txt"], "out.export": ["previous.txt"]}
+
+
+def test_staged_files_get_the_permissions_of_a_plain_open(tmp_path):
+    """Libraries that write through mkstemp leave 0600; the committed files are readable as any other file."""
+    with atomic.atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "plain.json").write_text("{}")
+        secret = tmp / "model.safetensors"
+        secret.write_bytes(b"weights")
+        secret.chmod(0o600)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "out").iterdir()}
+    assert modes["model.safetensors"] == modes["plain.json"] != 0o600, modes
+
+
+@pytest.mark.parametrize("where", ["cwd", "cwd_parent", "input", "input_parent"])
+def test_force_never_replaces_the_working_directory_or_an_input(where, tmp_path, monkeypatch):
+    work, model = tmp_path / "work", tmp_path / "models" / "tiny"
+    work.mkdir()
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    monkeypatch.chdir(work)
+    target = {"cwd": Path("."), "cwd_parent": tmp_path, "input": model, "input_parent": model.parent}[where]
+    with pytest.raises(UserInputError, match="replacing it would delete"):
+        atomic.check_output_dir(target, force=True, protect=[model])
+    assert (model / "config.json").is_file() and work.is_dir()
+
+
+def test_sigterm_unwinds_like_ctrl_c(tmp_path):
+    """The console script turns SIGTERM into an exception: one ``error: terminated`` line, exit 143, no traceback."""
+    script = ("import time\nfrom llmprune.atomic import raise_on_sigterm\nfrom llmprune.cli.main import app, main\n"
+              "@app.command('sleep')\ndef sleep():\n    print('ready', flush=True)\n    time.sleep(60)\n"
+              "raise_on_sigterm()\nraise SystemExit(main(['sleep']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and err.strip() == "error: terminated", err
