@@ -7,9 +7,9 @@ plain run that finds every cell cached and writes the report::
     llmprune batch SPEC.yaml
 
 Big models: the loader places them with accelerate's device map / offload; compression works layer by layer on
-``--device``. A large zero-shot run of one dense model can use lm-eval's own data parallelism:
-``accelerate launch -m lm_eval --model hf --model_args pretrained=DIR --include_path evals/tasks --tasks
-llmprune_arc_easy`` (the offline task copies; see evals/zeroshot.py).
+``--device``. A large zero-shot run of one model can use lm-eval's own data parallelism:
+``accelerate launch -m llmprune.evals.lm_eval_cli --model hf --model_args pretrained=DIR --tasks llmprune_arc_easy``
+(packed folders and the offline task copies included; see evals/lm_eval_cli.py).
 """
 from __future__ import annotations
 

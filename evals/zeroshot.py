@@ -12,8 +12,8 @@ use lm-eval's prompts, targets and metrics verbatim; differences are listed in `
 (HellaSwag's derived context; few-shot examples come from the evaluation split because no train split is local).
 
 Scale-out: for a big zero-shot run use lm-eval's own data-parallel path, e.g.
-``accelerate launch -m lm_eval --model hf --model_args pretrained=DIR --include_path evals/tasks --tasks
-llmprune_arc_easy`` (dense exports only); packed checkpoints run here, one process per device.
+``accelerate launch -m llmprune.evals.lm_eval_cli --model hf --model_args pretrained=DIR --tasks llmprune_arc_easy``
+(lm-eval's CLI with llmprune imported, so packed folders load, and these task copies on its include path).
 """
 from __future__ import annotations
 

@@ -9,7 +9,6 @@ the manifest first (``manifest.validate``), then builds the model skeleton with 
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import torch

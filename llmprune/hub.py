@@ -118,9 +118,23 @@ def _hub_call(what: str, fn, *args, **kwargs):
             raise UserInputError(f"{what}: the Hub refused the token (HTTP {status}); log in with a write token "
                                  f"(`hf auth login`)") from None
         raise PushFailed(f"{what}: the Hub answered HTTP {status}; retry later") from None
-    except (OSError, ConnectionError) as exc:
+    except _network_errors() as exc:
         raise PushFailed(f"{what}: the Hub is unreachable ({exc.__class__.__name__}); check the network and retry") \
             from None
+
+
+def _network_errors() -> tuple[type, ...]:
+    """What an unreachable Hub raises: OS-level errors (requests' too), and the transport errors of the httpx client
+    that huggingface_hub >= 1.0 sends its requests through (``httpx``, or ``httpx2``), which are neither."""
+    import importlib
+
+    errors: list[type] = [OSError, ConnectionError]
+    for client in ("httpx", "httpx2"):
+        try:
+            errors.append(importlib.import_module(client).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
 
 
 def push(directory, repo_id: str, *, private: bool = False, revision: str | None = None, dry_run: bool = False,

@@ -137,3 +137,22 @@ def test_push_auth_and_network_errors_are_one_line(folder):
         push(folder, "alice/tiny", api=api)
     api.upload_folder.assert_not_called()
     assert (card.read_text() if card.exists() else None) == before  # a failed push leaves the folder as it was
+
+
+def test_push_to_an_unreachable_hub_is_one_line(folder, capsys, monkeypatch):
+    """A real HfApi against a port nobody listens on: huggingface_hub's HTTP client raises its own transport error
+    (neither OSError nor ConnectionError), which must still come out as one line, exit 2, the folder untouched."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from llmprune.cli.main import main
+
+    card = folder / "README.md"
+    before = card.read_text() if card.exists() else None
+    monkeypatch.setattr(constants, "is_offline_mode", lambda: False)  # the suite runs with HF_HUB_OFFLINE=1
+    real = huggingface_hub.HfApi
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: real(endpoint="http://127.0.0.1:9", token="hf_x"))
+    assert main(["push", str(folder), "--repo-id", "alice/tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: create_repo: the Hub is unreachable"), err
+    assert (card.read_text() if card.exists() else None) == before

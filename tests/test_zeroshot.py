@@ -224,3 +224,27 @@ def test_zeroshot_packed_checkpoint_same_answers_as_dense_twin(tmp_path, shared_
     assert compressed.answers == dense.answers and len(dense.answers["arc_easy"]) == 6
     for got, want in zip(compressed.loglikelihoods["arc_easy"], dense.loglikelihoods["arc_easy"]):
         assert got == pytest.approx(want, rel=1e-5, abs=1e-4)
+
+
+def test_lm_eval_command_line_wrapper_runs_a_packed_folder(tmp_path, shared_data):
+    """README's lm-eval command line (also under ``accelerate launch -m``): from any directory, a packed folder by
+    path and the offline task copies by name, scoring what ``run_zeroshot`` scores on ``llmprune.load``'s model."""
+    import glob
+    import os
+
+    from llmprune import checkpoint
+    from llmprune.evals.zeroshot import run_zeroshot
+    from tests.packed_fixtures import pack_model_
+
+    model, _ = tiny_model("llama")
+    out = checkpoint.save(model, tmp_path / "packed", layers=pack_model_(model, "sparse24_int4"),
+                          tokenizer=tiny_tokenizer())
+    subprocess.run([sys.executable, "-m", "llmprune.evals.lm_eval_cli", "--model", "hf", "--model_args",
+                    f"pretrained={out}", "--device", "cpu", "--tasks", "llmprune_arc_easy", "--limit", "6",
+                    "--output_path", str(tmp_path / "results")], cwd=tmp_path, check=True, capture_output=True,
+                   env={**os.environ, "LLMPRUNE_DATA_DIR": str(shared_data)})
+    (path,) = glob.glob(str(tmp_path / "results" / "**" / "results_*.json"), recursive=True)
+    by_cli = json.loads(Path(path).read_text())["results"]["llmprune_arc_easy"]
+    loaded, tokenizer, _ = checkpoint.load(out)
+    (score,) = run_zeroshot(loaded, tokenizer, ["arc_easy"], limit=6).scores
+    assert (by_cli["acc,none"], by_cli["acc_norm,none"]) == (score.acc, score.acc_norm)
