@@ -298,6 +298,9 @@ def run_batch(spec: BatchSpec, output=None, *, shard=None, progress=None, device
     ``progress`` is a factory ``progress(n_cells)`` returning a context manager with skip/start/stage/finish
     (``cli.batch.RichProgress``); None runs silently.
     """
+    from llmprune.pipeline import check_device
+
+    check_device(device or spec.device)  # this machine has it: every cell would fail otherwise
     check_data(spec)
     out = Path(output or spec.output or Path(spec.path).with_suffix(""))
     runner = BatchRunner(spec, out, device=device, keep_models=keep_models)

@@ -71,9 +71,10 @@ def _check_job(job: CompressJob) -> None:
         raise UserInputError(f"--batch-size {job.batch_size!r}: must be a whole number >= 1")
     if job.recipe.sparsity is None and job.recipe.quant is None:
         raise UserInputError("nothing to do: give --sparsity and/or --quant")
-    from .formats import FORMATS
+    from .compress import resolve_sparsity_for_method
+    from .formats import check_recipe
 
-    FORMATS.get(job.format)
+    check_recipe(job.format, resolve_sparsity_for_method(job.recipe))  # before the model is loaded
     if job.export not in (None, "compressed-tensors"):
         raise UserInputError(f"--export {job.export}: the only export is 'compressed-tensors'")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from llmprune.errors import UserInputError
-from llmprune.evals.batch import BatchRunner
+from llmprune.evals.batch import BatchRunner, run_batch
 from llmprune.evals.plots import write_report
 from llmprune.evals.spec import load_spec
 
@@ -196,6 +196,13 @@ BAD_SPECS = [
      r"spec.yaml:3: recipes\[0\]: --damp 'x': must be a positive finite number"),
     ("models: [m]\nrecipes:\n  - {method: wanda, sparsity: 0.5, ignore: ['[']}\n"
      "evaluations: {perplexity: [wikitext2]}\n", r"spec.yaml:3: recipes\[0\]: --ignore '\[': not a regular expression"),
+    ("models: [m]\nrecipes:\n  - {method: magnitude, sparsity: 0.5, format: sparse24}\n"
+     "evaluations: {perplexity: [wikitext2]}\n",
+     r"spec.yaml:3: recipes\[0\].format: the recipe: --format sparse24 stores at most 2 of every 4 weights"),
+    ("models: [m]\nrecipes:\n  - {method: wanda, sparsity: 0.5}\nevaluations: {perplexity: [wikitext2]}\n"
+     "dtype: int8\n", r"spec.yaml:5: dtype: 'int8': choose float32, float16 or bfloat16"),
+    ("models: [m]\nrecipes:\n  - {method: wanda, sparsity: 0.5}\nevaluations: {perplexity: [wikitext2]}\n"
+     "device: tpu\n", r"spec.yaml:5: device: 'tpu': choose cpu or cuda"),
     ("models: [m]\nrecipes:\n  - {method: wanda, sparsity: 0.5, options: [a]}\n"
      "evaluations: {perplexity: [wikitext2]}\n", r"spec.yaml:3: recipes\[0\].options: a mapping"),
 ]
@@ -343,3 +350,16 @@ def test_batch_cell_command_carries_ignore_and_options_back_to_the_same_recipe(t
     assert job.recipe.ignore and dict(job.recipe.options)["dsnot_skip_mlp"] is False
     assert (job.model, job.output, job.format, job.dtype) == (str(folder), out, "dense", "float32")
     assert job.calibration == Calibration(source="c4", nsamples=2, seqlen=16, seed=3)
+
+
+def test_batch_device_this_machine_lacks_is_one_line_before_any_cell(tmp_path, monkeypatch):
+    """A spec (or --device) naming CUDA on a CPU machine: one line before any work, not one failure per cell."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    path = tmp_path / "spec.yaml"
+    path.write_text("models: [m]\nrecipes:\n  - {method: wanda, sparsity: 0.5}\nevaluations: {perplexity: "
+                    "[wikitext2]}\ndevice: cuda\n")
+    with pytest.raises(UserInputError, match="--device cuda: CUDA is not available here"):
+        run_batch(load_spec(path), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -272,3 +272,15 @@ def test_cli_version_and_bare_commands(capsys):
         assert main(args) == 2
         captured = capsys.readouterr()
         assert "Usage" in captured.out + captured.err and "error:" not in captured.err, captured.err
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--sparsity", "0.5", "--format", "sparse24"], "--format sparse24 stores at most 2 of every 4 weights"),
+    (["--sparsity", "4:8", "--quant", "w4g16", "--format", "sparse24_int4"], "the sparsity here is 4:8"),
+    (["--sparsity", "2:4", "--override", "mlp=0.3", "--format", "sparse24"], "--override mlp: --format sparse24"),
+    (["--sparsity", "2:4", "--format", "int4"], "--format int4 stores quantized weights"),
+])
+def test_cli_format_demands_are_checked_before_the_model_loads(flags, words, tmp_path, capsys):
+    """The model does not exist: the recipe-vs-format error must come first, i.e. before any loading."""
+    code, _, stderr = run_cli(["compress", tmp_path / "no-model", "-o", tmp_path / "out", *flags], capsys)
+    assert code == 2 and words in stderr and len(stderr.splitlines()) == 1, stderr

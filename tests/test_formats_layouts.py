@@ -81,3 +81,23 @@ def test_spqr_worked_example():
     assert packed["qweight"].tolist() == [[0x5CD]]
     assert packed["outlier_row_ptr"].tolist() == [0, 1] and packed["outlier_col"].tolist() == [2]
     assert get_format("spqr").unpack(packed, 4).tolist() == [[0.25, -0.75, 9.5, -0.5]]
+
+
+def test_fits_24_matches_a_brute_force_over_every_n_of_m_mask():
+    """Whether every N:M mask keeps at most 2 in each aligned group of 4: enumerated mask by mask over lcm(4, M)
+    columns (an independent count, not the rule ``fits_24`` encodes)."""
+    import itertools
+    import math
+
+    from llmprune.formats import fits_24
+    from llmprune.recipe import NM, Unstructured
+
+    for m in (2, 3, 4, 6, 8):
+        for n in range(1, m):
+            span = math.lcm(4, m)
+            worst = 0
+            for windows in itertools.product(itertools.combinations(range(m), n), repeat=span // m):
+                kept = {w * m + i for w, chosen in enumerate(windows) for i in chosen}
+                worst = max(worst, *(len(kept & set(range(q, q + 4))) for q in range(0, span, 4)))
+            assert fits_24(NM(n, m)) == (worst <= 2), (n, m, worst)
+    assert not fits_24(Unstructured(0.5)) and not fits_24(None)

@@ -10,6 +10,7 @@ docs/FORMATS.md.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -100,17 +101,48 @@ def check_layer(format: str, name: str, out_features: int, in_features: int, qua
     ``quant`` is the recipe's ``QuantSpec`` (None: no quantization), ``sparsity`` its ``Sparsity`` (None: dense).
     """
     fmt = get_format(format)
-    if fmt.quantized and quant is None:
-        raise UserInputError(f"{name}: --format {format} stores quantized weights; add --quant (e.g. --quant w4g128)")
-    group = getattr(sparsity, "size", None)
-    if format == "group_sparse_int4" and (group is None or (quant.group or in_features) != group):
-        raise UserInputError(f"{name}: --format group_sparse_int4 needs group sparsity with the quantization group "
-                             f"(e.g. --sparsity 0.5@g16 --quant w4g16)")
+    _check_pattern(format, name, quant, sparsity, in_features)
     params = fmt.spec_params(quant, in_features) if fmt.spec_params else {}
     try:
         fmt.check(out_features, in_features, **params)
     except UserInputError as exc:
         raise UserInputError(f"{name}: {exc}") from None
+
+
+def check_recipe(format: str, recipe) -> None:
+    """``check_layer``'s checks that need no layer shape, for the recipe's sparsity and each override's: before the
+    model is even loaded (a batch spec, a compress job). Expects GQSA's fractions already resolved to groups."""
+    get_format(format)
+    for where, sparsity in [("the recipe", recipe.sparsity), *((f"--override {pattern}", sparsity)
+                                                               for pattern, sparsity in recipe.overrides)]:
+        _check_pattern(format, where, recipe.quant, sparsity, None)
+
+
+def _check_pattern(format: str, name: str, quant, sparsity, in_features: int | None) -> None:
+    """What the format demands of the recipe: quantized codes, a 2:4-storable pattern, groups matching the quant
+    group (``in_features`` None: a per-row quant group is not known yet, so not checked)."""
+    if get_format(format).quantized and quant is None:
+        raise UserInputError(f"{name}: --format {format} stores quantized weights; add --quant (e.g. --quant w4g128)")
+    if format in ("sparse24", "sparse24_int4") and not fits_24(sparsity):
+        raise UserInputError(f"{name}: --format {format} stores at most 2 of every 4 weights; prune with "
+                             f"--sparsity 2:4 (the sparsity here is {sparsity or 'none'})")
+    group = getattr(sparsity, "size", None)
+    quant_group = (quant.group if quant is not None else 0) or in_features
+    if format == "group_sparse_int4" and (group is None or (quant_group is not None and quant_group != group)):
+        raise UserInputError(f"{name}: --format group_sparse_int4 needs group sparsity with the quantization group "
+                             f"(e.g. --sparsity 0.5@g16 --quant w4g16)")
+
+
+def fits_24(sparsity) -> bool:
+    """Whether every N:M mask keeps at most 2 weights in each aligned group of 4 (2:4, 1:4, 1:3, 2:8 do; 4:8 and
+    2:3 may not), so that every pruned layer can be stored as 2:4. Worst case per group of 4: each window of M it
+    overlaps may put min(N, overlap) of its kept weights there."""
+    n, m = getattr(sparsity, "n", None), getattr(sparsity, "m", None)
+    if n is None or m is None:
+        return False
+    span = math.lcm(4, m)
+    return all(sum(min(n, min(q + 4, w + m) - max(q, w)) for w in range(0, span, m) if w < q + 4 and q < w + m) <= 2
+               for q in range(0, span, 4))
 
 
 def shape_error(what: str, out_features: int, in_features: int, fix: str) -> UserInputError:
@@ -119,4 +151,4 @@ def shape_error(what: str, out_features: int, in_features: int, fix: str) -> Use
 
 from . import dense, int4, sparse24, sparse24_int4, group_sparse_int4, spqr  # noqa: E402,F401  (registration)
 
-__all__ = ["FORMATS", "Format", "Spec", "get_format", "check_layer", "float_dtype", "dtype_name"]
+__all__ = ["FORMATS", "Format", "Spec", "get_format", "check_layer", "check_recipe", "float_dtype", "dtype_name"]
