@@ -3,6 +3,7 @@ loads it."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -12,8 +13,6 @@ from llmprune.errors import UserInputError
 
 def load_for_eval(spec: str, *, device: str, dtype: str):
     """An llmprune checkpoint (packed modules included) or anything ``resolve`` accepts."""
-    from pathlib import Path
-
     import torch
 
     from llmprune.pipeline import DTYPES
@@ -45,8 +44,22 @@ def _ppl_rows(model, tokenizer, texts: list, *, seqlen, max_seqlen, device, batc
                             max_windows=min(filter(None, (text.max_windows, max_windows)), default=None))
         typer.echo(f"{text.name}: ppl {result.ppl:.4f}  [{result.protocol()}]", err=True)
         rows.append({"dataset": text.name, "ppl": result.ppl, "nll": result.nll_mean, "seqlen": result.seqlen,
-                     "windows": result.windows, "tokens": result.tokens})
+                     "windows": result.windows, "tokens": result.tokens,
+                     # the protocol's windows (C4's first 256 are its whole protocol): more only with --ppl-max-windows
+                     "available_windows": min(filter(None, (result.available_windows, text.max_windows)))})
     return rows
+
+
+def _record(directory: Path, results: dict, dtype: str) -> None:
+    from llmprune.model_cards import record_results, rows_from_perplexity, rows_from_zeroshot
+
+    rows = rows_from_perplexity(results.get("perplexity", []))
+    if "zeroshot" in results:
+        rows += rows_from_zeroshot(results["zeroshot"])
+    for row in rows:
+        row["note"] += "" if dtype == "float32" else f", {dtype}"
+    written = record_results(directory, rows)
+    typer.echo(f"recorded the results in {' and '.join(str(p) for p in written)}", err=True)
 
 
 def eval_command(
@@ -63,6 +76,8 @@ def eval_command(
     device: str = typer.Option("cpu", help="cpu or cuda."),
     dtype: str = typer.Option("float32", help="float32, float16 or bfloat16."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    record: bool = typer.Option(True, "--record/--no-record", help="For an llmprune output folder: add the results "
+                                "to its llmprune.json and model card (what `llmprune push` publishes)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Evaluate perplexity and/or zero-shot accuracy."""
@@ -106,6 +121,8 @@ def eval_command(
         zs = run_zeroshot(loaded_model, tokenizer, task_names, batch_size=batch_size, limit=limit,
                           num_fewshot=num_fewshot, device=device, progress=not quiet)
         results["zeroshot"] = zs.to_dict()
+    if record and Path(model, "llmprune.json").is_file():
+        _record(Path(model), results, dtype)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return

@@ -53,14 +53,20 @@ class PerplexityResult:
     tokens: int  # predicted tokens: windows * (seqlen - 1)
     seqlen: int
     dataset: str
+    available_windows: int | None = None  # windows the text holds; more than ``windows`` when capped
 
     @property
     def nll(self) -> float:
         return self.nll_mean
 
+    @property
+    def capped(self) -> bool:
+        return self.available_windows is not None and self.windows < self.available_windows
+
     def protocol(self) -> str:
         """One line that says what the number means; printed with every perplexity."""
-        return (f"{self.dataset}: {self.windows} non-overlapping windows of {self.seqlen} tokens (tail dropped), "
+        scored = f"the first {self.windows} of {self.available_windows}" if self.capped else f"{self.windows}"
+        return (f"{self.dataset}: {scored} non-overlapping windows of {self.seqlen} tokens (tail dropped), "
                 f"{self.tokens} predicted tokens, mean token NLL {self.nll_mean:.5f} -> ppl {self.ppl:.4f}")
 
 
@@ -99,7 +105,7 @@ def perplexity(model, tokenizer, text: str, *, seqlen: int, device: str = "cpu",
     if batch_size < 1:
         raise UserInputError(f"--batch-size {batch_size}: must be at least 1")
     ids = encode(tokenizer, text)
-    windows = ids.numel() // seqlen
+    available = windows = ids.numel() // seqlen
     if max_windows is not None:
         windows = min(windows, max_windows)
     if windows == 0:
@@ -110,7 +116,7 @@ def perplexity(model, tokenizer, text: str, *, seqlen: int, device: str = "cpu",
     tokens = windows * (seqlen - 1)
     nll_mean = total / tokens
     return PerplexityResult(ppl=math.exp(nll_mean), nll_mean=nll_mean, windows=windows, tokens=tokens,
-                            seqlen=seqlen, dataset=dataset)
+                            seqlen=seqlen, dataset=dataset, available_windows=available)
 
 
 @torch.no_grad()

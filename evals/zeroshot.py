@@ -170,14 +170,44 @@ def _evaluate(lm, choices: list[TaskChoice], manager, options: dict) -> dict:
     from lm_eval import simple_evaluate
 
     try:
-        return simple_evaluate(model=lm, tasks=[c.task for c in choices], task_manager=manager, log_samples=True,
-                               **options)
+        with _git_hash_without_stderr():
+            return simple_evaluate(model=lm, tasks=[c.task for c in choices], task_manager=manager,
+                                   log_samples=True, **options)
     except (ConnectionError, OSError) as exc:
         if isinstance(exc, DataNotFound):
             raise
         hub = [c.task for c in choices if c.source == "hub"]
         raise DataNotFound(f"tasks {', '.join(hub) or '?'}: dataset download failed ({exc.__class__.__name__}); "
                            f"go online or set LLMPRUNE_DATA_DIR to a folder with the offline copies") from None
+
+
+@contextmanager
+def _git_hash_without_stderr():
+    """lm-eval records the working directory's git commit by running ``git describe`` with stderr inherited, so
+    outside a repository every run prints "fatal: not a git repository". The same lookup, with git's stderr
+    discarded (lm-eval's own fallback, reading ``.git`` files, is kept)."""
+    import subprocess
+
+    import lm_eval.evaluator as evaluator
+
+    original = getattr(evaluator, "get_git_commit_hash", None)
+    if original is None:  # another lm-eval version: nothing to replace
+        yield
+        return
+
+    def quiet_hash():
+        try:
+            return subprocess.check_output(["git", "describe", "--always"], stderr=subprocess.DEVNULL).strip().decode()
+        except (subprocess.CalledProcessError, FileNotFoundError):
+            from lm_eval.loggers.utils import get_commit_from_path
+
+            return get_commit_from_path(Path.cwd())
+
+    evaluator.get_git_commit_hash = quiet_hash
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = original
 
 
 QUIET_LOGGERS = ("lm_eval", "transformers", "datasets")

@@ -214,8 +214,9 @@ def job_from_manifest(path: Path, *, output: Path, force: bool, device: str, qui
             model=recorded, output=output, recipe=recipe, calibration=calib, format=data["job"]["format"],
             export=data["job"].get("export"), device=device, dtype=data["job"]["dtype"],
             batch_size=data["job"]["batch_size"], forward_dtype=data["job"].get("forward_dtype"), force=force,
-            progress=not quiet, argv=("compress", *(() if model is None else (model,)), "--from-manifest", str(path)),
-            revision=revision, recorded_calibration=recorded_calib.get("sha256") if recorded_calib else None)
+            progress=not quiet, revision=revision,
+            argv=("compress", *(() if model is None else (model,)), "--from-manifest", str(path), "--output", str(output)),
+            recorded_calibration=recorded_calib.get("sha256") if recorded_calib else None)
     except FileNotFoundError:
         raise UserInputError(f"--from-manifest {path}: file not found") from None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

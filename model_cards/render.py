@@ -6,7 +6,8 @@ The front matter is produced by ``huggingface_hub.ModelCardData`` (``base_model`
 ``model-index`` from ``EvalResult``s), i.e. the Hub's own serializer; tests parse it back with ``ModelCard``.
 
 A result row is a dict: ``{"name": "arc_easy", "metric": "acc" | "acc_norm" | "ppl", "value": float,
-"stderr": float | None, "samples": int | None, "note": str}``; ``rows_from_zeroshot`` and ``rows_from_perplexity``
+"stderr": float | None, "samples": int | None, "note": str, "partial": bool}`` (partial: a ``--limit`` or capped
+run, kept out of ``model-index``); ``rows_from_zeroshot`` and ``rows_from_perplexity``
 build them from ``evals`` results.
 """
 from __future__ import annotations
@@ -101,22 +102,32 @@ def reproduce_command(manifest: dict) -> str | None:
 
 
 def rows_from_zeroshot(result) -> list[dict]:
-    """Result rows from an ``evals.zeroshot.ZeroShotResult`` (or its ``to_dict()``)."""
+    """Result rows from an ``evals.zeroshot.ZeroShotResult`` (or its ``to_dict()``); the note says what was run
+    (``--limit``, few-shot) so a quick check never reads as the full benchmark."""
     scores = result["scores"] if isinstance(result, dict) else [vars(s) for s in result.scores]
+    config = (result.get("config") if isinstance(result, dict) else result.config) or {}
+    extra = "".join(f", {key} {config[key]:g}" for key in ("limit", "num_fewshot") if config.get(key) is not None)
     rows = []
     for s in scores:
         for metric in ("acc", "acc_norm"):
             if s.get(metric) is not None:
                 rows.append({"name": s["task"], "metric": metric, "value": s[metric],
                              "stderr": s.get(f"{metric}_stderr"), "samples": s.get("samples"),
-                             "note": f"lm-eval, {s.get('source', '')} data"})
+                             "note": f"lm-eval, {s.get('source', '')} data{extra}",
+                             "partial": config.get("limit") is not None})
     return rows
 
 
 def rows_from_perplexity(rows: list[dict]) -> list[dict]:
-    """Result rows from ``llmprune eval --ppl`` rows (``dataset``, ``ppl``, ``seqlen``, ``windows``)."""
+    """Result rows from ``llmprune eval --ppl`` rows (``dataset``, ``ppl``, ``seqlen``, ``windows``); a capped run
+    (``--ppl-max-windows``) says so."""
+    def note(r):
+        available = r.get("available_windows")
+        capped = available is not None and r.get("windows") is not None and r["windows"] < available
+        return f"seqlen {r.get('seqlen')}" + (f", first {r['windows']} of {available} windows" if capped else "")
+
     return [{"name": r["dataset"], "metric": "ppl", "value": r["ppl"], "stderr": None, "samples": r.get("windows"),
-             "note": f"seqlen {r.get('seqlen')}"} for r in rows]
+             "note": note(r), "partial": "first" in note(r)} for r in rows]
 
 
 def _eval_results(rows: list[dict]):
@@ -159,13 +170,16 @@ def default_name(manifest: dict) -> str:
 
 
 def card_data(manifest: dict, results: list[dict] | None, model_name: str):
-    """``huggingface_hub.ModelCardData`` of the card (the Hub's own metadata schema)."""
+    """``huggingface_hub.ModelCardData`` of the card (the Hub's own metadata schema). Partial runs (``--limit``,
+    capped perplexity windows) stay in the card's table with their note but out of ``model-index``, which the Hub
+    shows without notes as the benchmark's score."""
     from huggingface_hub import ModelCardData
 
+    complete = [row for row in results or [] if not row.get("partial")]
     base = base_model(manifest)
     return ModelCardData(base_model=base, library_name="llmprune", tags=_tags(manifest), model_name=model_name,
                          pipeline_tag="text-generation",
-                         eval_results=_eval_results(results) if results else None)
+                         eval_results=_eval_results(complete) if complete else None)
 
 
 def _with_keys(data: dict | None, keys: str) -> dict:
@@ -191,6 +205,7 @@ def _context(manifest: dict, results: list[dict] | None, model_name: str, repo_i
         "qbits": quant_bits_per_param(manifest),
         "outliers": (manifest.get("report") or {}).get("outlier_fraction"),
         "format": manifest.get("format", "dense"), "export": job.get("export"), "dtype": job.get("dtype"),
+        "export_name": Path(str((manifest.get("export") or {}).get("path") or "OUT.compressed-tensors")).name,
         "size_mb": sum(s.get("bytes", 0) for s in shards) / 1e6, "layers": len(_linear_shapes(manifest)),
         "results": results or [], "command": reproduce_command(manifest), "versions": manifest.get("versions") or {},
         "skipped": (manifest.get("report") or {}).get("skipped") or {},

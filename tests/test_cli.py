@@ -86,7 +86,8 @@ def test_cli_from_manifest_runs_the_recipe_on_another_model(tiny_llama, tmp_path
     assert code == 0, stderr
     manifest = json.loads((second / "llmprune.json").read_text())
     assert manifest["model"]["path"] == str(other.resolve()) and manifest["recipe"]["method"] == "wanda"
-    assert manifest["command"][-3:] == [str(other), "--from-manifest", str(first / "llmprune.json")]
+    assert manifest["command"][-5:] == [str(other), "--from-manifest", str(first / "llmprune.json"), "--output",
+                                        str(second)]  # the card's reproduce line runs as written
 
 
 @pytest.mark.parametrize("args, words", [

@@ -36,7 +36,7 @@ def test_cli_eval_ppl_matches_direct_loss_and_prints_protocol(tmp_path, capsys):
                  "--quiet"]) == 0
     captured = capsys.readouterr()
     row = json.loads(captured.out)["perplexity"][0]
-    assert row["windows"] == 3 and "3 non-overlapping windows" in captured.err
+    assert row["windows"] == 3 and f"the first 3 of {len(losses)} non-overlapping windows" in captured.err
     assert math.isclose(row["ppl"], math.exp(sum(losses[:3]) / 3), rel_tol=1e-4)
 
 
@@ -71,3 +71,45 @@ def test_cli_eval_window_longer_than_the_model_context_is_one_line(tmp_path, cap
     assert main(["eval", str(src), "--ppl", str(text_file), "--seqlen", "100000", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "--seqlen 100000: the model takes at most" in err and len(err.splitlines()) == 1, err
+
+
+def test_cli_eval_records_results_with_an_llmprune_folder(tmp_path, capsys):
+    """The numbers printed are the numbers kept: llmprune.json's ``evaluations`` and the card (table and Hub
+    model-index). A capped quick check is kept beside the full run with its note, out of model-index; the same
+    measurement re-run replaces its row; --no-record and a hand-edited card are left alone."""
+    from huggingface_hub import ModelCard
+
+    from llmprune.model_cards.render import GENERATED_MARK
+    from tests.publish_fixtures import packed_checkpoint
+
+    folder = packed_checkpoint(tmp_path / "out")
+    text_file = tmp_path / "eval.txt"
+    text_file.write_text(" ".join(["Sparse models keep accuracy when pruned with care."] * 40))
+    args = ["eval", str(folder), "--ppl", str(text_file), "--seqlen", "32", "--json", "--quiet"]
+
+    def run(*extra):
+        capsys.readouterr()
+        assert main([*args, *extra]) == 0
+        return json.loads(capsys.readouterr().out)["perplexity"][0]
+
+    def evaluations():
+        return json.loads((folder / "llmprune.json").read_text())["evaluations"]
+
+    full = run()
+    assert [(r["name"], r["value"], r["note"]) for r in evaluations()] == [("eval.txt", full["ppl"], "seqlen 32")]
+    card = ModelCard.load(folder / "README.md")
+    assert f"| eval.txt | ppl | {full['ppl']:.4f} | — | {full['windows']} | seqlen 32 |" in card.text
+    assert [r.metric_value for r in card.data.eval_results] == [round(full["ppl"], 6)]
+    quick = run("--ppl-max-windows", "3")
+    assert [r["note"] for r in evaluations()] == ["seqlen 32", f"seqlen 32, first 3 of {full['windows']} windows"]
+    card = ModelCard.load(folder / "README.md")
+    assert f"| {quick['ppl']:.4f} | — | 3 | seqlen 32, first 3 of" in card.text and len(card.data.eval_results) == 1
+    run()
+    assert len(evaluations()) == 2  # the same measurement replaced its row
+    before = (folder / "llmprune.json").read_text()
+    run("--no-record")
+    assert (folder / "llmprune.json").read_text() == before
+    (folder / "README.md").write_text("# my own card\n")  # no generated mark: the user's card is kept
+    run("--seqlen", "16")
+    assert (folder / "README.md").read_text() == "# my own card\n" and len(evaluations()) == 3
+    assert GENERATED_MARK not in (folder / "README.md").read_text()

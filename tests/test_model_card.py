@@ -83,9 +83,12 @@ def test_rows_from_zeroshot_result():
 
     result = ZeroShotResult([TaskScore("piqa", "local", 50, 0.6, 0.07, 0.62, 0.069)])
     assert rows_from_zeroshot(result) == [
-        {"name": "piqa", "metric": "acc", "value": 0.6, "stderr": 0.07, "samples": 50, "note": "lm-eval, local data"},
+        {"name": "piqa", "metric": "acc", "value": 0.6, "stderr": 0.07, "samples": 50, "note": "lm-eval, local data",
+         "partial": False},
         {"name": "piqa", "metric": "acc_norm", "value": 0.62, "stderr": 0.069, "samples": 50,
-         "note": "lm-eval, local data"}]
+         "note": "lm-eval, local data", "partial": False}]
+    result.config["limit"] = 50.0  # a --limit run says so, and stays out of model-index
+    assert {(r["note"], r["partial"]) for r in rows_from_zeroshot(result)} == {("lm-eval, local data, limit 50", True)}
 
 
 @pytest.mark.parametrize("recipe, method_row, damp_row", [
@@ -101,3 +104,12 @@ def test_model_card_shows_only_the_settings_the_recipe_used(recipe, method_row, 
     text = render_card({"format": "dense", "recipe": recipe})
     assert method_row in text
     assert ("| dampening / block | 0.01 / 128 |" in text) == damp_row
+
+
+def test_model_card_names_the_export_folder_beside_the_checkpoint(packed):
+    """The export is a sibling folder (``OUT.compressed-tensors``), not a subfolder the Hub repository holds."""
+    manifest = {**_manifest(packed), "job": {**_manifest(packed)["job"], "export": "compressed-tensors"},
+                "export": {"format": "compressed-tensors", "path": "/runs/out.compressed-tensors"}}
+    text = render_card(manifest, repo_id="alice/tiny")
+    assert "`out.compressed-tensors`, beside the llmprune folder" in text and "vllm serve out.compressed-tensors" in text
+    assert "compressed-tensors/" not in text

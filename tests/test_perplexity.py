@@ -46,6 +46,8 @@ def test_max_windows_caps_the_windows_scored(tiny_lm):
     ids = tokenizer(TEXT).input_ids
     result = perplexity(model, tokenizer, TEXT, seqlen=30, max_windows=2, progress=False)
     assert result.windows == 2 and result.ppl == pytest.approx(direct_perplexity(model, ids, 30, 2), rel=1e-5)
+    assert result.available_windows == len(ids) // 30 > 2
+    assert f"the first 2 of {len(ids) // 30} non-overlapping windows" in result.protocol()
 
 
 def test_protocol_line_names_dataset_seqlen_windows_tokens(tiny_lm):

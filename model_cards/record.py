@@ -1,0 +1,29 @@
+"""Evaluation results kept with the checkpoint they measure: ``llmprune eval DIR`` adds its rows to DIR's
+``llmprune.json`` (``evaluations``) and re-renders the model card, so ``llmprune push`` publishes the numbers
+(card table and the Hub's ``model-index``) without anyone copying them by hand."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .render import FILENAME, GENERATED_MARK, render_card, write_text_atomic
+
+
+def record_results(directory, rows: list[dict]) -> list[Path]:
+    """Merge result rows into ``directory``'s manifest, a row replacing an earlier one with the same name, metric
+    and note (the same measurement, re-run); re-render README.md unless the user edited it (no generated mark).
+    Each file is replaced atomically. Returns the files written."""
+    from llmprune import manifest as mf
+
+    directory = Path(directory)
+    path = directory / mf.FILENAME
+    manifest = json.loads(path.read_text())
+    key = ("name", "metric", "note")
+    new = {tuple(r.get(k) for k in key) for r in rows}
+    kept = [r for r in manifest.get("evaluations") or [] if tuple(r.get(k) for k in key) not in new]
+    manifest["evaluations"] = kept + [dict(r) for r in rows]
+    written = [write_text_atomic(path, json.dumps(manifest, indent=1) + "\n")]
+    card = directory / FILENAME
+    if not card.exists() or GENERATED_MARK in card.read_text(encoding="utf-8"):
+        written.append(write_text_atomic(card, render_card(manifest)))
+    return written
