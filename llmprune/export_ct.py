@@ -169,6 +169,10 @@ def write_compressed_tensors(model: nn.Module, report, directory: Path, *, recip
         warnings.warn(f"transformers cannot load a compressed-tensors {model_type} checkpoint (its _init_weights "
                       f"reads the replaced .weight); serve the export with vLLM, or load the llmprune folder",
                       stacklevel=2)
+    elif not all(_scheme_key(qw)[2] for qw in quantized.values()):
+        warnings.warn("transformers cannot load an asymmetric compressed-tensors export yet (its loader expects the "
+                      "zero points unpacked; vLLM reads them); quantize symmetrically (e.g. --quant w4g64s) for an "
+                      "export both load, or load the llmprune folder", stacklevel=2)
 
 
 def _provenance(directory: Path, quantized: dict[str, QuantizedWeight], recipe) -> None:

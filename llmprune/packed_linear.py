@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from . import dispatch
 from .errors import UserInputError
-from .formats import get_format
+from .formats import get_format, needs_quant
 from .types import Pruned, QuantizedWeight
 
 
@@ -75,7 +75,7 @@ class PackedLinear(nn.Module):
         """Pack a dense or pruned weight ``[out, in]`` (formats that store unquantized values: dense, sparse24)."""
         fmt = get_format(format)
         if fmt.quantized:
-            raise UserInputError(f"{name}: --format {format} stores quantized weights; add --quant (e.g. w4g128)")
+            raise needs_quant(format, name)
         try:
             packed = fmt.pack(weight, dtype=dtype)
         except UserInputError as exc:
@@ -166,7 +166,7 @@ def pack_layer(name: str, format: str, source, *, bias: Tensor | None = None,
     if isinstance(source, QuantizedWeight):
         module = PackedLinear.from_quantized(source, format, bias=bias, dtype=dtype, name=name)
     elif get_format(format).quantized:
-        raise UserInputError(f"{name}: --format {format} stores quantized weights; add --quant (e.g. --quant w4g128)")
+        raise needs_quant(format, name)
     else:
         module = PackedLinear.from_dense(source, format, bias=bias, dtype=dtype, name=name)
     return format, module.packed(), module.params

@@ -122,7 +122,7 @@ def _check_pattern(format: str, name: str, quant, sparsity, in_features: int | N
     """What the format demands of the recipe: quantized codes, a 2:4-storable pattern, groups matching the quant
     group (``in_features`` None: a per-row quant group is not known yet, so not checked)."""
     if get_format(format).quantized and quant is None:
-        raise UserInputError(f"{name}: --format {format} stores quantized weights; add --quant (e.g. --quant w4g128)")
+        raise needs_quant(format, name)
     if format in ("sparse24", "sparse24_int4") and not fits_24(sparsity):
         raise UserInputError(f"{name}: --format {format} stores at most 2 of every 4 weights; prune with "
                              f"--sparsity 2:4 (the sparsity here is {sparsity or 'none'})")
@@ -131,6 +131,15 @@ def _check_pattern(format: str, name: str, quant, sparsity, in_features: int | N
     if format == "group_sparse_int4" and (group is None or (quant_group is not None and quant_group != group)):
         raise UserInputError(f"{name}: --format group_sparse_int4 needs group sparsity with the quantization group "
                              f"(e.g. --sparsity 0.5@g16 --quant w4g16)")
+
+
+def needs_quant(format: str, where: str | None = None) -> UserInputError:
+    """The error for a quantized format given unquantized weights, with the flags that format wants (SpQR's own
+    quantizer, GQSA's matching groups; 64-wide groups divide more models' layers than 128: SmolLM2's 576)."""
+    hint = {"spqr": "--quant w3g16 --quantizer spqr",
+            "group_sparse_int4": "--quant w4g16 with --method gqsa --sparsity 0.5@g16"}.get(format, "--quant w4g64")
+    return UserInputError(f"{where + ': ' if where else ''}--format {format} stores quantized weights; add --quant "
+                          f"(e.g. {hint})")
 
 
 def fits_24(sparsity) -> bool:

@@ -21,7 +21,9 @@ def group_of(qw: QuantizedWeight) -> int:
 
 def require_quantized(qw, fmt: str, max_bits: int = 4) -> QuantizedWeight:
     if not isinstance(qw, QuantizedWeight):
-        raise UserInputError(f"--format {fmt} stores quantized weights; add --quant (e.g. --quant w4g128)")
+        from . import needs_quant
+
+        raise needs_quant(fmt)
     if qw.bits > max_bits:
         raise UserInputError(f"--format {fmt} holds at most {max_bits}-bit codes, got {qw.bits}-bit; use --quant w4...")
     if qw.outliers is not None:
@@ -34,7 +36,7 @@ def zero_codes(qw: QuantizedWeight, fmt: str) -> Tensor:
     z = qw.zeros
     if not torch.equal(z, z.round()) or (z.numel() and (float(z.min()) < 0 or float(z.max()) > (1 << qw.bits) - 1)):
         raise UserInputError(f"--format {fmt} stores integer zero points in 0..{(1 << qw.bits) - 1}; "
-                             f"these are not (use a uniform quantizer such as --quant w4g128)")
+                             f"these are not (use a uniform quantizer such as --quant w4g64)")
     return z.to(torch.uint8)
 
 
