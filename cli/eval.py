@@ -89,6 +89,10 @@ def eval_command(
         raise UserInputError(f"--batch-size {batch_size}: must be at least 1")
     if ppl_max_windows is not None and ppl_max_windows < 1:
         raise UserInputError(f"--ppl-max-windows {ppl_max_windows}: must be at least 1")
+    if max_seqlen < 2:
+        raise UserInputError(f"--max-seqlen {max_seqlen}: must be at least 2")
+    if num_fewshot is not None and num_fewshot < 0:
+        raise UserInputError(f"--num-fewshot {num_fewshot}: must be 0 or more")
     if limit is not None and not limit > 0:
         raise UserInputError(f"--limit {limit:g}: give a positive number of examples per task (or a fraction < 1)")
     if ppl is not None and not [n for n in ppl.split(",") if n.strip()]:

@@ -49,7 +49,7 @@ def sweep_command(
     if ppl_max_windows is not None and ppl_max_windows < 1:
         raise UserInputError(f"--ppl-max-windows {ppl_max_windows}: must be at least 1")
     config.recipes()  # unknown methods/refiners and patterns a refiner cannot keep fail here, before loading
-    check_output_dir(output, force=force)
+    check_output_dir(output, force=force, protect=[p for p in (model,) if Path(p).exists()])
     from llmprune.model import resolve
     from llmprune.pipeline import library_progress
 
@@ -107,3 +107,6 @@ def _check(config, ppl_seqlen: Optional[int]) -> None:
     from llmprune.pipeline import check_device
 
     check_device(config.device)
+    from llmprune.evals.perplexity import load_eval_text
+
+    load_eval_text(config.eval_dataset)  # an unknown set or missing data fails before the model loads

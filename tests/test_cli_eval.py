@@ -55,6 +55,8 @@ def test_cli_eval_needs_something_to_do(tmp_path, capsys):
     (["--ppl", "wikitext2", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
     (["--ppl", "wikitext2", "--ppl-max-windows", "0"], "--ppl-max-windows 0: must be at least 1"),
     (["--ppl", "wikitxt2"], "did you mean 'wikitext2'?"),  # data names are checked before the model loads
+    (["--ppl", "wikitext2", "--max-seqlen", "0"], "--max-seqlen 0: must be at least 2"),
+    (["--tasks", "arc_easy", "--num-fewshot", "-1"], "--num-fewshot -1: must be 0 or more"),
 ])
 def test_cli_eval_bad_flags_are_one_line_before_loading(flags, words, tmp_path, capsys):
     capsys.readouterr()

@@ -223,6 +223,7 @@ def test_sweep_nothing_written_when_plotting_fails(tmp_path, monkeypatch):
     (["--method", "wnada"], "did you mean 'wanda'"),
     (["--refine", "dsnot", "--sparsity", "0.5@g16"], "group sparsity"),
     (["--knee-margin", "0"], "--knee-margin"),
+    (["--ppl", "wikitxt2"], "did you mean 'wikitext2'"),  # before the (missing) model would load
 ])
 def test_sweep_cli_bad_input_exits_2_and_writes_nothing(args, message, tmp_path, capsys):
     out = tmp_path / "out"
