@@ -113,7 +113,7 @@ def test_cli_export_and_a_failed_forced_rerun_keeps_both_previous_outputs(tiny_l
     def disk_full(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint, "save", disk_full)
+    monkeypatch.setattr(checkpoint, "write_checkpoint", disk_full)
     with pytest.raises(OSError, match="disk full"):
         run_cli([*flags, "--force"], capsys)
     after = {p: p.read_bytes() for p in [*out.iterdir(), *export.iterdir()] if p.is_file()}
