@@ -3,6 +3,7 @@ loads it."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -58,7 +59,12 @@ def _record(directory: Path, results: dict, dtype: str) -> None:
         rows += rows_from_zeroshot(results["zeroshot"])
     for row in rows:
         row["note"] += "" if dtype == "float32" else f", {dtype}"
-    written = record_results(directory, rows)
+    try:
+        written = record_results(directory, rows)
+    except OSError as exc:  # a read-only folder: the numbers were printed, the evaluation still succeeded
+        warnings.warn(f"the results were not recorded in {directory} ({exc.strerror or exc}); make it writable or "
+                      f"pass --no-record", stacklevel=2)
+        return
     typer.echo(f"recorded the results in {' and '.join(str(p) for p in written)}", err=True)
 
 

@@ -47,8 +47,8 @@ def deferred_signals():
     try:
         yield
     finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
+        for sig, handler in before.items():  # None: a handler not set from Python, i.e. the default
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
         if caught:
             signal.raise_signal(caught[0])
 

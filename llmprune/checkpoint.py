@@ -2,10 +2,11 @@
 
 Save is atomic (safetensors #764 shows why in-place overwrites bite): everything goes into a temp dir beside
 ``out_dir``, which is renamed into place (``atomic.py``); with ``force`` the old folder is moved aside first and
-deleted only after the rename. ``--format dense`` writes a plain Hugging Face folder through ``model.save_pretrained``. Load validates
-the manifest first (``manifest.validate``), then builds the model skeleton with parameters on the meta device
-(buffers such as rotary frequencies computed for real), swaps in ``PackedLinear`` skeletons, loads the shards with
-``load_state_dict(assign=True)`` and re-ties shared weights (gpt-fast's loading recipe).
+deleted only after the rename. ``--format dense`` writes a plain Hugging Face folder through
+``model.save_pretrained``. Load validates the manifest first (``manifest.validate``), then builds the model skeleton
+with parameters on the meta device (buffers such as rotary frequencies computed for real), swaps in ``PackedLinear``
+skeletons, loads the shards with ``load_state_dict(assign=True)`` and re-ties shared weights (gpt-fast's loading
+recipe).
 """
 from __future__ import annotations
 

@@ -115,3 +115,23 @@ def test_cli_eval_records_results_with_an_llmprune_folder(tmp_path, capsys):
     run("--seqlen", "16")
     assert (folder / "README.md").read_text() == "# my own card\n" and len(evaluations()) == 3
     assert GENERATED_MARK not in (folder / "README.md").read_text()
+
+
+def test_cli_eval_that_cannot_record_still_succeeds_with_a_warning(tmp_path, capsys, monkeypatch):
+    """A read-only folder (simulated: root writes anywhere): the numbers are printed, one warning says they were
+    not recorded and how to avoid it, exit 0."""
+    import llmprune.model_cards as cards
+    from tests.publish_fixtures import packed_checkpoint
+
+    folder = packed_checkpoint(tmp_path / "out")
+    text_file = tmp_path / "eval.txt"
+    text_file.write_text(" ".join(["Sparse models keep accuracy when pruned with care."] * 40))
+
+    def read_only(directory, rows):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cards, "record_results", read_only)
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match=r"were not recorded in .*Permission denied.*--no-record"):
+        assert main(["eval", str(folder), "--ppl", str(text_file), "--seqlen", "32", "--quiet"]) == 0
+    assert "| eval.txt | ppl" in capsys.readouterr().out
