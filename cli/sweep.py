@@ -34,6 +34,7 @@ def sweep_command(
 ) -> None:
     """Prune MODEL at every level, evaluate perplexity, and recommend the essential sparsity."""
     from llmprune.atomic import check_output_dir
+    from llmprune.pipeline import protected_inputs
     from llmprune.evals.sweep import SweepConfig, SweepHooks, run_sweep, write_sweep
     from llmprune.evals.sweep_levels import parse_levels
     from llmprune.recipe import Calibration
@@ -49,7 +50,7 @@ def sweep_command(
     if ppl_max_windows is not None and ppl_max_windows < 1:
         raise UserInputError(f"--ppl-max-windows {ppl_max_windows}: must be at least 1")
     config.recipes()  # unknown methods/refiners and patterns a refiner cannot keep fail here, before loading
-    check_output_dir(output, force=force, protect=[p for p in (model,) if Path(p).exists()])
+    check_output_dir(output, force=force, protect=protected_inputs(model, calib, ppl))
     from llmprune.model import resolve
     from llmprune.pipeline import library_progress
 

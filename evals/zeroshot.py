@@ -170,7 +170,7 @@ def _evaluate(lm, choices: list[TaskChoice], manager, options: dict) -> dict:
     from lm_eval import simple_evaluate
 
     try:
-        with _git_hash_without_stderr():
+        with git_hash_without_stderr():
             return simple_evaluate(model=lm, tasks=[c.task for c in choices], task_manager=manager,
                                    log_samples=True, **options)
     except (ConnectionError, OSError) as exc:
@@ -182,7 +182,7 @@ def _evaluate(lm, choices: list[TaskChoice], manager, options: dict) -> dict:
 
 
 @contextmanager
-def _git_hash_without_stderr():
+def git_hash_without_stderr():
     """lm-eval records the working directory's git commit by running ``git describe`` with stderr inherited, so
     outside a repository every run prints "fatal: not a git repository". The same lookup, with git's stderr
     discarded (lm-eval's own fallback, reading ``.git`` files, is kept)."""

@@ -57,13 +57,25 @@ def check_output_dir(out_dir, force: bool = False, protect=()) -> Path:
     """Fail early (before any model is loaded) when ``out_dir`` exists and is not an empty folder, unless ``force``;
     when replacing it would delete the working directory or one of the run's inputs (``protect``); or when nothing
     can be written where it goes."""
-    out = _check_target(Path(out_dir), force)
+    out = _check_target(_through_link(Path(out_dir)), force)
     _check_protected(out, protect)
     _check_writable(out)
     return out
 
 
+def _through_link(out: Path) -> Path:
+    """A symbolic link to a folder: the folder it points to is the output (the link keeps pointing at it)."""
+    if out.is_symlink():
+        if not out.exists():
+            raise UserInputError(f"--output {out}: a broken symbolic link; remove it or choose another path")
+        return out.resolve()
+    return out
+
+
 def _check_target(out: Path, force: bool) -> Path:
+    if out.is_dir() and os.path.ismount(out):
+        raise UserInputError(f"--output {out}: a mount point, which cannot be replaced by renaming; write to a "
+                             f"folder inside it")
     if out.exists() and not out.is_dir():
         raise UserInputError(f"--output {out}: a file with that name exists; choose a folder path")
     if out.is_dir() and any(out.iterdir()) and not force:
@@ -87,11 +99,22 @@ def _check_writable(out: Path) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise UserInputError(f"--output {out}: {existing} is a file, not a folder; choose another path")
+    staged = f".{out.name}.tmp-{'x' * 8}"
+    if len(os.fsencode(staged)) > _name_max(existing):
+        raise UserInputError(f"--output {out}: the name is too long to stage beside it as {staged[:24]}...; "
+                             f"choose a shorter name")
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".llmprune-probe-", dir=existing))
     except OSError as exc:
         raise UserInputError(f"--output {out}: cannot write in {existing} ({exc.strerror}); choose another "
                              f"path") from None
+
+
+def _name_max(directory: Path) -> int:
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
 
 
 @contextlib.contextmanager
@@ -116,7 +139,12 @@ def atomic_dirs(out_dirs, force: bool = False, protect=()):
                 shutil.rmtree(tmp, ignore_errors=True)
         raise
     with deferred_signals():
-        _commit(list(zip(staged, outs)))
+        try:
+            _commit(list(zip(staged, outs)))
+        except OSError as exc:  # the previous outputs are back; say which one could not be replaced
+            where = exc.filename or outs[0]
+            raise UserInputError(f"--output {where}: could not be replaced ({exc.strerror or exc}); the previous "
+                                 f"output is unchanged; choose another path") from None
 
 
 def atomic_dir(out_dir, force: bool = False, protect=()):

@@ -119,17 +119,18 @@ class Plan:
                 self.report.skipped[name] = reason
                 continue
             self.targets[name] = self._sparsity_for(name)
-        self._check_patterns_match(modules)
 
-    def _check_patterns_match(self, modules) -> None:
-        """An ``--ignore`` or ``--override`` pattern that names no Linear is a typo that would silently compress
-        everything as the default says: refuse it, naming a layer to write the pattern against."""
+    def check_patterns_match(self, names) -> None:
+        """An ``--ignore`` or ``--override`` pattern that names no module is a typo that would silently compress
+        everything as the default says: refuse it, naming a layer to write the pattern against. ``names``: every
+        module a pattern may mean, those kept dense anyway included (``lm_head``, MoE routers)."""
+        names = list(names)
         for flag, pattern in [("--ignore", p) for p in self.recipe.ignore] + \
                              [("--override", p) for p, _ in self.recipe.overrides]:
-            if not any(re.search(pattern, name) for name in modules):
-                example = next(iter(modules), "")
-                raise UserInputError(f"{flag} {pattern!r}: matches no Linear layer of this model; patterns are "
-                                     f"regular expressions searched in names such as {example!r}")
+            if not any(re.search(pattern, name) for name in names):
+                example = next(iter(names), "")
+                raise UserInputError(f"{flag} {pattern!r}: matches no layer of this model; patterns are regular "
+                                     f"expressions searched in module names such as {example!r}")
 
     def _check_options(self) -> None:
         """An ``--option`` no step of this recipe reads would be recorded in the manifest and silently do nothing:
@@ -203,7 +204,8 @@ class Plan:
             warnings.warn(f"{len(short)} Linear layers prune fewer weights than --sparsity {sparsity.fraction!r} "
                           f"asks: a row drops whole groups, int(groups x fraction) of them (e.g. {name}: {dropped} "
                           f"of {n} groups of {sparsity.size}, sparsity {dropped / n:.3f}); a smaller group comes "
-                          f"closer (--sparsity {sparsity.fraction!r}@g16, or a smaller --quant group)", stacklevel=3)
+                          f"closer (--sparsity {sparsity.fraction!r}@g16, or a smaller --quant group)",
+                          stacklevel=1)  # one location: the CLI's plan and compress_'s plan warn once together
 
     def refine_applies(self, name: str) -> bool:
         """A refiner may limit itself to some modules (DSnoT's reference refines attention projections only)."""
@@ -335,19 +337,24 @@ def build_plan(model, recipe: Recipe, format: str | None = None) -> Plan:
 
     _refuse_packed(model)  # the CLI builds the plan before compress_ does
     unfuse_experts_(model)  # fused MoE experts become Linears first, or they would be left dense
+    from .engine.lm_head import head_name
+
     layers, path = decoder_layers(model)
-    modules, kept_dense = {}, {}
+    modules, kept_dense, owners = {}, {}, []
     for index, layer in enumerate(layers):
         for name, module in linears(layer).items():
             modules[f"{path}.{index}.{name}"] = module
         for weight, owner in other_weights(layer).items():
             kept_dense[f"{path}.{index}.{weight}"] = _router_reason(owner) or "not a Linear (kept dense)"
+            owners.append(f"{path}.{index}.{owner}")
+    try:
+        head = head_name(model)
+    except ValueError:  # no output embeddings
+        head = None
     if recipe.include_lm_head:
-        from .engine.lm_head import head_name
-
-        name, head = head_name(model)
-        modules[name] = head
+        modules[head[0]] = head[1]
     plan = Plan(resolve_sparsity_for_method(recipe), modules)
+    plan.check_patterns_match([*modules, *owners, *([head[0]] if head else [])])
     plan.report.skipped.update(kept_dense)
     plan.scale_dtype = float_dtype(storage_dtype(model))  # one model whatever the format: see uniform.stored_scale
     plan.check_shapes(modules, lambda m: tuple(get_weight(m).shape), format)

@@ -183,8 +183,16 @@ def _save(job: CompressJob, loaded, report, manifest: dict) -> None:
 
 
 def _inputs(job: CompressJob) -> list[Path]:
-    """Local files the run reads (the model folder or .gguf, a calibration file): ``--force`` must not delete them."""
-    return [Path(p) for p in (job.model, job.calibration.source) if isinstance(p, str) and Path(p).exists()]
+    return protected_inputs(job.model, job.calibration.source)
+
+
+def protected_inputs(*specs) -> list[Path]:
+    """What ``--force`` must never delete: the local files a run reads (a model folder or .gguf, a calibration or
+    evaluation file), the data directory named sources come from, and llmprune's cache (aliases' converted models)."""
+    from .settings import cache_dir, data_dir
+
+    paths = [Path(p) for p in specs if isinstance(p, str) and p and Path(p).exists()]
+    return paths + [p for p in (data_dir(), cache_dir()) if p is not None]
 
 
 def recorded_model(source: dict) -> tuple[str, str | None]:
@@ -215,7 +223,8 @@ def job_from_manifest(path: Path, *, output: Path, force: bool, device: str, qui
             export=data["job"].get("export"), device=device, dtype=data["job"]["dtype"],
             batch_size=data["job"]["batch_size"], forward_dtype=data["job"].get("forward_dtype"), force=force,
             progress=not quiet, revision=revision,
-            argv=("compress", *(() if model is None else (model,)), "--from-manifest", str(path), "--output", str(output)),
+            argv=("compress", *(() if model is None else (model,)), "--from-manifest", str(path), "--output",
+                  str(output)),
             recorded_calibration=recorded_calib.get("sha256") if recorded_calib else None)
     except FileNotFoundError:
         raise UserInputError(f"--from-manifest {path}: file not found") from None

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .render import FILENAME, GENERATED_MARK, render_card, write_text_atomic
+from .render import FILENAME, GENERATED_MARK, render_card
 
 
 def record_results(directory, rows: list[dict]) -> list[Path]:
     """Merge result rows into ``directory``'s manifest, a row replacing an earlier one with the same name, metric
-    and note (the same measurement, re-run); re-render README.md unless the user edited it (no generated mark).
-    Each file is replaced atomically. Returns the files written."""
+    and note (the same measurement, re-run); re-render README.md unless the user edited it (no generated mark) or
+    the folder records no compression recipe. Both files are written aside before either replaces its original.
+    Returns the files written."""
     from llmprune import manifest as mf
 
     directory = Path(directory)
@@ -22,8 +23,19 @@ def record_results(directory, rows: list[dict]) -> list[Path]:
     new = {tuple(r.get(k) for k in key) for r in rows}
     kept = [r for r in manifest.get("evaluations") or [] if tuple(r.get(k) for k in key) not in new]
     manifest["evaluations"] = kept + [dict(r) for r in rows]
-    written = [write_text_atomic(path, json.dumps(manifest, indent=1) + "\n")]
+    texts = {path: json.dumps(manifest, indent=1) + "\n"}
     card = directory / FILENAME
-    if not card.exists() or GENERATED_MARK in card.read_text(encoding="utf-8"):
-        written.append(write_text_atomic(card, render_card(manifest)))
-    return written
+    ours = not card.exists() or GENERATED_MARK in card.read_text(encoding="utf-8")
+    if ours and manifest.get("recipe"):  # cards describe compression runs (llmprune.save without one writes none)
+        texts[card] = render_card(manifest)
+    staged = {target: target.parent / f".{target.name}.tmp" for target in texts}
+    try:  # both written aside first: a failure leaves neither file changed
+        for target, text in texts.items():
+            staged[target].write_text(text, encoding="utf-8")
+    except BaseException:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    for target, tmp in staged.items():
+        tmp.replace(target)
+    return list(texts)

@@ -138,7 +138,9 @@ def _eval_results(rows: list[dict]):
         hub_id, config, split, pretty = DATASETS.get(row["name"], (row["name"], None, None, row["name"]))
         out.append(EvalResult(task_type="text-generation", dataset_type=hub_id, dataset_name=pretty,
                               dataset_config=config, dataset_split=split, metric_type=row["metric"],
-                              metric_value=round(float(row["value"]), 6)))
+                              metric_value=round(float(row["value"]), 6),
+                              # the settings, so two runs of one benchmark (seqlen, dtype) are told apart
+                              metric_name=f"{row['metric']} ({row['note']})" if row.get("note") else None))
     return out
 
 

@@ -66,7 +66,7 @@ def test_a_failed_rename_puts_every_previous_target_back(tmp_path, monkeypatch):
         return real_rename(self, dest)
 
     monkeypatch.setattr(Path, "rename", rename)
-    with pytest.raises(OSError, match="cross-device"):
+    with pytest.raises(UserInputError, match=r"could not be replaced \(cross-device link\); the previous output"):
         with atomic.atomic_dirs([out, export], force=True) as (a, b):
             (a / "new.txt").write_text("new")
             (b / "new.txt").write_text("new")
@@ -118,3 +118,37 @@ def test_sigterm_unwinds_like_ctrl_c(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143 and err.strip() == "error: terminated", err
+
+
+def test_a_symlinked_output_replaces_the_folder_it_points_to_and_a_broken_one_is_refused(tmp_path):
+    real, link = tmp_path / "real", tmp_path / "link"
+    real.mkdir()
+    (real / "previous.txt").write_text("old")
+    link.symlink_to(real)
+    with atomic.atomic_dir(link, force=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert link.is_symlink() and sorted(p.name for p in real.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]  # no stale .old-* left
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(UserInputError, match="a broken symbolic link"):
+        atomic.check_output_dir(tmp_path / "dangling")
+
+
+def test_a_name_too_long_to_stage_is_refused_before_any_work(tmp_path):
+    with pytest.raises(UserInputError, match="the name is too long to stage"):
+        atomic.check_output_dir(tmp_path / ("o" * 245))
+    atomic.check_output_dir(tmp_path / ("o" * 200))
+
+
+@pytest.mark.parametrize("variable", ["LLMPRUNE_CACHE_DIR", "LLMPRUNE_DATA_DIR"])
+def test_force_never_replaces_the_cache_or_the_data_directory(variable, tmp_path, monkeypatch):
+    """An alias's converted model lives in the cache, named calibration sets in the data directory: a run reads
+    them without naming a path, and --force must still not delete them (or a folder holding them)."""
+    from llmprune.pipeline import protected_inputs
+
+    inside = tmp_path / "store"
+    (inside / "models").mkdir(parents=True)
+    monkeypatch.setenv(variable, str(inside))
+    for target in (inside, tmp_path):
+        with pytest.raises(UserInputError, match="replacing it would delete the input"):
+            atomic.check_output_dir(target, force=True, protect=protected_inputs("smollm2-135m", "c4"))

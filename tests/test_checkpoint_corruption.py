@@ -170,7 +170,7 @@ def test_failed_final_rename_puts_the_previous_output_back(tmp_path, monkeypatch
         return real_rename(self, dest)
 
     monkeypatch.setattr(type(target), "rename", rename)
-    with pytest.raises(OSError, match="cross-device"):
+    with pytest.raises(UserInputError, match=r"could not be replaced \(cross-device link\); the previous output"):
         with atomic.atomic_dir(target, force=True) as tmp:
             (tmp / "new.txt").write_text("new run")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -88,7 +88,8 @@ def test_rows_from_zeroshot_result():
         {"name": "piqa", "metric": "acc_norm", "value": 0.62, "stderr": 0.069, "samples": 50,
          "note": "lm-eval, local data", "partial": False}]
     result.config["limit"] = 50.0  # a --limit run says so, and stays out of model-index
-    assert {(r["note"], r["partial"]) for r in rows_from_zeroshot(result)} == {("lm-eval, local data, limit 50", True)}
+    assert {(r["note"], r["partial"]) for r in rows_from_zeroshot(result)} == {("lm-eval, local data, limit 50",
+                                                                                True)}
 
 
 @pytest.mark.parametrize("recipe, method_row, damp_row", [
@@ -111,5 +112,35 @@ def test_model_card_names_the_export_folder_beside_the_checkpoint(packed):
     manifest = {**_manifest(packed), "job": {**_manifest(packed)["job"], "export": "compressed-tensors"},
                 "export": {"format": "compressed-tensors", "path": "/runs/out.compressed-tensors"}}
     text = render_card(manifest, repo_id="alice/tiny")
-    assert "`out.compressed-tensors`, beside the llmprune folder" in text and "vllm serve out.compressed-tensors" in text
+    assert "`out.compressed-tensors`, beside the llmprune folder" in text
+    assert "vllm serve out.compressed-tensors" in text
     assert "compressed-tensors/" not in text
+
+
+def test_model_index_tells_two_runs_of_one_benchmark_apart(packed):
+    """The same set at two settings (seqlen, dtype) gives two model-index entries; their metric names carry the
+    settings, as the card's table notes do."""
+    rows = [{"name": "wikitext2", "metric": "ppl", "value": 21.5, "stderr": None, "samples": 4,
+             "note": "seqlen 2048"},
+            {"name": "wikitext2", "metric": "ppl", "value": 21.9, "stderr": None, "samples": 4,
+             "note": "seqlen 2048, bfloat16"}]
+    names = [r.metric_name for r in ModelCard(render_card(_manifest(packed), rows)).data.eval_results]
+    assert names == ["ppl (seqlen 2048)", "ppl (seqlen 2048, bfloat16)"]
+
+
+def test_recording_results_writes_no_card_for_a_folder_without_a_recipe(tmp_path):
+    """``llmprune.save`` without a recipe writes no card; recording an evaluation keeps it that way (a card would
+    describe a compression run that never happened), and a failed write changes neither file."""
+    import llmprune
+    from llmprune.model_cards import record_results
+    from tests.tiny_models import tiny_model
+
+    model, _ = tiny_model("llama")
+    folder = llmprune.save(model, tmp_path / "plain")
+    assert record_results(folder, ROWS) == [folder / "llmprune.json"] and not (folder / "README.md").exists()
+    assert _manifest(folder)["evaluations"] == ROWS
+    before = (folder / "llmprune.json").read_text()
+    (folder / ".llmprune.json.tmp").mkdir()  # the staged file cannot be written
+    with pytest.raises(OSError):
+        record_results(folder, [{**ROWS[0], "value": 0.1}])
+    assert (folder / "llmprune.json").read_text() == before

@@ -325,3 +325,16 @@ def test_the_library_warns_about_experts_no_token_reached():
     with pytest.warns(UserWarning, match=r"3 Linear layers \(e.g. model.layers.0.mlp.experts.2.gate_proj\) saw no"):
         compress_(model, Recipe(method="wanda", sparsity=parse_sparsity("0.5")), CalibrationSet(_ids(), ""),
                   batch_size=1, progress=False)
+
+
+@pytest.mark.parametrize("arch", MOE_ARCHS)
+def test_ignore_may_name_the_routers_kept_dense_anyway(arch):
+    """``--ignore 'mlp\\.gate$'`` (llm-compressor's MoE habit) names the routers, which are not Linears in every
+    architecture: a pattern matching them is accepted, one matching nothing is refused."""
+    from llmprune.compress import build_plan
+    from llmprune.errors import UserInputError
+
+    model, _ = tiny_model(arch)
+    build_plan(model, Recipe(method="magnitude", sparsity=parse_sparsity("0.5"), ignore=(r"mlp\.gate$",)))
+    with pytest.raises(UserInputError, match="matches no layer"):
+        build_plan(model, Recipe(method="magnitude", sparsity=parse_sparsity("0.5"), ignore=(r"mlp\.gaet$",)))

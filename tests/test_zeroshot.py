@@ -239,10 +239,13 @@ def test_lm_eval_command_line_wrapper_runs_a_packed_folder(tmp_path, shared_data
     model, _ = tiny_model("llama")
     out = checkpoint.save(model, tmp_path / "packed", layers=pack_model_(model, "sparse24_int4"),
                           tokenizer=tiny_tokenizer())
-    subprocess.run([sys.executable, "-m", "llmprune.evals.lm_eval_cli", "--model", "hf", "--model_args",
-                    f"pretrained={out}", "--device", "cpu", "--tasks", "llmprune_arc_easy", "--limit", "6",
-                    "--output_path", str(tmp_path / "results")], cwd=tmp_path, check=True, capture_output=True,
-                   env={**os.environ, "LLMPRUNE_DATA_DIR": str(shared_data)})
+    (tmp_path / "my_tasks").mkdir()  # the user's own --include_path: the task copies are still found beside it
+    done = subprocess.run([sys.executable, "-m", "llmprune.evals.lm_eval_cli", "--model", "hf", "--model_args",
+                           f"pretrained={out}", "--device", "cpu", "--tasks", "llmprune_arc_easy", "--limit", "6",
+                           "--include_path", str(tmp_path / "my_tasks"), "--output_path", str(tmp_path / "results")],
+                          cwd=tmp_path, check=True, capture_output=True, text=True,
+                          env={**os.environ, "LLMPRUNE_DATA_DIR": str(shared_data)})
+    assert "fatal: not a git repository" not in done.stderr
     (path,) = glob.glob(str(tmp_path / "results" / "**" / "results_*.json"), recursive=True)
     by_cli = json.loads(Path(path).read_text())["results"]["llmprune_arc_easy"]
     loaded, tokenizer, _ = checkpoint.load(out)
