@@ -388,7 +388,8 @@ def compress_(model, recipe: Recipe, calib=None, *, device: str = "cpu", batch_s
         raise UserInputError("no Linear layer left to compress; check --ignore patterns")
     if any(plan.needs(name) for name in plan.targets):
         if calib is None:
-            raise UserInputError(f"--method {recipe.method} needs calibration data; give --calib")
+            raise UserInputError(f"--method {recipe.method} needs calibration data; give --calib (from Python: "
+                                 f"compress_(model, recipe, llmprune.calibration_windows(tokenizer, Calibration())))")
         start_from = calib.ids if captured is None else captured
         engine_info = run_sequential_(model, start_from, plan, device=device, batch_size=batch_size,
                                       progress=progress, forward_dtype=forward_dtype,
