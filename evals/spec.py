@@ -26,7 +26,6 @@ one-line ``UserInputError`` naming the file, the line and the key (e.g. ``SPEC.y
 from __future__ import annotations
 
 import itertools
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,6 +138,7 @@ def _label(recipe: dict) -> str:
 
 
 def _validate_recipe(recipe: dict, where: KeyLines, key: str) -> dict:
+    from llmprune.compress import check_format
     from llmprune.formats import FORMATS
     from llmprune.prune import METHODS
     from llmprune.recipe import parse_quant, parse_sparsity
@@ -162,16 +162,8 @@ def _validate_recipe(recipe: dict, where: KeyLines, key: str) -> dict:
     if not isinstance(recipe.get("options") or {}, dict):
         raise where.error(f"{key}.options", "a mapping of option names to values, e.g. {max_cycles: 50}")
     parsed = _checked(where, key, recipe_from_dict, recipe)  # damp, block, ignore patterns: the Recipe's checks
-    _checked(where, f"{key}.format", _check_format, recipe["format"], parsed)
+    _checked(where, f"{key}.format", check_format, parsed, recipe["format"])  # as the compress job checks it
     return recipe
-
-
-def _check_format(format: str, recipe) -> None:
-    """The format's demands on the recipe (2:4 for sparse24, quantized codes, ...), as the compress job checks them."""
-    from llmprune.compress import resolve_sparsity_for_method
-    from llmprune.formats import check_recipe
-
-    check_recipe(format, resolve_sparsity_for_method(recipe))
 
 
 def _expand(entry, where: KeyLines, key: str) -> list[Variant]:
@@ -263,11 +255,13 @@ def load_spec(path) -> BatchSpec:
     duplicate = next((label for label in labels if labels.count(label) > 1), None)
     if duplicate:
         raise where.error("recipes", f"variant '{duplicate}' appears twice; remove the repeat")
+    from llmprune.pipeline import DEVICE_NAME, DTYPES
+
     dtype = str(data.get("dtype", "float32"))
-    if dtype not in ("float32", "float16", "bfloat16"):
+    if dtype not in DTYPES:
         raise where.error("dtype", f"{dtype!r}: choose float32, float16 or bfloat16")
     device = str(data.get("device", "cpu"))
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+    if not DEVICE_NAME.fullmatch(device):
         raise where.error("device", f"{device!r}: choose cpu or cuda (cuda:N for another GPU)")
     return BatchSpec(path=path, name=str(data.get("name") or path.stem), models=models, variants=tuple(variants),
                      evaluations=_evaluations(data.get("evaluations"), where),

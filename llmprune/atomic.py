@@ -147,14 +147,11 @@ def atomic_dirs(out_dirs, force: bool = False, protect=()):
                                  f"output is unchanged; choose another path") from None
 
 
+@contextlib.contextmanager
 def atomic_dir(out_dir, force: bool = False, protect=()):
     """``atomic_dirs`` for one target: yields its staged folder."""
-    @contextlib.contextmanager
-    def one():
-        with atomic_dirs([out_dir], force, protect) as (tmp,):
-            yield tmp
-
-    return one()
+    with atomic_dirs([out_dir], force, protect) as (tmp,):
+        yield tmp
 
 
 def _commit(pairs: list[tuple[Path, Path]]) -> None:

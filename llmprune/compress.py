@@ -320,6 +320,14 @@ def resolve_sparsity_for_method(recipe: Recipe, group: int = 16) -> Recipe:
     return recipe
 
 
+def check_format(recipe: Recipe, format: str) -> None:
+    """What ``format`` demands of ``recipe`` (2:4 patterns, quantized codes, GQSA's groups), before any model is
+    loaded: the compress job and the batch spec both ask here."""
+    from .formats import check_recipe
+
+    check_recipe(format, resolve_sparsity_for_method(recipe))
+
+
 def needs_calibration(model, recipe: Recipe) -> bool:
     """llm-compressor's good habit: no calibration pass when no module needs data (e.g. magnitude)."""
     plan = build_plan(model, recipe)

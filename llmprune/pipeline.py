@@ -20,6 +20,7 @@ from .errors import CorruptCheckpoint, UserInputError
 from .recipe import Calibration, Recipe
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DEVICE_NAME = re.compile(r"cpu|cuda(:\d+)?")
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def versions() -> dict:
 def check_device(device: str) -> None:
     """``cpu``, ``cuda`` or ``cuda:N`` on a machine that has it; one line otherwise (torch's own error is a
     traceback, after the model was loaded)."""
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", str(device)):
+    if not DEVICE_NAME.fullmatch(str(device)):
         raise UserInputError(f"--device {device}: choose cpu or cuda (cuda:N for another GPU)")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserInputError(f"--device {device}: CUDA is not available here; use --device cpu")
@@ -71,10 +72,9 @@ def _check_job(job: CompressJob) -> None:
         raise UserInputError(f"--batch-size {job.batch_size!r}: must be a whole number >= 1")
     if job.recipe.sparsity is None and job.recipe.quant is None:
         raise UserInputError("nothing to do: give --sparsity and/or --quant")
-    from .compress import resolve_sparsity_for_method
-    from .formats import check_recipe
+    from .compress import check_format
 
-    check_recipe(job.format, resolve_sparsity_for_method(job.recipe))  # before the model is loaded
+    check_format(job.recipe, job.format)  # before the model is loaded
     if job.export not in (None, "compressed-tensors"):
         raise UserInputError(f"--export {job.export}: the only export is 'compressed-tensors'")
 
@@ -110,9 +110,9 @@ def _run_compress(job: CompressJob) -> str:
     from .model import resolve
 
     _check_job(job)
-    check_output_dir(job.output, force=job.force, protect=_inputs(job))
-    if job.export:
-        check_output_dir(export_dir(job.output), force=job.force, protect=_inputs(job))
+    protect = _inputs(job)
+    for target in _targets(job):
+        check_output_dir(target, force=job.force, protect=protect)
     t0 = time.perf_counter()
     loaded = resolve(job.model, dtype=DTYPES[job.dtype], revision=job.revision)
     plan = build_plan(loaded.model, job.recipe, job.format)  # every shape check, before any calibration
@@ -172,7 +172,7 @@ def _save(job: CompressJob, loaded, report, manifest: dict) -> None:
     from .packing import pack_layers
 
     layers = pack_layers(loaded.model, report, job.format)
-    targets = [job.output] + ([export_dir(job.output)] if job.export == "compressed-tensors" else [])
+    targets = _targets(job)
     with atomic_dirs(targets, job.force, protect=_inputs(job)) as staged:
         if len(staged) == 2:
             from .export_ct import write_compressed_tensors
@@ -180,6 +180,11 @@ def _save(job: CompressJob, loaded, report, manifest: dict) -> None:
             write_compressed_tensors(loaded.model, report, staged[1], recipe=job.recipe, tokenizer=loaded.tokenizer)
             manifest["export"] = {"format": "compressed-tensors", "path": str(targets[1].absolute())}
         write_checkpoint(loaded.model, staged[0], layers=layers, manifest_extra=manifest, tokenizer=loaded.tokenizer)
+
+
+def _targets(job: CompressJob) -> list[Path]:
+    """The folders a run writes: the llmprune folder, and its compressed-tensors sibling with ``--export``."""
+    return [job.output] + ([export_dir(job.output)] if job.export == "compressed-tensors" else [])
 
 
 def _inputs(job: CompressJob) -> list[Path]:

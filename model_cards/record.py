@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .render import FILENAME, GENERATED_MARK, render_card
+from .render import FILENAME, GENERATED_MARK, render_card, write_texts_atomic
 
 
 def record_results(directory, rows: list[dict]) -> list[Path]:
@@ -28,14 +28,4 @@ def record_results(directory, rows: list[dict]) -> list[Path]:
     ours = not card.exists() or GENERATED_MARK in card.read_text(encoding="utf-8")
     if ours and manifest.get("recipe"):  # cards describe compression runs (llmprune.save without one writes none)
         texts[card] = render_card(manifest)
-    staged = {target: target.parent / f".{target.name}.tmp" for target in texts}
-    try:  # both written aside first: a failure leaves neither file changed
-        for target, text in texts.items():
-            staged[target].write_text(text, encoding="utf-8")
-    except BaseException:
-        for tmp in staged.values():
-            tmp.unlink(missing_ok=True)
-        raise
-    for target, tmp in staged.items():
-        tmp.replace(target)
-    return list(texts)
+    return write_texts_atomic(texts)

@@ -121,13 +121,14 @@ def rows_from_zeroshot(result) -> list[dict]:
 def rows_from_perplexity(rows: list[dict]) -> list[dict]:
     """Result rows from ``llmprune eval --ppl`` rows (``dataset``, ``ppl``, ``seqlen``, ``windows``); a capped run
     (``--ppl-max-windows``) says so."""
-    def note(r):
+    out = []
+    for r in rows:
         available = r.get("available_windows")
         capped = available is not None and r.get("windows") is not None and r["windows"] < available
-        return f"seqlen {r.get('seqlen')}" + (f", first {r['windows']} of {available} windows" if capped else "")
-
-    return [{"name": r["dataset"], "metric": "ppl", "value": r["ppl"], "stderr": None, "samples": r.get("windows"),
-             "note": note(r), "partial": "first" in note(r)} for r in rows]
+        note = f"seqlen {r.get('seqlen')}" + (f", first {r['windows']} of {available} windows" if capped else "")
+        out.append({"name": r["dataset"], "metric": "ppl", "value": r["ppl"], "stderr": None,
+                    "samples": r.get("windows"), "note": note, "partial": capped})
+    return out
 
 
 def _eval_results(rows: list[dict]):
@@ -254,7 +255,19 @@ def write_card(directory, manifest: dict | None = None, results: list | None = N
 
 def write_text_atomic(target: Path, text: str) -> Path:
     """Write ``text`` beside ``target`` and rename it into place (never a half-written card)."""
-    tmp = target.parent / f".{target.name}.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(target)
-    return target
+    return write_texts_atomic({target: text})[0]
+
+
+def write_texts_atomic(texts: dict[Path, str]) -> list[Path]:
+    """Write every text beside its target first, then rename them into place: a failed write changes no target."""
+    staged = {target: target.parent / f".{target.name}.tmp" for target in texts}
+    try:
+        for target, text in texts.items():
+            staged[target].write_text(text, encoding="utf-8")
+    except BaseException:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    for target, tmp in staged.items():
+        tmp.replace(target)
+    return list(texts)

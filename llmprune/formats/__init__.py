@@ -111,8 +111,8 @@ def check_layer(format: str, name: str, out_features: int, in_features: int, qua
 
 def check_recipe(format: str, recipe) -> None:
     """``check_layer``'s checks that need no layer shape, for the recipe's sparsity and each override's: before the
-    model is even loaded (a batch spec, a compress job). Expects GQSA's fractions already resolved to groups."""
-    get_format(format)
+    model is even loaded (a batch spec, a compress job). Expects GQSA's fractions already resolved to groups
+    (``compress.check_format``)."""
     for where, sparsity in [("the recipe", recipe.sparsity), *((f"--override {pattern}", sparsity)
                                                                for pattern, sparsity in recipe.overrides)]:
         _check_pattern(format, where, recipe.quant, sparsity, None)
