@@ -122,10 +122,10 @@ def atomic_dirs(out_dirs, force: bool = False, protect=()):
     """Yield one staged folder per target; on success they replace the targets together, on any exception they are
     removed and the targets stay as they were."""
     outs = [check_output_dir(d, force, protect).absolute() for d in out_dirs]
-    staged = []
+    staged, created = [], []
     try:
         for out in outs:
-            out.parent.mkdir(parents=True, exist_ok=True)
+            created += _make_parents(out.parent)
             staged.append(out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
             staged[-1].mkdir()
         yield list(staged)
@@ -137,6 +137,9 @@ def atomic_dirs(out_dirs, force: bool = False, protect=()):
         with deferred_signals():
             for tmp in staged:
                 shutil.rmtree(tmp, ignore_errors=True)
+            for folder in reversed(created):  # the parents this run made, deepest first, unless something is in them
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
         raise
     with deferred_signals():
         try:
@@ -145,6 +148,17 @@ def atomic_dirs(out_dirs, force: bool = False, protect=()):
             where = exc.filename or outs[0]
             raise UserInputError(f"--output {where}: could not be replaced ({exc.strerror or exc}); the previous "
                                  f"output is unchanged; choose another path") from None
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; returns the ones created, outermost first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        path.mkdir(exist_ok=True)
+    return missing[::-1]
 
 
 @contextlib.contextmanager

@@ -257,7 +257,8 @@ class Plan:
                                                 block=self.recipe.block)
         if stats.tokens == 0 and self.needs(name):
             record["uncalibrated"] = True  # no token reached it (an unrouted expert): identity statistics
-        zeros = int((W == 0).sum())
+        # pruned weights, by the mask: a quantizer's zero codes (or weights that were zero already) are not sparsity
+        zeros = int((~mask).sum()) if mask is not None else 0
         record.update({"zeros": zeros, "numel": W.numel(), "seconds": round(time.perf_counter() - start, 4)})
         self.report.records[name] = record
         return W.to(weight.dtype)

@@ -82,6 +82,15 @@ def test_a_failure_while_staging_leaves_the_targets_and_no_staged_folder(tmp_pat
     assert _contents(tmp_path) == {"out": ["previous.txt"], "out.export": ["previous.txt"]}
 
 
+def test_a_failure_removes_the_parent_folders_the_run_created_and_only_those(tmp_path):
+    (tmp_path / "runs" / "keep").mkdir(parents=True)
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_dirs([tmp_path / "runs" / "a" / "b" / "out", tmp_path / "runs" / "out.x"]) as (a, _):
+            (a / "half.bin").write_bytes(b"x")
+            raise RuntimeError("disk full")
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["keep"]
+
+
 def test_staged_files_get_the_permissions_of_a_plain_open(tmp_path):
     """Libraries that write through mkstemp leave 0600; the committed files are readable as any other file."""
     with atomic.atomic_dir(tmp_path / "out") as tmp:

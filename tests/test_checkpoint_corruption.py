@@ -198,3 +198,15 @@ def test_corruption_config_layers_differ_from_the_manifest(ck):
     config["quantization_config"]["layers"].pop("model.layers.0.self_attn.q_proj")
     (ck / "config.json").write_text(json.dumps(config))
     _fails(ck, "quantization_config's layers differ from llmprune.json's", "config.json")
+
+
+@pytest.mark.parametrize("value", [None, "drop"])
+def test_corruption_config_without_the_quantization_config(ck, value):
+    """A packed folder whose config.json lost its marker would load as random weights through transformers."""
+    config = json.loads((ck / "config.json").read_text())
+    if value == "drop":
+        del config["quantization_config"]
+    else:
+        config["quantization_config"] = value
+    (ck / "config.json").write_text(json.dumps(config))
+    _fails(ck, "no llmprune quantization_config", "config.json")

@@ -179,6 +179,24 @@ def test_fused_experts_puts_the_split_model_back_even_after_an_error():
     assert not any(p.is_meta for p in model.parameters())
 
 
+def test_fused_experts_holds_one_copy_of_the_expert_weights():
+    """Saving a dense MoE model must not double its expert memory: the experts become views of the fused tensors."""
+    model, _ = tiny_model("mixtral")
+    unfuse_experts_(model)
+    routed = next(m for m in model.modules() if isinstance(m, RoutedExperts))
+    before = [x.clone() for e in routed for x in (e.gate_proj.weight, e.up_proj.weight, e.down_proj.weight)]
+    want = _logits(model, _ids())
+    with fused_experts(model):
+        fused = routed.template
+        storages = {fused.gate_up_proj.untyped_storage().data_ptr(), fused.down_proj.untyped_storage().data_ptr()}
+        for expert in routed:
+            for linear in (expert.gate_proj, expert.up_proj, expert.down_proj):
+                assert linear.weight.untyped_storage().data_ptr() in storages
+    after = [x for e in routed for x in (e.gate_proj.weight, e.up_proj.weight, e.down_proj.weight)]
+    assert all(torch.equal(a, b) for a, b in zip(after, before))
+    torch.testing.assert_close(_logits(model, _ids()), want, rtol=0, atol=0)
+
+
 def test_compressed_tensors_export_of_experts_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
     import llmprune.data.calibration as calibration
 

@@ -109,6 +109,11 @@ class RoutedExperts(nn.ModuleList):
         down = torch.stack([x.down_proj.weight for x in self]).detach()
         self.template.gate_up_proj = nn.Parameter(gate_up, requires_grad=False)
         self.template.down_proj = nn.Parameter(down, requires_grad=False)
+        inter = self[0].gate_proj.out_features
+        for e, expert in enumerate(self):  # the experts become views of the fused tensors: one copy, not two
+            for linear, weight in ((expert.gate_proj, gate_up[e, :inter]), (expert.up_proj, gate_up[e, inter:]),
+                                   (expert.down_proj, down[e])):
+                linear.weight = nn.Parameter(weight, requires_grad=False)
         return self.template
 
 
