@@ -17,6 +17,7 @@ import stat
 import tempfile
 import threading
 import uuid
+import warnings
 from pathlib import Path
 
 from .errors import UserInputError
@@ -141,13 +142,18 @@ def atomic_dirs(out_dirs, force: bool = False, protect=()):
                 with contextlib.suppress(OSError):
                     folder.rmdir()
         raise
-    with deferred_signals():
-        try:
-            _commit(list(zip(staged, outs)))
-        except OSError as exc:  # the previous outputs are back; say which one could not be replaced
-            where = exc.filename or outs[0]
-            raise UserInputError(f"--output {where}: could not be replaced ({exc.strerror or exc}); the previous "
-                                 f"output is unchanged; choose another path") from None
+    try:
+        with deferred_signals():
+            try:
+                _commit(list(zip(staged, outs)))
+            except OSError as exc:  # the previous outputs are back; say which one could not be replaced
+                where = exc.filename or outs[0]
+                raise UserInputError(f"--output {where}: could not be replaced ({exc.strerror or exc}); the "
+                                     f"previous output is unchanged; choose another path") from None
+    except (KeyboardInterrupt, Terminated):  # held back until the outputs were in place: say they are whole
+        warnings.warn(f"the interrupt came after the output was complete; {', '.join(map(str, outs))} "
+                      f"{'is' if len(outs) == 1 else 'are'} in place", stacklevel=3)
+        raise
 
 
 def _make_parents(folder: Path) -> list[Path]:

@@ -49,7 +49,7 @@ def test_ctrl_c_during_the_renames_still_commits_every_target(tmp_path, monkeypa
         return result
 
     monkeypatch.setattr(Path, "rename", rename)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning, match="after the output was complete"):
         with atomic.atomic_dirs([out, export], force=True) as (a, b):
             (a / "new.txt").write_text("new")
             (b / "new.txt").write_text("new")
