@@ -160,16 +160,18 @@ def _tags(manifest: dict) -> list[str]:
 
 
 def default_name(manifest: dict) -> str:
-    """``<base>-<method>-<sparsity>[-<quant>]``, e.g. ``SmolLM2-135M-Instruct-wanda-2-4-w4g128``."""
+    """``<base>[-<method>-<sparsity>][-<quantizer>-<quant>]``, e.g. ``SmolLM2-135M-Instruct-wanda-2-4-gptq-w4g128``
+    (a quant-only run names no pruning method)."""
     base = base_model(manifest) or Path(str((manifest.get("model") or {}).get("spec") or "model")).name
     recipe = manifest.get("recipe") or {}
-    parts = [base.split("/")[-1], str(recipe.get("method") or "llmprune")]
-    if recipe.get("sparsity") not in (None, "dense"):
-        parts.append(str(recipe["sparsity"]).replace(":", "-").replace("@", "-"))
     quant = recipe.get("quant") or {}
+    parts = [base.split("/")[-1]]
+    if recipe.get("sparsity") not in (None, "dense"):  # a quant-only recipe still holds the default method
+        parts += [str(recipe.get("method") or "llmprune"), str(recipe["sparsity"]).replace(":", "-").replace("@", "-")]
     if quant:
-        parts.append(f"w{quant.get('bits')}" + (f"g{quant['group']}" if quant.get("group") else ""))
-    return "-".join(parts)
+        parts += [str(quant.get("method") or "quant"),
+                  f"w{quant.get('bits')}" + (f"g{quant['group']}" if quant.get("group") else "")]
+    return "-".join(parts if len(parts) > 1 else [*parts, "llmprune"])
 
 
 def card_data(manifest: dict, results: list[dict] | None, model_name: str):
@@ -190,12 +192,34 @@ def _with_keys(data: dict | None, keys: str) -> dict:
     return {**{key: None for key in keys.split()}, **(data or {})}
 
 
+def _spqr_settings(recipe_options: dict | None, quant_options: dict | None) -> dict:
+    """The settings SpQR ran with: its defaults, overridden by ``--option`` and then by the quant spec's options,
+    as ``quant.spqr._settings`` resolves them."""
+    import inspect
+
+    from llmprune.quant.gptq import _flag
+    from llmprune.quant.spqr import spqr
+
+    names = ("spqr_damp", "outlier_threshold", "stat_bits", "stat_group", "act_order")
+    params = inspect.signature(spqr).parameters
+    given = {**(recipe_options or {}), **(quant_options or {})}
+    settings = {name: given.get(name, params[name].default) for name in names}
+    return {**settings, "act_order": _flag(settings["act_order"])}
+
+
 def _context(manifest: dict, results: list[dict] | None, model_name: str, repo_id: str) -> dict:
-    recipe = _with_keys(manifest.get("recipe"), "method sparsity refine damp block ignore quant")
-    quant = _with_keys(recipe["quant"], "method bits group symmetric") if recipe["quant"] else {}
-    # dampening and block only mean something to the OBS-based steps (SparseGPT, GQSA, GPTQ, SpQR)
-    pruned_obs = recipe["sparsity"] not in (None, "dense") and recipe["method"] in ("sparsegpt", "gqsa")
-    recipe["uses_damp"] = pruned_obs or bool(quant) and quant["method"] in ("gptq", "spqr")
+    recipe = _with_keys(manifest.get("recipe"), "method sparsity refine damp block ignore quant options")
+    quant = _with_keys(recipe["quant"], "method bits group symmetric options") if recipe["quant"] else {}
+    recipe["pruned"] = recipe["sparsity"] not in (None, "dense")
+    # dampening and block only mean something to the OBS-based steps that read them (SparseGPT, GQSA, GPTQ); SpQR
+    # has its own dampening and settings
+    pruned_obs = recipe["pruned"] and recipe["method"] in ("sparsegpt", "gqsa")
+    recipe["uses_damp"] = pruned_obs or bool(quant) and quant["method"] == "gptq"
+    if quant.get("method") == "spqr":
+        from llmprune.quant.uniform import SPQR_DEFAULT_GROUP
+
+        quant["spqr"] = _spqr_settings(recipe["options"], quant["options"])
+        quant["group"] = quant["group"] or SPQR_DEFAULT_GROUP
     calibration = manifest.get("calibration")
     calibration = _with_keys(calibration, "source nsamples seqlen seed sha256") if calibration else None
     job = manifest.get("job") or {}

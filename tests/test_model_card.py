@@ -47,7 +47,7 @@ def test_model_card_front_matter_parses_with_huggingface_hub(packed):
     got = [(r.dataset_type, r.dataset_config, r.dataset_split, r.metric_type, r.metric_value) for r in data.eval_results]
     assert got == [("allenai/ai2_arc", "ARC-Easy", "test", "acc", 0.49),
                    ("Salesforce/wikitext", "wikitext-2-raw-v1", "test", "ppl", 21.5)]
-    assert data.model_name == "SmolLM2-135M-Instruct-wanda-2-4-w4g16"
+    assert data.model_name == "SmolLM2-135M-Instruct-wanda-2-4-rtn-w4g16"
 
 
 def test_model_card_body_numbers_match_the_checkpoint(packed):
@@ -101,10 +101,27 @@ def test_rows_from_zeroshot_result():
 ])
 def test_model_card_shows_only_the_settings_the_recipe_used(recipe, method_row, damp_row):
     """A quant-only run names no pruning method (the recipe holds the default), and dampening / block appear only
-    for SparseGPT, GQSA, GPTQ and SpQR, which read them."""
+    for SparseGPT, GQSA and GPTQ, which read them (SpQR has its own row)."""
     text = render_card({"format": "dense", "recipe": recipe})
     assert method_row in text
     assert ("| dampening / block | 0.01 / 128 |" in text) == damp_row
+
+
+@pytest.mark.parametrize("options, quant_options, settings", [
+    ({}, {}, "dampening 1.0, outlier threshold 0.2, 3-bit statistics over groups of 16 rows, act-order on"),
+    ({"spqr_damp": "0.5", "act_order": "false"}, {"outlier_threshold": 1.0},
+     "dampening 0.5, outlier threshold 1.0, 3-bit statistics over groups of 16 rows, act-order off"),
+])
+def test_model_card_of_spqr_shows_the_settings_spqr_ran_with(options, quant_options, settings):
+    """SpQR reads its own dampening (not --damp) and a per-row group means its default g16; a quant-only run
+    names no pruning method in its summary line."""
+    recipe = {"method": "wanda", "sparsity": None, "damp": 0.01, "block": 128, "options": options,
+              "quant": {"method": "spqr", "bits": 3, "group": 0, "options": quant_options}}
+    text = render_card({"format": "spqr", "recipe": recipe})
+    assert f"| SpQR settings | {settings} |" in text
+    assert "dampening / block" not in text and "wanda" not in text
+    assert "**spqr** 3-bit weights (group 16, asymmetric)" in text
+    assert "| quantization | spqr w3g16 |" in text
 
 
 def test_model_card_names_the_export_folder_beside_the_checkpoint(packed):
