@@ -199,6 +199,10 @@ BAD_SPECS = [
     ("models: [m]\nrecipes:\n  - {method: magnitude, sparsity: 0.5, format: sparse24}\n"
      "evaluations: {perplexity: [wikitext2]}\n",
      r"spec.yaml:3: recipes\[0\].format: the recipe: --format sparse24 stores at most 2 of every 4 weights"),
+    ("models: [m]\nrecipes:\n  - {method: wanda, sparsity: [0.5, '2:4'], format: [dense, sparse24]}\n"
+     "evaluations: {perplexity: [wikitext2]}\n",
+     r"spec.yaml:3: recipes\[0\].format: .* \(in the grid's combination sparsity: 0.5, format: sparse24; a grid "
+     r"runs every combination, so write the ones that fit as separate recipes\)$"),
     ("models: [m]\nrecipes:\n  - {method: wanda, sparsity: 0.5}\nevaluations: {perplexity: [wikitext2]}\n"
      "dtype: int8\n", r"spec.yaml:5: dtype: 'int8': choose float32, float16 or bfloat16"),
     ("models: [m]\nrecipes:\n  - {method: wanda, sparsity: 0.5}\nevaluations: {perplexity: [wikitext2]}\n"
