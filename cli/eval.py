@@ -57,10 +57,8 @@ def _record(directory: Path, results: dict, dtype: str) -> None:
     rows = rows_from_perplexity(results.get("perplexity", []))
     if "zeroshot" in results:
         rows += rows_from_zeroshot(results["zeroshot"])
-    for row in rows:
-        row["note"] += "" if dtype == "float32" else f", {dtype}"
     try:
-        written = record_results(directory, rows)
+        written = record_results(directory, rows, dtype)
     except OSError as exc:  # a read-only folder: the numbers were printed, the evaluation still succeeded
         warnings.warn(f"the results were not recorded in {directory} ({exc.strerror or exc}); make it writable or "
                       f"pass --no-record", stacklevel=2)

@@ -21,6 +21,7 @@ import gc
 import json
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -98,9 +99,13 @@ def load_cell(model_spec: str, model_dir: Path | None, *, device: str, dtype: st
     return loaded.model.to(device), loaded.tokenizer, None
 
 
-def evaluate_cell(model, tokenizer, evals: Evaluations, *, device: str, on_stage=None) -> dict:
-    """Metrics of one loaded model: ``ppl:<set>`` per perplexity set, ``acc:<task>``/``acc_norm:<task>``, mean_acc."""
+def evaluate_cell(model, tokenizer, evals: Evaluations, *, device: str, on_stage=None) -> tuple[dict, list[dict]]:
+    """Metrics of one loaded model: ``ppl:<set>`` per perplexity set, ``acc:<task>``/``acc_norm:<task>``, mean_acc;
+    and the same results as model-card rows (``model_cards.record_results``), with the settings they ran under."""
+    from llmprune.model_cards import rows_from_perplexity, rows_from_zeroshot
+
     metrics: dict = {}
+    rows: list[dict] = []
     if evals.perplexity:
         from .perplexity import default_seqlen, load_eval_text, perplexity
 
@@ -113,6 +118,9 @@ def evaluate_cell(model, tokenizer, evals: Evaluations, *, device: str, on_stage
                                 batch_size=evals.batch_size, progress=False, dataset=text.name,
                                 max_windows=min(caps) if caps else None)
             metrics[f"ppl:{name}"] = result.ppl
+            rows += rows_from_perplexity([{"dataset": text.name, "ppl": result.ppl, "seqlen": result.seqlen,
+                                           "windows": result.windows, "available_windows": min(
+                                               filter(None, (result.available_windows, text.max_windows)))}])
     if evals.zeroshot:
         from .zeroshot import run_zeroshot
 
@@ -124,7 +132,8 @@ def evaluate_cell(model, tokenizer, evals: Evaluations, *, device: str, on_stage
             if score.acc_norm is not None:
                 metrics[f"acc_norm:{score.task}"] = score.acc_norm
         metrics["mean_acc"] = zs.mean_acc()
-    return metrics
+        rows += rows_from_zeroshot(zs)
+    return metrics, rows
 
 
 def size_metrics(manifest: dict | None, dtype: str) -> dict:
@@ -138,6 +147,19 @@ def size_metrics(manifest: dict | None, dtype: str) -> dict:
     metrics = {"sparsity": achieved_sparsity(manifest), "bits": bits_per_param(manifest)}
     qbits = quant_bits_per_param(manifest)
     return metrics if qbits is None else {**metrics, "qbits": qbits}
+
+
+def record_rows(model_dir: Path, rows: list[dict], dtype: str) -> None:
+    """Keep a cell's results with its cached checkpoint (manifest and model card), as ``llmprune eval`` does, so that
+    ``llmprune push`` of that folder publishes them; a folder that cannot be written only warns."""
+    from llmprune.model_cards import record_results
+
+    if not rows:
+        return
+    try:
+        record_results(model_dir, rows, dtype)
+    except OSError as exc:
+        warnings.warn(f"the results were not recorded in {model_dir} ({exc.strerror or exc})", stacklevel=2)
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -203,9 +225,10 @@ class BatchRunner:
                                   device=device, dtype=self.spec.dtype)
             on_stage and on_stage("load")
             model, tokenizer, manifest = self.load(cell.model, model_dir, device=device, dtype=self.spec.dtype)
-            result.metrics = {**size_metrics(manifest, self.spec.dtype),
-                              **self.evaluate(model, tokenizer, self.spec.evaluations, device=device,
-                                              on_stage=on_stage)}
+            metrics, rows = self.evaluate(model, tokenizer, self.spec.evaluations, device=device, on_stage=on_stage)
+            result.metrics = {**size_metrics(manifest, self.spec.dtype), **metrics}
+            if model_dir is not None and self.keep_models:
+                record_rows(model_dir, rows, self.spec.dtype)
         except Exception as exc:  # a failing cell is recorded and the batch goes on
             result.status, result.error = "error", f"{exc.__class__.__name__}: {' '.join(str(exc).split())}"
         finally:

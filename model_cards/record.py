@@ -9,13 +9,14 @@ from pathlib import Path
 from .render import FILENAME, GENERATED_MARK, render_card, write_texts_atomic
 
 
-def record_results(directory, rows: list[dict]) -> list[Path]:
+def record_results(directory, rows: list[dict], dtype: str = "float32") -> list[Path]:
     """Merge result rows into ``directory``'s manifest, a row replacing an earlier one with the same name, metric
     and note (the same measurement, re-run); re-render README.md unless the user edited it (no generated mark) or
-    the folder records no compression recipe. Both files are written aside before either replaces its original.
-    Returns the files written."""
+    the folder records no compression recipe. A ``dtype`` other than float32 (the model as evaluated) joins each
+    row's note. Both files are written aside before either replaces its original. Returns the files written."""
     from llmprune import manifest as mf
 
+    rows = [{**row, "note": row["note"] + ("" if dtype == "float32" else f", {dtype}")} for row in rows]
     directory = Path(directory)
     path = directory / mf.FILENAME
     manifest = json.loads(path.read_text())

@@ -52,7 +52,7 @@ class Fakes:
         if self.interrupt and len(self.evaluated) == 3:
             raise KeyboardInterrupt
         return {"ppl:wikitext2": DENSE_PPL * (1 + sparsity), "acc:arc_easy": DENSE_ACC * (1 - sparsity / 2),
-                "mean_acc": DENSE_ACC * (1 - sparsity / 2)}
+                "mean_acc": DENSE_ACC * (1 - sparsity / 2)}, []
 
 
 def _runner(tmp_path, fakes: Fakes, text: str = SPEC) -> BatchRunner:
@@ -266,6 +266,15 @@ def test_batch_cli_end_to_end_tiny_model(tmp_path, capsys):
         assert row["metrics"][f"ppl:{text_file}"] == pytest.approx(ppl, rel=1e-4)
         assert row["metrics"]["sparsity"] == pytest.approx(zeros, abs=1e-6)
     assert (Path(rows[1]["model_dir"]) / "README.md").is_file()  # every compressed cell gets its model card
+    # and its results, as `llmprune eval` records them: `llmprune push` of the cached folder publishes them
+    recorded = json.loads((Path(rows[1]["model_dir"]) / "llmprune.json").read_text())["evaluations"]
+    from transformers import AutoTokenizer
+
+    windows = AutoTokenizer.from_pretrained(folder)(text, return_tensors="pt").input_ids.numel() // 32
+    note = f"seqlen 32, first 2 of {windows} windows"
+    assert [(r["name"], r["metric"], r["note"], r["partial"]) for r in recorded] == [("text.txt", "ppl", note, True)]
+    assert recorded[0]["value"] == pytest.approx(rows[1]["metrics"][f"ppl:{text_file}"])
+    assert note in (Path(rows[1]["model_dir"]) / "README.md").read_text()
     assert "2 cells ok, 0 failed" in capsys.readouterr().out
     assert (tmp_path / "out" / "plots").is_dir()
     assert "perplexity: seqlen 32, first 2 windows" in (tmp_path / "out" / "results.md").read_text()

@@ -127,7 +127,7 @@ def test_cli_eval_that_cannot_record_still_succeeds_with_a_warning(tmp_path, cap
     text_file = tmp_path / "eval.txt"
     text_file.write_text(" ".join(["Sparse models keep accuracy when pruned with care."] * 40))
 
-    def read_only(directory, rows):
+    def read_only(directory, rows, dtype):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(cards, "record_results", read_only)
