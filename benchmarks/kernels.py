@@ -11,8 +11,8 @@ back to eager launches, reported, when capture fails), random non-zero data, med
 device-to-device copy bandwidth of a 512 MB buffer measured in the same run as the roofline. Results go to
 ``<results>/<date>-<gpu>.md`` (written atomically at the end; rows stream to a ``.partial`` file while running),
 with the dispatch crossovers measured here as ``<report>.crossovers.json``: copy it into ``kernels/crossovers/`` to
-ship it, or pass ``--install`` to make this machine's dispatch follow it (kernels/select.py). Without CUDA it prints
-a message and exits 0.
+ship it, or pass ``--install`` to make this machine's dispatch follow it (kernels/select.py). Only ``--plan`` runs
+without CUDA: anything else prints a one-line error and exits 1, so a CI step never mistakes "nothing ran" for a pass.
 """
 from __future__ import annotations
 
@@ -40,6 +40,11 @@ CHECK_CASES = [(1, "gemv"), (2, "gemv"), (4, "gemv"), (16, "gemv"), (16, "gemm")
                (512, "dense"), (512, "chunked"), (37, None)]  # (tokens, regime); None: kernels/select.py's choice
 CHECK_SHAPE = (11008, 4096)
 CHECK_BOUND = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # ||y - ref||_F / ||ref||_F
+DTYPES = [str(d).removeprefix("torch.") for d in CHECK_BOUND]  # --dtypes: those the check has an error bound for
+
+
+class UsageError(ValueError):
+    """A bad flag: ``main`` prints it as one ``error:`` line and exits 2."""
 
 
 def checked(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> tuple[float, bool]:
@@ -193,7 +198,7 @@ def plan(args) -> int:
     shapes, batches = selection(args.quick)
     print(f"Autotuning of a first --bench run, one dtype, {len(shapes)} shapes x batches {batches}, dispatch of {gpu}:")
     print("\n| format | configs compiled | configs timed | minutes |\n|---|---|---|---|")
-    print("\n".join(plan_rows(args.formats.split(","), shapes, batches, select.rules(gpu))))
+    print("\n".join(plan_rows(args.formats, shapes, batches, select.rules(gpu))))
     print(f"\nMinutes at {COMPILE_S} s per compile and {TIMED_S * 1e3:.0f} ms per timed config; shapes whose per-row "
           "counts are not multiples of 16 compile again (kernel_plan.py). --bench compiles them first on every CPU "
           "core (--precompile).")
@@ -210,12 +215,33 @@ def precompile_in_child(argv) -> None:
         print(f"precompile exited with {run.returncode}; the autotuner compiles each config itself", flush=True)
 
 
+def chosen(text: str, flag: str, valid: list[str]) -> list[str]:
+    """The comma-separated names of ``flag``, checked before anything is imported or built (an unknown format used
+    to surface as a ModuleNotFoundError traceback, deep in the run)."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in valid]
+    if unknown or not names:
+        what = f"unknown {', '.join(map(repr, unknown))}" if unknown else "nothing given"
+        raise UsageError(f"{flag} {text!r}: {what}; choose from {','.join(valid)} (comma-separated)")
+    return names
+
+
+def no_gpu_message(args) -> str:
+    """Why a run that needs CUDA did nothing on a machine without it, naming what did not happen."""
+    skipped = [w for w, on in (("checked", args.check), ("measured", args.bench), ("installed", args.install),
+                               ("precompiled", args.precompile)) if on]
+    what = " or ".join([", ".join(skipped[:-1]), skipped[-1]] if len(skipped) > 1 else skipped)
+    return (f"no CUDA GPU visible, so nothing was {what}; run it on a GPU machine (benchmarks/gpu_check.sh does the "
+            "whole check; --plan works without one)")
+
+
 def parse(argv):
+    """The flags, ``--formats`` and ``--dtypes`` as checked lists (``UsageError`` for an unknown name)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="full-size correctness against the torch references")
     ap.add_argument("--bench", action="store_true", help="the timing table")
-    ap.add_argument("--formats", default=",".join(FORMATS))
-    ap.add_argument("--dtypes", default="float16,bfloat16")
+    ap.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated, of {','.join(FORMATS)}")
+    ap.add_argument("--dtypes", default=",".join(DTYPES), help=f"comma-separated, of {','.join(DTYPES)}")
     ap.add_argument("--quick", action="store_true", help="one shape, batches 1/4/16/512 (smoke run)")
     ap.add_argument("--pinned", action="store_true", help="no autotuning: fixed configs (compute-sanitizer runs)")
     ap.add_argument("--plan", action="store_true",
@@ -227,20 +253,25 @@ def parse(argv):
                     help="make this GPU's dispatch follow the measured crossovers ($LLMPRUNE_CACHE_DIR/crossovers/)")
     ap.add_argument("--results", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args(argv)
+    args.formats = chosen(args.formats, "--formats", FORMATS)
+    args.dtypes = chosen(args.dtypes, "--dtypes", DTYPES)
     if not (args.check or args.bench or args.plan):
         args.check = args.bench = True
     return args
 
 
 def main(argv=None) -> int:
-    args = parse(argv)
+    try:
+        args = parse(argv)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.plan:
         return plan(args)
     if not torch.cuda.is_available():
-        print("benchmarks/kernels.py: no CUDA GPU visible; nothing measured. Run it on a GPU machine "
-              "(benchmarks/gpu_check.sh does the whole check).")
-        return 0
-    formats, dtypes = args.formats.split(","), [getattr(torch, d) for d in args.dtypes.split(",")]
+        print(f"error: {no_gpu_message(args)}", file=sys.stderr)
+        return 1
+    formats, dtypes = args.formats, [getattr(torch, d) for d in args.dtypes]
     for fmt in formats if args.pinned else []:
         __import__(f"llmprune.kernels.{fmt}", fromlist=["KERNELS"]).KERNELS.pinned = True
     shapes, batches = selection(args.quick)
@@ -260,7 +291,7 @@ def main(argv=None) -> int:
     gpu = device_slug(gpu_name)
     mode = "-".join(m for m, on in (("check", args.check), ("bench", args.bench), ("pinned", args.pinned)) if on)
     short = {"float16": "fp16", "bfloat16": "bf16"}
-    name = f"{datetime.date.today()}-{gpu}-{mode}-{'-'.join(short.get(d, d) for d in args.dtypes.split(','))}"
+    name = f"{datetime.date.today()}-{gpu}-{mode}-{'-'.join(short.get(d, d) for d in args.dtypes)}"
     if formats != FORMATS:  # a subset run (gpu_check.sh BENCH_FORMATS) must not overwrite another subset's report
         name += "-" + "-".join(formats)
     lines = [f"# Kernel benchmark, {gpu}", "", versions(), ""]

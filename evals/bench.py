@@ -130,10 +130,10 @@ def decode_tokens_per_s(model: nn.Module, prompt: torch.Tensor, new_tokens: int,
         first = statistics.median(_timed(lambda: greedy(model, prompt, 1), device) for _ in range(runs))
         rate = prompt.shape[0] * (new_tokens - 1) / (full - first) if full > first else float("nan")
         return rate, None
-    from .static_decode import StaticDecoder
+    from .static_decode import StaticDecoder, max_len_for
 
-    decoder = StaticDecoder(model, prompt.shape[0], prompt.shape[1] + new_tokens, STATIC_MODES[variant],
-                             backend=COMPILE_BACKEND)
+    decoder = StaticDecoder(model, prompt.shape[0], max_len_for(prompt.shape[1], new_tokens), STATIC_MODES[variant],
+                            backend=COMPILE_BACKEND)
     decoder.prepare(prompt)
 
     def steps():

@@ -26,6 +26,18 @@ from torch import nn
 from llmprune.errors import UserInputError
 
 MODES = ("eager", "graph", "compile")
+WARMUP_STEPS = 2  # torch's capture recipe: the first step compiles and autotunes, the second runs warm
+
+
+def tokens_emitted(steps: int) -> int:
+    """Tokens a prefill and then ``steps`` decode steps write: the prefill's greedy token, then one per step."""
+    return 1 + steps
+
+
+def max_len_for(prompt_len: int, new_tokens: int, warmup: int = WARMUP_STEPS) -> int:
+    """The ``max_len`` a decoder needs to ``prepare`` with ``warmup`` steps and then ``generate`` ``new_tokens``:
+    the warm-up writes ``tokens_emitted(warmup)`` tokens after the prompt, which can exceed a short timed run's."""
+    return prompt_len + max(new_tokens, tokens_emitted(warmup))
 
 
 class StaticDecoder:
@@ -80,9 +92,9 @@ class StaticDecoder:
         else:
             self._step()
 
-    def prepare(self, prompt: torch.Tensor, warmup: int = 2) -> None:
+    def prepare(self, prompt: torch.Tensor, warmup: int = WARMUP_STEPS) -> None:
         """Warm the step up (compile, autotune, allocate the cache) and, in graph mode, capture it."""
-        self._check_room(prompt.shape[1], warmup + 1)
+        self._check_room(prompt.shape[1], tokens_emitted(warmup))
         self.prefill(prompt)
         if self.mode != "graph":
             for _ in range(warmup):

@@ -1,8 +1,14 @@
 """``llmprune bench`` (evals/bench.py, cli/bench.py): packed decode is exact vs the dequantized dense twin, the
-table/JSON rows, one-line errors, and the 7B shapes built on the meta device only."""
+table/JSON rows, one-line errors, and the 7B shapes built on the meta device only; and the command-line contract of
+``benchmarks/kernels.py`` on a machine without a GPU (bad names, exit status)."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -186,3 +192,76 @@ def test_cli_bench_of_a_checkpoint_defaults_to_its_stored_format(tmp_path):
                                       "--device", "cpu", "--dtype", "float32", "--runs", "1", "--json"])
     assert res.exit_code == 0, res.output
     assert [r["format"] for r in json.loads(res.output)["rows"]] == ["dense", "int4"]
+
+
+def test_cli_compile_at_the_smallest_new_tokens(monkeypatch):
+    """--compile --new-tokens 2 (the smallest the CLI takes) used to fail: the static cache was sized for the timed
+    decode only, and the 2-step warm-up writes one token more (tracing backend "eager": no C++ toolchain needed)."""
+    monkeypatch.setattr(bench, "COMPILE_BACKEND", "eager")
+    res = CliRunner().invoke(_app(), ["tiny", "--format", "int4", "--batch", "1", "--new-tokens", "2",
+                                      "--prompt-len", "4", "--device", "cpu", "--dtype", "float32", "--runs", "1",
+                                      "--compile", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = [r for r in json.loads(res.output)["rows"] if r["variant"] == "static+compile"]
+    assert [r["format"] for r in rows] == ["dense", "int4"]
+    assert all(r["error"] is None and r["agree"] == 1.0 and r["tokens_per_s"] > 0 for r in rows)
+
+
+KERNELS_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "kernels.py"
+
+
+@pytest.fixture(scope="module")
+def kernels_script():
+    spec = importlib.util.spec_from_file_location("bench_kernels_cli", KERNELS_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--plan", "--formats", "dense"], "--formats 'dense': unknown 'dense'; choose from int4,sparse24,"),
+    (["--check", "--formats", "int4,bogus"], "--formats 'int4,bogus': unknown 'bogus'"),
+    (["--bench", "--dtypes", "float32"], "--dtypes 'float32': unknown 'float32'; choose from float16,bfloat16"),
+    (["--check", "--dtypes", ","], "--dtypes ',': nothing given"),
+])
+def test_kernels_script_unknown_name_is_one_line_error(kernels_script, capsys, argv, needle):
+    assert kernels_script.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and needle in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv,what", [
+    ([], "checked or measured"), (["--check"], "checked;"), (["--bench", "--quick"], "measured;"),
+    (["--bench", "--install"], "measured or installed"), (["--precompile"], "checked, measured or precompiled"),
+])
+def test_kernels_script_without_cuda_fails_saying_nothing_ran(kernels_script, monkeypatch, capsys, tmp_path, argv,
+                                                              what):
+    """A CI step `kernels.py --check && ...` must not pass on a machine where nothing was checked."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert kernels_script.main([*argv, "--results", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no CUDA GPU visible, so nothing was ") and what in err
+    assert len(err.splitlines()) == 1 and not any(tmp_path.iterdir())
+
+
+def test_kernels_script_plan_runs_without_cuda(kernels_script, monkeypatch, capsys):
+    """--plan only counts (kernel_plan.py, stubbed here: it imports the Triton kernels), so it exits 0 on CPU."""
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(kernels_script, "plan_rows", lambda formats, *rest: asked.append(formats) or ["| row |"])
+    assert kernels_script.main(["--plan", "--formats", "int4, spqr", "--dtypes", "bfloat16"]) == 0
+    assert asked == [["int4", "spqr"]] and "| row |" in capsys.readouterr().out
+
+
+def test_kernels_script_exit_status_as_a_shell_sees_it():
+    """The script itself, GPU hidden: a bad name exits 2 without a traceback, --check exits 1."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+
+    def run(*argv):
+        return subprocess.run([sys.executable, str(KERNELS_SCRIPT), *argv], capture_output=True, text=True,
+                              timeout=120, env=env, check=False)
+
+    bad = run("--plan", "--formats", "dense")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.startswith("error: --formats")
+    nothing = run("--check", "--formats", "int4")
+    assert nothing.returncode == 1 and "no CUDA GPU visible" in nothing.stderr

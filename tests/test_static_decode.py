@@ -30,6 +30,22 @@ def test_tokens_equal_generate(fmt):
         assert int(decoder.slot) == 7  # one token written per step, after the prefill's
 
 
+@pytest.mark.parametrize("new_tokens", [2, 3, 6])
+def test_bench_cache_fits_the_warmup_and_the_timed_decode(new_tokens):
+    """The cache ``bench`` sizes (``max_len_for``) holds the prompt and the most tokens either phase writes, counted
+    here by the decoder's own write slot after the warm-up (3 tokens: more than a 2-token run's)."""
+    from llmprune.evals.static_decode import max_len_for
+
+    model = random_models.build_random("tiny", "int4", "cpu", "float32", seed=5)
+    prompt = _prompt(1, 4)
+    decoder = StaticDecoder(model, 1, max_len_for(4, new_tokens))
+    decoder.prepare(prompt)
+    warmup_tokens = int(decoder.slot)
+    assert warmup_tokens == 3
+    assert decoder.max_len == 4 + max(warmup_tokens, new_tokens)
+    assert torch.equal(decoder.generate(prompt, new_tokens), bench.greedy(model, prompt, new_tokens))
+
+
 def test_state_resets_between_prompts():
     """A second prompt on the same decoder (same cache storage, reset in place) gives that prompt's own tokens."""
     model = random_models.build_random("tiny", "int4", "cpu", "float32", seed=2)
