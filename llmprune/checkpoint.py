@@ -10,6 +10,7 @@ recipe).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -73,21 +74,19 @@ def _state(model: nn.Module, table: dict) -> tuple[dict, dict]:
 
 
 def _write_shards(directory: Path, state: dict) -> list[dict]:
+    """Shards of at most ``SHARD_BYTES`` named as ``save_pretrained`` names them, with the index transformers needs
+    to load a sharded folder (``model.safetensors.index.json``)."""
+    from huggingface_hub import constants, split_torch_state_dict_into_shards
     from safetensors.torch import save_file
 
-    groups, size = [[]], 0
-    for key, value in state.items():
-        nbytes = value.numel() * value.element_size()
-        if groups[-1] and size + nbytes > SHARD_BYTES:
-            groups.append([])
-            size = 0
-        groups[-1].append(key)
-        size += nbytes
-    names = ["model.safetensors"] if len(groups) == 1 else \
-        [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
-    for name, keys in zip(names, groups):
+    split = split_torch_state_dict_into_shards(state, max_shard_size=SHARD_BYTES)
+    for name, keys in split.filename_to_tensors.items():
         save_file({k: state[k] for k in keys}, str(directory / name), metadata={"format": "pt"})
-    return [mf.shard_record(directory / name) for name in names]
+    if split.is_sharded:
+        index = {"metadata": {**split.metadata, "total_size": sum(v.numel() * v.element_size() for v in state.values())},
+                 "weight_map": split.tensor_to_filename}
+        (directory / constants.SAFETENSORS_INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return [mf.shard_record(directory / name) for name in split.filename_to_tensors]
 
 
 def save(model: nn.Module, out_dir, *, layers: dict | None = None, manifest_extra: dict | None = None,

@@ -189,16 +189,16 @@ class Plan:
                                      f"takes no sparsity; drop --sparsity or use --quantizer gptq or rtn")
         from .quant.uniform import check_quant_shape
 
-        short = []
+        short, quant = [], self.recipe.quant_as_run()
         for name, sparsity in self.targets.items():
             n_out, n_in = shape(modules[name])
             if sparsity is not None:
                 check_shape(n_in, sparsity, name)
                 short += _group_shortfall(name, n_in, sparsity)
-            if self.recipe.quant is not None:
-                check_quant_shape(n_in, self.recipe.quant, name, out_features=n_out)
+            if quant is not None:
+                check_quant_shape(n_in, quant, name, out_features=n_out)
             if format is not None:
-                check_layer(format, name, n_out, n_in, quant=self.recipe.quant, sparsity=sparsity)
+                check_layer(format, name, n_out, n_in, quant=quant, sparsity=sparsity)
         if short:
             name, n, dropped, sparsity = min(short, key=lambda item: item[2] / item[1])
             warnings.warn(f"{len(short)} Linear layers prune fewer weights than --sparsity {sparsity.fraction!r} "

@@ -185,6 +185,13 @@ class Recipe:
     def option(self, key: str, default=None):
         return dict(self.options).get(key, default)
 
+    def quant_as_run(self) -> QuantSpec | None:
+        """The quant spec with the ``--option`` values folded in, the spec's own options winning: what the quantizer
+        reads (``quant/spqr._settings``), so the checks before calibration see the same settings."""
+        if self.quant is None:
+            return None
+        return replace(self.quant, options=tuple(sorted({**dict(self.options), **dict(self.quant.options)}.items())))
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["sparsity"] = sparsity_to_str(self.sparsity)

@@ -92,6 +92,13 @@ def test_checkpoint_multiple_shards(tmp_path, monkeypatch):
     model, _, manifest = checkpoint.load(checkpoint.save(dense, tmp_path / "s", layers=layers))
     assert len(manifest["shards"]) > 2
     assert torch.equal(_logits(model), _logits(packed))
+    # transformers loads the same sharded folder (it needs save_pretrained's index file to find the shards)
+    from transformers import AutoModelForCausalLM
+
+    index = json.loads((tmp_path / "s" / "model.safetensors.index.json").read_text())
+    assert sorted(set(index["weight_map"].values())) == sorted(s["name"] for s in manifest["shards"])
+    assert set(index["weight_map"]) == set(manifest["tensors"])
+    assert torch.equal(_logits(AutoModelForCausalLM.from_pretrained(tmp_path / "s").eval()), _logits(packed))
 
 
 def test_checkpoint_load_casts_dense_tensors(tmp_path):

@@ -280,6 +280,8 @@ def test_cli_version_and_bare_commands(capsys):
     (["--sparsity", "4:8", "--quant", "w4g16", "--format", "sparse24_int4"], "the sparsity here is 4:8"),
     (["--sparsity", "2:4", "--override", "mlp=0.3", "--format", "sparse24"], "--override mlp: --format sparse24"),
     (["--sparsity", "2:4", "--format", "int4"], "--format int4 stores quantized weights"),
+    (["--quant", "w4g16", "--format", "spqr"], "which only the spqr quantizer makes; add --quantizer spqr"),
+    (["--quant", "w3g16", "--quantizer", "spqr", "--format", "int4"], "--format int4 cannot hold SpQR's"),
 ])
 def test_cli_format_demands_are_checked_before_the_model_loads(flags, words, tmp_path, capsys):
     """The model does not exist: the recipe-vs-format error must come first, i.e. before any loading."""

@@ -45,8 +45,13 @@ def test_group_sparse_int4_holds_gqsa_w4s50(layer):
     _roundtrip("group_sparse_int4", qw)
 
 
-def test_spqr_format_holds_spqr_in_float16(layer):
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_spqr_format_holds_spqr_in_its_16_bit_storage(layer, dtype):
+    """A bfloat16 model stores its statistics and outliers in bfloat16: SpQR rounds them to that type while choosing
+    the codes, so the checkpoint holds exactly the compressed weight (not float16 values re-rounded)."""
     W, stats = layer
-    qw, _ = QUANTIZERS.get("spqr").fn(W, stats, QuantSpec(3, 16, method="spqr"))
-    assert qw.outliers is not None
-    _roundtrip("spqr", qw)
+    storage = getattr(torch, dtype)
+    qw, _ = QUANTIZERS.get("spqr").fn(W, stats, QuantSpec(3, 16, method="spqr"), scale_dtype=storage)
+    assert qw.outliers is not None and qw.outliers[2].dtype == storage
+    record = FORMATS.get("spqr").fn
+    assert torch.equal(record.unpack(record.pack(qw, dtype=dtype), qw.shape[1]), qw.dequantize())

@@ -21,26 +21,29 @@ Layout of the returned ``QuantizedWeight`` (G = in/g1, R = out/g2; everything in
     scales, zeros [out, G] float32 — the *dequantized* first-level statistics, exactly
         scales = (extra["scale_codes"] - extra["scale_zero"][r // g2]) * extra["scale_scale"][r // g2]
         zeros  = (extra["zero_codes"]  - extra["zero_zero"][r // g2])  * extra["zero_scale"][r // g2]
-        computed in float32 from the float16 second-level values, so ``dequantize()`` and ``formats/spqr`` agree.
-    outliers: CSR (row_ptr [out+1] int64, col_idx [nnz] int32 ascending per row, values [nnz] float16).
+        computed in float32 from the 16-bit second-level values, so ``dequantize()`` and ``formats/spqr`` agree.
+    outliers: CSR (row_ptr [out+1] int64, col_idx [nnz] int32 ascending per row, values [nnz] 16-bit).
     extra: scale_codes, zero_codes [out, G] uint8 (stat_bits-bit codes); scale_scale, scale_zero, zero_scale,
-        zero_zero [R, G] float16; stat_bits, stat_group (ints).
+        zero_zero [R, G] 16-bit; stat_bits, stat_group (ints).
+    16-bit: the type the checkpoint stores them in (``scale_dtype``: float16, or bfloat16 for a bfloat16 model), so
+    the saved model is the one compressed.
 
 Deviation: the reference permutes all columns by act-order and forms groups over the permuted order (and stores the
 permutation); we use ``gptq.act_order_perm``, which orders whole groups and the columns inside each group, so groups
 stay contiguous in the original order and no permutation is stored. The second-level scale and zero are rounded to
-float16 before the codes are chosen (the reference keeps them in the model's dtype), and a second-level group of
+16 bits before the codes are chosen (the reference keeps them in the model's dtype), and a second-level group of
 equal values is stored exactly (scale 1, zero = -value) instead of on the reference's [-1, 1] range. A first-level
 group whose range is below ``1 / MIN_RANGE_RATIO`` of its largest magnitude (nearly constant, typically after its
 likely outliers were replaced by the mean) gets the scale ``amax / MIN_RANGE_RATIO``: without a floor its unclamped
-zero point ``-min / scale`` runs into the millions, overflows the float16 second-level statistics and turns the
+zero point ``-min / scale`` runs into the millions, overflows 16-bit second-level statistics and turns the
 layer into NaN (seen on SmolLM2's o_proj at 2 bits); the reference has no floor. An outlier's error passed on to
-the columns to the right is that of its stored float16 value (the reference passes on none: it keeps the exact value
+the columns to the right is that of its stored 16-bit value (the reference passes on none: it keeps the exact value
 during the sweep and rounds it only when saving). Damping is added after dead inputs' diagonal entries are set to 1
 (the reference damps first; the same unless an input is dead, and then within 1e-6 in a measured case).
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -53,24 +56,24 @@ from ..types import QuantizedWeight, Stats
 from . import QUANTIZERS
 from .bits_per_param import bits_per_param
 from .gptq import _flag, act_order_perm, unpermute
-from .uniform import check_quant_shape, dequantize, effective_group, find_params, maxq, quantize_codes
+from .uniform import check_quant_shape, dequantize, effective_group, find_params, maxq, quantize_codes, stored_scale
 
-FP16_TINY = 2.0**-24  # smallest positive float16: keeps a rounded second-level scale from becoming 0
 MIN_RANGE_RATIO = 256.0  # first-level scale >= amax / 256, so zero points stay below ~256 (module docstring)
 
 
-def quantize_stat(x: Tensor, stat_bits: int, stat_group: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Second level: ``x [rows]`` in groups of ``stat_group`` rows -> (codes [rows], scale [R], zero [R] float16,
-    dequantized x [rows] float32)."""
+def quantize_stat(x: Tensor, stat_bits: int, stat_group: int,
+                  dtype: torch.dtype = torch.float16) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Second level: ``x [rows]`` in groups of ``stat_group`` rows -> (codes [rows], scale [R], zero [R] in ``dtype``
+    (the 16-bit type they are stored in), dequantized x [rows] float32)."""
     groups = x.reshape(-1, stat_group).float()
     xmin, xmax = groups.min(1).values, groups.max(1).values
     flat = xmin == xmax
     scale = torch.where(flat, torch.ones_like(xmin), (xmax - xmin) / maxq(stat_bits))
     zero = torch.where(flat, -xmin, -xmin / scale)
-    scale, zero = scale.half().float().clamp_min(FP16_TINY), zero.half().float()
+    scale, zero = stored_scale(scale, dtype), zero.to(dtype).float()
     codes = quantize_codes(groups, scale.unsqueeze(1), zero.unsqueeze(1), stat_bits, zero_inside=True)
     deq = dequantize(codes, scale.unsqueeze(1), zero.unsqueeze(1))
-    return codes.reshape(-1), scale.half(), zero.half(), deq.reshape(-1)
+    return codes.reshape(-1), scale.to(dtype), zero.to(dtype), deq.reshape(-1)
 
 
 def leave_one_out_gain(gw: Tensor, d: Tensor, bits: int) -> Tensor:
@@ -94,15 +97,15 @@ class SpqrColumns:
     """``obs.ColumnQuantizer`` for SpQR: fits each group's bilevel grid, picks outliers, records everything."""
 
     def __init__(self, W: Tensor, d: Tensor, bits: int, group: int, stat_bits: int, stat_group: int,
-                 threshold: float):
+                 threshold: float, stat_dtype: torch.dtype = torch.float16):
         rows, cols = W.shape
         n_groups, blocks = cols // group, rows // stat_group
         self.d, self.bits, self.group, self.threshold = d, bits, group, threshold
-        self.stat_bits, self.stat_group = stat_bits, stat_group
+        self.stat_bits, self.stat_group, self.stat_dtype = stat_bits, stat_group, stat_dtype
         self.codes = torch.zeros_like(W)
         self.outlier = torch.zeros_like(W, dtype=torch.bool)
         self.stats = {k: W.new_zeros(rows, n_groups) for k in ("scales", "zeros", "scale_codes", "zero_codes")}
-        self.stats.update({k: torch.zeros(blocks, n_groups, dtype=torch.float16, device=W.device)
+        self.stats.update({k: torch.zeros(blocks, n_groups, dtype=stat_dtype, device=W.device)
                            for k in ("scale_scale", "scale_zero", "zero_scale", "zero_zero")})
 
     def _fit(self, k: int, gw: Tensor, d: Tensor) -> None:
@@ -115,7 +118,7 @@ class SpqrColumns:
         scale = torch.maximum(scale, gw.abs().amax(1) / MIN_RANGE_RATIO)  # the floor of the module docstring
         zero = -gw.min(1).values / scale  # the grid still starts at the group's minimum
         for name, value in (("scale", scale), ("zero", zero)):
-            codes, s2, z2, deq = quantize_stat(value, self.stat_bits, self.stat_group)
+            codes, s2, z2, deq = quantize_stat(value, self.stat_bits, self.stat_group, self.stat_dtype)
             self.stats[f"{name}s"][:, k], self.stats[f"{name}_codes"][:, k] = deq.to(gw.dtype), codes.to(gw.dtype)
             self.stats[f"{name}_scale"][:, k], self.stats[f"{name}_zero"][:, k] = s2, z2
 
@@ -132,17 +135,17 @@ class SpqrColumns:
         if math.isfinite(self.threshold):
             out = ((w - q) / self.d[j]).square() > self.threshold
             codes, q = self._round(w * ~out, scale, zero)
-            q = torch.where(out, w.half().to(w.dtype), q)
+            q = torch.where(out, w.to(self.stat_dtype).to(w.dtype), q)
             self.outlier[:, j] = out
         self.codes[:, j] = codes
         return q
 
 
-def _csr(outlier: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+def _csr(outlier: Tensor, weight: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor] | None:
     rows, cols = outlier.nonzero(as_tuple=True)  # row-major: columns ascending within each row
     row_ptr = torch.zeros(outlier.shape[0] + 1, dtype=torch.int64, device=outlier.device)
     row_ptr[1:] = torch.cumsum(outlier.sum(1), 0)
-    return row_ptr, cols.to(torch.int32), weight[rows, cols].half()
+    return row_ptr, cols.to(torch.int32), weight[rows, cols].to(dtype)
 
 
 def _settings(spec: QuantSpec, rows: int, cols: int, given: dict, name: str) -> dict:
@@ -157,8 +160,8 @@ def _settings(spec: QuantSpec, rows: int, cols: int, given: dict, name: str) -> 
     if not 1 <= opts["stat_bits"] <= 8:
         raise UserInputError(f"{where}SpQR stat_bits={opts['stat_bits']} must be between 1 and 8 (the paper uses 3)")
     if opts["stat_group"] < 1 or rows % opts["stat_group"]:
-        raise UserInputError(f"{where}SpQR stat_group={opts['stat_group']} must divide the output dimension {rows} "
-                             f"(the paper uses 16)")
+        raise UserInputError(f"{where}SpQR stat_group={opts['stat_group']} must divide the output dimension {rows}; "
+                             f"set --option stat_group=N to a divisor (the paper uses 16) or exclude the layer")
     if effective_group(spec, cols) < 2 or cols % effective_group(spec, cols):
         raise UserInputError(f"{where}--quant {spec}: SpQR needs groups of at least 2 weights that divide the input "
                              f"dimension {cols} (the paper uses 16)")
@@ -167,10 +170,20 @@ def _settings(spec: QuantSpec, rows: int, cols: int, given: dict, name: str) -> 
     return opts
 
 
+def check_settings(spec: QuantSpec, rows: int, cols: int, name: str = "") -> None:
+    """``_settings``' refusals before calibration, for options given in ``spec`` (defaults: ``spqr``'s)."""
+    params = inspect.signature(spqr).parameters
+    _settings(spec, rows, cols, {k: params[k].default for k in SETTINGS}, name)
+
+
+SETTINGS = ("outlier_threshold", "stat_bits", "stat_group", "spqr_damp", "act_order")
+
+
 @QUANTIZERS.register("spqr", needs=frozenset({"hessian"}), takes_mask=False)
 def spqr(weight: Tensor, stats: Stats, spec: QuantSpec, *, mask: Tensor | None = None, block: int = 128,
          outlier_threshold: float = 0.2, stat_bits: int = 3, stat_group: int = 16, spqr_damp: float = 1.0,
-         act_order: bool = True, name: str = "") -> tuple[QuantizedWeight, dict]:
+         act_order: bool = True, scale_dtype: torch.dtype | None = None,
+         name: str = "") -> tuple[QuantizedWeight, dict]:
     """SpQR (see the module docstring). ``spec.group == 0`` means the paper's g1 = 16.
 
     Dampening is ``spqr_damp`` × mean(diag H), 1.0 as the reference (the recipe's ``--damp`` is GPTQ's and is not
@@ -183,9 +196,9 @@ def spqr(weight: Tensor, stats: Stats, spec: QuantSpec, *, mask: Tensor | None =
     if stats is None or stats.hessian is None:
         raise UserInputError(f"{name or 'layer'}: SpQR needs the Hessian statistics; run with calibration data")
     check_quant_shape(cols, spec, name)
-    opts = _settings(spec, rows, cols, {"outlier_threshold": outlier_threshold, "stat_bits": stat_bits,
-                                        "stat_group": stat_group, "spqr_damp": spqr_damp, "act_order": act_order},
-                     name)
+    given = {"outlier_threshold": outlier_threshold, "stat_bits": stat_bits, "stat_group": stat_group,
+             "spqr_damp": spqr_damp, "act_order": act_order}
+    opts = _settings(spec, rows, cols, given, name)
     group = effective_group(spec, cols)
     W = weight.clone().to(torch.promote_types(weight.dtype, torch.float32))
     H = stats.hessian.clone().to(W.dtype)
@@ -196,7 +209,8 @@ def spqr(weight: Tensor, stats: Stats, spec: QuantSpec, *, mask: Tensor | None =
     Hinv, damp_used = obs.damped_inverse_cholesky(H, opts["spqr_damp"], name=name)
     d = torch.diag(Hinv)
     threshold = opts["outlier_threshold"] * float((W.var(dim=0) / d.square()).mean())
-    columns = SpqrColumns(W, d, spec.bits, group, opts["stat_bits"], opts["stat_group"], threshold)
+    stat_dtype = scale_dtype or torch.float16  # the 16-bit type the checkpoint stores (bfloat16 for bf16 models)
+    columns = SpqrColumns(W, d, spec.bits, group, opts["stat_bits"], opts["stat_group"], threshold, stat_dtype)
     result = obs.sweep(W, Hinv, block=block, quantize=columns, group=group)
     per_col, per_group = [columns.codes, columns.outlier, result.weight], list(columns.stats.values())
     if perm is not None:
@@ -206,7 +220,7 @@ def spqr(weight: Tensor, stats: Stats, spec: QuantSpec, *, mask: Tensor | None =
     extra = {"scale_codes": st["scale_codes"].to(torch.uint8), "zero_codes": st["zero_codes"].to(torch.uint8),
              **{k: st[k] for k in ("scale_scale", "scale_zero", "zero_scale", "zero_zero")},
              "stat_bits": opts["stat_bits"], "stat_group": opts["stat_group"]}
-    outliers = _csr(outlier, final) if bool(outlier.any()) else None
+    outliers = _csr(outlier, final, stat_dtype) if bool(outlier.any()) else None
     qw = QuantizedWeight(codes.to(torch.uint8), st["scales"].float(), st["zeros"].float(), spec.bits, group,
                          False, outliers=outliers, extra=extra)
     fraction = float(outlier.float().mean())

@@ -80,13 +80,9 @@ def effective_group(spec: QuantSpec, in_features: int) -> int:
 def check_quant_shape(in_features: int, spec: QuantSpec, name: str = "", out_features: int | None = None) -> None:
     """Refuse, before calibration, a group size the layer cannot hold (one line naming the layer and the fix).
 
-    With ``out_features``, SpQR's second-level group (``stat_group`` in ``spec.options``, default 16) is checked too:
-    it must divide the output dimension."""
+    With ``out_features``, SpQR's own settings (``spec.options``: second-level group and bits, threshold,
+    dampening, a symmetric grid) are checked too, as the quantizer will read them."""
     where = f"{name}: " if name else ""
-    stat_group = int(dict(spec.options).get("stat_group", 16))
-    if spec.method == "spqr" and out_features is not None and (stat_group < 1 or out_features % stat_group):
-        raise UserInputError(f"{where}SpQR stat_group={stat_group} must divide the output dimension {out_features}; "
-                             f"set --option stat_group=N to a divisor (the paper uses 16) or exclude the layer")
     if not 2 <= spec.bits <= 8:
         raise UserInputError(f"{where}--quant {spec}: bits must be between 2 and 8")
     group = effective_group(spec, in_features)
@@ -98,6 +94,10 @@ def check_quant_shape(in_features: int, spec: QuantSpec, name: str = "", out_fea
     if spec.method == "spqr" and in_features % group:
         raise UserInputError(f"{where}input dimension {in_features} is not divisible by the SpQR group size {group} of "
                              f"--quant {spec}; choose a group that divides it or exclude the layer with --ignore")
+    if spec.method == "spqr" and out_features is not None:
+        from .spqr import check_settings
+
+        check_settings(spec, out_features, in_features, name)
 
 
 def stored_scale(scale: Tensor, dtype: torch.dtype | None) -> Tensor:
