@@ -9,9 +9,9 @@ with packed modules (same logits as ``llmprune.load``). Without llmprune importe
 quantization type, got llmprune" instead of silently loading random weights for the packed layers.
 
 ``llmprune.load`` additionally checks every shard's size and sha256 against ``llmprune.json``.
-``model.dequantize()`` swaps the packed modules back to dense ``nn.Linear`` (MoE experts re-fused, so that
-``save_pretrained`` then writes a plain folder); ``save_pretrained`` of a packed model is refused
-(``llmprune.save`` writes it, manifest included).
+``model.dequantize()`` swaps the packed modules back to dense ``nn.Linear`` (GPT-2's ``Conv1D``; MoE experts
+re-fused) in the dtype the model computes in, so that ``save_pretrained`` then writes a plain folder;
+``save_pretrained`` of a packed model is refused (``llmprune.save`` writes it, manifest included).
 """
 from __future__ import annotations
 
@@ -86,11 +86,19 @@ class LlmpruneHfQuantizer(HfQuantizer):
         ``generate`` with a static cache may compile a packed model as it would the dense one."""
         return True
 
+    def dequantize(self, model, dtype=None):
+        """As transformers' ``HfQuantizer.dequantize``, except that no ``dtype`` keeps the dtype the model computes
+        in: transformers would take ``config.dtype``, which ``model.to(dtype)`` and ``llmprune.load(dtype=...)`` leave
+        as it was, and float32 layers in a 16-bit model fail at the next forward."""
+        model = self._dequantize(model, dtype=dtype)
+        self.remove_quantization_config(model)
+        return model
+
     def _dequantize(self, model, dtype=None):
         from .model.experts import fuse_experts_
         from .packed_linear import unpack_linears_
 
-        unpack_linears_(model, dtype)
+        unpack_linears_(model, dtype)  # GPT-2's packed layers become Conv1D again
         fuse_experts_(model)  # transformers' own layout: save_pretrained then writes what from_pretrained reads
         return model
 

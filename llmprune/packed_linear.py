@@ -4,7 +4,8 @@ Why: a "compressed" module that decompresses on first use and keeps the dense we
 tensors are the module's buffers (so ``state_dict`` holds exactly what the checkpoint stores, named
 ``<module>.<tensor>``), the dense weight only ever exists transiently inside the reference matmul, and the same
 module runs the Triton kernels on CUDA. It replaces ``nn.Linear`` and GPT-2's ``Conv1D`` alike (both compute
-``x @ W.T + b`` for the ``[out, in]`` weight).
+``x @ W.T + b`` for the ``[out, in]`` weight); ``dense_kind`` remembers which, so that unpacking gives back the layer
+(and weight layout) the architecture's checkpoints hold.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from .types import Pruned, QuantizedWeight
 
 class PackedLinear(nn.Module):
     """Packed weight buffers (names from the format's ``tensor_specs``) + optional bias; no dense weight."""
+
+    dense_kind = "linear"  # "conv1d" where it took a Conv1D's place (``set_module_``): unpacking restores that
 
     def __init__(self, in_features: int, out_features: int, format: str, params: dict, *, bias: bool = False,
                  device=None, bias_dtype: torch.dtype = torch.float32):
@@ -120,22 +123,49 @@ def packed_bytes(module: nn.Module) -> int:
 
 
 def unpack_linears_(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
-    """Replace every ``PackedLinear`` in ``model`` by an ``nn.Linear`` holding its exact dense weight, in ``dtype``
-    (None: the bias's dtype, float32 without one), on the packed tensors' device: the dense twin that exports and
-    speed baselines compare with. Returns ``model``."""
+    """Replace every ``PackedLinear`` in ``model`` by the dense layer it stands for (``nn.Linear``, or GPT-2's
+    ``Conv1D`` where it took one's place, so that ``save_pretrained`` writes the layout the architecture loads), holding
+    its exact dense weight on the packed tensors' device: the dense twin that exports and speed baselines compare with.
+    ``dtype`` None: the dtype the model computes in (``compute_dtype``), not ``config.dtype``, which
+    ``model.to(dtype)`` and ``llmprune.load(dtype=...)`` leave as it was. Returns ``model``."""
+    dtype = dtype or compute_dtype(model)
     for name, module in list(model.named_modules()):
         if isinstance(module, PackedLinear):
-            weight = module.dequantize()
-            linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                               device=weight.device,
-                               dtype=dtype or (module.bias.dtype if module.bias is not None else torch.float32))
-            with torch.no_grad():
-                linear.weight.copy_(weight)
-                if module.bias is not None:
-                    linear.bias.copy_(module.bias)
-            set_module_(model, name, linear)
+            set_module_(model, name, _dense_twin(module, dtype))
     _forget_packing_(model)
     return model
+
+
+def compute_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of most of the model's dense floating parameters (embeddings, norms, unpacked layers): its
+    activations', so the one its packed layers compute in. None when the model has no dense floating parameter."""
+    packed = {id(p) for m in model.modules() if isinstance(m, PackedLinear) for p in m.parameters()}
+    elements: dict[torch.dtype, int] = {}
+    for param in model.parameters():
+        if param.is_floating_point() and id(param) not in packed:
+            elements[param.dtype] = elements.get(param.dtype, 0) + param.numel()
+    return max(elements, key=elements.get) if elements else None
+
+
+def _dense_twin(module: PackedLinear, dtype: torch.dtype | None) -> nn.Module:
+    """The ``nn.Linear`` or ``Conv1D`` computing what ``module`` computes, in ``dtype`` (None: the bias's dtype,
+    float32 without one)."""
+    dtype = dtype or (module.bias.dtype if module.bias is not None else torch.float32)
+    weight = module.dequantize().to(dtype)
+    bias = None if module.bias is None else module.bias.detach().to(device=weight.device, dtype=dtype, copy=True)
+    if module.dense_kind == "conv1d":
+        from transformers.pytorch_utils import Conv1D
+
+        with torch.device("meta"):
+            twin = Conv1D(module.out_features, module.in_features)
+        twin.weight = nn.Parameter(weight.t().contiguous())  # Conv1D stores [in, out]
+        twin.bias = nn.Parameter(torch.zeros_like(weight[:, 0]) if bias is None else bias)  # Conv1D always has one
+        return twin
+    twin = nn.Linear(module.in_features, module.out_features, bias=bias is not None, device="meta")
+    twin.weight = nn.Parameter(weight.contiguous())
+    if bias is not None:
+        twin.bias = nn.Parameter(bias)
+    return twin
 
 
 def _forget_packing_(model: nn.Module) -> None:
@@ -153,10 +183,22 @@ def _forget_packing_(model: nn.Module) -> None:
 
 
 def set_module_(model: nn.Module, name: str, module: nn.Module) -> None:
-    """Replace the submodule at qualified ``name`` (e.g. ``model.layers.0.mlp.up_proj``) with ``module``."""
+    """Replace the submodule at qualified ``name`` (e.g. ``model.layers.0.mlp.up_proj``) with ``module``. A
+    ``PackedLinear`` taking a ``Conv1D``'s place (or a packed one's) notes what it replaces in ``dense_kind``: every
+    loader and packer swaps through here, and only here is the replaced module known."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
+    if isinstance(module, PackedLinear):
+        module.dense_kind = _dense_kind(getattr(parent, child, None))
     setattr(parent, child, module)
+
+
+def _dense_kind(module: nn.Module | None) -> str:
+    from transformers.pytorch_utils import Conv1D
+
+    if isinstance(module, PackedLinear):
+        return module.dense_kind
+    return "conv1d" if isinstance(module, Conv1D) else "linear"
 
 
 def pack_layer(name: str, format: str, source, *, bias: Tensor | None = None,

@@ -33,6 +33,28 @@ def test_packed_model_matches_dequantized_dense_model(fmt, arch):
                    if "lm_head" not in n)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_unpacking_gives_back_the_dense_model(dtype):
+    """A PackedLinear that replaced GPT-2's Conv1D unpacks to a Conv1D with its ``[in, out]`` weight (also after a
+    deepcopy), in the dtype the model was cast to: the plain transformers model with the same weights."""
+    from transformers.pytorch_utils import Conv1D
+
+    from llmprune.packed_linear import unpack_linears_
+
+    model, _ = tiny_model("gpt2")
+    layers = pack_model_(model, "int4")  # the model now holds the dequantized dense weights
+    packed = copy.deepcopy(model)
+    swap_in_(packed, layers)
+    unpacked = unpack_linears_(copy.deepcopy(packed).to(dtype))
+    ulp = 0 if dtype == torch.float32 else 2 ** -7  # bfloat16 scales (``.to`` casts them) round the weights once more
+    for name in layers:
+        layer, want = unpacked.get_submodule(name), model.get_submodule(name)
+        assert type(layer) is Conv1D and layer.weight.shape == want.weight.shape and layer.weight.dtype == dtype
+        torch.testing.assert_close(layer.weight, want.weight.to(dtype), rtol=ulp, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(unpacked(IDS).logits, model.to(dtype)(IDS).logits, rtol=0, atol=ulp)
+
+
 def test_packed_linear_holds_no_dense_weight():
     weight = torch.randn(64, 128)
     module = PackedLinear.from_quantized(rtn(weight, 32), "int4")

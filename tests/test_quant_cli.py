@@ -123,3 +123,23 @@ def test_cli_export_and_a_failed_forced_rerun_keeps_both_previous_outputs(tiny_l
         run_cli([*flags, "--force"], capsys)
     after = {p: p.read_bytes() for p in [*out.iterdir(), *export.iterdir()] if p.is_file()}
     assert after == before and sorted(p.name for p in tmp_path.iterdir()) == ["q4", "q4.compressed-tensors"]
+
+
+def test_spqr_settings_given_with_option_are_the_ones_checked_and_used(tmp_path, capsys):
+    """`--option stat_group=8` on a model whose MLP width (104) 16 does not divide: the checks before calibration
+    read the option, as the quantizer does, and the checkpoint stores second-level groups of 8 rows."""
+    import transformers as tf
+
+    from tests.tiny_models import tiny_tokenizer
+
+    config = tf.LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=104, num_hidden_layers=1,
+                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    tf.LlamaForCausalLM(config).save_pretrained(tmp_path / "m")
+    tiny_tokenizer().save_pretrained(tmp_path / "m")
+    args = ["compress", tmp_path / "m", "--quant", "w3g8", "--quantizer", "spqr", "--format", "spqr", *CALIB]
+    code, _, stderr = run_cli([*args, "-o", tmp_path / "default"], capsys)
+    assert code == 2 and "stat_group=16 must divide the output dimension 104" in stderr, stderr
+    code, _, stderr = run_cli([*args, "-o", tmp_path / "out", "--option", "stat_group=8"], capsys)
+    assert code == 0, stderr
+    layers = json.loads((tmp_path / "out" / "llmprune.json").read_text())["layers"]
+    assert {record["params"]["stat_group"] for record in layers.values()} == {8}
