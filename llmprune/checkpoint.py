@@ -42,8 +42,8 @@ def _check_storable(records: dict) -> None:
         try:
             get_format(rec["format"]).tensor_specs(rec["out_features"], rec["in_features"], **rec["params"])
         except UserInputError as exc:
-            raise UserInputError(f"{name}: cannot be saved: {exc} (cast the model with .float() or .half() "
-                                 f"first)") from None
+            raise UserInputError(f"{name}: cannot be saved: {exc} (cast the model with .to(torch.float32) or "
+                                 f".to(torch.float16) first)") from None
 
 
 def _layer_record(model: nn.Module, name: str, fmt: str, params: dict) -> dict:
@@ -83,8 +83,8 @@ def _write_shards(directory: Path, state: dict) -> list[dict]:
     for name, keys in split.filename_to_tensors.items():
         save_file({k: state[k] for k in keys}, str(directory / name), metadata={"format": "pt"})
     if split.is_sharded:
-        index = {"metadata": {**split.metadata, "total_size": sum(v.numel() * v.element_size() for v in state.values())},
-                 "weight_map": split.tensor_to_filename}
+        total = sum(v.numel() * v.element_size() for v in state.values())
+        index = {"metadata": {**split.metadata, "total_size": total}, "weight_map": split.tensor_to_filename}
         (directory / constants.SAFETENSORS_INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return [mf.shard_record(directory / name) for name in split.filename_to_tensors]
 

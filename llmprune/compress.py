@@ -201,10 +201,14 @@ class Plan:
                 check_layer(format, name, n_out, n_in, quant=quant, sparsity=sparsity)
         if short:
             name, n, dropped, sparsity = min(short, key=lambda item: item[2] / item[1])
+            better = _closer_group({groups * sp.size for _, groups, _, sp in short}, sparsity)
+            quant = self.recipe.quant
+            same = f" --quant w{quant.bits}g{better}{'s' * quant.symmetric}" if quant is not None and better else ""
+            hint = (f"groups of {better} reach it (--sparsity {sparsity.fraction!r}@g{better}{same})" if better else
+                    "no smaller group dividing those layers reaches it; exclude them with --ignore")
             warnings.warn(f"{len(short)} Linear layers prune fewer weights than --sparsity {sparsity.fraction!r} "
                           f"asks: a row drops whole groups, int(groups x fraction) of them (e.g. {name}: {dropped} "
-                          f"of {n} groups of {sparsity.size}, sparsity {dropped / n:.3f}); a smaller group comes "
-                          f"closer (--sparsity {sparsity.fraction!r}@g16, or a smaller --quant group)",
+                          f"of {n} groups of {sparsity.size}, sparsity {dropped / n:.3f}); {hint}",
                           stacklevel=1)  # one location: the CLI's plan and compress_'s plan warn once together
 
     def refine_applies(self, name: str) -> bool:
@@ -288,6 +292,15 @@ class Plan:
         record["quant"] = str(spec)
         self.report.quantized[name] = qw
         return qw.dequantize(), (qw.mask if qw.mask is not None else mask)
+
+
+def _closer_group(widths: set[int], sparsity: Groups) -> int | None:
+    """The largest group size below ``sparsity.size`` that divides every width and drops whole groups to within a
+    point of the fraction in each; None when there is none."""
+    for size in range(sparsity.size - 1, 0, -1):
+        if all(w % size == 0 and not _group_shortfall("", w, Groups(size, sparsity.fraction)) for w in widths):
+            return size
+    return None
 
 
 def _group_shortfall(name: str, in_features: int, sparsity: Sparsity) -> list[tuple[str, int, int, Groups]]:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from . import dispatch
 from .errors import UserInputError
-from .formats import get_format, needs_quant
+from .formats import dtype_name, get_format, needs_quant
 from .types import Pruned, QuantizedWeight
 
 
@@ -104,7 +104,12 @@ class PackedLinear(nn.Module):
         scales to bfloat16); ``params`` then follow the tensors, so a save writes what a load expects."""
         dispatch.drop_plan(self)
         result = super()._apply(fn, recurse)
-        self.params = dict(get_format(self.format).params(self.packed(), self.in_features))
+        packed = self.packed()
+        if not any(t.is_meta for t in packed.values()):
+            self.params = dict(get_format(self.format).params(packed, self.in_features))
+        elif "dtype" in self.params:  # meta tensors hold no values (spqr's code widths): only the dtype can change
+            floats = [t.dtype for t in packed.values() if t.is_floating_point()]
+            self.params = {**self.params, "dtype": dtype_name(floats[0])} if floats else self.params
         return result
 
     def extra_repr(self) -> str:

@@ -125,6 +125,9 @@ def test_checkpoint_resave_after_a_dtype_cast(tmp_path, fmt):
 
 def test_checkpoint_refuses_float64_packed_layers_before_writing(tmp_path):
     _, packed, layers = _packed_tiny("llama", "int4")
-    with pytest.raises(UserInputError, match=r"cannot be saved: storage dtype 'float64'.*\.float\(\)"):
-        checkpoint.save(packed.double(), tmp_path / "d")
+    wide = packed.double()
+    with pytest.raises(UserInputError, match=r"cannot be saved: storage dtype 'float64'.*\.to\(torch\.float32\)"):
+        checkpoint.save(wide, tmp_path / "d")
     assert not (tmp_path / "d").exists() and not list(tmp_path.iterdir())
+    checkpoint.save(wide.to(torch.float32), tmp_path / "d")  # the advice works (.float() is refused on a loaded one)
+    assert (tmp_path / "d" / "llmprune.json").is_file()

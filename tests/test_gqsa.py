@@ -85,8 +85,16 @@ def test_gqsa_warns_before_calibration_when_whole_groups_fall_short_of_the_fract
 
     model, _ = tiny_model("llama")
     with pytest.warns(UserWarning, match=r"fewer weights than --sparsity 0.5 asks.*0 of 1 groups of 64, sparsity "
-                                         r"0.000.*0.5@g16"):
-        build_plan(model, Recipe(method="gqsa", sparsity=Groups(64, 0.5)))
+                                         r"0.000\); groups of 32 reach it \(--sparsity 0.5@g32 --quant w4g32\)$"):
+        build_plan(model, Recipe(method="gqsa", sparsity=Groups(64, 0.5), quant=QuantSpec(4, 64)))
+    # the advice is computed: in=104 with groups of 8 (13 per row) falls short, and 16 would not divide 104
+    from llmprune.compress import Plan
+
+    wide = torch.nn.Linear(104, 8)
+    plan = Plan(Recipe(method="gqsa", sparsity=Groups(8, 0.5)), {"0": wide})
+    with pytest.warns(UserWarning, match=r"6 of 13 groups of 8, sparsity 0.462\); groups of 4 reach it "
+                                         r"\(--sparsity 0.5@g4\)$"):
+        plan.check_shapes({"0": wide}, lambda m: tuple(m.weight.shape))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         build_plan(model, Recipe(method="gqsa", sparsity=Groups(16, 0.5)))

@@ -33,6 +33,19 @@ def test_packed_model_matches_dequantized_dense_model(fmt, arch):
                    if "lm_head" not in n)
 
 
+@pytest.mark.parametrize("fmt", [f for f in FORMATS.names() if f != "dense"])
+def test_a_packed_model_moves_to_the_meta_device_keeping_its_params(fmt):
+    """accelerate's offloading and ``init_empty_weights``-style code move modules to meta, where no value (spqr's
+    code widths) can be read: the layer keeps the params it had, the dtype following a cast."""
+    model, _ = tiny_model("llama")
+    swap_in_(model, pack_model_(model, fmt))
+    before = {n: dict(m.params) for n, m in model.named_modules() if isinstance(m, PackedLinear)}
+    model.to("meta")
+    assert {n: m.params for n, m in model.named_modules() if isinstance(m, PackedLinear)} == before
+    model.to(torch.bfloat16)
+    assert {m.params.get("dtype", "bfloat16") for m in model.modules() if isinstance(m, PackedLinear)} == {"bfloat16"}
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_unpacking_gives_back_the_dense_model(dtype):
     """A PackedLinear that replaced GPT-2's Conv1D unpacks to a Conv1D with its ``[in, out]`` weight (also after a
