@@ -263,6 +263,8 @@ def load(path, *, device="cpu", dtype: torch.dtype | None = None):
         model = _skeleton(directory, manifest)
         _assign(model, _read_state(directory, manifest, dtype), manifest, directory / mf.FILENAME)
         _mark_packed(model, manifest)
+        if dtype is not None:
+            model.config.dtype = dtype  # as from_pretrained(dtype=...) records it (a save writes it to config.json)
     has_tokenizer = any((directory / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
     tokenizer = AutoTokenizer.from_pretrained(directory) if has_tokenizer else None
     return model.to(torch.device(device)).eval(), tokenizer, manifest

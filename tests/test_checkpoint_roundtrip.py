@@ -107,6 +107,7 @@ def test_checkpoint_load_casts_dense_tensors(tmp_path):
     assert model.model.embed_tokens.weight.dtype == torch.bfloat16
     assert model.model.layers[0].mlp.up_proj.scales.dtype == torch.float32  # packed tensors stay as stored
     assert model(IDS).logits.dtype == torch.bfloat16
+    assert model.config.dtype == torch.bfloat16  # as from_pretrained(dtype=...) records it
 
 
 @pytest.mark.parametrize("fmt", [f for f in FORMATS.names() if f != "dense"])
