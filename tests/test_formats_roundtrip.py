@@ -129,12 +129,16 @@ def test_sparse24_rejects_dense_weight():
     ("group_sparse_int4", (8, 32), "w4g16", "0.5@g8", "needs group sparsity with the quantization group"),
     ("spqr", (8, 24), "w3g16", None, "group size 16 does not divide"),
     ("spqr", (12, 32), "w3g16", None, "stat_group 16 must divide out_features"),
+    ("spqr", (16, 32), "gptq:w3g16", None, "which only the spqr quantizer makes; add --quantizer spqr"),
+    ("int4", (16, 32), "spqr:w4g16", None, "--format int4 cannot hold SpQR's unrounded zero points"),
 ])
 def test_check_layer_refuses_before_calibration(fmt, shape, quant, sparsity, fragment):
+    """``quant`` as ``[quantizer:]wB[gG]``; the quantizer defaults to the one the format stores (spqr's own)."""
     from llmprune.formats import check_layer
     from llmprune.recipe import parse_quant, parse_sparsity
 
-    q = parse_quant(quant) if quant else None
+    method, _, text = quant.rpartition(":") if quant else ("", "", "")
+    q = parse_quant(text, method or ("spqr" if fmt == "spqr" else "gptq")) if quant else None
     s = parse_sparsity(sparsity) if sparsity else None
     with pytest.raises(UserInputError) as info:
         check_layer(fmt, "layers.0.q_proj", *shape, quant=q, sparsity=s)
