@@ -178,18 +178,26 @@ def _expand(entry, where: KeyLines, key: str) -> list[Variant]:
             raise where.error(f"{key}.{k}", "empty list; give at least one value")
     fixed = {k: v for k, v in entry.items() if k not in axes}
     variants = []
-    grid = any(len(values) > 1 for values in axes.values())
-    for combo in itertools.product(*axes.values()):
+    combos = list(itertools.product(*axes.values()))
+    for combo in combos:
         try:
             recipe = _validate_recipe({**fixed, **dict(zip(axes, combo))}, where, key)
         except UserInputError as exc:
-            if not grid:
-                raise
+            if not any(_valid({**fixed, **dict(zip(axes, other))}, where, key) for other in combos if other != combo):
+                raise  # no other combination runs either: the grid is not the problem
             point = ", ".join(f"{k}: {v}" for k, v in zip(axes, combo) if len(axes[k]) > 1)
             raise UserInputError(f"{exc} (in the grid's combination {point}; a grid runs every combination, so "
                                  f"write the ones that fit as separate recipes)") from None
         variants.append(Variant(_label(recipe), recipe))
     return variants
+
+
+def _valid(recipe: dict, where: KeyLines, key: str) -> bool:
+    try:
+        _validate_recipe(dict(recipe), where, key)
+    except UserInputError:
+        return False
+    return True
 
 
 def _evaluations(data, where: KeyLines) -> Evaluations:

@@ -138,22 +138,31 @@ def atomic_dirs(out_dirs, force: bool = False, protect=()):
         with deferred_signals():
             for tmp in staged:
                 shutil.rmtree(tmp, ignore_errors=True)
-            for folder in reversed(created):  # the parents this run made, deepest first, unless something is in them
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+            _remove_empty(created)
         raise
+    committed = False
     try:
         with deferred_signals():
             try:
                 _commit(list(zip(staged, outs)))
+                committed = True
             except OSError as exc:  # the previous outputs are back; say which one could not be replaced
+                _remove_empty(created)
                 where = exc.filename or outs[0]
                 raise UserInputError(f"--output {where}: could not be replaced ({exc.strerror or exc}); the "
                                      f"previous output is unchanged; choose another path") from None
     except (KeyboardInterrupt, Terminated):  # held back until the outputs were in place: say they are whole
-        warnings.warn(f"the interrupt came after the output was complete; {', '.join(map(str, outs))} "
-                      f"{'is' if len(outs) == 1 else 'are'} in place", stacklevel=3)
+        if committed:
+            warnings.warn(f"the interrupt came after the output was complete; {', '.join(map(str, outs))} "
+                          f"{'is' if len(outs) == 1 else 'are'} in place", stacklevel=3)
         raise
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the parent folders a run made (deepest first), unless something else is in them now."""
+    for folder in reversed(created):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _make_parents(folder: Path) -> list[Path]:

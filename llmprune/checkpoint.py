@@ -229,8 +229,8 @@ def _check_config_matches(directory: Path, manifest: dict) -> None:
     marker = mf.config_marker(directory)
     if marker is None and manifest["format"] != "dense" and (directory / "config.json").is_file():
         raise CorruptCheckpoint(f"{directory / 'config.json'}: no llmprune quantization_config, so transformers "
-                                f"would load the packed layers as random weights (edited by hand?); re-save the "
-                                f"checkpoint")
+                                f"would load the packed layers as random weights (edited by hand?); restore "
+                                f"config.json from a copy or run llmprune compress again")
     if marker is not None and marker.get("layers") != manifest["layers"]:
         raise CorruptCheckpoint(f"{directory / 'config.json'}: quantization_config's layers differ from "
                                 f"{mf.FILENAME}'s (edited by hand?); re-save the checkpoint")

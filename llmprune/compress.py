@@ -189,19 +189,20 @@ class Plan:
                                      f"takes no sparsity; drop --sparsity or use --quantizer gptq or rtn")
         from .quant.uniform import check_quant_shape
 
-        short, quant = [], self.recipe.quant_as_run()
+        short, grouped, quant = [], set(), self.recipe.quant_as_run()
         for name, sparsity in self.targets.items():
             n_out, n_in = shape(modules[name])
             if sparsity is not None:
                 check_shape(n_in, sparsity, name)
                 short += _group_shortfall(name, n_in, sparsity)
+                grouped |= {n_in} if isinstance(sparsity, Groups) else set()
             if quant is not None:
                 check_quant_shape(n_in, quant, name, out_features=n_out)
             if format is not None:
                 check_layer(format, name, n_out, n_in, quant=quant, sparsity=sparsity)
         if short:
             name, n, dropped, sparsity = min(short, key=lambda item: item[2] / item[1])
-            better = _closer_group({groups * sp.size for _, groups, _, sp in short}, sparsity)
+            better = _closer_group(grouped, sparsity)
             quant = self.recipe.quant
             same = f" --quant w{quant.bits}g{better}{'s' * quant.symmetric}" if quant is not None and better else ""
             hint = (f"groups of {better} reach it (--sparsity {sparsity.fraction!r}@g{better}{same})" if better else
@@ -295,9 +296,12 @@ class Plan:
 
 
 def _closer_group(widths: set[int], sparsity: Groups) -> int | None:
-    """The largest group size below ``sparsity.size`` that divides every width and drops whole groups to within a
-    point of the fraction in each; None when there is none."""
-    for size in range(sparsity.size - 1, 0, -1):
+    """The largest group size below ``sparsity.size`` that divides every group-sparse layer's width and drops whole
+    groups to within a point of the fraction in each; even and at least 4 (the packed format stores nibble pairs,
+    and smaller groups are hardly groups); None when there is none."""
+    for size in range(sparsity.size - 1, 3, -1):
+        if size % 2:
+            continue
         if all(w % size == 0 and not _group_shortfall("", w, Groups(size, sparsity.fraction)) for w in widths):
             return size
     return None

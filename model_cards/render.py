@@ -198,13 +198,14 @@ def _spqr_settings(recipe_options: dict | None, quant_options: dict | None) -> d
     import inspect
 
     from llmprune.quant.gptq import _flag
-    from llmprune.quant.spqr import spqr
+    from llmprune.quant.spqr import SETTINGS, _option_number, spqr
 
-    names = ("spqr_damp", "outlier_threshold", "stat_bits", "stat_group", "act_order")
     params = inspect.signature(spqr).parameters
     given = {**(recipe_options or {}), **(quant_options or {})}
-    settings = {name: given.get(name, params[name].default) for name in names}
-    return {**settings, "act_order": _flag(settings["act_order"])}
+    settings = {name: given.get(name, params[name].default) for name in SETTINGS}
+    kinds = {"spqr_damp": float, "outlier_threshold": float, "stat_bits": int, "stat_group": int}
+    return {**{k: _option_number(k, settings[k], kind) for k, kind in kinds.items()},
+            "act_order": _flag(settings["act_order"])}
 
 
 def _context(manifest: dict, results: list[dict] | None, model_name: str, repo_id: str) -> dict:

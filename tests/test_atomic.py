@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,26 @@ def test_a_failed_rename_puts_every_previous_target_back(tmp_path, monkeypatch):
             (a / "new.txt").write_text("new")
             (b / "new.txt").write_text("new")
     assert _contents(tmp_path) == {"out": ["previous.txt"], "out.export": ["previous.txt"]}
+
+
+def test_a_failed_commit_under_ctrl_c_claims_nothing_and_removes_the_parents_it_made(tmp_path, monkeypatch):
+    """Ctrl-C held back during renames that then fail: no "output is in place" warning (it is not), and the parent
+    folders the run created are gone, as after any other failure."""
+    real_rename = Path.rename
+
+    def rename(self, dest):
+        if ".tmp-" in self.name:
+            signal.raise_signal(signal.SIGINT)
+            raise OSError(28, "No space left on device", str(dest))
+        return real_rename(self, dest)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would fail the test
+        with pytest.raises(KeyboardInterrupt):
+            with atomic.atomic_dir(tmp_path / "new" / "out") as staged:
+                (staged / "f.txt").write_text("x")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_failure_while_staging_leaves_the_targets_and_no_staged_folder(tmp_path):

@@ -203,6 +203,9 @@ BAD_SPECS = [
      "evaluations: {perplexity: [wikitext2]}\n",
      r"spec.yaml:3: recipes\[0\].format: .* \(in the grid's combination sparsity: 0.5, format: sparse24; a grid "
      r"runs every combination, so write the ones that fit as separate recipes\)$"),
+    # no combination can run: the error is the recipe's, not the grid's
+    ("models: [m]\nrecipes:\n  - {method: bogus, sparsity: [0.5, 0.6]}\nevaluations: {perplexity: [wikitext2]}\n",
+     r"recipes\[0\].method: unknown method 'bogus'[^(]*$"),
     ("models: [m]\nrecipes:\n  - {method: wanda, sparsity: 0.5}\nevaluations: {perplexity: [wikitext2]}\n"
      "dtype: int8\n", r"spec.yaml:5: dtype: 'int8': choose float32, float16 or bfloat16"),
     ("models: [m]\nrecipes:\n  - {method: wanda, sparsity: 0.5}\nevaluations: {perplexity: [wikitext2]}\n"

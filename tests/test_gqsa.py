@@ -95,6 +95,12 @@ def test_gqsa_warns_before_calibration_when_whole_groups_fall_short_of_the_fract
     with pytest.warns(UserWarning, match=r"6 of 13 groups of 8, sparsity 0.462\); groups of 4 reach it "
                                          r"\(--sparsity 0.5@g4\)$"):
         plan.check_shapes({"0": wide}, lambda m: tuple(m.weight.shape))
+    # the advice must fit every group-sparse layer (g12 would divide 48 but not 64) and be a group at all
+    mixed = {"a": torch.nn.Linear(48, 8), "b": torch.nn.Linear(64, 8)}
+    with pytest.warns(UserWarning, match=r"groups of 8 reach it \(--sparsity 0.5@g8\)$"):
+        Plan(Recipe(method="gqsa", sparsity=Groups(16, 0.5)), mixed).check_shapes(mixed, lambda m: m.weight.shape)
+    with pytest.warns(UserWarning, match=r"no smaller group dividing those layers reaches it"):
+        Plan(Recipe(method="gqsa", sparsity=Groups(16, 0.3)), mixed).check_shapes(mixed, lambda m: m.weight.shape)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         build_plan(model, Recipe(method="gqsa", sparsity=Groups(16, 0.5)))

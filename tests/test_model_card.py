@@ -109,8 +109,8 @@ def test_model_card_shows_only_the_settings_the_recipe_used(recipe, method_row, 
 
 @pytest.mark.parametrize("options, quant_options, settings", [
     ({}, {}, "dampening 1.0, outlier threshold 0.2, 3-bit statistics over groups of 16 rows, act-order on"),
-    ({"spqr_damp": "0.5", "act_order": "false"}, {"outlier_threshold": 1.0},
-     "dampening 0.5, outlier threshold 1.0, 3-bit statistics over groups of 16 rows, act-order off"),
+    ({"spqr_damp": "0.5", "act_order": "false", "stat_bits": "2.0"}, {"outlier_threshold": 1.0},
+     "dampening 0.5, outlier threshold 1.0, 2-bit statistics over groups of 16 rows, act-order off"),
 ])
 def test_model_card_of_spqr_shows_the_settings_spqr_ran_with(options, quant_options, settings):
     """SpQR reads its own dampening (not --damp) and a per-row group means its default g16; a quant-only run

@@ -66,6 +66,9 @@ def test_cli_compress_with_quant_records_bits_and_grid_values(flags, bits, tiny_
     (["--quant", "w3g8s", "--quantizer", "spqr"], "asymmetric"),
     (["--quant", "w3g16", "--quantizer", "spqr", "--option", "stat_group=7"], "stat_group=7"),
     (["--quant", "w3g16", "--quantizer", "spqr", "--option", "stat_bits=0"], "stat_bits=0"),
+    (["--quant", "w3g16", "--quantizer", "spqr", "--option", "stat_bits=2.5"], "stat_bits=2.5: SpQR needs a whole"),
+    (["--quant", "w3g16", "--quantizer", "spqr", "--option", "spqr_damp=x"], "spqr_damp=x: SpQR needs a number"),
+    (["--quant", "w3g16", "--quantizer", "spqr", "--option", "act_order=maybe"], "act_order=maybe: write true or"),
     (["--quant", "w4g16", "--quantizer", "gtpq"], "did you mean 'gptq'"),
     (["--sparsity", "0.5", "--quant", "w3g16", "--quantizer", "spqr"], "takes no sparsity"),  # before calibration
     # compressed-tensors refusals, before calibration too (they came after the whole compression)

@@ -82,8 +82,14 @@ def unpermute(perm: Tensor, group: int, columns: list[Tensor], grids: list[Tenso
     return [c[:, inverse] for c in columns], [g[:, group_inverse] for g in grids]
 
 
-def _flag(value) -> bool:
-    return value if isinstance(value, bool) else str(value).strip().lower() in {"1", "true", "yes", "on"}
+def _flag(value, key: str = "act_order") -> bool:
+    """An on/off ``--option`` value; anything else is refused rather than read as off."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+        raise UserInputError(f"--option {key}={value}: write true or false")
+    return text in {"1", "true", "yes", "on"}
 
 
 def quantized_sweep(weight: Tensor, stats: Stats, spec: QuantSpec, *, damp: float, block: int, name: str,

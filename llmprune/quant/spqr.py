@@ -148,13 +148,29 @@ def _csr(outlier: Tensor, weight: Tensor, dtype: torch.dtype) -> tuple[Tensor, T
     return row_ptr, cols.to(torch.int32), weight[rows, cols].to(dtype)
 
 
+def _option_number(key: str, value, kind: type) -> int | float:
+    """An ``--option`` value as ``kind``: '2.5' is not a whole number (int() would truncate it) and 'abc' no number."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)
+        if kind is int and not number.is_integer():
+            raise ValueError
+        return int(number) if kind is int else number
+    except (TypeError, ValueError):
+        what = "a whole number" if kind is int else "a number"
+        raise UserInputError(f"--option {key}={value}: SpQR needs {what} here") from None
+
+
 def _settings(spec: QuantSpec, rows: int, cols: int, given: dict, name: str) -> dict:
     """Resolve options (``spec.options`` win over keyword arguments) and refuse impossible ones, one line each."""
     opts = {**given, **{k: v for k, v in dict(spec.options).items() if k in given}}
     where = f"{name}: " if name else ""
-    opts["outlier_threshold"] = float(opts["outlier_threshold"])
-    opts["stat_bits"], opts["stat_group"] = int(opts["stat_bits"]), int(opts["stat_group"])
-    opts["spqr_damp"], opts["act_order"] = float(opts["spqr_damp"]), _flag(opts["act_order"])
+    for key in ("outlier_threshold", "spqr_damp"):
+        opts[key] = _option_number(key, opts[key], float)
+    for key in ("stat_bits", "stat_group"):
+        opts[key] = _option_number(key, opts[key], int)
+    opts["act_order"] = _flag(opts["act_order"])
     if spec.symmetric:
         raise UserInputError(f"{where}--quant {spec}: SpQR grids are asymmetric; drop the 's' (e.g. --quant w3g16)")
     if not 1 <= opts["stat_bits"] <= 8:
