@@ -231,6 +231,8 @@ class BatchRunner:
                 record_rows(model_dir, rows, self.spec.dtype)
         except Exception as exc:  # a failing cell is recorded and the batch goes on
             result.status, result.error = "error", f"{exc.__class__.__name__}: {' '.join(str(exc).split())}"
+            if result.model_dir and not (Path(result.model_dir) / "llmprune.json").is_file():
+                result.model_dir = None  # its compression failed: no folder to point at
         finally:
             del model
             gc.collect()

@@ -82,6 +82,7 @@ def test_batch_failing_cell_is_recorded_and_the_run_continues(tmp_path):
     results = runner.run()
     assert [r.status for r in results] == ["ok", "ok", "error", "ok"]
     assert results[2].error == "UserInputError: boom at 0.75" and results[2].metrics == {}
+    assert results[2].model_dir is None and Path(results[1].model_dir).is_dir()  # no folder for a failed compression
     paths = write_report(results, tmp_path / "out")
     lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
     assert len(lines) == 4 and json.loads(lines[2])["error"] == "UserInputError: boom at 0.75"
