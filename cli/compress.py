@@ -83,7 +83,8 @@ def compress_command(
     output: Path = typer.Option(..., "--output", "-o", help="Output folder (written atomically)."),
     method: str = typer.Option("wanda", help="Pruning method: magnitude, wanda, sparsegpt, gqsa."),
     sparsity: Optional[str] = typer.Option(None, help="Fraction (0.5), N:M (2:4 keeps 2 of every 4), or 0.5@g16."),
-    quant: Optional[str] = typer.Option(None, help="Weight quantization, e.g. w4g128 (4-bit, groups of 128, asymmetric), w4g128s (symmetric)."),
+    quant: Optional[str] = typer.Option(None, help="Weight quantization, e.g. w4g128 (4-bit, groups of 128, "
+                                        "asymmetric), w4g128s (symmetric)."),
     quantizer: str = typer.Option("gptq", help="Quantizer: rtn, gptq, spqr."),
     refine: Optional[str] = typer.Option(None, help="Refinement after pruning, e.g. dsnot."),
     calib: str = typer.Option("c4", help="Calibration: c4, wikitext2, ptb (optionally NAME:SPLIT), a .txt/.jsonl/"
@@ -101,7 +102,8 @@ def compress_command(
                                       "(routed) or on every token (all, llm-compressor's default); the outputs "
                                       "follow the routing either way."),
     format: str = typer.Option("dense", "--format", help="Storage: dense, int4, sparse24, sparse24_int4, group_sparse_int4, spqr."),
-    export: Optional[str] = typer.Option(None, help="Also export, e.g. compressed-tensors (to the sibling folder OUTPUT.compressed-tensors)."),
+    export: Optional[str] = typer.Option(None, help="Also export, e.g. compressed-tensors (to the sibling folder "
+                                         "OUTPUT.compressed-tensors)."),
     device: str = typer.Option("cpu", help="Compute device for the layer being compressed: cpu or cuda."),
     dtype: str = typer.Option("float32", help="Model dtype while compressing and when saved: float32, float16, bfloat16."),
     batch_size: int = typer.Option(8, help="Calibration windows per forward pass."),
