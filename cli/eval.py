@@ -44,10 +44,7 @@ def _ppl_rows(model, tokenizer, texts: list, *, seqlen, max_seqlen, device, batc
                             progress=progress, dataset=text.name,
                             max_windows=min(filter(None, (text.max_windows, max_windows)), default=None))
         typer.echo(f"{text.name}: ppl {result.ppl:.4f}  [{result.protocol()}]", err=True)
-        rows.append({"dataset": text.name, "ppl": result.ppl, "nll": result.nll_mean, "seqlen": result.seqlen,
-                     "windows": result.windows, "tokens": result.tokens,
-                     # the protocol's windows (C4's first 256 are its whole protocol): more only with --ppl-max-windows
-                     "available_windows": min(filter(None, (result.available_windows, text.max_windows)))})
+        rows.append(result.row(text.max_windows))
     return rows
 
 

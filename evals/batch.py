@@ -118,9 +118,7 @@ def evaluate_cell(model, tokenizer, evals: Evaluations, *, device: str, on_stage
                                 batch_size=evals.batch_size, progress=False, dataset=text.name,
                                 max_windows=min(caps) if caps else None)
             metrics[f"ppl:{name}"] = result.ppl
-            rows += rows_from_perplexity([{"dataset": text.name, "ppl": result.ppl, "seqlen": result.seqlen,
-                                           "windows": result.windows, "available_windows": min(
-                                               filter(None, (result.available_windows, text.max_windows)))}])
+            rows += rows_from_perplexity([result.row(text.max_windows)])
     if evals.zeroshot:
         from .zeroshot import run_zeroshot
 

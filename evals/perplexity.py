@@ -63,6 +63,14 @@ class PerplexityResult:
     def capped(self) -> bool:
         return self.available_windows is not None and self.windows < self.available_windows
 
+    def row(self, protocol_windows: int | None = None) -> dict:
+        """The result as ``llmprune eval`` prints it and ``model_cards.rows_from_perplexity`` takes it;
+        ``protocol_windows``: a set's own cap (C4's first 256 windows are its whole protocol), so that only a
+        ``--ppl-max-windows`` cap below it reads as partial."""
+        return {"dataset": self.dataset, "ppl": self.ppl, "nll": self.nll_mean, "seqlen": self.seqlen,
+                "windows": self.windows, "tokens": self.tokens,
+                "available_windows": min(filter(None, (self.available_windows, protocol_windows)))}
+
     def protocol(self) -> str:
         """One line that says what the number means; printed with every perplexity."""
         scored = f"the first {self.windows} of {self.available_windows}" if self.capped else f"{self.windows}"

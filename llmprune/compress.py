@@ -203,7 +203,6 @@ class Plan:
         if short:
             name, n, dropped, sparsity = min(short, key=lambda item: item[2] / item[1])
             better = _closer_group(grouped, sparsity)
-            quant = self.recipe.quant
             same = f" --quant w{quant.bits}g{better}{'s' * quant.symmetric}" if quant is not None and better else ""
             hint = (f"groups of {better} reach it (--sparsity {sparsity.fraction!r}@g{better}{same})" if better else
                     "no smaller group dividing those layers reaches it; exclude them with --ignore")

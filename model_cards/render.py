@@ -194,18 +194,10 @@ def _with_keys(data: dict | None, keys: str) -> dict:
 
 def _spqr_settings(recipe_options: dict | None, quant_options: dict | None) -> dict:
     """The settings SpQR ran with: its defaults, overridden by ``--option`` and then by the quant spec's options,
-    as ``quant.spqr._settings`` resolves them."""
-    import inspect
+    as ``quant.spqr.settings_of`` resolves them for the quantizer."""
+    from llmprune.quant.spqr import settings_of
 
-    from llmprune.quant.gptq import _flag
-    from llmprune.quant.spqr import SETTINGS, _option_number, spqr
-
-    params = inspect.signature(spqr).parameters
-    given = {**(recipe_options or {}), **(quant_options or {})}
-    settings = {name: given.get(name, params[name].default) for name in SETTINGS}
-    kinds = {"spqr_damp": float, "outlier_threshold": float, "stat_bits": int, "stat_group": int}
-    return {**{k: _option_number(k, settings[k], kind) for k, kind in kinds.items()},
-            "act_order": _flag(settings["act_order"])}
+    return settings_of({**(recipe_options or {}), **(quant_options or {})})
 
 
 def _context(manifest: dict, results: list[dict] | None, model_name: str, repo_id: str) -> dict:

@@ -3,7 +3,6 @@ table/JSON rows, one-line errors, and the 7B shapes built on the meta device onl
 ``benchmarks/kernels.py`` on a machine without a GPU (bad names, exit status)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,6 +18,7 @@ from typer.testing import CliRunner
 from llmprune.errors import UserInputError
 from llmprune.evals import bench, random_models
 from llmprune.packed_linear import PackedLinear
+from tests.scripts import load_benchmark
 
 PACKED = [f for f in bench.FORMATS if f != "dense"]
 
@@ -212,10 +212,7 @@ KERNELS_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "kernels.p
 
 @pytest.fixture(scope="module")
 def kernels_script():
-    spec = importlib.util.spec_from_file_location("bench_kernels_cli", KERNELS_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("kernels", "bench_kernels_cli")
 
 
 @pytest.mark.parametrize("argv,needle", [

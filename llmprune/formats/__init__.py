@@ -121,13 +121,14 @@ def check_recipe(format: str, recipe) -> None:
 def _check_pattern(format: str, name: str, quant, sparsity, in_features: int | None) -> None:
     """What the format demands of the recipe: quantized codes, a 2:4-storable pattern, groups matching the quant
     group (``in_features`` None: a per-row quant group is not known yet, so not checked)."""
-    if get_format(format).quantized and quant is None:
+    quantized = get_format(format).quantized
+    if quantized and quant is None:
         raise needs_quant(format, name)
     spqr_codes = quant is not None and quant.method == "spqr"
     if format == "spqr" and not spqr_codes:
         raise UserInputError(f"{name}: --format spqr stores SpQR's bilevel statistics and outliers, which only the "
                              f"spqr quantizer makes; add --quantizer spqr (e.g. --quant w3g16 --quantizer spqr)")
-    if spqr_codes and format != "spqr" and get_format(format).quantized:
+    if spqr_codes and format != "spqr" and quantized:
         raise UserInputError(f"{name}: --format {format} cannot hold SpQR's unrounded zero points and outliers; use "
                              f"--format spqr (or dense)")
     if format in ("sparse24", "sparse24_int4") and not fits_24(sparsity):

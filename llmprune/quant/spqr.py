@@ -59,6 +59,7 @@ from .gptq import _flag, act_order_perm, unpermute
 from .uniform import check_quant_shape, dequantize, effective_group, find_params, maxq, quantize_codes, stored_scale
 
 MIN_RANGE_RATIO = 256.0  # first-level scale >= amax / 256, so zero points stay below ~256 (module docstring)
+SETTINGS = ("outlier_threshold", "stat_bits", "stat_group", "spqr_damp", "act_order")  # spqr()'s --option names
 
 
 def quantize_stat(x: Tensor, stat_bits: int, stat_group: int,
@@ -162,15 +163,21 @@ def _option_number(key: str, value, kind: type) -> int | float:
         raise UserInputError(f"--option {key}={value}: SpQR needs {what} here") from None
 
 
-def _settings(spec: QuantSpec, rows: int, cols: int, given: dict, name: str) -> dict:
-    """Resolve options (``spec.options`` win over keyword arguments) and refuse impossible ones, one line each."""
-    opts = {**given, **{k: v for k, v in dict(spec.options).items() if k in given}}
+def settings_of(options: dict, given: dict | None = None) -> dict:
+    """SpQR's settings, parsed strictly: ``given`` (default: ``spqr``'s own defaults), overridden by the keys of
+    ``options`` SpQR reads. The quantizer, the checks before calibration and the model card resolve them here."""
+    if given is None:
+        params = inspect.signature(spqr).parameters
+        given = {k: params[k].default for k in SETTINGS}
+    opts = {**given, **{k: v for k, v in options.items() if k in SETTINGS}}
+    kinds = {"outlier_threshold": float, "spqr_damp": float, "stat_bits": int, "stat_group": int}
+    return {**{k: _option_number(k, opts[k], kind) for k, kind in kinds.items()}, "act_order": _flag(opts["act_order"])}
+
+
+def _settings(spec: QuantSpec, rows: int, cols: int, given: dict | None, name: str) -> dict:
+    """Resolve options (``spec.options`` win over ``given``) and refuse impossible ones, one line each."""
+    opts = settings_of(dict(spec.options), given)
     where = f"{name}: " if name else ""
-    for key in ("outlier_threshold", "spqr_damp"):
-        opts[key] = _option_number(key, opts[key], float)
-    for key in ("stat_bits", "stat_group"):
-        opts[key] = _option_number(key, opts[key], int)
-    opts["act_order"] = _flag(opts["act_order"])
     if spec.symmetric:
         raise UserInputError(f"{where}--quant {spec}: SpQR grids are asymmetric; drop the 's' (e.g. --quant w3g16)")
     if not 1 <= opts["stat_bits"] <= 8:
@@ -188,11 +195,7 @@ def _settings(spec: QuantSpec, rows: int, cols: int, given: dict, name: str) -> 
 
 def check_settings(spec: QuantSpec, rows: int, cols: int, name: str = "") -> None:
     """``_settings``' refusals before calibration, for options given in ``spec`` (defaults: ``spqr``'s)."""
-    params = inspect.signature(spqr).parameters
-    _settings(spec, rows, cols, {k: params[k].default for k in SETTINGS}, name)
-
-
-SETTINGS = ("outlier_threshold", "stat_bits", "stat_group", "spqr_damp", "act_order")
+    _settings(spec, rows, cols, None, name)
 
 
 @QUANTIZERS.register("spqr", needs=frozenset({"hessian"}), takes_mask=False)

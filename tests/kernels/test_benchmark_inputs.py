@@ -3,7 +3,6 @@ references on them (as the GPU run assumes); without CUDA the script says nothin
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,15 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.scripts import load_benchmark
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "kernels.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_kernels", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("kernels", "bench_kernels")
 
 
 @pytest.mark.parametrize("fmt", ["int4", "sparse24", "sparse24_int4", "group_sparse_int4", "spqr"])
