@@ -18,6 +18,7 @@ from .errors import UserInputError
 from .layer_records import weighted_mean
 from .masks import check_shape, verify_pattern
 from .merged_projections import refuse_merged
+from .options import like
 from .recipe import NM, Groups, Recipe, Sparsity, Unstructured
 from .types import Pruned, QuantizedWeight, Stats
 
@@ -75,23 +76,31 @@ def _router_reason(name: str) -> str | None:
 INTERNAL_OPTIONS = {"name", "mask", "calib_seqlen", "scale_dtype", "damp", "block"}  # set by the plan or the recipe
 
 
-def accepted_options(recipe: Recipe) -> set[str]:
-    """The ``--option`` names the steps of ``recipe`` read: keyword-only parameters of its method, refiner and
-    quantizer functions (and of the joint SparseGPT + GPTQ sweep), plus those a registry entry names in ``options``;
-    the plan's own arguments aside."""
+def option_defaults(recipe: Recipe) -> dict[str, tuple[object, str]]:
+    """The ``--option`` names the steps of ``recipe`` read, each with its default and the step that reads it:
+    keyword-only parameters of its method, refiner and quantizer functions (and of the joint SparseGPT + GPTQ
+    sweep), plus those a registry entry names in ``options`` (name: default); the plan's own arguments aside."""
     from .prune import METHODS
     from .refine import REFINERS
 
     refiner = None if recipe.refine is None else REFINERS.get(recipe.refine)
-    entries = [METHODS.get(recipe.method), refiner, Plan._quantizer(recipe)]
-    fns = [e.fn for e in entries if e is not None]
+    entries = [e for e in (METHODS.get(recipe.method), refiner, Plan._quantizer(recipe)) if e is not None]
+    steps = [(e.name, e.fn) for e in entries]
     if recipe.quant is not None and recipe.method == "sparsegpt" and recipe.quant.method == "gptq":
         from .quant.gptq import sparsegpt_quant
 
-        fns.append(sparsegpt_quant)
-    accepted = {p.name for fn in fns for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY}
-    accepted |= {o for e in entries if e is not None for o in e.meta.get("options", ())}
-    return accepted - INTERNAL_OPTIONS
+        steps.append(("sparsegpt+gptq", sparsegpt_quant))
+    defaults = {k: (v, e.name) for e in entries for k, v in e.meta.get("options", {}).items()}
+    for step, fn in steps:
+        for p in inspect.signature(fn).parameters.values():
+            if p.kind == p.KEYWORD_ONLY:
+                defaults.setdefault(p.name, (p.default, step))
+    return {k: v for k, v in defaults.items() if k not in INTERNAL_OPTIONS}
+
+
+def accepted_options(recipe: Recipe) -> set[str]:
+    """The ``--option`` names the steps of ``recipe`` read (``option_defaults``)."""
+    return set(option_defaults(recipe))
 
 
 class Plan:
@@ -109,7 +118,7 @@ class Plan:
         self.method = METHODS.get(recipe.method)
         self.refiner = self._refiner(recipe)
         self.quantizer = self._quantizer(recipe)
-        self._check_options()
+        self.recipe = recipe = self._typed_options(recipe)
         self.report = Report()
         self.targets: dict[str, Sparsity | None] = {}
         moe = any(".experts." in name for name in modules)
@@ -132,18 +141,22 @@ class Plan:
                 raise UserInputError(f"{flag} {pattern!r}: matches no layer of this model; patterns are regular "
                                      f"expressions searched in module names such as {example!r}")
 
-    def _check_options(self) -> None:
-        """An ``--option`` no step of this recipe reads would be recorded in the manifest and silently do nothing:
-        refuse it, naming those that apply."""
-        accepted = accepted_options(self.recipe)
-        given = set(dict(self.recipe.options))
-        fields = sorted(given & {"damp", "block"})
+    @staticmethod
+    def _typed_options(recipe: Recipe) -> Recipe:
+        """``recipe`` with each ``--option`` read as its parameter's default reads (``options.like``): an option no
+        step of this recipe reads would be recorded in the manifest and silently do nothing, and a text where a
+        flag or number belongs would run as something else or fail inside a layer: both are refused, in one line."""
+        defaults = option_defaults(recipe)
+        given = dict(recipe.options)
+        fields = sorted(set(given) & {"damp", "block"})
         if fields:
             raise UserInputError(f"--option {fields[0]}: set it with --{fields[0]} (a recipe field)")
-        unknown = sorted(given - accepted - {"calib_seqlen"})  # the sweep passes the calibration window length
+        unknown = sorted(set(given) - set(defaults) - {"calib_seqlen"})  # the sweep passes the window length
         if unknown:
             raise UserInputError(f"--option {unknown[0]}: not an option of this recipe; choose one of "
-                                 f"{', '.join(sorted(accepted)) or '(none)'}")
+                                 f"{', '.join(sorted(defaults)) or '(none)'}")
+        typed = {k: like(v, k, *defaults.get(k, (None, ""))) for k, v in given.items()}
+        return recipe.with_(options=tuple(sorted(typed.items())))
 
     @staticmethod
     def _refiner(recipe: Recipe):

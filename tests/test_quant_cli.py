@@ -66,10 +66,16 @@ def test_cli_compress_with_quant_records_bits_and_grid_values(flags, bits, tiny_
     (["--quant", "w3g8s", "--quantizer", "spqr"], "asymmetric"),
     (["--quant", "w3g16", "--quantizer", "spqr", "--option", "stat_group=7"], "stat_group=7"),
     (["--quant", "w3g16", "--quantizer", "spqr", "--option", "stat_bits=0"], "stat_bits=0"),
-    (["--quant", "w3g16", "--quantizer", "spqr", "--option", "stat_bits=2.5"], "stat_bits=2.5: SpQR needs a whole"),
-    (["--quant", "w3g16", "--quantizer", "spqr", "--option", "spqr_damp=x"], "spqr_damp=x: SpQR needs a number"),
+    (["--quant", "w3g16", "--quantizer", "spqr", "--option", "stat_bits=2.5"], "stat_bits=2.5: spqr needs a whole"),
+    (["--quant", "w3g16", "--quantizer", "spqr", "--option", "spqr_damp=x"], "spqr_damp=x: spqr needs a number"),
     (["--quant", "w3g16", "--quantizer", "spqr", "--option", "act_order=maybe"], "act_order=maybe: write true or"),
     (["--quant", "w4g16", "--quantizer", "gtpq"], "did you mean 'gptq'"),
+    # every step's options are read as their parameter's default reads, before calibration
+    (["--quant", "w4g16", "--option", "act_order=maybe"], "act_order=maybe: write true or false"),
+    (["--sparsity", "0.5", "--refine", "dsnot", "--option", "monotone=maybe"], "monotone=maybe: write true or"),
+    (["--sparsity", "0.5", "--refine", "dsnot", "--option", "max_cycles=abc"], "max_cycles=abc: dsnot needs a whole"),
+    (["--sparsity", "0.5", "--refine", "dsnot", "--option", "max_cycles=2.5"], "needs a whole number"),
+    (["--sparsity", "0.5", "--refine", "dsnot", "--option", "dsnot_skip_mlp=sure"], "dsnot_skip_mlp=sure: write"),
     (["--sparsity", "0.5", "--quant", "w3g16", "--quantizer", "spqr"], "takes no sparsity"),  # before calibration
     # compressed-tensors refusals, before calibration too (they came after the whole compression)
     (["--sparsity", "0.5", "--quant", "w4g48", "--export", "compressed-tensors"], "group 48 does not divide 64"),

@@ -13,6 +13,7 @@ from torch import Tensor
 from .. import obs
 from ..errors import UserInputError
 from ..masks import per_layer
+from ..options import flag
 from ..recipe import NM, Groups, QuantSpec, Sparsity
 from ..types import QuantizedWeight, Stats
 from . import QUANTIZERS
@@ -82,16 +83,6 @@ def unpermute(perm: Tensor, group: int, columns: list[Tensor], grids: list[Tenso
     return [c[:, inverse] for c in columns], [g[:, group_inverse] for g in grids]
 
 
-def _flag(value, key: str = "act_order") -> bool:
-    """An on/off ``--option`` value; anything else is refused rather than read as off."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text not in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
-        raise UserInputError(f"--option {key}={value}: write true or false")
-    return text in {"1", "true", "yes", "on"}
-
-
 def quantized_sweep(weight: Tensor, stats: Stats, spec: QuantSpec, *, damp: float, block: int, name: str,
                     act_order: bool = False, scale_dtype: torch.dtype | None = None,
                     **pattern) -> tuple[QuantizedWeight, dict]:
@@ -150,8 +141,8 @@ def gptq(weight: Tensor, stats: Stats, spec: QuantSpec, *, mask: Tensor | None =
     those weights are zeroed either way and no longer widen the grid here).
     ``act_order`` follows GPTQ's ``--act-order`` with groups kept contiguous (see ``act_order_perm``).
     """
-    return quantized_sweep(weight, stats, spec, damp=damp, block=block, name=name, act_order=_flag(act_order),
-                           scale_dtype=scale_dtype, mask=mask)
+    return quantized_sweep(weight, stats, spec, damp=damp, block=block, name=name,
+                           act_order=flag(act_order, "act_order"), scale_dtype=scale_dtype, mask=mask)
 
 
 def sparsegpt_quant(weight: Tensor, stats: Stats, sparsity: Sparsity, spec: QuantSpec, *, damp: float = 0.01,

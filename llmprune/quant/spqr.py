@@ -55,7 +55,8 @@ from ..recipe import QuantSpec
 from ..types import QuantizedWeight, Stats
 from . import QUANTIZERS
 from .bits_per_param import bits_per_param
-from .gptq import _flag, act_order_perm, unpermute
+from ..options import flag, number
+from .gptq import act_order_perm, unpermute
 from .uniform import check_quant_shape, dequantize, effective_group, find_params, maxq, quantize_codes, stored_scale
 
 MIN_RANGE_RATIO = 256.0  # first-level scale >= amax / 256, so zero points stay below ~256 (module docstring)
@@ -149,20 +150,6 @@ def _csr(outlier: Tensor, weight: Tensor, dtype: torch.dtype) -> tuple[Tensor, T
     return row_ptr, cols.to(torch.int32), weight[rows, cols].to(dtype)
 
 
-def _option_number(key: str, value, kind: type) -> int | float:
-    """An ``--option`` value as ``kind``: '2.5' is not a whole number (int() would truncate it) and 'abc' no number."""
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        number = float(value)
-        if kind is int and not number.is_integer():
-            raise ValueError
-        return int(number) if kind is int else number
-    except (TypeError, ValueError):
-        what = "a whole number" if kind is int else "a number"
-        raise UserInputError(f"--option {key}={value}: SpQR needs {what} here") from None
-
-
 def settings_of(options: dict, given: dict | None = None) -> dict:
     """SpQR's settings, parsed strictly: ``given`` (default: ``spqr``'s own defaults), overridden by the keys of
     ``options`` SpQR reads. The quantizer, the checks before calibration and the model card resolve them here."""
@@ -171,7 +158,8 @@ def settings_of(options: dict, given: dict | None = None) -> dict:
         given = {k: params[k].default for k in SETTINGS}
     opts = {**given, **{k: v for k, v in options.items() if k in SETTINGS}}
     kinds = {"outlier_threshold": float, "spqr_damp": float, "stat_bits": int, "stat_group": int}
-    return {**{k: _option_number(k, opts[k], kind) for k, kind in kinds.items()}, "act_order": _flag(opts["act_order"])}
+    numbers = {k: number(opts[k], k, kind, "spqr") for k, kind in kinds.items()}
+    return {**numbers, "act_order": flag(opts["act_order"], "act_order")}
 
 
 def _settings(spec: QuantSpec, rows: int, cols: int, given: dict | None, name: str) -> dict:

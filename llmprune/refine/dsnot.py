@@ -190,8 +190,9 @@ def _check_kept_pattern(before: Tensor, after: Tensor, sparsity: Sparsity) -> No
             raise PatternViolation(f"DSnoT broke the {sparsity} pattern")
 
 
+# keeps="row": DSnoT keeps per-row counts (so per-layer), not SparseGPT's per-block ones
 @REFINERS.register("dsnot", needs=frozenset({"input_mean", "input_var", "input_sq_norms"}), applies=_applies,
-                   check=check_recipe, keeps="row", options=("dsnot_skip_mlp",))  # keeps per-row counts (so per-layer), not SparseGPT's per-block
+                   check=check_recipe, keeps="row", options={"dsnot_skip_mlp": True})
 def dsnot(weight_dense: Tensor, pruned: Pruned, stats: Stats, sparsity: Sparsity, *, max_cycles: int = 50,
           update_threshold: float = 0.1, pow_of_var_growing: float = 1.0, sign_check_nm: bool = True,
           sign_check_unstructured: bool = False, monotone: bool = True, calib_seqlen: int = 2048) -> Pruned:
