@@ -26,7 +26,8 @@ def sweep_command(
     ppl_max_windows: Optional[int] = typer.Option(None, help="Evaluate only the first N windows (quick look; "
                                                              "default: the whole text, the papers' protocol)."),
     knee_margin: float = typer.Option(0.1, help="Relative perplexity rise over dense that marks the knee."),
-    option: List[str] = typer.Option([], help="KEY=VALUE method/refiner option (repeatable)."),
+    option: List[str] = typer.Option([], help="KEY=VALUE setting of the method, refiner or quantizer, e.g. "
+                                     "monotone=false (repeatable; a wrong key lists those that apply)."),
     device: str = typer.Option("cpu", help="Compute device: cpu or cuda."),
     batch_size: int = typer.Option(8, help="Calibration windows per forward pass."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
