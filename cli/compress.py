@@ -11,7 +11,7 @@ from llmprune.errors import UserInputError
 from llmprune.recipe import Calibration, Recipe, parse_quant, parse_sparsity
 
 
-MANIFEST_FREE = {"model", "output", "force", "device", "quiet", "from_manifest"}  # options --from-manifest takes
+MANIFEST_FREE = {"model", "output", "force", "device", "quiet", "from_manifest", "allow_changed_inputs"}  # options --from-manifest takes
 
 
 def parse_options(values: list[str]) -> tuple[tuple[str, object], ...]:
@@ -114,6 +114,9 @@ def compress_command(
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
     from_manifest: Optional[Path] = typer.Option(None, help="Re-run exactly the run recorded in an llmprune.json "
                                                  "(recipe, calibration, format, dtype; on MODEL if given)."),
+    allow_changed_inputs: bool = typer.Option(
+        False, "--allow-changed-inputs", help="With --from-manifest: run even when the model files or calibration "
+        "windows differ from the recorded ones (the new manifest lists them under replay.changed)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Prune (and optionally quantize) MODEL layer by layer and save it to OUTPUT."""
@@ -128,8 +131,11 @@ def compress_command(
             flag = "--" + given[0].replace("_", "-")
             raise UserInputError(f"{flag}: --from-manifest re-runs the recorded recipe; drop {flag} (or drop "
                                  f"--from-manifest and give the whole recipe)")
-        job = job_from_manifest(from_manifest, output=output, force=force, device=device, quiet=quiet, model=model)
+        job = job_from_manifest(from_manifest, output=output, force=force, device=device, quiet=quiet, model=model,
+                                allow_changes=allow_changed_inputs)
     else:
+        if allow_changed_inputs:
+            raise UserInputError("--allow-changed-inputs applies to --from-manifest re-runs only; drop it")
         if model is None:
             raise UserInputError("give MODEL (an HF folder, a .gguf file, a Hub id or smollm2-135m), or "
                                  "--from-manifest llmprune.json to re-run a recorded run")
@@ -139,6 +145,6 @@ def compress_command(
         job = CompressJob(model=model, output=output, recipe=recipe, calibration=calibration, format=format,
                           export=export, device=device, dtype=dtype, batch_size=batch_size,
                           forward_dtype=forward_dtype, force=force,
-                          progress=not quiet, argv=tuple(sys.argv))
+                          progress=not quiet, argv=("llmprune", *sys.argv[1:]))
     summary = run_compress(job)
     typer.echo(summary)

@@ -17,10 +17,21 @@ from pathlib import Path
 import torch
 
 from .errors import CorruptCheckpoint, UserInputError
+from .model.fingerprint import model_files
 from .recipe import Calibration, Recipe
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEVICE_NAME = re.compile(r"cpu|cuda(:\d+)?")
+
+
+@dataclass(frozen=True)
+class Replay:
+    """What ``--from-manifest`` checks the re-run against: the inputs the recorded run read."""
+    manifest: str  # the llmprune.json re-run
+    calibration_sha256: str | None  # the recorded windows' sha256 (None: another model, its own windows)
+    model_files: dict | None  # the recorded model files' sha256 (None: another model, or a Hub model)
+    calibrated: bool = True  # the recorded run read calibration data
+    allow_changes: bool = False  # --allow-changed-inputs: run on changed inputs, recording which changed
 
 
 @dataclass(frozen=True)
@@ -39,7 +50,7 @@ class CompressJob:
     progress: bool = True
     argv: tuple[str, ...] = ()
     revision: str | None = None  # a Hub model's commit (``--from-manifest`` pins the one recorded)
-    recorded_calibration: str | None = None  # ``--from-manifest``: the sha256 of the windows the recorded run used
+    replay: Replay | None = None  # ``--from-manifest``: the recorded inputs to check
 
 
 def versions() -> dict:
@@ -115,6 +126,7 @@ def _run_compress(job: CompressJob) -> str:
         check_output_dir(target, force=job.force, protect=protect)
     t0 = time.perf_counter()
     loaded = resolve(job.model, dtype=DTYPES[job.dtype], revision=job.revision)
+    changed = _check_model_files(job, loaded)
     plan = build_plan(loaded.model, job.recipe, job.format)  # every shape check, before any calibration
     if job.export:
         from .export_ct import check_plan
@@ -125,19 +137,22 @@ def _run_compress(job: CompressJob) -> str:
         from .data.calibration import calibration_windows
         from .model.layers import check_seqlen
 
+        if job.replay is not None and not job.replay.calibrated:
+            raise UserInputError(f"{job.replay.manifest}: the recorded run read no calibration data, but its recipe "
+                                 f"needs it (an edited manifest?); compress again without --from-manifest")
         check_seqlen(loaded.model, job.calibration.seqlen, "--seqlen")
 
         calib = calibration_windows(loaded.tokenizer, job.calibration, model=loaded.model, progress=job.progress)
-        if job.recorded_calibration not in (None, calib.sha256):
-            warnings.warn(f"the calibration windows differ from the recorded run's (sha256 {calib.sha256[:12]} "
-                          f"vs {job.recorded_calibration[:12]}): the data or the tokenizer changed, so the weights "
-                          f"will differ from the recorded ones", stacklevel=2)
+        recorded = job.replay and job.replay.calibration_sha256
+        if recorded and recorded != calib.sha256:
+            changed.append(_changed(job, f"the calibration windows (sha256 {calib.sha256[:12]} vs recorded "
+                                         f"{recorded[:12]}: the data or the tokenizer changed)"))
     t_load = time.perf_counter() - t0
     report = compress_(loaded.model, job.recipe, calib, device=job.device, batch_size=job.batch_size,
                        progress=job.progress,
                        forward_dtype=DTYPES[job.forward_dtype] if job.forward_dtype else None)
     manifest = {
-        "model": loaded.source,
+        "model": {**loaded.source, "files": model_files(loaded.source, progress=job.progress)},
         "recipe": job.recipe.to_dict(),
         "calibration": None if calib is None else {**asdict(job.calibration), "sha256": calib.sha256,
                                                    "description": calib.description},
@@ -148,6 +163,8 @@ def _run_compress(job: CompressJob) -> str:
         "versions": versions(),
         "command": list(job.argv),
     }
+    if job.replay is not None:
+        manifest["replay"] = {"manifest": job.replay.manifest, "changed": changed}
     _save(job, loaded, report, manifest)
     bits, outliers = report.bits_per_param(), report.outlier_fraction()
     quant = "" if bits is None else f", {bits:.3f} bits/param"
@@ -157,6 +174,28 @@ def _run_compress(job: CompressJob) -> str:
                     if part)  # a quant-only run names no pruning method
     return (f"saved {job.output} — {what}: achieved sparsity {report.achieved_sparsity():.4f}{quant} over "
             f"{len(report.records)} Linear layers in {report.timings.get('compress_seconds', 0):.1f} s")
+
+
+def _check_model_files(job: CompressJob, loaded) -> list[str]:
+    """Before any work, the model files a re-run loaded against those the manifest recorded."""
+    recorded = job.replay and job.replay.model_files
+    if not recorded:
+        return []
+    from .model.fingerprint import changed_files, model_files
+
+    differ = changed_files(recorded, model_files(loaded.source, progress=job.progress) or {})
+    return [_changed(job, f"the model files {', '.join(differ)}")] if differ else []
+
+
+def _changed(job: CompressJob, what: str) -> str:
+    """An input of a re-run that differs from the recorded run's: refused, or with --allow-changed-inputs a
+    warning (the new manifest lists it under ``replay.changed``)."""
+    if not job.replay.allow_changes:
+        raise UserInputError(f"--from-manifest: {what} differ from the recorded run's, so the result would too; "
+                             f"restore them, or pass --allow-changed-inputs to run anyway")
+    warnings.warn(f"{what} differ from the recorded run's: the weights will differ from the recorded ones",
+                  stacklevel=3)
+    return what
 
 
 def export_dir(output: Path) -> Path:
@@ -204,39 +243,67 @@ def recorded_model(source: dict) -> tuple[str, str | None]:
     """``(model, revision)`` to load the model a manifest recorded from any working directory: the resolved path
     of a folder or .gguf file (not the spec as typed, which may be relative), the alias, or the Hub id at the
     commit loaded."""
-    if source.get("kind") in ("folder", "gguf"):
+    kind = source.get("kind")
+    if kind in ("folder", "gguf"):
         return source["path"], None
-    return source["spec"], source.get("revision") if source.get("kind") == "hub" else None
+    if kind not in ("alias", "hub"):
+        raise ValueError(f"model.kind {kind!r} is none of folder, gguf, alias, hub")
+    return source["spec"], source.get("revision") if kind == "hub" else None
+
+
+def recorded_calibration(recorded: dict | None) -> Calibration:
+    """The calibration a manifest recorded, a file by the resolved path it was read from (not as typed: a relative
+    path would name another file, or none, from another working directory)."""
+    if recorded is None:
+        return Calibration()
+    settings = {k: recorded[k] for k in ("source", "nsamples", "seqlen", "seed")}
+    description = recorded.get("description") or {}
+    if description.get("origin") == "file" and description.get("path"):
+        settings["source"] = description["path"]
+    return Calibration(**settings)
 
 
 def job_from_manifest(path: Path, *, output: Path, force: bool, device: str, quiet: bool,
-                      model: str | None = None) -> CompressJob:
+                      model: str | None = None, allow_changes: bool = False) -> CompressJob:
     """Rebuild the job recorded in an ``llmprune.json`` (the manifest alone reproduces the run). ``model``, when
-    given, runs the recorded recipe on another model instead of the recorded one."""
+    given, runs the recorded recipe on another model instead of the recorded one. The re-run checks its model files
+    and calibration windows against the recorded ones (``Replay``)."""
+    from .manifest import FORMAT_VERSION
+
     path = Path(path)
     if path.is_dir():
         path = path / "llmprune.json"
     try:
         data = json.loads(path.read_text())
+        if data.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"format_version {data.get('format_version')!r} is not {FORMAT_VERSION}")
         recipe = Recipe.from_dict(data["recipe"])
-        recorded_calib = data.get("calibration")
-        calib = Calibration(**{k: recorded_calib[k] for k in ("source", "nsamples", "seqlen", "seed")}) \
-            if recorded_calib else Calibration()
+        recorded_calib = data["calibration"]
+        calib = recorded_calibration(recorded_calib)
         recorded, revision = recorded_model(data["model"])
+        replay = Replay(manifest=str(path), calibration_sha256=recorded_calib["sha256"] if recorded_calib else None,
+                        model_files=data["model"].get("files"), calibrated=recorded_calib is not None,
+                        allow_changes=allow_changes)
         job = CompressJob(
             model=recorded, output=output, recipe=recipe, calibration=calib, format=data["job"]["format"],
             export=data["job"].get("export"), device=device, dtype=data["job"]["dtype"],
             batch_size=data["job"]["batch_size"], forward_dtype=data["job"].get("forward_dtype"), force=force,
             progress=not quiet, revision=revision,
-            argv=("compress", *(() if model is None else (model,)), "--from-manifest", str(path), "--output",
-                  str(output)),
-            recorded_calibration=recorded_calib.get("sha256") if recorded_calib else None)
+            argv=("llmprune", "compress", *(() if model is None else (model,)), "--from-manifest", str(path),
+                  "--output", str(output), *(("--allow-changed-inputs",) if allow_changes else ())),
+            replay=replay)
     except FileNotFoundError:
         raise UserInputError(f"--from-manifest {path}: file not found") from None
+    except UserInputError as exc:  # a recorded value the recipe refuses: name the manifest, not only the flag
+        raise UserInputError(f"{path} records {exc}") from None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CorruptCheckpoint(f"{path}: not a valid llmprune manifest ({type(exc).__name__}: {exc}); give the "
                                 f"llmprune.json of a run") from None
-    if model is not None:  # another model: its own revision and its own calibration windows
-        job = replace(job, model=model, revision=None, recorded_calibration=None)
-    _check_job(job)
+    if model is not None:  # another model: its own files, revision and calibration windows
+        job = replace(job, model=model, revision=None,
+                      replay=replace(replay, calibration_sha256=None, model_files=None))
+    try:
+        _check_job(job)
+    except UserInputError as exc:
+        raise UserInputError(f"{path} records {exc}") from None
     return job

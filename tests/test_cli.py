@@ -198,6 +198,12 @@ def _manifest_run(tiny_llama, tmp_path, capsys, calib_file):
     (lambda d: d["recipe"].update(block=0), "--block 0: must be a positive number"),
     (lambda d: d["job"].update(batch_size=0), "--batch-size 0: must be a whole number >= 1"),
     (lambda d: d["calibration"].update(nsamples="2"), "--nsamples '2': must be a whole number >= 1"),
+    (lambda d: d["job"].update(dtype="int8"), "llmprune.json records --dtype int8: choose one of"),
+    (lambda d: d.update(format_version=99), "format_version 99 is not 1"),
+    (lambda d: d.update(format_version="1"), "format_version '1' is not 1"),
+    (lambda d: d["model"].update(kind="weird"), "model.kind 'weird' is none of folder, gguf, alias, hub"),
+    (lambda d: d["calibration"].pop("sha256"), "(KeyError: 'sha256')"),
+    (lambda d: d.update(calibration=None), "the recorded run read no calibration data, but its recipe needs it"),
     (lambda d: d["recipe"].update(ignore=["["]), "--ignore '[': not a regular expression"),
 ])
 def test_cli_from_manifest_checks_an_edited_manifest(edit, words, tiny_llama, tmp_path, capsys):
@@ -214,15 +220,69 @@ def test_cli_from_manifest_checks_an_edited_manifest(edit, words, tiny_llama, tm
     assert not (tmp_path / "b").exists()
 
 
-def test_cli_from_manifest_warns_when_the_calibration_data_changed(tiny_llama, tmp_path, capsys):
+def test_cli_from_manifest_refuses_changed_calibration_data_unless_allowed(tiny_llama, tmp_path, capsys):
     from tests.tiny_models import _SENTENCES
 
     text = tmp_path / "calib.txt"
     text.write_text(" ".join(_SENTENCES * 4))
     path = _manifest_run(tiny_llama, tmp_path, capsys, text)
+    assert json.loads(path.read_text())["model"]["files"]["model.safetensors"]  # recorded by the first run
     text.write_text(" ".join(reversed(_SENTENCES * 4)))
-    with pytest.warns(UserWarning, match="calibration windows differ from the recorded run's"):
-        assert run_cli(["compress", "--from-manifest", path, "-o", tmp_path / "b", "--quiet"], capsys)[0] == 0
+    code, _, stderr = run_cli(["compress", "--from-manifest", path, "-o", tmp_path / "b", "--quiet"], capsys)
+    assert code == 2 and len(stderr.splitlines()) == 1, stderr
+    assert "the calibration windows" in stderr and "pass --allow-changed-inputs to run anyway" in stderr
+    assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".*b*"))
+    with pytest.warns(UserWarning, match="the calibration windows .* differ from the recorded run's"):
+        assert run_cli(["compress", "--from-manifest", path, "-o", tmp_path / "b", "--allow-changed-inputs",
+                        "--quiet"], capsys)[0] == 0
+    replay = json.loads((tmp_path / "b" / "llmprune.json").read_text())["replay"]
+    assert replay["manifest"] == str(path) and len(replay["changed"]) == 1
+    assert replay["changed"][0].startswith("the calibration windows")
+
+
+def test_cli_from_manifest_refuses_a_changed_model(tiny_llama, tmp_path, capsys):
+    """The manifest records the sha256 of the model's files: a folder re-saved with other weights is another model
+    (magnitude pruning reads no calibration data, so nothing else would notice)."""
+    import shutil
+
+    model = shutil.copytree(tiny_llama, tmp_path / "model")
+    first = tmp_path / "a"
+    assert run_cli(["compress", model, "--method", "magnitude", "--sparsity", "0.5", "-o", first, "--quiet"],
+                   capsys)[0] == 0
+    assert run_cli(["compress", "--from-manifest", first, "-o", tmp_path / "same", "--quiet"], capsys)[0] == 0
+    assert json.loads((tmp_path / "same" / "llmprune.json").read_text())["replay"]["changed"] == []
+    save_tiny(model, "llama", seed=1)
+    capsys.readouterr()  # save_pretrained's own progress bar
+    code, _, stderr = run_cli(["compress", "--from-manifest", first, "-o", tmp_path / "b", "--quiet"], capsys)
+    assert code == 2 and len(stderr.splitlines()) == 1, stderr
+    assert "the model files model.safetensors differ from the recorded run's" in stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_cli_from_manifest_reads_a_calibration_file_by_its_recorded_path(tiny_llama, tmp_path, capsys, monkeypatch):
+    """``--calib calib.txt`` given relative to the first run's directory: the re-run from another directory reads
+    that file, not another one of the same name."""
+    from safetensors.torch import load_file
+
+    from tests.tiny_models import _SENTENCES
+
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir(), elsewhere.mkdir()
+    (here / "calib.txt").write_text(" ".join(_SENTENCES * 4))
+    (elsewhere / "calib.txt").write_text(" ".join(reversed(_SENTENCES * 4)))
+    monkeypatch.chdir(here)
+    path = _manifest_run(tiny_llama, tmp_path, capsys, "calib.txt")
+    monkeypatch.chdir(elsewhere)
+    code, _, stderr = run_cli(["compress", "--from-manifest", path, "-o", tmp_path / "b", "--quiet"], capsys)
+    assert code == 0, stderr
+    a, b = load_file(path.parent / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_allow_changed_inputs_needs_from_manifest(tiny_llama, tmp_path, capsys):
+    code, _, stderr = run_cli(["compress", tiny_llama, "--sparsity", "0.5", "-o", tmp_path / "o",
+                               "--allow-changed-inputs"], capsys)
+    assert code == 2 and "--allow-changed-inputs applies to --from-manifest re-runs only" in stderr
 
 
 def test_cli_shows_its_own_warnings_as_one_line():
