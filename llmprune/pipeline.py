@@ -31,6 +31,7 @@ class Replay:
     calibration_sha256: str | None  # the recorded windows' sha256 (None: another model, its own windows)
     model_files: dict | None  # the recorded model files' sha256 (None: another model, or a Hub model)
     calibrated: bool = True  # the recorded run read calibration data
+    versions: dict = field(default_factory=dict)  # the recorded run's library versions
     allow_changes: bool = False  # --allow-changed-inputs: run on changed inputs, recording which changed
 
 
@@ -127,6 +128,7 @@ def _run_compress(job: CompressJob) -> str:
     t0 = time.perf_counter()
     loaded = resolve(job.model, dtype=DTYPES[job.dtype], revision=job.revision)
     changed = _check_model_files(job, loaded)
+    _warn_other_versions(job)
     plan = build_plan(loaded.model, job.recipe, job.format)  # every shape check, before any calibration
     if job.export:
         from .export_ct import check_plan
@@ -185,6 +187,17 @@ def _check_model_files(job: CompressJob, loaded) -> list[str]:
 
     differ = changed_files(recorded, model_files(loaded.source, progress=job.progress) or {})
     return [_changed(job, f"the model files {', '.join(differ)}")] if differ else []
+
+
+def _warn_other_versions(job: CompressJob) -> None:
+    """Other library versions may compute other weights from the same inputs: said once, not refused (a fix
+    in a new version is a reason to re-run)."""
+    recorded = job.replay.versions if job.replay is not None else {}
+    now = versions()
+    other = [f"{k} {recorded[k]} -> {now[k]}" for k in now if k in recorded and recorded[k] != now[k]]
+    if other:
+        warnings.warn(f"the recorded run used other versions ({', '.join(other)}): the weights may differ slightly",
+                      stacklevel=3)
 
 
 def _changed(job: CompressJob, what: str) -> str:
@@ -283,7 +296,7 @@ def job_from_manifest(path: Path, *, output: Path, force: bool, device: str, qui
         recorded, revision = recorded_model(data["model"])
         replay = Replay(manifest=str(path), calibration_sha256=recorded_calib["sha256"] if recorded_calib else None,
                         model_files=data["model"].get("files"), calibrated=recorded_calib is not None,
-                        allow_changes=allow_changes)
+                        versions=dict(data.get("versions") or {}), allow_changes=allow_changes)
         job = CompressJob(
             model=recorded, output=output, recipe=recipe, calibration=calib, format=data["job"]["format"],
             export=data["job"].get("export"), device=device, dtype=data["job"]["dtype"],

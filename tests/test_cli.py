@@ -240,6 +240,17 @@ def test_cli_from_manifest_refuses_changed_calibration_data_unless_allowed(tiny_
     assert replay["changed"][0].startswith("the calibration windows")
 
 
+def test_cli_from_manifest_warns_when_the_versions_differ(tiny_llama, tmp_path, capsys):
+    first = tmp_path / "a"
+    assert run_cli(["compress", tiny_llama, "--method", "magnitude", "--sparsity", "0.5", "-o", first, "--quiet"],
+                   capsys)[0] == 0
+    data = json.loads((first / "llmprune.json").read_text())
+    data["versions"]["torch"] = "1.0.0"
+    (first / "llmprune.json").write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match=r"other versions \(torch 1.0.0 -> "):
+        assert run_cli(["compress", "--from-manifest", first, "-o", tmp_path / "b", "--quiet"], capsys)[0] == 0
+
+
 def test_cli_from_manifest_refuses_a_changed_model(tiny_llama, tmp_path, capsys):
     """The manifest records the sha256 of the model's files: a folder re-saved with other weights is another model
     (magnitude pruning reads no calibration data, so nothing else would notice)."""
