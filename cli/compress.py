@@ -11,7 +11,8 @@ from llmprune.errors import UserInputError
 from llmprune.recipe import Calibration, Recipe, parse_quant, parse_sparsity
 
 
-MANIFEST_FREE = {"model", "output", "force", "device", "quiet", "from_manifest", "allow_changed_inputs"}  # options --from-manifest takes
+# the options --from-manifest takes
+MANIFEST_FREE = {"model", "output", "force", "device", "quiet", "from_manifest", "allow_changed_inputs"}
 
 
 def parse_options(values: list[str]) -> tuple[tuple[str, object], ...]:
