@@ -150,8 +150,9 @@ class SweepHooks:
     log: object = print
 
 
-def _evaluator(tokenizer, config: SweepConfig):
-    """Perplexity of the model as it is now, on the evaluation text loaded once."""
+def _evaluator(tokenizer, config: SweepConfig, progress: bool = True):
+    """Perplexity of the model as it is now, on the evaluation text loaded once (``progress``: a bar per
+    evaluation, minutes each on a real model)."""
     from llmprune.evals.perplexity import default_seqlen, load_eval_text, perplexity
 
     text = load_eval_text(config.eval_dataset)
@@ -159,7 +160,7 @@ def _evaluator(tokenizer, config: SweepConfig):
     def evaluate(model) -> float:
         seqlen = config.eval_seqlen or default_seqlen(model, cap=2048)
         return float(perplexity(model, tokenizer, text.text, seqlen=seqlen, device=config.device, batch_size=1,
-                                progress=False, dataset=text.name, max_windows=config.eval_max_windows).ppl)
+                                progress=progress, dataset=text.name, max_windows=config.eval_max_windows).ppl)
 
     return evaluate, text.name
 
@@ -186,17 +187,25 @@ def run_sweep(model, tokenizer, config: SweepConfig, *, model_name: str, progres
     Defaults: ``llmprune.compress.compress_``, perplexity on ``config.eval_dataset``, ``calibration_windows``."""
     from llmprune.compress import build_plan, compress_, needs_calibration
 
+    from llmprune.model.layers import check_seqlen
+
     hooks = hooks or SweepHooks()
     recipes = config.recipes()
     for _, recipe in recipes:
         build_plan(model, recipe)  # shape checks for every level before any calibration
+    if config.eval_seqlen is not None:
+        check_seqlen(model, config.eval_seqlen, "--ppl-seqlen")
+    calibrated = any(needs_calibration(model, recipe) for _, recipe in recipes)  # magnitude alone draws nothing
+    if calibrated and hooks.calibrate is None:  # the default hook draws windows of this length
+        check_seqlen(model, config.calibration.seqlen, "--seqlen")
     compress, log = hooks.compress or compress_, hooks.log
-    evaluate, dataset = (hooks.evaluate, config.eval_dataset) if hooks.evaluate else _evaluator(tokenizer, config)
+    evaluate, dataset = ((hooks.evaluate, config.eval_dataset) if hooks.evaluate else
+                         _evaluator(tokenizer, config, progress))
     dense_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     dense_ppl = float(evaluate(model))
     log(f"dense: ppl {dense_ppl:.4f}")
     calib = None
-    if any(needs_calibration(model, recipe) for _, recipe in recipes):  # magnitude alone draws nothing
+    if calibrated:
         calibrate = hooks.calibrate or partial(_windows, progress=progress)  # --quiet: no self-generation bar
         calib = calibrate(model, tokenizer, config)
     extra = _capture_kwargs(compress, model, calib, config)

@@ -7,6 +7,7 @@ import math
 from llmprune.errors import UserInputError
 from llmprune.recipe import Groups, Sparsity, Unstructured, parse_sparsity
 
+MAX_LEVELS = 100  # a range with more levels is a typo in its step (0.00001), not a sweep anyone runs
 _ROUND = 10  # digits kept for range levels: 0.1:0.9:0.1 gives 0.3, not 0.30000000000000004
 
 
@@ -28,11 +29,14 @@ def _range(item: str, flag: str) -> list[Unstructured]:
         step = float(step_text)
     except ValueError:
         raise UserInputError(f"{flag}: step '{step_text}' is not a number, e.g. 0.1:0.9:0.1") from None
-    if not step > 0:
-        raise UserInputError(f"{flag}: the step must be positive, e.g. 0.1:0.9:0.1")
+    if not (step > 0 and math.isfinite(step)):
+        raise UserInputError(f"{flag}: the step must be a positive number, e.g. 0.1:0.9:0.1")
     if stop < start:
         raise UserInputError(f"{flag}: empty range (STOP {stop:g} < START {start:g}); write START:STOP:STEP")
     count = math.floor((stop - start) / step + 1e-6) + 1
+    if count > MAX_LEVELS:
+        raise UserInputError(f"{flag}: {count} levels, each a compression and an evaluation; at most {MAX_LEVELS} "
+                             f"(use a larger step, e.g. 0.1:0.9:0.1)")
     return [Unstructured(round(start + k * step, _ROUND)) for k in range(count)]
 
 

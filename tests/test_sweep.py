@@ -32,7 +32,9 @@ def test_sweep_lists_mix_fractions_nm_and_ranges():
 
 @pytest.mark.parametrize("text, message", [
     ("0.9:0.1:0.1", "empty range"), ("0:0.5:0.1", "outside (0, 1)"), ("0.1:1.2:0.1", "outside (0, 1)"),
-    ("0.1:0.5:0", "step must be positive"), ("0.1:0.5:-0.1", "step must be positive"), ("3:2", "N must be smaller"),
+    ("0.1:0.5:0", "step must be a positive"), ("0.1:0.5:-0.1", "step must be a positive"), ("3:2", "N must be smaller"),
+    ("0.1:0.9:inf", "step must be a positive number"), ("0.1:0.9:nan", "step must be a positive number"),
+    ("0.1:0.9:0.00001", "80001 levels, each a compression and an evaluation; at most 100"),
     ("0:4", "at least 1"), ("2:x", "two whole numbers"), ("abc", "not a number"), ("", "no levels"),
     ("0.5,,0.6", "empty entry"), ("1.5", "fraction in (0, 1)"), ("0.5@g16", "group sparsity"),
     ("a:0.5:0.1", "not a number"), ("1:2:3:4", "two whole numbers"), ("0.1:0.9", "START:STOP:STEP"),
@@ -224,6 +226,8 @@ def test_sweep_nothing_written_when_plotting_fails(tmp_path, monkeypatch):
     (["--refine", "dsnot", "--sparsity", "0.5@g16"], "group sparsity"),
     (["--knee-margin", "0"], "--knee-margin"),
     (["--ppl", "wikitxt2"], "did you mean 'wikitext2'"),  # before the (missing) model would load
+    (["--calib", "nosuch"], "--calib nosuch: unknown source"),  # so is the calibration source
+    (["--calib", "missing.txt"], "missing.txt"),
 ])
 def test_sweep_cli_bad_input_exits_2_and_writes_nothing(args, message, tmp_path, capsys):
     out = tmp_path / "out"
@@ -251,6 +255,24 @@ def test_sweep_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
     assert data["protocol"] == {"dataset": text.name, "seqlen": 64, "max_windows": None}
     assert "essential sparsity" in stdout or "no level stays" in stdout
     assert sorted(p.name for p in out.iterdir()) == ["sweep.csv", "sweep.json", "sweep.png"]
+
+
+@pytest.mark.parametrize("arch, args, message", [
+    ("gpt2", ["--seqlen", "256"], "--seqlen 256: the model takes at most 128 positions"),  # learned positions
+    ("gpt2", ["--ppl-seqlen", "256"], "--ppl-seqlen 256: the model takes at most 128 positions"),
+    ("llama", ["--ppl-seqlen", "100000"], "--ppl-seqlen 100000: the model takes at most"),
+])
+def test_sweep_cli_windows_longer_than_the_model_takes_are_one_line(arch, args, message, tmp_path, capsys):
+    from tests.tiny_models import save_tiny
+
+    src = save_tiny(tmp_path / "src", arch)
+    capsys.readouterr()
+    out = tmp_path / "out"
+    code = main(["sweep", str(src), "--method", "wanda", "--sparsity", "0.5", "--nsamples", "2", "--seqlen", "16",
+                 "-o", str(out), "--quiet", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("progress", [False, True])
