@@ -148,6 +148,16 @@ def decode_tokens_per_s(model: nn.Module, prompt: torch.Tensor, new_tokens: int,
     return prompt.shape[0] * (new_tokens - 1) / statistics.median(seconds), agree
 
 
+def _check_length(net, prompt_len: int, new_tokens: int) -> None:
+    """Prompt and generated tokens must fit the model's positions (GPT-2's learned ones fail with an IndexError)."""
+    from llmprune.model.layers import context_length
+
+    limit = context_length(net)
+    if limit is not None and prompt_len + new_tokens > limit:
+        raise UserInputError(f"--prompt-len {prompt_len} + --new-tokens {new_tokens}: the model takes at most {limit} "
+                             f"positions; shorten them")
+
+
 def run_bench(model: str, formats: list[str], batches: list[int], *, new_tokens: int = 128, prompt_len: int = 32,
               device: str = "cpu", dtype: str = "float16", variants: list[str] = ("eager",), runs: int = 3,
               seed: int = 0) -> dict:
@@ -163,6 +173,7 @@ def run_bench(model: str, formats: list[str], batches: list[int], *, new_tokens:
     rows, dense_rate = [], {}
     for fmt in ["dense"] + [f for f in dict.fromkeys(formats) if f != "dense"]:
         net = _build(model, fmt, device, dtype, seed)
+        _check_length(net, prompt_len, new_tokens)
         vocab = net.config.vocab_size
         for variant in variants:
             for batch in batches:

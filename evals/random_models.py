@@ -114,19 +114,25 @@ def build_random(shape: str, fmt: str, device: str = "cpu", dtype: str = "float1
 
 def replace_linears_(model: nn.Module, fmt: str, device, dtype: str, gen: torch.Generator) -> None:
     """Every decoder Linear -> a random dense Linear (``fmt="dense"``) or a random-pattern ``PackedLinear`` of the
-    same shape (decode speed does not depend on the values), one at a time."""
+    same shape and bias (decode speed does not depend on the values), one at a time. GPT-2's ``Conv1D`` stores its
+    weight ``[in, out]``: shapes are read through ``get_weight``."""
     from llmprune.model import decoder_layers, linears
+    from llmprune.model.layers import get_weight
+
     td = DTYPES[dtype]
     blocks, path = decoder_layers(model)
     for i, block in enumerate(blocks):
         for rel, lin in linears(block).items():
-            out_f, in_f = lin.weight.shape
+            out_f, in_f = get_weight(lin).shape
+            bias = None if lin.bias is None else torch.randn(out_f, generator=gen, device=device).mul_(0.02).to(td)
             if fmt == "dense":
-                new = nn.Linear(in_f, out_f, bias=False, device=device, dtype=td)
+                new = nn.Linear(in_f, out_f, bias=bias is not None, device=device, dtype=td)
                 with torch.no_grad():
                     new.weight.normal_(0.0, 0.02, generator=gen)
+                    if bias is not None:
+                        new.bias.copy_(bias)
             else:
-                new = random_packed_linear(fmt, out_f, in_f, device, gen, dtype)
+                new = random_packed_linear(fmt, out_f, in_f, device, gen, dtype, bias=bias)
             set_module_(model, f"{path}.{i}.{rel}", new)
 
 

@@ -180,6 +180,23 @@ def test_bench_of_a_checkpoint_compares_it_with_its_own_weights_unpacked(tmp_pat
     assert [r["format"] for r in result["rows"]] == ["dense", "int4"]
 
 
+def test_bench_of_a_gpt2_folder_reads_conv1d_shapes_and_biases(tmp_path):
+    """GPT-2's Conv1D stores its weight [in, out]: the random layers take the [out, in] shape and the bias (the
+    bench crashed with a shape mismatch); prompt + new tokens beyond its 128 positions are one line."""
+    from tests.tiny_models import save_tiny
+
+    folder = save_tiny(tmp_path / "gpt2", "gpt2")
+    result = bench.run_bench(str(folder), ["int4"], [1], new_tokens=3, prompt_len=4, device="cpu", dtype="float32",
+                             runs=1)
+    assert [r["format"] for r in result["rows"]] == ["dense", "int4"] and result["rows"][1]["agree"] is not False
+    packed = bench._build(str(folder), "int4", "cpu", "float32", 0)
+    attn = packed.transformer.h[0].attn.c_attn
+    assert isinstance(attn, PackedLinear) and attn.bias is not None and attn.out_features == 3 * attn.in_features
+    with pytest.raises(UserInputError, match=r"^--prompt-len 126 \+ --new-tokens 3: the model takes at most 128"):
+        bench.run_bench(str(folder), ["int4"], [1], new_tokens=3, prompt_len=126, device="cpu", dtype="float32",
+                        runs=1)
+
+
 def test_cli_bench_of_a_checkpoint_defaults_to_its_stored_format(tmp_path):
     """Without --format a checkpoint is measured as stored (the default sparse24_int4 used to be refused for it)."""
     from llmprune import checkpoint
