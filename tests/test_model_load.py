@@ -57,6 +57,33 @@ def test_resolve_folder_without_checkpoint_or_non_gguf_file(tmp_path):
     assert "not a .gguf file" in _one_line_not_found(str(tmp_path / "weights.bin"))
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_a_folder_without_tokenizer_files_is_one_line_before_its_weights_load(arch, tmp_path, monkeypatch):
+    """Llama's folder fails in transformers with an empty list of files; GPT-2's loads an *empty* tokenizer (every
+    text 0 tokens, perplexity of nothing): both name the missing files, and the weights are never read."""
+    import transformers
+
+    folder = save_tiny(tmp_path / arch, arch)
+    for f in folder.glob("tokenizer*"):
+        f.unlink()
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: pytest.fail("the weights were loaded first"))
+    with pytest.raises(ModelNotFound) as info:
+        resolve(folder)
+    message = str(info.value)
+    assert message.startswith(f"no usable tokenizer in '{folder}'") and "\n" not in message
+    assert message.endswith("copy the base model's tokenizer files (tokenizer.json, tokenizer_config.json) into it")
+
+
+def test_a_damaged_weight_file_is_one_line(tmp_path):
+    folder = save_tiny(tmp_path / "tiny", "llama")
+    shard = folder / "model.safetensors"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(ModelNotFound, match=r"^the weights in .* are damaged \(.*\); download or save the model "
+                                            r"again$"):
+        resolve(folder)
+
+
 def test_resolve_hub_id_offline_is_a_one_line_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     message = _one_line_not_found("llmprune-test/no-such-model")

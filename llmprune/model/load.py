@@ -45,12 +45,29 @@ def _prepare(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
+class _NoTokenizer(ValueError):
+    """The tokenizer could not be loaded (told apart from the weights: the fix differs)."""
+
+
 def _load_pretrained(location: str, dtype, **kwargs):
+    """The tokenizer first: it is quick, and a folder without one fails before its weights are read."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **{k: v for k, v in kwargs.items()
+                                                               if k != "quantization_config"})
+    except (OSError, ValueError, TypeError) as exc:
+        raise _NoTokenizer(_first_line(exc)) from exc
+    if not tokenizer("The quick brown fox.", add_special_tokens=False)["input_ids"]:
+        raise _NoTokenizer("its tokenizer encodes text to no tokens; transformers builds an empty one when the "
+                           "folder has no tokenizer files")
     model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(location, **{k: v for k, v in kwargs.items() if k != "quantization_config"})
     return _prepare(model), tokenizer
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_gguf(path: Path, dtype=torch.float32):
@@ -93,11 +110,18 @@ def refuse_packed(path: Path) -> None:
 
 
 def _load_folder(path: Path, dtype):
+    from safetensors import SafetensorError
+
     try:
         return _load_pretrained(str(path), dtype)
+    except _NoTokenizer as exc:
+        raise ModelNotFound(f"no usable tokenizer in '{path}' ({exc}); copy the base model's tokenizer files "
+                            f"(tokenizer.json, tokenizer_config.json) into it") from None
+    except SafetensorError as exc:
+        raise ModelNotFound(f"the weights in '{path}' are damaged ({_first_line(exc)}); download or save the model "
+                            f"again") from None
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelNotFound(f"could not load the model in '{path}' ({first}); {ACCEPTED}") from None
+        raise ModelNotFound(f"could not load the model in '{path}' ({_first_line(exc)}); {ACCEPTED}") from None
 
 
 def _causes(exc: BaseException):
