@@ -9,6 +9,7 @@ file); llmprune never reads or prints it. A dry run lists what would be uploaded
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,8 +69,8 @@ def check_folder(directory) -> dict:
     if not directory.is_dir():
         raise UserInputError(f"{directory}: not a folder; give the output folder of llmprune compress")
     if not (directory / mf.FILENAME).is_file():
-        raise CorruptCheckpoint(f"{directory}: no {mf.FILENAME} manifest; push only folders written by "
-                                f"llmprune compress (re-run it with --output {directory})")
+        raise CorruptCheckpoint(f"{directory}: no {mf.FILENAME} manifest; push the output folder of llmprune "
+                                f"compress (a base model or a hand-made folder: `hf upload` pushes it as it is)")
     return mf.validate(directory)
 
 
@@ -89,6 +90,9 @@ def folder_files(directory: Path) -> list[tuple[str, int]]:
     return files
 
 
+_BRANCH = re.compile(r"\w[\w.-]*(/\w[\w.-]*)*", re.ASCII)  # a git branch name, as the Hub accepts one
+
+
 def plan_push(directory, repo_id: str, *, private: bool = False, revision: str | None = None) -> PushPlan:
     """Validate everything and prepare the card; no network, no writes."""
     from .model_cards import render_card
@@ -96,6 +100,9 @@ def plan_push(directory, repo_id: str, *, private: bool = False, revision: str |
 
     directory = Path(directory)
     repo_id = check_repo_id(repo_id)
+    if revision is not None and (not _BRANCH.fullmatch(revision) or ".." in revision):
+        raise UserInputError(f"--revision {revision!r}: not a branch name; use letters, digits and . _ - / "
+                             f"(e.g. sparse-2of4)")
     manifest = check_folder(directory)
     card_path = directory / CARD
     existing = card_path.read_text(encoding="utf-8") if card_path.is_file() else None
@@ -106,10 +113,13 @@ def plan_push(directory, repo_id: str, *, private: bool = False, revision: str |
 
 
 def _hub_call(what: str, fn, *args, **kwargs):
-    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
 
     try:
         return fn(*args, **kwargs)
+    except OfflineModeIsEnabled:  # a ConnectionError too: caught first, the fix is not the network
+        raise UserInputError("HF_HUB_OFFLINE is set, so nothing can be pushed; unset it (or plan with --dry-run)") \
+            from None
     except LocalTokenNotFoundError:
         raise UserInputError("not logged in to the Hugging Face Hub; run `hf auth login` or set HF_TOKEN") from None
     except HfHubHTTPError as exc:

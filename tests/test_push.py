@@ -115,6 +115,22 @@ def test_push_bad_repo_id(folder, repo_id):
         push(folder, repo_id, dry_run=True)
 
 
+def test_push_with_hf_hub_offline_names_the_variable(folder, capsys, monkeypatch):
+    """The suite runs with HF_HUB_OFFLINE=1: a real HfApi refuses to connect, and the fix is to unset it."""
+    from llmprune.cli.main import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["push", str(folder), "--repo-id", "alice/tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: HF_HUB_OFFLINE is set, so nothing can be pushed; unset it (or plan with --dry-run)"], err
+
+
+@pytest.mark.parametrize("revision", ["a b", "x..y", "-", "main~1", "a/"])
+def test_push_bad_revision(folder, revision):
+    with pytest.raises(UserInputError, match="not a branch name"):
+        push(folder, "alice/tiny", revision=revision, dry_run=True)
+
+
 def test_push_auth_and_network_errors_are_one_line(folder):
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError
