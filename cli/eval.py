@@ -25,10 +25,29 @@ def load_for_eval(spec: str, *, device: str, dtype: str):
 
         model, tokenizer, _ = load(spec, device=device, dtype=DTYPES[dtype])
         return model, tokenizer
+    from llmprune.manifest import config_marker
+
+    if Path(spec).is_dir() and config_marker(Path(spec)) is not None:
+        return _load_packed_without_manifest(Path(spec), device, DTYPES[dtype])
     from llmprune.model import resolve
 
     loaded = resolve(spec, dtype=DTYPES[dtype])
     return loaded.model.to(torch.device(device)), loaded.tokenizer
+
+
+def _load_packed_without_manifest(folder: Path, device: str, dtype):
+    """A packed folder whose llmprune.json is gone (e.g. a Hub download of the weights and config only) still loads
+    through transformers, with llmprune's quantizer plug-in; only the shard checksums go unchecked."""
+    import warnings
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import llmprune  # noqa: F401  (registers the quantizer plug-in)
+
+    warnings.warn(f"{folder} has no llmprune.json: loaded through transformers, its shards' checksums unchecked",
+                  stacklevel=2)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, device_map=device).eval()
+    return model, AutoTokenizer.from_pretrained(str(folder))
 
 
 def _ppl_rows(model, tokenizer, texts: list, *, seqlen, max_seqlen, device, batch_size, progress,

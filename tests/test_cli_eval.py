@@ -75,6 +75,24 @@ def test_cli_eval_window_longer_than_the_model_context_is_one_line(tmp_path, cap
     assert "--seqlen 100000: the model takes at most" in err and len(err.splitlines()) == 1, err
 
 
+def test_cli_eval_of_a_packed_folder_without_its_manifest_loads_it_through_transformers(tmp_path, capsys):
+    """Same perplexity as with the manifest; a warning says the checksums went unchecked (it was refused with
+    advice meant for compress)."""
+    from tests.publish_fixtures import packed_checkpoint
+
+    folder = packed_checkpoint(tmp_path / "out")
+    text_file = tmp_path / "eval.txt"
+    text_file.write_text(" ".join(["Sparse models keep accuracy when pruned with care."] * 40))
+    args = ["eval", str(folder), "--ppl", str(text_file), "--seqlen", "32", "--json", "--quiet", "--no-record"]
+    capsys.readouterr()
+    assert main(args) == 0
+    with_manifest = json.loads(capsys.readouterr().out)["perplexity"][0]["ppl"]
+    (folder / "llmprune.json").unlink()
+    with pytest.warns(UserWarning, match="has no llmprune.json: loaded through transformers"):
+        assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["perplexity"][0]["ppl"] == pytest.approx(with_manifest, rel=1e-5)
+
+
 def test_cli_eval_records_results_with_an_llmprune_folder(tmp_path, capsys):
     """The numbers printed are the numbers kept: llmprune.json's ``evaluations`` and the card (table and Hub
     model-index). A capped quick check is kept beside the full run with its note, out of model-index; the same
