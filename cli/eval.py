@@ -115,6 +115,9 @@ def eval_command(
         raise UserInputError(f"--num-fewshot {num_fewshot}: must be 0 or more")
     if limit is not None and not limit > 0:
         raise UserInputError(f"--limit {limit:g}: give a positive number of examples per task (or a fraction < 1)")
+    if limit is not None and limit >= 1 and not float(limit).is_integer():
+        raise UserInputError(f"--limit {limit:g}: from 1 up it counts examples per task, a whole number (lm-eval "
+                             f"would take {int(limit)}); below 1 it is a fraction")
     if ppl is not None and not [n for n in ppl.split(",") if n.strip()]:
         raise UserInputError(f"--ppl {ppl!r}: name a set, e.g. --ppl wikitext2")
     from llmprune.pipeline import check_device

@@ -51,6 +51,7 @@ def test_cli_eval_needs_something_to_do(tmp_path, capsys):
     (["--ppl", "wikitext2", "--device", "mps"], "--device mps: choose cpu or cuda"),
     (["--tasks", "arc_easy", "--limit", "0"], "--limit 0: give a positive number"),
     (["--tasks", "arc_easy", "--limit", "-1"], "--limit -1: give a positive number"),
+    (["--tasks", "arc_easy", "--limit", "2.5"], "--limit 2.5: from 1 up it counts examples per task, a whole"),
     (["--ppl", ","], "--ppl ',': name a set"),
     (["--ppl", "wikitext2", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
     (["--ppl", "wikitext2", "--ppl-max-windows", "0"], "--ppl-max-windows 0: must be at least 1"),

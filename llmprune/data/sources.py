@@ -99,7 +99,8 @@ def load_file(spec: str | Path) -> TextSource:
     else:
         raise UserInputError(f"data file '{spec}': unsupported type '{suffix}' (use .txt, .jsonl or .parquet)")
     if not any(row.strip() for row in rows):
-        raise UserInputError(f"data file '{spec}' holds no text")
+        raise UserInputError(f"data file '{spec}' holds no text; give a file with text in it"
+                             f"{' (a text field per JSON line)' if suffix == '.jsonl' else ''}")
     return TextSource(path.name, "file", rows, {"source": str(path), "split": "file", "origin": "file",
                                                 "path": str(path.resolve()), "sha256": file_sha256(path)})
 
