@@ -27,7 +27,7 @@ def bench_command(
     batch: str = typer.Option("1,16", help="Batch sizes, comma-separated."),
     new_tokens: int = typer.Option(128, help="Greedy decode steps per run."),
     prompt_len: int = typer.Option(32, help="Random prompt length (prefill)."),
-    device: str = typer.Option("cuda", help="cuda, or cpu (reference matmuls; not representative)."),
+    device: str = typer.Option("cuda", help="cuda (or cuda:N), or cpu (reference matmuls; not representative)."),
     dtype: str = typer.Option("float16", help="float16 or bfloat16 (float32 for CPU checks)."),
     cuda_graphs: Optional[bool] = typer.Option(None, "--cuda-graphs/--no-cuda-graphs",
                                                help="Also replay a captured decode step (static KV cache + "
@@ -40,7 +40,7 @@ def bench_command(
     """Decode throughput of packed models vs the dense model, with the dispatch path each layer took."""
     from llmprune.evals.bench import default_formats, format_table, run_bench
 
-    graphs = device == "cuda" if cuda_graphs is None else cuda_graphs
+    graphs = device.startswith("cuda") if cuda_graphs is None else cuda_graphs
     variants = ["eager"] + (["static+compile"] if compile else []) + (["static+cudagraphs"] if graphs else [])
     formats = default_formats(model) if format is None else [f.strip() for f in format.split(",") if f.strip()]
     result = run_bench(model, formats, _ints(batch, "--batch"), new_tokens=new_tokens, prompt_len=prompt_len,

@@ -63,16 +63,18 @@ def check_inputs(model: str, formats: list[str], batches: list[int], device: str
                                      + "; ".join(f"+{m} applies to {', '.join(f)}" for m, f in MODIFIERS.items()))
     if not batches or any(b < 1 for b in batches):
         raise UserInputError(f"--batch {batches}: every batch size must be >= 1 (e.g. --batch 1,16)")
-    if device not in ("cpu", "cuda"):
-        raise UserInputError(f"--device {device}: choose cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserInputError("--device cuda but CUDA is not available here; use --device cpu (not representative)")
+    from llmprune.pipeline import check_device
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserInputError(f"--device {device} but CUDA is not available here; use --device cpu (not "
+                             f"representative)")
+    check_device(device)  # cpu, cuda or cuda:N that this machine has
     if dtype not in DTYPES:
         raise UserInputError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
     for variant in variants:
         if variant not in VARIANTS:
             raise UserInputError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    if "static+cudagraphs" in variants and device != "cuda":
+    if "static+cudagraphs" in variants and not device.startswith("cuda"):
         raise UserInputError("--cuda-graphs needs --device cuda; add --no-cuda-graphs for CPU runs")
     stored = _stored_format(model)
     for fmt in formats:
@@ -107,7 +109,7 @@ def greedy(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> torch.Ten
 
 def _timed(fn, device: str) -> float:
     """Wall seconds of ``fn()``, CUDA synchronized on both sides."""
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.startswith("cuda") else (lambda: None)
     sync()
     start = time.perf_counter()
     fn()
@@ -188,8 +190,8 @@ def run_bench(model: str, formats: list[str], batches: list[int], *, new_tokens:
                              "error": error})
         del net
     return {"model": model, "device": device, "dtype": dtype, "new_tokens": new_tokens, "prompt_len": prompt_len,
-            "representative": device == "cuda",
-            "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+            "representative": device.startswith("cuda"),
+            "gpu": torch.cuda.get_device_name(device) if device.startswith("cuda") else None,
             "versions": _versions(), "rows": rows}
 
 

@@ -97,6 +97,7 @@ def test_run_bench_rows_and_table():
     (dict(batches=[0]), "--batch"),
     (dict(dtype="float8"), "--dtype"),
     (dict(variants=["static+cudagraphs"]), "--cuda-graphs needs --device cuda"),
+    (dict(device="mps"), "--device mps: choose cpu or cuda"),
 ])
 def test_bad_input_one_line(kwargs, needle):
     args = dict(model="tiny", formats=["int4"], batches=[1], device="cpu", dtype="float32", variants=["eager"])
@@ -108,8 +109,17 @@ def test_bad_input_one_line(kwargs, needle):
 
 def test_cuda_requested_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(UserInputError, match="CUDA is not available"):
-        bench.check_inputs("tiny", ["int4"], [1], "cuda", "float16", ["eager"])
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(UserInputError, match=f"--device {device} but CUDA is not available"):
+            bench.check_inputs("tiny", ["int4"], [1], device, "float16", ["eager"])
+
+
+def test_a_gpu_other_than_the_first_is_named_as_compress_and_eval_name_it(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    bench.check_inputs("tiny", ["int4"], [1], "cuda:1", "float16", ["eager"])  # accepted (it was refused)
+    with pytest.raises(UserInputError, match="this machine has 2 GPU"):
+        bench.check_inputs("tiny", ["int4"], [1], "cuda:2", "float16", ["eager"])
 
 
 def _app():
