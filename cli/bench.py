@@ -36,6 +36,7 @@ def bench_command(
                                  "through torch.compile (inductor; slow to compile on 7B shapes)."),
     runs: int = typer.Option(3, help="Timed runs per point (median)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the table."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Decode throughput of packed models vs the dense model, with the dispatch path each layer took."""
     from llmprune.evals.bench import default_formats, format_table, run_bench
@@ -44,5 +45,5 @@ def bench_command(
     variants = ["eager"] + (["static+compile"] if compile else []) + (["static+cudagraphs"] if graphs else [])
     formats = default_formats(model) if format is None else [f.strip() for f in format.split(",") if f.strip()]
     result = run_bench(model, formats, _ints(batch, "--batch"), new_tokens=new_tokens, prompt_len=prompt_len,
-                       device=device, dtype=dtype, variants=variants, runs=runs)
+                       device=device, dtype=dtype, variants=variants, runs=runs, progress=not quiet)
     typer.echo(json.dumps(result, indent=2) if as_json else format_table(result))

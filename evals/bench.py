@@ -162,9 +162,12 @@ def _check_length(net, prompt_len: int, new_tokens: int) -> None:
 
 def run_bench(model: str, formats: list[str], batches: list[int], *, new_tokens: int = 128, prompt_len: int = 32,
               device: str = "cpu", dtype: str = "float16", variants: list[str] = ("eager",), runs: int = 3,
-              seed: int = 0) -> dict:
+              seed: int = 0, progress: bool = False) -> dict:
     """Dense baseline + each packed format, each batch and variant: rows with tokens/s, speedup vs dense (same
-    batch and variant) and the dispatch paths the PackedLinears took."""
+    batch and variant) and the dispatch paths the PackedLinears took (``progress``: a bar over those points,
+    minutes each with torch.compile on 7B shapes)."""
+    from tqdm import tqdm
+
     from llmprune.dispatch import kernel_paths
 
     check_inputs(model, formats, batches, device, dtype, list(variants))
@@ -173,12 +176,16 @@ def run_bench(model: str, formats: list[str], batches: list[int], *, new_tokens:
     if runs < 1:
         raise UserInputError(f"--runs {runs}: must be at least 1 (the median of the timed runs is reported)")
     rows, dense_rate = [], {}
-    for fmt in ["dense"] + [f for f in dict.fromkeys(formats) if f != "dense"]:
+    measured = ["dense"] + [f for f in dict.fromkeys(formats) if f != "dense"]
+    bar = tqdm(total=len(measured) * len(variants) * len(batches), desc="bench", unit="point", leave=False,
+               disable=not progress)
+    for fmt in measured:
         net = _build(model, fmt, device, dtype, seed)
         _check_length(net, prompt_len, new_tokens)
         vocab = net.config.vocab_size
         for variant in variants:
             for batch in batches:
+                bar.set_postfix_str(f"{fmt} batch {batch} {variant}")
                 gen = torch.Generator().manual_seed(seed + batch)
                 prompt = torch.randint(0, vocab, (batch, prompt_len), generator=gen).to(device)
                 rate, agree, error = _measure(net, prompt, new_tokens, device, variant, runs)
@@ -188,7 +195,9 @@ def run_bench(model: str, formats: list[str], batches: list[int], *, new_tokens:
                 rows.append({"format": fmt, "batch": batch, "variant": variant, "tokens_per_s": rate,
                              "speedup": rate / dense_rate[(batch, variant)], "agree": agree, "paths": paths,
                              "error": error})
+                bar.update()
         del net
+    bar.close()
     return {"model": model, "device": device, "dtype": dtype, "new_tokens": new_tokens, "prompt_len": prompt_len,
             "representative": device.startswith("cuda"),
             "gpu": torch.cuda.get_device_name(device) if device.startswith("cuda") else None,

@@ -135,7 +135,8 @@ def test_cli_json():
                                       "--prompt-len", "2", "--device", "cpu", "--dtype", "float32", "--runs", "1",
                                       "--json"])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)  # the JSON on stdout; the progress bar on stderr
+    assert "bench: 100%" in res.stderr and "3/3" in res.stderr
     assert [r["format"] for r in out["rows"]] == ["dense", "int4", "sparse24_int4"]
     assert out["device"] == "cpu" and out["new_tokens"] == 3
 
@@ -218,7 +219,7 @@ def test_cli_bench_of_a_checkpoint_defaults_to_its_stored_format(tmp_path):
     res = CliRunner().invoke(_app(), [str(saved), "--batch", "1", "--new-tokens", "2", "--prompt-len", "2",
                                       "--device", "cpu", "--dtype", "float32", "--runs", "1", "--json"])
     assert res.exit_code == 0, res.output
-    assert [r["format"] for r in json.loads(res.output)["rows"]] == ["dense", "int4"]
+    assert [r["format"] for r in json.loads(res.stdout)["rows"]] == ["dense", "int4"]
 
 
 def test_cli_compile_at_the_smallest_new_tokens(monkeypatch):
@@ -229,7 +230,7 @@ def test_cli_compile_at_the_smallest_new_tokens(monkeypatch):
                                       "--prompt-len", "4", "--device", "cpu", "--dtype", "float32", "--runs", "1",
                                       "--compile", "--json"])
     assert res.exit_code == 0, res.output
-    rows = [r for r in json.loads(res.output)["rows"] if r["variant"] == "static+compile"]
+    rows = [r for r in json.loads(res.stdout)["rows"] if r["variant"] == "static+compile"]
     assert [r["format"] for r in rows] == ["dense", "int4"]
     assert all(r["error"] is None and r["agree"] == 1.0 and r["tokens_per_s"] > 0 for r in rows)
 
