@@ -69,8 +69,9 @@ class RichProgress:
 
 def batch_command(
     spec: Path = typer.Argument(..., help="SPEC.yaml: models, recipes (grid), evaluations."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Results folder (default: spec 'output' or "
-                                          "a folder named after the spec file, beside it)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Results folder; an existing one is resumed "
+                                          "into (default: spec 'output', else beside the spec: grid.yaml -> grid/, "
+                                          "a spec without a suffix -> SPEC.out/)."),
     shard: Optional[str] = typer.Option(None, help="Run only cells INDEX, INDEX+COUNT, ... (e.g. 0/4), no report."),
     device: Optional[str] = typer.Option(None, help="Override the spec's device (cpu, cuda)."),
     keep_models: bool = typer.Option(True, "--keep-models/--no-keep-models",

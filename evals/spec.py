@@ -162,6 +162,9 @@ def _validate_recipe(recipe: dict, where: KeyLines, key: str) -> dict:
     if not isinstance(recipe.get("options") or {}, dict):
         raise where.error(f"{key}.options", "a mapping of option names to values, e.g. {max_cycles: 50}")
     parsed = _checked(where, key, recipe_from_dict, recipe)  # damp, block, ignore patterns: the Recipe's checks
+    from llmprune.compress import typed_options
+
+    _checked(where, f"{key}.options", typed_options, parsed)  # names and values, as the compress job reads them
     _checked(where, f"{key}.format", check_format, parsed, recipe["format"])  # as the compress job checks it
     return recipe
 
@@ -235,9 +238,9 @@ def _calibration(data, where: KeyLines) -> dict:
     if not isinstance(data, dict):
         raise where.error("calibration", "a mapping, e.g. {source: c4, nsamples: 128, seqlen: 2048, seed: 0}")
     _check_keys(data, CALIB_KEYS, where, "calibration.")
-    for key in ("nsamples", "seqlen", "seed"):
+    for key, least in (("nsamples", 1), ("seqlen", 2), ("seed", 0)):  # as recipe.Calibration checks them
         if key in data:
-            _int(data[key], where, f"calibration.{key}", 0 if key == "seed" else 1)
+            _int(data[key], where, f"calibration.{key}", least)
     return dict(data)
 
 
@@ -283,5 +286,13 @@ def load_spec(path) -> BatchSpec:
                      evaluations=_evaluations(data.get("evaluations"), where),
                      calibration=_calibration(data.get("calibration"), where), dense=dense,
                      device=device, dtype=dtype,
-                     output=Path(data["output"]) if data.get("output") else None,
-                     cache=Path(data["cache"]) if data.get("cache") else None)
+                     output=_folder(data.get("output"), where, "output"),
+                     cache=_folder(data.get("cache"), where, "cache"))
+
+
+def _folder(value, where: KeyLines, key: str) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise where.error(key, "a folder path, e.g. results/grid")
+    return Path(value).expanduser()

@@ -104,11 +104,16 @@ def _check_writable(out: Path) -> None:
     if len(os.fsencode(staged)) > _name_max(existing):
         raise UserInputError(f"--output {out}: the name is too long to stage beside it as {staged[:24]}...; "
                              f"choose a shorter name")
+    probe_writable(existing, f"--output {out}")
+
+
+def probe_writable(folder: Path, flag: str) -> None:
+    """Create and remove a folder in ``folder``: permissions, a read-only mount or an immutable folder all show
+    only when writing (``os.access`` misses the last two, and root passes every permission check)."""
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=".llmprune-probe-", dir=existing))
+        os.rmdir(tempfile.mkdtemp(prefix=".llmprune-probe-", dir=folder))
     except OSError as exc:
-        raise UserInputError(f"--output {out}: cannot write in {existing} ({exc.strerror}); choose another "
-                             f"path") from None
+        raise UserInputError(f"{flag}: cannot write in {folder} ({exc.strerror}); choose another path") from None
 
 
 def _name_max(directory: Path) -> int:

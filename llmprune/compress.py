@@ -103,6 +103,23 @@ def accepted_options(recipe: Recipe) -> set[str]:
     return set(option_defaults(recipe))
 
 
+def typed_options(recipe: Recipe) -> Recipe:
+    """``recipe`` with each ``--option`` read as its parameter's default reads (``options.like``): an option no
+    step of this recipe reads would be recorded in the manifest and silently do nothing, and a text where a
+    flag or number belongs would run as something else or fail inside a layer: both are refused, in one line."""
+    defaults = option_defaults(recipe)
+    given = dict(recipe.options)
+    fields = sorted(set(given) & {"damp", "block"})
+    if fields:
+        raise UserInputError(f"--option {fields[0]}: set it with --{fields[0]} (a recipe field)")
+    unknown = sorted(set(given) - set(defaults) - {"calib_seqlen"})  # the sweep passes the window length
+    if unknown:
+        raise UserInputError(f"--option {unknown[0]}: not an option of this recipe; choose one of "
+                             f"{', '.join(sorted(defaults)) or '(none)'}")
+    typed = {k: like(v, k, *defaults.get(k, (None, ""))) for k, v in given.items()}
+    return recipe.with_(options=tuple(sorted(typed.items())))
+
+
 class Plan:
     """The recipe resolved per module: which Linears are compressed, with which pattern, and what they need.
 
@@ -118,7 +135,7 @@ class Plan:
         self.method = METHODS.get(recipe.method)
         self.refiner = self._refiner(recipe)
         self.quantizer = self._quantizer(recipe)
-        self.recipe = recipe = self._typed_options(recipe)
+        self.recipe = recipe = typed_options(recipe)
         self.report = Report()
         self.targets: dict[str, Sparsity | None] = {}
         moe = any(".experts." in name for name in modules)
@@ -140,23 +157,6 @@ class Plan:
                 example = next(iter(names), "")
                 raise UserInputError(f"{flag} {pattern!r}: matches no layer of this model; patterns are regular "
                                      f"expressions searched in module names such as {example!r}")
-
-    @staticmethod
-    def _typed_options(recipe: Recipe) -> Recipe:
-        """``recipe`` with each ``--option`` read as its parameter's default reads (``options.like``): an option no
-        step of this recipe reads would be recorded in the manifest and silently do nothing, and a text where a
-        flag or number belongs would run as something else or fail inside a layer: both are refused, in one line."""
-        defaults = option_defaults(recipe)
-        given = dict(recipe.options)
-        fields = sorted(set(given) & {"damp", "block"})
-        if fields:
-            raise UserInputError(f"--option {fields[0]}: set it with --{fields[0]} (a recipe field)")
-        unknown = sorted(set(given) - set(defaults) - {"calib_seqlen"})  # the sweep passes the window length
-        if unknown:
-            raise UserInputError(f"--option {unknown[0]}: not an option of this recipe; choose one of "
-                                 f"{', '.join(sorted(defaults)) or '(none)'}")
-        typed = {k: like(v, k, *defaults.get(k, (None, ""))) for k, v in given.items()}
-        return recipe.with_(options=tuple(sorted(typed.items())))
 
     @staticmethod
     def _refiner(recipe: Recipe):

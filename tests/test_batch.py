@@ -380,3 +380,168 @@ def test_batch_device_this_machine_lacks_is_one_line_before_any_cell(tmp_path, m
     with pytest.raises(UserInputError, match="--device cuda: CUDA is not available here"):
         run_batch(load_spec(path), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+BAD_OPTION_SPECS = [
+    ("{method: magnitude, sparsity: 0.5, options: {foo: 1}}",
+     "recipes[0].options: --option foo: not an option of this recipe; choose one of (none)"),
+    ("{method: wanda, sparsity: 0.5, refine: dsnot, options: {max_cycles: x}}",
+     "recipes[0].options: --option max_cycles=x: dsnot needs a whole number here"),
+]
+
+
+@pytest.mark.parametrize("recipe, message", BAD_OPTION_SPECS)
+def test_batch_spec_recipe_options_are_checked_at_load(tmp_path, recipe, message):
+    """An option no step reads (or a value of the wrong kind) is refused with the spec's line, not in each cell."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(f"models: [m]\nrecipes:\n  - {recipe}\nevaluations: {{perplexity: [wikitext2]}}\n")
+    with pytest.raises(UserInputError) as info:
+        load_spec(path)
+    assert str(info.value) == f"{path}:3: {message}"
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(root.rglob("*"))
+
+
+def _cli_error(argv: list[str], capsys, root: Path) -> str:
+    """Run ``llmprune batch``, expecting exit 2, one line on stderr and nothing written under ``root``."""
+    from llmprune.cli.main import main
+
+    before, _ = _files(root), capsys.readouterr()  # the setup's own output (saving the tiny model) aside
+    assert main(["batch", *argv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert _files(root) == before
+    return err.strip()
+
+
+@pytest.mark.parametrize("case", ["under a file", "a file", "the model folder", "spec cache is a file",
+                                  "spec output is a file"])
+def test_batch_output_folder_checked_before_any_cell(tmp_path, capsys, case):
+    spec, folder, _ = _tiny_spec(tmp_path, "  - {method: magnitude, sparsity: 0.5}\n", 1)
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    out = tmp_path / "out"
+    if case.startswith("spec"):
+        spec.write_text(spec.read_text() + f"{case.split()[1]}: {afile}\n")
+    argv = {"under a file": ["-o", str(afile / "sub")], "a file": ["-o", str(afile)],
+            "the model folder": ["-o", str(folder)]}.get(case, ["-o", str(out)])
+    expected = {
+        "under a file": f"--output {afile}/sub: {afile} is a file, not a folder; choose another path",
+        "a file": f"--output {afile}: a file with that name exists; choose a folder path",
+        "the model folder": f"--output {folder}: it is the run's input {folder}, which the batch would write "
+                            f"into; choose another folder",
+        "spec cache is a file": f"{spec}: cache {afile}: a file with that name exists; choose a folder path",
+        "spec output is a file": f"{spec}: output {afile}: a file with that name exists; choose a folder path"}
+    argv = argv if case != "spec output is a file" else []
+    assert _cli_error([str(spec), *argv], capsys, tmp_path) == f"error: {expected[case]}"
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_batch_output_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatch, exists):
+    """A read-only place (simulated: root writes anywhere) is found by the probe before any cell runs."""
+    import tempfile
+
+    spec, _, _ = _tiny_spec(tmp_path, "  - {method: magnitude, sparsity: 0.5}\n", 1)
+    out = tmp_path / "out"
+    if exists:
+        (out / "cache").mkdir(parents=True)  # a batch output from an earlier run: resuming into it is allowed
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    where = out if exists else tmp_path  # an existing folder is written into; a new one is made beside
+    assert _cli_error([str(spec), "-o", str(out)], capsys, tmp_path) == \
+        f"error: --output {out}: cannot write in {where} (Permission denied); choose another path"
+
+
+def test_batch_default_output_of_a_spec_without_suffix():
+    from llmprune.evals.batch_checks import default_output
+
+    assert default_output(Path("specs/grid.yaml")) == Path("specs/grid")
+    assert default_output(Path("specs/grid")) == Path("specs/grid.out")  # not the spec file itself
+
+
+@pytest.mark.parametrize("arch, lines, key", [
+    ("gpt2", "evaluations:\n  perplexity: [wikitext2]\n  seqlen: 200\n", "evaluations.seqlen"),
+    ("llama", "calibration: {nsamples: 2, seqlen: 200}\nevaluations: {perplexity: [wikitext2]}\n",
+     "calibration.seqlen"),
+])
+def test_batch_window_longer_than_the_model_context_is_one_line(tmp_path, capsys, arch, lines, key):
+    """GPT-2's learned positions failed each cell with an IndexError; Llama's ran silently out of range."""
+    from tests.tiny_models import MAX_POSITIONS, save_tiny
+
+    folder = save_tiny(tmp_path / "tiny", arch)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"models: [{folder}]\nrecipes:\n  - {{method: wanda, sparsity: 0.5}}\n{lines}")
+    assert _cli_error([str(spec), "-o", str(tmp_path / "out")], capsys, tmp_path) == \
+        f"error: {spec}: model {folder}: {key} 200: the model takes at most {MAX_POSITIONS} positions; give {key} " \
+        f"{MAX_POSITIONS} or less"
+
+
+def test_batch_models_checked_from_config_alias_and_packed(tmp_path, monkeypatch):
+    """The alias reads its cached folder's config; a packed checkpoint is refused once, up front; only recipes that
+    read calibration windows have their length checked."""
+    import shutil
+
+    from llmprune.errors import ModelNotFound
+    from llmprune.evals.batch_checks import calibrates, model_config
+    from llmprune.model import aliases
+    from tests.tiny_models import MAX_POSITIONS, save_tiny
+
+    folder = save_tiny(tmp_path / "tiny", "llama")
+    monkeypatch.setattr(aliases, "ensure_alias", lambda name: folder)
+    assert model_config("smollm2-135m").max_position_embeddings == MAX_POSITIONS
+    packed = Path(shutil.copytree(folder, tmp_path / "packed"))
+    (packed / "llmprune.json").write_text(json.dumps({"format": "sparse24", "model": {"spec": "tiny"}}))
+    with pytest.raises(ModelNotFound, match=r"'.*packed' is an llmprune checkpoint stored packed \(sparse24\)"):
+        model_config(str(packed))
+    assert [calibrates(r) for r in ({"method": "magnitude", "sparsity": "0.5"}, {"method": "wanda", "sparsity": "0.5"},
+                                    {"method": "magnitude", "sparsity": "0.5", "quant": "w4g16", "quantizer": "rtn"},
+                                    {"method": "magnitude", "sparsity": "0.5", "refine": "dsnot"}, None)] == \
+        [False, True, False, True, False]
+
+
+@pytest.mark.parametrize("model", ["missing-dir/", "no-such-hub-model"])
+def test_batch_missing_model_is_one_line_before_any_cell(tmp_path, capsys, monkeypatch, model):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"models: [{model}]\nrecipes:\n  - {{method: magnitude, sparsity: 0.5}}\n"
+                    "evaluations: {perplexity: [wikitext2]}\n")
+    err = _cli_error([str(spec), "-o", str(tmp_path / "out")], capsys, tmp_path)
+    start = f"model path '{model}' does not exist" if "/" in model else f"model '{model}' not found locally"
+    assert err.startswith(f"error: {spec}: models: {start}"), err
+
+
+def test_batch_damaged_cached_result_is_recomputed_quietly(tmp_path, capsys, recwarn):
+    """A damaged results/*.json is one warning naming it and is computed again; --quiet shows no library bars. The
+    spec has no suffix: its default output is SPEC.out beside it, and a second run resumes into it."""
+    from llmprune.cli.main import main
+
+    spec, _, _ = _tiny_spec(tmp_path, "  - {method: magnitude, sparsity: 0.5}\n", 1)
+    bare = spec.rename(tmp_path / "grid")
+    capsys.readouterr()
+    assert main(["batch", str(bare), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "Loading weights" not in err and "it/s" not in err, err
+    cached = sorted((tmp_path / "grid.out" / "cache" / "results").glob("*.json"))
+    assert len(cached) == 2
+    cached[0].write_text("{bad")
+    cached[1].write_text('{"foo": 1}')
+    recwarn.clear()
+    assert main(["batch", str(bare), "--quiet"]) == 0
+    warned = [str(w.message) for w in recwarn if "cached result" in str(w.message)]
+    assert sorted(warned) == sorted(f"{path}: not a readable cached result (damaged or edited?); computing the cell "
+                                    f"again" for path in cached)
+    assert all(json.loads(path.read_text())["status"] == "ok" for path in cached)
+
+
+def test_batch_plot_names_are_visible_and_distinct_per_model(tmp_path):
+    text = SPEC.replace("models: [fake-model]", "models: [./fake-model, fake-model]")
+    written = write_report(_runner(tmp_path, Fakes(), text).run(), tmp_path / "out")
+    pngs = [p.name for p in written if p.suffix == ".png"]
+    assert len(pngs) == len(set(pngs)) == 4 and not any(name.startswith((".", "-")) for name in pngs)
+    assert "fake-model-acc-vs-bits.png" in pngs

@@ -152,7 +152,7 @@ def _load_hub(spec: str, dtype, revision: str | None = None):
         raise ModelNotFound(f"could not load '{spec}' from the Hub ({str(exc).splitlines()[0]}); {ACCEPTED}") from None
 
 
-def _looks_like_path(spec: str) -> bool:
+def looks_like_path(spec: str) -> bool:
     """Hub ids are ``name`` or ``org/name``; anything else with a separator, ``~`` or ``.gguf`` is a path, and so is
     ``dir/name`` when ``dir`` is a local folder (``out/sgpt42``, a mistyped output folder, is not a Hub id)."""
     return (spec.startswith(("/", ".", "~")) or spec.endswith(".gguf") or spec.count("/") > 1
@@ -182,7 +182,7 @@ def resolve(spec, *, dtype=torch.float32, revision: str | None = None) -> Loaded
         return LoadedModel(model, tokenizer, {"spec": text, "kind": "folder", "path": str(path.resolve())})
     if path.is_dir():
         raise ModelNotFound(f"folder '{text}' holds no HF checkpoint (config.json and *.safetensors); {ACCEPTED}")
-    if _looks_like_path(text):
+    if looks_like_path(text):
         raise ModelNotFound(f"model path '{text}' does not exist ({ACCEPTED})")
     model, tokenizer = _load_hub(text, dtype, revision)
     commit = getattr(model.config, "_commit_hash", None) or revision

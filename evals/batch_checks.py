@@ -1,0 +1,149 @@
+"""What ``llmprune batch`` checks before its first cell: every mistake that would fail each cell in turn (or crash
+after the first one) is one line up front, and nothing is written.
+
+- the data sets the spec names resolve (``check_data``);
+- every model exists, is not a packed checkpoint, and takes the spec's window lengths, read from its config alone
+  (``check_models``);
+- the output and cache folders can be written and are none of the run's inputs (``check_folders``). Unlike
+  ``llmprune compress``'s output, an existing, non-empty folder is fine: a batch resumes into it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from llmprune.atomic import check_output_dir, probe_writable
+from llmprune.errors import LlmpruneError, UserInputError
+
+
+def check_data(spec) -> None:
+    """Every data set the spec names resolves (calibration source, perplexity texts, zero-shot tasks), before the
+    first cell: a misspelled name would otherwise fail every cell, the evaluations only after each compression."""
+    from llmprune.data.calibration import calibration_source
+
+    from .perplexity import load_eval_text
+    from .zeroshot import resolve_tasks
+
+    source = str(spec.calibration.get("source", "c4"))
+    checks = [] if source == "self" or source.startswith("self:") else [("calibration.source", calibration_source,
+                                                                          source)]
+    checks += [("evaluations.perplexity", load_eval_text, name) for name in spec.evaluations.perplexity]
+    if spec.evaluations.zeroshot:
+        checks.append(("evaluations.zeroshot", resolve_tasks, list(spec.evaluations.zeroshot)))
+    for key, check, value in checks:
+        try:
+            check(value)
+        except LlmpruneError as exc:  # unknown names, missing files (DataNotFound)
+            raise type(exc)(f"{spec.path}: {key}: {exc}") from None
+
+
+def check_models(spec) -> None:
+    """Every model loads as far as its config says, and no window is longer than its context: GPT-2's learned
+    positions fail with an IndexError in every cell, rotary models silently score positions they never saw."""
+    from llmprune.model.layers import check_seqlen
+    from llmprune.recipe import Calibration
+
+    windows = [("evaluations.seqlen", spec.evaluations.seqlen)]
+    if any(calibrates(variant.recipe) for variant in spec.variants):
+        windows.append(("calibration.seqlen", Calibration(**spec.calibration).seqlen))
+    for model in spec.models:
+        try:
+            config = model_config(model)
+        except LlmpruneError as exc:
+            raise type(exc)(f"{spec.path}: models: {exc}") from None
+        for key, seqlen in windows:
+            if config is not None and seqlen is not None:
+                try:
+                    check_seqlen(config, seqlen, key)
+                except UserInputError as exc:
+                    raise UserInputError(f"{spec.path}: model {model}: {exc}") from None
+
+
+def calibrates(recipe: dict | None) -> bool:
+    """Whether a variant reads calibration windows (magnitude and round-to-nearest read none), as the compress job
+    decides per module (``Plan.needs``)."""
+    if recipe is None:
+        return False
+    from llmprune.prune import METHODS
+    from llmprune.quant import QUANTIZERS
+    from llmprune.refine import REFINERS
+
+    from .spec import recipe_from_dict
+
+    parsed = recipe_from_dict(recipe)
+    steps = [QUANTIZERS.get(parsed.quant.method)] if parsed.quant is not None else []
+    if parsed.sparsity is not None:
+        steps += [METHODS.get(parsed.method)] + ([REFINERS.get(parsed.refine)] if parsed.refine else [])
+    return any(step.needs for step in steps)
+
+
+def model_config(text: str):
+    """The config of the model ``text`` names, read without its weights; a name that cannot load fails here with
+    the loader's own one-line error. None when only loading can tell (a Hub model not in the local cache while
+    online; a config transformers cannot read, which the cell's load reports)."""
+    from llmprune.model.aliases import ALIASES, ensure_alias
+    from llmprune.model.load import looks_like_path, is_hf_folder, refuse_packed, resolve
+    from llmprune.settings import hub_offline
+
+    path = Path(text).expanduser()
+    if text in ALIASES and not path.exists():
+        return _config(ensure_alias(text))
+    if is_hf_folder(path):
+        refuse_packed(path)  # every cell would refuse a packed checkpoint: say it once
+        return _config(path)
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return _config(path.parent, gguf_file=path.name)
+    if not path.exists() and not looks_like_path(text):
+        config = _config(text, local_files_only=True)  # a Hub id in the local cache
+        if config is not None or not hub_offline():
+            return config
+    resolve(text)  # none of the loadable forms: resolve fails with its one-line ModelNotFound before any loading
+    return None
+
+
+def _config(location, **kwargs):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(location, **kwargs)
+    except (OSError, ValueError, KeyError, ImportError):
+        return None
+
+
+def default_output(spec_path) -> Path:
+    """Beside the spec, named after it: ``grid.yaml`` -> ``grid/``; a spec without a suffix -> ``grid.out/`` (its
+    own name is taken by the spec file)."""
+    path = Path(spec_path)
+    return path.with_suffix("") if path.suffix else path.with_name(f"{path.name}.out")
+
+
+def check_folders(spec, out: Path, cache: Path, flag: str = "--output") -> None:
+    """The output and cache folders: not a file nor under one, writable, and none of the run's inputs (the models,
+    data files and folders, llmprune's cache: ``pipeline.protected_inputs``, as compress protects them)."""
+    from llmprune.pipeline import protected_inputs
+
+    evals = spec.evaluations
+    protect = protected_inputs(*spec.models, str(spec.calibration.get("source", "c4")), *evals.perplexity)
+    check_folder(out, protect, flag)
+    check_folder(cache, protect, f"{spec.path}: cache" if spec.cache else "cache folder")
+
+
+def check_folder(folder: Path, protect, flag: str) -> None:
+    """One batch folder (``check_folders``); ``flag`` names where it was given, in the error."""
+    try:
+        if folder.is_dir():
+            _check_existing(folder, protect)
+        else:  # a new folder is created like compress's: the same checks of where it goes
+            check_output_dir(folder, protect=protect)
+    except UserInputError as exc:
+        raise UserInputError(str(exc).replace("--output", flag, 1)) from None
+
+
+def _check_existing(folder: Path, protect) -> None:
+    """An existing folder is written into (a resumed run), never replaced: it may hold anything but must not be
+    one of the inputs, and must take new files."""
+    target = folder.resolve()
+    for path in protect:
+        if Path(path).resolve() == target:
+            raise UserInputError(f"--output {folder}: it is the run's input {path}, which the batch would write "
+                                 f"into; choose another folder")
+    probe_writable(folder, f"--output {folder}")
