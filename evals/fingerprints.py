@@ -1,36 +1,24 @@
 """What identifies a batch cell's inputs, for ``llmprune batch``'s content-hash cache (evals/batch.py): a local
-folder or .gguf contributes the sha256 of its files (memoized by path, size and mtime: a 7B checkpoint is hashed once
-per process), an alias its pinned package, a Hub id its name only; data the sha256 of the files it reads."""
+folder or .gguf contributes the sha256 of its files (``llmprune.model.fingerprint.file_sha256``, memoized: a 7B
+checkpoint is hashed once per process), an alias its pinned package, a Hub id its name only; data the sha256 of the
+files it reads."""
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
 
-_SHA: dict[tuple, str] = {}
-
-
-def _sha256(path: Path) -> str:
-    stat = path.stat()
-    memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if memo not in _SHA:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(chunk)
-        _SHA[memo] = digest.hexdigest()
-    return _SHA[memo]
-
 
 def model_fingerprint(spec: str) -> dict:
     """What identifies a model's weights (module docstring)."""
     from llmprune.model.aliases import ALIASES
+    from llmprune.model.fingerprint import file_sha256
 
     path = Path(spec).expanduser()
     if path.exists():
         wanted = [p for p in (path.iterdir() if path.is_dir() else [path])
                   if p.suffix in {".safetensors", ".gguf", ".json"} and p.name != "README.md"]
-        return {"files": {p.name: _sha256(p) for p in sorted(wanted)}}
+        return {"files": {p.name: file_sha256(p) for p in sorted(wanted)}}
     if spec in ALIASES:
         return {"alias": spec, "package": ALIASES[spec].package}
     return {"hub": spec}

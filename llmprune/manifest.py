@@ -34,11 +34,14 @@ _ST_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "fl
               "I16": "int16", "I32": "int32", "I64": "int64", "BOOL": "bool"}
 
 
-def sha256(path: Path) -> str:
+def sha256(path: Path, on_chunk=None) -> str:
+    """The file's sha256, read in 4 MiB chunks (``on_chunk(n_bytes)`` after each: a progress bar)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 22), b""):
             digest.update(chunk)
+            if on_chunk is not None:
+                on_chunk(len(chunk))
     return digest.hexdigest()
 
 

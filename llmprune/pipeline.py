@@ -127,7 +127,8 @@ def _run_compress(job: CompressJob) -> str:
         check_output_dir(target, force=job.force, protect=protect)
     t0 = time.perf_counter()
     loaded = resolve(job.model, dtype=DTYPES[job.dtype], revision=job.revision)
-    changed = _check_model_files(job, loaded)
+    files = model_files(loaded.source, progress=job.progress)  # hashed once: checked now, recorded at the end
+    changed = _check_model_files(job, files)
     _warn_other_versions(job)
     plan = build_plan(loaded.model, job.recipe, job.format)  # every shape check, before any calibration
     if job.export:
@@ -154,7 +155,7 @@ def _run_compress(job: CompressJob) -> str:
                        progress=job.progress,
                        forward_dtype=DTYPES[job.forward_dtype] if job.forward_dtype else None)
     manifest = {
-        "model": {**loaded.source, "files": model_files(loaded.source, progress=job.progress)},
+        "model": {**loaded.source, "files": files},
         "recipe": job.recipe.to_dict(),
         "calibration": None if calib is None else {**asdict(job.calibration), "sha256": calib.sha256,
                                                    "description": calib.description},
@@ -178,14 +179,14 @@ def _run_compress(job: CompressJob) -> str:
             f"{len(report.records)} Linear layers in {report.timings.get('compress_seconds', 0):.1f} s")
 
 
-def _check_model_files(job: CompressJob, loaded) -> list[str]:
+def _check_model_files(job: CompressJob, files: dict | None) -> list[str]:
     """Before any work, the model files a re-run loaded against those the manifest recorded."""
     recorded = job.replay and job.replay.model_files
     if not recorded:
         return []
-    from .model.fingerprint import changed_files, model_files
+    from .model.fingerprint import changed_files
 
-    differ = changed_files(recorded, model_files(loaded.source, progress=job.progress) or {})
+    differ = changed_files(recorded, files or {})
     return [_changed(job, f"the model files {', '.join(differ)}")] if differ else []
 
 

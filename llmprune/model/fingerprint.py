@@ -6,12 +6,11 @@ decide the result are hashed: the config, the weights and the tokenizer (which d
 model is pinned by its commit instead."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 PATTERNS = ("config.json", "*.safetensors", "*.bin", "*.gguf", "*.index.json", "tokenizer.json", "tokenizer.model",
             "tokenizer_config.json")
-_CHUNK = 1 << 24
+_MEMO: dict[tuple, str] = {}
 _BAR_FROM = 1 << 30  # hashing this many bytes takes a second or more: show a bar
 
 
@@ -30,18 +29,24 @@ def changed_files(recorded: dict[str, str], current: dict[str, str]) -> list[str
     return sorted(name for name in recorded.keys() | current.keys() if recorded.get(name) != current.get(name))
 
 
+def file_sha256(path: Path, on_chunk=None) -> str:
+    """A file's sha256, memoized per process by path, size and mtime: a 7B checkpoint is hashed once, not once per
+    batch cell and again for its manifest."""
+    from ..manifest import sha256
+
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _MEMO:
+        _MEMO[key] = sha256(path, on_chunk)
+    elif on_chunk is not None:
+        on_chunk(stat.st_size)
+    return _MEMO[key]
+
+
 def _hash_all(files: list[Path], progress: bool) -> dict[str, str]:
     from tqdm import tqdm
 
     total = sum(f.stat().st_size for f in files)
-    digests = {}
     with tqdm(total=total, unit="B", unit_scale=True, desc="hashing the model files", leave=False,
               disable=not progress or total < _BAR_FROM) as bar:
-        for f in files:
-            digest = hashlib.sha256()
-            with open(f, "rb") as handle:
-                for chunk in iter(lambda: handle.read(_CHUNK), b""):
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-            digests[f.name] = digest.hexdigest()
-    return digests
+        return {f.name: file_sha256(f, bar.update) for f in files}
