@@ -133,6 +133,13 @@ def eval_command(
         from .eval_zeroshot import check_tasks
 
         task_names = check_tasks(tasks)  # unknown names / missing data fail before the model loads
+    if texts and seqlen is not None:  # a window the model cannot take fails before its weights load
+        from llmprune.model.layers import check_seqlen
+        from llmprune.model.load import read_config
+
+        config = read_config(model)
+        if config is not None:
+            check_seqlen(config, seqlen, "--seqlen")
     from llmprune.pipeline import library_progress
 
     with library_progress(not quiet):  # transformers' "Loading weights" bar too

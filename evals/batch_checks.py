@@ -77,36 +77,13 @@ def calibrates(recipe: dict | None) -> bool:
 
 
 def model_config(text: str):
-    """The config of the model ``text`` names, read without its weights; a name that cannot load fails here with
-    the loader's own one-line error. None when only loading can tell (a Hub model not in the local cache while
-    online; a config transformers cannot read, which the cell's load reports)."""
-    from llmprune.model.aliases import ALIASES, ensure_alias
-    from llmprune.model.load import looks_like_path, is_hf_folder, refuse_packed, resolve
-    from llmprune.settings import hub_offline
+    """The config of the model ``text`` names (``llmprune.model.load.read_config``); a packed checkpoint, which every
+    cell would refuse, is refused once here."""
+    from llmprune.model.load import is_hf_folder, read_config, refuse_packed
 
-    path = Path(text).expanduser()
-    if text in ALIASES and not path.exists():
-        return _config(ensure_alias(text))
-    if is_hf_folder(path):
-        refuse_packed(path)  # every cell would refuse a packed checkpoint: say it once
-        return _config(path)
-    if path.is_file() and path.suffix.lower() == ".gguf":
-        return _config(path.parent, gguf_file=path.name)
-    if not path.exists() and not looks_like_path(text):
-        config = _config(text, local_files_only=True)  # a Hub id in the local cache
-        if config is not None or not hub_offline():
-            return config
-    resolve(text)  # none of the loadable forms: resolve fails with its one-line ModelNotFound before any loading
-    return None
-
-
-def _config(location, **kwargs):
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(location, **kwargs)
-    except (OSError, ValueError, KeyError, ImportError):
-        return None
+    if is_hf_folder(Path(text).expanduser()):
+        refuse_packed(Path(text).expanduser())
+    return read_config(text)
 
 
 def default_output(spec_path) -> Path:

@@ -488,11 +488,11 @@ def test_batch_models_checked_from_config_alias_and_packed(tmp_path, monkeypatch
 
     from llmprune.errors import ModelNotFound
     from llmprune.evals.batch_checks import calibrates, model_config
-    from llmprune.model import aliases
+    from llmprune.model import load
     from tests.tiny_models import MAX_POSITIONS, save_tiny
 
     folder = save_tiny(tmp_path / "tiny", "llama")
-    monkeypatch.setattr(aliases, "ensure_alias", lambda name: folder)
+    monkeypatch.setattr(load, "ensure_alias", lambda name: folder)
     assert model_config("smollm2-135m").max_position_embeddings == MAX_POSITIONS
     packed = Path(shutil.copytree(folder, tmp_path / "packed"))
     (packed / "llmprune.json").write_text(json.dumps({"format": "sparse24", "model": {"spec": "tiny"}}))

@@ -66,14 +66,18 @@ def test_cli_eval_bad_flags_are_one_line_before_loading(flags, words, tmp_path, 
     assert err.startswith("error: ") and words in err and len(err.splitlines()) == 1, err
 
 
-def test_cli_eval_window_longer_than_the_model_context_is_one_line(tmp_path, capsys):
+def test_cli_eval_window_longer_than_the_model_context_is_one_line(tmp_path, capsys, monkeypatch):
+    """Read from the config, before the weights load (no loading bar before the error, no wait on a big model)."""
+    from llmprune.cli import eval as cli_eval
+
     src = save_tiny(tmp_path / "src", "gpt2")  # learned absolute positions: an index error otherwise
     text_file = tmp_path / "eval.txt"
     text_file.write_text("Sparse models keep accuracy. " * 50)
     capsys.readouterr()
-    assert main(["eval", str(src), "--ppl", str(text_file), "--seqlen", "100000", "--quiet"]) == 2
+    monkeypatch.setattr(cli_eval, "load_for_eval", lambda *a, **k: pytest.fail("the model was loaded first"))
+    assert main(["eval", str(src), "--ppl", str(text_file), "--seqlen", "100000"]) == 2
     err = capsys.readouterr().err
-    assert "--seqlen 100000: the model takes at most" in err and len(err.splitlines()) == 1, err
+    assert err == "error: --seqlen 100000: the model takes at most 128 positions; give --seqlen 128 or less\n", err
 
 
 def test_cli_eval_of_a_packed_folder_without_its_manifest_loads_it_through_transformers(tmp_path, capsys):

@@ -159,6 +159,34 @@ def looks_like_path(spec: str) -> bool:
             or "\\" in spec or spec.endswith("/") or ("/" in spec and Path(spec).parent.is_dir()))
 
 
+def read_config(text: str):
+    """The config of the model ``text`` names, read without its weights (checks before a long load); a name that
+    cannot load fails here with ``resolve``'s one-line error. None when only loading can tell (a Hub model not in
+    the local cache while online; a config transformers cannot read, which the load reports)."""
+    path = Path(text).expanduser()
+    if text in ALIASES and not path.exists():
+        return _config(ensure_alias(text))
+    if is_hf_folder(path):
+        return _config(path)
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return _config(path.parent, gguf_file=path.name)
+    if not path.exists() and not looks_like_path(text):
+        config = _config(text, local_files_only=True)  # a Hub id in the local cache
+        if config is not None or not settings.hub_offline():
+            return config
+    resolve(text)  # none of the loadable forms: resolve fails with its one-line ModelNotFound before any loading
+    return None
+
+
+def _config(location, **kwargs):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(location, **kwargs)
+    except (OSError, ValueError, KeyError, ImportError):
+        return None
+
+
 def resolve(spec, *, dtype=torch.float32, revision: str | None = None) -> LoadedModel:
     """Load the model named by ``spec`` (alias | HF folder | .gguf file | Hub id) on CPU, in eval mode.
     ``revision`` pins a Hub model's commit (``source["revision"]`` records the one loaded)."""
