@@ -42,8 +42,10 @@ def _check_storable(records: dict) -> None:
         try:
             get_format(rec["format"]).tensor_specs(rec["out_features"], rec["in_features"], **rec["params"])
         except UserInputError as exc:
-            raise UserInputError(f"{name}: cannot be saved: {exc} (cast the model with .to(torch.float32) or "
-                                 f".to(torch.float16) first)") from None
+            dtypes = {v for v in rec["params"].values() if isinstance(v, str) and "float" in v}
+            hint = (" (cast the model with .to(torch.float32) or .to(torch.float16) first)"
+                    if dtypes - {"float16", "bfloat16", "float32"} else "")
+            raise UserInputError(f"{name}: cannot be saved: {exc}{hint}") from None
 
 
 def _layer_record(model: nn.Module, name: str, fmt: str, params: dict) -> dict:
@@ -107,6 +109,7 @@ def write_checkpoint(model: nn.Module, directory: Path, *, layers: dict | None =
                      manifest_extra: dict | None = None, tokenizer=None) -> None:
     """``save``'s writing, into an existing empty (staged) folder: callers that commit several outputs together
     (a compression and its export) stage them with ``atomic.atomic_dirs``."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: save the model's own names
     refuse_merged(model, "save")
     table = _layer_table(model, layers)
     formats = {fmt for fmt, _, _ in table.values()}

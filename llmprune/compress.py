@@ -374,6 +374,7 @@ def build_plan(model, recipe: Recipe, format: str | None = None) -> Plan:
     from .packing import storage_dtype
 
     _refuse_packed(model)  # the CLI builds the plan before compress_ does
+    _refuse_unreachable_weights(model)
     unfuse_experts_(model)  # fused MoE experts become Linears first, or they would be left dense
     from .engine.lm_head import head_name
 
@@ -410,15 +411,74 @@ def _refuse_packed(model) -> None:
                              f"or unpack it first (model.dequantize(), llmprune.packed_linear.unpack_linears_)")
 
 
+def _refuse_unreachable_weights(model) -> None:
+    """Weights llmprune would not really change: offloaded ones (accelerate's ``cpu_offload`` or a ``device_map``
+    with "disk" leave them on the meta device, and moving a layer fails after earlier layers were already pruned),
+    and ones ``torch.nn.utils.prune`` or a parametrization recomputes from ``weight_orig`` at every forward (a
+    written weight is overwritten: the model would stay as it was)."""
+    from torch.nn.utils import parametrize
+
+    meta = next((name for name, p in model.named_parameters() if p.device.type == "meta"), None)
+    if meta is not None:
+        raise UserInputError(f"{meta} is offloaded (on the meta device); load the model into memory without "
+                             f"offloading (no device_map, or device_map='cpu'): llmprune moves one layer at a time "
+                             f"to its device itself")
+    hooked = next((name for name, m in model.named_modules()
+                   if hasattr(m, "weight_orig") or parametrize.is_parametrized(m)), None)
+    if hooked is not None:
+        raise UserInputError(f"{hooked} recomputes its weight at every forward (torch.nn.utils.prune or a "
+                             f"parametrization); make it plain first (torch.nn.utils.prune.remove(module, 'weight') "
+                             f"or parametrize.remove_parametrizations)")
+
+
+def _check_run(model, calib, device: str, batch_size: int) -> None:
+    """The arguments ``compress_`` takes from Python, as the CLI checks its flags: one line each, before any work."""
+    from .model.layers import check_seqlen
+    from .pipeline import check_device
+
+    check_device(device)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserInputError(f"batch_size={batch_size!r}: must be a whole number >= 1")
+    if calib is None:
+        return
+    ids = getattr(calib, "ids", None)
+    if not isinstance(ids, Tensor) or ids.ndim != 2 or ids.dtype != torch.long:
+        raise UserInputError(f"calib={type(calib).__name__}: give a CalibrationSet "
+                             f"(llmprune.calibration_windows(tokenizer, Calibration(...)))")
+    vocab = getattr(model.config, "vocab_size", None)
+    if vocab is not None and ids.numel() and int(ids.max()) >= vocab:
+        raise UserInputError(f"the calibration windows hold token id {int(ids.max())}, beyond the model's vocabulary "
+                             f"of {vocab}; draw them with this model's own tokenizer")
+    check_seqlen(model, ids.shape[1], "the calibration windows' length")
+
+
 def compress_(model, recipe: Recipe, calib=None, *, device: str = "cpu", batch_size: int = 8,
               progress: bool = True, forward_dtype: torch.dtype | None = None, captured=None) -> Report:
-    """Compress ``model`` in place following ``recipe``. ``calib`` is a ``CalibrationSet`` (or None when no module
-    needs statistics). ``captured``: layer-0 inputs already captured from ``calib`` on this dense model
-    (``engine.capture.capture_inputs``), reused instead of a new capture — a sweep captures once. ``forward_dtype`` runs the calibration forwards in another dtype (statistics stay float32; see
-    ``engine.sequential.run_sequential_``). Returns the Report (per-layer records, quantized codes, timings)."""
+    """Compress ``model`` in place following ``recipe``.
+
+    ``calib``: a ``CalibrationSet`` (``llmprune.calibration_windows``), or None when no module needs statistics.
+    ``device``: where each layer is compressed (the model stays where it is; one layer at a time moves).
+    ``batch_size``: calibration windows per forward. ``progress``: a bar over the layers. ``forward_dtype`` runs the
+    calibration forwards in another dtype (statistics stay float32; see ``engine.sequential.run_sequential_``).
+    ``captured``: layer-0 inputs already captured from ``calib`` on this dense model
+    (``engine.capture.capture_inputs``), reused instead of a new capture — a sweep captures once.
+    A ``torch.compile`` wrapper is compressed through the module it wraps (names stay the model's), and the
+    forwards run in eval mode (no dropout), the model's mode restored after. Returns the ``Report`` (per-layer
+    records, quantized codes, timings); a user mistake raises ``UserInputError`` before any weight changes."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule: the same parameters
+    refuse_merged(model, "compress")
+    _check_run(model, calib, device, batch_size)
+    was_training = model.training
+    model.eval()
+    try:
+        return _compress(model, recipe, calib, device, batch_size, progress, forward_dtype, captured)
+    finally:
+        model.train(was_training)
+
+
+def _compress(model, recipe, calib, device, batch_size, progress, forward_dtype, captured) -> Report:
     from .engine.sequential import run_sequential_, run_without_calibration_
 
-    refuse_merged(model, "compress")
     start = time.perf_counter()
     plan = build_plan(model, recipe)
     plan.calib_seqlen = None if calib is None else int(calib.ids.shape[1])

@@ -20,6 +20,9 @@ class Unstructured:
 
     fraction: float
 
+    def __post_init__(self):  # the API builds these directly: the same checks as parse_sparsity
+        _check_fraction(self.fraction, f"Unstructured({self.fraction!r})")
+
     def __str__(self) -> str:
         return _fraction_text(self.fraction)
 
@@ -30,6 +33,12 @@ class NM:
 
     n: int
     m: int
+
+    def __post_init__(self):
+        whole = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.n, self.m))
+        if not whole or not 1 <= self.n < self.m:
+            raise UserInputError(f"NM({self.n!r}, {self.m!r}): N:M keeps N of every M, two whole numbers with "
+                                 f"1 <= N < M, e.g. NM(2, 4)")
 
     @property
     def fraction(self) -> float:
@@ -46,8 +55,19 @@ class Groups:
     size: int
     fraction: float
 
+    def __post_init__(self):
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
+            raise UserInputError(f"Groups({self.size!r}, {self.fraction!r}): the group size must be a whole number "
+                                 f">= 1, e.g. Groups(16, 0.5)")
+        _check_fraction(self.fraction, f"Groups({self.size!r}, {self.fraction!r})")
+
     def __str__(self) -> str:
         return f"{_fraction_text(self.fraction)}@g{self.size}"
+
+
+def _check_fraction(fraction, where: str) -> None:
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0:
+        raise UserInputError(f"{where}: the fraction pruned must be a number in (0, 1), e.g. 0.5")
 
 
 def _fraction_text(fraction: float) -> str:
@@ -164,6 +184,11 @@ class Recipe:
     experts: str = "routed"  # MoE experts' statistics: from the tokens routed to them | from every token
 
     def __post_init__(self):  # every way in (flags, a manifest, a batch spec, the API) gets the same checks
+        if self.sparsity is not None and not isinstance(self.sparsity, (Unstructured, NM, Groups)):
+            raise UserInputError(f"Recipe(sparsity={self.sparsity!r}): give Unstructured, NM or Groups, e.g. "
+                                 f"parse_sparsity('2:4')")
+        if self.quant is not None and not isinstance(self.quant, QuantSpec):
+            raise UserInputError(f"Recipe(quant={self.quant!r}): give a QuantSpec, e.g. parse_quant('w4g128')")
         if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not 0 < self.damp < math.inf:
             raise UserInputError(f"--damp {self.damp!r}: must be a positive finite number (the reference uses 0.01)")
         if isinstance(self.block, bool) or not isinstance(self.block, int) or self.block < 1:

@@ -31,3 +31,87 @@ def test_compress_without_calibration_says_how_from_python_too():
     model, _ = tiny_model("llama")
     with pytest.raises(UserInputError, match=r"give --calib \(from Python: .*calibration_windows"):
         compress_(model, Recipe(method="wanda", sparsity=parse_sparsity("0.5")))
+
+
+def _windows(n=2, seqlen=16, high=200, seed=0):
+    import torch
+
+    from llmprune.data.calibration import CalibrationSet, windows_sha256
+
+    ids = torch.randint(1, high, (n, seqlen), generator=torch.Generator().manual_seed(seed))
+    return CalibrationSet(ids, windows_sha256(ids))
+
+
+def test_compress_refuses_what_it_could_not_really_change_before_any_weight_changes():
+    """Offloaded weights (on meta) and weights recomputed by torch.nn.utils.prune: one line, model untouched."""
+    import pytest
+    import torch
+    from torch.nn.utils import prune
+
+    from llmprune import Recipe, compress_, parse_sparsity
+    from llmprune.errors import UserInputError
+    from tests.tiny_models import tiny_model
+
+    recipe = Recipe(method="magnitude", sparsity=parse_sparsity("0.5"))
+    model, _ = tiny_model("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.model.layers[1].mlp.down_proj.to("meta")  # what accelerate's disk offload leaves in the module
+    with pytest.raises(UserInputError, match=r"^model\.layers\.1\.mlp\.down_proj\.weight is offloaded \(on the meta"):
+        compress_(model, recipe)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items() if v.device.type != "meta")
+    model, _ = tiny_model("llama")
+    prune.l1_unstructured(model.model.layers[0].self_attn.q_proj, "weight", 0.3)
+    with pytest.raises(UserInputError, match=r"q_proj recomputes its weight at every forward .*prune\.remove"):
+        compress_(model, recipe)
+
+
+def test_compress_checks_its_python_arguments_in_one_line():
+    import pytest
+
+    from llmprune import NM, Groups, Recipe, Unstructured, compress_, parse_sparsity
+    from llmprune.errors import UserInputError
+    from tests.tiny_models import tiny_model
+
+    model, _ = tiny_model("llama")
+    recipe = Recipe(method="wanda", sparsity=parse_sparsity("0.5"))
+    vocab = model.config.vocab_size
+    cases = [
+        (lambda: compress_(model, recipe, _windows().ids), "give a CalibrationSet"),
+        (lambda: compress_(model, recipe, _windows(high=vocab + 50, seed=1)), "beyond the model's vocabulary"),
+        (lambda: compress_(model, recipe, _windows(seqlen=10_000)), "the calibration windows' length 10000: the mo"),
+        (lambda: compress_(model, recipe, _windows(), batch_size=0), "batch_size=0: must be a whole number"),
+        (lambda: compress_(model, recipe, _windows(), device="tpu"), "--device tpu: choose cpu or cuda"),
+        (lambda: Recipe(sparsity="0.5"), "give Unstructured, NM or Groups"),
+        (lambda: Recipe(quant="w4g32"), "give a QuantSpec"),
+        (lambda: NM(4, 2), "1 <= N < M"), (lambda: Unstructured(1.5), "a number in (0, 1)"),
+        (lambda: Unstructured(0.0), "a number in (0, 1)"), (lambda: Groups(0, 0.5), "group size must be"),
+    ]
+    for call, words in cases:
+        with pytest.raises(UserInputError) as info:
+            call()
+        assert words in str(info.value) and "\n" not in str(info.value), (words, info.value)
+
+
+def test_compress_runs_in_eval_mode_and_through_a_compile_wrapper():
+    """Dropout off during calibration (train() mode gave other masks), the mode restored; a torch.compile wrapper
+    is compressed under the model's own names."""
+    import torch
+
+    from llmprune import Recipe, compress_, parse_sparsity
+    from tests.tiny_models import tiny_model
+
+    recipe = Recipe(method="wanda", sparsity=parse_sparsity("0.5"))
+    plain, _ = tiny_model("opt")
+    trained, _ = tiny_model("opt")
+    for m in trained.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.3
+    trained.train()
+    compress_(plain, recipe, _windows(), progress=False)
+    compress_(trained, recipe, _windows(), progress=False)
+    assert trained.training and all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(),
+                                                                          trained.state_dict().values()))
+    wrapped, _ = tiny_model("llama")
+    report = compress_(torch.compile(wrapped), recipe, _windows(), progress=False)
+    assert "model.layers.0.mlp.down_proj" in report.records
+    assert float((wrapped.model.layers[0].mlp.down_proj.weight == 0).float().mean()) == 0.5
