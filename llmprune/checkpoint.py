@@ -92,14 +92,28 @@ def _write_shards(directory: Path, state: dict) -> list[dict]:
 
 
 def save(model: nn.Module, out_dir, *, layers: dict | None = None, manifest_extra: dict | None = None,
-         tokenizer=None, force: bool = False) -> Path:
+         tokenizer=None, force: bool = False, report=None, format: str = "dense", recipe=None) -> Path:
     """Write ``model`` to ``out_dir`` (atomically; ``force`` replaces a non-empty folder); ``layers`` maps Linear
     names to ``(format, packed tensors, params)``.
 
-    Layers not in ``layers`` (and every other tensor) are stored dense. When every layer is ``dense`` the folder is a
-    plain Hugging Face checkpoint. ``manifest_extra`` (recipe, calibration, report, timings, versions) is merged
-    into ``llmprune.json``; when it holds a recipe, a model card (README.md) is rendered from it. Returns the path.
+    From Python after ``compress_``: ``report`` (its ``Report``) and ``format`` (e.g. ``"sparse24_int4"``) pack the
+    compressed layers as ``llmprune compress --format`` does, and the report (and ``recipe``, when given) go into the
+    manifest and the model card. Layers not in ``layers`` (and every other tensor) are stored dense. When every layer
+    is ``dense`` the folder is a plain Hugging Face checkpoint. ``manifest_extra`` (recipe, calibration, report,
+    timings, versions) is merged into ``llmprune.json``; when it holds a recipe, a model card (README.md) is rendered
+    from it. Returns the path.
     """
+    if format != "dense":
+        from .packing import pack_layers
+
+        get_format(format)  # an unknown name: "did you mean"
+        if report is None or layers is not None:
+            raise UserInputError(f"format={format!r} packs the layers compress_ compressed: pass report= (the Report "
+                                 f"compress_ returned), not layers=")
+        layers = pack_layers(getattr(model, "_orig_mod", model), report, format)
+    extra = {**({} if recipe is None else {"recipe": recipe.to_dict()}),
+             **({} if report is None else {"report": report.to_dict()}), **(manifest_extra or {})}
+    manifest_extra = extra or None
     with atomic_dir(out_dir, force) as tmp:
         write_checkpoint(model, tmp, layers=layers, manifest_extra=manifest_extra, tokenizer=tokenizer)
     return Path(out_dir)

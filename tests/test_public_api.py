@@ -115,3 +115,30 @@ def test_compress_runs_in_eval_mode_and_through_a_compile_wrapper():
     report = compress_(torch.compile(wrapped), recipe, _windows(), progress=False)
     assert "model.layers.0.mlp.down_proj" in report.records
     assert float((wrapped.model.layers[0].mlp.down_proj.weight == 0).float().mean()) == 0.5
+
+
+def test_save_packs_a_compressed_model_from_python(tmp_path):
+    """save(report=, format=) writes what `llmprune compress --format` writes: the packed layers, the report and
+    recipe in the manifest; loading gives the logits of the compressed model."""
+    import pytest
+    import torch
+
+    import llmprune
+    from llmprune import Recipe, compress_, parse_quant, parse_sparsity
+    from llmprune.errors import UserInputError
+    from llmprune.packed_linear import PackedLinear
+    from tests.tiny_models import tiny_model, tiny_tokenizer
+
+    model, _ = tiny_model("llama")
+    recipe = Recipe(method="sparsegpt", sparsity=parse_sparsity("2:4"), quant=parse_quant("w4g16s"))
+    report = compress_(model, recipe, _windows(), progress=False)
+    with pytest.raises(UserInputError, match="pass report="):
+        llmprune.save(model, tmp_path / "no", format="sparse24_int4")
+    folder = llmprune.save(model, tmp_path / "packed", report=report, format="sparse24_int4", recipe=recipe,
+                           tokenizer=tiny_tokenizer())
+    loaded, _, manifest = llmprune.load(folder)
+    assert sum(isinstance(m, PackedLinear) for m in loaded.modules()) == len(report.records)
+    assert manifest["recipe"]["sparsity"] == "2:4" and set(manifest["report"]["layers"]) == set(report.records)
+    ids = torch.tensor([[1, 5, 9, 2, 7]])
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits, model(ids).logits, atol=1e-4)
