@@ -7,7 +7,7 @@ Public API (nothing heavy is imported until used)::
     recipe = llmprune.Recipe(method="wanda", sparsity=llmprune.parse_sparsity("2:4"))
     report = llmprune.compress_(loaded.model, recipe, calib)
     model, tokenizer, manifest = llmprune.load("out/dir")
-    llmprune.save(model, "out/copy")
+    llmprune.save(loaded.model, "out/packed", report=report, format="sparse24", recipe=recipe)
 
 Importing llmprune also lets ``transformers.AutoModelForCausalLM.from_pretrained`` load packed folders
 (``llmprune.hf_quantizer``).
@@ -32,8 +32,11 @@ def _teach_transformers():
 call_after_import("transformers.quantizers.auto", _teach_transformers)
 
 
-def compress_(model, recipe, calib=None, **kwargs):
-    """Compress ``model`` in place (see ``llmprune.compress.compress_``)."""
+def compress_(model, recipe: "Recipe", calib=None, **kwargs):
+    """Compress ``model`` in place following ``recipe``; ``calib`` is a ``CalibrationSet`` from
+    ``calibration_windows`` (None for magnitude / round-to-nearest). Keywords: ``device``, ``batch_size``,
+    ``progress``, ``forward_dtype``. Returns the ``Report``; raises ``UserInputError`` for a mistake, before any
+    weight changes (``llmprune.compress.compress_`` says more)."""
     from .compress import compress_ as run
 
     return run(model, recipe, calib, **kwargs)
@@ -54,7 +57,9 @@ def load(path, **kwargs):
 
 
 def save(model, out_dir, **kwargs):
-    """Write ``model`` (packed modules included) with its ``llmprune.json`` manifest (``llmprune.checkpoint.save``)."""
+    """Write ``model`` with its ``llmprune.json`` manifest, atomically; returns the folder. After ``compress_``,
+    ``report=``, ``format=`` (e.g. "sparse24_int4") and ``recipe=`` pack it as ``llmprune compress --format`` does;
+    also ``tokenizer=``, ``force=`` (``llmprune.checkpoint.save``)."""
     from .checkpoint import save as run
 
     return run(model, out_dir, **kwargs)
@@ -67,19 +72,23 @@ def merge_projections(model, **kwargs):
     return run(model, **kwargs)
 
 
-def calibration_windows(tokenizer, calibration, **kwargs):
+def calibration_windows(tokenizer, calibration: "Calibration", **kwargs):
+    """The ``CalibrationSet`` (token ids ``[nsamples, seqlen]`` and their sha256) that ``calibration`` names, drawn
+    as the papers' reference code draws them; ``model=`` is needed for ``source="self"``."""
     from .data.calibration import calibration_windows as run
 
     return run(tokenizer, calibration, **kwargs)
 
 
 def method_names() -> list[str]:
+    """The pruning methods ``Recipe(method=...)`` accepts."""
     from .prune import METHODS
 
     return METHODS.names()
 
 
 def format_names() -> list[str]:
+    """The storage formats ``save(format=...)`` and ``llmprune compress --format`` accept."""
     from .formats import FORMATS
 
     return FORMATS.names()

@@ -467,6 +467,9 @@ def compress_(model, recipe: Recipe, calib=None, *, device: str = "cpu", batch_s
     records, quantized codes, timings); a user mistake raises ``UserInputError`` before any weight changes."""
     model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule: the same parameters
     refuse_merged(model, "compress")
+    if recipe.sparsity is None and recipe.quant is None and not recipe.overrides:
+        raise UserInputError("nothing to do: the recipe has no sparsity and no quant (e.g. "
+                             "Recipe(method='wanda', sparsity=parse_sparsity('2:4')))")
     _check_run(model, calib, device, batch_size)
     was_training = model.training
     model.eval()

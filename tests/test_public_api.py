@@ -81,6 +81,7 @@ def test_compress_checks_its_python_arguments_in_one_line():
         (lambda: compress_(model, recipe, _windows(seqlen=10_000)), "the calibration windows' length 10000: the mo"),
         (lambda: compress_(model, recipe, _windows(), batch_size=0), "batch_size=0: must be a whole number"),
         (lambda: compress_(model, recipe, _windows(), device="tpu"), "--device tpu: choose cpu or cuda"),
+        (lambda: compress_(model, Recipe(method="wanda"), _windows()), "nothing to do: the recipe has no sparsity"),
         (lambda: Recipe(sparsity="0.5"), "give Unstructured, NM or Groups"),
         (lambda: Recipe(quant="w4g32"), "give a QuantSpec"),
         (lambda: NM(4, 2), "1 <= N < M"), (lambda: Unstructured(1.5), "a number in (0, 1)"),
