@@ -40,14 +40,12 @@ def _load_packed_without_manifest(folder: Path, device: str, dtype):
     through transformers, with llmprune's quantizer plug-in; only the shard checksums go unchecked."""
     import warnings
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    import llmprune  # noqa: F401  (registers the quantizer plug-in)
+    from llmprune.model.load import load_folder
 
     warnings.warn(f"{folder} has no llmprune.json: loaded through transformers, its shards' checksums unchecked",
                   stacklevel=2)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, device_map=device).eval()
-    return model, AutoTokenizer.from_pretrained(str(folder))
+    model, tokenizer = load_folder(folder, dtype)
+    return model.to(device), tokenizer
 
 
 def _ppl_rows(model, tokenizer, texts: list, *, seqlen, max_seqlen, device, batch_size, progress,

@@ -103,6 +103,7 @@ def save(model: nn.Module, out_dir, *, layers: dict | None = None, manifest_extr
     timings, versions) is merged into ``llmprune.json``; when it holds a recipe, a model card (README.md) is rendered
     from it. Returns the path.
     """
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: save the model's own names
     if format != "dense":
         from .packing import pack_layers
 
@@ -110,7 +111,7 @@ def save(model: nn.Module, out_dir, *, layers: dict | None = None, manifest_extr
         if report is None or layers is not None:
             raise UserInputError(f"format={format!r} packs the layers compress_ compressed: pass report= (the Report "
                                  f"compress_ returned), not layers=")
-        layers = pack_layers(getattr(model, "_orig_mod", model), report, format)
+        layers = pack_layers(model, report, format)
     extra = {**({} if recipe is None else {"recipe": recipe.to_dict()}),
              **({} if report is None else {"report": report.to_dict()}), **(manifest_extra or {})}
     manifest_extra = extra or None
@@ -123,7 +124,6 @@ def write_checkpoint(model: nn.Module, directory: Path, *, layers: dict | None =
                      manifest_extra: dict | None = None, tokenizer=None) -> None:
     """``save``'s writing, into an existing empty (staged) folder: callers that commit several outputs together
     (a compression and its export) stage them with ``atomic.atomic_dirs``."""
-    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: save the model's own names
     refuse_merged(model, "save")
     table = _layer_table(model, layers)
     formats = {fmt for fmt, _, _ in table.values()}

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .errors import CorruptCheckpoint, UserInputError
-from .model.fingerprint import model_files
+from .model.fingerprint import changed_files, model_files
 from .recipe import Calibration, Recipe
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -184,8 +184,6 @@ def _check_model_files(job: CompressJob, files: dict | None) -> list[str]:
     recorded = job.replay and job.replay.model_files
     if not recorded:
         return []
-    from .model.fingerprint import changed_files
-
     differ = changed_files(recorded, files or {})
     return [_changed(job, f"the model files {', '.join(differ)}")] if differ else []
 

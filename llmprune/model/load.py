@@ -109,7 +109,9 @@ def refuse_packed(path: Path) -> None:
                         f"save with --format dense to compress further")
 
 
-def _load_folder(path: Path, dtype):
+def load_folder(path: Path, dtype):
+    """Model (eval mode) and tokenizer of an HF folder, with one-line errors for a missing tokenizer, damaged weights
+    or anything else transformers refuses; packed llmprune folders load through the quantizer plug-in."""
     from safetensors import SafetensorError
 
     try:
@@ -196,7 +198,7 @@ def resolve(spec, *, dtype=torch.float32, revision: str | None = None) -> Loaded
     path = Path(text).expanduser()
     if text in ALIASES and not path.exists():
         folder = ensure_alias(text)
-        model, tokenizer = _load_folder(folder, dtype)
+        model, tokenizer = load_folder(folder, dtype)
         return LoadedModel(model, tokenizer, {"spec": text, "kind": "alias", "path": str(folder),
                                               "origin": ALIASES[text].package})
     if path.is_file():
@@ -206,7 +208,7 @@ def resolve(spec, *, dtype=torch.float32, revision: str | None = None) -> Loaded
         return LoadedModel(model, tokenizer, {"spec": text, "kind": "gguf", "path": str(path.resolve())})
     if path.is_dir() and is_hf_folder(path):
         refuse_packed(path)
-        model, tokenizer = _load_folder(path, dtype)
+        model, tokenizer = load_folder(path, dtype)
         return LoadedModel(model, tokenizer, {"spec": text, "kind": "folder", "path": str(path.resolve())})
     if path.is_dir():
         raise ModelNotFound(f"folder '{text}' holds no HF checkpoint (config.json and *.safetensors); {ACCEPTED}")
