@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from llmprune.errors import UserInputError
 from llmprune.kernels.select import measured_rules
 from llmprune.settings import cache_dir
 
@@ -41,10 +42,6 @@ CHECK_CASES = [(1, "gemv"), (2, "gemv"), (4, "gemv"), (16, "gemv"), (16, "gemm")
 CHECK_SHAPE = (11008, 4096)
 CHECK_BOUND = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # ||y - ref||_F / ||ref||_F
 DTYPES = [str(d).removeprefix("torch.") for d in CHECK_BOUND]  # --dtypes: those the check has an error bound for
-
-
-class UsageError(ValueError):
-    """A bad flag: ``main`` prints it as one ``error:`` line and exits 2."""
 
 
 def checked(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> tuple[float, bool]:
@@ -222,7 +219,7 @@ def chosen(text: str, flag: str, valid: list[str]) -> list[str]:
     unknown = [n for n in names if n not in valid]
     if unknown or not names:
         what = f"unknown {', '.join(map(repr, unknown))}" if unknown else "nothing given"
-        raise UsageError(f"{flag} {text!r}: {what}; choose from {','.join(valid)} (comma-separated)")
+        raise UserInputError(f"{flag} {text!r}: {what}; choose from {','.join(valid)} (comma-separated)")
     return names
 
 
@@ -236,7 +233,7 @@ def no_gpu_message(args) -> str:
 
 
 def parse(argv):
-    """The flags, ``--formats`` and ``--dtypes`` as checked lists (``UsageError`` for an unknown name)."""
+    """The flags, ``--formats`` and ``--dtypes`` as checked lists (``UserInputError`` for an unknown name)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="full-size correctness against the torch references")
     ap.add_argument("--bench", action="store_true", help="the timing table")
@@ -263,7 +260,7 @@ def parse(argv):
 def main(argv=None) -> int:
     try:
         args = parse(argv)
-    except UsageError as exc:
+    except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.plan:

@@ -169,6 +169,17 @@ def _write_json(path: Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=1, default=str))
 
 
+def _manifest_path(model_dir: Path) -> Path:
+    from llmprune.manifest import FILENAME  # lazily: it imports torch
+
+    return Path(model_dir) / FILENAME
+
+
+def _has_checkpoint(model_dir: Path) -> bool:
+    """A cell's cached compression finished: its folder (manifest included) is renamed into place complete."""
+    return _manifest_path(model_dir).is_file()
+
+
 def read_json(path: Path):
     """The JSON in ``path``, or None when it is missing or unreadable."""
     try:
@@ -241,7 +252,7 @@ class BatchRunner:
             if ckey is not None:
                 model_dir = self.cache / "models" / ckey
                 result.model_dir = str(model_dir)
-                if not (model_dir / "llmprune.json").is_file():
+                if not _has_checkpoint(model_dir):
                     on_stage and on_stage("compress")
                     self.compress(cell.model, cell.variant.recipe, model_dir, calibration=self.spec.calibration,
                                   device=device, dtype=self.spec.dtype)
@@ -253,7 +264,7 @@ class BatchRunner:
                 record_rows(model_dir, rows, self.spec.dtype)
         except Exception as exc:  # a failing cell is recorded and the batch goes on
             result.status, result.error = "error", f"{exc.__class__.__name__}: {' '.join(str(exc).split())}"
-            if result.model_dir and not (Path(result.model_dir) / "llmprune.json").is_file():
+            if result.model_dir and not _has_checkpoint(result.model_dir):
                 result.model_dir = None  # its compression failed: no folder to point at
         finally:
             del model
@@ -273,7 +284,7 @@ class BatchRunner:
         if result is None:
             return None
         result.label = cell.variant.label  # labels are presentation, not part of the key: follow the current rules
-        manifest = read_json(Path(result.model_dir or "") / "llmprune.json") if result.model_dir else None
+        manifest = read_json(_manifest_path(result.model_dir)) if result.model_dir else None
         if isinstance(manifest, dict):
             result.metrics = {**result.metrics, **size_metrics(manifest, self.spec.dtype)}
         return result

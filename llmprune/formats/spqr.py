@@ -161,10 +161,13 @@ def stack_rows(packeds: list[dict[str, Tensor]], in_features: int) -> dict[str, 
 
 
 def spec_params(quant, in_features: int) -> dict:
-    """Parameters ``check`` takes for a recipe's ``QuantSpec`` (defaults as quant/spqr.py: g1 = 16, g2 = 16)."""
-    options = dict(quant.options)
-    return {"bits": quant.bits, "group": quant.group or 16, "stat_group": int(options.get("stat_group", 16)),
-            "stat_bits": int(options.get("stat_bits", 3))}
+    """Parameters ``check`` takes for a recipe's ``QuantSpec``: SpQR's settings as the quantizer resolves them
+    (``quant/spqr.settings_of``), the weight group 16 when the spec names none."""
+    from ..quant.spqr import settings_of
+
+    settings = settings_of(dict(quant.options))
+    return {"bits": quant.bits, "group": quant.group or 16, "stat_group": settings["stat_group"],
+            "stat_bits": settings["stat_bits"]}
 
 FORMAT = FORMATS.add("spqr", Format("spqr", tensor_specs, pack, unpack, matmul_ref, check, params, kernel="spqr",
                                     spec_params=spec_params, stack_rows=stack_rows))
