@@ -59,21 +59,10 @@ def check_models(spec) -> None:
 
 
 def calibrates(recipe: dict | None) -> bool:
-    """Whether a variant reads calibration windows (magnitude and round-to-nearest read none), as the compress job
-    decides per module (``Plan.needs``)."""
-    if recipe is None:
-        return False
-    from llmprune.prune import METHODS
-    from llmprune.quant import QUANTIZERS
-    from llmprune.refine import REFINERS
-
+    """Whether a variant reads calibration windows (``Recipe.reads_data``); None is the dense baseline."""
     from .spec import recipe_from_dict
 
-    parsed = recipe_from_dict(recipe)
-    steps = [QUANTIZERS.get(parsed.quant.method)] if parsed.quant is not None else []
-    if parsed.sparsity is not None:
-        steps += [METHODS.get(parsed.method)] + ([REFINERS.get(parsed.refine)] if parsed.refine else [])
-    return any(step.needs for step in steps)
+    return recipe is not None and recipe_from_dict(recipe).reads_data()
 
 
 def model_config(text: str):

@@ -125,6 +125,8 @@ def _run_compress(job: CompressJob) -> str:
     protect = _inputs(job)
     for target in _targets(job):
         check_output_dir(target, force=job.force, protect=protect)
+    if job.recipe.reads_data():
+        _check_data_before_loading(job)
     t0 = time.perf_counter()
     loaded = resolve(job.model, dtype=DTYPES[job.dtype], revision=job.revision)
     files = model_files(loaded.source, progress=job.progress)  # hashed once: checked now, recorded at the end
@@ -143,8 +145,7 @@ def _run_compress(job: CompressJob) -> str:
         if job.replay is not None and not job.replay.calibrated:
             raise UserInputError(f"{job.replay.manifest}: the recorded run read no calibration data, but its recipe "
                                  f"needs it (an edited manifest?); compress again without --from-manifest")
-        check_seqlen(loaded.model, job.calibration.seqlen, "--seqlen")
-
+        check_seqlen(loaded.model, job.calibration.seqlen, "--seqlen")  # again: a Hub config may be read only now
         calib = calibration_windows(loaded.tokenizer, job.calibration, model=loaded.model, progress=job.progress)
         recorded = job.replay and job.replay.calibration_sha256
         if recorded and recorded != calib.sha256:
@@ -177,6 +178,19 @@ def _run_compress(job: CompressJob) -> str:
                     if part)  # a quant-only run names no pruning method
     return (f"saved {job.output} — {what}: achieved sparsity {report.achieved_sparsity():.4f}{quant} over "
             f"{len(report.records)} Linear layers in {report.timings.get('compress_seconds', 0):.1f} s")
+
+
+def _check_data_before_loading(job: CompressJob) -> None:
+    """A missing calibration file or a window longer than the model's positions (read from its config) is one line
+    in a second, not after the model has loaded."""
+    from .data.calibration import check_calibration_source
+    from .model.layers import check_seqlen
+    from .model.load import read_config
+
+    check_calibration_source(job.calibration.source)
+    config = read_config(job.model)
+    if config is not None:
+        check_seqlen(config, job.calibration.seqlen, "--seqlen")
 
 
 def _check_model_files(job: CompressJob, files: dict | None) -> list[str]:

@@ -210,6 +210,18 @@ class Recipe:
     def option(self, key: str, default=None):
         return dict(self.options).get(key, default)
 
+    def reads_data(self) -> bool:
+        """Whether any step reads calibration windows (magnitude and round-to-nearest read none). ``Plan.needs``
+        decides per module once the model is loaded; this answer lets the data checks run before it loads."""
+        from .prune import METHODS
+        from .quant import QUANTIZERS
+        from .refine import REFINERS
+
+        steps = [QUANTIZERS.get(self.quant.method)] if self.quant is not None else []
+        if self.sparsity is not None:
+            steps += [METHODS.get(self.method)] + ([REFINERS.get(self.refine)] if self.refine else [])
+        return any(step.needs for step in steps)
+
     def quant_as_run(self) -> QuantSpec | None:
         """The quant spec with the ``--option`` values folded in, the spec's own options winning: what the quantizer
         reads (``quant/spqr._settings``), so the checks before calibration see the same settings."""

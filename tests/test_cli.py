@@ -113,9 +113,6 @@ def test_cli_compress_without_model_or_manifest(tmp_path, capsys):
     (["--sparsity", "3:7"], "not divisible by M=7"),
     (["--sparsity", "0.5", "--method", "wnada"], "did you mean 'wanda'"),
     (["--sparsity", "0.5", "--calib", "no_such_corpus.jsonl"], "no_such_corpus"),
-    # the packed format's shape rule is checked before calibration, not after minutes of work at pack time
-    (["--sparsity", "0.5", "--quant", "w4g48", "--quantizer", "rtn", "--format", "int4", "--calib", "nowhere.txt"],
-     "group size 48 does not divide in_features 64"),
     (["--sparsity", "0.5", "--ignore", "["], "--ignore '[': not a regular expression"),
     (["--sparsity", "0.5", "--override", "[=0.3"], "--override '[': not a regular expression"),
     (["--sparsity", "0.5", "--override", "mlp=0.3@g16"], "group sparsity needs --method gqsa"),
@@ -140,6 +137,41 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(flags, words, tiny_llama, 
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], stderr
     assert not out.exists()
     assert not list(tmp_path.glob(".*out*")), "temp dir left behind"
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--seqlen", "100000"], "--seqlen 100000: the model takes at most"),
+    (["--calib", "missing.jsonl"], "data file 'missing.jsonl' not found"),
+    (["--calib", "c5"], "--calib c5: unknown source"),
+])
+def test_cli_data_mistakes_are_found_before_the_model_loads(flags, words, tiny_llama, tmp_path, capsys, monkeypatch):
+    """A 7B checkpoint takes minutes to load: a wrong window length or calibration source is found from the config
+    and the data alone."""
+    import llmprune.model
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the data checks")
+
+    monkeypatch.setattr(llmprune.model, "resolve", no_loading)
+    out = tmp_path / "out"
+    code, _, stderr = run_cli(["compress", tiny_llama, "-o", out, "--sparsity", "0.5", "--nsamples", "2",
+                               "--seqlen", "16", "--quiet", *flags], capsys)
+    assert code == 2 and stderr.startswith("error: ") and words in stderr and len(stderr.splitlines()) == 1, stderr
+    assert not out.exists()
+
+
+def test_cli_format_shape_rule_is_checked_before_calibration(tiny_llama, tmp_path, capsys, monkeypatch):
+    """Not after minutes of calibration and compression, at pack time."""
+    import llmprune.data.calibration
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("calibrated before the format's shape check")
+
+    monkeypatch.setattr(llmprune.data.calibration, "calibration_windows", no_calibration)
+    code, _, stderr = run_cli(["compress", tiny_llama, "-o", tmp_path / "out", "--sparsity", "0.5", "--method",
+                               "sparsegpt", "--quant", "w4g48", "--quantizer", "rtn", "--format", "int4", *CALIB],
+                              capsys)
+    assert code == 2 and "group size 48 does not divide in_features 64" in stderr and len(stderr.splitlines()) == 1
 
 
 def test_cli_unknown_model_path(tmp_path, capsys):

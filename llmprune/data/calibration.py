@@ -71,6 +71,19 @@ def calibration_windows(tokenizer, calibration: Calibration, *, model=None, prog
     return CalibrationSet(ids=ids, sha256=windows_sha256(ids), description=description)
 
 
+def check_calibration_source(spec: str) -> None:
+    """The source a spec names can be read: checked in a second before the model loads (minutes for a 7B
+    checkpoint). A named set's rows are read (they are small); a file is only looked at (it may be large; its text
+    is checked when it is read)."""
+    spec = str(spec).strip()
+    if spec == "self" or spec.startswith("self:"):
+        return
+    if sources.is_file_spec(spec):
+        sources.check_file(spec)
+    else:
+        calibration_source(spec)
+
+
 def calibration_source(spec: str) -> sources.TextSource:
     """The rows a calibration spec names; the test split of a named set is refused."""
     if sources.is_file_spec(spec):

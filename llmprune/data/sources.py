@@ -84,20 +84,27 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_file(spec: str | Path) -> TextSource:
-    """A local file: ``.txt`` (one row: the whole text), ``.jsonl`` (field ``text``), ``.parquet`` (column ``text``)."""
+def check_file(spec: str | Path) -> Path:
+    """The file exists and has a type we read; its text is checked when it is read (``load_file``)."""
     path = Path(spec).expanduser()
     if not path.is_file():
         raise DataNotFound(f"data file '{spec}' not found (give an existing .txt, .jsonl or .parquet file)")
+    if path.suffix.lower() not in FILE_SUFFIXES:
+        raise UserInputError(f"data file '{spec}': unsupported type '{path.suffix.lower()}' (use .txt, .jsonl or "
+                             f".parquet)")
+    return path
+
+
+def load_file(spec: str | Path) -> TextSource:
+    """A local file: ``.txt`` (one row: the whole text), ``.jsonl`` (field ``text``), ``.parquet`` (column ``text``)."""
+    path = check_file(spec)
     suffix = path.suffix.lower()
     if suffix == ".txt":
         rows = [path.read_text(encoding="utf-8")]
     elif suffix == ".jsonl":
         rows = _jsonl_texts(path, "text")
-    elif suffix == ".parquet":
-        rows = _parquet_texts(path)
     else:
-        raise UserInputError(f"data file '{spec}': unsupported type '{suffix}' (use .txt, .jsonl or .parquet)")
+        rows = _parquet_texts(path)
     if not any(row.strip() for row in rows):
         raise UserInputError(f"data file '{spec}' holds no text; give a file with text in it"
                              f"{' (a text field per JSON line)' if suffix == '.jsonl' else ''}")
