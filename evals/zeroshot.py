@@ -21,6 +21,8 @@ import difflib
 import json
 import logging
 import math
+import sys
+import traceback
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -173,6 +175,12 @@ def _evaluate(lm, choices: list[TaskChoice], manager, options: dict) -> dict:
         with git_hash_without_stderr():
             return simple_evaluate(model=lm, tasks=[c.task for c in choices], task_manager=manager,
                                    log_samples=True, **options)
+    except AssertionError:  # lm-eval asserts that each answer fits the model's window, and has no way around it
+        if traceback.extract_tb(sys.exc_info()[2])[-1].name != "_loglikelihood_tokens":
+            raise
+        raise UserInputError(f"tasks {', '.join(c.requested for c in choices)}: an answer is longer than the "
+                             f"model's context ({lm.max_length} tokens), which lm-eval cannot score; drop that task "
+                             f"or evaluate a model with a longer context") from None
     except (ConnectionError, OSError) as exc:
         if isinstance(exc, DataNotFound):
             raise

@@ -24,8 +24,8 @@ QUESTIONS = [
 ]
 
 
-def _write_task(folder: Path) -> None:
-    rows = [{"q": q, "choices": c, "gold": g} for q, c, g in QUESTIONS]
+def _write_task(folder: Path, questions=QUESTIONS) -> None:
+    rows = [{"q": q, "choices": c, "gold": g} for q, c, g in questions]
     (folder / "tiny.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "tiny_task.yaml").write_text(yaml.safe_dump({
         "task": "tiny_local_qa", "dataset_path": "json",
@@ -170,6 +170,18 @@ def test_eval_cli_unknown_task_is_one_line_exit_2(tmp_path, capsys):
     assert main(["eval", str(folder), "--tasks", "hellaswga"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert err == ["error: unknown zero-shot task 'hellaswga'; did you mean 'hellaswag'?"]
+
+
+def test_answer_longer_than_the_context_is_one_line(tmp_path):
+    """lm-eval asserts that every answer fits the model's window (a 128-position model, a long PIQA solution): one
+    line naming the tasks and the limit, not lm-eval's bare AssertionError."""
+    from llmprune.evals.zeroshot import run_zeroshot
+
+    _write_task(tmp_path, QUESTIONS[:1] + [("Say it at length", ["word " * 60, "no"], 1)])
+    model, _ = tiny_model("llama")
+    with pytest.raises(UserInputError, match=r"^tasks tiny_local_qa: an answer is longer than the model's context "
+                                             r"\(128 tokens\)"):
+        run_zeroshot(model, tiny_tokenizer(), ["tiny_local_qa"], include_path=[tmp_path])
 
 
 @pytest.mark.parametrize("quiet", [True, False])
