@@ -87,6 +87,8 @@ def test_check_quant_shape_names_the_layer():
     check_quant_shape(64, parse_quant("w4"), "q")
     with pytest.raises(UserInputError, match="group size 16 .* larger"):
         check_quant_shape(8, parse_quant("w3", method="spqr"), "q")  # SpQR's default group is 16
+    with pytest.raises(UserInputError, match="SpQR needs groups of at least 2 weights"):
+        check_quant_shape(64, parse_quant("w3g1", method="spqr"), "q")  # leave-one-out needs a second weight
 
 
 def test_rtn_last_group_may_be_shorter():

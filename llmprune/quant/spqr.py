@@ -162,8 +162,9 @@ def settings_of(options: dict, given: dict | None = None) -> dict:
     return {**numbers, "act_order": flag(opts["act_order"], "act_order")}
 
 
-def _settings(spec: QuantSpec, rows: int, cols: int, given: dict | None, name: str) -> dict:
-    """Resolve options (``spec.options`` win over ``given``) and refuse impossible ones, one line each."""
+def _settings(spec: QuantSpec, rows: int, given: dict | None, name: str) -> dict:
+    """Resolve options (``spec.options`` win over ``given``) and refuse impossible ones, one line each (the group
+    size is ``uniform.check_quant_shape``'s to check, which every caller runs first)."""
     opts = settings_of(dict(spec.options), given)
     where = f"{name}: " if name else ""
     if spec.symmetric:
@@ -173,17 +174,14 @@ def _settings(spec: QuantSpec, rows: int, cols: int, given: dict | None, name: s
     if opts["stat_group"] < 1 or rows % opts["stat_group"]:
         raise UserInputError(f"{where}SpQR stat_group={opts['stat_group']} must divide the output dimension {rows}; "
                              f"set --option stat_group=N to a divisor (the paper uses 16) or exclude the layer")
-    if effective_group(spec, cols) < 2 or cols % effective_group(spec, cols):
-        raise UserInputError(f"{where}--quant {spec}: SpQR needs groups of at least 2 weights that divide the input "
-                             f"dimension {cols} (the paper uses 16)")
     if not opts["outlier_threshold"] >= 0 or opts["spqr_damp"] <= 0:
         raise UserInputError(f"{where}SpQR outlier_threshold must be >= 0 (inf disables outliers) and spqr_damp > 0")
     return opts
 
 
-def check_settings(spec: QuantSpec, rows: int, cols: int, name: str = "") -> None:
+def check_settings(spec: QuantSpec, rows: int, name: str = "") -> None:
     """``_settings``' refusals before calibration, for options given in ``spec`` (defaults: ``spqr``'s)."""
-    _settings(spec, rows, cols, None, name)
+    _settings(spec, rows, None, name)
 
 
 @QUANTIZERS.register("spqr", needs=frozenset({"hessian"}), takes_mask=False)
@@ -205,7 +203,7 @@ def spqr(weight: Tensor, stats: Stats, spec: QuantSpec, *, mask: Tensor | None =
     check_quant_shape(cols, spec, name)
     given = {"outlier_threshold": outlier_threshold, "stat_bits": stat_bits, "stat_group": stat_group,
              "spqr_damp": spqr_damp, "act_order": act_order}
-    opts = _settings(spec, rows, cols, given, name)
+    opts = _settings(spec, rows, given, name)
     group = effective_group(spec, cols)
     W = weight.clone().to(torch.promote_types(weight.dtype, torch.float32))
     H = stats.hessian.clone().to(W.dtype)

@@ -91,13 +91,16 @@ def check_quant_shape(in_features: int, spec: QuantSpec, name: str = "", out_fea
     if group > in_features:
         raise UserInputError(f"{where}group size {group} of --quant {spec} is larger than the input dimension "
                              f"{in_features}; choose a smaller group or exclude the layer with --ignore")
+    if spec.method == "spqr" and group < 2:
+        raise UserInputError(f"{where}--quant {spec}: SpQR needs groups of at least 2 weights (its outlier test "
+                             f"leaves one out; the paper uses 16)")
     if spec.method == "spqr" and in_features % group:
         raise UserInputError(f"{where}input dimension {in_features} is not divisible by the SpQR group size {group} of "
                              f"--quant {spec}; choose a group that divides it or exclude the layer with --ignore")
     if spec.method == "spqr" and out_features is not None:
         from .spqr import check_settings
 
-        check_settings(spec, out_features, in_features, name)
+        check_settings(spec, out_features, name)
 
 
 def stored_scale(scale: Tensor, dtype: torch.dtype | None) -> Tensor:
