@@ -3,7 +3,6 @@ loads it."""
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -50,7 +49,7 @@ def _load_packed_without_manifest(folder: Path, device: str, dtype):
 
 def _ppl_rows(model, tokenizer, texts: list, *, seqlen, max_seqlen, device, batch_size, progress,
               max_windows=None):
-    from llmprune.evals.perplexity import default_seqlen, perplexity
+    from llmprune.evals.perplexity import default_seqlen, perplexity, smallest_cap
     from llmprune.model.layers import check_seqlen
 
     window = seqlen or default_seqlen(model, cap=max_seqlen)
@@ -59,25 +58,22 @@ def _ppl_rows(model, tokenizer, texts: list, *, seqlen, max_seqlen, device, batc
     for text in texts:
         result = perplexity(model, tokenizer, text.text, seqlen=window, device=device, batch_size=batch_size,
                             progress=progress, dataset=text.name,
-                            max_windows=min(filter(None, (text.max_windows, max_windows)), default=None))
+                            max_windows=smallest_cap(text.max_windows, max_windows))
         typer.echo(f"{text.name}: ppl {result.ppl:.4f}  [{result.protocol()}]", err=True)
         rows.append(result.row(text.max_windows))
     return rows
 
 
 def _record(directory: Path, results: dict, dtype: str) -> None:
-    from llmprune.model_cards import record_results, rows_from_perplexity, rows_from_zeroshot
+    from llmprune.evals.record import record_rows
+    from llmprune.model_cards import rows_from_perplexity, rows_from_zeroshot
 
     rows = rows_from_perplexity(results.get("perplexity", []))
     if "zeroshot" in results:
         rows += rows_from_zeroshot(results["zeroshot"])
-    try:
-        written = record_results(directory, rows, dtype)
-    except OSError as exc:  # a read-only folder: the numbers were printed, the evaluation still succeeded
-        warnings.warn(f"the results were not recorded in {directory} ({exc.strerror or exc}); make it writable or "
-                      f"pass --no-record", stacklevel=2)
-        return
-    typer.echo(f"recorded the results in {' and '.join(str(p) for p in written)}", err=True)
+    written = record_rows(directory, rows, dtype, fix="make it writable or pass --no-record")
+    if written:  # a read-only folder only warned: the numbers were printed, the evaluation still succeeded
+        typer.echo(f"recorded the results in {' and '.join(str(p) for p in written)}", err=True)
 
 
 def eval_command(

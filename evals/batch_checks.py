@@ -2,8 +2,8 @@
 after the first one) is one line up front, and nothing is written.
 
 - the data sets the spec names resolve (``check_data``);
-- every model exists, is not a packed checkpoint, and takes the spec's window lengths, read from its config alone
-  (``check_models``);
+- every model exists, is not a packed checkpoint, has a tokenizer (a local folder), and takes the spec's window
+  lengths, read from its config alone (``check_models``);
 - the output and cache folders can be written and are none of the run's inputs (``check_folders``). Unlike
   ``llmprune compress``'s output, an existing, non-empty folder is fine: a batch resumes into it.
 """
@@ -48,6 +48,7 @@ def check_models(spec) -> None:
     for model in spec.models:
         try:
             config = model_config(model)
+            check_tokenizer(model)
         except LlmpruneError as exc:
             raise type(exc)(f"{spec.path}: models: {exc}") from None
         for key, seqlen in windows:
@@ -73,6 +74,31 @@ def model_config(text: str):
     if is_hf_folder(Path(text).expanduser()):
         refuse_packed(Path(text).expanduser())
     return read_config(text)
+
+
+def check_tokenizer(text: str) -> None:
+    """A local HF folder's tokenizer loads and encodes text, before any cell: without tokenizer files its cell would
+    fail only when it ran, after the cells before it. The same probe and message as ``model.load.load_folder``,
+    which loads the tokenizer only together with the weights. Aliases, .gguf files and Hub ids load theirs with the
+    model."""
+    from transformers import AutoTokenizer
+
+    from llmprune.errors import ModelNotFound
+    from llmprune.model.load import is_hf_folder
+
+    folder = Path(text).expanduser()
+    if not is_hf_folder(folder):
+        return
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        why = None if tokenizer("The quick brown fox.", add_special_tokens=False)["input_ids"] else \
+            "its tokenizer encodes text to no tokens; transformers builds an empty one when the folder has no " \
+            "tokenizer files"
+    except (OSError, ValueError, TypeError) as exc:
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if why:
+        raise ModelNotFound(f"no usable tokenizer in '{folder}' ({why}); copy the base model's tokenizer files "
+                            f"(tokenizer.json, tokenizer_config.json) into it")
 
 
 def default_output(spec_path) -> Path:

@@ -69,13 +69,18 @@ class PerplexityResult:
         ``--ppl-max-windows`` cap below it reads as partial."""
         return {"dataset": self.dataset, "ppl": self.ppl, "nll": self.nll_mean, "seqlen": self.seqlen,
                 "windows": self.windows, "tokens": self.tokens,
-                "available_windows": min(filter(None, (self.available_windows, protocol_windows)))}
+                "available_windows": smallest_cap(self.available_windows, protocol_windows)}
 
     def protocol(self) -> str:
         """One line that says what the number means; printed with every perplexity."""
         scored = f"the first {self.windows} of {self.available_windows}" if self.capped else f"{self.windows}"
         return (f"{self.dataset}: {scored} non-overlapping windows of {self.seqlen} tokens (tail dropped), "
                 f"{self.tokens} predicted tokens, mean token NLL {self.nll_mean:.5f} -> ppl {self.ppl:.4f}")
+
+
+def smallest_cap(*caps: int | None) -> int | None:
+    """The tightest of the window caps that are set (None or 0: no cap); None when none is."""
+    return min(filter(None, caps), default=None)
 
 
 def load_eval_text(name_or_path: str) -> EvalText:
@@ -96,7 +101,8 @@ def load_eval_text(name_or_path: str) -> EvalText:
         return EvalText("c4", " ".join(source.rows[:C4_DOCUMENTS]), source.description, max_windows=C4_MAX_WINDOWS)
     close = difflib.get_close_matches(name, sources.NAMES, n=1)
     hint = f"did you mean '{close[0]}'? " if close else ""
-    raise UserInputError(f"--ppl {spec}: unknown dataset; {hint}choose wikitext2, ptb, c4 or a .txt/.jsonl/.parquet file")
+    raise UserInputError(f"--ppl {spec}: unknown dataset; {hint}choose wikitext2, ptb, c4 or a .txt/.jsonl/.parquet "
+                         f"file")
 
 
 def default_seqlen(model, cap: int = 2048) -> int:

@@ -180,27 +180,24 @@ def _expand(entry, where: KeyLines, key: str) -> list[Variant]:
         if not values:
             raise where.error(f"{key}.{k}", "empty list; give at least one value")
     fixed = {k: v for k, v in entry.items() if k not in axes}
-    variants = []
     combos = list(itertools.product(*axes.values()))
-    for combo in combos:
-        try:
-            recipe = _validate_recipe({**fixed, **dict(zip(axes, combo))}, where, key)
-        except UserInputError as exc:
-            if not any(_valid({**fixed, **dict(zip(axes, other))}, where, key) for other in combos if other != combo):
-                raise  # no other combination runs either: the grid is not the problem
+    outcomes = [_outcome({**fixed, **dict(zip(axes, combo))}, where, key) for combo in combos]  # each checked once
+    for combo, outcome in zip(combos, outcomes):
+        if isinstance(outcome, UserInputError):
+            if not any(isinstance(other, dict) for other in outcomes):
+                raise outcome  # no combination runs: the grid is not the problem
             point = ", ".join(f"{k}: {v}" for k, v in zip(axes, combo) if len(axes[k]) > 1)
-            raise UserInputError(f"{exc} (in the grid's combination {point}; a grid runs every combination, so "
+            raise UserInputError(f"{outcome} (in the grid's combination {point}; a grid runs every combination, so "
                                  f"write the ones that fit as separate recipes)") from None
-        variants.append(Variant(_label(recipe), recipe))
-    return variants
+    return [Variant(_label(recipe), recipe) for recipe in outcomes]
 
 
-def _valid(recipe: dict, where: KeyLines, key: str) -> bool:
+def _outcome(recipe: dict, where: KeyLines, key: str) -> dict | UserInputError:
+    """The validated recipe, or the error it fails with: a grid's error depends on whether other combinations run."""
     try:
-        _validate_recipe(dict(recipe), where, key)
-    except UserInputError:
-        return False
-    return True
+        return _validate_recipe(recipe, where, key)
+    except UserInputError as exc:
+        return exc
 
 
 def _evaluations(data, where: KeyLines) -> Evaluations:

@@ -225,6 +225,31 @@ def test_batch_spec_errors_name_line_and_key(tmp_path, text, message):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("formats, fails", [("[dense]", False), ("[dense, sparse24]", True)])
+def test_batch_spec_grid_validates_each_combination_once(tmp_path, monkeypatch, formats, fails):
+    """A failing combination asks whether any other one runs: from the outcomes already known, not by checking the
+    combinations again."""
+    from llmprune.evals import spec as spec_module
+
+    checked = []
+    validate = spec_module._validate_recipe
+
+    def counting(recipe, where, key):
+        checked.append((str(recipe["sparsity"]), recipe.get("format")))
+        return validate(recipe, where, key)
+
+    monkeypatch.setattr(spec_module, "_validate_recipe", counting)
+    path = tmp_path / "spec.yaml"
+    path.write_text(f"models: [m]\nrecipes:\n  - {{method: wanda, sparsity: [0.5, '2:4'], format: {formats}}}\n"
+                    "evaluations: {perplexity: [wikitext2]}\n")
+    if fails:
+        with pytest.raises(UserInputError, match="in the grid's combination sparsity: 0.5, format: sparse24"):
+            load_spec(path)
+    else:
+        assert [v.label for v in load_spec(path).variants] == ["wanda 0.5", "wanda 2:4"]
+    assert len(checked) == len(set(checked)) == (4 if fails else 2)
+
+
 def _direct_ppl(folder: Path, text: str, seqlen: int, max_windows: int) -> tuple[float, float]:
     """Perplexity by the papers' protocol over the first ``max_windows`` windows, computed by hand from the plain HF
     folder; and its zero fraction."""
@@ -502,6 +527,23 @@ def test_batch_models_checked_from_config_alias_and_packed(tmp_path, monkeypatch
                                     {"method": "magnitude", "sparsity": "0.5", "quant": "w4g16", "quantizer": "rtn"},
                                     {"method": "magnitude", "sparsity": "0.5", "refine": "dsnot"}, None)] == \
         [False, True, False, True, False]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_batch_model_folder_without_tokenizer_is_one_line_before_any_cell(tmp_path, capsys, arch):
+    """The folder's weights load; only its missing tokenizer fails, which the model's cell found after the cells
+    before it had run (Llama's transformers error; GPT-2's empty tokenizer, which encodes text to nothing)."""
+    from tests.tiny_models import save_tiny
+
+    folder = save_tiny(tmp_path / "tiny", arch)
+    for file in folder.glob("tokenizer*"):
+        file.unlink()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"models: [{folder}]\nrecipes:\n  - {{method: magnitude, sparsity: 0.5}}\n"
+                    "evaluations: {perplexity: [wikitext2]}\n")
+    err = _cli_error([str(spec), "-o", str(tmp_path / "out")], capsys, tmp_path)
+    assert err.startswith(f"error: {spec}: models: no usable tokenizer in '{folder}' ("), err
+    assert err.endswith("copy the base model's tokenizer files (tokenizer.json, tokenizer_config.json) into it"), err
 
 
 @pytest.mark.parametrize("model", ["missing-dir/", "no-such-hub-model"])

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from llmprune.errors import DataNotFound, UserInputError
-from llmprune.evals.perplexity import default_seqlen, load_eval_text, perplexity
+from llmprune.evals.perplexity import PerplexityResult, default_seqlen, load_eval_text, perplexity
 from tests.data_fixtures import offline_empty_data_dir, shared_data_dir, tiny_lm  # noqa: F401
 from tests.reference.ppl_direct import direct_perplexity, reference_code_perplexity
 
@@ -48,6 +48,15 @@ def test_max_windows_caps_the_windows_scored(tiny_lm):
     assert result.windows == 2 and result.ppl == pytest.approx(direct_perplexity(model, ids, 30, 2), rel=1e-5)
     assert result.available_windows == len(ids) // 30 > 2
     assert f"the first 2 of {len(ids) // 30} non-overlapping windows" in result.protocol()
+
+
+@pytest.mark.parametrize("available, protocol, expected", [(None, None, None), (0, None, None), (None, 256, 256),
+                                                           (40, None, 40), (40, 256, 40), (300, 256, 256)])
+def test_perplexity_row_available_windows_is_the_smallest_known(available, protocol, expected):
+    """Neither the text's windows nor a protocol cap known (a result built by hand): None, not min()'s ValueError."""
+    result = PerplexityResult(ppl=2.0, nll_mean=math.log(2.0), windows=4, tokens=12, seqlen=4, dataset="t",
+                              available_windows=available)
+    assert result.row(protocol)["available_windows"] == expected
 
 
 def test_protocol_line_names_dataset_seqlen_windows_tokens(tiny_lm):
