@@ -78,27 +78,12 @@ def model_config(text: str):
 
 def check_tokenizer(text: str) -> None:
     """A local HF folder's tokenizer loads and encodes text, before any cell: without tokenizer files its cell would
-    fail only when it ran, after the cells before it. The same probe and message as ``model.load.load_folder``,
-    which loads the tokenizer only together with the weights. Aliases, .gguf files and Hub ids load theirs with the
-    model."""
-    from transformers import AutoTokenizer
-
-    from llmprune.errors import ModelNotFound
-    from llmprune.model.load import is_hf_folder
+    fail only when it ran, after the cells before it. Aliases, .gguf files and Hub ids load theirs with the model."""
+    from llmprune.model import load
 
     folder = Path(text).expanduser()
-    if not is_hf_folder(folder):
-        return
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        why = None if tokenizer("The quick brown fox.", add_special_tokens=False)["input_ids"] else \
-            "its tokenizer encodes text to no tokens; transformers builds an empty one when the folder has no " \
-            "tokenizer files"
-    except (OSError, ValueError, TypeError) as exc:
-        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    if why:
-        raise ModelNotFound(f"no usable tokenizer in '{folder}' ({why}); copy the base model's tokenizer files "
-                            f"(tokenizer.json, tokenizer_config.json) into it")
+    if load.is_hf_folder(folder):
+        load.check_tokenizer(folder)
 
 
 def default_output(spec_path) -> Path:

@@ -49,18 +49,25 @@ class _NoTokenizer(ValueError):
     """The tokenizer could not be loaded (told apart from the weights: the fix differs)."""
 
 
-def _load_pretrained(location: str, dtype, **kwargs):
-    """The tokenizer first: it is quick, and a folder without one fails before its weights are read."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _load_tokenizer(location: str, **kwargs):
+    """A tokenizer that turns text into tokens, or ``_NoTokenizer`` saying why not."""
+    from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, **{k: v for k, v in kwargs.items()
-                                                               if k != "quantization_config"})
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
     except (OSError, ValueError, TypeError) as exc:
         raise _NoTokenizer(_first_line(exc)) from exc
     if not tokenizer("The quick brown fox.", add_special_tokens=False)["input_ids"]:
         raise _NoTokenizer("its tokenizer encodes text to no tokens; transformers builds an empty one when the "
                            "folder has no tokenizer files")
+    return tokenizer
+
+
+def _load_pretrained(location: str, dtype, **kwargs):
+    """The tokenizer first: it is quick, and a folder without one fails before its weights are read."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = _load_tokenizer(location, **{k: v for k, v in kwargs.items() if k != "quantization_config"})
     model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
     return _prepare(model), tokenizer
 
@@ -117,13 +124,26 @@ def load_folder(path: Path, dtype):
     try:
         return _load_pretrained(str(path), dtype)
     except _NoTokenizer as exc:
-        raise ModelNotFound(f"no usable tokenizer in '{path}' ({exc}); copy the base model's tokenizer files "
-                            f"(tokenizer.json, tokenizer_config.json) into it") from None
+        raise _tokenizer_error(path, exc) from None
     except SafetensorError as exc:
         raise ModelNotFound(f"the weights in '{path}' are damaged ({_first_line(exc)}); download or save the model "
                             f"again") from None
     except (OSError, ValueError) as exc:
         raise ModelNotFound(f"could not load the model in '{path}' ({_first_line(exc)}); {ACCEPTED}") from None
+
+
+def check_tokenizer(path: Path) -> None:
+    """An HF folder's tokenizer loads and encodes text, checked without its weights (``llmprune batch`` checks every
+    model before its first cell); ``load_folder``'s error when not."""
+    try:
+        _load_tokenizer(str(path))
+    except _NoTokenizer as exc:
+        raise _tokenizer_error(path, exc) from None
+
+
+def _tokenizer_error(path: Path, why: _NoTokenizer) -> ModelNotFound:
+    return ModelNotFound(f"no usable tokenizer in '{path}' ({why}); copy the base model's tokenizer files "
+                         f"(tokenizer.json, tokenizer_config.json) into it")
 
 
 def _causes(exc: BaseException):
