@@ -142,9 +142,6 @@ def _run_compress(job: CompressJob) -> str:
         from .data.calibration import calibration_windows
         from .model.layers import check_seqlen
 
-        if job.replay is not None and not job.replay.calibrated:
-            raise UserInputError(f"{job.replay.manifest}: the recorded run read no calibration data, but its recipe "
-                                 f"needs it (an edited manifest?); compress again without --from-manifest")
         check_seqlen(loaded.model, job.calibration.seqlen, "--seqlen")  # again: a Hub config may be read only now
         calib = calibration_windows(loaded.tokenizer, job.calibration, model=loaded.model, progress=job.progress)
         recorded = job.replay and job.replay.calibration_sha256
@@ -187,6 +184,9 @@ def _check_data_before_loading(job: CompressJob) -> None:
     from .model.layers import check_seqlen
     from .model.load import read_config
 
+    if job.replay is not None and not job.replay.calibrated:
+        raise UserInputError(f"{job.replay.manifest}: the recorded run read no calibration data, but its recipe "
+                             f"needs it (an edited manifest?); compress again without --from-manifest")
     check_calibration_source(job.calibration.source)
     config = read_config(job.model)
     if config is not None:
