@@ -31,6 +31,7 @@ class Report:
     quantized: dict[str, QuantizedWeight] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # module -> reason (ignored by the recipe)
+    filled: list[str] = field(default_factory=list)  # pruned earlier, filled in by a dense-only quantizer
 
     def achieved_sparsity(self) -> float:
         zeros = sum(r["zeros"] for r in self.records.values())
@@ -268,13 +269,15 @@ class Plan:
             record.update(pruned.info)
             W, mask = pruned.weight, pruned.mask
         if self.quantizer is not None:
+            if sparsity is None:  # a layer pruned by an earlier run keeps its zeros (earlier_zeros.py)
+                mask = self._earlier_mask(name, W, record)
             W, mask = self._quantize(name, W, stats, sparsity, mask, record)
         if sparsity is not None:
             record["sparsity"] = verify_pattern(mask, sparsity, compare=self._compare(name), name=name,
                                                 block=self.recipe.block)
         if stats.tokens == 0 and self.needs(name):
             record["uncalibrated"] = True  # no token reached it (an unrouted expert): identity statistics
-        # pruned weights, by the mask: a quantizer's zero codes (or weights that were zero already) are not sparsity
+        # pruned weights, by the mask (this run's, or a layer's earlier zeros it kept): a quantizer's zero codes are not
         zeros = int((~mask).sum()) if mask is not None else 0
         record.update({"zeros": zeros, "numel": W.numel(), "seconds": round(time.perf_counter() - start, 4)})
         self.report.records[name] = record
@@ -291,6 +294,16 @@ class Plan:
     def _joint(self) -> bool:
         """SparseGPT + quantization runs as one sweep (prune and quantize, compensating both; SparseGPT Sec. 3.5)."""
         return self.quantizer is not None and self.recipe.method == "sparsegpt" and self.recipe.quant.method == "gptq"
+
+    def _earlier_mask(self, name: str, W: Tensor, record: dict) -> Tensor | None:
+        from .earlier_zeros import earlier_mask
+
+        mask = earlier_mask(W)
+        if mask is not None and not self.quantizer.meta.get("takes_mask", True):
+            self.report.filled.append(name)
+            return None
+        record.update({} if mask is None else {"earlier_zeros": round(1 - float(mask.float().mean()), 6)})
+        return mask
 
     def _quantize(self, name, W, stats, sparsity, mask, record):
         spec = self.recipe.quant
@@ -503,6 +516,10 @@ def _compress(model, recipe, calib, device, batch_size, progress, forward_dtype,
                           stacklevel=2)
     else:
         engine_info = run_without_calibration_(model, plan, device=device, progress=progress)
+    if plan.report.filled:
+        from .earlier_zeros import filled_warning
+
+        warnings.warn(filled_warning(plan.report.filled, recipe.quant.method), stacklevel=2)
     if recipe.include_lm_head:
         from .engine.lm_head import compress_lm_head_
 

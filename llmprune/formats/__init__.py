@@ -132,8 +132,9 @@ def _check_pattern(format: str, name: str, quant, sparsity, in_features: int | N
         raise UserInputError(f"{name}: --format {format} cannot hold SpQR's unrounded zero points and outliers; use "
                              f"--format spqr (or dense)")
     if format in ("sparse24", "sparse24_int4") and not fits_24(sparsity):
+        again = "" if sparsity else "; a model pruned 2:4 earlier keeps its mask with --method magnitude"
         raise UserInputError(f"{name}: --format {format} stores at most 2 of every 4 weights; prune with "
-                             f"--sparsity 2:4 (the sparsity here is {sparsity or 'none'})")
+                             f"--sparsity 2:4 (the sparsity here is {sparsity or 'none'}{again})")
     group = getattr(sparsity, "size", None)
     quant_group = (quant.group if quant is not None else 0) or in_features
     if format == "group_sparse_int4" and (group is None or (quant_group is not None and quant_group != group)):
