@@ -1,7 +1,7 @@
 """``--option KEY=VALUE`` values read strictly, as the parameter they set expects.
 
 Why: the CLI parses ``true``/``false`` and numbers but keeps any other text, and Python reads a text as true (so
-``monotone=maybe`` would run as on) or fails deep inside a layer (``max_cycles=abc``). Every step of a recipe declares
+``monotone_nm=maybe`` would run as on) or fails deep inside a layer (``max_cycles=abc``). Every step of a recipe declares
 its options as keyword parameters with defaults; the default's type says how a value must read, and a value that does
 not is refused in one line before any work starts."""
 from __future__ import annotations

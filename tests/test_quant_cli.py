@@ -72,7 +72,7 @@ def test_cli_compress_with_quant_records_bits_and_grid_values(flags, bits, tiny_
     (["--quant", "w4g16", "--quantizer", "gtpq"], "did you mean 'gptq'"),
     # every step's options are read as their parameter's default reads, before calibration
     (["--quant", "w4g16", "--option", "act_order=maybe"], "act_order=maybe: write true or false"),
-    (["--sparsity", "0.5", "--refine", "dsnot", "--option", "monotone=maybe"], "monotone=maybe: write true or"),
+    (["--sparsity", "0.5", "--refine", "dsnot", "--option", "monotone_nm=maybe"], "monotone_nm=maybe: write true or"),
     (["--sparsity", "0.5", "--refine", "dsnot", "--option", "max_cycles=abc"], "max_cycles=abc: dsnot needs a whole"),
     (["--sparsity", "0.5", "--refine", "dsnot", "--option", "max_cycles=2.5"], "needs a whole number"),
     (["--sparsity", "0.5", "--refine", "dsnot", "--option", "dsnot_skip_mlp=sure"], "dsnot_skip_mlp=sure: write"),
