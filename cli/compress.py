@@ -98,7 +98,7 @@ def compress_command(
     ignore: List[str] = typer.Option([], help="Regex of module names left dense (repeatable)."),
     override: List[str] = typer.Option([], help="REGEX=SPARSITY per-module override (repeatable; first match wins)."),
     option: List[str] = typer.Option([], help="KEY=VALUE setting of the method, refiner or quantizer, e.g. "
-                                     "monotone_nm=true (repeatable; a wrong key lists those that apply)."),
+                                     "monotone_nm=false (repeatable; a wrong key lists those that apply)."),
     include_lm_head: bool = typer.Option(False, "--include-lm-head", help="Also compress lm_head (untied first)."),
     calib_experts: str = typer.Option("routed", help="MoE models: calibrate each expert on the tokens routed to it "
                                       "(routed) or on every token (all, llm-compressor's default); the outputs "

@@ -27,7 +27,7 @@ def sweep_command(
                                                              "default: the whole text, the papers' protocol)."),
     knee_margin: float = typer.Option(0.1, help="Relative perplexity rise over dense that marks the knee."),
     option: List[str] = typer.Option([], help="KEY=VALUE setting of the method, refiner or quantizer, e.g. "
-                                     "monotone_nm=true (repeatable; a wrong key lists those that apply)."),
+                                     "monotone_nm=false (repeatable; a wrong key lists those that apply)."),
     device: str = typer.Option("cpu", help="Compute device: cpu or cuda."),
     batch_size: int = typer.Option(8, help="Calibration windows per forward pass."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),

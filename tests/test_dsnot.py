@@ -42,7 +42,7 @@ def test_dsnot_keeps_exact_row_counts(method, fraction):
 def test_dsnot_keeps_nm_pattern(method, n, m):
     W, stats = _layer()
     base = METHODS.get(method).fn(W, stats, NM(n, m))
-    refined = dsnot(W, base, stats, NM(n, m))  # the reference's N:M rules (monotone_nm=False) by default
+    refined = dsnot(W, base, stats, NM(n, m), monotone_nm=False)  # the reference's N:M rules
     assert refined.info["dsnot_swaps"] > 0
     verify_pattern(refined.mask, NM(n, m))
     changed_groups = (refined.mask != base.mask).reshape(W.shape[0], -1, m).any(-1)
@@ -52,12 +52,12 @@ def test_dsnot_keeps_nm_pattern(method, n, m):
 
 @pytest.mark.parametrize("sparsity,options", [
     (Unstructured(0.5), {}), (Unstructured(0.7), {}), (Unstructured(0.6), {"sign_check_unstructured": True}),
-    (NM(2, 4), {"monotone_nm": True}), (NM(4, 8), {"sign_check_nm": False, "monotone_nm": True}),
+    (NM(2, 4), {}), (NM(4, 8), {"sign_check_nm": False}),
 ])
 @pytest.mark.parametrize("method", ["wanda", "magnitude", "sparsegpt"])
 def test_dsnot_error_never_higher_per_row(sparsity, options, method):
     """Expected error |Σ_j (W − Ŵ)_ij E[x_j]| from a direct float64 evaluation, before vs after, in every row (the
-    monotone rule: on by default for unstructured masks, asked for N:M)."""
+    monotone rules, on by default)."""
     W, stats = _layer(seed=3)
     base = METHODS.get(method).fn(W, stats, sparsity)
     refined = dsnot(W, base, stats, sparsity, **options)
@@ -66,18 +66,21 @@ def test_dsnot_error_never_higher_per_row(sparsity, options, method):
     assert float(after.sum()) < 0.8 * float(before.sum())
 
 
-@pytest.mark.parametrize("sparsity, rules", [
-    (Unstructured(0.6), {"sign_check": False, "monotone": True}),  # ours: the monotone rule (README, DSnoT)
-    (NM(2, 4), {"sign_check": True, "monotone": False}),  # the reference's N:M rules
-    (NM(4, 8), {"sign_check": True, "monotone": False}),
+@pytest.mark.parametrize("sparsity, options, rules", [
+    (Unstructured(0.6), {}, {"sign_check": False, "monotone": True}),  # ours: the monotone rule (README, DSnoT)
+    (NM(2, 4), {}, {"sign_check": True, "monotone": True}),
+    (NM(2, 4), {"monotone_nm": False}, {"sign_check": True, "monotone": False}),  # the reference's N:M rules
+    (NM(4, 8), {"monotone_nm": False}, {"sign_check": True, "monotone": False}),
+    (Unstructured(0.6), {"monotone_unstructured": False}, {"sign_check": False, "monotone": False}),
 ])
-def test_dsnot_default_rules_per_pattern(sparsity, rules):
+def test_dsnot_rules_per_pattern(sparsity, options, rules):
+    """Each pattern's options reach the swap loop: the sign check and monotone rule of its own kind."""
     W, stats = _layer(seed=5)
     base = METHODS.get("wanda").fn(W, stats, sparsity)
     expected = refine_mask(W, base.weight, base.mask, stats, sparsity, **rules)
     other = refine_mask(W, base.weight, base.mask, stats, sparsity, **{**rules, "monotone": not rules["monotone"]})
     assert not torch.equal(expected.mask, other.mask)  # the case tells the two rules apart
-    assert torch.equal(dsnot(W, base, stats, sparsity).mask, expected.mask)
+    assert torch.equal(dsnot(W, base, stats, sparsity, **options).mask, expected.mask)
 
 
 def test_dsnot_strictly_lower_on_suboptimal_mask():
