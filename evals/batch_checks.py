@@ -2,7 +2,7 @@
 after the first one) is one line up front, and nothing is written.
 
 - the data sets the spec names resolve (``check_data``);
-- every model exists, is not a packed checkpoint, has a tokenizer (a local folder), and takes the spec's window
+- every model exists, is not a packed or quantized checkpoint, has a tokenizer (a local folder), and takes the spec's window
   lengths, read from its config alone (``check_models``);
 - the output and cache folders can be written and are none of the run's inputs (``check_folders``). Unlike
   ``llmprune compress``'s output, an existing, non-empty folder is fine: a batch resumes into it.
@@ -40,6 +40,7 @@ def check_models(spec) -> None:
     """Every model loads as far as its config says, and no window is longer than its context: GPT-2's learned
     positions fail with an IndexError in every cell, rotary models silently score positions they never saw."""
     from llmprune.model.layers import check_seqlen
+    from llmprune.model.load import compressible_config
     from llmprune.recipe import Calibration
 
     windows = [("evaluations.seqlen", spec.evaluations.seqlen)]
@@ -47,7 +48,7 @@ def check_models(spec) -> None:
         windows.append(("calibration.seqlen", Calibration(**spec.calibration).seqlen))
     for model in spec.models:
         try:
-            config = model_config(model)
+            config = compressible_config(model)  # packed or quantized checkpoints: every cell would refuse
             check_tokenizer(model)
         except LlmpruneError as exc:
             raise type(exc)(f"{spec.path}: models: {exc}") from None
@@ -64,16 +65,6 @@ def calibrates(recipe: dict | None) -> bool:
     from .spec import recipe_from_dict
 
     return recipe is not None and recipe_from_dict(recipe).reads_data()
-
-
-def model_config(text: str):
-    """The config of the model ``text`` names (``llmprune.model.load.read_config``); a packed checkpoint, which every
-    cell would refuse, is refused once here."""
-    from llmprune.model.load import is_hf_folder, read_config, refuse_packed
-
-    if is_hf_folder(Path(text).expanduser()):
-        refuse_packed(Path(text).expanduser())
-    return read_config(text)
 
 
 def check_tokenizer(text: str) -> None:

@@ -418,6 +418,9 @@ def _refuse_packed(model) -> None:
     codes, not weights to compress."""
     from .packed_linear import PackedLinear
 
+    from .model.load import refuse_quantized
+
+    refuse_quantized(getattr(model, "config", None), "the model")
     packed = next((name for name, m in model.named_modules() if isinstance(m, PackedLinear)), None)
     if packed is not None:
         raise UserInputError(f"the model is already packed ({packed} is a PackedLinear); compress the original model, "

@@ -120,13 +120,15 @@ def _run_compress(job: CompressJob) -> str:
     from .atomic import check_output_dir
     from .compress import build_plan, compress_
     from .model import resolve
+    from .model.load import compressible_config
 
     _check_job(job)
     protect = _inputs(job)
     for target in _targets(job):
         check_output_dir(target, force=job.force, protect=protect)
+    config = compressible_config(job.model)  # checks from the files alone, before a load that may take minutes
     if job.recipe.reads_data():
-        _check_data_before_loading(job)
+        _check_data_before_loading(job, config)
     t0 = time.perf_counter()
     loaded = resolve(job.model, dtype=DTYPES[job.dtype], revision=job.revision)
     files = model_files(loaded.source, progress=job.progress)  # hashed once: checked now, recorded at the end
@@ -177,18 +179,16 @@ def _run_compress(job: CompressJob) -> str:
             f"{len(report.records)} Linear layers in {report.timings.get('compress_seconds', 0):.1f} s")
 
 
-def _check_data_before_loading(job: CompressJob) -> None:
+def _check_data_before_loading(job: CompressJob, config) -> None:
     """A missing calibration file or a window longer than the model's positions (read from its config) is one line
     in a second, not after the model has loaded."""
     from .data.calibration import check_calibration_source
     from .model.layers import check_seqlen
-    from .model.load import read_config
 
     if job.replay is not None and not job.replay.calibrated:
         raise UserInputError(f"{job.replay.manifest}: the recorded run read no calibration data, but its recipe "
                              f"needs it (an edited manifest?); compress again without --from-manifest")
     check_calibration_source(job.calibration.source)
-    config = read_config(job.model)
     if config is not None:
         check_seqlen(config, job.calibration.seqlen, "--seqlen")
 

@@ -512,7 +512,8 @@ def test_batch_models_checked_from_config_alias_and_packed(tmp_path, monkeypatch
     import shutil
 
     from llmprune.errors import ModelNotFound
-    from llmprune.evals.batch_checks import calibrates, model_config
+    from llmprune.evals.batch_checks import calibrates
+    from llmprune.model.load import compressible_config as model_config
     from llmprune.model import load
     from tests.tiny_models import MAX_POSITIONS, save_tiny
 

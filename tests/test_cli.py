@@ -398,3 +398,17 @@ def test_cli_ignore_may_name_layers_kept_dense_anyway(tiny_llama, tmp_path, caps
     code, _, stderr = run_cli(["compress", tiny_llama, "-o", tmp_path / "o", "--method", "magnitude", "--sparsity",
                                "0.5", "--ignore", "lm_head", "--quiet"], capsys)
     assert code == 0, stderr
+
+
+def test_packed_input_names_its_origin_by_the_resolved_path(tiny_llama, tmp_path, capsys, monkeypatch):
+    """The origin a packed folder's refusal names is usable from anywhere, not the spec as typed in its run."""
+    import shutil
+
+    shutil.copytree(tiny_llama, tmp_path / "base")
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["compress", "base", "-o", "packed", "--quant", "w4g32", "--quantizer", "rtn", "--format", "int4",
+                    "--quiet"], capsys)[0] == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code, _, stderr = run_cli(["compress", "../packed", "-o", "out", "--sparsity", "0.5", "--quiet"], capsys)
+    assert code == 2 and f"compress the model it was made from ('{tmp_path / 'base'}')" in stderr, stderr

@@ -156,3 +156,26 @@ def test_export_ct_rejects_spqr_and_conv1d(tmp_path):
     with pytest.raises(UserInputError, match="Conv1D"):
         export_compressed_tensors(gpt2, {"transformer.h.0.attn.c_attn": qw}, tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_compressing_an_export_again_is_one_line(tmp_path, capsys):
+    """An export (like any checkpoint quantized by another tool) loads as compressed-tensors' modules, with no float
+    weight: refused from its config before loading (CLI), and by compress_ for a model loaded from it."""
+    from transformers import AutoModelForCausalLM
+
+    from llmprune import compress_
+    from llmprune.cli.main import main
+    from llmprune.errors import UserInputError
+    from llmprune.recipe import Recipe, parse_sparsity
+
+    model, _ = tiny_model("llama")
+    out = export_compressed_tensors(model, _quantize_(model, group=16, symmetric=True), tmp_path / "x.compressed-tensors")
+    capsys.readouterr()  # compressed-tensors' own bar while exporting
+    code = main(["compress", str(out), "-o", str(tmp_path / "again"), "--method", "magnitude", "--sparsity", "0.5",
+                 "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "is already quantized (compressed-tensors)" in err[0], err
+    assert not (tmp_path / "again").exists()
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    with pytest.raises(UserInputError, match="already quantized"):
+        compress_(loaded, Recipe(method="magnitude", sparsity=parse_sparsity("0.5")), None, progress=False)

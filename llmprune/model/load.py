@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .. import settings
-from ..errors import ModelNotFound
+from ..errors import ModelNotFound, UserInputError
 from .aliases import ALIASES, ensure_alias
 
 ACCEPTED = "give an HF folder, a .gguf file, a Hub id when online, or 'smollm2-135m'"
@@ -110,10 +110,26 @@ def refuse_packed(path: Path) -> None:
         fmt = marker.get("format", "packed")  # a packed folder without its manifest (copied, or saved by hand)
     if fmt in (None, "dense"):
         return
-    source = manifest.get("model", {}).get("spec") if isinstance(manifest.get("model"), dict) else None
+    recorded = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    # a folder by its resolved path (the spec was relative to where that run ran), an alias or Hub id by name
+    source = recorded.get("path") if recorded.get("kind") in ("folder", "gguf") else recorded.get("spec")
     origin = f"compress the model it was made from ('{source}')" if source else "compress the original model"
     raise ModelNotFound(f"'{path}' is an llmprune checkpoint stored packed ({fmt}), already compressed; {origin}, or "
                         f"save with --format dense to compress further")
+
+
+def refuse_quantized(config, name: str) -> None:
+    """A checkpoint quantized by another tool (compressed-tensors, GPTQ, AWQ, bitsandbytes...) loads as that tool's
+    modules, with no float weight to compress: one line naming it, not an AttributeError deep in the plan.
+    llmprune's own packed folders are ``refuse_packed``'s."""
+    from .. import manifest as mf
+
+    quant = getattr(config, "quantization_config", None)
+    if quant is None or mf.is_ours(quant):
+        return
+    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    raise UserInputError(f"'{name}' is already quantized ({method or type(quant).__name__}); compress the float "
+                         f"model it was made from (for an llmprune export: the folder without .compressed-tensors)")
 
 
 def load_folder(path: Path, dtype):
@@ -198,6 +214,17 @@ def read_config(text: str):
             return config
     resolve(text)  # none of the loadable forms: resolve fails with its one-line ModelNotFound before any loading
     return None
+
+
+def compressible_config(text: str):
+    """``read_config`` of a model that can be compressed: an llmprune packed folder (``refuse_packed``) or another
+    tool's quantized checkpoint (``refuse_quantized``) is refused from its files, before any loading."""
+    path = Path(text).expanduser()
+    if is_hf_folder(path):
+        refuse_packed(path)
+    config = read_config(text)
+    refuse_quantized(config, text)
+    return config
 
 
 def _config(location, **kwargs):
