@@ -11,13 +11,14 @@ from pathlib import Path
 
 def model_fingerprint(spec: str) -> dict:
     """What identifies a model's weights (module docstring)."""
+    from llmprune.manifest import FILENAME
     from llmprune.model.aliases import ALIASES
     from llmprune.model.fingerprint import file_sha256
 
     path = Path(spec).expanduser()
-    if path.exists():
+    if path.exists():  # not an llmprune output's manifest: `llmprune eval` records its results there
         wanted = [p for p in (path.iterdir() if path.is_dir() else [path])
-                  if p.suffix in {".safetensors", ".gguf", ".json"} and p.name != "README.md"]
+                  if p.suffix in {".safetensors", ".gguf", ".json"} and p.name != FILENAME]
         return {"files": {p.name: file_sha256(p) for p in sorted(wanted)}}
     if spec in ALIASES:
         return {"alias": spec, "package": ALIASES[spec].package}

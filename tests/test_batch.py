@@ -588,3 +588,19 @@ def test_batch_plot_names_are_visible_and_distinct_per_model(tmp_path):
     pngs = [p.name for p in written if p.suffix == ".png"]
     assert len(pngs) == len(set(pngs)) == 4 and not any(name.startswith((".", "-")) for name in pngs)
     assert "fake-model-acc-vs-bits.png" in pngs
+
+
+def test_model_fingerprint_ignores_recorded_evaluations(tmp_path):
+    """`llmprune eval` records its results in the folder's llmprune.json: the batch cache keyed on that folder must
+    not be thrown away for it; the weights and config still count."""
+    from llmprune.evals.fingerprints import model_fingerprint
+    from tests.tiny_models import save_tiny
+
+    folder = save_tiny(tmp_path / "m", "llama")
+    (folder / "llmprune.json").write_text('{"evaluations": []}')
+    before = model_fingerprint(str(folder))
+    (folder / "llmprune.json").write_text('{"evaluations": [{"ppl": 1.0}]}')
+    assert model_fingerprint(str(folder)) == before
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 0.0123456789}))  # a new size
+    assert model_fingerprint(str(folder)) != before
