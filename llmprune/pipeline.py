@@ -307,7 +307,8 @@ def job_from_manifest(path: Path, *, output: Path, force: bool, device: str, qui
         recorded_calib = data["calibration"]
         calib = recorded_calibration(recorded_calib)
         recorded, revision = recorded_model(data["model"])
-        replay = Replay(manifest=str(path), calibration_sha256=recorded_calib["sha256"] if recorded_calib else None,
+        where = str(path.resolve())  # recorded: a relative path means nothing from another folder or on the Hub
+        replay = Replay(manifest=where, calibration_sha256=recorded_calib["sha256"] if recorded_calib else None,
                         model_files=data["model"].get("files"), calibrated=recorded_calib is not None,
                         versions=dict(data.get("versions") or {}), allow_changes=allow_changes)
         job = CompressJob(
@@ -315,7 +316,7 @@ def job_from_manifest(path: Path, *, output: Path, force: bool, device: str, qui
             export=data["job"].get("export"), device=device, dtype=data["job"]["dtype"],
             batch_size=data["job"]["batch_size"], forward_dtype=data["job"].get("forward_dtype"), force=force,
             progress=not quiet, revision=revision,
-            argv=("llmprune", "compress", *(() if model is None else (model,)), "--from-manifest", str(path),
+            argv=("llmprune", "compress", *(() if model is None else (model,)), "--from-manifest", where,
                   "--output", str(output), *(("--allow-changed-inputs",) if allow_changes else ())),
             replay=replay)
     except FileNotFoundError:

@@ -252,7 +252,7 @@ def test_cli_from_manifest_checks_an_edited_manifest(edit, words, tiny_llama, tm
     assert not (tmp_path / "b").exists()
 
 
-def test_cli_from_manifest_refuses_changed_calibration_data_unless_allowed(tiny_llama, tmp_path, capsys):
+def test_cli_from_manifest_refuses_changed_calibration_data_unless_allowed(tiny_llama, tmp_path, capsys, monkeypatch):
     from tests.tiny_models import _SENTENCES
 
     text = tmp_path / "calib.txt"
@@ -264,9 +264,10 @@ def test_cli_from_manifest_refuses_changed_calibration_data_unless_allowed(tiny_
     assert code == 2 and len(stderr.splitlines()) == 1, stderr
     assert "the calibration windows" in stderr and "pass --allow-changed-inputs to run anyway" in stderr
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".*b*"))
+    monkeypatch.chdir(tmp_path)  # given relative, recorded resolved: the record is read from other folders
     with pytest.warns(UserWarning, match="the calibration windows .* differ from the recorded run's"):
-        assert run_cli(["compress", "--from-manifest", path, "-o", tmp_path / "b", "--allow-changed-inputs",
-                        "--quiet"], capsys)[0] == 0
+        assert run_cli(["compress", "--from-manifest", path.relative_to(tmp_path), "-o", tmp_path / "b",
+                        "--allow-changed-inputs", "--quiet"], capsys)[0] == 0
     replay = json.loads((tmp_path / "b" / "llmprune.json").read_text())["replay"]
     assert replay["manifest"] == str(path) and len(replay["changed"]) == 1
     assert replay["changed"][0].startswith("the calibration windows")
