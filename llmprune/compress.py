@@ -277,8 +277,9 @@ class Plan:
                                                 block=self.recipe.block)
         if stats.tokens == 0 and self.needs(name):
             record["uncalibrated"] = True  # no token reached it (an unrouted expert): identity statistics
-        # pruned weights, by the mask (this run's, or a layer's earlier zeros it kept): a quantizer's zero codes are not
-        zeros = int((~mask).sum()) if mask is not None else 0
+        # pruned weights: by this run's mask, or zero before it and still zero (a layer pruned earlier, pruned again
+        # to a lower target, keeps more zeros than its new mask says); a quantizer's zero codes are not
+        zeros = 0 if mask is None else int(((~mask | (weight == 0)) & (W == 0)).sum())
         record.update({"zeros": zeros, "numel": W.numel(), "seconds": round(time.perf_counter() - start, 4)})
         self.report.records[name] = record
         return W.to(weight.dtype)
