@@ -146,7 +146,7 @@ class BatchRunner:
             on_stage and on_stage("load")
             model, tokenizer, manifest = self.load(cell.model, model_dir, device=device, dtype=self.spec.dtype)
             metrics, rows = self.evaluate(model, tokenizer, self.spec.evaluations, device=device, on_stage=on_stage)
-            result.metrics = {**size_metrics(manifest, self.spec.dtype), **metrics}
+            result.metrics = {**size_metrics(manifest, self.spec.dtype, cell.model), **metrics}
             if model_dir is not None and self.keep_models:
                 record_rows(model_dir, rows, self.spec.dtype)
         except Exception as exc:  # a failing cell is recorded and the batch goes on
@@ -173,7 +173,7 @@ class BatchRunner:
         result.label = cell.variant.label  # labels are presentation, not part of the key: follow the current rules
         manifest = read_json(_manifest_path(result.model_dir)) if result.model_dir else None
         if isinstance(manifest, dict):
-            result.metrics = {**result.metrics, **size_metrics(manifest, self.spec.dtype)}
+            result.metrics = {**result.metrics, **size_metrics(manifest, self.spec.dtype, cell.model)}
         return result
 
     def run(self, shard: tuple[int, int] | None = None, progress=None) -> list[CellResult]:

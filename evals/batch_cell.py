@@ -97,14 +97,33 @@ def evaluate_cell(model, tokenizer, evals: Evaluations, *, device: str, on_stage
     return metrics, rows
 
 
-def size_metrics(manifest: dict | None, dtype: str) -> dict:
-    """Achieved sparsity and stored bits per parameter of the compressed Linear layers (dense: 0 and dtype bits),
-    plus ``qbits``, the quantizers' own accounting, when the variant is quantized (a fake-quant ``dense`` checkpoint
-    stores float weights, so its stored bits say nothing about the quantized representation)."""
-    if manifest is None:
-        return {"sparsity": 0.0, "bits": 32.0 if dtype == "float32" else 16.0}
+def size_metrics(manifest: dict | None, dtype: str, model_spec: str | None = None) -> dict:
+    """Achieved sparsity and stored bits per parameter of the compressed Linear layers (dense: dtype bits, and the
+    sparsity the input model's own manifest records when it is an llmprune output, else 0), plus ``qbits``, the
+    quantizers' own accounting, when the variant is quantized (a fake-quant ``dense`` checkpoint stores float
+    weights, so its stored bits say nothing about the quantized representation)."""
     from llmprune.model_cards.render import achieved_sparsity, bits_per_param, quant_bits_per_param
+
+    if manifest is None:
+        earlier = _input_manifest(model_spec)
+        sparsity = achieved_sparsity(earlier) if earlier else None
+        return {"sparsity": sparsity or 0.0, "bits": 32.0 if dtype == "float32" else 16.0}
 
     metrics = {"sparsity": achieved_sparsity(manifest), "bits": bits_per_param(manifest)}
     qbits = quant_bits_per_param(manifest)
     return metrics if qbits is None else {**metrics, "qbits": qbits}
+
+
+def _input_manifest(model_spec: str | None) -> dict | None:
+    """The ``llmprune.json`` of an input model folder (a model pruned by an earlier run), or None."""
+    import json
+
+    from llmprune.manifest import FILENAME
+
+    if not model_spec:
+        return None
+    try:
+        data = json.loads((Path(model_spec).expanduser() / FILENAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -604,3 +604,15 @@ def test_model_fingerprint_ignores_recorded_evaluations(tmp_path):
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 0.0123456789}))  # a new size
     assert model_fingerprint(str(folder)) != before
+
+
+def test_dense_row_of_a_pruned_input_reports_its_sparsity(tmp_path):
+    """The uncompressed baseline of an llmprune output folder is that folder as it is: pruned (it said 0.000)."""
+    from llmprune.evals.batch_cell import size_metrics
+
+    folder = tmp_path / "pruned"
+    folder.mkdir()
+    (folder / "llmprune.json").write_text(json.dumps({"report": {"achieved_sparsity": 0.5}}))
+    assert size_metrics(None, "float32", str(folder)) == {"sparsity": 0.5, "bits": 32.0}
+    assert size_metrics(None, "bfloat16", str(tmp_path)) == {"sparsity": 0.0, "bits": 16.0}
+    assert size_metrics(None, "float32", "smollm2-135m") == {"sparsity": 0.0, "bits": 32.0}
