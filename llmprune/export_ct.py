@@ -175,6 +175,9 @@ def write_compressed_tensors(model: nn.Module, report, directory: Path, *, recip
                       "export both load, or load the llmprune folder", stacklevel=2)
 
 
+RECORD = "llmprune_export.json"
+
+
 def _provenance(directory: Path, quantized: dict[str, QuantizedWeight], recipe) -> None:
     """``llmprune_export.json``: what was exported and by which versions (the weights' recipe, when given)."""
     import compressed_tensors
@@ -182,4 +185,4 @@ def _provenance(directory: Path, quantized: dict[str, QuantizedWeight], recipe) 
     layers = {name: dict(zip(("bits", "group", "symmetric"), _scheme_key(qw))) for name, qw in quantized.items()}
     record = {"format": "pack-quantized", "compressed_tensors": compressed_tensors.__version__, "layers": layers,
               "recipe": recipe.to_dict() if hasattr(recipe, "to_dict") else recipe}
-    (directory / "llmprune_export.json").write_text(json.dumps(record, indent=1) + "\n")
+    (directory / RECORD).write_text(json.dumps(record, indent=1) + "\n")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import platform
 import re
+import shutil
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -245,6 +246,20 @@ def _save(job: CompressJob, loaded, report, manifest: dict) -> None:
             write_compressed_tensors(loaded.model, report, staged[1], recipe=job.recipe, tokenizer=loaded.tokenizer)
             manifest["export"] = {"format": "compressed-tensors", "path": str(targets[1].absolute())}
         write_checkpoint(loaded.model, staged[0], layers=layers, manifest_extra=manifest, tokenizer=loaded.tokenizer)
+    _drop_replaced_export(job)
+
+
+def _drop_replaced_export(job: CompressJob) -> None:
+    """A forced run without ``--export`` over an output that had one: the old export would stay beside a folder it
+    no longer matches (and be served as if it did), so it goes, after the new output is in place."""
+    from .export_ct import RECORD
+
+    stale = export_dir(job.output).resolve()
+    read = [p.resolve() for p in _inputs(job)]
+    if job.force and not job.export and (stale / RECORD).is_file() and not any(
+            p == stale or stale in p.parents for p in read):
+        shutil.rmtree(stale)
+        warnings.warn(f"removed {stale}, the export of the output this --force run replaced", stacklevel=3)
 
 
 def _targets(job: CompressJob) -> list[Path]:

@@ -152,3 +152,19 @@ def test_spqr_settings_given_with_option_are_the_ones_checked_and_used(tmp_path,
     assert code == 0, stderr
     layers = json.loads((tmp_path / "out" / "llmprune.json").read_text())["layers"]
     assert {record["params"]["stat_group"] for record in layers.values()} == {8}
+
+
+def test_forced_rerun_without_export_removes_the_replaced_export(tiny_llama, tmp_path, capsys):
+    """The old export would sit beside an output it no longer matches (and be served as if it did)."""
+    out = tmp_path / "q4"
+    assert run_cli(["compress", tiny_llama, "-o", out, "--quant", "w4g16s", "--quantizer", "rtn", "--export",
+                    "compressed-tensors", "--quiet"], capsys)[0] == 0
+    assert (tmp_path / "q4.compressed-tensors" / "config.json").is_file()
+    with pytest.warns(UserWarning, match="removed .*q4.compressed-tensors, the export of the output this --force"):
+        assert run_cli(["compress", tiny_llama, "-o", out, "--method", "magnitude", "--sparsity", "0.5", "--force",
+                        "--quiet"], capsys)[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q4"]
+    (tmp_path / "q4.compressed-tensors").mkdir()  # a folder of that name llmprune did not write stays
+    assert run_cli(["compress", tiny_llama, "-o", out, "--method", "magnitude", "--sparsity", "0.5", "--force",
+                    "--quiet"], capsys)[0] == 0
+    assert (tmp_path / "q4.compressed-tensors").is_dir()
