@@ -156,7 +156,7 @@ def _run_compress(job: CompressJob) -> str:
                        progress=job.progress,
                        forward_dtype=DTYPES[job.forward_dtype] if job.forward_dtype else None)
     manifest = {
-        "model": {**loaded.source, "files": files},
+        "model": {**loaded.source, "files": files, **_parent(loaded.source)},
         "recipe": job.recipe.to_dict(),
         "calibration": None if calib is None else {**asdict(job.calibration), "sha256": calib.sha256,
                                                    "description": calib.description},
@@ -192,6 +192,28 @@ def _check_data_before_loading(job: CompressJob, config) -> None:
     check_calibration_source(job.calibration.source)
     if config is not None:
         check_seqlen(config, job.calibration.seqlen, "--seqlen")
+
+
+def _parent(source: dict) -> dict:
+    """``{"parent": ...}`` when the input is itself an llmprune output: the run that made it (its model, recipe,
+    calibration and achieved sparsity; its own parent nested), so the card can name the base model and say the
+    input was pruned before; else ``{}``."""
+    from .manifest import FILENAME
+
+    if source.get("kind") != "folder":
+        return {}
+    try:
+        earlier = json.loads((Path(source["path"]) / FILENAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(earlier, dict) or not isinstance(earlier.get("model"), dict):
+        return {}
+    calibration = earlier.get("calibration")
+    model = {k: v for k, v in earlier["model"].items() if k != "files"}
+    return {"parent": {"model": model, "recipe": earlier.get("recipe"),
+                       "calibration": {k: calibration.get(k) for k in ("source", "nsamples", "seqlen", "seed")}
+                       if isinstance(calibration, dict) else None,
+                       "achieved_sparsity": (earlier.get("report") or {}).get("achieved_sparsity")}}
 
 
 def _check_model_files(job: CompressJob, files: dict | None) -> list[str]:

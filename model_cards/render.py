@@ -35,14 +35,38 @@ FILENAME = "README.md"
 
 
 def base_model(manifest: dict) -> str | None:
-    """The Hub id of the uncompressed model, when there is one (Hub specs and known aliases)."""
+    """The Hub id of the uncompressed model, when there is one (Hub specs and known aliases), through the earlier
+    llmprune runs an input folder came from (``model.parent``)."""
     source = manifest.get("model") or {}
     spec = source.get("spec")
     if source.get("kind") == "alias" or spec in BASE_MODELS:
         return BASE_MODELS.get(spec)
     if source.get("kind") == "hub":
         return spec
-    return None
+    parent = source.get("parent")
+    return base_model(parent) if isinstance(parent, dict) else None
+
+
+def earlier_runs(manifest: dict) -> list[dict]:
+    """The earlier llmprune runs the input model came from, nearest first (``model.parent``, nested)."""
+    runs, source = [], manifest.get("model") or {}
+    while isinstance(source.get("parent"), dict):
+        runs.append(source["parent"])
+        source = source["parent"].get("model") or {}
+    return runs
+
+
+def describe_run(run: dict) -> str:
+    """One earlier run in words: ``wanda 2:4, gptq w4g64; calibrated on c4 (128 x 2048 tokens)``."""
+    recipe = run.get("recipe") or {}
+    quant = recipe.get("quant") or {}
+    steps = [f"{recipe.get('method')} {recipe['sparsity']}" if recipe.get("sparsity") not in (None, "dense") else "",
+             f"{quant.get('method')} w{quant.get('bits')}" + (f"g{quant['group']}" if quant.get("group") else "")
+             if quant else ""]
+    calibration = run.get("calibration")
+    data = (f"; calibrated on {calibration.get('source')} ({calibration.get('nsamples')} x "
+            f"{calibration.get('seqlen')} tokens)" if calibration else "")
+    return (", ".join(step for step in steps if step) or "no compression step") + data
 
 
 def _linear_shapes(manifest: dict) -> dict[str, tuple[int, int]]:
@@ -148,10 +172,11 @@ def _eval_results(rows: list[dict]):
 def _tags(manifest: dict) -> list[str]:
     recipe = manifest.get("recipe") or {}
     tags = ["llmprune", "compressed"]
-    if recipe.get("sparsity") not in (None, "dense"):
-        tags += ["pruned", "sparse", str(recipe.get("method"))]
-        if ":" in str(recipe["sparsity"]):
-            tags.append(f"{recipe['sparsity'].replace(':', '-')}-sparsity")
+    for pruning in [recipe] + [run.get("recipe") or {} for run in earlier_runs(manifest)]:  # pruned now or before
+        if pruning.get("sparsity") not in (None, "dense"):
+            tags += ["pruned", "sparse", str(pruning.get("method"))]
+            if ":" in str(pruning["sparsity"]):
+                tags.append(f"{pruning['sparsity'].replace(':', '-')}-sparsity")
     if recipe.get("quant"):
         tags += ["quantized", f"{recipe['quant'].get('bits')}-bit", str(recipe["quant"].get("method"))]
     if manifest.get("format"):
@@ -229,6 +254,7 @@ def _context(manifest: dict, results: list[dict] | None, model_name: str, repo_i
         "size_mb": sum(s.get("bytes", 0) for s in shards) / 1e6, "layers": len(_linear_shapes(manifest)),
         "results": results or [], "command": reproduce_command(manifest), "versions": manifest.get("versions") or {},
         "skipped": (manifest.get("report") or {}).get("skipped") or {},
+        "earlier": [describe_run(run) for run in earlier_runs(manifest)],
     }
 
 

@@ -413,3 +413,17 @@ def test_packed_input_names_its_origin_by_the_resolved_path(tiny_llama, tmp_path
     monkeypatch.chdir(tmp_path / "elsewhere")
     code, _, stderr = run_cli(["compress", "../packed", "-o", "out", "--sparsity", "0.5", "--quiet"], capsys)
     assert code == 2 and f"compress the model it was made from ('{tmp_path / 'base'}')" in stderr, stderr
+
+
+def test_compressing_an_llmprune_output_records_the_run_that_made_it(tiny_llama, tmp_path, capsys):
+    first, second = tmp_path / "pruned", tmp_path / "quantized"
+    assert run_cli(["compress", tiny_llama, "-o", first, "--method", "wanda", "--sparsity", "2:4", *CALIB],
+                   capsys)[0] == 0
+    assert run_cli(["compress", first, "-o", second, "--quant", "w4g32", "--quantizer", "rtn", "--quiet"],
+                   capsys)[0] == 0
+    before = json.loads((first / "llmprune.json").read_text())
+    parent = json.loads((second / "llmprune.json").read_text())["model"]["parent"]
+    assert parent["recipe"] == before["recipe"] and parent["achieved_sparsity"] == 0.5
+    assert parent["model"]["path"] == before["model"]["path"] and "files" not in parent["model"]
+    assert parent["calibration"] == {k: before["calibration"][k] for k in ("source", "nsamples", "seqlen", "seed")}
+    assert "made by an earlier llmprune run" in (second / "README.md").read_text()

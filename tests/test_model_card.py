@@ -161,3 +161,21 @@ def test_recording_results_writes_no_card_for_a_folder_without_a_recipe(tmp_path
     with pytest.raises(OSError):
         record_results(folder, [{**ROWS[0], "value": 0.1}])
     assert (folder / "llmprune.json").read_text() == before
+
+
+def test_chained_run_card_names_the_base_model_and_the_earlier_runs():
+    """A model quantized from a folder an earlier run pruned from a Hub model: the card's base model is the Hub one
+    (not the local folder), it says what the earlier runs did, and the Hub tags say it is pruned."""
+    hub = {"spec": "org/base", "kind": "hub", "path": "org/base"}
+    pruned = {"recipe": {"method": "wanda", "sparsity": "2:4", "quant": None},
+              "calibration": {"source": "c4", "nsamples": 8, "seqlen": 64, "seed": 0}, "model": hub}
+    refined = {"recipe": {"method": "magnitude", "sparsity": "2:4", "quant": None}, "calibration": None,
+               "model": {"spec": "w24", "kind": "folder", "path": "/x/w24", "parent": pruned}}
+    manifest = {"model": {"spec": "m24", "kind": "folder", "path": "/x/m24", "parent": refined}, "format": "int4",
+                "recipe": {"method": "wanda", "sparsity": None, "quant": {"method": "rtn", "bits": 4, "group": 32}},
+                "report": {"achieved_sparsity": 0.5}}
+    card = ModelCard(render_card(manifest))
+    assert card.data.base_model == "org/base" and {"pruned", "wanda", "2-4-sparsity"} <= set(card.data.tags)
+    assert ("nearest first: magnitude 2:4; then wanda 2:4; calibrated on c4 (8 x 64 tokens)." in card.text)
+    assert "| base model | org/base (through 2 earlier runs) |" in card.text
+    assert "| method | none (no pruning in this run) |" in card.text
