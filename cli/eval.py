@@ -49,7 +49,7 @@ def _load_packed_without_manifest(folder: Path, device: str, dtype):
 
 def _ppl_rows(model, tokenizer, texts: list, *, seqlen, max_seqlen, device, batch_size, progress,
               max_windows=None):
-    from llmprune.evals.perplexity import default_seqlen, perplexity, smallest_cap
+    from llmprune.evals.perplexity import default_seqlen, perplexity, scored_row, smallest_cap
     from llmprune.model.layers import check_seqlen
 
     window = seqlen or default_seqlen(model, cap=max_seqlen)
@@ -60,7 +60,7 @@ def _ppl_rows(model, tokenizer, texts: list, *, seqlen, max_seqlen, device, batc
                             progress=progress, dataset=text.name,
                             max_windows=smallest_cap(text.max_windows, max_windows))
         typer.echo(f"{text.name}: ppl {result.ppl:.4f}  [{result.protocol()}]", err=True)
-        rows.append(result.row(text.max_windows))
+        rows.append(scored_row(result, text))
     return rows
 
 

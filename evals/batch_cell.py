@@ -71,7 +71,7 @@ def evaluate_cell(model, tokenizer, evals: Evaluations, *, device: str, on_stage
     metrics: dict = {}
     rows: list[dict] = []
     if evals.perplexity:
-        from .perplexity import default_seqlen, load_eval_text, perplexity, smallest_cap
+        from .perplexity import default_seqlen, load_eval_text, perplexity, scored_row, smallest_cap
 
         seqlen = evals.seqlen or default_seqlen(model)
         for name in evals.perplexity:
@@ -81,7 +81,7 @@ def evaluate_cell(model, tokenizer, evals: Evaluations, *, device: str, on_stage
                                 batch_size=evals.batch_size, progress=False, dataset=text.name,
                                 max_windows=smallest_cap(text.max_windows, evals.max_windows))
             metrics[f"ppl:{name}"] = result.ppl
-            rows += rows_from_perplexity([result.row(text.max_windows)])
+            rows += rows_from_perplexity([scored_row(result, text)])
     if evals.zeroshot:
         from .zeroshot import run_zeroshot
 

@@ -105,6 +105,15 @@ def load_eval_text(name_or_path: str) -> EvalText:
                          f"file")
 
 
+def scored_row(result: PerplexityResult, text: EvalText) -> dict:
+    """``result.row`` for ``text``, with a local file's sha256: two files of one name are two benchmarks (their
+    recorded rows would replace each other), the same file scored again is one."""
+    row = result.row(text.max_windows)
+    if text.description.get("origin") == "file" and text.description.get("sha256"):
+        row["file_sha256"] = text.description["sha256"]
+    return row
+
+
 def default_seqlen(model, cap: int = 2048) -> int:
     """The model's context length, capped at ``cap``."""
     limit = context_length(model)

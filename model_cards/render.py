@@ -130,7 +130,9 @@ def rows_from_zeroshot(result) -> list[dict]:
     (``--limit``, few-shot) so a quick check never reads as the full benchmark."""
     scores = result["scores"] if isinstance(result, dict) else [vars(s) for s in result.scores]
     config = (result.get("config") if isinstance(result, dict) else result.config) or {}
-    extra = "".join(f", {key} {config[key]:g}" for key in ("limit", "num_fewshot") if config.get(key) is not None)
+    # --num-fewshot 0 is the zero-shot default: the same measurement, so the same note (and one recorded row)
+    extra = "".join(f", {key} {config[key]:g}" for key in ("limit", "num_fewshot")
+                    if config.get(key) is not None and (key != "num_fewshot" or config[key]))
     rows = []
     for s in scores:
         for metric in ("acc", "acc_norm"):
@@ -150,6 +152,7 @@ def rows_from_perplexity(rows: list[dict]) -> list[dict]:
         available = r.get("available_windows")
         capped = available is not None and r.get("windows") is not None and r["windows"] < available
         note = f"seqlen {r.get('seqlen')}" + (f", first {r['windows']} of {available} windows" if capped else "")
+        note += f", file sha256 {r['file_sha256'][:12]}" if r.get("file_sha256") else ""
         out.append({"name": r["dataset"], "metric": "ppl", "value": r["ppl"], "stderr": None,
                     "samples": r.get("windows"), "note": note, "partial": capped})
     return out

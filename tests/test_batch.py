@@ -300,7 +300,10 @@ def test_batch_cli_end_to_end_tiny_model(tmp_path, capsys):
     from transformers import AutoTokenizer
 
     windows = AutoTokenizer.from_pretrained(folder)(text, return_tensors="pt").input_ids.numel() // 32
-    note = f"seqlen 32, first 2 of {windows} windows"
+    import hashlib
+
+    sha = hashlib.sha256(text_file.read_bytes()).hexdigest()[:12]
+    note = f"seqlen 32, first 2 of {windows} windows, file sha256 {sha}"
     assert [(r["name"], r["metric"], r["note"], r["partial"]) for r in recorded] == [("text.txt", "ppl", note, True)]
     assert recorded[0]["value"] == pytest.approx(rows[1]["metrics"][f"ppl:{text_file}"])
     assert note in (Path(rows[1]["model_dir"]) / "README.md").read_text()

@@ -120,23 +120,33 @@ def test_cli_eval_records_results_with_an_llmprune_folder(tmp_path, capsys):
     def evaluations():
         return json.loads((folder / "llmprune.json").read_text())["evaluations"]
 
+    import hashlib
+
+    sha = f"file sha256 {hashlib.sha256(text_file.read_bytes()).hexdigest()[:12]}"  # a file is told apart by it
     full = run()
-    assert [(r["name"], r["value"], r["note"]) for r in evaluations()] == [("eval.txt", full["ppl"], "seqlen 32")]
+    assert [(r["name"], r["value"], r["note"]) for r in evaluations()] == [("eval.txt", full["ppl"],
+                                                                          f"seqlen 32, {sha}")]
     card = ModelCard.load(folder / "README.md")
-    assert f"| eval.txt | ppl | {full['ppl']:.4f} | — | {full['windows']} | seqlen 32 |" in card.text
+    assert f"| eval.txt | ppl | {full['ppl']:.4f} | — | {full['windows']} | seqlen 32, {sha} |" in card.text
     assert [r.metric_value for r in card.data.eval_results] == [round(full["ppl"], 6)]
     quick = run("--ppl-max-windows", "3")
-    assert [r["note"] for r in evaluations()] == ["seqlen 32", f"seqlen 32, first 3 of {full['windows']} windows"]
+    assert [r["note"] for r in evaluations()] == [f"seqlen 32, {sha}",
+                                                  f"seqlen 32, first 3 of {full['windows']} windows, {sha}"]
     card = ModelCard.load(folder / "README.md")
     assert f"| {quick['ppl']:.4f} | — | 3 | seqlen 32, first 3 of" in card.text and len(card.data.eval_results) == 1
     run()
     assert len(evaluations()) == 2  # the same measurement replaced its row
+    other = tmp_path / "other" / "eval.txt"  # another text of the same name: another benchmark, another row
+    other.parent.mkdir()
+    other.write_text(" ".join(["Dense models need no care at all, they say."] * 40))
+    run("--ppl", str(other))  # the last --ppl wins
+    assert len(evaluations()) == 3 and len({r["note"] for r in evaluations()}) == 3
     before = (folder / "llmprune.json").read_text()
     run("--no-record")
     assert (folder / "llmprune.json").read_text() == before
     (folder / "README.md").write_text("# my own card\n")  # no generated mark: the user's card is kept
     run("--seqlen", "16")
-    assert (folder / "README.md").read_text() == "# my own card\n" and len(evaluations()) == 3
+    assert (folder / "README.md").read_text() == "# my own card\n" and len(evaluations()) == 4
     assert GENERATED_MARK not in (folder / "README.md").read_text()
 
 

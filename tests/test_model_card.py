@@ -179,3 +179,10 @@ def test_chained_run_card_names_the_base_model_and_the_earlier_runs():
     assert ("nearest first: magnitude 2:4; then wanda 2:4; calibrated on c4 (8 x 64 tokens)." in card.text)
     assert "| base model | org/base (through 2 earlier runs) |" in card.text
     assert "| method | none (no pruning in this run) |" in card.text
+
+
+def test_zero_shot_note_is_the_same_for_num_fewshot_zero_and_none():
+    """--num-fewshot 0 is the zero-shot default: one measurement, one note (two rows of equal values otherwise)."""
+    scores = [{"task": "arc_easy", "acc": 0.5, "source": "local"}]
+    notes = [rows_from_zeroshot({"scores": scores, "config": {"num_fewshot": k}})[0]["note"] for k in (None, 0, 5)]
+    assert notes[0] == notes[1] == "lm-eval, local data" and notes[2] == "lm-eval, local data, num_fewshot 5"
