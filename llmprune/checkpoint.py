@@ -269,6 +269,8 @@ def load(path, *, device="cpu", dtype: torch.dtype | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     directory = Path(path)
+    if not directory.is_dir():
+        raise UserInputError(f"{directory}: no such folder; give the --output folder of 'llmprune compress'")
     if not (directory / mf.FILENAME).is_file():
         raise UserInputError(f"{directory}: no {mf.FILENAME} here, so it is not an llmprune checkpoint; give the "
                              f"--output folder of 'llmprune compress'")

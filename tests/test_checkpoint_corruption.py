@@ -96,6 +96,8 @@ def test_corruption_manifest_missing_key(ck):
 def test_load_plain_folder_is_a_user_error(tmp_path):
     with pytest.raises(UserInputError, match="not an llmprune checkpoint"):
         checkpoint.load(tmp_path)
+    with pytest.raises(UserInputError, match="nope: no such folder"):
+        checkpoint.load(tmp_path / "nope")
 
 
 def test_nonempty_output_without_force_is_untouched(saved, tmp_path):
