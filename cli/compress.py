@@ -124,7 +124,7 @@ def compress_command(
     from llmprune.pipeline import CompressJob, run_compress
 
     if from_manifest is not None:
-        from llmprune.pipeline import job_from_manifest
+        from llmprune.replay import job_from_manifest
 
         given = [name for name in ctx.params if name not in MANIFEST_FREE and
                  getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"]  # typer vendors its own click

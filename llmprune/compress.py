@@ -417,9 +417,8 @@ def build_plan(model, recipe: Recipe, format: str | None = None) -> Plan:
 def _refuse_packed(model) -> None:
     """A model loaded from a packed checkpoint (``llmprune.load``, or transformers with llmprune imported) holds
     codes, not weights to compress."""
-    from .packed_linear import PackedLinear
-
     from .model.load import refuse_quantized
+    from .packed_linear import PackedLinear
 
     refuse_quantized(getattr(model, "config", None), "the model")
     packed = next((name for name, m in model.named_modules() if isinstance(m, PackedLinear)), None)

@@ -187,7 +187,7 @@ def test_hub_model_records_its_commit_and_a_manifest_rerun_pins_it(monkeypatch):
     """A Hub id moves; the manifest keeps the commit loaded and ``--from-manifest`` asks for that commit."""
     from types import SimpleNamespace
 
-    from llmprune.pipeline import recorded_model
+    from llmprune.replay import recorded_model
 
     calls = []
 
