@@ -108,7 +108,6 @@ def size_metrics(manifest: dict | None, dtype: str, model_spec: str | None = Non
         earlier = _input_manifest(model_spec)
         sparsity = achieved_sparsity(earlier) if earlier else None
         return {"sparsity": sparsity or 0.0, "bits": 32.0 if dtype == "float32" else 16.0}
-
     metrics = {"sparsity": achieved_sparsity(manifest), "bits": bits_per_param(manifest)}
     qbits = quant_bits_per_param(manifest)
     return metrics if qbits is None else {**metrics, "qbits": qbits}

@@ -2,8 +2,8 @@
 after the first one) is one line up front, and nothing is written.
 
 - the data sets the spec names resolve (``check_data``);
-- every model exists, is not a packed or quantized checkpoint, has a tokenizer (a local folder), and takes the spec's window
-  lengths, read from its config alone (``check_models``);
+- every model exists, is not a packed or quantized checkpoint, has a tokenizer (a local folder), and takes the
+  spec's window lengths, read from its config alone (``check_models``);
 - the output and cache folders can be written and are none of the run's inputs (``check_folders``). Unlike
   ``llmprune compress``'s output, an existing, non-empty folder is fine: a batch resumes into it.
 """
