@@ -136,19 +136,21 @@ def eval_command(
             check_seqlen(config, seqlen, "--seqlen")
     from llmprune.pipeline import library_progress
 
-    with library_progress(not quiet):  # transformers' "Loading weights" bar too
+    # the libraries' bars off for the whole evaluation: transformers' "Loading weights", and a compressed-tensors
+    # checkpoint's "Decompressing model", which runs at the first forward
+    with library_progress(not quiet):
         loaded_model, tokenizer = load_for_eval(model, device=device, dtype=dtype)
-    results: dict = {"model": model}
-    if texts:
-        results["perplexity"] = _ppl_rows(loaded_model, tokenizer, texts, seqlen=seqlen, max_seqlen=max_seqlen,
-                                          device=device, batch_size=batch_size, progress=not quiet,
-                                          max_windows=ppl_max_windows)
-    if task_names:
-        from .eval_zeroshot import run_zeroshot
+        results: dict = {"model": model}
+        if texts:
+            results["perplexity"] = _ppl_rows(loaded_model, tokenizer, texts, seqlen=seqlen, max_seqlen=max_seqlen,
+                                              device=device, batch_size=batch_size, progress=not quiet,
+                                              max_windows=ppl_max_windows)
+        if task_names:
+            from .eval_zeroshot import run_zeroshot
 
-        zs = run_zeroshot(loaded_model, tokenizer, task_names, batch_size=batch_size, limit=limit,
-                          num_fewshot=num_fewshot, device=device, progress=not quiet)
-        results["zeroshot"] = zs.to_dict()
+            zs = run_zeroshot(loaded_model, tokenizer, task_names, batch_size=batch_size, limit=limit,
+                              num_fewshot=num_fewshot, device=device, progress=not quiet)
+            results["zeroshot"] = zs.to_dict()
     if record and Path(model, "llmprune.json").is_file():
         _record(Path(model), results, dtype)
     if as_json:

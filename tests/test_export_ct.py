@@ -179,3 +179,19 @@ def test_compressing_an_export_again_is_one_line(tmp_path, capsys):
     loaded = AutoModelForCausalLM.from_pretrained(out)
     with pytest.raises(UserInputError, match="already quantized"):
         compress_(loaded, Recipe(method="magnitude", sparsity=parse_sparsity("0.5")), None, progress=False)
+
+
+def test_eval_quiet_hides_the_decompression_bars_of_an_export(tmp_path, capfd):
+    """compressed-tensors decompresses at the first forward, after loading: --quiet covers the whole evaluation."""
+    from llmprune.cli.main import main
+    from tests.tiny_models import tiny_tokenizer
+
+    model, _ = tiny_model("llama")
+    out = export_compressed_tensors(model, _quantize_(model, group=16, symmetric=True), tmp_path / "x",
+                                    tokenizer=tiny_tokenizer())
+    text = tmp_path / "eval.txt"
+    text.write_text("Sparse models keep accuracy when pruned with care. " * 20)
+    capfd.readouterr()
+    assert main(["eval", str(out), "--ppl", str(text), "--seqlen", "32", "--quiet"]) == 0
+    err = capfd.readouterr().err
+    assert "Decompressing model" not in err and "it/s" not in err, err
