@@ -53,7 +53,7 @@ class SweepConfig:
 
     def recipes(self) -> list[tuple[str, Recipe]]:
         """(variant label, recipe) for every variant × level, parsed and checked before any work."""
-        from llmprune.compress import INTERNAL_OPTIONS, accepted_options
+        from llmprune.options import INTERNAL_OPTIONS, accepted_options
 
         out, used = [], set()
         for text in self.variants:

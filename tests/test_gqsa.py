@@ -88,7 +88,7 @@ def test_gqsa_warns_before_calibration_when_whole_groups_fall_short_of_the_fract
                                          r"0.000\); groups of 32 reach it \(--sparsity 0.5@g32 --quant w4g32\)$"):
         build_plan(model, Recipe(method="gqsa", sparsity=Groups(64, 0.5), quant=QuantSpec(4, 64)))
     # the advice is computed: in=104 with groups of 8 (13 per row) falls short, and 16 would not divide 104
-    from llmprune.compress import Plan
+    from llmprune.plan import Plan
 
     wide = torch.nn.Linear(104, 8)
     plan = Plan(Recipe(method="gqsa", sparsity=Groups(8, 0.5)), {"0": wide})
