@@ -131,9 +131,7 @@ def eval_command(
         from llmprune.model.layers import check_seqlen
         from llmprune.model.load import read_config
 
-        config = read_config(model)
-        if config is not None:
-            check_seqlen(config, seqlen, "--seqlen")
+        check_seqlen(read_config(model), seqlen, "--seqlen")  # None (read only when loading) says nothing
     from llmprune.pipeline import library_progress
 
     # the libraries' bars off for the whole evaluation: transformers' "Loading weights", and a compressed-tensors

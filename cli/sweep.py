@@ -112,8 +112,8 @@ def _check(config, ppl_seqlen: Optional[int]) -> None:
     from llmprune.evals.perplexity import load_eval_text
 
     load_eval_text(config.eval_dataset)  # an unknown set or missing data fails before the model loads
-    source = str(config.calibration.source).strip()
-    if not (source == "self" or source.startswith("self:")):
-        from llmprune.data.calibration import calibration_source
+    from llmprune.data.calibration import calibration_source, is_self_generated
 
+    source = str(config.calibration.source).strip()
+    if not is_self_generated(source):
         calibration_source(source)  # so does an unknown or missing calibration source

@@ -164,6 +164,8 @@ class BatchRunner:
     def cached(self, cell: Cell) -> CellResult | None:
         """The stored result of an ``ok`` cell (errors are rerun). When its checkpoint is still cached, the size
         metrics are re-read from its manifest, so a newer accounting reaches old results without recompressing."""
+        from llmprune.manifest import read_if_any  # lazily: it imports torch
+
         path = self.cache / "results" / f"{self.keys(cell)[1]}.json"
         if not path.is_file():
             return None
@@ -171,8 +173,8 @@ class BatchRunner:
         if result is None:
             return None
         result.label = cell.variant.label  # labels are presentation, not part of the key: follow the current rules
-        manifest = read_json(_manifest_path(result.model_dir)) if result.model_dir else None
-        if isinstance(manifest, dict):
+        manifest = read_if_any(result.model_dir) if result.model_dir else None
+        if manifest is not None:
             result.metrics = {**result.metrics, **size_metrics(manifest, self.spec.dtype, cell.model)}
         return result
 

@@ -102,27 +102,13 @@ def size_metrics(manifest: dict | None, dtype: str, model_spec: str | None = Non
     sparsity the input model's own manifest records when it is an llmprune output, else 0), plus ``qbits``, the
     quantizers' own accounting, when the variant is quantized (a fake-quant ``dense`` checkpoint stores float
     weights, so its stored bits say nothing about the quantized representation)."""
+    from llmprune.manifest import read_if_any
     from llmprune.model_cards.render import achieved_sparsity, bits_per_param, quant_bits_per_param
 
     if manifest is None:
-        earlier = _input_manifest(model_spec)
+        earlier = read_if_any(Path(model_spec).expanduser()) if model_spec else None
         sparsity = achieved_sparsity(earlier) if earlier else None
         return {"sparsity": sparsity or 0.0, "bits": 32.0 if dtype == "float32" else 16.0}
     metrics = {"sparsity": achieved_sparsity(manifest), "bits": bits_per_param(manifest)}
     qbits = quant_bits_per_param(manifest)
     return metrics if qbits is None else {**metrics, "qbits": qbits}
-
-
-def _input_manifest(model_spec: str | None) -> dict | None:
-    """The ``llmprune.json`` of an input model folder (a model pruned by an earlier run), or None."""
-    import json
-
-    from llmprune.manifest import FILENAME
-
-    if not model_spec:
-        return None
-    try:
-        data = json.loads((Path(model_spec).expanduser() / FILENAME).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None

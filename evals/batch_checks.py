@@ -18,14 +18,13 @@ from llmprune.errors import LlmpruneError, UserInputError
 def check_data(spec) -> None:
     """Every data set the spec names resolves (calibration source, perplexity texts, zero-shot tasks), before the
     first cell: a misspelled name would otherwise fail every cell, the evaluations only after each compression."""
-    from llmprune.data.calibration import calibration_source
+    from llmprune.data.calibration import calibration_source, is_self_generated
 
     from .perplexity import load_eval_text
     from .zeroshot import resolve_tasks
 
     source = str(spec.calibration.get("source", "c4"))
-    checks = [] if source == "self" or source.startswith("self:") else [("calibration.source", calibration_source,
-                                                                          source)]
+    checks = [] if is_self_generated(source) else [("calibration.source", calibration_source, source)]
     checks += [("evaluations.perplexity", load_eval_text, name) for name in spec.evaluations.perplexity]
     if spec.evaluations.zeroshot:
         checks.append(("evaluations.zeroshot", resolve_tasks, list(spec.evaluations.zeroshot)))

@@ -88,6 +88,16 @@ def _jsonable(value):
     return str(value)
 
 
+def read_if_any(directory) -> dict | None:
+    """The folder's manifest as written, or None when it has none (or an unreadable one): for inputs and caches,
+    which need not be llmprune checkpoints (``read`` checks one that must be)."""
+    try:
+        data = json.loads((Path(directory) / FILENAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def read(directory: Path) -> dict:
     """Parse the manifest and check its required keys and version (no shard access)."""
     path = Path(directory) / FILENAME

@@ -5,7 +5,6 @@ manifest alone.
 """
 from __future__ import annotations
 
-import json
 import platform
 import re
 import shutil
@@ -191,23 +190,17 @@ def _check_data_before_loading(job: CompressJob, config) -> None:
         raise UserInputError(f"{job.replay.manifest}: the recorded run read no calibration data, but its recipe "
                              f"needs it (an edited manifest?); compress again without --from-manifest")
     check_calibration_source(job.calibration.source)
-    if config is not None:
-        check_seqlen(config, job.calibration.seqlen, "--seqlen")
+    check_seqlen(config, job.calibration.seqlen, "--seqlen")  # a config read only when loading (None) says nothing
 
 
 def _parent(source: dict) -> dict:
     """``{"parent": ...}`` when the input is itself an llmprune output: the run that made it (its model, recipe,
     calibration and achieved sparsity; its own parent nested), so the card can name the base model and say the
     input was pruned before; else ``{}``."""
-    from .manifest import FILENAME
+    from .manifest import read_if_any
 
-    if source.get("kind") != "folder":
-        return {}
-    try:
-        earlier = json.loads((Path(source["path"]) / FILENAME).read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(earlier, dict) or not isinstance(earlier.get("model"), dict):
+    earlier = read_if_any(source["path"]) if source.get("kind") == "folder" else None
+    if earlier is None or not isinstance(earlier.get("model"), dict):
         return {}
     calibration = earlier.get("calibration")
     model = {k: v for k, v in earlier["model"].items() if k != "files"}

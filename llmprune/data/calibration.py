@@ -55,11 +55,17 @@ def encode(tokenizer, text: str) -> Tensor:
     return ids[0].to(torch.int64)
 
 
+def is_self_generated(spec) -> bool:
+    """``self`` or ``self:OPTIONS``: the model writes its own calibration text (no data to find beforehand)."""
+    spec = str(spec).strip()
+    return spec == "self" or spec.startswith("self:")
+
+
 def calibration_windows(tokenizer, calibration: Calibration, *, model=None, progress: bool = True) -> CalibrationSet:
     """Draw ``calibration.nsamples`` windows of ``calibration.seqlen`` tokens from ``calibration.source``
     (``progress``: a bar while the model generates them, for ``self``)."""
     spec = str(calibration.source).strip()
-    if spec == "self" or spec.startswith("self:"):
+    if is_self_generated(spec):
         if model is None:
             raise UserInputError("--calib self needs the model to generate its own calibration text")
         from .selfgen import self_generated_windows
@@ -76,7 +82,7 @@ def check_calibration_source(spec: str) -> None:
     checkpoint). A named set's rows are read (they are small); a file is only looked at (it may be large; its text
     is checked when it is read)."""
     spec = str(spec).strip()
-    if spec == "self" or spec.startswith("self:"):
+    if is_self_generated(spec):
         return
     if sources.is_file_spec(spec):
         sources.check_file(spec)

@@ -119,7 +119,8 @@ def in_features(module: nn.Module) -> int:
 
 def context_length(model) -> int | None:
     """The model's context length (``max_position_embeddings``, or GPT-2's ``n_positions``), if its config says;
-    ``model`` may also be the config itself (``llmprune batch`` checks windows before loading any weights)."""
+    ``model`` may also be the config itself (windows are checked before any weights load), or None when no config
+    could be read yet (then nothing is known, and ``check_seqlen`` passes)."""
     config = getattr(model, "config", model)
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     return int(limit) if limit else None

@@ -95,15 +95,10 @@ def load_gguf(path: Path, dtype=torch.float32):
 
 def refuse_packed(path: Path) -> None:
     """A packed llmprune folder holds codes, not weights to compress: name the model it came from instead."""
-    import json
-
     from .. import manifest as mf
 
-    try:
-        manifest = json.loads((path / mf.FILENAME).read_text())
-    except (OSError, ValueError):
-        manifest = {}  # no manifest (a plain HF folder, or a packed one copied without it) or an unreadable one
-    manifest = manifest if isinstance(manifest, dict) else {}
+    # no manifest: a plain HF folder, or a packed one copied without it (its config.json still says so)
+    manifest = mf.read_if_any(path) or {}
     fmt = manifest.get("format")
     marker = mf.config_marker(path)
     if fmt in (None, "dense") and marker is not None:
