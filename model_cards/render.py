@@ -56,13 +56,22 @@ def earlier_runs(manifest: dict) -> list[dict]:
     return runs
 
 
+def _pruned(recipe: dict) -> bool:
+    """Whether a recorded recipe prunes (a quant-only recipe still holds the default method)."""
+    return recipe.get("sparsity") not in (None, "dense")
+
+
+def _quant_text(quant: dict) -> str:
+    """``w4g64`` (``w4`` per row) from a recorded quant spec."""
+    return f"w{quant.get('bits')}" + (f"g{quant['group']}" if quant.get("group") else "")
+
+
 def describe_run(run: dict) -> str:
     """One earlier run in words: ``wanda 2:4, gptq w4g64; calibrated on c4 (128 x 2048 tokens)``."""
     recipe = run.get("recipe") or {}
     quant = recipe.get("quant") or {}
-    steps = [f"{recipe.get('method')} {recipe['sparsity']}" if recipe.get("sparsity") not in (None, "dense") else "",
-             f"{quant.get('method')} w{quant.get('bits')}" + (f"g{quant['group']}" if quant.get("group") else "")
-             if quant else ""]
+    steps = [f"{recipe.get('method')} {recipe['sparsity']}" if _pruned(recipe) else "",
+             f"{quant.get('method')} {_quant_text(quant)}" if quant else ""]
     calibration = run.get("calibration")
     data = (f"; calibrated on {calibration.get('source')} ({calibration.get('nsamples')} x "
             f"{calibration.get('seqlen')} tokens)" if calibration else "")
@@ -176,7 +185,7 @@ def _tags(manifest: dict) -> list[str]:
     recipe = manifest.get("recipe") or {}
     tags = ["llmprune", "compressed"]
     for pruning in [recipe] + [run.get("recipe") or {} for run in earlier_runs(manifest)]:  # pruned now or before
-        if pruning.get("sparsity") not in (None, "dense"):
+        if _pruned(pruning):
             tags += ["pruned", "sparse", str(pruning.get("method"))]
             if ":" in str(pruning["sparsity"]):
                 tags.append(f"{pruning['sparsity'].replace(':', '-')}-sparsity")
@@ -194,11 +203,10 @@ def default_name(manifest: dict) -> str:
     recipe = manifest.get("recipe") or {}
     quant = recipe.get("quant") or {}
     parts = [base.split("/")[-1]]
-    if recipe.get("sparsity") not in (None, "dense"):  # a quant-only recipe still holds the default method
+    if _pruned(recipe):
         parts += [str(recipe.get("method") or "llmprune"), str(recipe["sparsity"]).replace(":", "-").replace("@", "-")]
     if quant:
-        parts += [str(quant.get("method") or "quant"),
-                  f"w{quant.get('bits')}" + (f"g{quant['group']}" if quant.get("group") else "")]
+        parts += [str(quant.get("method") or "quant"), _quant_text(quant)]
     return "-".join(parts if len(parts) > 1 else [*parts, "llmprune"])
 
 
@@ -231,7 +239,7 @@ def _spqr_settings(recipe_options: dict | None, quant_options: dict | None) -> d
 def _context(manifest: dict, results: list[dict] | None, model_name: str, repo_id: str) -> dict:
     recipe = _with_keys(manifest.get("recipe"), "method sparsity refine damp block ignore quant options")
     quant = _with_keys(recipe["quant"], "method bits group symmetric options") if recipe["quant"] else {}
-    recipe["pruned"] = recipe["sparsity"] not in (None, "dense")
+    recipe["pruned"] = _pruned(recipe)
     # dampening and block only mean something to the OBS-based steps that read them (SparseGPT, GQSA, GPTQ); SpQR
     # has its own dampening and settings
     pruned_obs = recipe["pruned"] and recipe["method"] in ("sparsegpt", "gqsa")
