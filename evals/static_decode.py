@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from llmprune.errors import UserInputError
+from llmprune.model.kv_cache import cache_keyword
 
 MODES = ("eager", "graph", "compile")
 WARMUP_STEPS = 2  # torch's capture recipe: the first step compiles and autotunes, the second runs warm
@@ -58,6 +59,7 @@ class StaticDecoder:
             raise UserInputError(f"CUDA-graph decode needs the model on CUDA (it is on {device}); use mode 'eager'")
         self.model, self.mode, self.max_len, self.device = model, mode, max_len, device
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
+        self.keyword = cache_keyword(model)
         self.ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.tokens = torch.zeros(batch, max_len, dtype=torch.long, device=device)
         self.slot = torch.zeros(1, dtype=torch.long, device=device)
@@ -67,7 +69,7 @@ class StaticDecoder:
     @torch.no_grad()
     def _eager_step(self) -> None:
         """One decode step on the fixed tensors (the body that is captured)."""
-        logits = self.model(input_ids=self.ids, past_key_values=self.cache, use_cache=True).logits
+        logits = self.model(input_ids=self.ids, use_cache=True, **{self.keyword: self.cache}).logits
         self._emit(logits)
 
     def _emit(self, logits: torch.Tensor) -> None:
@@ -83,7 +85,8 @@ class StaticDecoder:
             raise UserInputError(f"prompt batch {prompt.shape[0]} != decoder batch {self.ids.shape[0]}")
         self.cache.reset()
         self.slot.zero_()
-        self._emit(self.model(input_ids=prompt.to(self.device), past_key_values=self.cache, use_cache=True).logits)
+        self._emit(self.model(input_ids=prompt.to(self.device), use_cache=True,
+                              **{self.keyword: self.cache}).logits)
 
     def step(self) -> None:
         """One more token for every sequence (a graph replay once captured)."""

@@ -14,7 +14,10 @@ Code mapping: llmprune codes are unsigned (0..2**b-1, zero point z); compressed-
 Symmetric layers (z = 2**(b-1)) store no zero point. compressed-tensors re-quantizes ``weight`` with our scale and
 zero point; the codes it packs are checked against ours, so a mismatch is an error, never a silent change.
 
-Deviation: the legacy ``sparse-24-bitmask`` format is not written (compressed-tensors >= 0.15 dropped it).
+Deviation: the legacy ``sparse-24-bitmask`` format is not written (compressed-tensors >= 0.15 dropped it), and the
+config's ``sparsity_config`` stays ``{}`` as the library's own ``update_config`` writes it ("sparsity is removed for
+now"): a pruned pattern lives in the weights (zero codes) and in ``llmprune_export.json``'s recipe, and a server runs
+the export as dense int4.
 """
 from __future__ import annotations
 

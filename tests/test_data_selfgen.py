@@ -1,6 +1,7 @@
 """Self-generated calibration: shape, determinism, and the KV-cache sampler against a no-cache oracle."""
 from __future__ import annotations
 
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from llmprune.data.calibration import calibration_windows
 from llmprune.data.selfgen import parse_self_spec, start_token
 from llmprune.errors import UserInputError
+from llmprune.model.kv_cache import cache_keyword, returned_cache
 from llmprune.recipe import Calibration
 from tests.data_fixtures import tiny_lm  # noqa: F401
 
@@ -104,3 +106,20 @@ def test_self_generation_shows_its_progress_unless_quiet(capsys):
     assert "generating calibration text" in capsys.readouterr().err
     quiet, _ = self_generated_windows(model, tiny_tokenizer(), calibration, progress=False)
     assert capsys.readouterr().err == "" and torch.equal(shown, quiet)
+
+
+def test_selfgen_passes_the_cache_by_the_models_own_keyword(tiny_lm):
+    """transformers 5.24 renamed the forward's ``past_key_values`` to ``cache`` (the old name warns, and goes in
+    5.40); transformers 4.x knows only the old name. The sampler uses the one the model takes, so no warning."""
+    model, tokenizer = tiny_lm
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        _windows(model, tokenizer, "self", nsamples=1, seqlen=6)
+
+    class OlderForward(torch.nn.Module):
+        def forward(self, input_ids, past_key_values=None, use_cache=None):
+            return input_ids
+
+    assert cache_keyword(OlderForward()) == "past_key_values"
+    assert returned_cache({"past_key_values": 3}, "past_key_values") == 3

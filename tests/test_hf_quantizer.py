@@ -17,6 +17,7 @@ from llmprune.cli.main import main
 from llmprune.errors import ModelNotFound
 from llmprune.formats import FORMATS
 from llmprune.model import resolve
+from llmprune.model.kv_cache import cache_keyword
 from llmprune.packed_linear import PackedLinear
 from tests.packed_fixtures import pack_model_, swap_in_
 from tests.tiny_models import ARCHS, save_tiny, tiny_model
@@ -251,5 +252,5 @@ def test_generate_may_compile_a_packed_model(tmp_path):
     config = CompileConfig(backend="eager")
     config._compile_all_devices = True  # transformers compiles on CUDA only unless told otherwise
     compiled = model.generate(IDS[:, :5], max_new_tokens=4, do_sample=False, compile_config=config,
-                              past_key_values=StaticCache(config=model.config, max_cache_len=64))
+                              **{cache_keyword(model): StaticCache(config=model.config, max_cache_len=64)})
     assert getattr(model, "_compiled_call", None) is not None and torch.equal(plain, compiled)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserInputError
+from ..model.kv_cache import cache_keyword, returned_cache
 from ..recipe import Calibration
 
 DEFAULTS = {"temperature": 1.0, "start": "bos", "batch": 16}
@@ -102,11 +103,11 @@ def sample(model, starts: Tensor, length: int, temperature: float, generator: to
     was_training = model.training
     model.eval()
     ids = starts.to(torch.int64)
-    step_input, cache = ids.to(device), None
+    step_input, cache, keyword = ids.to(device), None, cache_keyword(model)
     try:
         while ids.shape[1] < length:
-            out = model(input_ids=step_input, past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            out = model(input_ids=step_input, use_cache=True, **{keyword: cache})
+            cache = returned_cache(out, keyword)
             logits = out.logits[:, -1, :].float().cpu() / temperature
             probs = torch.softmax(logits, dim=-1)
             token = torch.multinomial(probs, 1, generator=generator)
