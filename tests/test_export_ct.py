@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from llmprune.errors import UserInputError
-from llmprune.export_ct import export_compressed_tensors
+from llmprune.export_ct import export_compressed_tensors, transformers_loads_asymmetric
 from llmprune.model.layers import decoder_layers, linears, set_weight_
 from tests.formats_fixtures import mask_24, rtn, spqr_like
 from tests.tiny_models import tiny_model
@@ -86,20 +86,27 @@ def test_export_ct_symmetric_loads_with_transformers(tmp_path):
     _load_with_transformers(tmp_path, symmetric=True)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "upstream: transformers' compressed-tensors loader builds the asymmetric zero point unpacked on meta and rejects "
-    "the packed one (vllm-project/llm-compressor#1618); vLLM reads it. Strict: passes once fixed upstream."))
+@pytest.mark.xfail(not transformers_loads_asymmetric(), strict=True, raises=RuntimeError, reason=(
+    "upstream: transformers >= 5.23's compressed-tensors loader builds the asymmetric zero point unpacked on meta and "
+    "rejects the packed one (5.18-5.22 load it; vLLM reads it). Strict: passes once fixed upstream."))
 def test_export_ct_asymmetric_loads_with_transformers(tmp_path):
     _load_with_transformers(tmp_path, symmetric=False)
 
 
-def test_export_ct_asymmetric_warns_that_transformers_cannot_load_it(tmp_path):
-    """Until the xfail above passes, the run says so (and what loads everywhere); a symmetric export says nothing."""
+def test_export_ct_asymmetric_warns_where_transformers_cannot_load_it(tmp_path):
+    """Where the xfail above holds, the run says so (and what loads everywhere); elsewhere, and for a symmetric
+    export, it says nothing."""
     import warnings
 
     model, _ = tiny_model("llama")
-    with pytest.warns(UserWarning, match=r"asymmetric compressed-tensors export.*--quant w4g64s"):
-        export_compressed_tensors(model, _quantize_(model, group=16, symmetric=False), tmp_path / "asym")
+    asym = _quantize_(model, group=16, symmetric=False)
+    if transformers_loads_asymmetric():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            export_compressed_tensors(model, asym, tmp_path / "asym")
+    else:
+        with pytest.warns(UserWarning, match=r"asymmetric compressed-tensors export.*--quant w4g64s"):
+            export_compressed_tensors(model, asym, tmp_path / "asym")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         export_compressed_tensors(model, _quantize_(model, group=16, symmetric=True), tmp_path / "sym")

@@ -107,11 +107,15 @@ def test_offline_task_prompts_and_metrics_equal_lm_eval_standard(name, standard)
 
 
 def _docs(task_name: str):
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager, get_task_dict
 
     from llmprune.evals.zeroshot import TASKS_DIR
 
-    task = TaskManager(include_defaults=False, include_path=str(TASKS_DIR)).load([task_name])["tasks"][task_name]
+    manager = TaskManager(include_defaults=False, include_path=str(TASKS_DIR))
+    if hasattr(manager, "load"):  # lm-eval 0.4.11+; get_task_dict, all that 0.4.10 has, is deprecated there
+        task = manager.load([task_name])["tasks"][task_name]
+    else:
+        task = get_task_dict([task_name], manager)[task_name]
     return task, list(task.eval_docs)
 
 
