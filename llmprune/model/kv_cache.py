@@ -1,6 +1,6 @@
 """How a model's forward takes and returns its KV cache. transformers 5.x renamed ``past_key_values`` to ``cache``
-(the old keyword warns from 5.24 and is removed in 5.40); llmprune supports transformers >= 4.50, so it asks the
-model's signature instead of naming either."""
+(the old keyword warns from 5.24 and is removed in 5.40); llmprune supports transformers >= 5.18, whose forwards
+still take only the old name, so it asks the model's signature instead of naming either."""
 from __future__ import annotations
 
 import inspect
