@@ -110,7 +110,7 @@ def test_self_generation_shows_its_progress_unless_quiet(capsys):
 
 def test_selfgen_passes_the_cache_by_the_models_own_keyword(tiny_lm):
     """transformers 5.24 renamed the forward's ``past_key_values`` to ``cache`` (the old name warns, and goes in
-    5.40); transformers 4.x knows only the old name. The sampler uses the one the model takes, so no warning."""
+    5.40); transformers 5.18 knows only the old name. The sampler uses the one the model takes, so no warning."""
     model, tokenizer = tiny_lm
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
