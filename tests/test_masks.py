@@ -58,3 +58,34 @@ def test_verify_pattern_rejects_wrong_masks():
         verify_pattern(keep, NM(2, 4))
     with pytest.raises(PatternViolation):
         verify_pattern(torch.ones(3, 8, dtype=torch.bool), Unstructured(0.5), compare="row")
+
+
+def _numpy_stable_reference(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Independent oracle: numpy's stable argsort per row, the first ``count`` pruned."""
+    import numpy as np
+
+    keep = np.ones(scores.shape, dtype=bool)
+    order = np.argsort(scores.numpy(), axis=-1, kind="stable")[..., :count]
+    np.put_along_axis(keep, order, False, axis=-1)
+    return torch.from_numpy(keep)
+
+
+@pytest.mark.parametrize("shape, fraction", [((1, 5000), 0.5), ((9, 300), 0.3), ((4, 64), 0.9), ((3, 200), 0.01)])
+def test_long_groups_cut_by_selection_match_a_stable_sort_with_heavy_ties(shape, fraction):
+    """Groups of >= SELECT_FROM scores take the kthvalue path; with many equal scores the lowest-index ties must go
+    first, exactly as a stable sort orders them."""
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 7, shape, generator=generator).float()  # 7 distinct values: ties everywhere
+    count = int(shape[1] * fraction)
+    expected = _numpy_stable_reference(scores, count)
+    assert torch.equal(per_row(scores, fraction), expected)
+    flat = scores.reshape(1, -1)
+    assert torch.equal(per_layer(scores, fraction), _numpy_stable_reference(flat, int(flat.numel() * fraction))
+                       .reshape(shape))
+
+
+def test_nan_scores_are_never_pruned_before_numbers():
+    scores = torch.rand(2, 100)
+    scores[0, :10] = float("nan")
+    keep = per_row(scores, 0.5)
+    assert ((~keep).sum(1) == 50).all() and bool(keep[0, :10].all())
