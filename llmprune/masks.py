@@ -29,9 +29,9 @@ def _prune_lowest(scores: Tensor, count: int) -> Tensor:
 
 def _lowest_by_selection(scores: Tensor, count: int) -> Tensor:
     """The stable sort's first ``count`` entries, found from the ``count``-th smallest score: every score below it,
-    then the lowest-index ties at it. A selection instead of a sort: 2.6x faster over an 11.5M-weight layer
-    (magnitude's whole-layer comparison), as fast per row; N:M's groups of 4 stay with the sort, which is faster
-    there. NaN scores go to the sort (it orders them last)."""
+    then the lowest-index ties at it. A selection instead of a sort: on an 11008x4096 layer (2 cores) 7.0 -> 1.3 s
+    over the whole layer (magnitude's comparison) and 1.6 -> 0.9 s per row (Wanda's); N:M's groups of 4 stay with
+    the sort, which is faster there. NaN scores go to the sort (it orders them last)."""
     threshold = torch.kthvalue(scores, count, dim=-1, keepdim=True).values
     below = scores < threshold
     ties = scores == threshold
