@@ -7,7 +7,7 @@ values, and no 1B checkpoint is reachable offline. Each recipe runs as its own `
 GNU time (``%M``: the process's peak resident set, model loading and saving included; ``%e``: wall seconds), and
 the compress line's own seconds (the layer loop alone) are read from its summary.
 
-    LLMPRUNE_DATA_DIR=../shared/data python benchmarks/scale.py   # -> benchmarks/results/scale_1b.md (~30 min, 2 cores)
+    LLMPRUNE_DATA_DIR=../shared/data python benchmarks/scale.py   # -> results/scale_1b.md (over 45 min on 2 cores)
 """
 from __future__ import annotations
 
