@@ -67,36 +67,35 @@ def build_model(directory: Path) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _status_kib(pid: int, fields: tuple[str, ...]) -> dict[str, int]:
+def _anonymous_kib(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as status:
-            return {line.split(":")[0]: int(line.split()[1]) for line in status if line.split(":")[0] in fields}
-    except (FileNotFoundError, ProcessLookupError, ValueError):
-        return {}
+            return next((int(line.split()[1]) for line in status if line.startswith("RssAnon:")), 0)
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
 
 
 def run(model_dir: Path, out: Path, args: list[str]) -> dict:
     """One compress process; its peak resident set (GNU time) and, sampled every 50 ms, its peak anonymous memory:
     the resident set also counts pages of the mmapped safetensors files, which the kernel can drop at any time."""
     cmd = [sys.executable, "-m", "llmprune", "compress", str(model_dir), "-o", str(out), "--force", "--quiet", *args]
-    start = time.perf_counter()
-    proc = subprocess.Popen(["/usr/bin/time", "-f", "TIME %e %M", *cmd], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    peak_anon, child = 0, None
-    while proc.poll() is None:
-        child = child or next(iter(_children(proc.pid)), None)
-        if child:
-            peak_anon = max(peak_anon, _status_kib(child, ("RssAnon",)).get("RssAnon", 0))
-        time.sleep(0.05)
-    stdout, stderr = proc.communicate()
+    with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:  # pipes could fill
+        proc = subprocess.Popen(["/usr/bin/time", "-f", "TIME %e %M", *cmd], stdout=out_file, stderr=err_file,
+                                text=True)
+        peak_anon, child = 0, None
+        while proc.poll() is None:
+            child = child or next(iter(_children(proc.pid)), None)
+            if child:
+                peak_anon = max(peak_anon, _anonymous_kib(child))
+            time.sleep(0.05)
+        stdout, stderr = (f.seek(0) or f.read() for f in (out_file, err_file))
     time_line = re.search(r"TIME ([\d.]+) (\d+)", stderr)
     saved = re.search(r"in ([\d.]+) s", stdout + stderr)
     if proc.returncode or not time_line:
         tail = (stderr or stdout).strip().splitlines()[-3:]
         return {"error": f"exit {proc.returncode}: {' / '.join(tail)}"}
     return {"wall": float(time_line.group(1)), "peak_gib": int(time_line.group(2)) / 2**20,
-            "anon_gib": peak_anon / 2**20, "compress": float(saved.group(1)) if saved else None,
-            "seconds": time.perf_counter() - start}
+            "anon_gib": peak_anon / 2**20, "compress": float(saved.group(1)) if saved else None}
 
 
 def _children(pid: int) -> list[int]:

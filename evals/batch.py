@@ -175,7 +175,7 @@ class BatchRunner:
         result.label = cell.variant.label  # labels are presentation, not part of the key: follow the current rules
         manifest = read_if_any(result.model_dir) if result.model_dir else None
         if manifest is not None:
-            result.metrics = {**result.metrics, **size_metrics(manifest, self.spec.dtype, cell.model)}
+            result.metrics = {**result.metrics, **size_metrics(manifest, self.spec.dtype)}
         return result
 
     def run(self, shard: tuple[int, int] | None = None, progress=None) -> list[CellResult]:

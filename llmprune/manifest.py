@@ -116,11 +116,16 @@ def read(directory: Path) -> dict:
     return manifest
 
 
+def quant_method(quantization_config) -> str | None:
+    """The ``quant_method`` of a ``quantization_config``: config.json's dict, or transformers' config object."""
+    if isinstance(quantization_config, dict):
+        return quantization_config.get("quant_method")
+    return getattr(quantization_config, "quant_method", None)
+
+
 def is_ours(quantization_config) -> bool:
-    """Whether a ``quantization_config`` (config.json's dict, or transformers' config object) is llmprune's."""
-    method = quantization_config.get("quant_method") if isinstance(quantization_config, dict) else \
-        getattr(quantization_config, "quant_method", None)
-    return method == QUANT_METHOD
+    """Whether a ``quantization_config`` is llmprune's."""
+    return quant_method(quantization_config) == QUANT_METHOD
 
 
 def config_marker(directory: Path) -> dict | None:

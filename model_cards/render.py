@@ -37,14 +37,14 @@ FILENAME = "README.md"
 def base_model(manifest: dict) -> str | None:
     """The Hub id of the uncompressed model, when there is one (Hub specs and known aliases), through the earlier
     llmprune runs an input folder came from (``model.parent``)."""
-    source = manifest.get("model") or {}
-    spec = source.get("spec")
-    if source.get("kind") == "alias" or spec in BASE_MODELS:
-        return BASE_MODELS.get(spec)
-    if source.get("kind") == "hub":
-        return spec
-    parent = source.get("parent")
-    return base_model(parent) if isinstance(parent, dict) else None
+    for run in (manifest, *earlier_runs(manifest)):
+        source = run.get("model") or {}
+        spec = source.get("spec")
+        if source.get("kind") == "alias" or spec in BASE_MODELS:
+            return BASE_MODELS.get(spec)
+        if source.get("kind") == "hub":
+            return spec
+    return None
 
 
 def earlier_runs(manifest: dict) -> list[dict]:

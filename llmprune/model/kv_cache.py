@@ -19,4 +19,4 @@ def cache_keyword(model: nn.Module) -> str:
 
 def returned_cache(output, keyword: str):
     """The cache a forward returned, under the keyword it was passed by."""
-    return output[keyword] if keyword in output else getattr(output, keyword, None)
+    return output.get(keyword)  # a ModelOutput is a dict of the values that are set

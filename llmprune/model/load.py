@@ -122,7 +122,7 @@ def refuse_quantized(config, name: str) -> None:
     quant = getattr(config, "quantization_config", None)
     if quant is None or mf.is_ours(quant):
         return
-    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    method = mf.quant_method(quant)
     raise UserInputError(f"'{name}' is already quantized ({method or type(quant).__name__}); compress the float "
                          f"model it was made from (for an llmprune export: the folder without .compressed-tensors)")
 
