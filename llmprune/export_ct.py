@@ -81,12 +81,12 @@ def _scheme_key(qw: QuantizedWeight) -> tuple:
     return qw.bits, group, symmetric
 
 
-def _config(quantized: dict[str, QuantizedWeight]):
+def _config(schemes: dict[str, tuple]):
     """One compressed-tensors config group per (bits, group, symmetric), targeting the layers by name."""
     ct = require("compressed_tensors.quantization", "export")
     groups: dict[tuple, list[str]] = {}
-    for name, qw in quantized.items():
-        groups.setdefault(_scheme_key(qw), []).append(name)
+    for name, key in schemes.items():
+        groups.setdefault(key, []).append(name)
     config_groups = {}
     for i, ((bits, group, symmetric), names) in enumerate(sorted(groups.items(), key=str)):
         args = ct.QuantizationArgs(num_bits=bits, type="int", symmetric=symmetric,
@@ -148,14 +148,16 @@ def write_compressed_tensors(model: nn.Module, report, directory: Path, *, recip
     from compressed_tensors.quantization import apply_quantization_config
 
     refuse_moe(model)
-    quantized = dict(getattr(report, "quantized", report))
+    quantized = getattr(report, "quantized", report)  # read layer by layer: a Report's store holds them compact
     if not quantized:
         raise UserInputError(NEEDS_QUANT)
+    schemes = {}
     for name, qw in quantized.items():
         _check(name, qw, model.get_submodule(name))
+        schemes[name] = _scheme_key(qw)
     model = copy.deepcopy(model)
     unpack_linears_(model)  # export works on nn.Linear
-    apply_quantization_config(model, _config(quantized), show_progress=False)
+    apply_quantization_config(model, _config(schemes), show_progress=False)
     for name, qw in quantized.items():
         _set_qparams_(model.get_submodule(name), qw)
     compressor = ModelCompressor.from_pretrained_model(model, "pack-quantized")
@@ -166,13 +168,13 @@ def write_compressed_tensors(model: nn.Module, report, directory: Path, *, recip
     compressor.update_config(directory)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
-    _provenance(directory, quantized, recipe)
+    _provenance(directory, schemes, recipe)
     model_type = getattr(model.config, "model_type", None)
     if model_type in TRANSFORMERS_CANNOT_LOAD:
         warnings.warn(f"transformers cannot load a compressed-tensors {model_type} checkpoint (its _init_weights "
                       f"reads the replaced .weight); serve the export with vLLM, or load the llmprune folder",
                       stacklevel=2)
-    elif not all(_scheme_key(qw)[2] for qw in quantized.values()) and not transformers_loads_asymmetric():
+    elif not all(key[2] for key in schemes.values()) and not transformers_loads_asymmetric():
         warnings.warn("transformers >= 5.23 cannot load an asymmetric compressed-tensors export (its loader expects "
                       "the zero points unpacked; vLLM and transformers 5.18-5.22 read them); quantize symmetrically "
                       "(e.g. --quant w4g64s) for an export both load, or load the llmprune folder", stacklevel=2)
@@ -191,11 +193,11 @@ def transformers_loads_asymmetric() -> bool:
 RECORD = "llmprune_export.json"
 
 
-def _provenance(directory: Path, quantized: dict[str, QuantizedWeight], recipe) -> None:
+def _provenance(directory: Path, schemes: dict[str, tuple], recipe) -> None:
     """``llmprune_export.json``: what was exported and by which versions (the weights' recipe, when given)."""
     import compressed_tensors
 
-    layers = {name: dict(zip(("bits", "group", "symmetric"), _scheme_key(qw))) for name, qw in quantized.items()}
+    layers = {name: dict(zip(("bits", "group", "symmetric"), key)) for name, key in schemes.items()}
     record = {"format": "pack-quantized", "compressed_tensors": compressed_tensors.__version__, "layers": layers,
               "recipe": recipe.to_dict() if hasattr(recipe, "to_dict") else recipe}
     (directory / RECORD).write_text(json.dumps(record, indent=1) + "\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .layer_records import weighted_mean
-from .types import QuantizedWeight
+from .quantized_store import QuantizedStore
 
 
 @dataclass
@@ -12,7 +12,7 @@ class Report:
     """What a compression run did: per-Linear records, the quantized representations, timings."""
 
     records: dict[str, dict] = field(default_factory=dict)
-    quantized: dict[str, QuantizedWeight] = field(default_factory=dict)
+    quantized: QuantizedStore = field(default_factory=QuantizedStore)  # {name: QuantizedWeight}, held compact
     timings: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # module -> reason (ignored by the recipe)
     filled: list[str] = field(default_factory=list)  # pruned earlier, filled in by a dense-only quantizer
