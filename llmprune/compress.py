@@ -84,7 +84,8 @@ def build_plan(model, recipe: Recipe, format: str | None = None) -> Plan:
     plan = Plan(resolve_sparsity_for_method(recipe), modules)
     plan.check_patterns_match([*modules, *owners, *([head[0]] if head else [])])
     plan.report.skipped.update(kept_dense)
-    plan.scale_dtype = float_dtype(storage_dtype(model))  # one model whatever the format: see uniform.stored_scale
+    plan.storage_dtype = storage_dtype(model)
+    plan.scale_dtype = float_dtype(plan.storage_dtype)  # one model whatever the format: see uniform.stored_scale
     plan.check_shapes(modules, lambda m: tuple(get_weight(m).shape), format)
     return plan
 
@@ -144,7 +145,8 @@ def _check_run(model, calib, device: str, batch_size: int) -> None:
 
 
 def compress_(model, recipe: Recipe, calib=None, *, device: str = "cpu", batch_size: int = 8,
-              progress: bool = True, forward_dtype: torch.dtype | None = None, captured=None) -> Report:
+              progress: bool = True, forward_dtype: torch.dtype | None = None, captured=None,
+              pack: str | None = None) -> Report:
     """Compress ``model`` in place following ``recipe``.
 
     ``calib``: a ``CalibrationSet`` (``llmprune.calibration_windows``), or None when no module needs statistics.
@@ -153,6 +155,9 @@ def compress_(model, recipe: Recipe, calib=None, *, device: str = "cpu", batch_s
     calibration forwards in another dtype (statistics stay float32; see ``engine.sequential.run_sequential_``).
     ``captured``: layer-0 inputs already captured from ``calib`` on this dense model
     (``engine.capture.capture_inputs``), reused instead of a new capture — a sweep captures once.
+    ``pack`` (a format, e.g. ``"sparse24_int4"``): each decoder layer's compressed Linears become ``PackedLinear``
+    modules as soon as the layer is done, so finished layers hold their packed bytes rather than dense weights
+    (``llmprune compress --format`` does this; ``save(model, ..., report=report, format=pack)`` writes the result).
     A ``torch.compile`` wrapper is compressed through the module it wraps (names stay the model's), and the
     forwards run in eval mode (no dropout), the model's mode restored after. Returns the ``Report`` (per-layer
     records, quantized codes, timings); a user mistake raises ``UserInputError`` before any weight changes."""
@@ -162,19 +167,22 @@ def compress_(model, recipe: Recipe, calib=None, *, device: str = "cpu", batch_s
         raise UserInputError("nothing to do: the recipe has no sparsity and no quant (e.g. "
                              "Recipe(method='wanda', sparsity=parse_sparsity('2:4')))")
     _check_run(model, calib, device, batch_size)
+    if pack is not None:
+        check_format(recipe, pack)
     was_training = model.training
     model.eval()
     try:
-        return _compress(model, recipe, calib, device, batch_size, progress, forward_dtype, captured)
+        return _compress(model, recipe, calib, device, batch_size, progress, forward_dtype, captured, pack)
     finally:
         model.train(was_training)
 
 
-def _compress(model, recipe, calib, device, batch_size, progress, forward_dtype, captured) -> Report:
+def _compress(model, recipe, calib, device, batch_size, progress, forward_dtype, captured, pack) -> Report:
     from .engine.sequential import run_sequential_, run_without_calibration_
 
     start = time.perf_counter()
-    plan = build_plan(model, recipe)
+    plan = build_plan(model, recipe, pack)  # the format's shape checks too, before any work
+    plan.pack_format = None if pack == "dense" else pack
     plan.calib_seqlen = None if calib is None else int(calib.ids.shape[1])
     if not plan.targets:
         raise UserInputError("no Linear layer left to compress; check --ignore patterns")

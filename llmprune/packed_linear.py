@@ -206,14 +206,19 @@ def _dense_kind(module: nn.Module | None) -> str:
     return "conv1d" if isinstance(module, Conv1D) else "linear"
 
 
+def packed_module(name: str, format: str, source, *, bias: Tensor | None = None,
+                  dtype: str = "float16") -> PackedLinear:
+    """A ``PackedLinear`` from a ``QuantizedWeight``, a ``Pruned`` or a dense weight; errors name the layer (e.g.
+    ``--format int4`` without ``--quant``)."""
+    if isinstance(source, QuantizedWeight):
+        return PackedLinear.from_quantized(source, format, bias=bias, dtype=dtype, name=name)
+    if get_format(format).quantized:
+        raise needs_quant(format, name)
+    return PackedLinear.from_dense(source, format, bias=bias, dtype=dtype, name=name)
+
+
 def pack_layer(name: str, format: str, source, *, bias: Tensor | None = None,
                dtype: str = "float16") -> tuple[str, dict[str, Tensor], dict]:
-    """``(format, packed tensors, params)`` for ``checkpoint.save(layers=...)`` from a ``QuantizedWeight``, a
-    ``Pruned`` or a dense weight; errors name the layer (e.g. ``--format int4`` without ``--quant``)."""
-    if isinstance(source, QuantizedWeight):
-        module = PackedLinear.from_quantized(source, format, bias=bias, dtype=dtype, name=name)
-    elif get_format(format).quantized:
-        raise needs_quant(format, name)
-    else:
-        module = PackedLinear.from_dense(source, format, bias=bias, dtype=dtype, name=name)
+    """``(format, packed tensors, params)`` for ``checkpoint.save(layers=...)``: ``packed_module``'s tensors."""
+    module = packed_module(name, format, source, bias=bias, dtype=dtype)
     return format, module.packed(), module.params

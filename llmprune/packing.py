@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .errors import UserInputError
 from .model.layers import get_weight
 
 
@@ -18,15 +19,22 @@ def storage_dtype(model) -> str:
 
 
 def pack_layers(model, report, fmt: str) -> dict | None:
-    """``{name: (format, packed tensors, params)}`` for every compressed Linear, or None for ``dense``."""
+    """``{name: (format, packed tensors, params)}`` for every compressed Linear not yet packed, or None for ``dense``.
+    Layers ``compress_(pack=fmt)`` already packed are ``PackedLinear`` modules, which the checkpoint writes as they
+    are."""
     if fmt == "dense":
         return None
-    from .packed_linear import pack_layer
+    from .packed_linear import PackedLinear, pack_layer
 
     dtype = storage_dtype(model)
     layers = {}
     for name in report.records:
         module = model.get_submodule(name)
+        if isinstance(module, PackedLinear):
+            if module.format != fmt:
+                raise UserInputError(f"{name} was packed as {module.format} while compressing; save it with "
+                                     f"format={module.format!r}, or compress with pack={fmt!r}")
+            continue
         source = report.quantized.get(name)
         if source is None:
             source = get_weight(module).detach()

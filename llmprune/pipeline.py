@@ -153,7 +153,7 @@ def _run_compress(job: CompressJob) -> str:
                                          f"{recorded[:12]}: the data or the tokenizer changed)"))
     t_load = time.perf_counter() - t0
     report = compress_(loaded.model, job.recipe, calib, device=job.device, batch_size=job.batch_size,
-                       progress=job.progress,
+                       progress=job.progress, pack=job.format,  # finished layers packed at once (memory)
                        forward_dtype=DTYPES[job.forward_dtype] if job.forward_dtype else None)
     manifest = {
         "model": {**loaded.source, "files": files, **_parent(loaded.source)},

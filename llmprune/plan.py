@@ -39,6 +39,8 @@ class Plan:
         self.recipe = recipe
         self.calib_seqlen: int | None = None  # DSnoT scales its threshold by the calibration sequence length
         self.scale_dtype: torch.dtype | None = None  # quantization scales rounded as stored (build_plan sets it)
+        self.storage_dtype = "float16"  # packed values' and scales' dtype name (build_plan: the model's)
+        self.pack_format: str | None = None  # pack each finished layer into this format (compress_(pack=...))
         self.method = METHODS.get(recipe.method)
         self.refiner = self._refiner(recipe)
         self.quantizer = self._quantizer(recipe)
@@ -189,6 +191,24 @@ class Plan:
         record.update({"zeros": zeros, "numel": W.numel(), "seconds": round(time.perf_counter() - start, 4)})
         self.report.records[name] = record
         return W.to(weight.dtype)
+
+    def layer_done(self, layer: torch.nn.Module, prefix: str, names: list[str]) -> None:
+        """With ``pack_format``: the finished layer's compressed Linears become ``PackedLinear`` modules now, from
+        their held codes (or their pruned weight), so a finished layer keeps its packed bytes instead of a dense
+        weight (``Report.quantized`` still holds the codes, for an export)."""
+        if self.pack_format is None:
+            return
+        from .model.layers import get_weight
+        from .packed_linear import packed_module, set_module_
+
+        for name in names:
+            if name not in self.report.records:
+                continue
+            module = layer.get_submodule(name[len(prefix) + 1:])
+            source = self.report.quantized.get(name)
+            packed = packed_module(name, self.pack_format, get_weight(module).detach() if source is None else source,
+                                   bias=getattr(module, "bias", None), dtype=self.storage_dtype)
+            set_module_(layer, name[len(prefix) + 1:], packed)
 
     def _compare(self, name: str) -> str:
         """The comparison group whose counts must be exact. A refiner keeps per-row counts, which preserves the

@@ -12,6 +12,9 @@ The engine knows nothing about methods. It drives a ``LinearTask``:
 - ``__call__(name, weight[out, in] float32 on device, stats: Stats) -> Tensor[out, in]``: the new weight.
 - optional ``wants(name) -> bool``: False leaves the module untouched (no call, no write-back). Without it every
   Linear of every decoder layer is visited (modules with no needs get ``Stats()`` with ``None`` fields).
+- optional ``layer_done(layer, prefix, names)``: called once a decoder layer is finished (compressed, its outputs
+  computed, back on its home device), with the qualified names it compressed; the layer is never run again, so the
+  task may replace its modules (the plan packs them: ``Plan.pack_format``).
 
 Names are the model's qualified ``named_modules()`` names (``model.layers.0.self_attn.q_proj``).
 """
@@ -39,6 +42,12 @@ def _targets(task, layer: nn.Module, prefix: str) -> dict[str, nn.Module]:
     """The layer's Linears the task wants, by qualified name, in module order."""
     found = {f"{prefix}.{name}": module for name, module in linears(layer).items()}
     return {name: module for name, module in found.items() if _wants(task, name)}
+
+
+def _layer_done(task, layer: nn.Module, prefix: str, targets: dict[str, nn.Module]) -> None:
+    done = getattr(task, "layer_done", None)
+    if done is not None:
+        done(layer, prefix, list(targets))
 
 
 def _compress_linears_(task, targets: dict[str, nn.Module], collector: StatsCollector | None) -> None:
@@ -163,6 +172,7 @@ def _run_layer_(task, layer: nn.Module, index: int, prefix: str, captured: Captu
     _forward_all(_forward_copy(layer, forward_dtype), captured, index)
     t3 = time.perf_counter()
     layer.to(home)
+    _layer_done(task, layer, prefix, targets)
     info["stats_seconds"] += t1 - t0
     info["task_seconds"] += t2 - t1
     info["forward_seconds"] += t3 - t2
@@ -185,6 +195,7 @@ def run_without_calibration_(model: nn.Module, task, *, device="cpu", progress: 
         targets = _targets(task, layer, f"{path}.{index}")
         _compress_linears_(task, targets, None)
         layer.to(home)
+        _layer_done(task, layer, f"{path}.{index}", targets)
         records.append({"index": index, "modules": list(targets)})
     elapsed = time.perf_counter() - start
     return {"task_seconds": elapsed, "engine_seconds": elapsed, "layers": records}

@@ -40,7 +40,10 @@ def _layer_count(model: nn.Module) -> int | None:
 
 
 def _has_linear(block: nn.Module) -> bool:
-    return any(is_linear(m) for m in block.modules())
+    """Linears, or packed ones: a block stays a decoder block after ``compress_(pack=...)`` packed it."""
+    from ..packed_linear import PackedLinear
+
+    return any(is_linear(m) or isinstance(m, PackedLinear) for m in block.modules())
 
 
 def _candidates(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
