@@ -31,6 +31,7 @@ RECIPES = {
     "Wanda 2:4": ["--method", "wanda", "--sparsity", "2:4", *CALIB],
     "Wanda 50% + DSnoT": ["--method", "wanda", "--sparsity", "0.5", "--refine", "dsnot", *CALIB],
     "SparseGPT 2:4": ["--method", "sparsegpt", "--sparsity", "2:4", *CALIB],
+    "SparseGPT 2:4 -> sparse24": ["--method", "sparsegpt", "--sparsity", "2:4", "--format", "sparse24", *CALIB],
     "SparseGPT 2:4, bfloat16 model": ["--method", "sparsegpt", "--sparsity", "2:4", "--dtype", "bfloat16", *CALIB],
     "SparseGPT 2:4 + GPTQ w4g128 -> sparse24_int4": ["--method", "sparsegpt", "--sparsity", "2:4", "--quant",
                                                       "w4g128", "--format", "sparse24_int4", *CALIB],

@@ -68,9 +68,9 @@ def test_get_weight_of_conv1d_is_out_by_in():
 def test_set_weight_conv1d_transposes_into_storage():
     conv = Conv1D(nf=48, nx=32)
     new = torch.arange(48 * 32, dtype=torch.float32).reshape(48, 32)
-    storage = conv.weight
+    param = conv.weight
     set_weight_(conv, new)
-    assert conv.weight is storage
+    assert conv.weight is param
     assert torch.equal(conv.weight.data, new.t())
     assert torch.equal(get_weight(conv), new)
 
@@ -85,6 +85,27 @@ def test_set_weight_keeps_parameter_dtype_and_ties():
     assert linear.weight is param and other.weight is param
     assert param.dtype == torch.bfloat16
     assert torch.equal(param.data, new.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+def test_set_weight_replaces_the_storage_and_never_writes_the_old_one(kind, tmp_path):
+    """A weight loaded from safetensors lives in a private mmap of the file: writing it would turn its pages into
+    anonymous memory for as long as the file stays mapped. The old storage must keep its values (never written),
+    the module (and a tie through the same Parameter) see the new ones, and the storage must be the module's own."""
+    from safetensors.torch import load_file, save_file
+
+    module = nn.Linear(32, 48) if kind == "linear" else Conv1D(nf=48, nx=32)
+    save_file({"w": module.weight.detach().contiguous()}, tmp_path / "w.safetensors")
+    mapped = load_file(tmp_path / "w.safetensors")["w"]
+    module.weight = nn.Parameter(mapped, requires_grad=False)
+    original, param = mapped.clone(), module.weight
+    new = torch.randn(48, 32)
+    set_weight_(module, new)
+    assert module.weight is param and torch.equal(get_weight(module), new)
+    assert torch.equal(mapped, original)  # the mapped storage was not written
+    assert module.weight.data_ptr() != mapped.data_ptr() and module.weight.is_contiguous()
+    new.zero_()  # the module's weight is its own copy, not the caller's tensor
+    assert get_weight(module).abs().sum() > 0
 
 
 def test_set_weight_rejects_wrong_shape():

@@ -106,14 +106,20 @@ def get_weight(module: nn.Module) -> Tensor:
 
 @torch.no_grad()
 def set_weight_(module: nn.Module, weight: Tensor) -> None:
-    """Copy ``weight`` ``[out_features, in_features]`` into the module in place, in the module's dtype and device.
+    """Give the module ``weight`` ``[out_features, in_features]``, in the module's dtype and device.
 
-    In-place copy keeps the parameter object, so tied weights and device placement stay as they were.
+    The parameter object stays (weights tied through one shared Parameter stay tied), but its storage is replaced,
+    not written: a checkpoint's weights are mmapped from its safetensors file, and writing into them would copy those
+    pages for good (a private mapping frees nothing until every tensor of the file is gone). Replaced, the file's
+    pages stay clean and reclaimable, and a layer packed afterwards (``compress_(pack=...)``) frees its dense weight.
     """
     target = get_weight(module)
     if tuple(weight.shape) != tuple(target.shape):
         raise ValueError(f"new weight has shape {tuple(weight.shape)}, the module expects {tuple(target.shape)}")
-    target.copy_(weight.to(device=target.device, dtype=target.dtype))
+    if isinstance(module, nn.Linear):
+        module.weight.data = weight.to(device=target.device, dtype=target.dtype, copy=True)
+    else:  # Conv1D stores [in, out]
+        module.weight.data = weight.t().to(device=target.device, dtype=target.dtype).contiguous()
 
 
 def in_features(module: nn.Module) -> int:
