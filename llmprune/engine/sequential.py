@@ -30,6 +30,7 @@ from ..model.experts import calibrating_all_experts, has_routed_experts
 from ..model.layers import decoder_layers, get_weight, linears, set_weight_
 from ..types import Stats
 from .capture import Captured, LayerCall, capture_inputs, model_device
+from .free_memory import release_freed_memory
 from .stats import StatsCollector, StopLayer
 
 
@@ -48,6 +49,7 @@ def _layer_done(task, layer: nn.Module, prefix: str, targets: dict[str, nn.Modul
     done = getattr(task, "layer_done", None)
     if done is not None:
         done(layer, prefix, list(targets))
+    release_freed_memory()  # the layer's temporaries, which glibc would keep in its heap
 
 
 def _compress_linears_(task, targets: dict[str, nn.Module], collector: StatsCollector | None) -> None:
