@@ -5,7 +5,7 @@ Why: as a ``QuantizedWeight`` a layer is a uint8 code and a bool mask entry per 
 about 2.1 bytes per weight (2.5 with groups of 16), half a float32 model once every layer is done; the 1.1B
 benchmark's quantizing runs peaked at 1.9x the model for it (benchmarks/results/scale_1b.md). Held here, codes of at
 most 4 bits take a nibble, the mask a bit, and the statistics the narrowest dtype that gives back the same float32
-values (the quantizers round scales to the 16-bit storage dtype, and uniform zero points are whole numbers): about
+bits (the quantizers round scales to the 16-bit storage dtype, and uniform zero points are whole numbers): about
 0.6-0.9 bytes per weight. And a run on ``--device cuda`` no longer keeps every layer's codes on the GPU.
 
 Reading an entry rebuilds the ``QuantizedWeight`` exactly (same dtypes, same values, on the CPU); the dict-like
@@ -40,8 +40,8 @@ class _Held:
             flat = unpack_nibbles(self.data)[:n]
         elif self.packing == "bits":
             flat = ((self.data.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1).flatten()[:n].bool()
-        else:
-            flat = self.data
+        else:  # a copy even when nothing was narrowed: a reader may write what it gets
+            flat = self.data.clone() if self.data.dtype == self.dtype else self.data
         return flat.to(self.dtype).reshape(self.shape)
 
 
@@ -92,8 +92,11 @@ def hold(qw: QuantizedWeight) -> QuantizedWeight:
 
 
 def restore(held: QuantizedWeight) -> QuantizedWeight:
+    """The ``QuantizedWeight`` ``hold`` was given, in new tensors (writing them leaves the held form as it was)."""
     return replace(held, codes=held.codes.restore(), mask=None if held.mask is None else held.mask.restore(),
-                   scales=held.scales.restore(), zeros=held.zeros.restore())
+                   scales=held.scales.restore(), zeros=held.zeros.restore(),
+                   outliers=None if held.outliers is None else tuple(t.clone() for t in held.outliers),
+                   extra={k: v.clone() if isinstance(v, Tensor) else v for k, v in held.extra.items()})
 
 
 class QuantizedStore(MutableMapping):

@@ -141,3 +141,19 @@ def test_a_cuda_run_keeps_no_codes_on_the_gpu():
 
     for name, qw in report.quantized.items():
         assert torch.equal(qw.dequantize(), get_weight(model.get_submodule(name)).float()), name
+
+
+def test_writing_what_was_read_leaves_the_held_layer_as_it_was():
+    qw = _qw(8, mask=False, scales=torch.rand(7, 3) + 1e-7)  # 8-bit codes and float32 scales: held as they are
+    outliers = (torch.tensor([0, 1, 1, 1, 1, 1, 1, 1]), torch.tensor([2], dtype=torch.int32),
+                torch.tensor([0.5], dtype=torch.float16))
+    qw = QuantizedWeight(qw.codes, qw.scales, qw.zeros * 0.5, 8, 16, False, outliers=outliers,
+                         extra={"t": torch.ones(3)})
+    want = QuantizedWeight(qw.codes.clone(), qw.scales.clone(), qw.zeros.clone(), 8, 16, False)
+    store = QuantizedStore({"x": qw})
+    first = store["x"]
+    for t in (first.codes, first.scales, first.zeros, *first.outliers, first.extra["t"]):
+        t.zero_()
+    _same(store["x"], want)
+    assert torch.equal(store["x"].outliers[2], torch.tensor([0.5], dtype=torch.float16))
+    assert torch.equal(store["x"].extra["t"], torch.ones(3))
