@@ -57,7 +57,6 @@ def build_plan(model, recipe: Recipe, format: str | None = None) -> Plan:
     """The modules to compress and their sparsity; every shape check (and, given ``format``, the packed format's)
     runs here, before any calibration. Fused MoE experts are split into Linears here (``model.experts``: the same
     function, checked), the one change made to ``model``."""
-    from .formats import float_dtype
     from .model.experts import unfuse_experts_
     from .model.layers import decoder_layers, get_weight, linears, other_weights
     from .packing import storage_dtype
@@ -84,8 +83,7 @@ def build_plan(model, recipe: Recipe, format: str | None = None) -> Plan:
     plan = Plan(resolve_sparsity_for_method(recipe), modules)
     plan.check_patterns_match([*modules, *owners, *([head[0]] if head else [])])
     plan.report.skipped.update(kept_dense)
-    plan.storage_dtype = storage_dtype(model)
-    plan.scale_dtype = float_dtype(plan.storage_dtype)  # one model whatever the format: see uniform.stored_scale
+    plan.storage_dtype = storage_dtype(model)  # one model whatever the format: see uniform.stored_scale
     plan.check_shapes(modules, lambda m: tuple(get_weight(m).shape), format)
     return plan
 

@@ -24,7 +24,7 @@ def pack_layers(model, report, fmt: str) -> dict | None:
     are."""
     if fmt == "dense":
         return None
-    from .packed_linear import PackedLinear, pack_layer
+    from .packed_linear import PackedLinear
 
     dtype = storage_dtype(model)
     layers = {}
@@ -35,8 +35,16 @@ def pack_layers(model, report, fmt: str) -> dict | None:
                 raise UserInputError(f"{name} was packed as {module.format} while compressing; save it with "
                                      f"format={module.format!r}, or compress with pack={fmt!r}")
             continue
-        source = report.quantized.get(name)
-        if source is None:
-            source = get_weight(module).detach()
-        layers[name] = pack_layer(name, fmt, source, bias=getattr(module, "bias", None), dtype=dtype)
+        packed = packed_compressed(name, module, report, fmt, dtype)
+        layers[name] = (fmt, packed.packed(), packed.params)
     return layers
+
+
+def packed_compressed(name: str, module, report, fmt: str, dtype: str):
+    """The compressed Linear ``name`` as a ``PackedLinear`` of ``fmt``: from its codes in ``report.quantized`` when it
+    was quantized (no second quantization), else from its pruned weight."""
+    from .packed_linear import packed_module
+
+    source = report.quantized.get(name)
+    return packed_module(name, fmt, get_weight(module).detach() if source is None else source,
+                         bias=getattr(module, "bias", None), dtype=dtype)

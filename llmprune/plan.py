@@ -38,8 +38,7 @@ class Plan:
 
         self.recipe = recipe
         self.calib_seqlen: int | None = None  # DSnoT scales its threshold by the calibration sequence length
-        self.scale_dtype: torch.dtype | None = None  # quantization scales rounded as stored (build_plan sets it)
-        self.storage_dtype = "float16"  # packed values' and scales' dtype name (build_plan: the model's)
+        self.storage_dtype: str | None = None  # packed values' and scales' dtype name (build_plan: the model's)
         self.pack_format: str | None = None  # pack each finished layer into this format (compress_(pack=...))
         self.method = METHODS.get(recipe.method)
         self.refiner = self._refiner(recipe)
@@ -133,6 +132,13 @@ class Plan:
                           f"of {n} groups of {sparsity.size}, sparsity {dropped / n:.3f}); {hint}",
                           stacklevel=1)  # one location: the CLI's plan and compress_'s plan warn once together
 
+    @property
+    def scale_dtype(self) -> torch.dtype | None:
+        """The dtype quantization scales are rounded to as they will be stored (None: kept exact)."""
+        from .formats import float_dtype
+
+        return None if self.storage_dtype is None else float_dtype(self.storage_dtype)
+
     def refine_applies(self, name: str) -> bool:
         """A refiner may limit itself to some modules (DSnoT's reference refines attention projections only)."""
         if self.refiner is None or self.targets.get(name) is None:
@@ -198,17 +204,14 @@ class Plan:
         weight (``Report.quantized`` still holds the codes, for an export)."""
         if self.pack_format is None:
             return
-        from .model.layers import get_weight
-        from .packed_linear import packed_module, set_module_
+        from .packed_linear import set_module_
+        from .packing import packed_compressed
 
         for name in names:
-            if name not in self.report.records:
-                continue
-            module = layer.get_submodule(name[len(prefix) + 1:])
-            source = self.report.quantized.get(name)
-            packed = packed_module(name, self.pack_format, get_weight(module).detach() if source is None else source,
-                                   bias=getattr(module, "bias", None), dtype=self.storage_dtype)
-            set_module_(layer, name[len(prefix) + 1:], packed)
+            if name in self.report.records:
+                relative = name[len(prefix) + 1:]
+                set_module_(layer, relative, packed_compressed(name, layer.get_submodule(relative), self.report,
+                                                               self.pack_format, self.storage_dtype))
 
     def _compare(self, name: str) -> str:
         """The comparison group whose counts must be exact. A refiner keeps per-row counts, which preserves the

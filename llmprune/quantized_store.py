@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from .formats.bits import pack_nibbles, unpack_nibbles
+from .formats.bits import pack_bitmask, pack_nibbles, unpack_bitmask, unpack_nibbles
 from .types import QuantizedWeight
 
 NARROWER = (torch.uint8, torch.float16, torch.bfloat16)  # tried in this order; the first exact one is kept
@@ -39,7 +39,7 @@ class _Held:
         if self.packing == "nibbles":
             flat = unpack_nibbles(self.data)[:n]
         elif self.packing == "bits":
-            flat = ((self.data.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1).flatten()[:n].bool()
+            flat = unpack_bitmask(self.data, n)
         else:  # a copy even when nothing was narrowed: a reader may write what it gets
             flat = self.data.clone() if self.data.dtype == self.dtype else self.data
         return flat.to(self.dtype).reshape(self.shape)
@@ -52,10 +52,7 @@ def _nibbles(codes: Tensor) -> _Held:
 
 
 def _bits(mask: Tensor) -> _Held:
-    flat = mask.detach().to("cpu").flatten().to(torch.uint8)
-    flat = torch.nn.functional.pad(flat, (0, -flat.numel() % 8)).reshape(-1, 8)
-    return _Held((flat << torch.arange(8, dtype=torch.uint8)).sum(-1, dtype=torch.uint8), tuple(mask.shape),
-                 mask.dtype, "bits")
+    return _Held(pack_bitmask(mask.detach().to("cpu")), tuple(mask.shape), mask.dtype, "bits")
 
 
 def _narrowed(t: Tensor) -> _Held:

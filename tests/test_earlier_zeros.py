@@ -8,16 +8,10 @@ import pytest
 import torch
 
 from llmprune import compress_
-from llmprune.data.calibration import CalibrationSet, windows_sha256
 from llmprune.earlier_zeros import EARLIER_PRUNING, earlier_mask
 from llmprune.model.layers import get_weight, linears
 from llmprune.recipe import Recipe, parse_quant, parse_sparsity
-from tests.tiny_models import VOCAB, tiny_model
-
-
-def _calib() -> CalibrationSet:
-    ids = torch.randint(0, VOCAB, (4, 32), generator=torch.Generator().manual_seed(0))
-    return CalibrationSet(ids, windows_sha256(ids))
+from tests.tiny_models import tiny_calibration, tiny_model
 
 
 def _weights(model) -> dict[str, torch.Tensor]:
@@ -27,7 +21,7 @@ def _weights(model) -> dict[str, torch.Tensor]:
 
 def _pruned_llama():
     model, _ = tiny_model("llama")
-    compress_(model, Recipe(method="wanda", sparsity=parse_sparsity("2:4")), _calib(), progress=False)
+    compress_(model, Recipe(method="wanda", sparsity=parse_sparsity("2:4")), tiny_calibration(), progress=False)
     return model
 
 
@@ -35,7 +29,7 @@ def _pruned_llama():
 def test_quantizing_a_pruned_model_keeps_its_zeros(quantizer):
     model = _pruned_llama()
     before = _weights(model)
-    report = compress_(model, Recipe(quant=parse_quant("w4g32", method=quantizer)), _calib(), progress=False)
+    report = compress_(model, Recipe(quant=parse_quant("w4g32", method=quantizer)), tiny_calibration(), progress=False)
     after = _weights(model)
     for name, weight in before.items():
         revived = int(((weight == 0) & (after[name] != 0)).sum())
@@ -58,7 +52,7 @@ def test_gptq_on_a_pruned_model_would_fill_the_zeros_without_the_mask():
 
 def test_a_dense_model_gets_no_earlier_mask():
     model, _ = tiny_model("llama")
-    report = compress_(model, Recipe(quant=parse_quant("w4g32")), _calib(), progress=False)
+    report = compress_(model, Recipe(quant=parse_quant("w4g32")), tiny_calibration(), progress=False)
     assert not any("earlier_zeros" in record for record in report.records.values())
     assert report.achieved_sparsity() == 0.0
 
@@ -67,7 +61,7 @@ def test_spqr_fills_them_and_says_so():
     model = _pruned_llama()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        compress_(model, Recipe(quant=parse_quant("w3g16", method="spqr")), _calib(), progress=False)
+        compress_(model, Recipe(quant=parse_quant("w3g16", method="spqr")), tiny_calibration(), progress=False)
     said = [str(w.message) for w in caught if "quantizes dense weights, filling them in" in str(w.message)]
     assert len(said) == 1 and said[0].startswith(f"{len(_weights(model))} Linear layers"), said
 
@@ -88,7 +82,7 @@ def test_pruning_again_to_a_lower_target_reports_the_zeros_the_weights_have(reci
     weight pruned now was zero before."""
     model = _pruned_llama()
     before = _weights(model)
-    report = compress_(model, recipe, _calib(), progress=False)
+    report = compress_(model, recipe, tiny_calibration(), progress=False)
     after = _weights(model)
     still = sum(int(((before[n] == 0) & (after[n] == 0)).sum()) for n in after)
     fraction = still / sum(w.numel() for w in after.values())

@@ -11,11 +11,10 @@ from safetensors.torch import load_file
 
 import llmprune
 from llmprune import Recipe, compress_, parse_quant, parse_sparsity
-from llmprune.data.calibration import CalibrationSet, windows_sha256
 from llmprune.errors import UserInputError
 from llmprune.model.layers import decoder_layers, get_weight
 from llmprune.packed_linear import PackedLinear, packed_bytes
-from tests.tiny_models import VOCAB, tiny_model
+from tests.tiny_models import VOCAB, tiny_calibration, tiny_model
 
 CASES = {
     "llama sparsegpt+gptq -> sparse24_int4": ("llama", dict(method="sparsegpt", sparsity="2:4", quant="w4g16"),
@@ -28,11 +27,6 @@ CASES = {
     "mixtral (experts) magnitude + lm_head -> sparse24": ("mixtral", dict(method="magnitude", sparsity="2:4",
                                                                           include_lm_head=True), "sparse24"),
 }
-
-
-def _calib() -> CalibrationSet:
-    ids = torch.randint(0, VOCAB, (4, 32), generator=torch.Generator().manual_seed(0))
-    return CalibrationSet(ids, windows_sha256(ids))
 
 
 def _recipe(spec: dict) -> Recipe:
@@ -56,9 +50,9 @@ def test_packing_each_layer_writes_the_checkpoint_packing_at_the_end_writes(case
     arch, spec, fmt = CASES[case]
     recipe = _recipe(spec)
     at_end, _ = tiny_model(arch)
-    report_end = compress_(at_end, recipe, _calib(), progress=False)
+    report_end = compress_(at_end, recipe, tiny_calibration(), progress=False)
     each, _ = tiny_model(arch)
-    report_each = compress_(each, recipe, _calib(), progress=False, pack=fmt)
+    report_each = compress_(each, recipe, tiny_calibration(), progress=False, pack=fmt)
 
     _, path = decoder_layers(each)  # still found: a block of PackedLinears is a decoder block
     in_layers = [name for name in report_each.records if name.startswith(f"{path}.")]
@@ -87,7 +81,7 @@ def test_packing_each_layer_writes_the_checkpoint_packing_at_the_end_writes(case
 def test_a_packed_layer_holds_a_fraction_of_its_dense_bytes():
     model, _ = tiny_model("llama")
     dense = sum(get_weight(m).numel() * 4 for n, m in model.named_modules() if n.endswith("_proj"))
-    compress_(model, _recipe(dict(method="sparsegpt", sparsity="2:4", quant="w4g16")), _calib(), progress=False,
+    compress_(model, _recipe(dict(method="sparsegpt", sparsity="2:4", quant="w4g16")), tiny_calibration(), progress=False,
               pack="sparse24_int4")
     assert not any(n.endswith("_proj") and isinstance(m, torch.nn.Linear) for n, m in model.named_modules())
     assert packed_bytes(model) < dense / 6  # 0.56 bytes a weight (2:4 nibbles, metadata, g16 statistics) vs 4
@@ -97,13 +91,13 @@ def test_a_format_the_recipe_cannot_fill_is_refused_before_any_change():
     model, _ = tiny_model("llama")
     before = {n: p.clone() for n, p in model.named_parameters()}
     with pytest.raises(UserInputError, match="int4"):
-        compress_(model, _recipe(dict(method="wanda", sparsity="2:4")), _calib(), progress=False, pack="int4")
+        compress_(model, _recipe(dict(method="wanda", sparsity="2:4")), tiny_calibration(), progress=False, pack="int4")
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
 def test_saving_layers_packed_in_one_format_as_another_is_refused(tmp_path):
     model, _ = tiny_model("llama")
-    report = compress_(model, _recipe(dict(method="sparsegpt", sparsity="2:4", quant="w4g16")), _calib(),
+    report = compress_(model, _recipe(dict(method="sparsegpt", sparsity="2:4", quant="w4g16")), tiny_calibration(),
                        progress=False, pack="int4")
     with pytest.raises(UserInputError, match="packed as int4"):
         llmprune.save(model, tmp_path / "x", report=report, format="sparse24_int4")

@@ -109,14 +109,12 @@ def test_mapping_interface():
 
 def _compress(device):
     from llmprune import compress_
-    from llmprune.data.calibration import CalibrationSet, windows_sha256
     from llmprune.recipe import Recipe, parse_quant, parse_sparsity
-    from tests.tiny_models import VOCAB, tiny_model
+    from tests.tiny_models import tiny_calibration, tiny_model
 
     model, _ = tiny_model("llama")
-    ids = torch.randint(0, VOCAB, (4, 32), generator=torch.Generator().manual_seed(0))
     recipe = Recipe(method="sparsegpt", sparsity=parse_sparsity("2:4"), quant=parse_quant("w4g16"))
-    return model, compress_(model, recipe, CalibrationSet(ids, windows_sha256(ids)), device=device, progress=False)
+    return model, compress_(model, recipe, tiny_calibration(), device=device, progress=False)
 
 
 def test_a_run_holds_exactly_the_weights_it_wrote():

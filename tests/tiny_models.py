@@ -92,6 +92,14 @@ def _config(arch: str):
     raise ValueError(f"unknown tiny architecture {arch!r}; choose one of {ARCHS + MOE_ARCHS}")
 
 
+def tiny_calibration(n: int = 4, seqlen: int = 32, seed: int = 0):
+    """Random token windows of the tiny vocabulary as a ``CalibrationSet``."""
+    from llmprune.data.calibration import CalibrationSet, windows_sha256
+
+    ids = torch.randint(0, VOCAB, (n, seqlen), generator=torch.Generator().manual_seed(seed))
+    return CalibrationSet(ids, windows_sha256(ids))
+
+
 def tiny_model(arch: str, seed: int = 0):
     """A random-weight ``arch`` model in float32 eval mode, and its config. Same seed -> same weights."""
     config, cls = _config(arch)

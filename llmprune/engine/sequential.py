@@ -45,7 +45,8 @@ def _targets(task, layer: nn.Module, prefix: str) -> dict[str, nn.Module]:
     return {name: module for name, module in found.items() if _wants(task, name)}
 
 
-def _layer_done(task, layer: nn.Module, prefix: str, targets: dict[str, nn.Module]) -> None:
+def _finish_layer(task, layer: nn.Module, prefix: str, targets: dict[str, nn.Module]) -> None:
+    """The task's ``layer_done`` hook, then the layer's freed temporaries go back to the system."""
     done = getattr(task, "layer_done", None)
     if done is not None:
         done(layer, prefix, list(targets))
@@ -174,7 +175,7 @@ def _run_layer_(task, layer: nn.Module, index: int, prefix: str, captured: Captu
     _forward_all(_forward_copy(layer, forward_dtype), captured, index)
     t3 = time.perf_counter()
     layer.to(home)
-    _layer_done(task, layer, prefix, targets)
+    _finish_layer(task, layer, prefix, targets)
     info["stats_seconds"] += t1 - t0
     info["task_seconds"] += t2 - t1
     info["forward_seconds"] += t3 - t2
@@ -197,7 +198,7 @@ def run_without_calibration_(model: nn.Module, task, *, device="cpu", progress: 
         targets = _targets(task, layer, f"{path}.{index}")
         _compress_linears_(task, targets, None)
         layer.to(home)
-        _layer_done(task, layer, f"{path}.{index}", targets)
+        _finish_layer(task, layer, f"{path}.{index}", targets)
         records.append({"index": index, "modules": list(targets)})
     elapsed = time.perf_counter() - start
     return {"task_seconds": elapsed, "engine_seconds": elapsed, "layers": records}

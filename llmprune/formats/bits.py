@@ -6,6 +6,9 @@ Triton kernels in ``kernels/`` in agreement (docs/FORMATS.md is the contract).
 Nibbles: ``byte = c[2k] | c[2k+1] << 4`` (low nibble = even index), the order GPTQ/AWQ-style kernels read two codes
 per byte in. Worked example: codes ``[1, 2, 3, 15]`` -> bytes ``[0x21, 0xF3]``.
 
+Bit masks (held keep-masks, ``quantized_store``): entry ``j`` of the flattened mask is bit ``j % 8`` of byte
+``j // 8``, the last byte zero-padded: numpy's ``packbits(..., bitorder="little")``, and the byte view of a k=1 stream.
+
 k-bit streams (SpQR codes): code ``j`` occupies bits ``j*k .. j*k+k-1`` of the row's bit stream; bit ``b`` of the
 stream is bit ``b % 32`` of word ``b // 32`` (little-endian, like compressed-tensors' ``pack_to_int32``). A code may
 straddle two words. Worked example, k=3: codes ``[5, 1, 7, 2]`` -> stream bits 101|100|111|010 (LSB first) ->
@@ -32,6 +35,20 @@ def unpack_nibbles(packed: Tensor) -> Tensor:
     low = packed & 0x0F
     high = packed >> 4
     return torch.stack((low, high), dim=-1).flatten(-2)
+
+
+def pack_bitmask(mask: Tensor) -> Tensor:
+    """Any-shaped bool mask -> ``[ceil(numel / 8)]`` uint8, flattened, eight entries a byte (low bit first).
+    Eight entries a byte in uint8, not ``pack_bits(mask, 1)``: that one expands every entry to 64 bits on the way."""
+    flat = mask.flatten().to(torch.uint8)
+    flat = torch.nn.functional.pad(flat, (0, -flat.numel() % 8)).reshape(-1, 8)
+    return (flat << torch.arange(8, dtype=torch.uint8, device=flat.device)).sum(-1, dtype=torch.uint8)
+
+
+def unpack_bitmask(packed: Tensor, numel: int) -> Tensor:
+    """``[ceil(numel / 8)]`` uint8 -> the first ``numel`` entries as a flat bool mask (inverse of ``pack_bitmask``)."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    return ((packed.unsqueeze(-1) >> shifts) & 1).flatten()[:numel].bool()
 
 
 def packed_words(n: int, bits: int) -> int:
