@@ -50,6 +50,23 @@ def test_nearly_constant_group_keeps_finite_statistics_and_matches_the_oracle():
     assert torch.allclose(deq.double(), ref_w, atol=1e-5)
 
 
+def test_act_order_ranks_a_dead_input_by_its_raw_zero_diagonal(monkeypatch):
+    """SpQR's reference computes the permutation before dead inputs get H_jj = 1, so a dead column ranks last; with
+    every live diagonal below 1, ranking after the patch would put it first."""
+    import llmprune.quant.spqr as spqr_module
+
+    W, X, _ = _case()
+    X = X / X.abs().max()  # live diagonals well below 1
+    X[:, 5] = 0.0
+    stats = Stats(hessian=2 * X.T @ X / X.shape[0])
+    assert float(stats.hessian.diag().max()) < 1.0
+    seen, original = [], spqr_module.act_order_perm
+    monkeypatch.setattr(spqr_module, "act_order_perm", lambda diag, group: seen.append(diag.clone()) or
+                        original(diag, group))
+    _spqr(W, stats, act_order=True, block=16)
+    assert float(seen[0][5]) == 0.0 and int(original(seen[0], 32)[-1]) == 5
+
+
 def test_leave_one_out_gain_matches_brute_force_refits():
     gw = torch.randn(5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(101))
     gw[2, 3] = 9.0

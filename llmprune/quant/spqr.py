@@ -207,8 +207,10 @@ def spqr(weight: Tensor, stats: Stats, spec: QuantSpec, *, mask: Tensor | None =
     group = effective_group(spec, cols)
     W = weight.clone().to(torch.promote_types(weight.dtype, torch.float32))
     H = stats.hessian.clone().to(W.dtype)
-    obs.mask_dead_inputs_(H, W)
+    # SpQR's reference orders the columns by the raw diag(H), before dead inputs get a unit diagonal, so a dead
+    # column (diag 0) goes last; GPTQ's reference, and our gptq.py, order after the patch.
     perm = act_order_perm(torch.diag(H), group) if opts["act_order"] else None
+    obs.mask_dead_inputs_(H, W)
     if perm is not None:
         W, H = W[:, perm], H[perm][:, perm]
     Hinv, damp_used = obs.damped_inverse_cholesky(H, opts["spqr_damp"], name=name)
