@@ -12,7 +12,8 @@ from llmprune.recipe import Calibration, Recipe, parse_quant, parse_sparsity
 
 
 # the options --from-manifest takes
-MANIFEST_FREE = {"model", "output", "force", "device", "quiet", "from_manifest", "allow_changed_inputs"}
+MANIFEST_FREE = {"model", "output", "force", "device", "quiet", "from_manifest", "allow_changed_inputs",
+                 "spill_to_disk"}
 
 
 def parse_options(values: list[str]) -> tuple[tuple[str, object], ...]:
@@ -113,6 +114,9 @@ def compress_command(
         None, help="Run the calibration forwards in this dtype (e.g. bfloat16: ~2x faster matmuls on CPU, as the "
                    "reference runs float16 on GPU); statistics and weights stay float32."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+    spill_to_disk: bool = typer.Option(
+        False, "--spill-to-disk", help="Dense output: keep finished layers' weights in disk-backed memory (unlinked "
+        "files beside OUTPUT) so the run needs far less RAM than the model; load the model in its own dtype."),
     from_manifest: Optional[Path] = typer.Option(None, help="Re-run exactly the run recorded in an llmprune.json "
                                                  "(recipe, calibration, format, dtype; on MODEL if given)."),
     allow_changed_inputs: bool = typer.Option(
@@ -133,7 +137,7 @@ def compress_command(
             raise UserInputError(f"{flag}: --from-manifest re-runs the recorded recipe; drop {flag} (or drop "
                                  f"--from-manifest and give the whole recipe)")
         job = job_from_manifest(from_manifest, output=output, force=force, device=device, quiet=quiet, model=model,
-                                allow_changes=allow_changed_inputs)
+                                allow_changes=allow_changed_inputs, spill_to_disk=spill_to_disk)
     else:
         if allow_changed_inputs:
             raise UserInputError("--allow-changed-inputs applies to --from-manifest re-runs only; drop it")
@@ -145,7 +149,7 @@ def compress_command(
         calibration = Calibration(source=calib, nsamples=nsamples, seqlen=seqlen, seed=seed)
         job = CompressJob(model=model, output=output, recipe=recipe, calibration=calibration, format=format,
                           export=export, device=device, dtype=dtype, batch_size=batch_size,
-                          forward_dtype=forward_dtype, force=force,
+                          forward_dtype=forward_dtype, force=force, spill_to_disk=spill_to_disk,
                           progress=not quiet, argv=("llmprune", *sys.argv[1:]))
     summary = run_compress(job)
     typer.echo(summary)

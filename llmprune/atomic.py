@@ -93,11 +93,17 @@ def _check_protected(out: Path, protect) -> None:
             raise UserInputError(f"--output {out}: replacing it would delete {what}; choose another output folder")
 
 
-def _check_writable(out: Path) -> None:
-    """The output's temp dir goes beside it: find out now, not after the compression, that it cannot."""
+def nearest_existing_parent(out: Path) -> Path:
+    """The folder the output will be staged in, or its closest ancestor that exists yet (same file system)."""
     existing = out.absolute().parent
     while not existing.exists():
         existing = existing.parent
+    return existing
+
+
+def _check_writable(out: Path) -> None:
+    """The output's temp dir goes beside it: find out now, not after the compression, that it cannot."""
+    existing = nearest_existing_parent(out)
     if not existing.is_dir():
         raise UserInputError(f"--output {out}: {existing} is a file, not a folder; choose another path")
     staged = f".{out.name}.tmp-{'x' * 8}"

@@ -5,6 +5,7 @@ layer loop in engine/. The CLI, the sweep and the batch runner all call this.
 """
 from __future__ import annotations
 
+import os
 import time
 import warnings
 
@@ -144,7 +145,7 @@ def _check_run(model, calib, device: str, batch_size: int) -> None:
 
 def compress_(model, recipe: Recipe, calib=None, *, device: str = "cpu", batch_size: int = 8,
               progress: bool = True, forward_dtype: torch.dtype | None = None, captured=None,
-              pack: str | None = None) -> Report:
+              pack: str | None = None, spill_dir: str | os.PathLike | None = None) -> Report:
     """Compress ``model`` in place following ``recipe``.
 
     ``calib``: a ``CalibrationSet`` (``llmprune.calibration_windows``), or None when no module needs statistics.
@@ -156,6 +157,9 @@ def compress_(model, recipe: Recipe, calib=None, *, device: str = "cpu", batch_s
     ``pack`` (a format, e.g. ``"sparse24_int4"``): each decoder layer's compressed Linears become ``PackedLinear``
     modules as soon as the layer is done, so finished layers hold their packed bytes rather than dense weights
     (``llmprune compress --format`` does this; ``save(model, ..., report=report, format=pack)`` writes the result).
+    ``spill_dir`` (a folder on a disk; dense output only): each finished layer's compressed weights move into
+    memory backed by unlinked files there (``engine/spill.py``), which the kernel can write back and drop, so a
+    model whose checkpoint is mmapped (loaded in its own dtype) can be compressed in less memory than it takes.
     A ``torch.compile`` wrapper is compressed through the module it wraps (names stay the model's), and the
     forwards run in eval mode (no dropout), the model's mode restored after. Returns the ``Report`` (per-layer
     records, quantized codes, timings); a user mistake raises ``UserInputError`` before any weight changes."""
@@ -167,20 +171,33 @@ def compress_(model, recipe: Recipe, calib=None, *, device: str = "cpu", batch_s
     _check_run(model, calib, device, batch_size)
     if pack is not None:
         check_format(recipe, pack)
+    spill = _spill(spill_dir, pack)
     was_training = model.training
     model.eval()
     try:
-        return _compress(model, recipe, calib, device, batch_size, progress, forward_dtype, captured, pack)
+        return _compress(model, recipe, calib, device, batch_size, progress, forward_dtype, captured, pack, spill)
     finally:
         model.train(was_training)
 
 
-def _compress(model, recipe, calib, device, batch_size, progress, forward_dtype, captured, pack) -> Report:
+def _spill(spill_dir, pack):
+    if spill_dir is None:
+        return None
+    if pack not in (None, "dense"):
+        raise UserInputError(f"spill_dir is for dense outputs; pack={pack!r} already frees each layer's dense "
+                             f"weight as it packs it: drop spill_dir")
+    from .engine.spill import Spill
+
+    return Spill(spill_dir)
+
+
+def _compress(model, recipe, calib, device, batch_size, progress, forward_dtype, captured, pack, spill) -> Report:
     from .engine.sequential import run_sequential_, run_without_calibration_
 
     start = time.perf_counter()
     plan = build_plan(model, recipe, pack)  # the format's shape checks too, before any work
     plan.pack_format = None if pack == "dense" else pack
+    plan.spill = spill
     plan.calib_seqlen = None if calib is None else int(calib.ids.shape[1])
     if not plan.targets:
         raise UserInputError("no Linear layer left to compress; check --ignore patterns")
@@ -208,6 +225,8 @@ def _compress(model, recipe, calib, device, batch_size, progress, forward_dtype,
         from .engine.lm_head import compress_lm_head_
 
         compress_lm_head_(model, plan, None if calib is None else calib.ids, batch_size=batch_size)
+        if spill is not None:
+            spill.move_(model.get_output_embeddings())
     plan.report.timings = {"compress_seconds": round(time.perf_counter() - start, 3),
                            **{k: v for k, v in (engine_info or {}).items() if isinstance(v, (int, float))}}
     return plan.report

@@ -48,6 +48,7 @@ class CompressJob:
     batch_size: int = 8
     forward_dtype: str | None = None  # calibration forwards in another dtype (e.g. bfloat16); stats stay float32
     force: bool = False
+    spill_to_disk: bool = False  # a dense output's finished weights in disk-backed memory, beside the output
     progress: bool = True
     argv: tuple[str, ...] = ()
     revision: str | None = None  # a Hub model's commit (``--from-manifest`` pins the one recorded)
@@ -88,6 +89,9 @@ def check_job(job: CompressJob) -> None:
     from .compress import check_format
 
     check_format(job.recipe, job.format)  # before the model is loaded
+    if job.spill_to_disk and job.format != "dense":
+        raise UserInputError(f"--spill-to-disk is for dense outputs; --format {job.format} already frees each "
+                             f"layer's dense weight as it packs it: drop --spill-to-disk")
     if job.export not in (None, "compressed-tensors"):
         raise UserInputError(f"--export {job.export}: the only export is 'compressed-tensors'")
 
@@ -118,7 +122,7 @@ def run_compress(job: CompressJob) -> str:
 
 
 def _run_compress(job: CompressJob) -> str:
-    from .atomic import check_output_dir
+    from .atomic import check_output_dir, nearest_existing_parent
     from .compress import build_plan, compress_
     from .model import resolve
     from .model.load import compressible_config
@@ -154,14 +158,16 @@ def _run_compress(job: CompressJob) -> str:
     t_load = time.perf_counter() - t0
     report = compress_(loaded.model, job.recipe, calib, device=job.device, batch_size=job.batch_size,
                        progress=job.progress, pack=job.format,  # finished layers packed at once (memory)
-                       forward_dtype=DTYPES[job.forward_dtype] if job.forward_dtype else None)
+                       forward_dtype=DTYPES[job.forward_dtype] if job.forward_dtype else None,
+                       spill_dir=nearest_existing_parent(job.output) if job.spill_to_disk else None)
     manifest = {
         "model": {**loaded.source, "files": files, **_parent(loaded.source)},
         "recipe": job.recipe.to_dict(),
         "calibration": None if calib is None else {**asdict(job.calibration), "sha256": calib.sha256,
                                                    "description": calib.description},
         "job": {"format": job.format, "export": job.export, "device": job.device, "dtype": job.dtype,
-                "batch_size": job.batch_size, "forward_dtype": job.forward_dtype},
+                "batch_size": job.batch_size, "forward_dtype": job.forward_dtype,
+                "spill_to_disk": job.spill_to_disk},
         "report": report.to_dict(),
         "timings": {"load_and_calibration_seconds": round(t_load, 3), **report.timings},
         "versions": versions(),

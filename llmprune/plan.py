@@ -40,6 +40,7 @@ class Plan:
         self.calib_seqlen: int | None = None  # DSnoT scales its threshold by the calibration sequence length
         self.storage_dtype: str | None = None  # packed values' and scales' dtype name (build_plan: the model's)
         self.pack_format: str | None = None  # pack each finished layer into this format (compress_(pack=...))
+        self.spill = None  # an engine.spill.Spill: a dense output's finished weights go to disk-backed memory
         self.method = METHODS.get(recipe.method)
         self.refiner = self._refiner(recipe)
         self.quantizer = self._quantizer(recipe)
@@ -201,8 +202,13 @@ class Plan:
     def layer_done(self, layer: torch.nn.Module, prefix: str, names: list[str]) -> None:
         """With ``pack_format``: the finished layer's compressed Linears become ``PackedLinear`` modules now, from
         their held codes (or their pruned weight), so a finished layer keeps its packed bytes instead of a dense
-        weight (``Report.quantized`` still holds the codes, for an export)."""
+        weight (``Report.quantized`` still holds the codes, for an export). With ``spill`` (dense output): their
+        weights move to disk-backed memory."""
         if self.pack_format is None:
+            if self.spill is not None:
+                for name in names:
+                    if name in self.report.records:
+                        self.spill.move_(layer.get_submodule(name[len(prefix) + 1:]))
             return
         from .packed_linear import set_module_
         from .packing import packed_compressed

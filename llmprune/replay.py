@@ -37,7 +37,8 @@ def recorded_calibration(recorded: dict | None) -> Calibration:
 
 
 def job_from_manifest(path: Path, *, output: Path, force: bool, device: str, quiet: bool,
-                      model: str | None = None, allow_changes: bool = False) -> CompressJob:
+                      model: str | None = None, allow_changes: bool = False,
+                      spill_to_disk: bool = False) -> CompressJob:
     """Rebuild the job recorded in an ``llmprune.json`` (the manifest alone reproduces the run). ``model``, when
     given, runs the recorded recipe on another model instead of the recorded one. The re-run checks its model files
     and calibration windows against the recorded ones (``Replay``)."""
@@ -62,9 +63,10 @@ def job_from_manifest(path: Path, *, output: Path, force: bool, device: str, qui
             model=recorded, output=output, recipe=recipe, calibration=calib, format=data["job"]["format"],
             export=data["job"].get("export"), device=device, dtype=data["job"]["dtype"],
             batch_size=data["job"]["batch_size"], forward_dtype=data["job"].get("forward_dtype"), force=force,
-            progress=not quiet, revision=revision,
+            spill_to_disk=spill_to_disk, progress=not quiet, revision=revision,
             argv=("llmprune", "compress", *(() if model is None else (model,)), "--from-manifest", where,
-                  "--output", str(output), *(("--allow-changed-inputs",) if allow_changes else ())),
+                  "--output", str(output), *(("--allow-changed-inputs",) if allow_changes else ()),
+                  *(("--spill-to-disk",) if spill_to_disk else ())),
             replay=replay)
     except FileNotFoundError:
         raise UserInputError(f"--from-manifest {path}: file not found") from None

@@ -386,6 +386,7 @@ def test_cli_version_and_bare_commands(capsys):
     (["--sparsity", "2:4", "--format", "int4"], "--format int4 stores quantized weights"),
     (["--quant", "w4g16", "--format", "spqr"], "which only the spqr quantizer makes; add --quantizer spqr"),
     (["--quant", "w3g16", "--quantizer", "spqr", "--format", "int4"], "--format int4 cannot hold SpQR's"),
+    (["--sparsity", "2:4", "--format", "sparse24", "--spill-to-disk"], "--spill-to-disk is for dense outputs"),
 ])
 def test_cli_format_demands_are_checked_before_the_model_loads(flags, words, tmp_path, capsys):
     """The model does not exist: the recipe-vs-format error must come first, i.e. before any loading."""
@@ -427,3 +428,24 @@ def test_compressing_an_llmprune_output_records_the_run_that_made_it(tiny_llama,
     assert parent["model"]["path"] == before["model"]["path"] and "files" not in parent["model"]
     assert parent["calibration"] == {k: before["calibration"][k] for k in ("source", "nsamples", "seqlen", "seed")}
     assert "made by an earlier llmprune run" in (second / "README.md").read_text()
+
+
+def test_cli_spill_to_disk_writes_the_same_checkpoint_and_records_itself(tiny_llama, tmp_path, capsys):
+    """Disk-backed weights change where the run keeps them, not what it writes; the replay carries the flag over."""
+    outputs = {}
+    for flags in ([], ["--spill-to-disk"]):
+        out = tmp_path / f"out{len(flags)}"
+        code, _, stderr = run_cli(["compress", tiny_llama, "--method", "sparsegpt", "--sparsity", "2:4", "-o", out,
+                                   *CALIB, *flags], capsys)
+        assert code == 0, stderr
+        outputs[bool(flags)] = out
+    assert (outputs[True] / "model.safetensors").read_bytes() == (outputs[False] / "model.safetensors").read_bytes()
+    manifest = json.loads((outputs[True] / "llmprune.json").read_text())
+    assert manifest["job"]["spill_to_disk"] is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out0", "out1"]  # no spill file beside the outputs
+    again = tmp_path / "again"
+    code, _, stderr = run_cli(["compress", "--from-manifest", outputs[True] / "llmprune.json", "-o", again,
+                               "--spill-to-disk", "--quiet"], capsys)
+    assert code == 0, stderr
+    assert (again / "model.safetensors").read_bytes() == (outputs[False] / "model.safetensors").read_bytes()
+    assert "--spill-to-disk" in json.loads((again / "llmprune.json").read_text())["command"]
