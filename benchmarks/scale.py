@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import re
 import shutil
 import subprocess
@@ -38,6 +39,9 @@ RECIPES = {
     "GQSA 50%@g16 + w4g16 -> group_sparse_int4": ["--method", "gqsa", "--sparsity", "0.5@g16", "--quant", "w4g16",
                                                   "--format", "group_sparse_int4", *CALIB],
     "SpQR w3g16 -> spqr": ["--quant", "w3g16", "--quantizer", "spqr", "--format", "spqr", *CALIB],
+    "magnitude 2:4, --spill-to-disk": ["--method", "magnitude", "--sparsity", "2:4", "--spill-to-disk"],
+    "magnitude 2:4 -> sparse24": ["--method", "magnitude", "--sparsity", "2:4", "--format", "sparse24"],
+    "SparseGPT 2:4, --spill-to-disk": ["--method", "sparsegpt", "--sparsity", "2:4", "--spill-to-disk", *CALIB],
 }
 
 
@@ -76,13 +80,49 @@ def _anonymous_kib(pid: int) -> int:
         return 0
 
 
-def run(model_dir: Path, out: Path, args: list[str]) -> dict:
+def memory_cgroup(limit_gib: float):
+    """Put the process that calls the returned function (a ``preexec_fn``) and its children under a memory limit of
+    ``limit_gib`` that counts the page cache they bring in, as a smaller machine would: a cgroup (v1 or v2; needs
+    root). Clean pages of the mmapped checkpoint can be dropped under it; anonymous memory cannot (no swap)."""
+    v1, v2 = Path("/sys/fs/cgroup/memory"), Path("/sys/fs/cgroup")
+    limit = str(int(limit_gib * 2**30))
+    if (v1 / "memory.limit_in_bytes").exists():
+        group = v1 / "llmprune-scale"
+        group.mkdir(exist_ok=True)
+        (group / "memory.limit_in_bytes").write_text(limit)
+    elif (v2 / "cgroup.controllers").exists():
+        group = v2 / "llmprune-scale"
+        group.mkdir(exist_ok=True)
+        (group / "memory.max").write_text(limit)
+    else:
+        raise SystemExit("--memory-limit needs a cgroup memory controller (and root)")
+    procs = group / "cgroup.procs"
+    return lambda: procs.write_text(str(os.getpid()))
+
+
+def drop_cached(model_dir: Path) -> None:
+    """Evict the checkpoint's pages from the page cache, so a limited run reads them itself (pages cached by an
+    earlier process stay charged to that process's cgroup, outside the limit)."""
+    for shard in model_dir.glob("*.safetensors"):
+        fd = os.open(shard, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def run(model_dir: Path, out: Path, args: list[str], limit_gib: float | None = None) -> dict:
     """One compress process; its peak resident set (GNU time) and, sampled every 50 ms, its peak anonymous memory:
-    the resident set also counts pages of the mmapped safetensors files, which the kernel can drop at any time."""
+    the resident set also counts pages of the mmapped safetensors files, which the kernel can drop at any time.
+    With ``limit_gib`` the process runs under that memory limit (``memory_cgroup``) with the checkpoint uncached."""
     cmd = [sys.executable, "-m", "llmprune", "compress", str(model_dir), "-o", str(out), "--force", "--quiet", *args]
+    enter = None
+    if limit_gib is not None:
+        drop_cached(model_dir)
+        enter = memory_cgroup(limit_gib)
     with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:  # pipes could fill
         proc = subprocess.Popen(["/usr/bin/time", "-f", "TIME %e %M", *cmd], stdout=out_file, stderr=err_file,
-                                text=True)
+                                text=True, preexec_fn=enter)
         peak_anon, child = 0, None
         while proc.poll() is None:
             child = child or next(iter(_children(proc.pid)), None)
@@ -94,7 +134,8 @@ def run(model_dir: Path, out: Path, args: list[str]) -> dict:
     saved = re.search(r"in ([\d.]+) s", stdout + stderr)
     if proc.returncode or not time_line:
         tail = (stderr or stdout).strip().splitlines()[-3:]
-        return {"error": f"exit {proc.returncode}: {' / '.join(tail)}"}
+        killed = "killed (out of memory under the limit)" if "signal 9" in stderr else ""
+        return {"error": f"exit {proc.returncode}: {killed or ' / '.join(tail)}", "anon_gib": peak_anon / 2**20}
     return {"wall": float(time_line.group(1)), "peak_gib": int(time_line.group(2)) / 2**20,
             "anon_gib": peak_anon / 2**20, "compress": float(saved.group(1)) if saved else None}
 
@@ -112,6 +153,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", action="append", help="run only recipes whose name contains this (repeatable)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "scale_1b.md")
+    parser.add_argument("--memory-limit", type=float, metavar="GIB",
+                        help="run each recipe under this memory limit (a cgroup; root), the checkpoint uncached")
     args = parser.parse_args()
     import torch
     import transformers
@@ -124,7 +167,7 @@ def main() -> None:
         for name, recipe in RECIPES.items():
             if args.only and not any(part in name for part in args.only):
                 continue
-            result = run(model_dir, Path(tmp) / "out", recipe)
+            result = run(model_dir, Path(tmp) / "out", recipe, args.memory_limit)
             print(name, result, flush=True)
             rows.append((name, result))
             shutil.rmtree(Path(tmp) / "out", ignore_errors=True)
@@ -133,12 +176,15 @@ def main() -> None:
              f"safetensors), SmolLM2 tokenizer; calibration C4 4 x 512 tokens where the recipe needs data; "
              f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}, transformers "
              f"{transformers.__version__}. `LLMPRUNE_DATA_DIR=... python benchmarks/scale.py`.", "",
+             *([f"Every run under a **{args.memory_limit:g} GiB memory limit** (a cgroup counting the page cache it "
+                f"brings in; no swap), the checkpoint evicted from the page cache first "
+                f"(`--memory-limit {args.memory_limit:g}`).", ""] if args.memory_limit else []),
              "| recipe | wall s (load + compress + save) | layer loop s | peak RSS GiB | peak anonymous GiB | "
              "anonymous / float32 model |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, r in rows:
         if "error" in r:
-            lines.append(f"| {name} | {r['error']} | | | | |")
+            lines.append(f"| {name} | {r['error']} | | | {r['anon_gib']:.2f} (when it stopped) | |")
         else:
             loop = f"{r['compress']:.1f}" if r["compress"] is not None else "?"
             lines.append(f"| {name} | {r['wall']:.1f} | {loop} | {r['peak_gib']:.2f} | {r['anon_gib']:.2f} | "

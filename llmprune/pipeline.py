@@ -132,6 +132,8 @@ def _run_compress(job: CompressJob) -> str:
     for target in _targets(job):
         check_output_dir(target, force=job.force, protect=protect)
     config = compressible_config(job.model)  # checks from the files alone, before a load that may take minutes
+    if job.spill_to_disk:
+        _warn_converted_weights(job, config)
     if job.recipe.reads_data():
         _check_data_before_loading(job, config)
     t0 = time.perf_counter()
@@ -184,6 +186,16 @@ def _run_compress(job: CompressJob) -> str:
                     if part)  # a quant-only run names no pruning method
     return (f"saved {job.output} — {what}: achieved sparsity {report.achieved_sparsity():.4f}{quant} over "
             f"{len(report.records)} Linear layers in {report.timings.get('compress_seconds', 0):.1f} s")
+
+
+def _warn_converted_weights(job: CompressJob, config) -> None:
+    """Spilling saves memory only if the other weights stay mmapped from the checkpoint, i.e. load in its dtype."""
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    stored = str(stored).removeprefix("torch.") if stored is not None else None
+    if stored in DTYPES and stored != job.dtype:
+        warnings.warn(f"--spill-to-disk: the checkpoint holds {stored} weights and --dtype {job.dtype} converts "
+                      f"every one of them into RAM; give --dtype {stored} to keep them mapped from the file",
+                      stacklevel=3)
 
 
 def _check_data_before_loading(job: CompressJob, config) -> None:

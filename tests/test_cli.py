@@ -449,3 +449,16 @@ def test_cli_spill_to_disk_writes_the_same_checkpoint_and_records_itself(tiny_ll
     assert code == 0, stderr
     assert (again / "model.safetensors").read_bytes() == (outputs[False] / "model.safetensors").read_bytes()
     assert "--spill-to-disk" in json.loads((again / "llmprune.json").read_text())["command"]
+
+
+def test_cli_spill_to_disk_warns_when_the_dtype_converts_the_checkpoint(tiny_llama, tmp_path, capsys, recwarn):
+    """A float32 checkpoint loaded as bfloat16 is copied into RAM whole, which spilling cannot help."""
+    for dtype, warned in (("bfloat16", True), ("float32", False)):
+        recwarn.clear()
+        code, _, stderr = run_cli(["compress", tiny_llama, "--method", "magnitude", "--sparsity", "2:4", "-o",
+                                   tmp_path / dtype, "--dtype", dtype, "--spill-to-disk", "--quiet"], capsys)
+        assert code == 0, stderr
+        said = [str(w.message) for w in recwarn if "--spill-to-disk" in str(w.message)]
+        assert said == (["--spill-to-disk: the checkpoint holds float32 weights and --dtype bfloat16 converts every "
+                         "one of them into RAM; give --dtype float32 to keep them mapped from the file"]
+                        if warned else []), said
