@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,3 +89,18 @@ def test_spill_refuses_packed_formats_and_missing_folders(tmp_path):
         compress_(model, recipe, progress=False, spill_dir=tmp_path / "missing")
     fresh, _ = tiny_model("llama")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs a tmpfs at /dev/shm")
+def test_a_ram_backed_spill_folder_warns(tmp_path):
+    from llmprune.engine.spill import _file_system
+
+    if _file_system(Path("/dev/shm")) != "tmpfs":
+        pytest.skip("/dev/shm is not a tmpfs here")
+    with pytest.warns(UserWarning, match="keeps files in RAM: spilling there saves no memory"):
+        Spill("/dev/shm")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Spill(tmp_path)  # a disk: no warning

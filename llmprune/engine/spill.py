@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -31,6 +32,9 @@ class Spill:
         if not self.directory.is_dir() or not os.access(self.directory, os.W_OK):
             raise UserInputError(f"spill directory {self.directory} is not a writable folder; give an existing "
                                  f"folder on a disk with room for the compressed weights")
+        if _file_system(self.directory) in ("tmpfs", "ramfs"):
+            warnings.warn(f"spill directory {self.directory} is on {_file_system(self.directory)}, which keeps files "
+                          f"in RAM: spilling there saves no memory; write the output to a disk", stacklevel=3)
         self.bytes = 0  # moved so far
 
     def move_(self, module: nn.Module) -> None:
@@ -66,3 +70,16 @@ def _reserve(fd: int, nbytes: int) -> None:
         os.posix_fallocate(fd, 0, nbytes)
     else:  # macOS: a sparse file (a full disk then shows when pages are written back)
         os.ftruncate(fd, nbytes)
+
+
+def _file_system(directory: Path) -> str | None:
+    """The type of the file system holding ``directory`` (Linux's /proc/mounts; None elsewhere)."""
+    try:
+        with open("/proc/mounts") as mounts:
+            entries = [line.split()[1:3] for line in mounts if len(line.split()) > 2]
+    except OSError:
+        return None
+    here = directory.resolve()
+    best = max((Path(point) for point, _ in entries if here == Path(point) or Path(point) in here.parents),
+               key=lambda point: len(point.parts), default=None)
+    return next((kind for point, kind in reversed(entries) if Path(point) == best), None)
