@@ -203,3 +203,32 @@ def test_hub_model_records_its_commit_and_a_manifest_rerun_pins_it(monkeypatch):
     assert calls[-1] == {"local_files_only": True, "revision": "abc123"}
     assert recorded_model({"spec": "rel/dir/", "kind": "folder", "path": "/abs/rel/dir"}) == ("/abs/rel/dir", None)
     assert recorded_model({"spec": "smollm2-135m", "kind": "alias", "path": "/c/x"}) == ("smollm2-135m", None)
+
+
+def test_a_file_named_gguf_that_is_not_one_is_one_line(tmp_path):
+    fake = tmp_path / "model.gguf"
+    fake.write_text("garbage")
+    with pytest.raises(ModelNotFound, match=r"could not be loaded as a GGUF model \(.*magic") as info:
+        resolve(str(fake))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("text, words", [('{"model_type": "llama", ', "is not valid JSON"),
+                                         ("[1, 2]", "holds a JSON list, not an object")])
+def test_a_broken_config_json_is_named_not_blamed_on_the_tokenizer(text, words, tmp_path):
+    folder = save_tiny(tmp_path / "m", "llama")
+    (folder / "config.json").write_text(text)
+    for call in (lambda: resolve(str(folder)), lambda: load.read_config(str(folder))):
+        with pytest.raises(ModelNotFound, match=words) as info:
+            call()
+        assert "config.json" in str(info.value) and "tokenizer" not in str(info.value)
+
+
+def test_weights_that_do_not_fit_the_config_are_one_line(tmp_path):
+    folder = save_tiny(tmp_path / "m", "llama")
+    config = json.loads((folder / "config.json").read_text())
+    config["hidden_size"] //= 2
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelNotFound, match="do not have the shapes its config.json gives") as info:
+        resolve(str(folder))
+    assert "\n" not in str(info.value)

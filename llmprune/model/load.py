@@ -85,8 +85,11 @@ def load_gguf(path: Path, dtype=torch.float32):
     """
     from transformers import GgufConfig
 
-    model, tokenizer = _load_pretrained(str(path.parent), dtype, gguf_file=path.name,
-                                        quantization_config=GgufConfig(dequantize=True))
+    try:
+        model, tokenizer = _load_pretrained(str(path.parent), dtype, gguf_file=path.name,
+                                            quantization_config=GgufConfig(dequantize=True))
+    except (OSError, ValueError, KeyError) as exc:  # not GGUF, truncated, or an architecture transformers lacks
+        raise ModelNotFound(f"'{path}' could not be loaded as a GGUF model ({_first_line(exc)}); {ACCEPTED}") from None
     model.hf_quantizer = None
     if getattr(model.config, "quantization_config", None) is not None:
         del model.config.quantization_config
@@ -132,6 +135,7 @@ def load_folder(path: Path, dtype):
     or anything else transformers refuses; packed llmprune folders load through the quantizer plug-in."""
     from safetensors import SafetensorError
 
+    check_config_json(path)
     try:
         return _load_pretrained(str(path), dtype)
     except _NoTokenizer as exc:
@@ -141,6 +145,28 @@ def load_folder(path: Path, dtype):
                             f"again") from None
     except (OSError, ValueError) as exc:
         raise ModelNotFound(f"could not load the model in '{path}' ({_first_line(exc)}); {ACCEPTED}") from None
+    except RuntimeError as exc:
+        if "size mismatch" not in str(exc) and "mismatched_sizes" not in str(exc):
+            raise
+        raise ModelNotFound(f"the weights in '{path}' do not have the shapes its config.json gives; restore the "
+                            f"model's own config.json or download the model again") from None
+
+
+def check_config_json(path: Path) -> None:
+    """A folder's config.json must be a JSON object: transformers otherwise fails on the tokenizer first, and its
+    message would send the user after the wrong file."""
+    import json
+
+    try:
+        parsed = json.loads((path / "config.json").read_text())
+    except FileNotFoundError:
+        return
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ModelNotFound(f"'{path / 'config.json'}' is not valid JSON ({_first_line(exc)}); restore the model's "
+                            f"config.json") from None
+    if not isinstance(parsed, dict):
+        raise ModelNotFound(f"'{path / 'config.json'}' holds a JSON {type(parsed).__name__}, not an object; restore "
+                            f"the model's config.json")
 
 
 def check_tokenizer(path: Path) -> None:
@@ -200,6 +226,7 @@ def read_config(text: str):
     if text in ALIASES and not path.exists():
         return _config(ensure_alias(text))
     if is_hf_folder(path):
+        check_config_json(path)
         return _config(path)
     if path.is_file() and path.suffix.lower() == ".gguf":
         return _config(path.parent, gguf_file=path.name)
