@@ -141,8 +141,21 @@ def test_local_txt_jsonl_parquet(tmp_path):
 
 
 def test_local_file_errors_are_one_line(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"body": "no text"}\n')
-    cases = [(tmp_path / "bad.jsonl", UserInputError, "bad.jsonl:2"), (tmp_path / "missing.txt", DataNotFound, "not found")]
+    (tmp_path / "bad.parquet").write_text("not parquet")
+    pq.write_table(pa.table({"text": [1, 2, 3]}), tmp_path / "numbers.parquet")
+    (tmp_path / "latin1.txt").write_bytes("café crème".encode("latin-1"))
+    (tmp_path / "latin1.jsonl").write_bytes('{"text": "café"}\n'.encode("latin-1"))
+    (tmp_path / "folder.txt").mkdir()
+    cases = [(tmp_path / "bad.jsonl", UserInputError, "bad.jsonl:2"), (tmp_path / "missing.txt", DataNotFound, "not found"),
+             (tmp_path / "bad.parquet", UserInputError, "not a readable parquet file"),
+             (tmp_path / "numbers.parquet", UserInputError, "column 'text' holds int64, not strings"),
+             (tmp_path / "latin1.txt", UserInputError, "is not UTF-8 text .* at byte 3"),
+             (tmp_path / "latin1.jsonl", UserInputError, "is not UTF-8 text"),
+             (tmp_path / "folder.txt", UserInputError, "is a folder")]
     for path, error, fragment in cases:
         with pytest.raises(error, match=fragment) as info:
             sources.load_file(path)
@@ -155,3 +168,8 @@ def test_ptb_local_layout(offline_empty_data_dir):
     (folder / "ptb.test.txt").write_text(" no it was n't black monday \n but while the new york \n")
     source = sources.load_named("ptb", "test")
     assert source.rows == ["no it was n't black monday", "but while the new york"]
+
+
+def test_an_unknown_split_lists_the_known_ones():
+    with pytest.raises(UserInputError, match="dataset 'c4' has no split 'nosplit'; choose train, validation"):
+        sources.load_named("c4", "nosplit")

@@ -87,6 +87,8 @@ def file_sha256(path: Path) -> str:
 def check_file(spec: str | Path) -> Path:
     """The file exists and has a type we read; its text is checked when it is read (``load_file``)."""
     path = Path(spec).expanduser()
+    if path.is_dir():
+        raise UserInputError(f"data file '{spec}' is a folder; give a .txt, .jsonl or .parquet file")
     if not path.is_file():
         raise DataNotFound(f"data file '{spec}' not found (give an existing .txt, .jsonl or .parquet file)")
     if path.suffix.lower() not in FILE_SUFFIXES:
@@ -99,12 +101,16 @@ def load_file(spec: str | Path) -> TextSource:
     """A local file: ``.txt`` (one row: the whole text), ``.jsonl`` (field ``text``), ``.parquet`` (column ``text``)."""
     path = check_file(spec)
     suffix = path.suffix.lower()
-    if suffix == ".txt":
-        rows = [path.read_text(encoding="utf-8")]
-    elif suffix == ".jsonl":
-        rows = _jsonl_texts(path, "text")
-    else:
-        rows = _parquet_texts(path)
+    try:
+        if suffix == ".txt":
+            rows = [path.read_text(encoding="utf-8")]
+        elif suffix == ".jsonl":
+            rows = _jsonl_texts(path, "text")
+        else:
+            rows = _parquet_texts(path)
+    except UnicodeDecodeError as exc:
+        raise UserInputError(f"data file '{spec}' is not UTF-8 text ({exc.reason} at byte {exc.start}); give a "
+                             f"UTF-8 text file") from None
     if not any(row.strip() for row in rows):
         raise UserInputError(f"data file '{spec}' holds no text; give a file with text in it"
                              f"{' (a text field per JSON line)' if suffix == '.jsonl' else ''}")
@@ -134,10 +140,21 @@ def _jsonl_texts(path: Path, key: str) -> list[str]:
 def _parquet_texts(path: Path) -> list[str]:
     import pyarrow.parquet as parquet  # a dependency of datasets
 
-    table = parquet.read_table(path)
+    import pyarrow
+
+    try:
+        table = parquet.read_table(path)
+    except (pyarrow.ArrowException, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserInputError(f"{path}: not a readable parquet file ({first}); give a parquet file with a "
+                             f"'text' column") from None
     if "text" not in table.column_names:
         raise UserInputError(f"{path}: no column 'text' (columns: {', '.join(table.column_names)})")
-    return [value or "" for value in table.column("text").to_pylist()]
+    column = table.column("text")
+    if not (pyarrow.types.is_string(column.type) or pyarrow.types.is_large_string(column.type)
+            or pyarrow.types.is_null(column.type)):
+        raise UserInputError(f"{path}: column 'text' holds {column.type}, not strings; give the text itself")
+    return [value or "" for value in column.to_pylist()]
 
 
 def load_named(name: str, split: str) -> TextSource:
@@ -145,7 +162,8 @@ def load_named(name: str, split: str) -> TextSource:
     if name not in NAMES:
         raise UserInputError(f"unknown dataset '{name}'; choose {', '.join(NAMES)} or a .txt/.jsonl/.parquet file")
     if (name, split) not in LAYOUTS:
-        raise UserInputError(f"dataset '{name}' has no split '{split}'")
+        splits = sorted(known for dataset, known in LAYOUTS if dataset == name)
+        raise UserInputError(f"dataset '{name}' has no split '{split}'; choose {', '.join(splits)}")
     layout = " or ".join(f"$LLMPRUNE_DATA_DIR/{path}" for path in LAYOUTS[(name, split)])
     root = data_dir()
     local = _local_layout(root, name, split) if root is not None else None
