@@ -209,6 +209,28 @@ def _check_data_before_loading(job: CompressJob, config) -> None:
                              f"needs it (an edited manifest?); compress again without --from-manifest")
     check_calibration_source(job.calibration.source)
     check_seqlen(config, job.calibration.seqlen, "--seqlen")  # a config read only when loading (None) says nothing
+    check_calibration_memory(config, job.calibration, job.device, job.forward_dtype or job.dtype)
+
+
+def check_calibration_memory(config, calibration, device: str, dtype: str) -> None:
+    """The layer loop keeps every calibration window's hidden states on ``device`` (as the reference code does): a
+    run whose windows alone cannot fit is refused now, not killed by the kernel after minutes of loading."""
+    import psutil
+
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = getattr(text, "hidden_size", None) or getattr(text, "n_embd", None)
+    if not isinstance(hidden, int):
+        return
+    tokens = calibration.nsamples * calibration.seqlen
+    need = tokens * hidden * DTYPES[dtype].itemsize + tokens * 8  # hidden states + the token ids on the CPU
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        free, where = torch.cuda.mem_get_info(torch.device(device))[0], str(device)
+    else:
+        free, where = psutil.virtual_memory().available, "this machine"
+    if need > free:
+        raise UserInputError(f"--nsamples {calibration.nsamples} x --seqlen {calibration.seqlen}: the calibration "
+                             f"hidden states need {need / 2**30:.1f} GiB ({tokens} tokens x {hidden} x {dtype}) and "
+                             f"{where} has {free / 2**30:.1f} GiB free; lower --nsamples or --seqlen")
 
 
 def _parent(source: dict) -> dict:

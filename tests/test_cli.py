@@ -143,6 +143,8 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(flags, words, tiny_llama, 
     (["--seqlen", "100000"], "--seqlen 100000: the model takes at most"),
     (["--calib", "missing.jsonl"], "data file 'missing.jsonl' not found"),
     (["--calib", "c5"], "--calib c5: unknown source"),
+    (["--nsamples", "100000000"], "--nsamples 100000000 x --seqlen 16: the calibration hidden states need 393.4 GiB "
+                                  "(1600000000 tokens x 64 x float32)"),
 ])
 def test_cli_data_mistakes_are_found_before_the_model_loads(flags, words, tiny_llama, tmp_path, capsys, monkeypatch):
     """A 7B checkpoint takes minutes to load: a wrong window length or calibration source is found from the config
