@@ -215,8 +215,11 @@ def _commit(pairs: list[tuple[Path, Path]]) -> None:
         for tmp, _ in pairs:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for old, _ in aside:
+    for old, out in aside:
         shutil.rmtree(old, ignore_errors=True)
+        if old.exists():  # e.g. a read-only folder inside it: the new output is in place, say what is left
+            warnings.warn(f"{out} was replaced, but its previous contents could not all be deleted: remove {old} "
+                          f"by hand", stacklevel=4)
 
 
 def _default_modes(directory: Path) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -182,3 +183,21 @@ def test_force_never_replaces_the_cache_or_the_data_directory(variable, tmp_path
     for target in (inside, tmp_path):
         with pytest.raises(UserInputError, match="replacing it would delete the input"):
             atomic.check_output_dir(target, force=True, protect=protected_inputs("smollm2-135m", "c4"))
+
+
+def test_previous_contents_that_cannot_be_deleted_are_named_in_a_warning(tmp_path, monkeypatch):
+    """A --force replace whose old folder cannot be removed (a read-only folder inside it) keeps the new output and
+    says which hidden folder is left, instead of leaving it silently."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    real_rmtree = shutil.rmtree
+    monkeypatch.setattr(atomic.shutil, "rmtree", lambda path, ignore_errors=False: None
+                        if ".out.old-" in str(path) else real_rmtree(path, ignore_errors=ignore_errors))
+    with pytest.warns(UserWarning, match=r"out was replaced, but its previous contents could not all be deleted: "
+                                         r"remove .*\.out\.old-\w+ by hand"):
+        with atomic.atomic_dir(out, force=True) as staged:
+            (staged / "new.txt").write_text("new")
+    assert (out / "new.txt").read_text() == "new"
+    left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.old-")]
+    assert len(left) == 1
