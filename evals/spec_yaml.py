@@ -19,10 +19,19 @@ class KeyLines:
 
         self.lines.setdefault(prefix, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
+            seen = {}
             for key, value in node.value:
                 name = f"{prefix}.{key.value}" if prefix else str(key.value)
-                self.lines[name] = key.start_mark.line + 1
+                line = key.start_mark.line + 1
+                if key.value in seen:  # PyYAML keeps the last silently
+                    raise UserInputError(f"{self.path}:{line}: {name}: given twice (first on line {seen[key.value]}); "
+                                         f"keep one")
+                seen[key.value] = line
+                self.lines[name] = line
                 self._walk(value, name)
+        elif isinstance(node, yaml.ScalarNode) and node.tag.endswith(":int") and ":" in node.value:
+            raise UserInputError(f"{self.path}:{node.start_mark.line + 1}: {prefix}: YAML reads {node.value} as the "
+                                 f"base-60 number {yaml.safe_load(node.value)}; quote it: \"{node.value}\"")
         elif isinstance(node, yaml.SequenceNode):
             for index, item in enumerate(node.value):
                 self._walk(item, f"{prefix}[{index}]")

@@ -176,6 +176,10 @@ def test_batch_shards_partition_the_cells(tmp_path):
 
 
 BAD_SPECS = [
+    ("models: [m]\nrecipes:\n  - {method: wanda, sparsity: 2:4}\nevaluations: {perplexity: [wikitext2]}\n",
+     r'spec.yaml:3: recipes\[0\].sparsity: YAML reads 2:4 as the base-60 number 124; quote it: "2:4"'),
+    ("models: [m]\nrecipes:\n  - {method: wanda, sparsity: 0.5}\nevaluations: {perplexity: [wikitext2]}\n"
+     "evaluations: {perplexity: [c4]}\n", r"spec.yaml:5: evaluations: given twice \(first on line 4\); keep one"),
     ("models: [m]\nrecipes:\n  - {method: wanda, sparsity: 0.5}\nevaluations: {perplexity: [wikitext2]\n",
      r"spec.yaml:5: invalid YAML \(expected ',' or '}', but got '<stream end>' while parsing a flow mapping that "
      r"starts on line 4\); fix the syntax"),
