@@ -113,4 +113,12 @@ def _check_existing(folder: Path, protect) -> None:
         if Path(path).resolve() == target:
             raise UserInputError(f"--output {folder}: it is the run's input {path}, which the batch would write "
                                  f"into; choose another folder")
+        if Path(path).is_dir() and Path(path).resolve() in target.parents:
+            raise UserInputError(f"--output {folder}: it is inside the run's input {path}, which the batch would "
+                                 f"write into; choose a folder outside it")
+    checkpoint = next((name for name in ("llmprune.json", "config.json") if (folder / name).is_file()), None)
+    checkpoint = checkpoint or next((p.name for p in folder.glob("*.safetensors")), None)
+    if checkpoint:  # results and a cache inside a model folder would be published with it (llmprune push)
+        raise UserInputError(f"--output {folder}: it holds a model checkpoint ({checkpoint}), which the batch would "
+                             f"write into; choose another folder")
     probe_writable(folder, f"--output {folder}")

@@ -448,22 +448,31 @@ def _cli_error(argv: list[str], capsys, root: Path) -> str:
     return err.strip()
 
 
-@pytest.mark.parametrize("case", ["under a file", "a file", "the model folder", "spec cache is a file",
-                                  "spec output is a file"])
+@pytest.mark.parametrize("case", ["under a file", "a file", "the model folder", "inside the model folder",
+                                  "another checkpoint", "spec cache is a file", "spec output is a file"])
 def test_batch_output_folder_checked_before_any_cell(tmp_path, capsys, case):
     spec, folder, _ = _tiny_spec(tmp_path, "  - {method: magnitude, sparsity: 0.5}\n", 1)
     afile = tmp_path / "afile"
     afile.write_text("not a folder")
     out = tmp_path / "out"
+    (folder / "sub").mkdir()
+    other = tmp_path / "other-checkpoint"
+    other.mkdir()
+    (other / "llmprune.json").write_text("{}")
     if case.startswith("spec"):
         spec.write_text(spec.read_text() + f"{case.split()[1]}: {afile}\n")
     argv = {"under a file": ["-o", str(afile / "sub")], "a file": ["-o", str(afile)],
-            "the model folder": ["-o", str(folder)]}.get(case, ["-o", str(out)])
+            "the model folder": ["-o", str(folder)], "inside the model folder": ["-o", str(folder / "sub")],
+            "another checkpoint": ["-o", str(other)]}.get(case, ["-o", str(out)])
     expected = {
         "under a file": f"--output {afile}/sub: {afile} is a file, not a folder; choose another path",
         "a file": f"--output {afile}: a file with that name exists; choose a folder path",
         "the model folder": f"--output {folder}: it is the run's input {folder}, which the batch would write "
                             f"into; choose another folder",
+        "inside the model folder": f"--output {folder}/sub: it is inside the run's input {folder}, which the batch "
+                                   f"would write into; choose a folder outside it",
+        "another checkpoint": f"--output {other}: it holds a model checkpoint (llmprune.json), which the batch would "
+                              f"write into; choose another folder",
         "spec cache is a file": f"{spec}: cache {afile}: a file with that name exists; choose a folder path",
         "spec output is a file": f"{spec}: output {afile}: a file with that name exists; choose a folder path"}
     argv = argv if case != "spec output is a file" else []
