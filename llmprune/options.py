@@ -31,7 +31,7 @@ def number(value, key: str, kind: type, who: str = "this option") -> int | float
         if isinstance(value, bool):
             raise ValueError
         parsed = float(value)
-        if kind is int and not parsed.is_integer():
+        if parsed != parsed or (kind is int and not parsed.is_integer()):  # NaN: every comparison with it is False
             raise ValueError
         return int(parsed) if kind is int else parsed
     except (TypeError, ValueError):

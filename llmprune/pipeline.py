@@ -87,8 +87,10 @@ def check_job(job: CompressJob) -> None:
     if job.recipe.sparsity is None and job.recipe.quant is None:
         raise UserInputError("nothing to do: give --sparsity and/or --quant")
     from .compress import check_format
+    from .plan import Plan
 
-    check_format(job.recipe, job.format)  # before the model is loaded
+    Plan.check_steps(job.recipe)  # --option values and the refiner's rules, before the model is loaded
+    check_format(job.recipe, job.format)
     if job.spill_to_disk and job.format != "dense":
         raise UserInputError(f"--spill-to-disk is for dense outputs; --format {job.format} already frees each "
                              f"layer's dense weight as it packs it: drop --spill-to-disk")

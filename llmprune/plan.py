@@ -42,9 +42,9 @@ class Plan:
         self.pack_format: str | None = None  # pack each finished layer into this format (compress_(pack=...))
         self.spill = None  # an engine.spill.Spill: a dense output's finished weights go to disk-backed memory
         self.method = METHODS.get(recipe.method)
+        self.recipe = recipe = typed_options(recipe)
         self.refiner = self._refiner(recipe)
         self.quantizer = self._quantizer(recipe)
-        self.recipe = recipe = typed_options(recipe)
         self.report = Report()
         self.targets: dict[str, Sparsity | None] = {}
         moe = any(".experts." in name for name in modules)
@@ -68,7 +68,14 @@ class Plan:
                                      f"expressions searched in module names such as {example!r}")
 
     @staticmethod
+    def check_steps(recipe: Recipe) -> None:
+        """The recipe's options and its refiner's own checks, which need no model (``llmprune compress`` runs them
+        before loading one)."""
+        Plan._refiner(typed_options(recipe))
+
+    @staticmethod
     def _refiner(recipe: Recipe):
+        """The refiner's registry entry, after its ``check`` of the (typed) recipe."""
         if recipe.refine is None:
             return None
         from .refine import REFINERS

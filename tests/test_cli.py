@@ -389,6 +389,12 @@ def test_cli_version_and_bare_commands(capsys):
     (["--quant", "w4g16", "--format", "spqr"], "which only the spqr quantizer makes; add --quantizer spqr"),
     (["--quant", "w3g16", "--quantizer", "spqr", "--format", "int4"], "--format int4 cannot hold SpQR's"),
     (["--sparsity", "2:4", "--format", "sparse24", "--spill-to-disk"], "--spill-to-disk is for dense outputs"),
+    (["--method", "wanda", "--sparsity", "0.5", "--refine", "dsnot", "--option", "max_cycles=-5"],
+     "--option max_cycles=-5: DSnoT needs a count >= 0"),
+    (["--method", "wanda", "--sparsity", "0.5", "--refine", "dsnot", "--option", "update_threshold=nan"],
+     "--option update_threshold=nan: dsnot needs a number here"),
+    (["--method", "wanda", "--sparsity", "0.5", "--refine", "dsnot", "--option", "pow_of_var_growing=inf"],
+     "--option pow_of_var_growing=inf: DSnoT needs a finite number >= 0"),
 ])
 def test_cli_format_demands_are_checked_before_the_model_loads(flags, words, tmp_path, capsys):
     """The model does not exist: the recipe-vs-format error must come first, i.e. before any loading."""

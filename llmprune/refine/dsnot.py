@@ -40,6 +40,8 @@ Deviations (see also ``docs``/README):
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import torch
@@ -80,6 +82,13 @@ def check_recipe(recipe: Recipe) -> None:
     if recipe.quant is not None and recipe.method == "sparsegpt" and recipe.quant.method == "gptq":
         raise UserInputError("--refine dsnot cannot refine sparsegpt+gptq, which prunes and quantizes jointly; "
                              "use --quantizer rtn, another --method, or drop --refine")
+    options = dict(recipe.options)
+    if options.get("max_cycles", 0) < 0:
+        raise UserInputError(f"--option max_cycles={options['max_cycles']}: DSnoT needs a count >= 0 (0 keeps the "
+                             f"mask as it is)")
+    for key in ("update_threshold", "pow_of_var_growing"):
+        if key in options and not (math.isfinite(options[key]) and options[key] >= 0):
+            raise UserInputError(f"--option {key}={options[key]}: DSnoT needs a finite number >= 0")
 
 
 @dataclass
