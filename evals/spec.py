@@ -162,9 +162,9 @@ def _validate_recipe(recipe: dict, where: KeyLines, key: str) -> dict:
     if not isinstance(recipe.get("options") or {}, dict):
         raise where.error(f"{key}.options", "a mapping of option names to values, e.g. {max_cycles: 50}")
     parsed = _checked(where, key, recipe_from_dict, recipe)  # damp, block, ignore patterns: the Recipe's checks
-    from llmprune.options import typed_options
+    from llmprune.plan import Plan
 
-    _checked(where, f"{key}.options", typed_options, parsed)  # names and values, as the compress job reads them
+    _checked(where, f"{key}.options", Plan.check_steps, parsed)  # names and values, as the compress job reads them
     _checked(where, f"{key}.format", check_format, parsed, recipe["format"])  # as the compress job checks it
     return recipe
 

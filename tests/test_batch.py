@@ -176,6 +176,9 @@ def test_batch_shards_partition_the_cells(tmp_path):
 
 
 BAD_SPECS = [
+    ("models: [m]\nrecipes:\n  - {method: wanda, sparsity: 0.5, refine: dsnot, options: {max_cycles: -1}}\n"
+     "evaluations: {perplexity: [wikitext2]}\n",
+     r"spec.yaml:3: recipes\[0\].options: --option max_cycles=-1: DSnoT needs a count >= 0"),
     ("models: [m]\nrecipes:\n  - {method: wanda, sparsity: 2:4}\nevaluations: {perplexity: [wikitext2]}\n",
      r'spec.yaml:3: recipes\[0\].sparsity: YAML reads 2:4 as the base-60 number 124; quote it: "2:4"'),
     ("models: [m]\nrecipes:\n  - {method: wanda, sparsity: 0.5}\nevaluations: {perplexity: [wikitext2]}\n"
