@@ -44,6 +44,9 @@ def bench_command(
     graphs = device.startswith("cuda") if cuda_graphs is None else cuda_graphs
     variants = ["eager"] + (["static+compile"] if compile else []) + (["static+cudagraphs"] if graphs else [])
     formats = default_formats(model) if format is None else [f.strip() for f in format.split(",") if f.strip()]
-    result = run_bench(model, formats, _ints(batch, "--batch"), new_tokens=new_tokens, prompt_len=prompt_len,
-                       device=device, dtype=dtype, variants=variants, runs=runs, progress=not quiet)
+    from llmprune.pipeline import library_progress
+
+    with library_progress(not quiet):  # --quiet: transformers' "Loading weights" bars too
+        result = run_bench(model, formats, _ints(batch, "--batch"), new_tokens=new_tokens, prompt_len=prompt_len,
+                           device=device, dtype=dtype, variants=variants, runs=runs, progress=not quiet)
     typer.echo(json.dumps(result, indent=2) if as_json else format_table(result))

@@ -100,6 +100,9 @@ def _with_seqlen(options: tuple, seqlen: int) -> tuple:
 def _check(config, ppl_seqlen: Optional[int]) -> None:
     if not config.variants:
         raise UserInputError("give at least one --method, e.g. --method magnitude")
+    repeated = next((v for i, v in enumerate(config.variants) if v in config.variants[:i]), None)
+    if repeated is not None:  # it would run every level twice and write each row twice
+        raise UserInputError(f"--method {repeated} is given twice; give each method once")
     if ppl_seqlen is not None and ppl_seqlen < 2:
         raise UserInputError(f"--ppl-seqlen {ppl_seqlen}: must be at least 2")
     if config.batch_size < 1:

@@ -290,3 +290,15 @@ def test_kernels_script_exit_status_as_a_shell_sees_it():
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.startswith("error: --formats")
     nothing = run("--check", "--formats", "int4")
     assert nothing.returncode == 1 and "no CUDA GPU visible" in nothing.stderr
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_cli_quiet_hides_the_loading_bars_too(quiet, tmp_path):
+    from tests.tiny_models import save_tiny
+
+    folder = save_tiny(tmp_path / "m", "llama")
+    res = CliRunner().invoke(_app(), [str(folder), "--format", "int4", "--batch", "1", "--new-tokens", "2",
+                                      "--prompt-len", "2", "--device", "cpu", "--dtype", "float32", "--runs", "1",
+                                      "--json", *(["--quiet"] if quiet else [])])
+    assert res.exit_code == 0, res.output
+    assert ("Loading weights" in res.output) != quiet

@@ -322,3 +322,12 @@ def test_sweep_options_go_to_the_variants_that_read_them():
     with pytest.raises(UserInputError, match="--option max_cycle: no variant of this sweep takes it"):
         SweepConfig(variants=("wanda", "wanda+dsnot"), levels=(Unstructured(0.5),),
                     options=(("max_cycle", 5),)).recipes()
+
+
+def test_sweep_cli_a_method_given_twice_is_one_line(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["sweep", str(tmp_path / "no-model"), "--method", "wanda", "--method", "magnitude", "--method",
+                 "wanda", "--sparsity", "0.5", "-o", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err == "error: --method wanda is given twice; give each method once\n", err
+    assert not out.exists()
