@@ -32,8 +32,9 @@ class Spill:
         if not self.directory.is_dir() or not os.access(self.directory, os.W_OK):
             raise UserInputError(f"spill directory {self.directory} is not a writable folder; give an existing "
                                  f"folder on a disk with room for the compressed weights")
-        if _file_system(self.directory) in ("tmpfs", "ramfs"):
-            warnings.warn(f"spill directory {self.directory} is on {_file_system(self.directory)}, which keeps files "
+        kind = _file_system(self.directory)
+        if kind in ("tmpfs", "ramfs"):
+            warnings.warn(f"spill directory {self.directory} is on {kind}, which keeps files "
                           f"in RAM: spilling there saves no memory; write the output to a disk", stacklevel=3)
         self.bytes = 0  # moved so far
 
