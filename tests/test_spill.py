@@ -91,17 +91,26 @@ def test_spill_refuses_packed_formats_and_missing_folders(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
 
 
-@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs a tmpfs at /dev/shm")
-def test_a_ram_backed_spill_folder_warns(tmp_path):
-    from llmprune.engine.spill import _file_system
-
-    if _file_system(Path("/dev/shm")) != "tmpfs":
-        pytest.skip("/dev/shm is not a tmpfs here")
-    with pytest.warns(UserWarning, match="keeps files in RAM: spilling there saves no memory"):
-        Spill("/dev/shm")
+def test_a_ram_backed_spill_folder_warns(tmp_path, monkeypatch):
+    """A folder on tmpfs keeps its files in RAM; the file system is read from /proc/mounts (faked here, so the
+    test runs wherever pytest's tmp folder lives)."""
     import warnings
 
-    if _file_system(tmp_path) not in ("tmpfs", "ramfs"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            Spill(tmp_path)  # a disk: no warning
+    import llmprune.engine.spill as spill_module
+
+    monkeypatch.setattr(spill_module, "_file_system", lambda directory: "tmpfs")
+    with pytest.warns(UserWarning, match="keeps files in RAM: spilling there saves no memory"):
+        Spill(tmp_path)
+    monkeypatch.setattr(spill_module, "_file_system", lambda directory: "ext4")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Spill(tmp_path)  # a disk: no warning
+
+
+@linux_only
+def test_the_file_system_of_a_folder_is_read_from_proc_mounts():
+    from llmprune.engine.spill import _file_system
+
+    with open("/proc/mounts") as mounts:
+        root_kind = next(line.split()[2] for line in mounts if line.split()[1] == "/")
+    assert _file_system(Path("/")) == root_kind
